@@ -1,0 +1,550 @@
+//! The single source of truth for distros and features.
+//!
+//! Rendering reads these tables to decide which packages, services, ports and
+//! files each provisioner script handles; the offline validator reads the very
+//! same tables to derive its checks. Adding a package here changes both, so the
+//! scripts and the checks cannot drift apart.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Os {
+    Linux,
+    Windows,
+}
+
+impl Os {
+    /// Azure Storage throttling: one VHD serves at most this many VMs.
+    pub fn vms_per_vhd(self) -> u32 {
+        match self {
+            Os::Linux => 40,
+            Os::Windows => 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageFamily {
+    Apt,
+    Yum,
+    Dnf,
+    /// Windows has no package manager the scripts drive.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostFirewall {
+    Ufw,
+    Firewalld,
+    /// Windows Defender Firewall; not driven by the Linux scripts.
+    Windows,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MarketplaceImage {
+    pub publisher: &'static str,
+    pub offer: &'static str,
+    pub sku: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Distro {
+    pub key: &'static str,
+    pub os: Os,
+    pub base_image: MarketplaceImage,
+    /// Azure HPC image with the InfiniBand stack (OFED) preinstalled; used as the
+    /// base when RDMA is asked for, and required for SR-IOV.
+    pub hpc_base_image: Option<MarketplaceImage>,
+    pub node_agent: &'static str,
+    pub family: PackageFamily,
+    pub firewall: HostFirewall,
+    /// Where waagent mounts the resource disk; Batch Shipyard accepts only these.
+    pub ephemeral_mount: &'static str,
+    pub docker_data_root: &'static str,
+    /// `ID` and `VERSION_ID` of /etc/os-release.
+    pub os_release_id: &'static str,
+    pub os_release_version: &'static str,
+    pub ssh_service: &'static str,
+    /// Path segment of NVIDIA's CUDA and container repositories for this distro.
+    pub nvidia_repo: &'static str,
+    /// Packages whose upgrade would break an out-of-tree kernel module.
+    pub kernel_packages: &'static [&'static str],
+    /// Ubuntu's codename, used in apt repository lines.
+    pub codename: &'static str,
+}
+
+pub const DISTROS: &[Distro] = &[
+    ubuntu(
+        "ubuntu-16.04",
+        MarketplaceImage {
+            publisher: "Canonical",
+            offer: "UbuntuServer",
+            sku: "16.04-LTS",
+        },
+        None,
+        "batch.node.ubuntu 16.04",
+        "16.04",
+        "ubuntu1604",
+        "xenial",
+    ),
+    ubuntu(
+        "ubuntu-18.04",
+        MarketplaceImage {
+            publisher: "Canonical",
+            offer: "UbuntuServer",
+            sku: "18.04-LTS",
+        },
+        None,
+        "batch.node.ubuntu 18.04",
+        "18.04",
+        "ubuntu1804",
+        "bionic",
+    ),
+    ubuntu(
+        "ubuntu-20.04",
+        MarketplaceImage {
+            publisher: "Canonical",
+            offer: "0001-com-ubuntu-server-focal",
+            sku: "20_04-lts",
+        },
+        Some(MarketplaceImage {
+            publisher: "microsoft-dsvm",
+            offer: "ubuntu-hpc",
+            sku: "2004",
+        }),
+        "batch.node.ubuntu 20.04",
+        "20.04",
+        "ubuntu2004",
+        "focal",
+    ),
+    ubuntu(
+        "ubuntu-22.04",
+        MarketplaceImage {
+            publisher: "Canonical",
+            offer: "0001-com-ubuntu-server-jammy",
+            sku: "22_04-lts",
+        },
+        Some(MarketplaceImage {
+            publisher: "microsoft-dsvm",
+            offer: "ubuntu-hpc",
+            sku: "2204",
+        }),
+        "batch.node.ubuntu 22.04",
+        "22.04",
+        "ubuntu2204",
+        "jammy",
+    ),
+    Distro {
+        key: "centos-7",
+        os: Os::Linux,
+        base_image: MarketplaceImage {
+            publisher: "OpenLogic",
+            offer: "CentOS",
+            sku: "7_9",
+        },
+        hpc_base_image: Some(MarketplaceImage {
+            publisher: "OpenLogic",
+            offer: "CentOS-HPC",
+            sku: "7_9",
+        }),
+        node_agent: "batch.node.centos 7",
+        family: PackageFamily::Yum,
+        firewall: HostFirewall::Firewalld,
+        ephemeral_mount: "/mnt/resource",
+        docker_data_root: "/mnt/resource/docker",
+        os_release_id: "centos",
+        os_release_version: "7",
+        ssh_service: "sshd",
+        nvidia_repo: "rhel7",
+        kernel_packages: &["kernel", "kernel-devel", "kernel-headers"],
+        codename: "",
+    },
+    Distro {
+        key: "almalinux-8",
+        os: Os::Linux,
+        base_image: MarketplaceImage {
+            publisher: "almalinux",
+            offer: "almalinux-x86_64",
+            sku: "8-gen1",
+        },
+        hpc_base_image: Some(MarketplaceImage {
+            publisher: "almalinux",
+            offer: "almalinux-hpc",
+            sku: "8_7-hpc",
+        }),
+        node_agent: "batch.node.el 8",
+        family: PackageFamily::Dnf,
+        firewall: HostFirewall::Firewalld,
+        ephemeral_mount: "/mnt/resource",
+        docker_data_root: "/mnt/resource/docker",
+        os_release_id: "almalinux",
+        os_release_version: "8",
+        ssh_service: "sshd",
+        nvidia_repo: "rhel8",
+        kernel_packages: &["kernel", "kernel-core", "kernel-modules", "kernel-devel"],
+        codename: "",
+    },
+    Distro {
+        key: "windows-2019",
+        os: Os::Windows,
+        base_image: MarketplaceImage {
+            publisher: "MicrosoftWindowsServer",
+            offer: "WindowsServer",
+            sku: "2019-datacenter-core",
+        },
+        hpc_base_image: None,
+        node_agent: "batch.node.windows amd64",
+        family: PackageFamily::None,
+        firewall: HostFirewall::Windows,
+        ephemeral_mount: "D:\\",
+        docker_data_root: "",
+        os_release_id: "",
+        os_release_version: "",
+        ssh_service: "",
+        nvidia_repo: "",
+        kernel_packages: &[],
+        codename: "",
+    },
+];
+
+#[allow(clippy::too_many_arguments)]
+const fn ubuntu(
+    key: &'static str,
+    base_image: MarketplaceImage,
+    hpc_base_image: Option<MarketplaceImage>,
+    node_agent: &'static str,
+    version: &'static str,
+    nvidia_repo: &'static str,
+    codename: &'static str,
+) -> Distro {
+    Distro {
+        key,
+        os: Os::Linux,
+        base_image,
+        hpc_base_image,
+        node_agent,
+        family: PackageFamily::Apt,
+        firewall: HostFirewall::Ufw,
+        ephemeral_mount: "/mnt",
+        docker_data_root: "/mnt/docker",
+        os_release_id: "ubuntu",
+        os_release_version: version,
+        ssh_service: "ssh",
+        nvidia_repo,
+        kernel_packages: &[
+            "linux-image-azure",
+            "linux-headers-azure",
+            "linux-azure",
+            "linux-image-generic",
+            "linux-headers-generic",
+        ],
+        codename,
+    }
+}
+
+pub fn distro(key: &str) -> Option<&'static Distro> {
+    DISTROS.iter().find(|d| d.key == key)
+}
+
+pub fn distro_keys() -> Vec<&'static str> {
+    DISTROS.iter().map(|d| d.key).collect()
+}
+
+/// Inbound TCP ports Azure Batch needs open on every Linux node (node agent and SSH).
+pub const REQUIRED_INBOUND_TCP: &[u16] = &[22, 29876, 29877];
+/// Outbound TCP ports every node needs (Azure Storage over HTTPS).
+pub const REQUIRED_OUTBOUND_TCP: &[u16] = &[443];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureId {
+    Ssh,
+    Docker,
+    Gpu,
+    RdmaNd,
+    RdmaSriov,
+    Nfs,
+    GlusterfsClient,
+    GlusterfsServer,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PerFamily {
+    pub apt: &'static [&'static str],
+    pub yum: &'static [&'static str],
+    pub dnf: &'static [&'static str],
+}
+
+impl PerFamily {
+    pub fn for_family(&self, family: PackageFamily) -> &'static [&'static str] {
+        match family {
+            PackageFamily::Apt => self.apt,
+            PackageFamily::Yum => self.yum,
+            PackageFamily::Dnf => self.dnf,
+            PackageFamily::None => &[],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AtBoot {
+    Enabled,
+    /// Disabled when its data lives on the ephemeral disk, which is not mounted
+    /// yet at boot; Batch Shipyard starts it after the disk is up.
+    DisabledWhenOnEphemeralDisk,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ServiceRule {
+    /// `None` means the distro's SSH service name (ssh or sshd).
+    pub unit: Option<&'static str>,
+    pub at_boot: AtBoot,
+}
+
+/// Something the feature must leave in the image; the offline validator checks it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct FileRule {
+    /// Any one of these paths must exist (distros put binaries in different places).
+    pub any_of: &'static [&'static str],
+    /// When set, the file must contain this text.
+    pub contains: Option<&'static str>,
+    /// Wording mirrors Batch Shipyard's node preparation messages.
+    pub missing_message: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Feature {
+    pub id: FeatureId,
+    /// Template rendered for this feature, relative to `templates/`.
+    pub script: &'static str,
+    pub packages: PerFamily,
+    pub services: &'static [ServiceRule],
+    pub inbound_tcp: &'static [u16],
+    pub files: &'static [FileRule],
+}
+
+pub const FEATURES: &[Feature] = &[
+    Feature {
+        id: FeatureId::Ssh,
+        script: "scripts/10-ssh.sh.tera",
+        packages: PerFamily {
+            apt: &["openssh-server"],
+            yum: &["openssh-server"],
+            dnf: &["openssh-server"],
+        },
+        services: &[ServiceRule {
+            unit: None,
+            at_boot: AtBoot::Enabled,
+        }],
+        inbound_tcp: &[22],
+        files: &[FileRule {
+            any_of: &["/usr/sbin/sshd"],
+            contains: None,
+            missing_message: "SSH server not installed",
+        }],
+    },
+    Feature {
+        id: FeatureId::Docker,
+        script: "scripts/20-docker.sh.tera",
+        packages: PerFamily {
+            apt: &["docker-ce", "docker-ce-cli", "containerd.io"],
+            yum: &["docker-ce", "docker-ce-cli", "containerd.io"],
+            dnf: &["docker-ce", "docker-ce-cli", "containerd.io"],
+        },
+        services: &[ServiceRule {
+            unit: Some("docker"),
+            at_boot: AtBoot::DisabledWhenOnEphemeralDisk,
+        }],
+        inbound_tcp: &[],
+        files: &[
+            FileRule {
+                any_of: &["/usr/bin/docker"],
+                contains: None,
+                missing_message: "Docker not installed",
+            },
+            FileRule {
+                any_of: &["/etc/docker/daemon.json"],
+                contains: Some("data-root"),
+                missing_message: "Docker data-root not configured on the ephemeral disk",
+            },
+        ],
+    },
+    Feature {
+        id: FeatureId::Gpu,
+        script: "scripts/30-gpu.sh.tera",
+        // The driver and toolkit packages carry the version from the manifest and
+        // are named in the script; these are the build prerequisites.
+        packages: PerFamily {
+            apt: &["build-essential", "dkms"],
+            yum: &["gcc", "make", "dkms", "kernel-devel"],
+            dnf: &["gcc", "make", "dkms", "kernel-devel"],
+        },
+        services: &[],
+        inbound_tcp: &[],
+        files: &[
+            FileRule {
+                any_of: &["/etc/modprobe.d/blacklist-nouveau.conf"],
+                contains: Some("blacklist nouveau"),
+                missing_message: "nouveau is not blacklisted",
+            },
+            FileRule {
+                any_of: &["/usr/bin/nvidia-smi"],
+                contains: None,
+                missing_message: "No Nvidia drivers detected!",
+            },
+            FileRule {
+                any_of: &["/usr/bin/nvidia-container-cli", "/usr/bin/nvidia-docker"],
+                contains: None,
+                missing_message: "nvidia container runtime not installed",
+            },
+        ],
+    },
+    Feature {
+        id: FeatureId::RdmaNd,
+        script: "scripts/40-rdma.sh.tera",
+        packages: PerFamily {
+            apt: &["rdma-core", "ibverbs-utils"],
+            yum: &["rdma-core", "libibverbs-utils"],
+            dnf: &["rdma-core", "libibverbs-utils"],
+        },
+        services: &[],
+        inbound_tcp: &[],
+        files: &[FileRule {
+            any_of: &["/etc/waagent.conf"],
+            contains: Some("OS.EnableRDMA=y"),
+            missing_message: "RDMA is not enabled in waagent.conf (OS.EnableRDMA=y)",
+        }],
+    },
+    Feature {
+        id: FeatureId::RdmaSriov,
+        script: "scripts/40-rdma.sh.tera",
+        packages: PerFamily {
+            apt: &["rdma-core", "ibverbs-utils", "infiniband-diags"],
+            yum: &["rdma-core", "libibverbs-utils", "infiniband-diags"],
+            dnf: &["rdma-core", "libibverbs-utils", "infiniband-diags"],
+        },
+        services: &[],
+        inbound_tcp: &[],
+        files: &[FileRule {
+            any_of: &["/usr/bin/ofed_info"],
+            contains: None,
+            missing_message: "Mellanox OFED not installed (SR-IOV InfiniBand needs an HPC base image)",
+        }],
+    },
+    Feature {
+        id: FeatureId::Nfs,
+        script: "scripts/50-nfs.sh.tera",
+        packages: PerFamily {
+            apt: &["nfs-common"],
+            yum: &["nfs-utils"],
+            dnf: &["nfs-utils"],
+        },
+        services: &[],
+        inbound_tcp: &[],
+        files: &[FileRule {
+            any_of: &["/sbin/mount.nfs4", "/usr/sbin/mount.nfs4"],
+            contains: None,
+            missing_message: "Required storage cluster software to mount nfs not installed",
+        }],
+    },
+    Feature {
+        id: FeatureId::GlusterfsClient,
+        script: "scripts/60-glusterfs.sh.tera",
+        packages: PerFamily {
+            apt: &["glusterfs-client"],
+            yum: &["glusterfs-fuse"],
+            dnf: &["glusterfs-fuse"],
+        },
+        services: &[],
+        inbound_tcp: &[],
+        files: &[FileRule {
+            any_of: &["/sbin/mount.glusterfs", "/usr/sbin/mount.glusterfs"],
+            contains: None,
+            missing_message: "Required storage cluster software to mount glusterfs not installed",
+        }],
+    },
+    Feature {
+        id: FeatureId::GlusterfsServer,
+        script: "scripts/60-glusterfs.sh.tera",
+        packages: PerFamily {
+            apt: &["glusterfs-server"],
+            yum: &["glusterfs-server"],
+            dnf: &["glusterfs-server"],
+        },
+        services: &[ServiceRule {
+            unit: Some("glusterd"),
+            at_boot: AtBoot::Enabled,
+        }],
+        // glusterd management and the first brick ports.
+        inbound_tcp: &[24007, 24008, 49152],
+        files: &[FileRule {
+            any_of: &["/usr/sbin/glusterd"],
+            contains: None,
+            missing_message: "GlusterFS server (glusterd) not installed",
+        }],
+    },
+];
+
+pub fn feature(id: FeatureId) -> &'static Feature {
+    FEATURES
+        .iter()
+        .find(|f| f.id == id)
+        .expect("every FeatureId has a catalog entry")
+}
+
+/// Scripts rendered for every Linux image, whatever its features.
+pub const BASE_SCRIPT: &str = "scripts/00-base.sh.tera";
+pub const FIREWALL_SCRIPT: &str = "scripts/70-firewall.sh.tera";
+pub const PACKAGES_SCRIPT: &str = "scripts/80-packages.sh.tera";
+pub const PACKER_TEMPLATE: &str = "packer/azure-arm.json.tera";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_feature_id_is_in_the_catalog_once() {
+        let ids = [
+            FeatureId::Ssh,
+            FeatureId::Docker,
+            FeatureId::Gpu,
+            FeatureId::RdmaNd,
+            FeatureId::RdmaSriov,
+            FeatureId::Nfs,
+            FeatureId::GlusterfsClient,
+            FeatureId::GlusterfsServer,
+        ];
+        for id in ids {
+            assert_eq!(FEATURES.iter().filter(|f| f.id == id).count(), 1, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn linux_distros_mount_the_ephemeral_disk_where_shipyard_expects() {
+        for d in DISTROS.iter().filter(|d| d.os == Os::Linux) {
+            let expected = if d.os_release_id == "ubuntu" {
+                "/mnt"
+            } else {
+                "/mnt/resource"
+            };
+            assert_eq!(d.ephemeral_mount, expected, "{}", d.key);
+            assert!(
+                d.docker_data_root.starts_with(d.ephemeral_mount),
+                "{}",
+                d.key
+            );
+            assert!(d.node_agent.starts_with("batch.node."), "{}", d.key);
+        }
+    }
+
+    #[test]
+    fn every_feature_leaves_something_the_validator_can_check() {
+        for f in FEATURES {
+            assert!(!f.files.is_empty(), "{:?} has no file rule", f.id);
+        }
+    }
+}

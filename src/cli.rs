@@ -1,0 +1,121 @@
+//! Command-line definitions. Parsing only; the work happens in the stage modules.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Examples:
+  imgforge plan contrib/gpu-ubuntu1604.toml             what will be built
+  imgforge render contrib/gpu-ubuntu1604.toml -o out/   packer.json + scripts/*.sh
+  imgforge build contrib/gpu-ubuntu1604.toml --dry-run  plan, render and `packer validate`
+  imgforge templates export my-templates/               built-in templates, to customize
+
+Exit codes:
+  0    success
+  1    the work ran and failed (Packer rejected the template, the build failed)
+  2    bad usage or bad input (command line, manifest, template override)
+  3    a required tool is missing or unusable (Packer not found or too old)
+  4    an I/O error (cannot write the output)
+  130  cancelled (Ctrl-C or SIGTERM)
+
+Azure credentials are read by Packer from ARM_CLIENT_ID, ARM_CLIENT_SECRET,
+ARM_SUBSCRIPTION_ID and ARM_TENANT_ID; they never appear in rendered files or output.
+NO_COLOR=1 turns colour off.";
+
+/// Build Azure Batch custom VM images from a feature manifest with HashiCorp Packer.
+///
+/// imgforge reads a TOML manifest (distro, GPU, RDMA, NFS, GlusterFS, firewall,
+/// packages, pool size), renders a Packer template and provisioner scripts from
+/// built-in Tera templates, and runs Packer.
+#[derive(Debug, Parser)]
+#[command(name = "imgforge", version, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what a manifest will build: distro, features, ports, scripts, VHD copies.
+    Plan(PlanArgs),
+    /// Render packer.json and the provisioner scripts into a directory.
+    Render(RenderArgs),
+    /// Render, `packer validate`, then `packer build` (or stop after validation with --dry-run).
+    Build(BuildArgs),
+    /// Export or list the built-in templates.
+    #[command(subcommand)]
+    Templates(TemplatesCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The feature manifest (TOML).
+    pub manifest: PathBuf,
+    /// Print the plan as JSON (the same data the templates see).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TemplateOptions {
+    /// A directory of template overrides; each file replaces the built-in with the same relative path.
+    #[arg(long, value_name = "DIR", env = "IMGFORGE_TEMPLATES")]
+    pub templates: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The feature manifest (TOML).
+    pub manifest: PathBuf,
+    /// Output directory (created; must be empty or absent unless --force).
+    #[arg(short, long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Replace a non-empty output directory.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub templates: TemplateOptions,
+    /// Print the list of rendered files as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The feature manifest (TOML).
+    pub manifest: PathBuf,
+    /// Stop after rendering and `packer validate`; nothing is created in Azure.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Build directory [default: .imgforge/builds/<image>-<UTC timestamp>].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Replace a non-empty build directory.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub templates: TemplateOptions,
+    /// The Packer binary [default: $IMGFORGE_PACKER, then `packer` on PATH].
+    #[arg(long, value_name = "PATH")]
+    pub packer: Option<PathBuf>,
+    /// Print one JSON result document on stdout instead of progress.
+    #[arg(long)]
+    pub json: bool,
+    /// Show all provisioner output, not only the current step.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplatesCommand {
+    /// Write the built-in templates to DIR, ready to edit and pass back with --templates.
+    Export {
+        dir: PathBuf,
+        /// Write into a non-empty directory, replacing files of the same name.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the built-in template names (the paths overrides must use).
+    List,
+}

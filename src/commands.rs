@@ -1,0 +1,167 @@
+//! One function per subcommand: load inputs, call the stages, print.
+
+use std::io::Write;
+
+use crate::build::{self, BuildOptions, Status};
+use crate::cli::{BuildArgs, Cli, Command, PlanArgs, RenderArgs, TemplatesCommand};
+use crate::error::{AppError, exit};
+use crate::manifest::Manifest;
+use crate::packer::Packer;
+use crate::plan::Plan;
+use crate::templates::{self, TemplateSet};
+
+pub fn run(cli: Cli) -> Result<i32, AppError> {
+    match cli.command {
+        Command::Plan(args) => plan(args),
+        Command::Render(args) => render(args),
+        Command::Build(args) => build(args),
+        Command::Templates(cmd) => templates(cmd),
+    }
+}
+
+fn print_stdout(text: &str) -> Result<(), AppError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        // A closed pipe (`imgforge plan --json | head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(source) => Err(AppError::Io {
+            context: "stdout".into(),
+            source,
+        }),
+        Ok(()) => Ok(()),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    crate::redact::redact(&serde_json::to_string_pretty(value).expect("serializable")) + "\n"
+}
+
+fn plan(args: PlanArgs) -> Result<i32, AppError> {
+    let manifest = Manifest::load(&args.manifest)?;
+    let plan = Plan::new(&manifest);
+    if args.json {
+        print_stdout(&to_json(&plan))?;
+    } else {
+        print_stdout(&plan.to_text())?;
+    }
+    Ok(exit::OK)
+}
+
+fn render(args: RenderArgs) -> Result<i32, AppError> {
+    let manifest = Manifest::load(&args.manifest)?;
+    let set = TemplateSet::with_overrides(args.templates.templates.as_deref())?;
+    let plan = Plan::new(&manifest);
+    for w in &plan.warnings {
+        crate::term::warning(w);
+    }
+    let rendered = crate::render::render_to_dir(&plan, &manifest, &set, &args.out, args.force)?;
+    if args.json {
+        print_stdout(&to_json(&rendered))?;
+    } else {
+        let mut text = String::new();
+        for f in &rendered.files {
+            text.push_str(&format!("{}\n", rendered.dir.join(&f.path).display()));
+        }
+        print_stdout(&text)?;
+        crate::term::status(
+            "Rendered",
+            &format!(
+                "{} files into {}",
+                rendered.files.len(),
+                rendered.dir.display()
+            ),
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn build(args: BuildArgs) -> Result<i32, AppError> {
+    let manifest = Manifest::load(&args.manifest)?;
+    let set = TemplateSet::with_overrides(args.templates.templates.as_deref())?;
+    let plan = Plan::new(&manifest);
+    if !args.json {
+        eprint!("{}", plan.to_text());
+    }
+    for w in &plan.warnings {
+        crate::term::warning(w);
+    }
+    let packer = Packer::locate(args.packer.as_deref())?;
+    let dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| build::default_build_dir(&plan.image, std::time::SystemTime::now()));
+    let result = build::run(
+        &manifest,
+        &plan,
+        BuildOptions {
+            dir: dir.clone(),
+            force: args.force,
+            dry_run: args.dry_run,
+            templates: &set,
+            packer,
+            verbose: args.verbose,
+        },
+    );
+    match result {
+        Ok(record) => {
+            if args.json {
+                print_stdout(&to_json(&record))?;
+            } else {
+                let what = match record.status {
+                    Status::Validated => {
+                        "dry run: rendered and validated; nothing was created in Azure".to_string()
+                    }
+                    _ => record
+                        .artifact
+                        .as_ref()
+                        .map_or("no artifact".into(), |a| a.describe()),
+                };
+                crate::term::status(
+                    "Finished",
+                    &format!(
+                        "{what}\n{:>12} {}/{}",
+                        "Record",
+                        record.build_dir,
+                        build::RECORD_FILE
+                    ),
+                );
+            }
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            if args.json {
+                // Pipelines get the record even on failure; it was written before the error.
+                if let Ok(text) = std::fs::read_to_string(dir.join(build::RECORD_FILE)) {
+                    print_stdout(&text)?;
+                }
+            }
+            Err(e.into())
+        }
+    }
+}
+
+fn templates(cmd: TemplatesCommand) -> Result<i32, AppError> {
+    match cmd {
+        TemplatesCommand::Export { dir, force } => {
+            let written = templates::export(&dir, force)?;
+            crate::term::status(
+                "Exported",
+                &format!(
+                    "{} templates to {}; edit any of them and pass --templates {}",
+                    written.len(),
+                    dir.display(),
+                    dir.display()
+                ),
+            );
+        }
+        TemplatesCommand::List => {
+            let mut text = String::new();
+            for (name, _) in templates::BUILTIN {
+                text.push_str(name);
+                text.push('\n');
+            }
+            print_stdout(&text)?;
+        }
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,51 @@
+//! One error type for the CLI, and the documented exit codes.
+
+use crate::manifest::ManifestError;
+use crate::packer::PackerError;
+use crate::render::RenderError;
+use crate::templates::TemplateError;
+
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const BAD_INPUT: i32 = 2;
+    pub const TOOL: i32 = 3;
+    pub const IO: i32 = 4;
+    pub const CANCELLED: i32 = 130;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Packer(#[from] PackerError),
+    #[error(transparent)]
+    Build(#[from] crate::build::BuildError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+impl AppError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AppError::Manifest(ManifestError::Read { .. }) => exit::BAD_INPUT,
+            AppError::Manifest(ManifestError::Invalid(_)) => exit::BAD_INPUT,
+            AppError::Template(TemplateError::Export { .. }) => exit::IO,
+            AppError::Template(_) => exit::BAD_INPUT,
+            AppError::Render(RenderError::Write { .. }) => exit::IO,
+            AppError::Render(_) => exit::BAD_INPUT,
+            AppError::Packer(PackerError::Invalid { .. }) => exit::FAILED,
+            AppError::Packer(_) => exit::TOOL,
+            AppError::Build(e) => e.exit_code(),
+            AppError::Io { .. } => exit::IO,
+        }
+    }
+}

@@ -1,0 +1,836 @@
+//! The feature manifest: parsed from TOML, then checked against the catalog.
+//!
+//! Every error names the file, line and column, the key, and what is allowed,
+//! because the person reading it is usually a pipeline log reader far from the
+//! file.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{self, Distro, Os};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{path}: cannot read the manifest: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(Box<Located>),
+}
+
+/// An error with a place in the manifest.
+#[derive(Debug)]
+pub struct Located {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.path.display(),
+            self.line,
+            self.column,
+            self.key,
+            self.message
+        )?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    #[default]
+    Vhd,
+    ManagedImage,
+    Gallery,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Vhd => "vhd",
+            Target::ManagedImage => "managed_image",
+            Target::Gallery => "gallery",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rdma {
+    Nd,
+    Sriov,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Glusterfs {
+    Client,
+    Server,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSection {
+    pub name: String,
+    pub os: Os,
+    pub distro: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GallerySection {
+    pub name: String,
+    pub resource_group: Option<String>,
+    pub image_definition: String,
+    pub version: String,
+    #[serde(default)]
+    pub replication_regions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSection {
+    #[serde(default)]
+    pub target: Target,
+    pub location: Option<String>,
+    pub vm_size: Option<String>,
+    pub resource_group: Option<String>,
+    pub storage_account: Option<String>,
+    pub capture_container: Option<String>,
+    pub managed_image_name: Option<String>,
+    pub gallery: Option<GallerySection>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerFeature {
+    /// Version pin, e.g. `20.10.21`; unpinned when absent.
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuFeature {
+    /// NVIDIA driver branch (`470`) or exact version (`470.82.01`).
+    pub driver: String,
+    #[serde(default = "yes")]
+    pub container_toolkit: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeaturesSection {
+    #[serde(default)]
+    pub docker: DockerFeature,
+    pub gpu: Option<GpuFeature>,
+    pub rdma: Option<Rdma>,
+    #[serde(default)]
+    pub nfs: bool,
+    pub glusterfs: Option<Glusterfs>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallSection {
+    #[serde(default)]
+    pub inbound_tcp: Vec<u16>,
+    #[serde(default)]
+    pub outbound_tcp: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionSection {
+    #[serde(default)]
+    pub packages: Vec<String>,
+    #[serde(default)]
+    pub scripts: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    #[serde(default)]
+    pub dedicated: u32,
+    #[serde(default)]
+    pub low_priority: u32,
+    pub autoscale_max: Option<u32>,
+}
+
+impl PoolSection {
+    /// The most nodes the pool can reach at once.
+    pub fn max_nodes(&self) -> u32 {
+        let fixed = self.dedicated.saturating_add(self.low_priority);
+        fixed.max(self.autoscale_max.unwrap_or(0))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicateSection {
+    #[serde(default)]
+    pub storage_accounts: Vec<String>,
+    /// Container at whose root the copies are written.
+    pub container: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawManifest {
+    pub image: ImageSection,
+    #[serde(default)]
+    pub build: BuildSection,
+    #[serde(default)]
+    pub features: FeaturesSection,
+    #[serde(default)]
+    pub firewall: FirewallSection,
+    #[serde(default)]
+    pub provision: ProvisionSection,
+    #[serde(default)]
+    pub pool: PoolSection,
+    #[serde(default)]
+    pub replicate: ReplicateSection,
+}
+
+/// A manifest that parsed and passed every check against the catalog.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub path: PathBuf,
+    pub source: String,
+    pub distro: &'static Distro,
+    pub raw: RawManifest,
+    /// User scripts, resolved against the manifest's directory.
+    pub user_scripts: Vec<PathBuf>,
+}
+
+impl Manifest {
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Manifest::parse(path, source)
+    }
+
+    pub fn parse(path: &Path, source: String) -> Result<Manifest, ManifestError> {
+        let raw: RawManifest = match toml::from_str(&source) {
+            Ok(raw) => raw,
+            Err(e) => return Err(syntax_error(path, &source, &e)),
+        };
+        let checker = Checker {
+            path,
+            source: &source,
+        };
+        let (distro, user_scripts) = checker.check(&raw)?;
+        Ok(Manifest {
+            path: path.to_path_buf(),
+            distro,
+            user_scripts,
+            raw,
+            source,
+        })
+    }
+}
+
+fn syntax_error(path: &Path, source: &str, e: &toml::de::Error) -> ManifestError {
+    let span = e.span().unwrap_or(0..0);
+    let (line, column) = line_col(source, span.start);
+    let key = source
+        .get(span.clone())
+        .filter(|s| !s.is_empty() && s.len() < 80 && !s.contains('\n'))
+        .unwrap_or("(syntax)")
+        .trim_matches(|c| c == '[' || c == ']')
+        .to_string();
+    let message = e.message().trim().to_string();
+    let hint = if message.contains("unknown field") {
+        Some("the README's manifest reference lists every key".to_string())
+    } else if message.contains("missing field") {
+        Some("add the key; the README's manifest reference shows an example".to_string())
+    } else {
+        None
+    };
+    ManifestError::Invalid(Box::new(Located {
+        path: path.to_path_buf(),
+        line,
+        column,
+        key,
+        message,
+        hint,
+    }))
+}
+
+fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let before = &source[..offset.min(source.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+struct Checker<'a> {
+    path: &'a Path,
+    source: &'a str,
+}
+
+type Check<T> = Result<T, ManifestError>;
+
+impl Checker<'_> {
+    /// Where a dotted key's value sits in the source, for error messages.
+    fn span_of(&self, key: &str) -> Range<usize> {
+        let Ok(root) = toml::de::DeTable::parse(self.source) else {
+            return 0..0;
+        };
+        let mut parts = key.split('.');
+        let Some(first) = parts.next() else {
+            return 0..0;
+        };
+        let Some(mut node) = root.get_ref().get(first) else {
+            return 0..0;
+        };
+        let mut best = node.span();
+        for part in parts {
+            let next = match part.parse::<usize>() {
+                Ok(i) => node.get_ref().get(i),
+                Err(_) => node.get_ref().get(part),
+            };
+            match next {
+                Some(n) => {
+                    node = n;
+                    best = n.span();
+                }
+                None => break,
+            }
+        }
+        best
+    }
+
+    fn fail(
+        &self,
+        key: &str,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> ManifestError {
+        let (line, column) = line_col(self.source, self.span_of(key).start);
+        let hint: String = hint.into();
+        ManifestError::Invalid(Box::new(Located {
+            path: self.path.to_path_buf(),
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+            hint: (!hint.is_empty()).then_some(hint),
+        }))
+    }
+
+    fn check(&self, m: &RawManifest) -> Check<(&'static Distro, Vec<PathBuf>)> {
+        self.name(&m.image.name)?;
+        let distro = catalog::distro(&m.image.distro).ok_or_else(|| {
+            self.fail(
+                "image.distro",
+                format!("unknown distro `{}`", m.image.distro),
+                format!("known distros: {}", catalog::distro_keys().join(", ")),
+            )
+        })?;
+        if distro.os != m.image.os {
+            return Err(self.fail(
+                "image.os",
+                format!(
+                    "`{}` contradicts distro `{}`, which is {}",
+                    os_name(m.image.os),
+                    distro.key,
+                    os_name(distro.os)
+                ),
+                format!("set os = \"{}\"", os_name(distro.os)),
+            ));
+        }
+        self.build(&m.build)?;
+        self.features(m, distro)?;
+        self.firewall(&m.firewall)?;
+        self.provision_packages(&m.provision.packages)?;
+        let scripts = self.provision_scripts(&m.provision.scripts)?;
+        if distro.os == Os::Windows && (!m.provision.packages.is_empty() || !scripts.is_empty()) {
+            return Err(self.fail(
+                "provision",
+                "extra packages and user scripts are Linux-only",
+                "remove [provision] from a Windows manifest",
+            ));
+        }
+        self.replicate(&m.replicate)?;
+        Ok((distro, scripts))
+    }
+
+    fn name(&self, name: &str) -> Check<()> {
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(())
+        } else {
+            Err(self.fail(
+                "image.name",
+                format!("`{}` is not a valid image name", printable(name)),
+                "use 1-63 lowercase letters, digits and '-', starting with a letter or digit \
+                 (it becomes part of blob and file names)",
+            ))
+        }
+    }
+
+    fn build(&self, b: &BuildSection) -> Check<()> {
+        let need = |key: &str, value: &Option<String>| -> Check<()> {
+            if value.as_deref().is_none_or(str::is_empty) {
+                Err(self.fail(
+                    "build",
+                    format!("target = \"{}\" needs build.{key}", b.target.as_str()),
+                    format!("add `{key} = \"…\"` under [build]"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let only_for = |key: &str, present: bool, target: Target| -> Check<()> {
+            if present && b.target != target {
+                Err(self.fail(
+                    &format!("build.{key}"),
+                    format!(
+                        "`{key}` is only used with target = \"{}\", but target is \"{}\"",
+                        target.as_str(),
+                        b.target.as_str()
+                    ),
+                    format!("remove it, or set target = \"{}\"", target.as_str()),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        need("location", &b.location)?;
+        need("resource_group", &b.resource_group)?;
+        only_for("storage_account", b.storage_account.is_some(), Target::Vhd)?;
+        only_for(
+            "capture_container",
+            b.capture_container.is_some(),
+            Target::Vhd,
+        )?;
+        only_for("gallery", b.gallery.is_some(), Target::Gallery)?;
+        if b.managed_image_name.is_some() && b.target == Target::Vhd {
+            return Err(self.fail(
+                "build.managed_image_name",
+                "`managed_image_name` is not used with target = \"vhd\"",
+                "remove it, or set target = \"managed_image\" or \"gallery\"",
+            ));
+        }
+        match b.target {
+            Target::Vhd => {
+                need("storage_account", &b.storage_account)?;
+                need("capture_container", &b.capture_container)?;
+            }
+            Target::ManagedImage => need("managed_image_name", &b.managed_image_name)?,
+            Target::Gallery => {
+                need("managed_image_name", &b.managed_image_name)?;
+                let Some(g) = &b.gallery else {
+                    return Err(self.fail(
+                        "build",
+                        "target = \"gallery\" needs a [build.gallery] table",
+                        "add [build.gallery] with name, image_definition and version",
+                    ));
+                };
+                self.azure_name("build.gallery.name", &g.name, 80, "._")?;
+                self.azure_name(
+                    "build.gallery.image_definition",
+                    &g.image_definition,
+                    80,
+                    "._-",
+                )?;
+                if let Some(rg) = &g.resource_group {
+                    self.azure_name("build.gallery.resource_group", rg, 90, "._-()")?;
+                }
+                let semver = g.version.split('.').count() == 3
+                    && g.version
+                        .split('.')
+                        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+                if !semver {
+                    return Err(self.fail(
+                        "build.gallery.version",
+                        format!("`{}` is not a gallery image version", printable(&g.version)),
+                        "use MAJOR.MINOR.PATCH with digits only, e.g. \"1.0.0\"",
+                    ));
+                }
+                for (i, r) in g.replication_regions.iter().enumerate() {
+                    self.location(&format!("build.gallery.replication_regions.{i}"), r)?;
+                }
+            }
+        }
+        if let Some(l) = &b.location {
+            self.location("build.location", l)?;
+        }
+        if let Some(rg) = &b.resource_group {
+            self.azure_name("build.resource_group", rg, 90, "._-()")?;
+        }
+        if let Some(sa) = &b.storage_account {
+            self.storage_account("build.storage_account", sa)?;
+        }
+        if let Some(c) = &b.capture_container {
+            self.container("build.capture_container", c)?;
+        }
+        if let Some(n) = &b.managed_image_name {
+            self.azure_name("build.managed_image_name", n, 80, "._-")?;
+        }
+        if let Some(v) = &b.vm_size {
+            self.azure_name("build.vm_size", v, 64, "_-")?;
+        }
+        Ok(())
+    }
+
+    fn location(&self, key: &str, value: &str) -> Check<()> {
+        if !value.is_empty()
+            && value
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
+            Ok(())
+        } else {
+            Err(self.fail(
+                key,
+                format!("`{}` is not an Azure region name", printable(value)),
+                "use the short form, e.g. \"eastus\" or \"westeurope\" (`az account list-locations -o table`)",
+            ))
+        }
+    }
+
+    fn azure_name(&self, key: &str, value: &str, max: usize, extra: &str) -> Check<()> {
+        let ok = !value.is_empty()
+            && value.len() <= max
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || extra.contains(c));
+        if ok {
+            Ok(())
+        } else {
+            Err(self.fail(
+                key,
+                format!("`{}` is not a valid name here", printable(value)),
+                format!("use up to {max} letters, digits and any of `{extra}`"),
+            ))
+        }
+    }
+
+    fn storage_account(&self, key: &str, value: &str) -> Check<()> {
+        let ok = (3..=24).contains(&value.len())
+            && value
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if ok {
+            Ok(())
+        } else {
+            Err(self.fail(
+                key,
+                format!("`{}` is not a storage account name", printable(value)),
+                "storage account names are 3-24 lowercase letters and digits",
+            ))
+        }
+    }
+
+    fn container(&self, key: &str, value: &str) -> Check<()> {
+        let ok = (3..=63).contains(&value.len())
+            && value.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && !value.ends_with('-')
+            && !value.contains("--")
+            && value
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(())
+        } else {
+            Err(self.fail(
+                key,
+                format!("`{}` is not a blob container name", printable(value)),
+                "container names are 3-63 lowercase letters, digits and single '-', starting with a letter or digit",
+            ))
+        }
+    }
+
+    fn features(&self, m: &RawManifest, distro: &Distro) -> Check<()> {
+        let f = &m.features;
+        if distro.os == Os::Windows {
+            let linux_only = [
+                ("features.gpu", f.gpu.is_some()),
+                ("features.rdma", f.rdma.is_some()),
+                ("features.nfs", f.nfs),
+                ("features.glusterfs", f.glusterfs.is_some()),
+                ("features.docker.version", f.docker.version.is_some()),
+            ];
+            if let Some((key, _)) = linux_only.iter().find(|(_, on)| *on) {
+                return Err(self.fail(
+                    key,
+                    format!(
+                        "`{key}` is not available on Windows images ({})",
+                        distro.key
+                    ),
+                    "remove it, or choose a Linux distro",
+                ));
+            }
+        }
+        if let Some(v) = &f.docker.version {
+            self.version_pin(
+                "features.docker.version",
+                v,
+                "e.g. \"20.10.21\" or \"5:20.10.21~3-0~ubuntu-xenial\"",
+            )?;
+        }
+        if let Some(gpu) = &f.gpu {
+            let ok = !gpu.driver.is_empty()
+                && gpu.driver.starts_with(|c: char| c.is_ascii_digit())
+                && gpu.driver.chars().all(|c| c.is_ascii_digit() || c == '.');
+            if !ok {
+                return Err(self.fail(
+                    "features.gpu.driver",
+                    format!(
+                        "`{}` is not an NVIDIA driver branch or version",
+                        printable(&gpu.driver)
+                    ),
+                    "use a branch such as \"470\" or an exact version such as \"470.82.01\"",
+                ));
+            }
+        }
+        if f.rdma == Some(Rdma::Sriov) && distro.hpc_base_image.is_none() {
+            let with: Vec<_> = catalog::DISTROS
+                .iter()
+                .filter(|d| d.hpc_base_image.is_some())
+                .map(|d| d.key)
+                .collect();
+            return Err(self.fail(
+                "features.rdma",
+                format!(
+                    "rdma = \"sriov\" needs an Azure HPC base image with OFED, which {} does not have",
+                    distro.key
+                ),
+                format!("use rdma = \"nd\", or one of: {}", with.join(", ")),
+            ));
+        }
+        Ok(())
+    }
+
+    fn version_pin(&self, key: &str, v: &str, example: &str) -> Check<()> {
+        let ok = !v.is_empty()
+            && v.len() <= 64
+            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".:~+-_*".contains(c));
+        if ok {
+            Ok(())
+        } else {
+            Err(self.fail(
+                key,
+                format!("`{}` is not a package version", printable(v)),
+                format!("letters, digits and . : ~ + - _ * only; {example}"),
+            ))
+        }
+    }
+
+    fn firewall(&self, fw: &FirewallSection) -> Check<()> {
+        for (list, key) in [
+            (&fw.inbound_tcp, "inbound_tcp"),
+            (&fw.outbound_tcp, "outbound_tcp"),
+        ] {
+            if let Some(i) = list.iter().position(|&p| p == 0) {
+                return Err(self.fail(
+                    &format!("firewall.{key}.{i}"),
+                    "port 0 is not a TCP port",
+                    "use 1-65535",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn provision_packages(&self, packages: &[String]) -> Check<()> {
+        for (i, p) in packages.iter().enumerate() {
+            // Debian and RPM package names, optionally with an `=version` pin.
+            let (name, version) = p.split_once('=').unwrap_or((p, ""));
+            let name_ok = !name.is_empty()
+                && name.len() <= 128
+                && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".+-_".contains(c));
+            let version_ok = version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".:~+-_*".contains(c));
+            if !(name_ok && version_ok) {
+                return Err(self.fail(
+                    &format!("provision.packages.{i}"),
+                    format!("`{}` is not a package name", printable(p)),
+                    "package names use letters, digits and . + - _ (optionally `name=version`); \
+                     run anything else from a user script",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn provision_scripts(&self, scripts: &[PathBuf]) -> Check<Vec<PathBuf>> {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let mut resolved = Vec::new();
+        for (i, s) in scripts.iter().enumerate() {
+            let key = format!("provision.scripts.{i}");
+            let file_name = s.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let name_ok = !file_name.is_empty()
+                && file_name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !name_ok {
+                return Err(self.fail(
+                    &key,
+                    format!(
+                        "`{}` is not a usable script file name",
+                        printable(&s.to_string_lossy())
+                    ),
+                    "name user scripts with letters, digits, '.', '_' and '-'",
+                ));
+            }
+            let full = if s.is_absolute() {
+                s.clone()
+            } else {
+                base.join(s)
+            };
+            if !full.is_file() {
+                return Err(self.fail(
+                    &key,
+                    format!("user script `{}` not found", full.display()),
+                    "paths are relative to the manifest's directory",
+                ));
+            }
+            resolved.push(full);
+        }
+        Ok(resolved)
+    }
+
+    fn replicate(&self, r: &ReplicateSection) -> Check<()> {
+        for (i, a) in r.storage_accounts.iter().enumerate() {
+            let key = format!("replicate.storage_accounts.{i}");
+            self.storage_account(&key, a)?;
+            if r.storage_accounts[..i].contains(a) {
+                return Err(self.fail(
+                    &key,
+                    format!("storage account `{a}` is listed twice"),
+                    "each copy needs its own storage account; list each once",
+                ));
+            }
+        }
+        if let Some(c) = &r.container {
+            self.container("replicate.container", c)?;
+        }
+        Ok(())
+    }
+}
+
+fn os_name(os: Os) -> &'static str {
+    match os {
+        Os::Linux => "linux",
+        Os::Windows => "windows",
+    }
+}
+
+/// Shows control characters visibly so an error message cannot be spoofed or
+/// broken across lines by the value it quotes.
+fn printable(s: &str) -> String {
+    s.escape_debug().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[image]
+name = "t"
+os = "linux"
+distro = "ubuntu-22.04"
+
+[build]
+location = "eastus"
+resource_group = "rg"
+storage_account = "acct"
+capture_container = "images"
+"#;
+
+    fn parse(src: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(Path::new("m.toml"), src.to_string())
+    }
+
+    fn err(src: &str) -> Located {
+        match parse(src) {
+            Err(ManifestError::Invalid(l)) => *l,
+            other => panic!("expected an invalid manifest, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_minimal_manifest_parses_with_defaults() {
+        let m = parse(GOOD).unwrap();
+        assert_eq!(m.raw.build.target, Target::Vhd);
+        assert!(!m.raw.features.nfs);
+        assert_eq!(m.distro.key, "ubuntu-22.04");
+    }
+
+    #[test]
+    fn unknown_distro_lists_known_ones_and_points_at_the_value() {
+        let e = err(&GOOD.replace("ubuntu-22.04", "ubuntu-99.04"));
+        assert_eq!(e.key, "image.distro");
+        assert_eq!((e.line, e.column), (5, 10));
+        assert!(e.hint.unwrap().contains("centos-7"));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_allowed_keys() {
+        let e = err(&GOOD.replace("os = \"linux\"", "os = \"linux\"\ncolour = 1"));
+        assert_eq!(e.line, 5);
+        assert!(e.message.contains("colour"), "{}", e.message);
+        assert!(e.message.contains("distro"), "{}", e.message);
+    }
+
+    #[test]
+    fn sriov_on_a_distro_without_hpc_image_is_a_contradiction() {
+        let src = GOOD.replace("ubuntu-22.04", "ubuntu-16.04") + "\n[features]\nrdma = \"sriov\"\n";
+        let e = err(&src);
+        assert_eq!(e.key, "features.rdma");
+        assert_eq!(e.line, 14);
+    }
+
+    #[test]
+    fn pool_max_nodes_takes_the_larger_of_fixed_and_autoscale() {
+        let p = PoolSection {
+            dedicated: 30,
+            low_priority: 11,
+            autoscale_max: Some(20),
+        };
+        assert_eq!(p.max_nodes(), 41);
+        let p = PoolSection {
+            autoscale_max: Some(100),
+            ..p
+        };
+        assert_eq!(p.max_nodes(), 100);
+    }
+}

@@ -1,0 +1,461 @@
+//! What will be built: the manifest resolved against the catalog.
+//!
+//! The plan is both what `imgforge plan` prints and the whole context the
+//! templates see, so what a user reads is exactly what gets rendered.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::catalog::{self, AtBoot, FeatureId, MarketplaceImage, Os};
+use crate::manifest::{Glusterfs, Manifest, Rdma, Target};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub image: String,
+    pub manifest: String,
+    pub os: Os,
+    pub distro: &'static catalog::Distro,
+    pub base_image: MarketplaceImage,
+    pub target: Target,
+    pub build: BuildPlan,
+    pub features: Vec<FeaturePlan>,
+    pub docker: DockerPlan,
+    pub gpu: Option<GpuPlan>,
+    pub rdma: Option<Rdma>,
+    pub extra_packages: Vec<String>,
+    pub firewall: FirewallPlan,
+    /// Rendered script file names in the order Packer runs them.
+    pub scripts: Vec<ScriptPlan>,
+    pub pool: PoolPlan,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildPlan {
+    pub location: String,
+    pub vm_size: String,
+    pub resource_group: String,
+    pub storage_account: Option<String>,
+    pub capture_container: Option<String>,
+    pub managed_image_name: Option<String>,
+    pub gallery: Option<crate::manifest::GallerySection>,
+    /// Where Packer 1.6.6 leaves the captured VHD (the uuid is Azure's).
+    pub capture_uri_pattern: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FeaturePlan {
+    pub id: FeatureId,
+    pub packages: Vec<&'static str>,
+    pub services: Vec<ServicePlan>,
+    pub inbound_tcp: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServicePlan {
+    pub unit: &'static str,
+    pub enabled_at_boot: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DockerPlan {
+    pub version: Option<String>,
+    pub data_root: &'static str,
+    /// False because the data-root is on the ephemeral disk (see catalog).
+    pub enabled_at_boot: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GpuPlan {
+    pub driver: String,
+    pub container_toolkit: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FirewallPlan {
+    pub kind: catalog::HostFirewall,
+    pub inbound_tcp: Vec<u16>,
+    pub outbound_tcp: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScriptPlan {
+    /// File name under `scripts/` in the render directory.
+    pub file: String,
+    /// Built-in template it comes from; `None` for a user script.
+    pub template: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PoolPlan {
+    pub dedicated: u32,
+    pub low_priority: u32,
+    pub autoscale_max: Option<u32>,
+    pub max_nodes: u32,
+    pub vms_per_vhd: u32,
+    pub vhd_copies: u32,
+}
+
+/// Copies of a VHD needed so no copy serves more VMs than Azure Storage allows.
+/// Even one node needs one copy: Packer's capture path is not usable by Batch.
+pub fn vhd_copies(max_nodes: u32, os: Os) -> u32 {
+    max_nodes.div_ceil(os.vms_per_vhd()).max(1)
+}
+
+const DEFAULT_VM_SIZE: &str = "Standard_D2s_v3";
+
+impl Plan {
+    pub fn new(m: &Manifest) -> Plan {
+        let raw = &m.raw;
+        let distro = m.distro;
+        let family = distro.family;
+        let mut warnings = Vec::new();
+
+        let mut ids = Vec::new();
+        if distro.os == Os::Linux {
+            ids.extend([FeatureId::Ssh, FeatureId::Docker]);
+        }
+        if raw.features.gpu.is_some() {
+            ids.push(FeatureId::Gpu);
+        }
+        match raw.features.rdma {
+            Some(Rdma::Nd) => ids.push(FeatureId::RdmaNd),
+            Some(Rdma::Sriov) => ids.push(FeatureId::RdmaSriov),
+            None => {}
+        }
+        if raw.features.nfs {
+            ids.push(FeatureId::Nfs);
+        }
+        match raw.features.glusterfs {
+            Some(Glusterfs::Client) => ids.push(FeatureId::GlusterfsClient),
+            Some(Glusterfs::Server) => {
+                ids.extend([FeatureId::GlusterfsClient, FeatureId::GlusterfsServer])
+            }
+            None => {}
+        }
+
+        let docker_on_ephemeral = distro.docker_data_root.starts_with(distro.ephemeral_mount);
+        let features: Vec<FeaturePlan> = ids
+            .iter()
+            .map(|&id| {
+                let f = catalog::feature(id);
+                FeaturePlan {
+                    id,
+                    packages: f.packages.for_family(family).to_vec(),
+                    services: f
+                        .services
+                        .iter()
+                        .map(|s| ServicePlan {
+                            unit: s.unit.unwrap_or(distro.ssh_service),
+                            enabled_at_boot: match s.at_boot {
+                                AtBoot::Enabled => true,
+                                AtBoot::DisabledWhenOnEphemeralDisk => !docker_on_ephemeral,
+                            },
+                        })
+                        .collect(),
+                    inbound_tcp: f.inbound_tcp.to_vec(),
+                }
+            })
+            .collect();
+
+        let mut inbound: BTreeSet<u16> = catalog::REQUIRED_INBOUND_TCP.iter().copied().collect();
+        inbound.extend(features.iter().flat_map(|f| f.inbound_tcp.iter().copied()));
+        inbound.extend(raw.firewall.inbound_tcp.iter().copied());
+        let mut outbound: BTreeSet<u16> = catalog::REQUIRED_OUTBOUND_TCP.iter().copied().collect();
+        outbound.extend(raw.firewall.outbound_tcp.iter().copied());
+
+        let mut scripts = Vec::new();
+        if distro.os == Os::Linux {
+            let mut templates = vec![catalog::BASE_SCRIPT];
+            for f in &features {
+                let t = catalog::feature(f.id).script;
+                if !templates.contains(&t) {
+                    templates.push(t);
+                }
+            }
+            templates.push(catalog::FIREWALL_SCRIPT);
+            if !raw.provision.packages.is_empty() {
+                templates.push(catalog::PACKAGES_SCRIPT);
+            }
+            templates.sort();
+            scripts.extend(templates.into_iter().map(|t| ScriptPlan {
+                file: script_file_name(t),
+                template: Some(t),
+            }));
+            for (i, s) in m.user_scripts.iter().enumerate() {
+                let name = s
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                scripts.push(ScriptPlan {
+                    file: format!("90-user-{:02}-{name}", i + 1),
+                    template: None,
+                });
+            }
+        }
+
+        let vm_size = raw
+            .build
+            .vm_size
+            .clone()
+            .unwrap_or_else(|| DEFAULT_VM_SIZE.to_string());
+        let base_image = match (raw.features.rdma, distro.hpc_base_image) {
+            (Some(_), Some(hpc)) => hpc,
+            _ => distro.base_image,
+        };
+        if raw.features.gpu.is_some() && !is_gpu_size(&vm_size) {
+            warnings.push(format!(
+                "features.gpu is on but build.vm_size `{vm_size}` is not an N-series (GPU) size: \
+                 the driver installs, but the pool needs an N-series size to use it"
+            ));
+        }
+        if raw.features.rdma.is_some() && !is_rdma_size(&vm_size) {
+            warnings.push(format!(
+                "features.rdma is on but build.vm_size `{vm_size}` is not an RDMA-capable size \
+                 (H-series, or an N-series size ending in 'r')"
+            ));
+        }
+        if raw.features.rdma == Some(Rdma::Nd) && distro.hpc_base_image.is_none() {
+            warnings.push(format!(
+                "{} has no Azure HPC base image: the InfiniBand userland comes from distro packages",
+                distro.key
+            ));
+        }
+
+        let pool = PoolPlan {
+            dedicated: raw.pool.dedicated,
+            low_priority: raw.pool.low_priority,
+            autoscale_max: raw.pool.autoscale_max,
+            max_nodes: raw.pool.max_nodes(),
+            vms_per_vhd: distro.os.vms_per_vhd(),
+            vhd_copies: vhd_copies(raw.pool.max_nodes(), distro.os),
+        };
+        if raw.build.target == Target::Vhd {
+            let candidates = raw.replicate.storage_accounts.len() as u32;
+            if candidates > 0 && candidates < pool.vhd_copies {
+                warnings.push(format!(
+                    "the pool needs {} VHD copies but [replicate] lists {} storage account(s): \
+                     replication will refuse to start",
+                    pool.vhd_copies, candidates
+                ));
+            }
+        }
+
+        let b = &raw.build;
+        let capture_uri_pattern = match (b.target, &b.storage_account, &b.capture_container) {
+            (Target::Vhd, Some(acct), Some(container)) => Some(format!(
+                "https://{acct}.blob.core.windows.net/system/Microsoft.Compute/Images/{container}/{}-osDisk.<uuid>.vhd",
+                raw.image.name
+            )),
+            _ => None,
+        };
+
+        Plan {
+            image: raw.image.name.clone(),
+            manifest: m.path.display().to_string(),
+            os: distro.os,
+            distro,
+            base_image,
+            target: b.target,
+            build: BuildPlan {
+                location: b.location.clone().unwrap_or_default(),
+                vm_size,
+                resource_group: b.resource_group.clone().unwrap_or_default(),
+                storage_account: b.storage_account.clone(),
+                capture_container: b.capture_container.clone(),
+                managed_image_name: b.managed_image_name.clone(),
+                gallery: b.gallery.clone(),
+                capture_uri_pattern,
+            },
+            docker: DockerPlan {
+                version: raw.features.docker.version.clone(),
+                data_root: distro.docker_data_root,
+                enabled_at_boot: !docker_on_ephemeral,
+            },
+            gpu: raw.features.gpu.as_ref().map(|g| GpuPlan {
+                driver: g.driver.clone(),
+                container_toolkit: g.container_toolkit,
+            }),
+            rdma: raw.features.rdma,
+            features,
+            extra_packages: raw.provision.packages.clone(),
+            firewall: FirewallPlan {
+                kind: distro.firewall,
+                inbound_tcp: inbound.into_iter().collect(),
+                outbound_tcp: outbound.into_iter().collect(),
+            },
+            scripts,
+            pool,
+            warnings,
+        }
+    }
+
+    /// The human-readable form of `imgforge plan`.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let b = &self.build;
+        let _ = writeln!(s, "image      {} ({})", self.image, self.manifest);
+        let _ = writeln!(
+            s,
+            "distro     {} from {}:{}:{} (node agent `{}`)",
+            self.distro.key,
+            self.base_image.publisher,
+            self.base_image.offer,
+            self.base_image.sku,
+            self.distro.node_agent
+        );
+        let target = match self.target {
+            Target::Vhd => format!(
+                "vhd, captured to {}",
+                b.capture_uri_pattern.as_deref().unwrap_or("?")
+            ),
+            Target::ManagedImage => format!(
+                "managed image `{}` in resource group `{}`",
+                b.managed_image_name.as_deref().unwrap_or("?"),
+                b.resource_group
+            ),
+            Target::Gallery => {
+                let g = b.gallery.as_ref();
+                format!(
+                    "gallery `{}`, image `{}`, version {}",
+                    g.map_or("?", |g| g.name.as_str()),
+                    g.map_or("?", |g| g.image_definition.as_str()),
+                    g.map_or("?", |g| g.version.as_str()),
+                )
+            }
+        };
+        let _ = writeln!(s, "target     {target}");
+        let _ = writeln!(
+            s,
+            "build VM   {} in {} (resource group `{}`)",
+            b.vm_size, b.location, b.resource_group
+        );
+        let features: Vec<String> = self
+            .features
+            .iter()
+            .map(|f| match f.id {
+                FeatureId::Docker => format!(
+                    "docker {} (data-root {}, {} at boot)",
+                    self.docker.version.as_deref().unwrap_or("latest"),
+                    self.docker.data_root,
+                    if self.docker.enabled_at_boot {
+                        "enabled"
+                    } else {
+                        "not enabled"
+                    }
+                ),
+                FeatureId::Gpu => {
+                    let g = self.gpu.as_ref().expect("gpu feature has gpu settings");
+                    format!(
+                        "gpu (NVIDIA driver {}{})",
+                        g.driver,
+                        if g.container_toolkit {
+                            ", container toolkit"
+                        } else {
+                            ""
+                        }
+                    )
+                }
+                other => serde_json::to_value(other)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+                    .replace('_', " "),
+            })
+            .collect();
+        let _ = writeln!(s, "features   {}", features.join(", "));
+        if !self.extra_packages.is_empty() {
+            let _ = writeln!(s, "packages   {}", self.extra_packages.join(", "));
+        }
+        let ports = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            s,
+            "firewall   {:?}: inbound tcp {}; outbound tcp {}",
+            self.firewall.kind,
+            ports(&self.firewall.inbound_tcp),
+            ports(&self.firewall.outbound_tcp)
+        );
+        let scripts: Vec<&str> = self.scripts.iter().map(|s| s.file.as_str()).collect();
+        let _ = writeln!(s, "scripts    {}", scripts.join(", "));
+        let p = &self.pool;
+        let _ = writeln!(
+            s,
+            "pool       up to {} nodes (dedicated {}, low priority {}, autoscale max {}) -> {} VHD cop{} at {} VMs per VHD",
+            p.max_nodes,
+            p.dedicated,
+            p.low_priority,
+            p.autoscale_max.map_or("-".to_string(), |m| m.to_string()),
+            p.vhd_copies,
+            if p.vhd_copies == 1 { "y" } else { "ies" },
+            p.vms_per_vhd
+        );
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning    {w}");
+        }
+        s
+    }
+}
+
+fn script_file_name(template: &str) -> String {
+    let file = template.rsplit('/').next().unwrap_or(template);
+    file.trim_end_matches(".tera").to_string()
+}
+
+fn size_family(vm_size: &str) -> String {
+    vm_size
+        .trim_start_matches("Standard_")
+        .trim_start_matches("Basic_")
+        .to_ascii_uppercase()
+}
+
+/// N-series sizes carry GPUs (NC, ND, NV, NG, NCas_T4_v3, …).
+pub fn is_gpu_size(vm_size: &str) -> bool {
+    size_family(vm_size).starts_with('N')
+}
+
+/// H-series and the N-series sizes with an `r` after the core count.
+pub fn is_rdma_size(vm_size: &str) -> bool {
+    let s = size_family(vm_size);
+    if s.starts_with('H') {
+        return true;
+    }
+    if !s.starts_with('N') {
+        return false;
+    }
+    let after_digits: String = s
+        .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+        .trim_start_matches(|c: char| c.is_ascii_digit())
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect();
+    after_digits.contains('R')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copies_follow_the_40_and_20_rules() {
+        assert_eq!(vhd_copies(0, Os::Linux), 1);
+        assert_eq!(vhd_copies(40, Os::Linux), 1);
+        assert_eq!(vhd_copies(41, Os::Linux), 2);
+        assert_eq!(vhd_copies(80, Os::Linux), 2);
+        assert_eq!(vhd_copies(20, Os::Windows), 1);
+        assert_eq!(vhd_copies(21, Os::Windows), 2);
+    }
+
+    #[test]
+    fn vm_size_families() {
+        assert!(is_gpu_size("Standard_NC6"));
+        assert!(is_gpu_size("Standard_NC4as_T4_v3"));
+        assert!(!is_gpu_size("Standard_D2s_v3"));
+        assert!(is_rdma_size("Standard_NC24r"));
+        assert!(is_rdma_size("Standard_HB120rs_v3"));
+        assert!(!is_rdma_size("Standard_NC24"));
+        assert!(!is_rdma_size("Standard_NC24s_v3"));
+        assert!(is_rdma_size("Standard_NC24rs_v3"));
+    }
+}
