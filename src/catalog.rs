@@ -253,8 +253,13 @@ pub fn distro_keys() -> Vec<&'static str> {
     DISTROS.iter().map(|d| d.key).collect()
 }
 
-/// Inbound TCP ports Azure Batch needs open on every Linux node (node agent and SSH).
-pub const REQUIRED_INBOUND_TCP: &[u16] = &[22, 29876, 29877];
+/// Inbound TCP ports Azure Batch needs open: the node agent's, and SSH (RDP on Windows).
+pub fn required_inbound_tcp(os: Os) -> &'static [u16] {
+    match os {
+        Os::Linux => &[22, 29876, 29877],
+        Os::Windows => &[3389, 29876, 29877],
+    }
+}
 /// Outbound TCP ports every node needs (Azure Storage over HTTPS).
 pub const REQUIRED_OUTBOUND_TCP: &[u16] = &[443];
 

@@ -79,11 +79,12 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
     let manifest = Manifest::load(&args.manifest)?;
     let set = TemplateSet::with_overrides(args.templates.templates.as_deref())?;
     let plan = Plan::new(&manifest);
-    if !args.json {
+    if args.json {
+        for w in &plan.warnings {
+            crate::term::warning(w);
+        }
+    } else {
         eprint!("{}", plan.to_text());
-    }
-    for w in &plan.warnings {
-        crate::term::warning(w);
     }
     let packer = Packer::locate(args.packer.as_deref())?;
     let dir = args

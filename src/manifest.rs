@@ -256,12 +256,23 @@ impl Manifest {
 fn syntax_error(path: &Path, source: &str, e: &toml::de::Error) -> ManifestError {
     let span = e.span().unwrap_or(0..0);
     let (line, column) = line_col(source, span.start);
-    let key = source
-        .get(span.clone())
-        .filter(|s| !s.is_empty() && s.len() < 80 && !s.contains('\n'))
-        .unwrap_or("(syntax)")
-        .trim_matches(|c| c == '[' || c == ']')
-        .to_string();
+    // A document that does not parse has no key tree: take the key written on
+    // the offending line.
+    let top_level_missing = e.message().contains("missing field") && span.start == 0;
+    let key = if top_level_missing {
+        Some("(top level)".to_string())
+    } else {
+        key_at(source, span.start)
+    };
+    let key = key.unwrap_or_else(|| {
+        source
+            .lines()
+            .nth(line - 1)
+            .and_then(|l| l.split_once('='))
+            .map(|(k, _)| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .unwrap_or_else(|| "(syntax)".to_string())
+    });
     let message = e.message().trim().to_string();
     let hint = if message.contains("unknown field") {
         Some("the README's manifest reference lists every key".to_string())
@@ -278,6 +289,30 @@ fn syntax_error(path: &Path, source: &str, e: &toml::de::Error) -> ManifestError
         message,
         hint,
     }))
+}
+
+/// The dotted key whose key or value covers `offset`, deepest first.
+fn key_at(source: &str, offset: usize) -> Option<String> {
+    fn walk(table: &toml::de::DeTable<'_>, offset: usize, prefix: &str) -> Option<String> {
+        for (k, v) in table {
+            let path = if prefix.is_empty() {
+                k.get_ref().to_string()
+            } else {
+                format!("{prefix}.{}", k.get_ref())
+            };
+            if let Some(inner) = v.get_ref().as_table()
+                && let Some(deeper) = walk(inner, offset, &path)
+            {
+                return Some(deeper);
+            }
+            if k.span().contains(&offset) || v.span().contains(&offset) {
+                return Some(path);
+            }
+        }
+        None
+    }
+    let root = toml::de::DeTable::parse(source).ok()?;
+    walk(root.get_ref(), offset, "")
 }
 
 fn line_col(source: &str, offset: usize) -> (usize, usize) {

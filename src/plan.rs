@@ -160,7 +160,10 @@ impl Plan {
             })
             .collect();
 
-        let mut inbound: BTreeSet<u16> = catalog::REQUIRED_INBOUND_TCP.iter().copied().collect();
+        let mut inbound: BTreeSet<u16> = catalog::required_inbound_tcp(distro.os)
+            .iter()
+            .copied()
+            .collect();
         inbound.extend(features.iter().flat_map(|f| f.inbound_tcp.iter().copied()));
         inbound.extend(raw.firewall.inbound_tcp.iter().copied());
         let mut outbound: BTreeSet<u16> = catalog::REQUIRED_OUTBOUND_TCP.iter().copied().collect();

@@ -1,0 +1,238 @@
+//! Bad input: each class gives a located, actionable error, exit code 2, and
+//! writes nothing.
+
+mod common;
+
+use common::*;
+
+struct Case {
+    what: &'static str,
+    manifest: String,
+    /// Substrings the error must contain (file:line:col, key, the fix).
+    expect: &'static [&'static str],
+}
+
+fn replace(from: &str, to: &str) -> String {
+    assert!(MINIMAL.contains(from));
+    MINIMAL.replace(from, to)
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            what: "unknown key",
+            manifest: replace("os = \"linux\"", "os = \"linux\"\ncolour = \"blue\""),
+            expect: &["m.toml:5:1", "colour", "distro"],
+        },
+        Case {
+            what: "wrong type",
+            manifest: format!("{MINIMAL}\n[pool]\ndedicated = \"ten\"\n"),
+            expect: &["m.toml:14:13", "dedicated", "u32"],
+        },
+        Case {
+            what: "unknown distro",
+            manifest: replace("ubuntu-22.04", "debian-12"),
+            expect: &[
+                "m.toml:5:10",
+                "image.distro",
+                "debian-12",
+                "ubuntu-16.04",
+                "almalinux-8",
+            ],
+        },
+        Case {
+            what: "os contradicts distro",
+            manifest: replace("os = \"linux\"", "os = \"windows\""),
+            expect: &["m.toml:4:6", "image.os", "set os = \"linux\""],
+        },
+        Case {
+            what: "gpu on windows",
+            manifest: replace("os = \"linux\"", "os = \"windows\"")
+                .replace("ubuntu-22.04", "windows-2019")
+                + "\n[features]\ngpu = { driver = \"470\" }\n",
+            expect: &["m.toml:14:7", "features.gpu", "Windows"],
+        },
+        Case {
+            what: "sriov without an HPC image",
+            manifest: replace("ubuntu-22.04", "ubuntu-16.04") + "\n[features]\nrdma = \"sriov\"\n",
+            expect: &["m.toml:14:8", "features.rdma", "centos-7"],
+        },
+        Case {
+            what: "bad rdma value",
+            manifest: format!("{MINIMAL}\n[features]\nrdma = \"roce\"\n"),
+            expect: &["m.toml:14", "roce", "nd", "sriov"],
+        },
+        Case {
+            what: "command in a package name",
+            manifest: format!("{MINIMAL}\n[provision]\npackages = [\"htop\", \"x; rm -rf /\"]\n"),
+            expect: &["m.toml:14:21", "provision.packages.1", "not a package name"],
+        },
+        Case {
+            what: "command substitution in a package name",
+            manifest: format!("{MINIMAL}\n[provision]\npackages = [\"$(reboot)\"]\n"),
+            expect: &["provision.packages.0", "$(reboot)"],
+        },
+        Case {
+            what: "newline in a package name",
+            manifest: format!("{MINIMAL}\n[provision]\npackages = [\"jq\\nreboot\"]\n"),
+            expect: &["provision.packages.0", "jq\\nreboot"],
+        },
+        Case {
+            what: "quote in the image name",
+            manifest: replace("name = \"t1\"", "name = \"t1'\""),
+            expect: &["m.toml:3:8", "image.name", "lowercase"],
+        },
+        Case {
+            what: "quote in the docker version",
+            manifest: format!(
+                "{MINIMAL}\n[features]\ndocker = {{ version = \"20.10\\\"; reboot\" }}\n"
+            ),
+            expect: &["features.docker.version", "not a package version"],
+        },
+        Case {
+            what: "vhd target without a storage account",
+            manifest: replace("storage_account = \"acct\"\n", ""),
+            expect: &["build.storage_account", "target = \"vhd\""],
+        },
+        Case {
+            what: "a field of another target",
+            manifest: replace("[build]", "[build]\nmanaged_image_name = \"img\""),
+            expect: &["m.toml:8:22", "build.managed_image_name", "managed_image"],
+        },
+        Case {
+            what: "bad storage account name",
+            manifest: replace("\"acct\"", "\"Acct_1\""),
+            expect: &["m.toml:10:19", "build.storage_account", "3-24 lowercase"],
+        },
+        Case {
+            what: "duplicate replication account",
+            manifest: format!(
+                "{MINIMAL}\n[replicate]\nstorage_accounts = [\"a1b\", \"a2b\", \"a1b\"]\n"
+            ),
+            expect: &["replicate.storage_accounts.2", "twice"],
+        },
+        Case {
+            what: "missing user script",
+            manifest: format!("{MINIMAL}\n[provision]\nscripts = [\"nope.sh\"]\n"),
+            expect: &[
+                "provision.scripts.0",
+                "not found",
+                "relative to the manifest",
+            ],
+        },
+        Case {
+            what: "invalid TOML",
+            manifest: replace("location = \"eastus\"", "location = eastus"),
+            expect: &["m.toml:8:12", "location", "quoted"],
+        },
+        Case {
+            what: "missing image table",
+            manifest: "[build]\nlocation = \"eastus\"\n".into(),
+            expect: &["m.toml", "image"],
+        },
+    ]
+}
+
+#[test]
+fn each_class_of_bad_manifest_is_located_explained_and_writes_nothing() {
+    for case in cases() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = tmp.path().join("m.toml");
+        write(&m, &case.manifest);
+        let out = tmp.path().join("out");
+        for args in [
+            vec!["plan".to_string()],
+            vec!["render".into(), "-o".into(), out.display().to_string()],
+            vec![
+                "build".into(),
+                "--dry-run".into(),
+                "--out".into(),
+                out.display().to_string(),
+            ],
+        ] {
+            let r = run(imgforge().args(&args[..1]).arg(&m).args(&args[1..]));
+            assert_eq!(
+                r.code,
+                2,
+                "{}: {:?} exit {}\n{}",
+                case.what,
+                args,
+                r.code,
+                r.all()
+            );
+            assert!(r.stdout.is_empty(), "{}: stdout should be empty", case.what);
+            for e in case.expect {
+                assert!(
+                    r.stderr.contains(e),
+                    "{}: `{e}` missing from:\n{}",
+                    case.what,
+                    r.stderr
+                );
+            }
+            assert_eq!(
+                r.stderr.lines().filter(|l| l.starts_with("error:")).count(),
+                1,
+                "{}: one error line:\n{}",
+                case.what,
+                r.stderr
+            );
+            assert!(!out.exists(), "{}: {:?} wrote output", case.what, args);
+            let names: Vec<String> = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(
+                names,
+                vec!["m.toml".to_string()],
+                "{}: left {names:?}",
+                case.what
+            );
+        }
+    }
+}
+
+#[test]
+fn a_missing_manifest_names_the_path() {
+    let r = run(imgforge().args(["plan", "/nonexistent/m.toml"]));
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("/nonexistent/m.toml"), "{}", r.stderr);
+}
+
+#[test]
+fn a_missing_packer_is_exit_3_with_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m.toml");
+    write(&m, MINIMAL);
+    let r = run(imgforge()
+        .args([
+            "build",
+            "--dry-run",
+            "--packer",
+            "/nonexistent/packer",
+            "--out",
+        ])
+        .arg(tmp.path().join("b"))
+        .arg(&m));
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(r.stderr.contains("Packer not found"), "{}", r.stderr);
+    assert!(r.stderr.contains("apt-get install packer"), "{}", r.stderr);
+
+    let r = run(imgforge()
+        .args(["build", "--dry-run", "--out"])
+        .arg(tmp.path().join("b"))
+        .arg(&m)
+        .env("IMGFORGE_PACKER", "/nonexistent/from-env"));
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(
+        r.stderr.contains("IMGFORGE_PACKER=/nonexistent/from-env"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn bad_command_lines_are_exit_2() {
+    let r = run(imgforge().args(["render", "m.toml"]));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("--out"), "{}", r.stderr);
+}
