@@ -106,7 +106,8 @@ pub fn capture(artifacts: &[RawArtifact], build_dir: &Path) -> Result<Captured, 
             .iter()
             .find(|f| f.to_ascii_lowercase().ends_with(".vhd"))
         {
-            let path = build_dir.join(file);
+            let joined = build_dir.join(file);
+            let path = std::fs::canonicalize(&joined).unwrap_or(joined);
             let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             return Ok(Captured::LocalVhd { path, bytes });
         }
@@ -154,4 +155,110 @@ fn azure(a: &RawArtifact) -> Result<Captured, CaptureError> {
     Err(CaptureError::AzureFieldsMissing {
         string: crate::redact::redact(&a.string),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{ArtifactCollector, parse_line};
+
+    /// Artifact lines in the shape Packer 1.6.6's azure-arm builder writes with
+    /// `-machine-readable` (DOMAIN.md §3): fields `builder-id`, `id`, `string`
+    /// (newlines as a literal `\n`, commas as `%!(PACKER_COMMA)`), `files-count`, `end`.
+    fn collect(lines: &[&str]) -> Vec<RawArtifact> {
+        let mut c = ArtifactCollector::default();
+        for l in lines {
+            c.observe(&parse_line(l).expect("machine-readable line"));
+        }
+        c.into_artifacts()
+    }
+
+    const VHD: &[&str] = &[
+        "1606900000,azure-arm,artifact-count,1",
+        "1606900000,azure-arm,artifact,0,builder-id,Azure.ResourceManagement.VMImage",
+        "1606900000,azure-arm,artifact,0,id,https://acct0.blob.core.windows.net/system/Microsoft.Compute/Images/images/gpu-osDisk.7b0c.vhd",
+        "1606900000,azure-arm,artifact,0,string,Azure.ResourceManagement.VMImage:\\n\\nOSType: Linux\\nStorageAccountLocation: eastus\\nOSDiskUri: https://acct0.blob.core.windows.net/system/Microsoft.Compute/Images/images/gpu-osDisk.7b0c.vhd\\nOSDiskUriReadOnlySas: https://acct0.blob.core.windows.net/system/Microsoft.Compute/Images/images/gpu-osDisk.7b0c.vhd?se=2026-12-28T07%3A00%3A00Z&sig=c2VjcmV0%2Bsig%3D&sp=r&sr=b&sv=2015-02-21\\nTemplateUri: https://acct0.blob.core.windows.net/system/Microsoft.Compute/Images/images/gpu-vmTemplate.7b0c.json\\nTemplateUriReadOnlySas: https://acct0.blob.core.windows.net/system/Microsoft.Compute/Images/images/gpu-vmTemplate.7b0c.json?se=2026-12-28T07%3A00%3A00Z&sig=dGVtcGxhdGU%3D&sp=r&sr=b&sv=2015-02-21\\n",
+        "1606900000,azure-arm,artifact,0,files-count,0",
+        "1606900000,azure-arm,artifact,0,end",
+    ];
+
+    #[test]
+    fn azure_vhd_artifact_yields_the_os_disk_uri_and_keeps_the_sas_secret() {
+        let captured = capture(&collect(VHD), Path::new("/b")).unwrap();
+        let Captured::AzureVhd {
+            os_disk_uri,
+            os_type,
+            storage_account_location,
+            read_only_sas_url,
+        } = &captured
+        else {
+            panic!("{captured:?}")
+        };
+        assert_eq!(
+            os_disk_uri,
+            "https://acct0.blob.core.windows.net/system/Microsoft.Compute/Images/images/gpu-osDisk.7b0c.vhd"
+        );
+        assert_eq!(os_type.as_deref(), Some("Linux"));
+        assert_eq!(storage_account_location.as_deref(), Some("eastus"));
+        assert!(read_only_sas_url.expose().contains("sig=c2VjcmV0%2Bsig%3D"));
+        let json = serde_json::to_string(&captured).unwrap();
+        assert!(!json.contains("sig="), "{json}");
+        assert!(!format!("{captured:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn managed_image_artifact_yields_its_id() {
+        let lines = [
+            "1,azure-arm,artifact,0,builder-id,Azure.ResourceManagement.VMImage",
+            "1,azure-arm,artifact,0,id,/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/images/img1",
+            "1,azure-arm,artifact,0,string,Azure.ResourceManagement.VMImage:\\n\\nOSType: Linux\\nManagedImageResourceGroupName: rg\\nManagedImageName: img1\\nManagedImageId: /subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/images/img1\\nManagedImageLocation: westus2\\n",
+            "1,azure-arm,artifact,0,end",
+        ];
+        let captured = capture(&collect(&lines), Path::new("/b")).unwrap();
+        let Captured::ManagedImage {
+            id, name, location, ..
+        } = captured
+        else {
+            panic!()
+        };
+        assert_eq!(
+            id,
+            "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/images/img1"
+        );
+        assert_eq!(name.as_deref(), Some("img1"));
+        assert_eq!(location.as_deref(), Some("westus2"));
+    }
+
+    #[test]
+    fn gallery_artifact_yields_the_image_version_id() {
+        let lines = [
+            "1,azure-arm,artifact,0,builder-id,Azure.ResourceManagement.VMImage",
+            "1,azure-arm,artifact,0,string,Azure.ResourceManagement.VMImage:\\n\\nOSType: Linux\\nManagedImageResourceGroupName: rg\\nManagedImageName: img1\\nManagedImageId: /subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/images/img1\\nManagedImageLocation: eastus\\nManagedImageSharedImageGalleryId: /subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/galleries/g1/images/def/versions/1.0.0\\n",
+            "1,azure-arm,artifact,0,end",
+            "1,azure-arm,artifact,0,builder-id,packer.post-processor.manifest",
+            "1,azure-arm,artifact,0,end",
+        ];
+        let captured = capture(&collect(&lines), Path::new("/b")).unwrap();
+        let Captured::GalleryImageVersion {
+            id,
+            managed_image_id,
+        } = captured
+        else {
+            panic!()
+        };
+        assert!(id.ends_with("/galleries/g1/images/def/versions/1.0.0"));
+        assert!(managed_image_id.unwrap().ends_with("/images/img1"));
+    }
+
+    #[test]
+    fn only_the_manifest_post_processor_means_no_artifact() {
+        let lines = [
+            "1,azure-arm,artifact,0,builder-id,packer.post-processor.manifest",
+            "1,azure-arm,artifact,0,end",
+        ];
+        assert_eq!(
+            capture(&collect(&lines), Path::new("/b")).unwrap_err(),
+            CaptureError::NoArtifact
+        );
+    }
 }

@@ -112,10 +112,10 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
                     Status::Validated => {
                         "dry run: rendered and validated; nothing was created in Azure".to_string()
                     }
-                    _ => record
-                        .artifact
-                        .as_ref()
-                        .map_or("no artifact".into(), |a| a.describe()),
+                    _ => format!(
+                        "build of {} succeeded in {:.1} s",
+                        record.image, record.duration_s
+                    ),
                 };
                 crate::term::status(
                     "Finished",

@@ -1,0 +1,312 @@
+//! `imgforge build` with the real Packer 1.6.6 and local builders (null, file)
+//! through a template override: streaming, failure, cancellation, a local VHD
+//! captured, and secret redaction.
+
+mod common;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A template override directory whose Packer template is `packer_json`.
+fn overrides(root: &Path, packer_json: &serde_json::Value) -> PathBuf {
+    let dir = root.join("templates");
+    write(
+        &dir.join("packer/azure-arm.json.tera"),
+        &format!(
+            "{{% raw %}}{}{{% endraw %}}\n",
+            serde_json::to_string_pretty(packer_json).unwrap()
+        ),
+    );
+    dir
+}
+
+/// A null builder whose shell-local provisioner runs `inline`, then makes a
+/// real fixed VHD that the `artifice` post-processor turns into the artifact,
+/// the way an on-premises build hands its disk to imgforge.
+fn null_build(inline: &[&str]) -> serde_json::Value {
+    let mut steps: Vec<String> = inline.iter().map(|s| s.to_string()).collect();
+    steps.push("truncate -s 1M disk.raw".into());
+    steps.push(
+        "qemu-img convert -f raw -O vpc -o subformat=fixed,force_size=on disk.raw disk.vhd".into(),
+    );
+    serde_json::json!({
+        "builders": [{"type": "null", "communicator": "none"}],
+        "provisioners": [{"type": "shell-local", "inline": steps}],
+        "post-processors": [{"type": "artifice", "files": ["disk.vhd"]}]
+    })
+}
+
+fn manifest(root: &Path) -> PathBuf {
+    let m = root.join("m.toml");
+    write(&m, MINIMAL);
+    m
+}
+
+fn build_cmd(root: &Path, templates: &Path, extra: &[&str]) -> Command {
+    let mut cmd = imgforge();
+    cmd.arg("build")
+        .arg(manifest(root))
+        .arg("--out")
+        .arg(root.join("build"))
+        .arg("--templates")
+        .arg(templates)
+        .args(extra);
+    cmd
+}
+
+fn record(root: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(root.join("build/build.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn provisioner_output_streams_as_it_happens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = overrides(
+        tmp.path(),
+        &null_build(&[
+            "echo tick-1",
+            "sleep 1",
+            "echo tick-2",
+            "sleep 1",
+            "echo tick-3",
+        ]),
+    );
+    let mut child = build_cmd(tmp.path(), &t, &["--verbose"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        for tick in ["tick-1", "tick-2", "tick-3"] {
+            if line.contains(tick) {
+                seen.push((tick, start.elapsed()));
+            }
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let ticks: Vec<&str> = seen.iter().map(|(t, _)| *t).collect();
+    assert_eq!(ticks, ["tick-1", "tick-2", "tick-3"]);
+    // Lines printed a second apart arrive a second apart, not all at exit.
+    let gap = seen[2].1 - seen[0].1;
+    assert!(
+        gap >= Duration::from_millis(1500),
+        "tick-1 to tick-3 took {gap:?}"
+    );
+
+    let r = record(tmp.path());
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["artifact"]["kind"], "local_vhd", "{r}");
+    assert_eq!(r["artifact"]["bytes"], 1024 * 1024 + 512, "{r}");
+    let log = std::fs::read_to_string(tmp.path().join("build/packer.log")).unwrap();
+    assert!(
+        log.contains(",ui,message,"),
+        "raw machine-readable log kept"
+    );
+    assert!(log.contains("tick-2"));
+}
+
+#[test]
+fn a_failing_provisioner_fails_the_build_plainly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = overrides(tmp.path(), &null_build(&["echo about to fail", "exit 3"]));
+    let r = run(&mut build_cmd(tmp.path(), &t, &[]));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("non-zero exit status: 3"), "{}", r.stderr);
+    assert!(r.stderr.contains("packer.log"), "{}", r.stderr);
+    let rec = record(tmp.path());
+    assert_eq!(rec["status"], "failed");
+    assert!(
+        rec["error"]
+            .as_str()
+            .unwrap()
+            .contains("non-zero exit status: 3"),
+        "{rec}"
+    );
+    assert!(rec["artifact"].is_null());
+}
+
+#[test]
+fn json_output_is_one_document_even_on_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = overrides(tmp.path(), &null_build(&["exit 7"]));
+    let r = run(&mut build_cmd(tmp.path(), &t, &["--json"]));
+    assert_eq!(r.code, 1, "{}", r.all());
+    let doc: serde_json::Value =
+        serde_json::from_str(&r.stdout).expect("stdout is one JSON document");
+    assert_eq!(doc["status"], "failed");
+    assert_eq!(doc, record(tmp.path()));
+}
+
+fn processes_in(dir: &Path) -> Vec<String> {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        if std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd == dir) {
+            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            found.push(format!(
+                "{pid}: {}",
+                String::from_utf8_lossy(&cmd).replace('\0', " ")
+            ));
+        }
+    }
+    found
+}
+
+#[test]
+fn sigint_cancels_cleanly_and_leaves_no_packer_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = overrides(
+        tmp.path(),
+        &null_build(&["echo provisioning-started", "sleep 60", "echo never"]),
+    );
+    let mut child = build_cmd(tmp.path(), &t, &["--verbose"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut transcript = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        transcript.push_str(&line);
+        transcript.push('\n');
+        if line.contains("provisioning-started") {
+            break;
+        }
+    }
+    assert!(transcript.contains("provisioning-started"), "{transcript}");
+    let sent = Instant::now();
+    // SAFETY: signalling the child we spawned.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    for line in lines {
+        transcript.push_str(&line.unwrap());
+        transcript.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{transcript}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(30),
+        "cancel took {:?}",
+        sent.elapsed()
+    );
+    assert!(transcript.contains("cancelling"), "{transcript}");
+    assert!(!transcript.contains("never"), "{transcript}");
+
+    let rec = record(tmp.path());
+    assert_eq!(rec["status"], "cancelled");
+    let log = std::fs::read_to_string(tmp.path().join("build/packer.log")).unwrap();
+    assert!(log.contains("Cleanly cancelled"), "{log}");
+    let left = processes_in(&tmp.path().join("build"));
+    assert!(left.is_empty(), "processes left running: {left:?}");
+}
+
+/// A real fixed VHD: raw bytes converted by qemu-img, size kept exact.
+fn fixed_vhd(path: &Path, mib: u64) {
+    let raw = path.with_extension("raw");
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(mib * 1024 * 1024).unwrap();
+    let r = run(Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=fixed,force_size=on",
+        ])
+        .arg(&raw)
+        .arg(path));
+    assert_eq!(r.code, 0, "{}", r.all());
+}
+
+#[test]
+fn a_build_without_an_image_artifact_fails_at_capture() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = overrides(
+        tmp.path(),
+        &serde_json::json!({"builders": [{"type": "null", "communicator": "none"}]}),
+    );
+    let r = run(&mut build_cmd(tmp.path(), &t, &[]));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("no image imgforge can use"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("null"), "{}", r.stderr);
+    assert_eq!(record(tmp.path())["status"], "failed");
+}
+
+#[test]
+fn a_local_vhd_artifact_is_captured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = tmp.path().join("source.vhd");
+    fixed_vhd(&vhd, 4);
+    let t = overrides(
+        tmp.path(),
+        &serde_json::json!({
+            "builders": [{"type": "file", "source": vhd, "target": "disk.vhd"}],
+            "post-processors": [{"type": "manifest", "output": "packer-manifest.json"}]
+        }),
+    );
+    let r = run(&mut build_cmd(tmp.path(), &t, &["--json"]));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["status"], "succeeded");
+    assert_eq!(doc["artifact"]["kind"], "local_vhd");
+    assert_eq!(doc["artifact"]["bytes"], 4 * 1024 * 1024 + 512);
+    let path = PathBuf::from(doc["artifact"]["path"].as_str().unwrap());
+    assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&vhd).unwrap());
+    assert!(r.stderr.contains("Captured"), "{}", r.stderr);
+}
+
+#[test]
+fn secrets_never_reach_output_log_or_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = overrides(
+        tmp.path(),
+        &null_build(&[
+            "echo \"the secret is $ARM_CLIENT_SECRET\"",
+            "echo \"sas $TEST_SAS_URL\"",
+            "echo \"and on stderr: $ARM_CLIENT_SECRET\" >&2",
+            "exit 1",
+        ]),
+    );
+    let r = run(build_cmd(tmp.path(), &t, &["--verbose", "--json"]).env(
+        "TEST_SAS_URL",
+        "https://acct.blob.core.windows.net/c/x.vhd?sv=2020-04-08&sr=b&sig=Zm9vYmFy%2Bbaz%3D&se=2030",
+    ));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("the secret is [REDACTED]"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("sig=[REDACTED]"), "{}", r.stderr);
+    assert!(!r.all().contains(CANARY), "secret printed");
+    assert!(!r.all().contains("Zm9vYmFy"), "SAS signature printed");
+    let log = std::fs::read_to_string(tmp.path().join("build/packer.log")).unwrap();
+    assert!(log.contains("[REDACTED]"));
+    assert_no_canary(&tmp.path().join("build"));
+    for (rel, bytes) in files(&tmp.path().join("build")) {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("Zm9vYmFy"),
+            "signature in {rel}"
+        );
+    }
+}
