@@ -86,6 +86,8 @@ pub struct BuildRecord {
     pub finished_at: String,
     pub duration_s: f64,
     pub artifact: Option<Captured>,
+    /// The Batch Shipyard pool snippet written next to this record.
+    pub snippet: Option<String>,
     pub error: Option<String>,
     pub warnings: Vec<String>,
 }
@@ -149,6 +151,7 @@ pub fn run(
         finished_at: String::new(),
         duration_s: 0.0,
         artifact: None,
+        snippet: None,
         error: None,
         warnings,
     };
@@ -220,6 +223,17 @@ pub fn run(
         RunEnd::Succeeded => match crate::capture::capture(&outcome.artifacts, &dir) {
             Ok(captured) => {
                 crate::term::status("Captured", &captured.describe());
+                if let Some(image) = arm_image(&captured) {
+                    let path = dir.join(crate::pool::SNIPPET_FILE);
+                    let text = crate::pool::snippet(plan, &image);
+                    crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| {
+                        BuildError::Write {
+                            path: path.clone(),
+                            source,
+                        }
+                    })?;
+                    record.snippet = Some(path.display().to_string());
+                }
                 record.status = Status::Succeeded;
                 record.artifact = Some(captured);
                 finish(&mut record, started, clock, &dir)?;
@@ -252,6 +266,16 @@ fn finish(
     let json = crate::redact::redact(&json) + "\n";
     crate::fsutil::write_atomic(&path, json.as_bytes())
         .map_err(|source| BuildError::Write { path, source })
+}
+
+/// Managed and gallery images go into a pool as they are; VHDs need copies first.
+fn arm_image(captured: &Captured) -> Option<crate::pool::PoolImage> {
+    match captured {
+        Captured::ManagedImage { id, .. } | Captured::GalleryImageVersion { id, .. } => {
+            Some(crate::pool::PoolImage::ArmImageId(id.clone()))
+        }
+        Captured::AzureVhd { .. } | Captured::LocalVhd { .. } => None,
+    }
 }
 
 fn uses_azure_arm(dir: &Path) -> bool {

@@ -46,6 +46,50 @@ pub enum Command {
     /// Export or list the built-in templates.
     #[command(subcommand)]
     Templates(TemplatesCommand),
+    /// Batch Shipyard pool configuration: print the snippet for an image, or check a pool.yaml.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Node agent SKU ids imgforge knows, per distro.
+    Skus {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Print the pool_specification.vm_configuration block that uses a build's image.
+    Snippet {
+        /// The feature manifest the image was built from.
+        manifest: PathBuf,
+        /// The build record (build.json) of a finished build.
+        #[arg(long, value_name = "BUILD_JSON")]
+        from: PathBuf,
+        /// Also write the snippet to this file.
+        #[arg(short, long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Check a Batch Shipyard pool configuration (YAML or JSON) against Azure Batch's rules.
+    ///
+    /// Exit status: 0 when nothing failed (warnings allowed), 1 when a check failed,
+    /// 2 when the file cannot be read.
+    Check {
+        /// The pool configuration, e.g. pool.yaml.
+        config: PathBuf,
+        /// The manifest of the image the pool uses: also checks node_agent and vm_size against it.
+        #[arg(long, value_name = "MANIFEST")]
+        manifest: Option<PathBuf>,
+        /// Also check what only Azure can answer (blob existence and type, account region).
+        #[arg(long)]
+        online: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also write the report as JUnit XML.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use crate::build::{self, BuildOptions, Status};
-use crate::cli::{BuildArgs, Cli, Command, PlanArgs, RenderArgs, TemplatesCommand};
+use crate::cli::{BuildArgs, Cli, Command, PlanArgs, PoolCommand, RenderArgs, TemplatesCommand};
 use crate::error::{AppError, exit};
 use crate::manifest::Manifest;
 use crate::packer::Packer;
@@ -16,6 +16,8 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
         Command::Render(args) => render(args),
         Command::Build(args) => build(args),
         Command::Templates(cmd) => templates(cmd),
+        Command::Pool(cmd) => pool(cmd),
+        Command::Skus { json } => skus(json),
     }
 }
 
@@ -117,6 +119,11 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
                         record.image, record.duration_s
                     ),
                 };
+                if let Some(path) = &record.snippet
+                    && let Ok(text) = std::fs::read_to_string(path)
+                {
+                    print_stdout(&text)?;
+                }
                 crate::term::status(
                     "Finished",
                     &format!(
@@ -163,6 +170,110 @@ fn templates(cmd: TemplatesCommand) -> Result<i32, AppError> {
             }
             print_stdout(&text)?;
         }
+    }
+    Ok(exit::OK)
+}
+
+fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
+    match cmd {
+        PoolCommand::Snippet {
+            manifest,
+            from,
+            out,
+        } => {
+            let manifest = Manifest::load(&manifest)?;
+            let plan = Plan::new(&manifest);
+            let image = crate::pool::image_from_record(&from)?;
+            let text = crate::pool::snippet(&plan, &image);
+            if let Some(out) = out {
+                crate::fsutil::write_atomic(&out, text.as_bytes()).map_err(|source| {
+                    AppError::Io {
+                        context: out.display().to_string(),
+                        source,
+                    }
+                })?;
+            }
+            print_stdout(&text)?;
+            Ok(exit::OK)
+        }
+        PoolCommand::Check {
+            config,
+            manifest,
+            online,
+            json,
+            junit,
+        } => {
+            let plan = match &manifest {
+                Some(m) => Some(Plan::new(&Manifest::load(m)?)),
+                None => None,
+            };
+            let config = crate::pool::PoolConfig::load(&config)?;
+            let report = crate::pool::check(&config, plan.as_ref(), online);
+            emit_report(&report, json, junit.as_deref(), "imgforge pool check")
+        }
+    }
+}
+
+/// Prints a check report and turns it into the exit status.
+fn emit_report(
+    report: &crate::report::Report,
+    json: bool,
+    junit: Option<&std::path::Path>,
+    suite: &str,
+) -> Result<i32, AppError> {
+    if let Some(path) = junit {
+        crate::fsutil::write_atomic(path, report.to_junit(suite).as_bytes()).map_err(|source| {
+            AppError::Io {
+                context: path.display().to_string(),
+                source,
+            }
+        })?;
+    }
+    if json {
+        print_stdout(&to_json(report))?;
+    } else {
+        use std::io::IsTerminal;
+        let color = crate::term::color_enabled(std::io::stdout().is_terminal());
+        print_stdout(&crate::redact::redact(&report.to_text(color)))?;
+    }
+    Ok(if report.failed() {
+        exit::FAILED
+    } else {
+        exit::OK
+    })
+}
+
+fn skus(json: bool) -> Result<i32, AppError> {
+    #[derive(serde::Serialize)]
+    struct Sku {
+        distro: &'static str,
+        os: crate::catalog::Os,
+        node_agent: &'static str,
+        vms_per_vhd: u32,
+    }
+    let rows: Vec<Sku> = crate::catalog::DISTROS
+        .iter()
+        .map(|d| Sku {
+            distro: d.key,
+            os: d.os,
+            node_agent: d.node_agent,
+            vms_per_vhd: d.os.vms_per_vhd(),
+        })
+        .collect();
+    if json {
+        print_stdout(&to_json(&rows))?;
+    } else {
+        let mut text = format!(
+            "{:<14} {:<26} {}\n",
+            "DISTRO", "NODE AGENT SKU ID", "VMS PER VHD"
+        );
+        for r in &rows {
+            text.push_str(&format!(
+                "{:<14} {:<26} {}\n",
+                r.distro, r.node_agent, r.vms_per_vhd
+            ));
+        }
+        print_stdout(&text)?;
     }
     Ok(exit::OK)
 }

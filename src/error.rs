@@ -26,6 +26,8 @@ pub enum AppError {
     Packer(#[from] PackerError),
     #[error(transparent)]
     Build(#[from] crate::build::BuildError),
+    #[error(transparent)]
+    Pool(#[from] crate::pool::PoolError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -45,6 +47,7 @@ impl AppError {
             AppError::Packer(PackerError::Invalid { .. }) => exit::FAILED,
             AppError::Packer(_) => exit::TOOL,
             AppError::Build(e) => e.exit_code(),
+            AppError::Pool(_) => exit::BAD_INPUT,
             AppError::Io { .. } => exit::IO,
         }
     }

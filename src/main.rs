@@ -14,9 +14,11 @@ mod fsutil;
 mod manifest;
 mod packer;
 mod plan;
+mod pool;
 mod progress;
 mod redact;
 mod render;
+mod report;
 mod templates;
 mod term;
 

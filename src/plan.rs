@@ -407,10 +407,11 @@ fn script_file_name(template: &str) -> String {
 }
 
 fn size_family(vm_size: &str) -> String {
-    vm_size
-        .trim_start_matches("Standard_")
-        .trim_start_matches("Basic_")
-        .to_ascii_uppercase()
+    let upper = vm_size.to_ascii_uppercase();
+    upper
+        .trim_start_matches("STANDARD_")
+        .trim_start_matches("BASIC_")
+        .to_string()
 }
 
 /// N-series sizes carry GPUs (NC, ND, NV, NG, NCas_T4_v3, …).
@@ -453,6 +454,7 @@ mod tests {
     #[test]
     fn vm_size_families() {
         assert!(is_gpu_size("Standard_NC6"));
+        assert!(is_gpu_size("STANDARD_NC6"));
         assert!(is_gpu_size("Standard_NC4as_T4_v3"));
         assert!(!is_gpu_size("Standard_D2s_v3"));
         assert!(is_rdma_size("Standard_NC24r"));

@@ -1,0 +1,616 @@
+//! The Batch Shipyard handoff: the `vm_configuration` snippet for `pool.yaml`,
+//! and checks of an existing pool configuration against Azure Batch's rules.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::catalog::{self, Os};
+use crate::plan::{Plan, is_gpu_size, is_rdma_size, vhd_copies};
+use crate::report::{Finding, Report};
+
+pub const SNIPPET_FILE: &str = "pool-snippet.yaml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid pool configuration ({format}): {message}")]
+    Parse {
+        path: PathBuf,
+        format: &'static str,
+        message: String,
+    },
+    #[error("{path}: {message}\n  hint: {hint}")]
+    Record {
+        path: PathBuf,
+        message: String,
+        hint: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+struct PoolDocument {
+    pool_specification: PoolSpecification,
+}
+
+#[derive(Debug, Serialize)]
+struct PoolSpecification {
+    vm_configuration: VmConfiguration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vm_size: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct VmConfiguration {
+    custom_image: CustomImage,
+}
+
+#[derive(Debug, Serialize)]
+struct CustomImage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arm_image_id: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    image_uris: Vec<String>,
+    node_agent: String,
+}
+
+/// The image a pool should use, as recorded by a build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolImage {
+    /// Bare URLs of the replicated VHDs, at container roots.
+    Vhds(Vec<String>),
+    /// A managed image or gallery image version.
+    ArmImageId(String),
+}
+
+/// Reads what a build produced from its `build.json`.
+pub fn image_from_record(path: &Path) -> Result<PoolImage, PoolError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PoolError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let record: Value = serde_json::from_str(&text).map_err(|e| PoolError::Parse {
+        path: path.to_path_buf(),
+        format: "JSON",
+        message: e.to_string(),
+    })?;
+    let err = |message: &str, hint: &str| PoolError::Record {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+        hint: hint.to_string(),
+    };
+    let copies: Vec<String> = record["copies"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter_map(|c| c["url"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !copies.is_empty() {
+        return Ok(PoolImage::Vhds(copies));
+    }
+    match record["artifact"]["kind"].as_str() {
+        Some("managed_image") | Some("gallery_image_version") => record["artifact"]["id"]
+            .as_str()
+            .map(|id| PoolImage::ArmImageId(id.to_string()))
+            .ok_or_else(|| {
+                err(
+                    "the artifact has no id",
+                    "rebuild; the record is incomplete",
+                )
+            }),
+        Some("azure_vhd") | Some("local_vhd") => Err(err(
+            "the build produced a VHD but the record lists no replicated copies; Batch cannot use \
+             Packer's capture path (system/Microsoft.Compute/Images/…) or a local file",
+            "run `imgforge replicate` for this build first",
+        )),
+        _ => Err(err(
+            "the record has no artifact (the build did not succeed)",
+            "check `status` and `error` in the record",
+        )),
+    }
+}
+
+/// The `pool_specification` block for Batch Shipyard, as YAML with comments.
+pub fn snippet(plan: &Plan, image: &PoolImage) -> String {
+    let (arm_image_id, image_uris) = match image {
+        PoolImage::Vhds(urls) => (None, urls.clone()),
+        PoolImage::ArmImageId(id) => (Some(id.clone()), Vec::new()),
+    };
+    let doc = PoolDocument {
+        pool_specification: PoolSpecification {
+            vm_configuration: VmConfiguration {
+                custom_image: CustomImage {
+                    arm_image_id,
+                    image_uris,
+                    node_agent: plan.distro.node_agent.to_string(),
+                },
+            },
+            vm_size: Some(plan.build.vm_size.clone()),
+        },
+    };
+    let mut out = format!(
+        "# Batch Shipyard pool.yaml snippet for image {} ({}), written by imgforge.\n",
+        plan.image, plan.distro.key
+    );
+    match image {
+        PoolImage::Vhds(urls) => {
+            let serves = urls.len() as u32 * plan.pool.vms_per_vhd;
+            out.push_str(&format!(
+                "# {} VHD cop{} serve up to {serves} {} nodes ({} per copy); the manifest's pool needs up to {}.\n",
+                urls.len(),
+                if urls.len() == 1 { "y" } else { "ies" },
+                if plan.os == Os::Windows { "Windows" } else { "Linux" },
+                plan.pool.vms_per_vhd,
+                plan.pool.max_nodes,
+            ));
+        }
+        PoolImage::ArmImageId(_) => out.push_str(&format!(
+            "# Managed/gallery image: no VHD copies needed; the manifest's pool needs up to {} nodes.\n",
+            plan.pool.max_nodes
+        )),
+    }
+    out.push_str(&serde_yaml_ng::to_string(&doc).expect("the snippet serializes"));
+    out
+}
+
+/// A parsed pool configuration and its source text, for line evidence.
+pub struct PoolConfig {
+    pub path: PathBuf,
+    pub text: String,
+    pub value: Value,
+}
+
+impl PoolConfig {
+    pub fn load(path: &Path) -> Result<PoolConfig, PoolError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PoolError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let is_json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+            || text.trim_start().starts_with('{');
+        let value: Value = if is_json {
+            serde_json::from_str(&text).map_err(|e| PoolError::Parse {
+                path: path.to_path_buf(),
+                format: "JSON",
+                message: e.to_string(),
+            })?
+        } else {
+            serde_yaml_ng::from_str(&text).map_err(|e| PoolError::Parse {
+                path: path.to_path_buf(),
+                format: "YAML",
+                message: e.to_string(),
+            })?
+        };
+        if !value["pool_specification"].is_object() {
+            return Err(PoolError::Parse {
+                path: path.to_path_buf(),
+                format: if is_json { "JSON" } else { "YAML" },
+                message: "no `pool_specification` object at the top level".into(),
+            });
+        }
+        Ok(PoolConfig {
+            path: path.to_path_buf(),
+            text,
+            value,
+        })
+    }
+
+    /// `path:line` of the first line mentioning `needle`, or the path alone.
+    fn at(&self, needle: &str) -> String {
+        match self.text.lines().position(|l| l.contains(needle)) {
+            Some(i) => format!("{}:{}", self.path.display(), i + 1),
+            None => self.path.display().to_string(),
+        }
+    }
+}
+
+fn count(v: &Value) -> u64 {
+    match v {
+        Value::Number(n) => n.as_u64().unwrap_or(0),
+        Value::Object(_) => {
+            v["dedicated"].as_u64().unwrap_or(0) + v["low_priority"].as_u64().unwrap_or(0)
+        }
+        _ => 0,
+    }
+}
+
+/// The most nodes the configuration can reach: the fixed size, or the
+/// autoscale maximum when larger.
+pub fn max_nodes(spec: &Value) -> u64 {
+    let fixed = count(&spec["vm_count"]);
+    let autoscale = count(&spec["autoscale"]["scenario"]["maximum_vm_count"]);
+    fixed.max(autoscale)
+}
+
+pub fn known_node_agents() -> Vec<&'static str> {
+    catalog::DISTROS.iter().map(|d| d.node_agent).collect()
+}
+
+pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool) -> Report {
+    let spec = &config.value["pool_specification"];
+    let vm = &spec["vm_configuration"];
+    let mut f = Vec::new();
+
+    let platform = vm["platform_image"].is_object();
+    let custom = vm["custom_image"].is_object();
+    f.push(match (platform, custom) {
+        (false, true) => Finding::pass(
+            "pool.image.exactly-one",
+            "custom_image is set, platform_image is not",
+        ),
+        (true, true) => Finding::fail(
+            "pool.image.exactly-one",
+            "both platform_image and custom_image are set",
+        )
+        .evidence(config.at("platform_image"))
+        .hint("remove platform_image: a pool uses one image source"),
+        (true, false) => Finding::fail(
+            "pool.image.exactly-one",
+            "platform_image is set: this pool does not use a custom image",
+        )
+        .evidence(config.at("platform_image"))
+        .hint("replace platform_image with the custom_image block from `imgforge pool snippet`"),
+        (false, false) => Finding::fail(
+            "pool.image.exactly-one",
+            "neither platform_image nor custom_image is set",
+        )
+        .evidence(config.at("vm_configuration"))
+        .hint("add the custom_image block from `imgforge pool snippet`"),
+    });
+    if !custom {
+        return Report::new(config.path.display().to_string(), f);
+    }
+    let ci = &vm["custom_image"];
+    let node_agent = ci["node_agent"].as_str().unwrap_or("");
+    let windows = node_agent.to_ascii_lowercase().contains("windows");
+    let uris: Vec<String> = ci["image_uris"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|u| u.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let arm_image_id = ci["arm_image_id"].as_str();
+
+    match (uris.is_empty(), arm_image_id) {
+        (true, None) => f.push(
+            Finding::fail(
+                "pool.custom-image.source",
+                "custom_image has neither image_uris nor arm_image_id",
+            )
+            .evidence(config.at("custom_image"))
+            .hint("add image_uris (VHDs) or arm_image_id (managed or gallery image)"),
+        ),
+        (false, Some(_)) => f.push(
+            Finding::fail(
+                "pool.custom-image.source",
+                "custom_image has both image_uris and arm_image_id",
+            )
+            .evidence(config.at("arm_image_id"))
+            .hint("keep one: image_uris for VHDs, arm_image_id for a managed or gallery image"),
+        ),
+        _ => f.push(Finding::pass(
+            "pool.custom-image.source",
+            "one image source",
+        )),
+    }
+
+    if !uris.is_empty() {
+        check_uris(config, &uris, windows, spec, &mut f);
+    }
+    if let Some(id) = arm_image_id {
+        f.push(if arm_image_id_ok(id) {
+            Finding::pass("pool.arm-image-id.format", "a managed image or gallery image version id").evidence(config.at(id))
+        } else {
+            Finding::fail("pool.arm-image-id.format", format!("`{id}` is not a managed image or gallery image version id"))
+                .evidence(config.at(id))
+                .hint("/subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Compute/images/NAME, or …/galleries/G/images/DEF/versions/X.Y.Z")
+        });
+    }
+
+    let known = known_node_agents();
+    if node_agent.is_empty() {
+        f.push(
+            Finding::fail(
+                "pool.node-agent.present",
+                "custom_image.node_agent is missing",
+            )
+            .evidence(config.at("custom_image"))
+            .hint(format!(
+                "set the node agent SKU id of the image's distro (`imgforge skus`): {}",
+                known.join(", ")
+            )),
+        );
+    } else {
+        f.push(
+            Finding::pass(
+                "pool.node-agent.present",
+                format!("node_agent is `{node_agent}`"),
+            )
+            .evidence(config.at("node_agent")),
+        );
+        f.push(
+            if known.iter().any(|k| k.eq_ignore_ascii_case(node_agent)) {
+                Finding::pass(
+                    "pool.node-agent.known",
+                    "a node agent SKU id imgforge knows",
+                )
+            } else {
+                Finding::fail(
+                    "pool.node-agent.known",
+                    format!("`{node_agent}` is not a known node agent SKU id"),
+                )
+                .evidence(config.at("node_agent"))
+                .hint(format!("known: {}", known.join(", ")))
+            },
+        );
+    }
+
+    if let Some(plan) = plan {
+        let want = plan.distro.node_agent;
+        f.push(if want.eq_ignore_ascii_case(node_agent) {
+            Finding::pass(
+                "pool.node-agent.matches-image",
+                format!("matches the image's distro {}", plan.distro.key),
+            )
+        } else {
+            Finding::fail(
+                "pool.node-agent.matches-image",
+                format!(
+                    "node_agent `{node_agent}` does not match the image's distro {} (`{want}`)",
+                    plan.distro.key
+                ),
+            )
+            .evidence(config.at("node_agent"))
+            .hint(format!("set node_agent: {want}"))
+        });
+        let vm_size = spec["vm_size"].as_str().unwrap_or("");
+        if plan.gpu.is_some() {
+            f.push(if is_gpu_size(vm_size) {
+                Finding::pass(
+                    "pool.vm-size.gpu",
+                    format!("{vm_size} is an N-series (GPU) size"),
+                )
+            } else {
+                Finding::warn(
+                    "pool.vm-size.gpu",
+                    format!("the image has the GPU feature but vm_size `{vm_size}` has no GPU"),
+                )
+                .evidence(config.at("vm_size"))
+                .hint("use an N-series size (NC, ND, NV) or an image without the GPU feature")
+            });
+        }
+        if plan.rdma.is_some() {
+            f.push(if is_rdma_size(vm_size) {
+                Finding::pass(
+                    "pool.vm-size.rdma",
+                    format!("{vm_size} is an RDMA-capable size"),
+                )
+            } else {
+                Finding::warn(
+                    "pool.vm-size.rdma",
+                    format!(
+                        "the image has the RDMA feature but vm_size `{vm_size}` has no InfiniBand"
+                    ),
+                )
+                .evidence(config.at("vm_size"))
+                .hint("use an H-series size or an N-series size with 'r'")
+            });
+        }
+    }
+
+    if online {
+        f.push(
+            Finding::skip(
+                "pool.online.blobs",
+                "online checks need Azure credentials and the storage client; not run",
+            )
+            .hint("not implemented in this build: check the blobs with `imgforge validate URL`"),
+        );
+    } else {
+        for (id, what) in [
+            (
+                "pool.online.blobs",
+                "each image blob exists and is a page blob",
+            ),
+            (
+                "pool.online.accounts",
+                "each storage account is in the pool's region and subscription",
+            ),
+        ] {
+            f.push(Finding::skip(
+                id,
+                format!("{what}: not checked without --online"),
+            ));
+        }
+    }
+    Report::new(config.path.display().to_string(), f)
+}
+
+fn check_uris(
+    config: &PoolConfig,
+    uris: &[String],
+    windows: bool,
+    spec: &Value,
+    f: &mut Vec<Finding>,
+) {
+    let mut accounts: Vec<String> = Vec::new();
+    let mut all_ok = [true; 4];
+    for uri in uris {
+        let at = config.at(uri);
+        let (scheme, rest) = uri.split_once("://").unwrap_or(("", uri));
+        if scheme != "https" {
+            all_ok[0] = false;
+            f.push(
+                Finding::fail(
+                    "pool.image-uris.https",
+                    format!("`{uri}` is not an https URL"),
+                )
+                .evidence(at.clone())
+                .hint("Batch reads custom images over https"),
+            );
+        }
+        let (no_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if !query.is_empty() || uri.contains('?') {
+            all_ok[1] = false;
+            f.push(
+                Finding::fail(
+                    "pool.image-uris.no-sas",
+                    format!(
+                        "`{}` carries a query string (SAS)",
+                        crate::redact::redact(uri)
+                    ),
+                )
+                .evidence(at.clone())
+                .hint("use the bare URL: Batch Shipyard forbids SAS of any kind in image_uris"),
+            );
+        }
+        let mut parts = no_query.splitn(2, '/');
+        let host = parts.next().unwrap_or("");
+        let path = parts.next().unwrap_or("");
+        let account = host.split('.').next().unwrap_or("").to_string();
+        let (container, blob) = path.split_once('/').unwrap_or((path, ""));
+        if container.is_empty() || blob.is_empty() || blob.contains('/') {
+            all_ok[2] = false;
+            f.push(
+                Finding::fail("pool.image-uris.container-root", format!("`{uri}` is not a blob at a container root"))
+                    .evidence(at.clone())
+                    .hint("Azure cannot create disks from a blob name with '/': copy it to CONTAINER/NAME.vhd (`imgforge replicate`)"),
+            );
+        }
+        if !blob.to_ascii_lowercase().ends_with(".vhd") {
+            all_ok[3] = false;
+            f.push(
+                Finding::fail(
+                    "pool.image-uris.vhd",
+                    format!("`{uri}` does not name a .vhd blob"),
+                )
+                .evidence(at.clone())
+                .hint("image_uris point at page-blob VHDs"),
+            );
+        }
+        accounts.push(account);
+    }
+    let labels = [
+        ("pool.image-uris.https", "every image URI is https"),
+        ("pool.image-uris.no-sas", "no image URI carries a SAS"),
+        (
+            "pool.image-uris.container-root",
+            "every image blob is at a container root",
+        ),
+        ("pool.image-uris.vhd", "every image URI names a .vhd"),
+    ];
+    for (ok, (id, msg)) in all_ok.iter().zip(labels) {
+        if *ok {
+            f.push(Finding::pass(id, msg));
+        }
+    }
+
+    let mut seen: Vec<&str> = Vec::new();
+    let mut dup = None;
+    for a in &accounts {
+        if seen.contains(&a.as_str()) {
+            dup = Some(a.clone());
+        }
+        seen.push(a);
+    }
+    f.push(match dup {
+        None => Finding::pass(
+            "pool.image-uris.distinct-accounts",
+            format!(
+                "{} copies on {} distinct storage accounts",
+                uris.len(),
+                seen.len()
+            ),
+        ),
+        Some(a) => Finding::fail(
+            "pool.image-uris.distinct-accounts",
+            format!("storage account `{a}` holds more than one copy"),
+        )
+        .evidence(config.at(&format!("{a}.")))
+        .hint("each copy must be on its own storage account: storage throttling is per account"),
+    });
+
+    let os = if windows { Os::Windows } else { Os::Linux };
+    let total = max_nodes(spec);
+    let needed = vhd_copies(total.min(u32::MAX as u64) as u32, os) as usize;
+    f.push(if uris.len() >= needed {
+        Finding::pass(
+            "pool.image-uris.count",
+            format!("{} cop{} serve up to {} nodes; the pool reaches {total}", uris.len(), if uris.len() == 1 { "y" } else { "ies" }, uris.len() as u32 * os.vms_per_vhd()),
+        )
+    } else {
+        Finding::fail(
+            "pool.image-uris.count",
+            format!(
+                "insufficient number of VHDs ({}) for up to {total} nodes: at least {needed} are required ({} {} VMs per VHD)",
+                uris.len(),
+                os.vms_per_vhd(),
+                if windows { "Windows" } else { "Linux" }
+            ),
+        )
+        .evidence(config.at("image_uris"))
+        .hint("replicate to more storage accounts (`imgforge replicate`), or lower vm_count / autoscale maximum_vm_count")
+    });
+}
+
+fn arm_image_id_ok(id: &str) -> bool {
+    let parts: Vec<&str> = id.split('/').collect();
+    let is = |i: usize, want: &str| parts.get(i).is_some_and(|p| p.eq_ignore_ascii_case(want));
+    let named = |i: usize| parts.get(i).is_some_and(|p| !p.is_empty());
+    let base = parts.first() == Some(&"")
+        && is(1, "subscriptions")
+        && named(2)
+        && is(3, "resourceGroups")
+        && named(4)
+        && is(5, "providers")
+        && is(6, "Microsoft.Compute");
+    let image = parts.len() == 9 && is(7, "images") && named(8);
+    let gallery = parts.len() == 13
+        && is(7, "galleries")
+        && named(8)
+        && is(9, "images")
+        && named(10)
+        && is(11, "versions")
+        && named(12);
+    base && (image || gallery)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arm_image_ids() {
+        assert!(arm_image_id_ok(
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/images/img"
+        ));
+        assert!(arm_image_id_ok(
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/d/versions/1.0.0"
+        ));
+        assert!(!arm_image_id_ok(
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d"
+        ));
+        assert!(!arm_image_id_ok(
+            "subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/images/img"
+        ));
+    }
+
+    #[test]
+    fn max_nodes_reads_both_vm_count_forms_and_autoscale() {
+        let v: Value = serde_json::json!({"vm_count": {"dedicated": 30, "low_priority": 11}});
+        assert_eq!(max_nodes(&v), 41);
+        let v: Value = serde_json::json!({"vm_count": 5, "autoscale": {"scenario": {"maximum_vm_count": {"dedicated": 60, "low_priority": 40}}}});
+        assert_eq!(max_nodes(&v), 100);
+    }
+}

@@ -1,0 +1,365 @@
+//! `imgforge pool check`, `pool snippet` and `skus` on Batch Shipyard-style
+//! pool configurations (YAML and JSON) in tests/fixtures/pool.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+
+fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures/pool").join(name)
+}
+
+fn check(name: &str, manifest: Option<&str>) -> (Run, serde_json::Value) {
+    let mut cmd = imgforge();
+    cmd.args(["pool", "check", "--json"]).arg(fixture(name));
+    if let Some(m) = manifest {
+        cmd.arg("--manifest").arg(repo().join(m));
+    }
+    let r = run(&mut cmd);
+    let report =
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{name}: {e}\n{}", r.all()));
+    (r, report)
+}
+
+fn status_of<'a>(report: &'a serde_json::Value, id: &str) -> Vec<&'a str> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"] == id)
+        .map(|f| f["status"].as_str().unwrap())
+        .collect()
+}
+
+/// (fixture, manifest, expected exit, [(check id, status)])
+type Case = (
+    &'static str,
+    Option<&'static str>,
+    i32,
+    &'static [(&'static str, &'static str)],
+);
+
+#[test]
+fn each_rule_passes_and_fails_on_real_configs() {
+    let cases: &[Case] = &[
+        (
+            "good-vhd.yaml",
+            Some("contrib/gpu-ubuntu1604.toml"),
+            0,
+            &[
+                ("pool.image.exactly-one", "pass"),
+                ("pool.image-uris.https", "pass"),
+                ("pool.image-uris.no-sas", "pass"),
+                ("pool.image-uris.container-root", "pass"),
+                ("pool.image-uris.vhd", "pass"),
+                ("pool.image-uris.distinct-accounts", "pass"),
+                ("pool.image-uris.count", "pass"),
+                ("pool.node-agent.known", "pass"),
+                ("pool.node-agent.matches-image", "pass"),
+                ("pool.vm-size.gpu", "pass"),
+                ("pool.online.blobs", "skip"),
+                ("pool.online.accounts", "skip"),
+            ],
+        ),
+        (
+            "good-arm.json",
+            Some("contrib/managed-image-almalinux8.toml"),
+            0,
+            &[
+                ("pool.arm-image-id.format", "pass"),
+                ("pool.node-agent.matches-image", "pass"),
+            ],
+        ),
+        (
+            "both-images.yaml",
+            None,
+            1,
+            &[("pool.image.exactly-one", "fail")],
+        ),
+        (
+            "platform-only.yaml",
+            None,
+            1,
+            &[("pool.image.exactly-one", "fail")],
+        ),
+        (
+            "sas-uri.yaml",
+            None,
+            1,
+            &[("pool.image-uris.no-sas", "fail")],
+        ),
+        (
+            "nested-blob.yaml",
+            None,
+            1,
+            &[
+                ("pool.image-uris.container-root", "fail"),
+                ("pool.image-uris.no-sas", "pass"),
+            ],
+        ),
+        (
+            "http-not-vhd.yaml",
+            None,
+            1,
+            &[
+                ("pool.image-uris.https", "fail"),
+                ("pool.image-uris.vhd", "fail"),
+            ],
+        ),
+        (
+            "same-account.yaml",
+            None,
+            1,
+            &[("pool.image-uris.distinct-accounts", "fail")],
+        ),
+        (
+            "too-few-autoscale.yaml",
+            None,
+            1,
+            &[("pool.image-uris.count", "fail")],
+        ),
+        (
+            "windows-21.json",
+            None,
+            1,
+            &[
+                ("pool.image-uris.count", "fail"),
+                ("pool.node-agent.known", "pass"),
+            ],
+        ),
+        (
+            "unknown-agent.yaml",
+            None,
+            1,
+            &[("pool.node-agent.known", "fail")],
+        ),
+        (
+            "missing-agent.yaml",
+            None,
+            1,
+            &[("pool.node-agent.present", "fail")],
+        ),
+        (
+            "bad-arm-id.yaml",
+            None,
+            1,
+            &[("pool.arm-image-id.format", "fail")],
+        ),
+        (
+            "cpu-size-for-gpu-image.yaml",
+            Some("contrib/gpu-ubuntu1604.toml"),
+            0,
+            &[
+                ("pool.vm-size.gpu", "warn"),
+                ("pool.image-uris.count", "pass"),
+            ],
+        ),
+        (
+            "agent-mismatch.yaml",
+            Some("contrib/gpu-ubuntu1604.toml"),
+            1,
+            &[
+                ("pool.node-agent.matches-image", "fail"),
+                ("pool.node-agent.known", "pass"),
+            ],
+        ),
+    ];
+    for (name, manifest, code, expected) in cases {
+        let (r, report) = check(name, *manifest);
+        assert_eq!(r.code, *code, "{name}:\n{}", r.all());
+        for (id, status) in *expected {
+            assert_eq!(
+                status_of(&report, id),
+                vec![*status],
+                "{name}: {id}\n{report:#}"
+            );
+        }
+        for f in report["findings"].as_array().unwrap() {
+            if f["status"] == "fail" {
+                assert!(
+                    f["hint"].is_string(),
+                    "{name}: every failure has a hint: {f}"
+                );
+                assert!(
+                    f["evidence"].is_string(),
+                    "{name}: every failure has evidence: {f}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn failures_point_at_the_line_and_hide_the_sas() {
+    let r = run(imgforge()
+        .args(["pool", "check"])
+        .arg(fixture("sas-uri.yaml")));
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.contains("sas-uri.yaml:6"), "{}", r.stdout);
+    assert!(
+        !r.stdout.contains("U2VjcmV0"),
+        "the SAS signature was printed:\n{}",
+        r.stdout
+    );
+
+    let (_, report) = check("too-few-autoscale.yaml", None);
+    let count = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "pool.image-uris.count")
+        .unwrap();
+    let message = count["message"].as_str().unwrap();
+    assert!(
+        message.contains("insufficient number of VHDs (2)"),
+        "{message}"
+    );
+    assert!(message.contains("81 nodes"), "{message}");
+    assert!(message.contains("at least 3"), "{message}");
+}
+
+#[test]
+fn junit_report_lists_every_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let junit = tmp.path().join("report.xml");
+    let r = run(imgforge()
+        .args(["pool", "check"])
+        .arg(fixture("same-account.yaml"))
+        .arg("--junit")
+        .arg(&junit));
+    assert_eq!(r.code, 1);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("<testsuite name=\"imgforge pool check\""),
+        "{xml}"
+    );
+    assert!(xml.contains("failures=\"1\""), "{xml}");
+    assert!(
+        xml.contains("name=\"pool.image-uris.distinct-accounts\""),
+        "{xml}"
+    );
+}
+
+#[test]
+fn unreadable_configs_are_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("pool.yaml");
+    write(&bad, "pool_specification: [unclosed\n");
+    let r = run(imgforge().args(["pool", "check"]).arg(&bad));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("pool.yaml"), "{}", r.stderr);
+    let r = run(imgforge().args(["pool", "check", "/nonexistent/pool.yaml"]));
+    assert_eq!(r.code, 2, "{}", r.all());
+    write(&bad, "jobs: []\n");
+    let r = run(imgforge().args(["pool", "check"]).arg(&bad));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("pool_specification"), "{}", r.stderr);
+}
+
+fn snippet_roundtrip(manifest: &str, record: serde_json::Value) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let build_json = tmp.path().join("build.json");
+    write(&build_json, &record.to_string());
+    let out = tmp.path().join("pool.yaml");
+    let r = run(imgforge()
+        .args(["pool", "snippet"])
+        .arg(repo().join(manifest))
+        .arg("--from")
+        .arg(&build_json)
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), r.stdout);
+    // The snippet alone is a valid pool config with no failure and no warning.
+    let c = run(imgforge()
+        .args(["pool", "check", "--json", "--manifest"])
+        .arg(repo().join(manifest))
+        .arg(&out));
+    assert_eq!(c.code, 0, "{}\n{}", r.stdout, c.all());
+    let report: serde_json::Value = serde_json::from_str(&c.stdout).unwrap();
+    assert_eq!(report["summary"]["fail"], 0, "{report:#}");
+    assert_eq!(report["summary"]["warn"], 0, "{report:#}");
+    r.stdout
+}
+
+#[test]
+fn vhd_snippet_round_trips_through_pool_check() {
+    let text = snippet_roundtrip(
+        "contrib/gpu-ubuntu1604.toml",
+        serde_json::json!({
+            "status": "succeeded",
+            "artifact": {"kind": "azure_vhd", "os_disk_uri": "https://imgforgebuild.blob.core.windows.net/system/Microsoft.Compute/Images/images/gpu-ubuntu1604-osDisk.1.vhd"},
+            "copies": [
+                {"url": "https://imgforgerep1.blob.core.windows.net/images/gpu-ubuntu1604.vhd"},
+                {"url": "https://imgforgerep2.blob.core.windows.net/images/gpu-ubuntu1604.vhd"}
+            ]
+        }),
+    );
+    let doc: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let ci = &doc["pool_specification"]["vm_configuration"]["custom_image"];
+    assert_eq!(ci["node_agent"], "batch.node.ubuntu 16.04");
+    assert_eq!(ci["image_uris"].as_array().unwrap().len(), 2);
+    assert_eq!(doc["pool_specification"]["vm_size"], "Standard_NC6");
+    assert!(
+        text.starts_with("# "),
+        "comments state the pool size:\n{text}"
+    );
+    assert!(
+        text.contains("2 VHD copies serve up to 80 Linux nodes"),
+        "{text}"
+    );
+}
+
+#[test]
+fn managed_image_snippet_round_trips_through_pool_check() {
+    let text = snippet_roundtrip(
+        "contrib/managed-image-almalinux8.toml",
+        serde_json::json!({
+            "status": "succeeded",
+            "artifact": {"kind": "managed_image", "id": "/subscriptions/s1/resourceGroups/imgforge-images/providers/Microsoft.Compute/images/managed-almalinux8"}
+        }),
+    );
+    assert!(text.contains("arm_image_id: /subscriptions/s1/"), "{text}");
+    assert!(!text.contains("image_uris"), "{text}");
+}
+
+#[test]
+fn a_vhd_build_without_copies_has_no_snippet_yet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let build_json = tmp.path().join("build.json");
+    write(
+        &build_json,
+        &serde_json::json!({"status": "succeeded", "artifact": {"kind": "azure_vhd", "os_disk_uri": "https://a.blob.core.windows.net/system/x.vhd"}}).to_string(),
+    );
+    let r = run(imgforge()
+        .args(["pool", "snippet"])
+        .arg(repo().join("contrib/gpu-ubuntu1604.toml"))
+        .arg("--from")
+        .arg(&build_json));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("imgforge replicate"), "{}", r.stderr);
+}
+
+#[test]
+fn skus_lists_the_catalog() {
+    let r = run(imgforge().args(["skus", "--json"]));
+    assert_eq!(r.code, 0);
+    let rows: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let agents: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["node_agent"].as_str().unwrap())
+        .collect();
+    for want in [
+        "batch.node.ubuntu 16.04",
+        "batch.node.centos 7",
+        "batch.node.windows amd64",
+    ] {
+        assert!(agents.contains(&want), "{want} missing: {agents:?}");
+    }
+    let text = run(imgforge().arg("skus"));
+    assert!(text.stdout.contains("ubuntu-18.04"), "{}", text.stdout);
+}
