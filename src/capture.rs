@@ -19,8 +19,10 @@ const MANIFEST_POST_PROCESSOR_ID: &str = "packer.post-processor.manifest";
 pub struct Secret(String);
 
 impl Secret {
-    // Read by the replicator, which copies from the read-only SAS URL.
-    #[allow(dead_code)]
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }

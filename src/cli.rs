@@ -49,6 +49,10 @@ pub enum Command {
     /// Batch Shipyard pool configuration: print the snippet for an image, or check a pool.yaml.
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// Copy a page-blob VHD to one container root per storage account, as many as the pool needs.
+    Replicate(ReplicateArgs),
+    /// Upload a local fixed VHD (an on-premises or qemu build) as a page blob.
+    Upload(UploadArgs),
     /// Node agent SKU ids imgforge knows, per distro.
     Skus {
         /// Print as JSON.
@@ -162,4 +166,64 @@ pub enum TemplatesCommand {
     },
     /// List the built-in template names (the paths overrides must use).
     List,
+}
+
+#[derive(Debug, Args)]
+pub struct StorageOptions {
+    /// Blob endpoint template [default: https://{account}.blob.core.windows.net]; e.g.
+    /// 'http://127.0.0.1:10000/{account}' for Azurite.
+    #[arg(long, value_name = "TEMPLATE", env = "IMGFORGE_BLOB_ENDPOINT")]
+    pub blob_endpoint: Option<String>,
+    /// Concurrent 4 MiB chunk transfers.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub parallel: usize,
+    /// Print one JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Credentials, per storage account, in this order: a SAS already in the source URL;
+IMGFORGE_STORAGE_KEY_<ACCOUNT> (account name upper-cased), or AZURE_STORAGE_KEY when
+only one account is involved; otherwise an Entra ID token for the ARM_CLIENT_ID /
+ARM_CLIENT_SECRET / ARM_TENANT_ID service principal. Keys, SAS and tokens are never printed.")]
+pub struct ReplicateArgs {
+    /// The manifest: its [pool] decides how many copies, [replicate] the candidate accounts.
+    pub manifest: Option<PathBuf>,
+    /// The source VHD: a full blob URL (a SAS in it is used and never printed).
+    #[arg(long, value_name = "URL")]
+    pub source: String,
+    /// A destination storage account (repeat); overrides [replicate] storage_accounts.
+    #[arg(long = "to", value_name = "ACCOUNT")]
+    pub to: Vec<String>,
+    /// Destination container [default: [replicate] container, else "images"].
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Destination blob name [default: the source blob's file name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Copy through imgforge even where a server-side copy would work (e.g. the
+    /// source account's firewall does not admit the storage service).
+    #[arg(long)]
+    pub no_server_copy: bool,
+    #[command(flatten)]
+    pub storage: StorageOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// A local fixed VHD (qemu-img convert -O vpc -o subformat=fixed,force_size=on).
+    pub file: PathBuf,
+    /// The destination storage account.
+    #[arg(long = "to", value_name = "ACCOUNT")]
+    pub to: String,
+    /// Destination container.
+    #[arg(long, default_value = "images")]
+    pub container: String,
+    /// Destination blob name [default: the file's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub storage: StorageOptions,
 }

@@ -3,7 +3,10 @@
 use std::io::Write;
 
 use crate::build::{self, BuildOptions, Status};
-use crate::cli::{BuildArgs, Cli, Command, PlanArgs, PoolCommand, RenderArgs, TemplatesCommand};
+use crate::cli::{
+    BuildArgs, Cli, Command, PlanArgs, PoolCommand, RenderArgs, ReplicateArgs, TemplatesCommand,
+    UploadArgs,
+};
 use crate::error::{AppError, exit};
 use crate::manifest::Manifest;
 use crate::packer::Packer;
@@ -18,6 +21,8 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
         Command::Templates(cmd) => templates(cmd),
         Command::Pool(cmd) => pool(cmd),
         Command::Skus { json } => skus(json),
+        Command::Replicate(args) => replicate(args),
+        Command::Upload(args) => upload(args),
     }
 }
 
@@ -275,5 +280,179 @@ fn skus(json: bool) -> Result<i32, AppError> {
         }
         print_stdout(&text)?;
     }
+    Ok(exit::OK)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AppError::Io {
+            context: "starting the async runtime".into(),
+            source,
+        })
+}
+
+fn print_replication(
+    report: &crate::replicate::Report,
+    json: bool,
+    plan: serde_json::Value,
+) -> Result<(), AppError> {
+    if json {
+        let doc = serde_json::json!({ "plan": plan, "result": report });
+        print_stdout(&to_json(&doc))?;
+        return Ok(());
+    }
+    let mut text = String::new();
+    for c in &report.copies {
+        text.push_str(&c.url);
+        text.push('\n');
+    }
+    print_stdout(&text)?;
+    let moved = report.bytes_downloaded + report.bytes_uploaded;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    crate::term::status(
+        "Replicated",
+        &format!(
+            "{} verified cop{} of {} ({:.1} MiB valid of {:.1} MiB) in {:.1} s; {:.1} MiB through imgforge, {:.1} MiB/s, {} retries",
+            report.copies.len(),
+            if report.copies.len() == 1 { "y" } else { "ies" },
+            report.source,
+            mib(report.valid_bytes),
+            mib(report.source_length),
+            report.duration_s,
+            mib(moved),
+            mib(moved) / report.duration_s.max(0.001),
+            report.retries
+        ),
+    );
+    Ok(())
+}
+
+fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
+    use crate::replicate::{self, Source};
+    use crate::storage::{BlobRef, DEFAULT_ENDPOINT};
+    let manifest = args.manifest.as_deref().map(Manifest::load).transpose()?;
+    let plan = manifest.as_ref().map(Plan::new);
+    let source = BlobRef::parse(&args.source).map_err(crate::replicate::ReplicateError::from)?;
+    let candidates: Vec<String> = if !args.to.is_empty() {
+        args.to.clone()
+    } else {
+        manifest
+            .as_ref()
+            .map(|m| m.raw.replicate.storage_accounts.clone())
+            .unwrap_or_default()
+    };
+    let (needed, max_nodes, per_vhd) = match &plan {
+        Some(p) => (p.pool.vhd_copies, p.pool.max_nodes, p.pool.vms_per_vhd),
+        None => ((candidates.len() as u32).max(1), 0, 40),
+    };
+    let accounts = replicate::choose_accounts(needed, max_nodes, per_vhd, &candidates)?;
+    let container = args
+        .container
+        .clone()
+        .or_else(|| {
+            manifest
+                .as_ref()
+                .and_then(|m| m.raw.replicate.container.clone())
+        })
+        .unwrap_or_else(|| "images".into());
+    let name = args.name.clone().unwrap_or_else(|| {
+        source
+            .blob
+            .rsplit('/')
+            .next()
+            .unwrap_or(&source.blob)
+            .to_string()
+    });
+    let template = args
+        .storage
+        .blob_endpoint
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.into());
+    let destinations: Vec<BlobRef> = accounts
+        .iter()
+        .map(|a| BlobRef::at(&template, a, &container, &name))
+        .collect();
+    let plan_json = serde_json::json!({
+        "max_nodes": max_nodes,
+        "vms_per_vhd": per_vhd,
+        "copies_needed": needed,
+        "accounts": accounts,
+        "container": container,
+        "name": name,
+    });
+    // A source with its own SAS needs no credentials for its account.
+    let mut involved = accounts.clone();
+    if source.sas.is_none() && !involved.contains(&source.account) {
+        involved.push(source.account.clone());
+    }
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let storage = std::sync::Arc::new(
+            crate::storage::Storage::new(&involved)
+                .await
+                .map_err(replicate::ReplicateError::from)?,
+        );
+        replicate::replicate(
+            storage,
+            std::sync::Arc::new(Source::Blob(source)),
+            destinations,
+            replicate::Options {
+                parallel: args.storage.parallel,
+                show_progress: !args.storage.json,
+                server_copy: !args.no_server_copy,
+            },
+        )
+        .await
+    })?;
+    print_replication(&report, args.storage.json, plan_json)?;
+    Ok(exit::OK)
+}
+
+fn upload(args: UploadArgs) -> Result<i32, AppError> {
+    use crate::replicate::{self, ReplicateError, Source};
+    use crate::storage::{BlobRef, DEFAULT_ENDPOINT};
+    let file = std::fs::File::open(&args.file).map_err(|source| ReplicateError::Read {
+        path: args.file.clone(),
+        source,
+    })?;
+    let name = args.name.clone().unwrap_or_else(|| {
+        args.file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image.vhd".into())
+    });
+    let template = args
+        .storage
+        .blob_endpoint
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.into());
+    let dest = BlobRef::at(&template, &args.to, &args.container, &name);
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let storage = std::sync::Arc::new(
+            crate::storage::Storage::new(std::slice::from_ref(&args.to)).await?,
+        );
+        replicate::replicate(
+            storage,
+            std::sync::Arc::new(Source::File {
+                path: args.file.clone(),
+                file: std::sync::Arc::new(file),
+            }),
+            vec![dest],
+            replicate::Options {
+                parallel: args.storage.parallel,
+                show_progress: !args.storage.json,
+                server_copy: false,
+            },
+        )
+        .await
+    })?;
+    print_replication(
+        &report,
+        args.storage.json,
+        serde_json::json!({"copies_needed": 1, "accounts": [args.to]}),
+    )?;
     Ok(exit::OK)
 }

@@ -28,6 +28,8 @@ pub enum AppError {
     Build(#[from] crate::build::BuildError),
     #[error(transparent)]
     Pool(#[from] crate::pool::PoolError),
+    #[error(transparent)]
+    Replicate(#[from] crate::replicate::ReplicateError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -48,6 +50,7 @@ impl AppError {
             AppError::Packer(_) => exit::TOOL,
             AppError::Build(e) => e.exit_code(),
             AppError::Pool(_) => exit::BAD_INPUT,
+            AppError::Replicate(e) => e.exit_code(),
             AppError::Io { .. } => exit::IO,
         }
     }

@@ -18,9 +18,12 @@ mod pool;
 mod progress;
 mod redact;
 mod render;
+mod replicate;
 mod report;
+mod storage;
 mod templates;
 mod term;
+mod vhd;
 
 use clap::Parser;
 

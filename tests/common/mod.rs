@@ -135,3 +135,278 @@ resource_group = "rg"
 storage_account = "acct"
 capture_container = "images"
 "#;
+
+/// The real Azure Storage emulator (Azurite, pinned in package.json), on a free
+/// loopback port, with one account per name. Stopped when dropped.
+pub struct Azurite {
+    child: std::process::Child,
+    pub port: u16,
+    pub keys: Vec<(String, String)>,
+}
+
+fn random_key() -> String {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut bytes)
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+impl Azurite {
+    pub fn start(accounts: &[&str]) -> Azurite {
+        use std::io::BufRead;
+        let bin = repo().join("node_modules/.bin/azurite-blob");
+        assert!(
+            bin.exists(),
+            "Azurite is not installed: run `npm ci` in the repository (see .ci/run)"
+        );
+        let keys: Vec<(String, String)> = accounts
+            .iter()
+            .map(|a| (a.to_string(), random_key()))
+            .collect();
+        let spec = keys
+            .iter()
+            .map(|(a, k)| format!("{a}:{k}"))
+            .collect::<Vec<_>>()
+            .join(";");
+        let workdir = std::env::temp_dir().join(format!("imgforge-azurite-{}", std::process::id()));
+        std::fs::create_dir_all(&workdir).unwrap();
+        let mut child = Command::new(bin)
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                "0",
+                "--inMemoryPersistence",
+                "--skipApiVersionCheck",
+                "--loose",
+                "--disableTelemetry",
+            ])
+            .current_dir(&workdir)
+            .env("AZURITE_ACCOUNTS", spec)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start azurite");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut port = 0;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("listens on http://127.0.0.1:").nth(1) {
+                port = rest.trim().parse().unwrap();
+                break;
+            }
+        }
+        assert!(port > 0, "Azurite did not report its port");
+        // Keep draining its output so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Azurite { child, port, keys }
+    }
+
+    pub fn endpoint_template(&self) -> String {
+        format!("http://127.0.0.1:{}/{{account}}", self.port)
+    }
+
+    pub fn url(&self, account: &str, container: &str, blob: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/{account}/{container}/{blob}",
+            self.port
+        )
+    }
+
+    /// Keys and endpoint for imgforge (and the oracle).
+    pub fn env<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        for (a, k) in &self.keys {
+            cmd.env(
+                format!("IMGFORGE_STORAGE_KEY_{}", a.to_ascii_uppercase()),
+                k,
+            );
+        }
+        cmd.env("IMGFORGE_BLOB_ENDPOINT", self.endpoint_template())
+    }
+
+    /// Runs the independent client (Microsoft's @azure/storage-blob SDK).
+    pub fn oracle(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("node");
+        cmd.arg(repo().join("tests/support/blob-oracle.mjs"))
+            .args(args);
+        let r = run(self.env(&mut cmd));
+        assert_eq!(r.code, 0, "oracle {args:?}: {}", r.all());
+        r.stdout.trim().to_string()
+    }
+
+    pub fn ranges(&self, url: &str) -> Vec<(u64, u64)> {
+        let raw: Vec<(u64, u64)> = serde_json::from_str(&self.oracle(&["ranges", url])).unwrap();
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (s, e) in raw {
+            match out.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => out.push((s, e)),
+            }
+        }
+        out
+    }
+
+    pub fn download(&self, url: &str, to: &Path) -> Vec<u8> {
+        self.oracle(&["download", url, to.to_str().unwrap()]);
+        std::fs::read(to).unwrap()
+    }
+
+    pub fn props(&self, url: &str) -> serde_json::Value {
+        serde_json::from_str(&self.oracle(&["props", url])).unwrap()
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A deterministic pseudo-random byte stream (xorshift64*), so fixtures differ
+/// from run to run only when the seed does.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A real fixed VHD of `mib` MiB with data only where `islands` say:
+/// (offset, length) pairs filled with noise; everything else stays sparse.
+pub fn sparse_vhd(dir: &Path, name: &str, mib: u64, islands: &[(u64, usize)]) -> PathBuf {
+    use std::os::unix::fs::FileExt;
+    let raw = dir.join(format!("{name}.raw"));
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(mib * 1024 * 1024).unwrap();
+    for (i, (offset, len)) in islands.iter().enumerate() {
+        f.write_all_at(&noise(i as u64 + 7, *len), *offset).unwrap();
+    }
+    drop(f);
+    let vhd = dir.join(format!("{name}.vhd"));
+    let r = run(Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=fixed,force_size=on",
+        ])
+        .arg(&raw)
+        .arg(&vhd));
+    assert_eq!(r.code, 0, "{}", r.all());
+    std::fs::remove_file(raw).unwrap();
+    vhd
+}
+
+/// A loopback HTTP proxy in front of Azurite that injects faults: every
+/// `every`-th request is answered 503 ServerBusy or has its connection dropped,
+/// and after `cut_after_puts` Put Page requests every later one is dropped
+/// (an interrupted copy). One request per connection: run imgforge with
+/// IMGFORGE_HTTP_NO_POOL=1.
+pub struct FaultProxy {
+    pub port: u16,
+    pub faults: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub page_puts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: u16, every: usize, cut_after_puts: Option<usize>) -> FaultProxy {
+        use std::io::{Read, Write};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let faults = Arc::new(AtomicUsize::new(0));
+        let page_puts = Arc::new(AtomicUsize::new(0));
+        let count = Arc::new(AtomicUsize::new(0));
+        let (f, p) = (faults.clone(), page_puts.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut client) = conn else { continue };
+                let (faults, page_puts, count) = (f.clone(), p.clone(), count.clone());
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut tmp = [0u8; 65536];
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match client.read(&mut tmp) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < head_end + length {
+                        match client.read(&mut tmp) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                        }
+                    }
+                    let first = head.lines().next().unwrap_or("");
+                    let is_page_put = first.starts_with("PUT ") && first.contains("comp=page");
+                    if is_page_put {
+                        let n = page_puts.fetch_add(1, Ordering::SeqCst) + 1;
+                        if cut_after_puts.is_some_and(|k| n > k) {
+                            faults.fetch_add(1, Ordering::SeqCst);
+                            return; // dropped: the client sees the connection close
+                        }
+                    }
+                    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                    if every > 0 && n.is_multiple_of(every) {
+                        faults.fetch_add(1, Ordering::SeqCst);
+                        if (n / every).is_multiple_of(2) {
+                            let _ = client.write_all(
+                                b"HTTP/1.1 503 Server Busy\r\nx-ms-error-code: ServerBusy\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                            );
+                        }
+                        return;
+                    }
+                    let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                        return;
+                    };
+                    let mut new_head: Vec<String> = head
+                        .trim_end()
+                        .lines()
+                        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+                        .map(str::to_string)
+                        .collect();
+                    new_head.push("connection: close".into());
+                    let mut out = (new_head.join("\r\n") + "\r\n\r\n").into_bytes();
+                    out.extend_from_slice(&buf[head_end..head_end + length]);
+                    if up.write_all(&out).is_err() {
+                        return;
+                    }
+                    let _ = std::io::copy(&mut up, &mut client);
+                });
+            }
+        });
+        FaultProxy {
+            port,
+            faults,
+            page_puts,
+        }
+    }
+}

@@ -1,0 +1,702 @@
+//! The replicator: copies of one page-blob VHD on distinct storage accounts,
+//! moving only the valid page ranges, verified, resumable.
+//!
+//! One VHD serves at most 40 Linux (20 Windows) VMs, so a pool of N nodes needs
+//! ceil(N / 40) copies, each on its own storage account. Packer leaves the VHD
+//! at a nested path Batch cannot use, so even one node needs one copy.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use md5::Digest as _;
+use serde::Serialize;
+
+use crate::capture::Secret;
+use crate::storage::{self, BlobRef, MAX_CHUNK, PAGE, Storage, StorageError};
+
+const META_SOURCE: &str = "imgforge_source_etag";
+const META_LENGTH: &str = "imgforge_source_length";
+const META_VERIFIED: &str = "imgforge_verified";
+const META_VERIFIED_AT: &str = "imgforge_verified_at";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicateError {
+    #[error(
+        "the pool needs {needed} VHD copies ({max_nodes} nodes at {per_vhd} VMs per VHD) but only {have} distinct storage account(s) were given: {accounts}\n  hint: add accounts with --to or [replicate] storage_accounts; nothing was copied"
+    )]
+    NotEnoughAccounts {
+        needed: u32,
+        have: usize,
+        max_nodes: u32,
+        per_vhd: u32,
+        accounts: String,
+    },
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error(
+        "{url}: the source is not a page blob (it is a {kind}); Azure Batch needs page-blob VHDs"
+    )]
+    NotPageBlob { url: String, kind: String },
+    #[error("{url}: the source blob does not exist")]
+    SourceMissing { url: String },
+    #[error(
+        "{url}: verification failed: {why}; the copy is not marked complete — rerun to repair it"
+    )]
+    Verify { url: String, why: String },
+    #[error("{path}: {message}")]
+    LocalVhd { path: PathBuf, message: String },
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl ReplicateError {
+    pub fn exit_code(&self) -> i32 {
+        use crate::error::exit;
+        match self {
+            ReplicateError::NotEnoughAccounts { .. } | ReplicateError::LocalVhd { .. } => {
+                exit::BAD_INPUT
+            }
+            ReplicateError::Storage(StorageError::BadUrl { .. }) => exit::BAD_INPUT,
+            ReplicateError::Read { .. } => exit::BAD_INPUT,
+            _ => exit::FAILED,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Server-side Put Page From URL, range by range.
+    PutPageFromUrl,
+    /// Server-side asynchronous Copy Blob, polled.
+    CopyBlob,
+    /// Ranged reads through imgforge, Put Page with Content-MD5.
+    ClientStream,
+    /// Already a verified copy of the same source.
+    AlreadyVerified,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyOutcome {
+    /// The bare URL: no SAS; ready for image_uris.
+    pub url: String,
+    pub account: String,
+    pub strategy: Strategy,
+    pub chunks_copied: usize,
+    pub chunks_total: usize,
+    pub bytes_copied: u64,
+    pub verified: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub source: String,
+    pub source_length: u64,
+    pub valid_bytes: u64,
+    pub copies: Vec<CopyOutcome>,
+    pub bytes_downloaded: u64,
+    pub bytes_uploaded: u64,
+    pub requests: u64,
+    pub retries: u64,
+    pub duration_s: f64,
+}
+
+/// Which accounts get a copy: the first `needed` distinct candidates.
+pub fn choose_accounts(
+    needed: u32,
+    max_nodes: u32,
+    per_vhd: u32,
+    candidates: &[String],
+) -> Result<Vec<String>, ReplicateError> {
+    let mut distinct: Vec<String> = Vec::new();
+    for c in candidates {
+        if !distinct.contains(c) {
+            distinct.push(c.clone());
+        }
+    }
+    if (distinct.len() as u32) < needed {
+        return Err(ReplicateError::NotEnoughAccounts {
+            needed,
+            have: distinct.len(),
+            max_nodes,
+            per_vhd,
+            accounts: if distinct.is_empty() {
+                "(none)".into()
+            } else {
+                distinct.join(", ")
+            },
+        });
+    }
+    distinct.truncate(needed as usize);
+    Ok(distinct)
+}
+
+/// Where the bytes come from: a blob, or a local fixed VHD (`upload`).
+pub enum Source {
+    Blob(BlobRef),
+    File {
+        path: PathBuf,
+        file: Arc<std::fs::File>,
+    },
+}
+
+struct SourceInfo {
+    length: u64,
+    identity: String,
+    ranges: Vec<Range<u64>>,
+    display: String,
+}
+
+impl Source {
+    async fn info(&self, storage: &Storage) -> Result<SourceInfo, ReplicateError> {
+        match self {
+            Source::Blob(b) => {
+                let props = storage
+                    .properties(b)
+                    .await?
+                    .ok_or_else(|| ReplicateError::SourceMissing { url: b.url() })?;
+                if props.blob_type != "PageBlob" {
+                    return Err(ReplicateError::NotPageBlob {
+                        url: b.url(),
+                        kind: props.blob_type,
+                    });
+                }
+                Ok(SourceInfo {
+                    length: props.length,
+                    identity: props.etag.trim_matches('"').to_string(),
+                    ranges: storage.page_ranges(b).await?,
+                    display: b.url(),
+                })
+            }
+            Source::File { path, file } => {
+                let (length, ranges, identity) = scan_local_vhd(path, file)?;
+                Ok(SourceInfo {
+                    length,
+                    identity,
+                    ranges,
+                    display: path.display().to_string(),
+                })
+            }
+        }
+    }
+
+    async fn read(&self, storage: &Storage, range: Range<u64>) -> Result<Bytes, ReplicateError> {
+        match self {
+            Source::Blob(b) => Ok(storage.get_range(b, range).await?),
+            Source::File { path, file } => {
+                let file = file.clone();
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0u8; (range.end - range.start) as usize];
+                    file.read_exact_at(&mut buf, range.start)
+                        .map(|_| Bytes::from(buf))
+                        .map_err(|source| ReplicateError::Read { path, source })
+                })
+                .await
+                .expect("the read task does not panic")
+            }
+        }
+    }
+}
+
+/// Checks the footer and finds the non-zero 512-byte pages of a local VHD.
+fn scan_local_vhd(
+    path: &Path,
+    file: &std::fs::File,
+) -> Result<(u64, Vec<Range<u64>>, String), ReplicateError> {
+    use std::os::unix::fs::FileExt;
+    let read_err = |source| ReplicateError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = file.metadata().map_err(read_err)?;
+    let length = meta.len();
+    let mut footer = [0u8; 512];
+    if length >= 512 {
+        file.read_exact_at(&mut footer, length - 512)
+            .map_err(read_err)?;
+    }
+    let (_, problems) = crate::vhd::check(&footer, length);
+    if let Some(p) = problems.first() {
+        return Err(ReplicateError::LocalVhd {
+            path: path.to_path_buf(),
+            message: format!("not a VHD Azure accepts: {p}"),
+        });
+    }
+    let mut ranges = Vec::new();
+    let mut buf = vec![0u8; MAX_CHUNK as usize];
+    let mut offset = 0;
+    while offset < length {
+        let n = (length - offset).min(MAX_CHUNK) as usize;
+        file.read_exact_at(&mut buf[..n], offset)
+            .map_err(read_err)?;
+        for (i, page) in buf[..n].chunks(PAGE as usize).enumerate() {
+            if page.iter().any(|b| *b != 0) {
+                let start = offset + (i as u64) * PAGE;
+                ranges.push(start..start + page.len() as u64);
+            }
+        }
+        offset += n as u64;
+    }
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok((
+        length,
+        storage::coalesce(ranges),
+        format!("file-{length}-{mtime}"),
+    ))
+}
+
+fn md5(bytes: &[u8]) -> [u8; 16] {
+    md5::Md5::digest(bytes).into()
+}
+
+/// What one destination still needs.
+struct Destination {
+    blob: BlobRef,
+    skip: bool,
+    /// Chunks the destination already has data for (a resumed copy): compared, not blindly rewritten.
+    present: Vec<bool>,
+    strategy: Strategy,
+    chunks_copied: usize,
+    bytes_copied: u64,
+}
+
+pub struct Options {
+    pub parallel: usize,
+    pub show_progress: bool,
+    /// Try Put Page From URL and Copy Blob before streaming through imgforge.
+    pub server_copy: bool,
+}
+
+pub async fn replicate(
+    storage: Arc<Storage>,
+    source: Arc<Source>,
+    destinations: Vec<BlobRef>,
+    opts: Options,
+) -> Result<Report, ReplicateError> {
+    let clock = Instant::now();
+    let info = source.info(&storage).await?;
+    let chunks = storage::chunks(&info.ranges, MAX_CHUNK);
+    let valid_bytes: u64 = info.ranges.iter().map(|r| r.end - r.start).sum();
+
+    let progress = indicatif::MultiProgress::new();
+    if !opts.show_progress {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>24} [{bar:30}] {bytes}/{total_bytes} {msg}",
+    )
+    .expect("valid template")
+    .progress_chars("=> ");
+
+    // Prepare every destination before moving a byte.
+    let mut dests = Vec::new();
+    for blob in destinations {
+        storage
+            .create_container(&blob.account, &blob, &blob.container)
+            .await?;
+        let existing = storage.properties(&blob).await?;
+        let same_source = existing.as_ref().is_some_and(|p| {
+            p.length == info.length
+                && p.blob_type == "PageBlob"
+                && p.metadata.get(META_SOURCE) == Some(&info.identity)
+        });
+        let verified = same_source
+            && existing
+                .as_ref()
+                .is_some_and(|p| p.metadata.get(META_VERIFIED).map(String::as_str) == Some("true"));
+        let mut present = vec![false; chunks.len()];
+        if same_source {
+            let have = storage.page_ranges(&blob).await?;
+            for (i, c) in chunks.iter().enumerate() {
+                present[i] = have.iter().any(|r| r.start <= c.start && c.end <= r.end);
+            }
+            if verified && have == info.ranges {
+                dests.push(Destination {
+                    blob,
+                    skip: true,
+                    present,
+                    strategy: Strategy::AlreadyVerified,
+                    chunks_copied: 0,
+                    bytes_copied: 0,
+                });
+                continue;
+            }
+        } else {
+            storage
+                .create_page_blob(&blob, info.length, &unverified_metadata(&info))
+                .await?;
+        }
+        dests.push(Destination {
+            blob,
+            skip: false,
+            present,
+            strategy: Strategy::ClientStream,
+            chunks_copied: 0,
+            bytes_copied: 0,
+        });
+    }
+
+    let bars: Vec<indicatif::ProgressBar> = dests
+        .iter()
+        .map(|d| {
+            let bar = progress.add(indicatif::ProgressBar::new(valid_bytes));
+            bar.set_style(style.clone());
+            bar.set_prefix(d.blob.account.clone());
+            if d.skip {
+                bar.set_position(valid_bytes);
+                bar.finish_with_message("already verified");
+            }
+            bar
+        })
+        .collect();
+
+    let mut src_md5: Vec<Option<[u8; 16]>> = vec![None; chunks.len()];
+    let work: Vec<usize> = (0..dests.len()).filter(|&i| !dests[i].skip).collect();
+    if !work.is_empty() && !chunks.is_empty() {
+        let server_side = match &*source {
+            Source::Blob(b) if opts.server_copy => {
+                storage.read_sas_url(b, Duration::from_secs(4 * 3600))
+            }
+            _ => None,
+        };
+        let mut remaining = work.clone();
+        if let Some(sas_url) = &server_side {
+            remaining = server_side_copy(
+                &storage, sas_url, &chunks, &info, &mut dests, &remaining, &bars,
+            )
+            .await?;
+        }
+        if !remaining.is_empty() {
+            stream_copy(
+                &storage,
+                &source,
+                &chunks,
+                &mut dests,
+                &remaining,
+                &bars,
+                &mut src_md5,
+                opts.parallel,
+            )
+            .await?;
+        }
+    }
+
+    // Verify every copy that was written in this run, then mark it complete.
+    for &i in &work {
+        bars[i].set_position(0);
+        bars[i].set_message("verifying");
+        verify(
+            &storage,
+            &source,
+            &info,
+            &chunks,
+            &mut src_md5,
+            &dests[i].blob,
+            &bars[i],
+            opts.parallel,
+        )
+        .await?;
+        let mut meta = unverified_metadata(&info);
+        meta.insert(META_VERIFIED.into(), "true".into());
+        meta.insert(
+            META_VERIFIED_AT.into(),
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        );
+        storage.set_metadata(&dests[i].blob, &meta).await?;
+        bars[i].finish_with_message("verified");
+    }
+
+    let c = &storage.counters;
+    Ok(Report {
+        source: info.display.clone(),
+        source_length: info.length,
+        valid_bytes,
+        copies: dests
+            .iter()
+            .map(|d| CopyOutcome {
+                url: d.blob.url(),
+                account: d.blob.account.clone(),
+                strategy: d.strategy,
+                chunks_copied: d.chunks_copied,
+                chunks_total: chunks.len(),
+                bytes_copied: d.bytes_copied,
+                verified: true,
+            })
+            .collect(),
+        bytes_downloaded: c.bytes_down.load(Ordering::Relaxed),
+        bytes_uploaded: c.bytes_up.load(Ordering::Relaxed),
+        requests: c.requests.load(Ordering::Relaxed),
+        retries: c.retries.load(Ordering::Relaxed),
+        duration_s: (clock.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+    })
+}
+
+fn unverified_metadata(info: &SourceInfo) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (META_SOURCE.to_string(), info.identity.clone()),
+        (META_LENGTH.to_string(), info.length.to_string()),
+        (META_VERIFIED.to_string(), "false".to_string()),
+    ])
+}
+
+/// Tries the server-side strategies; returns the destinations they could not serve.
+async fn server_side_copy(
+    storage: &Arc<Storage>,
+    sas_url: &Secret,
+    chunks: &[Range<u64>],
+    info: &SourceInfo,
+    dests: &mut [Destination],
+    work: &[usize],
+    bars: &[indicatif::ProgressBar],
+) -> Result<Vec<usize>, ReplicateError> {
+    // Put Page From URL: probe with the first chunk of the first destination.
+    let probe = storage
+        .put_page_from_url(&dests[work[0]].blob, chunks[0].clone(), sas_url)
+        .await;
+    if probe.is_ok() {
+        for &i in work {
+            for (c, chunk) in chunks.iter().enumerate() {
+                if i == work[0] && c == 0 {
+                    continue;
+                }
+                storage
+                    .put_page_from_url(&dests[i].blob, chunk.clone(), sas_url)
+                    .await?;
+                bars[i].inc(chunk.end - chunk.start);
+            }
+            dests[i].strategy = Strategy::PutPageFromUrl;
+            dests[i].chunks_copied = chunks.len();
+            dests[i].bytes_copied = info.ranges.iter().map(|r| r.end - r.start).sum();
+        }
+        return Ok(Vec::new());
+    }
+    // Not implemented here (Azurite answers 501), or the service cannot read
+    // the source: fall back to an asynchronous Copy Blob.
+    let mut remaining = Vec::new();
+    for &i in work {
+        let blob = dests[i].blob.clone();
+        let started = storage
+            .start_copy(&blob, sas_url, &unverified_metadata(info))
+            .await;
+        if started.is_err() {
+            remaining.push(i);
+            continue;
+        }
+        let mut ok = false;
+        for _ in 0..36_000 {
+            let props = storage.properties(&blob).await?;
+            match props.as_ref().and_then(|p| p.copy_status.as_deref()) {
+                Some("success") => {
+                    ok = true;
+                    break;
+                }
+                Some("pending") => tokio::time::sleep(Duration::from_millis(200)).await,
+                _ => break,
+            }
+        }
+        if ok {
+            dests[i].strategy = Strategy::CopyBlob;
+            dests[i].chunks_copied = chunks.len();
+            dests[i].bytes_copied = info.ranges.iter().map(|r| r.end - r.start).sum();
+            bars[i].set_position(dests[i].bytes_copied);
+        } else {
+            // A failed copy leaves an unusable blob: start that one afresh.
+            storage
+                .create_page_blob(&blob, info.length, &unverified_metadata(info))
+                .await?;
+            dests[i].present.iter_mut().for_each(|p| *p = false);
+            remaining.push(i);
+        }
+    }
+    Ok(remaining)
+}
+
+/// Reads each needed source chunk once and writes it to every destination that
+/// lacks it; chunks a resumed destination already holds intact are not rewritten.
+#[allow(clippy::too_many_arguments)]
+async fn stream_copy(
+    storage: &Arc<Storage>,
+    source: &Arc<Source>,
+    chunks: &[Range<u64>],
+    dests: &mut [Destination],
+    work: &[usize],
+    bars: &[indicatif::ProgressBar],
+    src_md5: &mut [Option<[u8; 16]>],
+    parallel: usize,
+) -> Result<(), ReplicateError> {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (c, chunk) in chunks.iter().enumerate() {
+        let targets: Vec<(usize, BlobRef, bool)> = work
+            .iter()
+            .map(|&i| (i, dests[i].blob.clone(), dests[i].present[c]))
+            .collect();
+        let permit = semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        let storage = storage.clone();
+        let source = source.clone();
+        let chunk = chunk.clone();
+        let bars: Vec<indicatif::ProgressBar> =
+            targets.iter().map(|(i, _, _)| bars[*i].clone()).collect();
+        tasks.spawn(async move {
+            let _permit = permit;
+            let data = source.read(&storage, chunk.clone()).await?;
+            let digest = md5(&data);
+            let mut written = Vec::new();
+            for ((i, blob, present), bar) in targets.into_iter().zip(bars) {
+                let intact =
+                    present && md5(&storage.get_range(&blob, chunk.clone()).await?) == digest;
+                if !intact {
+                    storage.put_page(&blob, chunk.start, data.clone()).await?;
+                    written.push(i);
+                }
+                bar.inc(chunk.end - chunk.start);
+            }
+            Ok::<_, ReplicateError>((c, digest, written))
+        });
+        while tasks.len() > parallel * 2 {
+            collect_one(&mut tasks, chunks, dests, src_md5).await?;
+        }
+    }
+    while !tasks.is_empty() {
+        collect_one(&mut tasks, chunks, dests, src_md5).await?;
+    }
+    for &i in work {
+        dests[i].strategy = Strategy::ClientStream;
+    }
+    Ok(())
+}
+
+type ChunkResult = Result<(usize, [u8; 16], Vec<usize>), ReplicateError>;
+
+async fn collect_one(
+    tasks: &mut tokio::task::JoinSet<ChunkResult>,
+    chunks: &[Range<u64>],
+    dests: &mut [Destination],
+    src_md5: &mut [Option<[u8; 16]>],
+) -> Result<(), ReplicateError> {
+    let Some(joined) = tasks.join_next().await else {
+        return Ok(());
+    };
+    let (c, digest, written) = joined.expect("copy tasks do not panic")?;
+    src_md5[c] = Some(digest);
+    for i in written {
+        dests[i].chunks_copied += 1;
+        dests[i].bytes_copied += chunks[c].end - chunks[c].start;
+    }
+    Ok(())
+}
+
+/// Page ranges equal the source's, and every chunk's MD5 matches.
+#[allow(clippy::too_many_arguments)]
+async fn verify(
+    storage: &Arc<Storage>,
+    source: &Arc<Source>,
+    info: &SourceInfo,
+    chunks: &[Range<u64>],
+    src_md5: &mut [Option<[u8; 16]>],
+    blob: &BlobRef,
+    bar: &indicatif::ProgressBar,
+    parallel: usize,
+) -> Result<(), ReplicateError> {
+    let fail = |why: String| ReplicateError::Verify {
+        url: blob.url(),
+        why,
+    };
+    let props = storage
+        .properties(blob)
+        .await?
+        .ok_or_else(|| fail("the copy is missing".into()))?;
+    if props.length != info.length {
+        return Err(fail(format!(
+            "length {} differs from the source's {}",
+            props.length, info.length
+        )));
+    }
+    let ranges = storage.page_ranges(blob).await?;
+    if ranges != info.ranges {
+        let bytes: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        return Err(fail(format!(
+            "valid page ranges differ from the source's ({} ranges, {bytes} bytes vs {} ranges, {} bytes)",
+            ranges.len(),
+            info.ranges.len(),
+            info.ranges.iter().map(|r| r.end - r.start).sum::<u64>()
+        )));
+    }
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (c, chunk) in chunks.iter().enumerate() {
+        let permit = semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        let (storage, source, blob, chunk, known, bar) = (
+            storage.clone(),
+            source.clone(),
+            blob.clone(),
+            chunk.clone(),
+            src_md5[c],
+            bar.clone(),
+        );
+        tasks.spawn(async move {
+            let _permit = permit;
+            let want = match known {
+                Some(d) => d,
+                None => md5(&source.read(&storage, chunk.clone()).await?),
+            };
+            let got = md5(&storage.get_range(&blob, chunk.clone()).await?);
+            bar.inc(chunk.end - chunk.start);
+            Ok::<_, ReplicateError>((c, want, got))
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (c, want, got) = joined.expect("verify tasks do not panic")?;
+        src_md5[c] = Some(want);
+        if want != got {
+            let r = &chunks[c];
+            return Err(fail(format!(
+                "bytes {}-{} differ from the source (MD5 mismatch)",
+                r.start,
+                r.end - 1
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choosing_accounts_needs_enough_distinct_ones() {
+        let c = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            choose_accounts(2, 60, 40, &c(&["a", "b", "c"])).unwrap(),
+            c(&["a", "b"])
+        );
+        let e = choose_accounts(2, 41, 40, &c(&["a", "a"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs 2 VHD copies"), "{e}");
+        assert!(e.contains("only 1 distinct"), "{e}");
+    }
+}

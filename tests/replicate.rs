@@ -1,0 +1,376 @@
+//! The replicator and `upload` against the real Azure Storage emulator
+//! (Azurite), with an independent client (Microsoft's SDK) as the oracle.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+const MIB: u64 = 1024 * 1024;
+
+/// Islands of data in a 64 MiB disk: a few bytes, a page-straddling write,
+/// a multi-chunk run, and data near the end.
+const ISLANDS: &[(u64, usize)] = &[
+    (MIB, 5),
+    (3 * MIB + 100, 1000),
+    (20 * MIB, 9 * MIB as usize + 4096),
+    (63 * MIB, 64 * 1024),
+];
+
+fn imgforge_for(az: &Azurite) -> Command {
+    let mut cmd = imgforge();
+    // No Entra ID: every account here is reached with its key or a SAS.
+    cmd.env_remove("ARM_CLIENT_ID");
+    az.env(&mut cmd);
+    cmd
+}
+
+/// Non-zero 512-byte pages of a local file, coalesced, half-open.
+fn nonzero_pages(bytes: &[u8]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (i, page) in bytes.chunks(512).enumerate() {
+        if page.iter().any(|b| *b != 0) {
+            let s = i as u64 * 512;
+            match out.last_mut() {
+                Some(last) if last.1 == s => last.1 = s + page.len() as u64,
+                _ => out.push((s, s + page.len() as u64)),
+            }
+        }
+    }
+    out
+}
+
+fn manifest_with_pool(dir: &Path, nodes: u32, accounts: &[&str]) -> std::path::PathBuf {
+    let m = dir.join("m.toml");
+    let list = accounts
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    write(
+        &m,
+        &format!(
+            "{MINIMAL}\n[pool]\ndedicated = {nodes}\n\n[replicate]\nstorage_accounts = [{list}]\ncontainer = \"images\"\n"
+        ),
+    );
+    m
+}
+
+fn json(r: &Run) -> serde_json::Value {
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}\n{}", r.all()))
+}
+
+#[test]
+fn upload_skips_zero_pages_and_the_copy_is_byte_identical() {
+    let az = Azurite::start(&["acct1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 64, ISLANDS);
+    let local = std::fs::read(&vhd).unwrap();
+    let r = run(imgforge_for(&az)
+        .args(["upload", "--json", "--to", "acct1", "--container", "images"])
+        .arg(&vhd));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let doc = json(&r);
+    let url = az.url("acct1", "images", "disk.vhd");
+    assert_eq!(doc["result"]["copies"][0]["url"], url.as_str());
+    let valid: u64 = nonzero_pages(&local).iter().map(|(s, e)| e - s).sum();
+    assert_eq!(doc["result"]["valid_bytes"], valid);
+    // Only the valid pages went up: not the 64 MiB virtual size.
+    assert_eq!(doc["result"]["bytes_uploaded"], valid);
+    assert!(valid < 12 * MIB, "fixture should be sparse: {valid}");
+
+    assert_eq!(az.ranges(&url), nonzero_pages(&local));
+    assert_eq!(az.download(&url, &tmp.path().join("dl.vhd")), local);
+    let props = az.props(&url);
+    assert_eq!(props["type"], "PageBlob");
+    assert_eq!(props["metadata"]["imgforge_verified"], "true");
+}
+
+#[test]
+fn replication_makes_verified_sparse_copies_and_a_rerun_skips_them() {
+    let az = Azurite::start(&["build", "rep1", "rep2", "rep3"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 64, ISLANDS);
+    let local = std::fs::read(&vhd).unwrap();
+    // The source sits at Packer's nested capture path, written by the oracle.
+    let source = az.url(
+        "build",
+        "system",
+        "Microsoft.Compute/Images/images/gpu-osDisk.1234.vhd",
+    );
+    az.oracle(&["create", &source, vhd.to_str().unwrap()]);
+
+    // 41 nodes need two copies: the third candidate is left alone.
+    let m = manifest_with_pool(tmp.path(), 41, &["rep1", "rep2", "rep3"]);
+    let r = run(imgforge_for(&az)
+        .args(["replicate", "--json", "--source", &source])
+        .arg(&m));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let doc = json(&r);
+    assert_eq!(doc["plan"]["copies_needed"], 2);
+    // Azurite has no Put Page From URL (501), so the server-side copy is Copy Blob.
+    assert_eq!(doc["result"]["copies"][0]["strategy"], "copy_blob", "{doc}");
+    let copies = doc["result"]["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 2);
+    for (c, account) in copies.iter().zip(["rep1", "rep2"]) {
+        let url = az.url(account, "images", "gpu-osDisk.1234.vhd");
+        assert_eq!(c["url"], url.as_str(), "bare URL at the container root");
+        assert_eq!(c["verified"], true);
+        assert_eq!(
+            az.ranges(&url),
+            nonzero_pages(&local),
+            "sparse ranges preserved on {account}"
+        );
+        assert_eq!(
+            az.download(&url, &tmp.path().join("dl.vhd")),
+            local,
+            "content on {account}"
+        );
+        assert_eq!(az.props(&url)["metadata"]["imgforge_verified"], "true");
+    }
+    assert_eq!(
+        az.props(&az.url("rep3", "images", "gpu-osDisk.1234.vhd")),
+        serde_json::Value::Null
+    );
+
+    // The same command again: nothing is copied.
+    let again = run(imgforge_for(&az)
+        .args(["replicate", "--json", "--source", &source])
+        .arg(&m));
+    assert_eq!(again.code, 0, "{}", again.all());
+    let doc = json(&again);
+    for c in doc["result"]["copies"].as_array().unwrap() {
+        assert_eq!(c["strategy"], "already_verified");
+        assert_eq!(c["bytes_copied"], 0);
+    }
+    assert_eq!(doc["result"]["bytes_uploaded"], 0);
+}
+
+#[test]
+fn an_interrupted_copy_resumes_without_recopying_what_landed() {
+    let az = Azurite::start(&["acct1", "acct2"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 64, ISLANDS);
+    let local = std::fs::read(&vhd).unwrap();
+    // The proxy lets three Put Page requests through, then drops every later one.
+    let proxy = FaultProxy::start(az.port, 0, Some(3));
+    let through_proxy = format!("http://127.0.0.1:{}/{{account}}", proxy.port);
+    let first = run(imgforge_for(&az)
+        .env("IMGFORGE_HTTP_NO_POOL", "1")
+        .args([
+            "upload",
+            "--json",
+            "--parallel",
+            "1",
+            "--to",
+            "acct2",
+            "--blob-endpoint",
+            &through_proxy,
+        ])
+        .arg(&vhd));
+    assert_eq!(
+        first.code,
+        1,
+        "the interrupted upload must fail: {}",
+        first.all()
+    );
+    assert!(
+        first.stderr.contains("acct2/images/disk.vhd"),
+        "{}",
+        first.stderr
+    );
+    let url = az.url("acct2", "images", "disk.vhd");
+    assert_eq!(az.props(&url)["metadata"]["imgforge_verified"], "false");
+
+    let second = run(imgforge_for(&az)
+        .args(["upload", "--json", "--to", "acct2"])
+        .arg(&vhd));
+    assert_eq!(second.code, 0, "{}", second.all());
+    let doc = json(&second);
+    let copy = &doc["result"]["copies"][0];
+    let total = copy["chunks_total"].as_u64().unwrap();
+    let copied = copy["chunks_copied"].as_u64().unwrap();
+    assert_eq!(
+        copied,
+        total - 3,
+        "the three chunks that landed are not rewritten: {copy}"
+    );
+    assert_eq!(az.download(&url, &tmp.path().join("dl.vhd")), local);
+    assert_eq!(az.props(&url)["metadata"]["imgforge_verified"], "true");
+}
+
+#[test]
+fn injected_503s_and_dropped_connections_still_end_in_verified_copies() {
+    let az = Azurite::start(&["acct1", "acct2", "acct3"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 64, ISLANDS);
+    let local = std::fs::read(&vhd).unwrap();
+    let source = az.url("acct1", "build", "disk.vhd");
+    az.oracle(&["create", &source, vhd.to_str().unwrap()]);
+    // Every 4th request fails, alternately 503 ServerBusy and a dropped connection.
+    let proxy = FaultProxy::start(az.port, 4, None);
+    let through_proxy = format!("http://127.0.0.1:{}/{{account}}", proxy.port);
+    let source_via_proxy = source.replace(&az.port.to_string(), &proxy.port.to_string());
+    let r = run(imgforge_for(&az)
+        .env("IMGFORGE_HTTP_NO_POOL", "1")
+        .args([
+            "replicate",
+            "--json",
+            "--no-server-copy",
+            "--to",
+            "acct2",
+            "--to",
+            "acct3",
+        ])
+        .args(["--blob-endpoint", &through_proxy])
+        .args(["--source", &source_via_proxy]));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let doc = json(&r);
+    let faults = proxy.faults.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(faults >= 5, "only {faults} faults injected");
+    assert!(
+        doc["result"]["retries"].as_u64().unwrap() >= faults as u64 / 2,
+        "{doc}"
+    );
+    for c in doc["result"]["copies"].as_array().unwrap() {
+        assert_eq!(c["strategy"], "client_stream");
+    }
+    // Each source chunk was read once for both destinations, then each copy read
+    // back once; the rest is page-list XML (and no sparse byte).
+    let valid = doc["result"]["valid_bytes"].as_u64().unwrap();
+    let down = doc["result"]["bytes_downloaded"].as_u64().unwrap();
+    assert!(
+        (3 * valid..3 * valid + 64 * 1024).contains(&down),
+        "{down} vs valid {valid}: {doc}"
+    );
+    for account in ["acct2", "acct3"] {
+        let url = az.url(account, "images", "disk.vhd");
+        assert_eq!(
+            az.download(&url, &tmp.path().join("dl.vhd")),
+            local,
+            "{account}"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_key_fails_fast_naming_the_account() {
+    let az = Azurite::start(&["acct1", "acct2"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 8, &[(0, 4096)]);
+    let source = az.url("acct1", "build", "disk.vhd");
+    az.oracle(&["create", &source, vhd.to_str().unwrap()]);
+    let started = std::time::Instant::now();
+    let r = run(imgforge_for(&az)
+        .env(
+            "IMGFORGE_STORAGE_KEY_ACCT2",
+            "d3JvbmcgYnV0IHZhbGlkIGJhc2U2NCBrZXkgISEhIQ==",
+        )
+        .args(["replicate", "--to", "acct2", "--source", &source]));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("acct2"), "{}", r.stderr);
+    assert!(r.stderr.contains("403"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("IMGFORGE_STORAGE_KEY_ACCT2"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "403 is not retried"
+    );
+}
+
+#[test]
+fn too_few_accounts_fails_before_any_byte_moves() {
+    let az = Azurite::start(&["acct1", "acct2"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 8, &[(0, 4096)]);
+    let source = az.url("acct1", "build", "disk.vhd");
+    az.oracle(&["create", &source, vhd.to_str().unwrap()]);
+    // 81 Linux nodes need three copies; one candidate account is given.
+    let m = manifest_with_pool(tmp.path(), 81, &["acct2"]);
+    let r = run(imgforge_for(&az)
+        .args(["replicate", "--source", &source])
+        .arg(&m));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("needs 3 VHD copies"), "{}", r.stderr);
+    assert!(r.stderr.contains("only 1 distinct"), "{}", r.stderr);
+    assert_eq!(
+        az.props(&az.url("acct2", "images", "disk.vhd")),
+        serde_json::Value::Null
+    );
+}
+
+#[test]
+fn a_sas_source_is_used_and_never_printed() {
+    let az = Azurite::start(&["acct1", "acct2"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 8, &[(4096, 70_000)]);
+    let local = std::fs::read(&vhd).unwrap();
+    let source = az.url("acct1", "build", "disk.vhd");
+    az.oracle(&["create", &source, vhd.to_str().unwrap()]);
+    let sas_url = az.oracle(&["sas", &source]);
+    let sig = sas_url
+        .split("sig=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = run(imgforge_for(&az)
+        .env_remove("IMGFORGE_STORAGE_KEY_ACCT1")
+        .args(["replicate", "--json", "--to", "acct2", "--source", &sas_url]));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        !r.all().contains(&sig),
+        "the SAS signature was printed:\n{}",
+        r.all()
+    );
+    let doc = json(&r);
+    assert_eq!(
+        doc["result"]["source"],
+        source.as_str(),
+        "the bare source URL is reported"
+    );
+    let url = az.url("acct2", "images", "disk.vhd");
+    assert_eq!(az.download(&url, &tmp.path().join("dl.vhd")), local);
+}
+
+#[test]
+fn upload_refuses_a_dynamic_vhd() {
+    let az = Azurite::start(&["acct1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("d.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(8 * MIB)
+        .unwrap();
+    let vhd = tmp.path().join("dynamic.vhd");
+    let q = run(Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=dynamic",
+        ])
+        .arg(&raw)
+        .arg(&vhd));
+    assert_eq!(q.code, 0, "{}", q.all());
+    let r = run(imgforge_for(&az)
+        .args(["upload", "--to", "acct1"])
+        .arg(&vhd));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("dynamic.vhd"), "{}", r.stderr);
+    assert!(
+        r.stderr.to_lowercase().contains("fixed") || r.stderr.contains("footer"),
+        "{}",
+        r.stderr
+    );
+}
