@@ -53,6 +53,11 @@ pub enum Command {
     Replicate(ReplicateArgs),
     /// Upload a local fixed VHD (an on-premises or qemu build) as a page blob.
     Upload(UploadArgs),
+    /// Check a VHD against Azure Batch's requirements without booting it: a local file or a blob URL.
+    ///
+    /// Exit status: 0 when every check passed (warnings and skips allowed), 1 when
+    /// a check failed, 2 when the image cannot be read or the command line is wrong.
+    Validate(ValidateArgs),
     /// Node agent SKU ids imgforge knows, per distro.
     Skus {
         /// Print as JSON.
@@ -226,4 +231,22 @@ pub struct UploadArgs {
     pub name: Option<String>,
     #[command(flatten)]
     pub storage: StorageOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// A local VHD file, or a blob URL (read through range requests, never downloaded whole).
+    pub image: String,
+    /// The manifest the image was built from: decides which checks apply.
+    #[arg(long, value_name = "MANIFEST")]
+    pub manifest: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the report as JUnit XML.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Blob endpoint template, for account-only URLs and Azurite (see `replicate --help`).
+    #[arg(long, value_name = "TEMPLATE", env = "IMGFORGE_BLOB_ENDPOINT")]
+    pub blob_endpoint: Option<String>,
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 use crate::build::{self, BuildOptions, Status};
 use crate::cli::{
     BuildArgs, Cli, Command, PlanArgs, PoolCommand, RenderArgs, ReplicateArgs, TemplatesCommand,
-    UploadArgs,
+    UploadArgs, ValidateArgs,
 };
 use crate::error::{AppError, exit};
 use crate::manifest::Manifest;
@@ -23,6 +23,7 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
         Command::Skus { json } => skus(json),
         Command::Replicate(args) => replicate(args),
         Command::Upload(args) => upload(args),
+        Command::Validate(args) => validate(args),
     }
 }
 
@@ -214,7 +215,7 @@ fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
             };
             let config = crate::pool::PoolConfig::load(&config)?;
             let report = crate::pool::check(&config, plan.as_ref(), online);
-            emit_report(&report, json, junit.as_deref(), "imgforge pool check")
+            emit_report(&report, json, junit.as_deref(), "imgforge pool check", None)
         }
     }
 }
@@ -225,6 +226,7 @@ fn emit_report(
     json: bool,
     junit: Option<&std::path::Path>,
     suite: &str,
+    json_doc: Option<&dyn erased_json::Json>,
 ) -> Result<i32, AppError> {
     if let Some(path) = junit {
         crate::fsutil::write_atomic(path, report.to_junit(suite).as_bytes()).map_err(|source| {
@@ -234,7 +236,9 @@ fn emit_report(
             }
         })?;
     }
-    if json {
+    if let Some(doc) = json_doc {
+        print_stdout(&(crate::redact::redact(&doc.to_json_pretty()) + "\n"))?;
+    } else if json {
         print_stdout(&to_json(report))?;
     } else {
         use std::io::IsTerminal;
@@ -455,4 +459,51 @@ fn upload(args: UploadArgs) -> Result<i32, AppError> {
         serde_json::json!({"copies_needed": 1, "accounts": [args.to]}),
     )?;
     Ok(exit::OK)
+}
+
+fn validate(args: ValidateArgs) -> Result<i32, AppError> {
+    use crate::validate::{ValidateError, validate_blob, validate_file};
+    let manifest = Manifest::load(&args.manifest)?;
+    let plan = Plan::new(&manifest);
+    let is_url = args.image.starts_with("https://") || args.image.starts_with("http://");
+    let validation = if is_url {
+        let blob = crate::storage::BlobRef::parse(&args.image).map_err(ValidateError::from)?;
+        let rt = runtime()?;
+        rt.block_on(async {
+            let storage = crate::storage::Storage::new(std::slice::from_ref(&blob.account)).await?;
+            validate_blob(std::sync::Arc::new(storage), blob, plan).await
+        })?
+    } else {
+        validate_file(std::path::Path::new(&args.image), &plan)?
+    };
+    let code = emit_report(
+        &validation.report,
+        false,
+        args.junit.as_deref(),
+        "imgforge validate",
+        args.json.then_some(&validation as &dyn erased_json::Json),
+    )?;
+    if !args.json {
+        crate::term::status(
+            "Read",
+            &format!(
+                "{} bytes in {} request(s)",
+                validation.read.bytes, validation.read.requests
+            ),
+        );
+    }
+    Ok(code)
+}
+
+/// A serializable value behind a trait object, for `emit_report`'s JSON document.
+mod erased_json {
+    pub trait Json {
+        fn to_json_pretty(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json_pretty(&self) -> String {
+            serde_json::to_string_pretty(self).expect("serializable")
+        }
+    }
 }

@@ -30,6 +30,8 @@ pub enum AppError {
     Pool(#[from] crate::pool::PoolError),
     #[error(transparent)]
     Replicate(#[from] crate::replicate::ReplicateError),
+    #[error(transparent)]
+    Validate(#[from] crate::validate::ValidateError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -51,6 +53,7 @@ impl AppError {
             AppError::Build(e) => e.exit_code(),
             AppError::Pool(_) => exit::BAD_INPUT,
             AppError::Replicate(e) => e.exit_code(),
+            AppError::Validate(_) => exit::BAD_INPUT,
             AppError::Io { .. } => exit::IO,
         }
     }

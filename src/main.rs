@@ -23,6 +23,7 @@ mod report;
 mod storage;
 mod templates;
 mod term;
+mod validate;
 mod vhd;
 
 use clap::Parser;

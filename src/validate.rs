@@ -1,0 +1,1102 @@
+//! The offline validator: proves a VHD meets Azure Batch's and Batch
+//! Shipyard's requirements without booting it, by reading the footer, the
+//! partition table, the root filesystem and its files directly — from a local
+//! file or from a blob through range reads, never downloading the image.
+//!
+//! The checks come from the same catalog that renders the provisioning
+//! scripts: what a feature installs is exactly what is checked.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::catalog::{self, AtBoot, HostFirewall, Os, PackageFamily};
+use crate::plan::Plan;
+use crate::report::{Finding, Report};
+use crate::storage::{BlobRef, Storage};
+
+type BoxedError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    #[error("{subject}: cannot read the image: {message}")]
+    Unreadable { subject: String, message: String },
+    #[error("{0}")]
+    Storage(#[from] crate::storage::StorageError),
+}
+
+/// Positioned reads over a whole disk image, counted.
+pub trait Disk {
+    fn len(&self) -> u64;
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BoxedError>;
+    fn stats(&self) -> ReadStats;
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ReadStats {
+    /// Bytes fetched from the file or the storage service.
+    pub bytes: u64,
+    /// Read calls (local) or range GETs (remote).
+    pub requests: u64,
+}
+
+pub struct LocalDisk {
+    file: std::fs::File,
+    len: u64,
+    stats: ReadStats,
+}
+
+impl LocalDisk {
+    pub fn open(path: &std::path::Path) -> Result<LocalDisk, ValidateError> {
+        let unreadable = |e: std::io::Error| ValidateError::Unreadable {
+            subject: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let file = std::fs::File::open(path).map_err(unreadable)?;
+        let len = file.metadata().map_err(unreadable)?.len();
+        Ok(LocalDisk {
+            file,
+            len,
+            stats: ReadStats::default(),
+        })
+    }
+}
+
+impl Disk for LocalDisk {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BoxedError> {
+        use std::os::unix::fs::FileExt;
+        self.stats.bytes += buf.len() as u64;
+        self.stats.requests += 1;
+        Ok(self.file.read_exact_at(buf, offset)?)
+    }
+
+    fn stats(&self) -> ReadStats {
+        self.stats
+    }
+}
+
+/// A blob read through 1 MiB range GETs, cached: ext4-view reads at most 32 KiB
+/// at a time, so a cache turns hundreds of tiny reads into a few requests.
+pub struct RemoteDisk {
+    storage: Arc<Storage>,
+    blob: BlobRef,
+    len: u64,
+    runtime: tokio::runtime::Handle,
+    cache: HashMap<u64, Rc<Vec<u8>>>,
+    order: Vec<u64>,
+    stats: ReadStats,
+}
+
+const CACHE_CHUNK: u64 = 1024 * 1024;
+const CACHE_CHUNKS: usize = 64;
+
+impl RemoteDisk {
+    pub fn new(
+        storage: Arc<Storage>,
+        blob: BlobRef,
+        len: u64,
+        runtime: tokio::runtime::Handle,
+    ) -> RemoteDisk {
+        RemoteDisk {
+            storage,
+            blob,
+            len,
+            runtime,
+            cache: HashMap::new(),
+            order: Vec::new(),
+            stats: ReadStats::default(),
+        }
+    }
+
+    fn chunk(&mut self, index: u64) -> Result<Rc<Vec<u8>>, BoxedError> {
+        if let Some(c) = self.cache.get(&index) {
+            return Ok(c.clone());
+        }
+        let start = index * CACHE_CHUNK;
+        let end = (start + CACHE_CHUNK).min(self.len);
+        let data = self
+            .runtime
+            .block_on(self.storage.get_range(&self.blob, start..end))?;
+        self.stats.bytes += data.len() as u64;
+        self.stats.requests += 1;
+        let data = Rc::new(data.to_vec());
+        if self.order.len() >= CACHE_CHUNKS {
+            let old = self.order.remove(0);
+            self.cache.remove(&old);
+        }
+        self.order.push(index);
+        self.cache.insert(index, data.clone());
+        Ok(data)
+    }
+}
+
+impl Disk for RemoteDisk {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BoxedError> {
+        if offset + buf.len() as u64 > self.len {
+            return Err(format!("read past the end of the blob at {offset}").into());
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let chunk = self.chunk(pos / CACHE_CHUNK)?;
+            let within = (pos % CACHE_CHUNK) as usize;
+            let n = (chunk.len() - within).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&chunk[within..within + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn stats(&self) -> ReadStats {
+        self.stats
+    }
+}
+
+type SharedDisk = Rc<RefCell<Box<dyn Disk>>>;
+
+/// A partition of the shared disk, for ext4-view.
+struct PartitionReader {
+    disk: SharedDisk,
+    offset: u64,
+}
+
+impl ext4_view::Ext4Read for PartitionReader {
+    fn read(&mut self, start_byte: u64, dst: &mut [u8]) -> Result<(), BoxedError> {
+        self.disk
+            .borrow_mut()
+            .read_at(self.offset + start_byte, dst)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Validation {
+    #[serde(flatten)]
+    pub report: Report,
+    pub read: ReadStats,
+}
+
+#[derive(Debug, Clone)]
+struct Partition {
+    start: u64,
+    size: u64,
+    linux: bool,
+    label: String,
+}
+
+const LINUX_FS_GUID: [u8; 16] = guid_bytes(
+    0x0FC6_3DAF,
+    0x8483,
+    0x4772,
+    [0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4],
+);
+
+/// GPT stores the first three GUID fields little-endian.
+const fn guid_bytes(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
+    let a = a.to_le_bytes();
+    let b = b.to_le_bytes();
+    let c = c.to_le_bytes();
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5], d[6],
+        d[7],
+    ]
+}
+
+fn read(disk: &SharedDisk, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+    let mut buf = vec![0u8; len];
+    disk.borrow_mut()
+        .read_at(offset, &mut buf)
+        .map_err(|e| e.to_string())?;
+    Ok(buf)
+}
+
+/// MBR or GPT partitions (with their CRCs checked), or an error saying why not.
+fn partitions(
+    disk: &SharedDisk,
+    findings: &mut Vec<Finding>,
+) -> Option<(Vec<Partition>, &'static str)> {
+    let mbr = match read(disk, 0, 512) {
+        Ok(b) => b,
+        Err(e) => {
+            findings.push(Finding::fail(
+                "disk.partition-table",
+                format!("cannot read sector 0: {e}"),
+            ));
+            return None;
+        }
+    };
+    if mbr[510..512] != [0x55, 0xAA] {
+        findings.push(
+            Finding::fail(
+                "disk.partition-table",
+                "no MBR signature (0x55AA) in sector 0",
+            )
+            .evidence("sector 0")
+            .hint("the VHD must hold a partitioned disk: MBR or GPT"),
+        );
+        return None;
+    }
+    let entries: Vec<(u8, u64, u64)> = (0..4)
+        .map(|i| {
+            let e = &mbr[446 + i * 16..462 + i * 16];
+            let start = u32::from_le_bytes(e[8..12].try_into().expect("4")) as u64;
+            let count = u32::from_le_bytes(e[12..16].try_into().expect("4")) as u64;
+            (e[4], start * 512, count * 512)
+        })
+        .filter(|(t, _, n)| *t != 0 && *n > 0)
+        .collect();
+    if entries.iter().any(|(t, _, _)| *t == 0xEE) {
+        return gpt(disk, findings).map(|p| (p, "GPT"));
+    }
+    let parts = entries
+        .into_iter()
+        .map(|(t, start, size)| Partition {
+            start,
+            size,
+            linux: t == 0x83,
+            label: String::new(),
+        })
+        .collect();
+    Some((parts, "MBR"))
+}
+
+fn gpt(disk: &SharedDisk, findings: &mut Vec<Finding>) -> Option<Vec<Partition>> {
+    let header = read(disk, 512, 512).ok()?;
+    let fail = |findings: &mut Vec<Finding>, why: &str| {
+        findings.push(
+            Finding::fail("disk.partition-table", format!("invalid GPT: {why}"))
+                .evidence("LBA 1")
+                .hint("rewrite the partition table (sgdisk -e), then rebuild the VHD"),
+        );
+    };
+    if &header[0..8] != b"EFI PART" {
+        fail(findings, "no `EFI PART` signature");
+        return None;
+    }
+    let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4"));
+    let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
+    let header_size = u32_at(&header, 12) as usize;
+    if !(92..=512).contains(&header_size) {
+        fail(findings, "header size out of range");
+        return None;
+    }
+    let mut h = header[..header_size].to_vec();
+    h[16..20].fill(0);
+    if crc32fast::hash(&h) != u32_at(&header, 16) {
+        fail(findings, "header CRC32 mismatch");
+        return None;
+    }
+    let entries_lba = u64_at(&header, 72);
+    let count = u32_at(&header, 80) as usize;
+    let size = u32_at(&header, 84) as usize;
+    if size < 128 || count > 1024 {
+        fail(findings, "partition entry array out of range");
+        return None;
+    }
+    let table = read(disk, entries_lba * 512, count * size).ok()?;
+    if crc32fast::hash(&table) != u32_at(&header, 88) {
+        fail(findings, "partition entry array CRC32 mismatch");
+        return None;
+    }
+    let mut parts = Vec::new();
+    for e in table.chunks(size) {
+        if e[0..16].iter().all(|b| *b == 0) {
+            continue;
+        }
+        let first = u64_at(e, 32);
+        let last = u64_at(e, 40);
+        let name: Vec<u16> = e[56..128]
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|c| *c != 0)
+            .collect();
+        parts.push(Partition {
+            start: first * 512,
+            size: (last + 1).saturating_sub(first) * 512,
+            linux: e[0..16] == LINUX_FS_GUID,
+            label: String::from_utf16_lossy(&name),
+        });
+    }
+    Some(parts)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum FsKind {
+    Ext4 { needs_recovery: bool },
+    Xfs,
+    Unknown,
+}
+
+fn fs_kind(disk: &SharedDisk, start: u64) -> FsKind {
+    if let Ok(head) = read(disk, start, 4)
+        && &head == b"XFSB"
+    {
+        return FsKind::Xfs;
+    }
+    match read(disk, start + 1024, 1024) {
+        Ok(sb) if sb[56..58] == [0x53, 0xEF] => {
+            let incompat = u32::from_le_bytes(sb[0x60..0x64].try_into().expect("4"));
+            FsKind::Ext4 {
+                needs_recovery: incompat & 0x4 != 0,
+            }
+        }
+        _ => FsKind::Unknown,
+    }
+}
+
+/// Validates one image; `subject` names it in the report.
+pub fn validate(
+    subject: &str,
+    disk: Box<dyn Disk>,
+    blob_length: Option<(String, u64)>,
+    plan: &Plan,
+) -> Validation {
+    let disk: SharedDisk = Rc::new(RefCell::new(disk));
+    let mut f = Vec::new();
+    let len = disk.borrow().len();
+
+    if let Some((blob_type, length)) = &blob_length {
+        f.push(if blob_type == "PageBlob" {
+            Finding::pass("blob.type", "a page blob")
+        } else {
+            Finding::fail("blob.type", format!("a {blob_type}, not a page blob"))
+                .evidence(subject)
+                .hint("Azure creates disks only from page blobs: upload with `imgforge upload`")
+        });
+        let _ = length;
+    }
+
+    // The container: a fixed VHD.
+    let mut footer = [0u8; 512];
+    let footer_ok = len >= 512 && disk.borrow_mut().read_at(len - 512, &mut footer).is_ok();
+    let (parsed, problems) = crate::vhd::check(&footer, if footer_ok { len } else { 0 });
+    let ids = [
+        ("vhd.footer", "the `conectix` footer is present"),
+        ("vhd.checksum", "the footer checksum is right"),
+        ("vhd.fixed", "a fixed VHD"),
+        ("vhd.size", "the virtual size is a whole number of MiB"),
+        ("vhd.length", "the length is the virtual size + 512"),
+    ];
+    let mut raw_layout = parsed.is_some();
+    for (id, ok_message) in ids {
+        use crate::vhd::FooterProblem as P;
+        let problem = problems.iter().find(|p| {
+            matches!(
+                (id, p),
+                ("vhd.footer", P::NoCookie | P::TooShort(_))
+                    | ("vhd.checksum", P::Checksum { .. })
+                    | ("vhd.fixed", P::NotFixed(_))
+                    | ("vhd.size", P::NotMibAligned(_))
+                    | ("vhd.length", P::LengthMismatch { .. })
+            )
+        });
+        match problem {
+            Some(p) => {
+                if matches!(p, P::NotFixed(_) | P::NoCookie | P::TooShort(_)) {
+                    raw_layout = false;
+                }
+                f.push(
+                    Finding::fail(id, p.to_string())
+                        .evidence(format!("{subject}: footer at byte {}", len.saturating_sub(512)))
+                        .hint("qemu-img convert -f raw -O vpc -o subformat=fixed,force_size=on disk.raw disk.vhd"),
+                );
+            }
+            None if parsed.is_some() => f.push(Finding::pass(id, ok_message)),
+            None => f.push(Finding::skip(id, "no footer to check")),
+        }
+    }
+    if !raw_layout {
+        f.push(Finding::skip(
+            "disk.partition-table",
+            "not read: the container is not a fixed VHD",
+        ));
+        let stats = disk.borrow().stats();
+        return Validation {
+            report: Report::new(subject, f),
+            read: stats,
+        };
+    }
+
+    let Some((parts, kind)) = partitions(&disk, &mut f) else {
+        let stats = disk.borrow().stats();
+        return Validation {
+            report: Report::new(subject, f),
+            read: stats,
+        };
+    };
+    f.push(Finding::pass(
+        "disk.partition-table",
+        format!("{kind}, {} partition(s)", parts.len()),
+    ));
+
+    // The root: the labelled one, else the largest Linux partition.
+    let root = parts
+        .iter()
+        .find(|p| p.label == "cloudimg-rootfs")
+        .or_else(|| parts.iter().filter(|p| p.linux).max_by_key(|p| p.size));
+    let Some(root) = root.cloned() else {
+        f.push(
+            Finding::fail("disk.root", "no Linux root partition (MBR type 0x83, GPT Linux filesystem, or label cloudimg-rootfs)")
+                .hint("the image must contain the Linux root filesystem"),
+        );
+        let stats = disk.borrow().stats();
+        return Validation {
+            report: Report::new(subject, f),
+            read: stats,
+        };
+    };
+    let at = format!("partition at byte {}", root.start);
+    match fs_kind(&disk, root.start) {
+        FsKind::Xfs => {
+            f.push(Finding::pass("disk.root", format!("root {at}")));
+            f.push(
+                Finding::skip("disk.filesystem", "the root filesystem is XFS, which imgforge cannot read offline; its files are not checked")
+                    .evidence(at)
+                    .hint("rely on the in-VM checks (run by Packer before deprovisioning) for XFS images"),
+            );
+        }
+        FsKind::Unknown => {
+            f.push(
+                Finding::fail(
+                    "disk.root",
+                    format!("no ext4 or XFS filesystem in the root {at}"),
+                )
+                .evidence(at),
+            );
+        }
+        FsKind::Ext4 { needs_recovery } => {
+            f.push(Finding::pass("disk.root", format!("root {at}")));
+            let reader = PartitionReader {
+                disk: disk.clone(),
+                offset: root.start,
+            };
+            match ext4_view::Ext4::load(Box::new(reader)) {
+                Err(e) => {
+                    let message = if needs_recovery {
+                        format!(
+                            "image not cleanly shut down: the ext4 journal needs recovery and cannot be replayed ({e})"
+                        )
+                    } else {
+                        format!("the ext4 filesystem cannot be read: {e}")
+                    };
+                    f.push(Finding::fail("disk.filesystem", message).evidence(at).hint(
+                        "shut the build VM down cleanly (deprovision, then stop) before capturing",
+                    ));
+                }
+                Ok(fs) => {
+                    f.push(if needs_recovery {
+                        Finding::warn("disk.filesystem", "image not cleanly shut down: the journal was replayed in memory to read it")
+                            .evidence(at)
+                            .hint("shut the build VM down cleanly before capturing")
+                    } else {
+                        Finding::pass("disk.filesystem", "ext4, cleanly unmounted")
+                    });
+                    let files = Files { fs };
+                    check_files(&files, plan, &mut f);
+                }
+            }
+        }
+    }
+    let stats = disk.borrow().stats();
+    Validation {
+        report: Report::new(subject, f),
+        read: stats,
+    }
+}
+
+struct Files {
+    fs: ext4_view::Ext4,
+}
+
+impl Files {
+    fn text(&self, path: &str) -> Option<String> {
+        self.fs
+            .read(path)
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.fs.symlink_metadata(path).is_ok()
+    }
+
+    fn list(&self, dir: &str) -> Vec<String> {
+        match self.fs.read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(Result::ok)
+                .filter_map(|e| e.file_name().as_str().ok().map(str::to_string))
+                .filter(|n| n != "." && n != "..")
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Enabled at boot: a symlink in a `*.target.wants` directory systemd reads.
+    fn unit_enabled(&self, unit: &str) -> Option<String> {
+        let unit = if unit.contains('.') {
+            unit.to_string()
+        } else {
+            format!("{unit}.service")
+        };
+        for dir in [
+            "/etc/systemd/system/multi-user.target.wants",
+            "/etc/systemd/system/sockets.target.wants",
+        ] {
+            let path = format!("{dir}/{unit}");
+            if self.exists(&path) {
+                return Some(path);
+            }
+        }
+        None
+    }
+}
+
+fn key_value(text: &str, key: &str) -> Option<String> {
+    text.lines().rev().find_map(|l| {
+        let l = l.trim();
+        if l.starts_with('#') {
+            return None;
+        }
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
+fn check_files(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
+    let d = plan.distro;
+
+    // Distro.
+    match files.text("/etc/os-release") {
+        None => f.push(
+            Finding::fail("distro.os-release", "/etc/os-release is missing")
+                .evidence("/etc/os-release"),
+        ),
+        Some(text) => {
+            let id = key_value(&text, "ID").unwrap_or_default();
+            let version = key_value(&text, "VERSION_ID").unwrap_or_default();
+            let version_ok = version == d.os_release_version
+                || version.split('.').next() == Some(d.os_release_version);
+            f.push(if id == d.os_release_id && version_ok {
+                Finding::pass(
+                    "distro.os-release",
+                    format!("{id} {version}, as the manifest says ({})", d.key),
+                )
+            } else {
+                Finding::fail(
+                    "distro.os-release",
+                    format!("the image is {id} {version}, the manifest says {}", d.key),
+                )
+                .evidence("/etc/os-release")
+                .hint(format!(
+                    "build from the {} base image, or fix image.distro",
+                    d.key
+                ))
+            });
+        }
+    }
+
+    // The Azure agent and the resource disk.
+    match files.text("/etc/waagent.conf") {
+        None => f.push(
+            Finding::fail(
+                "batch.waagent",
+                "/etc/waagent.conf is missing: the Azure Linux agent is not installed",
+            )
+            .evidence("/etc/waagent.conf")
+            .hint("install walinuxagent (apt) or WALinuxAgent (yum/dnf)"),
+        ),
+        Some(conf) => {
+            f.push(
+                Finding::pass("batch.waagent", "the Azure Linux agent is configured")
+                    .evidence("/etc/waagent.conf"),
+            );
+            let line = conf
+                .lines()
+                .position(|l| l.trim_start().starts_with("ResourceDisk.MountPoint"))
+                .map(|i| format!("/etc/waagent.conf:{}", i + 1))
+                .unwrap_or_else(|| "/etc/waagent.conf".into());
+            let mount = key_value(&conf, "ResourceDisk.MountPoint");
+            f.push(match mount.as_deref() {
+                Some(m) if m == d.ephemeral_mount => Finding::pass(
+                    "batch.resource-disk",
+                    format!("ResourceDisk.MountPoint={m}"),
+                )
+                .evidence(line),
+                other => Finding::fail(
+                    "batch.resource-disk",
+                    format!(
+                        "ResourceDisk.MountPoint is {}, Batch needs {}",
+                        other.unwrap_or("unset"),
+                        d.ephemeral_mount
+                    ),
+                )
+                .evidence(line)
+                .hint(format!(
+                    "leave ResourceDisk.MountPoint={} (the distro default)",
+                    d.ephemeral_mount
+                )),
+            });
+        }
+    }
+
+    // Every enabled feature, straight from the catalog.
+    let docker_on_ephemeral = d.docker_data_root.starts_with(d.ephemeral_mount);
+    for feature in &plan.features {
+        let spec = catalog::feature(feature.id);
+        let name = serde_json::to_value(feature.id)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+            .replace('_', "-");
+        for (i, rule) in spec.files.iter().enumerate() {
+            let id = format!(
+                "feature.{name}.file{}",
+                if spec.files.len() > 1 {
+                    format!("-{}", i + 1)
+                } else {
+                    String::new()
+                }
+            );
+            let found = rule.any_of.iter().find(|p| files.exists(p));
+            let finding = match (found, rule.contains) {
+                (None, _) => Finding::fail(&id, rule.missing_message)
+                    .evidence(rule.any_of.join(" or "))
+                    .hint(format!(
+                        "the {name} provisioning step did not leave {}",
+                        rule.any_of[0]
+                    )),
+                (Some(p), None) => Finding::pass(&id, format!("{p} present")).evidence(*p),
+                (Some(p), Some(needle)) => match files.text(p) {
+                    Some(t) if t.contains(needle) => {
+                        Finding::pass(&id, format!("{p} has `{needle}`")).evidence(*p)
+                    }
+                    _ => Finding::fail(&id, rule.missing_message)
+                        .evidence(*p)
+                        .hint(format!("{p} must contain `{needle}`")),
+                },
+            };
+            f.push(finding);
+        }
+        for s in spec.services {
+            let unit = s.unit.unwrap_or(d.ssh_service);
+            let id = format!("feature.{name}.boot");
+            let enabled = files.unit_enabled(unit);
+            let want = match s.at_boot {
+                AtBoot::Enabled => true,
+                AtBoot::DisabledWhenOnEphemeralDisk => !docker_on_ephemeral,
+            };
+            f.push(match (want, enabled) {
+                (true, Some(p)) => Finding::pass(&id, format!("{unit} is enabled at boot")).evidence(p),
+                (true, None) => Finding::fail(&id, format!("{unit} is not enabled at boot"))
+                    .evidence("/etc/systemd/system/multi-user.target.wants")
+                    .hint(format!("systemctl enable {unit}")),
+                (false, None) => Finding::pass(
+                    &id,
+                    format!("{unit} is not enabled at boot: its data is on the ephemeral disk, Batch Shipyard starts it"),
+                ),
+                (false, Some(p)) => Finding::fail(
+                    &id,
+                    format!("{unit} is enabled at boot although its data-root is on the ephemeral disk ({})", d.docker_data_root),
+                )
+                .evidence(p)
+                .hint(format!("systemctl disable {unit}: Batch Shipyard starts it once {} is mounted", d.ephemeral_mount)),
+            });
+        }
+    }
+
+    if plan.distro.os == Os::Linux {
+        ssh_port(files, f);
+        firewall(files, plan, f);
+    }
+    if plan.gpu.is_some() {
+        gpu_modules(files, f);
+        kernel_held(files, plan, f);
+    }
+    hygiene(files, f);
+}
+
+fn ssh_port(files: &Files, f: &mut Vec<Finding>) {
+    let Some(conf) = files.text("/etc/ssh/sshd_config") else {
+        f.push(Finding::pass(
+            "batch.ssh-port",
+            "sshd_config absent: sshd listens on 22 by default",
+        ));
+        return;
+    };
+    let ports: Vec<(usize, String)> = conf
+        .lines()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("Port")).then(|| (i + 1, w.next().unwrap_or("").to_string()))
+        })
+        .collect();
+    f.push(match ports.iter().find(|(_, p)| p != "22") {
+        None => Finding::pass("batch.ssh-port", "sshd listens on 22"),
+        Some((line, p)) => Finding::fail("batch.ssh-port", format!("sshd listens on {p}, not 22"))
+            .evidence(format!("/etc/ssh/sshd_config:{line}"))
+            .hint("Azure Batch reaches nodes over SSH on 22"),
+    });
+}
+
+fn firewall(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
+    let inbound: Vec<u16> = catalog::required_inbound_tcp(Os::Linux).to_vec();
+    let id = "batch.firewall";
+    match plan.distro.firewall {
+        HostFirewall::Ufw | HostFirewall::Firewalld | HostFirewall::Windows => {}
+    }
+    // ufw
+    if let Some(conf) = files.text("/etc/ufw/ufw.conf")
+        && key_value(&conf, "ENABLED").as_deref() == Some("yes")
+    {
+        let defaults = files.text("/etc/default/ufw").unwrap_or_default();
+        let input = key_value(&defaults, "DEFAULT_INPUT_POLICY").unwrap_or_else(|| "DROP".into());
+        let output =
+            key_value(&defaults, "DEFAULT_OUTPUT_POLICY").unwrap_or_else(|| "ACCEPT".into());
+        let rules = files.text("/etc/ufw/user.rules").unwrap_or_default();
+        let allowed = |port: u16, dir: &str| {
+            rules.lines().any(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                // ### tuple ### allow tcp 29876 0.0.0.0/0 any 0.0.0.0/0 in
+                w.len() >= 10
+                    && w[..3] == ["###", "tuple", "###"]
+                    && w[3] == "allow"
+                    && (w[4] == "tcp" || w[4] == "any")
+                    && w[5] == port.to_string()
+                    && w.last() == Some(&dir)
+            })
+        };
+        let blocked_in: Vec<u16> = if input == "ACCEPT" {
+            Vec::new()
+        } else {
+            inbound
+                .iter()
+                .copied()
+                .filter(|p| !allowed(*p, "in"))
+                .collect()
+        };
+        let blocked_out = output != "ACCEPT" && !allowed(443, "out");
+        f.push(if blocked_in.is_empty() && !blocked_out {
+            Finding::pass(
+                id,
+                format!("ufw is enabled and allows inbound {inbound:?} and outbound 443"),
+            )
+            .evidence("/etc/ufw/user.rules")
+        } else {
+            let mut what = Vec::new();
+            if !blocked_in.is_empty() {
+                what.push(format!("inbound TCP {blocked_in:?} (default {input})"));
+            }
+            if blocked_out {
+                what.push(format!("outbound TCP 443 (default {output})"));
+            }
+            Finding::fail(id, format!("ufw blocks {}", what.join(" and ")))
+                .evidence("/etc/ufw/user.rules")
+                .hint("ufw allow in 22/tcp, 29876/tcp, 29877/tcp and ufw allow out 443/tcp")
+        });
+        return;
+    }
+    // firewalld
+    if files.unit_enabled("firewalld").is_some() {
+        let zone = files
+            .text("/etc/firewalld/zones/public.xml")
+            .unwrap_or_default();
+        let open = |port: u16| {
+            zone.contains(&format!("port=\"{port}\""))
+                || (port == 22 && zone.contains("service name=\"ssh\""))
+        };
+        let blocked: Vec<u16> = inbound.iter().copied().filter(|p| !open(*p)).collect();
+        f.push(if blocked.is_empty() {
+            Finding::pass(
+                id,
+                "firewalld is enabled and its public zone allows the Batch ports",
+            )
+            .evidence("/etc/firewalld/zones/public.xml")
+        } else {
+            Finding::fail(id, format!("firewalld blocks inbound TCP {blocked:?}"))
+                .evidence("/etc/firewalld/zones/public.xml")
+                .hint("firewall-offline-cmd --add-port=29876/tcp (and 29877, 22)")
+        });
+        return;
+    }
+    // Persisted iptables rules.
+    if let Some(rules) = files
+        .text("/etc/iptables/rules.v4")
+        .or_else(|| files.text("/etc/sysconfig/iptables"))
+    {
+        let drops = rules
+            .lines()
+            .any(|l| l.starts_with(":INPUT DROP") || l.starts_with(":INPUT REJECT"));
+        let open = |port: u16| {
+            rules.lines().any(|l| {
+                l.contains("-A INPUT")
+                    && l.contains(&format!("--dport {port}"))
+                    && l.contains("ACCEPT")
+            })
+        };
+        let blocked: Vec<u16> = if drops {
+            inbound.iter().copied().filter(|p| !open(*p)).collect()
+        } else {
+            Vec::new()
+        };
+        f.push(if blocked.is_empty() {
+            Finding::pass(id, "persisted iptables rules admit the Batch ports")
+        } else {
+            Finding::fail(id, format!("iptables drops inbound TCP {blocked:?}"))
+                .evidence("/etc/iptables/rules.v4")
+                .hint("add -A INPUT -p tcp --dport PORT -j ACCEPT for 22, 29876, 29877")
+        });
+        return;
+    }
+    f.push(Finding::pass(
+        id,
+        "no host firewall is enabled: nothing blocks the Batch ports",
+    ));
+}
+
+/// NVIDIA modules are looked up where DKMS and the packages put them, never by
+/// walking /lib/modules (thousands of files, 60× the bytes read).
+fn gpu_modules(files: &Files, f: &mut Vec<Finding>) {
+    let kernels = files.list("/lib/modules");
+    if kernels.is_empty() {
+        f.push(
+            Finding::fail("feature.gpu.module", "no kernel in /lib/modules")
+                .evidence("/lib/modules"),
+        );
+        return;
+    }
+    let dirs = ["updates/dkms", "updates", "extra", "kernel/drivers/video"];
+    let names = ["nvidia.ko", "nvidia.ko.xz", "nvidia.ko.zst"];
+    let missing: Vec<&String> = kernels
+        .iter()
+        .filter(|k| {
+            !dirs.iter().any(|d| {
+                names
+                    .iter()
+                    .any(|n| files.exists(&format!("/lib/modules/{k}/{d}/{n}")))
+            })
+        })
+        .collect();
+    f.push(if missing.is_empty() {
+        Finding::pass(
+            "feature.gpu.module",
+            format!(
+                "an NVIDIA kernel module for each of {} kernel(s)",
+                kernels.len()
+            ),
+        )
+    } else {
+        Finding::fail(
+            "feature.gpu.module",
+            format!(
+                "No Nvidia drivers detected! no nvidia.ko for kernel(s) {}",
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .evidence(format!(
+            "/lib/modules/{}/{{{}}}",
+            missing[0],
+            dirs.join(",")
+        ))
+        .hint("build the driver with DKMS for every installed kernel, and hold the kernel packages")
+    });
+}
+
+fn kernel_held(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
+    let id = "feature.gpu.kernel-held";
+    match plan.distro.family {
+        PackageFamily::Apt => {
+            let status = files.text("/var/lib/dpkg/status").unwrap_or_default();
+            let mut installed_kernels = Vec::new();
+            let mut held = Vec::new();
+            for stanza in status.split("\n\n") {
+                let pkg = stanza
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Package: "))
+                    .unwrap_or("");
+                let st = stanza
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Status: "))
+                    .unwrap_or("");
+                if pkg.starts_with("linux-image-") && st.ends_with("installed") {
+                    installed_kernels.push(pkg.to_string());
+                    if st.starts_with("hold") {
+                        held.push(pkg.to_string());
+                    }
+                }
+            }
+            f.push(if !installed_kernels.is_empty() && held.len() == installed_kernels.len() {
+                Finding::pass(id, format!("kernel packages held: {}", held.join(", ")))
+            } else {
+                let loose: Vec<&String> = installed_kernels.iter().filter(|k| !held.contains(k)).collect();
+                Finding::fail(id, format!("kernel packages not held: {loose:?}"))
+                    .evidence("/var/lib/dpkg/status")
+                    .hint("apt-mark hold the kernel packages: an unattended kernel upgrade breaks the NVIDIA driver")
+            });
+        }
+        PackageFamily::Yum | PackageFamily::Dnf => {
+            let conf_path = if plan.distro.family == PackageFamily::Yum {
+                "/etc/yum.conf"
+            } else {
+                "/etc/dnf/dnf.conf"
+            };
+            let conf = files.text(conf_path).unwrap_or_default();
+            f.push(
+                if conf
+                    .lines()
+                    .any(|l| l.starts_with("exclude=") && l.contains("kernel"))
+                {
+                    Finding::pass(id, "kernel packages excluded from updates").evidence(conf_path)
+                } else {
+                    Finding::fail(id, "kernel packages are not excluded from updates")
+                        .evidence(conf_path)
+                        .hint("add exclude=kernel* so an update cannot break the NVIDIA driver")
+                },
+            );
+        }
+        PackageFamily::None => {}
+    }
+}
+
+fn hygiene(files: &Files, f: &mut Vec<Finding>) {
+    let keys: Vec<String> = files
+        .list("/etc/ssh")
+        .into_iter()
+        .filter(|n| n.starts_with("ssh_host_") && n.ends_with("_key"))
+        .collect();
+    f.push(if keys.is_empty() {
+        Finding::pass(
+            "hygiene.ssh-host-keys",
+            "no SSH host keys: each node makes its own",
+        )
+    } else {
+        Finding::fail(
+            "hygiene.ssh-host-keys",
+            format!("SSH host keys left in the image: {}", keys.join(", ")),
+        )
+        .evidence("/etc/ssh")
+        .hint("deprovision with `waagent -force -deprovision+user` as the last step")
+    });
+    let mut histories = Vec::new();
+    if files.exists("/root/.bash_history") {
+        histories.push("/root/.bash_history".to_string());
+    }
+    let homes = files.list("/home");
+    for h in &homes {
+        if files.exists(&format!("/home/{h}/.bash_history")) {
+            histories.push(format!("/home/{h}/.bash_history"));
+        }
+    }
+    f.push(if histories.is_empty() && homes.is_empty() {
+        Finding::pass("hygiene.provisioning-user", "no user home or shell history left")
+    } else {
+        Finding::fail(
+            "hygiene.provisioning-user",
+            format!("left behind: {}", homes.iter().map(|h| format!("/home/{h}")).chain(histories).collect::<Vec<_>>().join(", ")),
+        )
+        .evidence("/home")
+        .hint("waagent -force -deprovision+user removes the provisioning user; export HISTSIZE=0 before it")
+    });
+    // The build's secrets must not be anywhere a provisioner could have written them.
+    let secrets: Vec<String> = std::env::vars()
+        .filter(|(k, v)| {
+            v.len() >= 8
+                && (k == "ARM_CLIENT_SECRET"
+                    || k == "AZURE_STORAGE_KEY"
+                    || k.starts_with("IMGFORGE_STORAGE_KEY_"))
+        })
+        .map(|(_, v)| v)
+        .collect();
+    if secrets.is_empty() {
+        f.push(Finding::skip(
+            "hygiene.build-secrets",
+            "no build secret in this environment to look for",
+        ));
+        return;
+    }
+    let mut places = vec![
+        "/etc/environment".to_string(),
+        "/root/.bash_history".to_string(),
+        "/var/log/cloud-init-output.log".to_string(),
+    ];
+    places.extend(
+        files
+            .list("/etc/profile.d")
+            .into_iter()
+            .map(|n| format!("/etc/profile.d/{n}")),
+    );
+    places.extend(files.list("/tmp").into_iter().map(|n| format!("/tmp/{n}")));
+    let leaked: Vec<String> = places
+        .into_iter()
+        .filter(|p| {
+            files
+                .text(p)
+                .is_some_and(|t| secrets.iter().any(|s| t.contains(s.as_str())))
+        })
+        .collect();
+    f.push(if leaked.is_empty() {
+        Finding::pass(
+            "hygiene.build-secrets",
+            "no build secret found in the places provisioning writes to",
+        )
+    } else {
+        Finding::fail(
+            "hygiene.build-secrets",
+            format!("a build secret is in {}", leaked.join(", ")),
+        )
+        .evidence(leaked[0].clone())
+        .hint("never write ARM_*/storage secrets into the image; rotate the leaked secret")
+    });
+}
+
+/// Validates a local file.
+pub fn validate_file(path: &std::path::Path, plan: &Plan) -> Result<Validation, ValidateError> {
+    let disk = LocalDisk::open(path)?;
+    Ok(validate(
+        &path.display().to_string(),
+        Box::new(disk),
+        None,
+        plan,
+    ))
+}
+
+/// Validates a blob in storage through range reads.
+pub async fn validate_blob(
+    storage: Arc<Storage>,
+    blob: BlobRef,
+    plan: Plan,
+) -> Result<Validation, ValidateError> {
+    let props = storage
+        .properties(&blob)
+        .await?
+        .ok_or_else(|| ValidateError::Unreadable {
+            subject: blob.url(),
+            message: "the blob does not exist".into(),
+        })?;
+    let handle = tokio::runtime::Handle::current();
+    let subject = blob.url();
+    let length = props.length;
+    let blob_type = props.blob_type.clone();
+    // ext4-view's handle is !Send: the whole read happens on one blocking thread.
+    let validation = tokio::task::spawn_blocking(move || {
+        let disk = RemoteDisk::new(storage, blob, length, handle);
+        validate(&subject, Box::new(disk), Some((blob_type, length)), &plan)
+    })
+    .await
+    .expect("the validation thread does not panic");
+    Ok(validation)
+}

@@ -1,0 +1,395 @@
+//! The offline validator on real disk images (sfdisk, mkfs.ext4 -d under
+//! fakeroot, mkfs.xfs, qemu-img), locally and as blobs in Azurite.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+const MANIFEST: &str = "contrib/gpu-ubuntu1604.toml";
+
+fn validate(image: &str, extra: &[&str]) -> (Run, serde_json::Value) {
+    let r = run(imgforge()
+        .env_remove("ARM_CLIENT_ID")
+        .args(["validate", "--json", "--manifest"])
+        .arg(repo().join(MANIFEST))
+        .arg(image)
+        .args(extra));
+    let doc = serde_json::from_str(&r.stdout).unwrap_or(serde_json::Value::Null);
+    (r, doc)
+}
+
+fn status<'a>(doc: &'a serde_json::Value, id: &str) -> &'a str {
+    doc["findings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no findings: {doc}"))
+        .iter()
+        .find(|f| f["id"] == id)
+        .and_then(|f| f["status"].as_str())
+        .unwrap_or_else(|| panic!("no finding {id}: {doc:#}"))
+}
+
+fn failed(doc: &serde_json::Value) -> Vec<String> {
+    doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["status"] == "fail")
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A good image, or one with `tweak` applied to its tree.
+fn image(dir: &Path, name: &str, layout: Layout, tweak: impl FnOnce(&Path)) -> PathBuf {
+    let tree = dir.join(format!("{name}-tree"));
+    good_ubuntu_tree(&tree);
+    tweak(&tree);
+    disk_image(
+        dir,
+        name,
+        layout,
+        RootFs::Ext4 {
+            tree: &tree,
+            dirty_journal: false,
+        },
+        0,
+    )
+}
+
+#[test]
+fn good_images_pass_every_check_in_both_layouts() {
+    let tmp = tempfile::tempdir().unwrap();
+    for layout in [Layout::Mbr, Layout::Gpt] {
+        let vhd = image(tmp.path(), &format!("good-{layout:?}"), layout, |_| {});
+        let (r, doc) = validate(vhd.to_str().unwrap(), &[]);
+        assert_eq!(r.code, 0, "{layout:?}: {}\n{doc:#}", r.stderr);
+        assert!(failed(&doc).is_empty(), "{layout:?}: {:?}", failed(&doc));
+        for id in [
+            "vhd.footer",
+            "vhd.checksum",
+            "vhd.fixed",
+            "vhd.size",
+            "vhd.length",
+            "disk.partition-table",
+            "disk.root",
+            "disk.filesystem",
+            "distro.os-release",
+            "batch.waagent",
+            "batch.resource-disk",
+            "feature.ssh.boot",
+            "feature.docker.boot",
+            "feature.gpu.module",
+            "feature.gpu.kernel-held",
+            "feature.nfs.file",
+            "batch.firewall",
+            "batch.ssh-port",
+            "hygiene.ssh-host-keys",
+            "hygiene.provisioning-user",
+            "hygiene.build-secrets",
+        ] {
+            assert_eq!(status(&doc, id), "pass", "{layout:?} {id}: {doc:#}");
+        }
+        let kind = if layout == Layout::Gpt { "GPT" } else { "MBR" };
+        let table = doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == "disk.partition-table")
+            .unwrap();
+        assert!(
+            table["message"].as_str().unwrap().starts_with(kind),
+            "{table}"
+        );
+        // A few hundred KiB of a 64 MiB image, not the image.
+        let read = doc["read"]["bytes"].as_u64().unwrap();
+        assert!(read < 4 * 1024 * 1024, "read {read} bytes");
+    }
+}
+
+#[test]
+fn each_broken_variant_fails_its_own_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    type Tweak = Box<dyn FnOnce(&Path)>;
+    let cases: Vec<(&str, Tweak, &str)> = vec![
+        (
+            "docker-at-boot",
+            Box::new(|t: &Path| {
+                std::os::unix::fs::symlink(
+                    "/lib/systemd/system/docker.service",
+                    t.join("etc/systemd/system/multi-user.target.wants/docker.service"),
+                )
+                .unwrap()
+            }),
+            "feature.docker.boot",
+        ),
+        (
+            "mount-point",
+            Box::new(|t: &Path| {
+                let p = t.join("etc/waagent.conf");
+                let s = std::fs::read_to_string(&p)
+                    .unwrap()
+                    .replace("MountPoint=/mnt", "MountPoint=/mnt/scratch");
+                std::fs::write(p, s).unwrap();
+            }),
+            "batch.resource-disk",
+        ),
+        (
+            "ufw-deny-29876",
+            Box::new(|t: &Path| {
+                let p = t.join("etc/ufw/user.rules");
+                let s: String = std::fs::read_to_string(&p)
+                    .unwrap()
+                    .lines()
+                    .filter(|l| !l.contains("29876"))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                std::fs::write(p, s).unwrap();
+            }),
+            "batch.firewall",
+        ),
+        (
+            "no-nvidia-module",
+            Box::new(|t: &Path| {
+                std::fs::remove_file(t.join("lib/modules/4.15.0-1114-azure/updates/dkms/nvidia.ko"))
+                    .unwrap()
+            }),
+            "feature.gpu.module",
+        ),
+        (
+            "ssh-host-keys",
+            Box::new(|t: &Path| {
+                write(
+                    &t.join("etc/ssh/ssh_host_ed25519_key"),
+                    "-----BEGIN OPENSSH PRIVATE KEY-----\n",
+                )
+            }),
+            "hygiene.ssh-host-keys",
+        ),
+        (
+            "leftover-user",
+            Box::new(|t: &Path| write(&t.join("home/packer/.bash_history"), "sudo reboot\n")),
+            "hygiene.provisioning-user",
+        ),
+        (
+            "leaked-secret",
+            Box::new(|t: &Path| {
+                write(
+                    &t.join("etc/environment"),
+                    &format!("ARM_CLIENT_SECRET={CANARY}\n"),
+                )
+            }),
+            "hygiene.build-secrets",
+        ),
+        (
+            "wrong-distro",
+            Box::new(|t: &Path| {
+                write(
+                    &t.join("etc/os-release"),
+                    "ID=ubuntu\nVERSION_ID=\"18.04\"\n",
+                )
+            }),
+            "distro.os-release",
+        ),
+    ];
+    for (name, tweak, check) in cases {
+        let vhd = image(tmp.path(), name, Layout::Mbr, tweak);
+        let (r, doc) = validate(vhd.to_str().unwrap(), &[]);
+        assert_eq!(r.code, 1, "{name}: {}", r.all());
+        assert_eq!(failed(&doc), vec![check.to_string()], "{name}: {doc:#}");
+        let f = doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == check)
+            .unwrap();
+        assert!(
+            f["hint"].is_string() && f["evidence"].is_string(),
+            "{name}: {f}"
+        );
+        assert!(!r.all().contains(CANARY), "{name}: the secret was printed");
+    }
+}
+
+#[test]
+fn container_problems_are_reported_from_the_footer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    good_ubuntu_tree(&tree);
+
+    // Not a whole number of MiB.
+    let odd = disk_image(
+        tmp.path(),
+        "odd",
+        Layout::Mbr,
+        RootFs::Ext4 {
+            tree: &tree,
+            dirty_journal: false,
+        },
+        1536,
+    );
+    let (r, doc) = validate(odd.to_str().unwrap(), &[]);
+    assert_eq!(r.code, 1);
+    assert_eq!(failed(&doc), vec!["vhd.size"], "{doc:#}");
+
+    // A corrupted footer checksum (one byte of the footer's UUID flipped).
+    let good = disk_image(
+        tmp.path(),
+        "good",
+        Layout::Mbr,
+        RootFs::Ext4 {
+            tree: &tree,
+            dirty_journal: false,
+        },
+        0,
+    );
+    let mut bytes = std::fs::read(&good).unwrap();
+    let at = bytes.len() - 512 + 70;
+    bytes[at] ^= 0xFF;
+    let corrupt = tmp.path().join("corrupt.vhd");
+    std::fs::write(&corrupt, &bytes).unwrap();
+    let (r, doc) = validate(corrupt.to_str().unwrap(), &[]);
+    assert_eq!(r.code, 1);
+    assert_eq!(failed(&doc), vec!["vhd.checksum"], "{doc:#}");
+
+    // A dynamic VHD: not what Azure takes, and its data is not laid out raw.
+    let dynamic = tmp.path().join("dynamic.vhd");
+    let q = run(Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "vpc",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=dynamic",
+        ])
+        .arg(&good)
+        .arg(&dynamic));
+    assert_eq!(q.code, 0, "{}", q.all());
+    let (r, doc) = validate(dynamic.to_str().unwrap(), &[]);
+    assert_eq!(r.code, 1);
+    assert!(failed(&doc).contains(&"vhd.fixed".to_string()), "{doc:#}");
+    assert_eq!(status(&doc, "disk.partition-table"), "skip");
+}
+
+#[test]
+fn xfs_roots_are_skipped_never_passed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = disk_image(tmp.path(), "xfs", Layout::Mbr, RootFs::Xfs, 0);
+    let (r, doc) = validate(vhd.to_str().unwrap(), &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(status(&doc, "disk.filesystem"), "skip");
+    let passed: Vec<&str> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["status"] == "pass")
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        passed
+            .iter()
+            .all(|id| id.starts_with("vhd.") || id.starts_with("disk.")),
+        "{passed:?}"
+    );
+}
+
+#[test]
+fn a_dirty_journal_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    good_ubuntu_tree(&tree);
+    let vhd = disk_image(
+        tmp.path(),
+        "dirty",
+        Layout::Mbr,
+        RootFs::Ext4 {
+            tree: &tree,
+            dirty_journal: true,
+        },
+        0,
+    );
+    let (_, doc) = validate(vhd.to_str().unwrap(), &[]);
+    let s = status(&doc, "disk.filesystem");
+    assert!(s == "warn" || s == "fail", "{doc:#}");
+    let f = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "disk.filesystem")
+        .unwrap();
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("not cleanly shut down"),
+        "{f}"
+    );
+}
+
+#[test]
+fn a_blob_in_azurite_gives_the_same_report_as_the_local_file() {
+    let az = Azurite::start(&["acct1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = image(tmp.path(), "good", Layout::Gpt, |t| {
+        std::fs::remove_file(t.join("lib/modules/4.15.0-1114-azure/updates/dkms/nvidia.ko"))
+            .unwrap()
+    });
+    let url = az.url("acct1", "images", "good.vhd");
+    az.oracle(&["create", &url, vhd.to_str().unwrap()]);
+
+    let (local_run, local) = validate(vhd.to_str().unwrap(), &[]);
+    let mut cmd = imgforge();
+    cmd.env_remove("ARM_CLIENT_ID")
+        .args(["validate", "--json", "--manifest"])
+        .arg(repo().join(MANIFEST))
+        .arg(&url);
+    let remote_run = run(az.env(&mut cmd));
+    assert_eq!(local_run.code, 1);
+    assert_eq!(remote_run.code, 1, "{}", remote_run.all());
+    let remote: serde_json::Value = serde_json::from_str(&remote_run.stdout).unwrap();
+    let strip = |doc: &serde_json::Value| -> Vec<serde_json::Value> {
+        doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| !f["id"].as_str().unwrap().starts_with("blob."))
+            .map(|f| {
+                let mut f = f.clone();
+                // The footer's place names the subject.
+                if f["id"].as_str().unwrap().starts_with("vhd.") {
+                    f["evidence"] = serde_json::Value::Null;
+                }
+                f
+            })
+            .collect()
+    };
+    assert_eq!(strip(&local), strip(&remote));
+    assert_eq!(status(&remote, "blob.type"), "pass");
+    // Range reads through a 1 MiB cache: a handful of requests, not the image.
+    let requests = remote["read"]["requests"].as_u64().unwrap();
+    let bytes = remote["read"]["bytes"].as_u64().unwrap();
+    assert!(requests <= 24, "{requests} range requests");
+    assert!(
+        bytes <= 24 * 1024 * 1024,
+        "{bytes} bytes read of a 64 MiB image"
+    );
+}
+
+#[test]
+fn junit_and_unreadable_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = image(tmp.path(), "good", Layout::Mbr, |_| {});
+    let junit = tmp.path().join("validate.xml");
+    let (r, _) = validate(vhd.to_str().unwrap(), &["--junit", junit.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("name=\"feature.gpu.module\""), "{xml}");
+    assert!(xml.contains("failures=\"0\""), "{xml}");
+
+    let (r, _) = validate("/nonexistent/disk.vhd", &[]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("/nonexistent/disk.vhd"), "{}", r.stderr);
+}
