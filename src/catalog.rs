@@ -330,6 +330,18 @@ pub struct Feature {
     pub services: &'static [ServiceRule],
     pub inbound_tcp: &'static [u16],
     pub files: &'static [FileRule],
+    /// Commands the in-VM check script runs on the build VM, before deprovisioning.
+    pub vm_checks: &'static [VmCheck],
+}
+
+/// A command that must succeed on the build VM; mirrors Batch Shipyard's node
+/// preparation checks and their messages.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct VmCheck {
+    pub command: &'static str,
+    pub message: &'static str,
+    /// Only meaningful on a VM size with the hardware (GPU, InfiniBand).
+    pub needs_hardware: bool,
 }
 
 pub const FEATURES: &[Feature] = &[
@@ -350,6 +362,11 @@ pub const FEATURES: &[Feature] = &[
             any_of: &["/usr/sbin/sshd"],
             contains: None,
             missing_message: "SSH server not installed",
+        }],
+        vm_checks: &[VmCheck {
+            command: "sshd -t",
+            message: "SSH server configuration is invalid",
+            needs_hardware: false,
         }],
     },
     Feature {
@@ -377,6 +394,11 @@ pub const FEATURES: &[Feature] = &[
                 missing_message: "Docker data-root not configured on the ephemeral disk",
             },
         ],
+        vm_checks: &[VmCheck {
+            command: "docker version",
+            message: "Docker not installed",
+            needs_hardware: false,
+        }],
     },
     Feature {
         id: FeatureId::Gpu,
@@ -407,6 +429,23 @@ pub const FEATURES: &[Feature] = &[
                 missing_message: "nvidia container runtime not installed",
             },
         ],
+        vm_checks: &[
+            VmCheck {
+                command: "nvidia-smi",
+                message: "No Nvidia drivers detected!",
+                needs_hardware: true,
+            },
+            VmCheck {
+                command: "lsmod | grep -q '^nvidia '",
+                message: "No Nvidia drivers detected!",
+                needs_hardware: true,
+            },
+            VmCheck {
+                command: "command -v nvidia-container-cli",
+                message: "nvidia container runtime not installed",
+                needs_hardware: false,
+            },
+        ],
     },
     Feature {
         id: FeatureId::RdmaNd,
@@ -422,6 +461,11 @@ pub const FEATURES: &[Feature] = &[
             any_of: &["/etc/waagent.conf"],
             contains: Some("OS.EnableRDMA=y"),
             missing_message: "RDMA is not enabled in waagent.conf (OS.EnableRDMA=y)",
+        }],
+        vm_checks: &[VmCheck {
+            command: "test -e /dev/infiniband/uverbs0",
+            message: "RDMA device /dev/infiniband/uverbs0 not present",
+            needs_hardware: true,
         }],
     },
     Feature {
@@ -439,6 +483,18 @@ pub const FEATURES: &[Feature] = &[
             contains: None,
             missing_message: "Mellanox OFED not installed (SR-IOV InfiniBand needs an HPC base image)",
         }],
+        vm_checks: &[
+            VmCheck {
+                command: "ofed_info -s",
+                message: "Mellanox OFED not installed",
+                needs_hardware: false,
+            },
+            VmCheck {
+                command: "test -e /dev/infiniband/uverbs0",
+                message: "RDMA device /dev/infiniband/uverbs0 not present",
+                needs_hardware: true,
+            },
+        ],
     },
     Feature {
         id: FeatureId::Nfs,
@@ -455,6 +511,11 @@ pub const FEATURES: &[Feature] = &[
             contains: None,
             missing_message: "Required storage cluster software to mount nfs not installed",
         }],
+        vm_checks: &[VmCheck {
+            command: "mount.nfs4 -V",
+            message: "Required storage cluster software to mount nfs not installed",
+            needs_hardware: false,
+        }],
     },
     Feature {
         id: FeatureId::GlusterfsClient,
@@ -470,6 +531,11 @@ pub const FEATURES: &[Feature] = &[
             any_of: &["/sbin/mount.glusterfs", "/usr/sbin/mount.glusterfs"],
             contains: None,
             missing_message: "Required storage cluster software to mount glusterfs not installed",
+        }],
+        vm_checks: &[VmCheck {
+            command: "glusterfs -V",
+            message: "Required storage cluster software to mount glusterfs not installed",
+            needs_hardware: false,
         }],
     },
     Feature {
@@ -491,6 +557,11 @@ pub const FEATURES: &[Feature] = &[
             contains: None,
             missing_message: "GlusterFS server (glusterd) not installed",
         }],
+        vm_checks: &[VmCheck {
+            command: "gluster --version",
+            message: "GlusterFS server (gluster) not installed",
+            needs_hardware: false,
+        }],
     },
 ];
 
@@ -505,6 +576,7 @@ pub fn feature(id: FeatureId) -> &'static Feature {
 pub const BASE_SCRIPT: &str = "scripts/00-base.sh.tera";
 pub const FIREWALL_SCRIPT: &str = "scripts/70-firewall.sh.tera";
 pub const PACKAGES_SCRIPT: &str = "scripts/80-packages.sh.tera";
+pub const VM_CHECKS_SCRIPT: &str = "scripts/95-vm-checks.sh.tera";
 pub const PACKER_TEMPLATE: &str = "packer/azure-arm.json.tera";
 
 #[cfg(test)]

@@ -115,6 +115,20 @@ pub struct TemplateOptions {
     /// A directory of template overrides; each file replaces the built-in with the same relative path.
     #[arg(long, value_name = "DIR", env = "IMGFORGE_TEMPLATES")]
     pub templates: Option<PathBuf>,
+    /// Leave out the in-VM check script that runs just before deprovisioning.
+    #[arg(long)]
+    pub no_vm_checks: bool,
+}
+
+impl TemplateOptions {
+    pub fn plan(&self, manifest: &crate::manifest::Manifest) -> crate::plan::Plan {
+        let plan = crate::plan::Plan::new(manifest);
+        if self.no_vm_checks {
+            plan.without_vm_checks()
+        } else {
+            plan
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -58,7 +58,7 @@ fn plan(args: PlanArgs) -> Result<i32, AppError> {
 fn render(args: RenderArgs) -> Result<i32, AppError> {
     let manifest = Manifest::load(&args.manifest)?;
     let set = TemplateSet::with_overrides(args.templates.templates.as_deref())?;
-    let plan = Plan::new(&manifest);
+    let plan = args.templates.plan(&manifest);
     for w in &plan.warnings {
         crate::term::warning(w);
     }
@@ -86,7 +86,7 @@ fn render(args: RenderArgs) -> Result<i32, AppError> {
 fn build(args: BuildArgs) -> Result<i32, AppError> {
     let manifest = Manifest::load(&args.manifest)?;
     let set = TemplateSet::with_overrides(args.templates.templates.as_deref())?;
-    let plan = Plan::new(&manifest);
+    let plan = args.templates.plan(&manifest);
     if args.json {
         for w in &plan.warnings {
             crate::term::warning(w);

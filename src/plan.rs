@@ -51,6 +51,36 @@ pub struct FeaturePlan {
     pub packages: Vec<&'static str>,
     pub services: Vec<ServicePlan>,
     pub inbound_tcp: Vec<u16>,
+    /// What the feature leaves in the image (checked offline and in the VM).
+    pub files: Vec<FileCheck>,
+    /// In-VM checks that can run on the build VM's size.
+    pub vm_checks: Vec<catalog::VmCheck>,
+    /// In-VM checks skipped because the build VM lacks the hardware.
+    pub vm_checks_skipped: Vec<catalog::VmCheck>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileCheck {
+    #[serde(flatten)]
+    pub rule: catalog::FileRule,
+    /// The same rule as a shell test, for the in-VM check script.
+    pub test_command: String,
+}
+
+impl FileCheck {
+    fn new(rule: catalog::FileRule) -> FileCheck {
+        let q = crate::render::shell_quote;
+        let test_command = rule
+            .any_of
+            .iter()
+            .map(|p| match rule.contains {
+                Some(needle) => format!("grep -qF -- {} {}", q(needle), q(p)),
+                None => format!("test -e {}", q(p)),
+            })
+            .collect::<Vec<_>>()
+            .join(" || ");
+        FileCheck { rule, test_command }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -107,6 +137,13 @@ pub fn vhd_copies(max_nodes: u32, os: Os) -> u32 {
 const DEFAULT_VM_SIZE: &str = "Standard_D2s_v3";
 
 impl Plan {
+    /// Drops the in-VM check script (`--no-vm-checks`).
+    pub fn without_vm_checks(mut self) -> Plan {
+        self.scripts
+            .retain(|s| s.template != Some(catalog::VM_CHECKS_SCRIPT));
+        self
+    }
+
     pub fn new(m: &Manifest) -> Plan {
         let raw = &m.raw;
         let distro = m.distro;
@@ -137,6 +174,16 @@ impl Plan {
         }
 
         let docker_on_ephemeral = distro.docker_data_root.starts_with(distro.ephemeral_mount);
+        let build_vm_size = raw
+            .build
+            .vm_size
+            .clone()
+            .unwrap_or_else(|| DEFAULT_VM_SIZE.to_string());
+        let has_hardware = |id: FeatureId| match id {
+            FeatureId::Gpu => is_gpu_size(&build_vm_size),
+            FeatureId::RdmaNd | FeatureId::RdmaSriov => is_rdma_size(&build_vm_size),
+            _ => true,
+        };
         let features: Vec<FeaturePlan> = ids
             .iter()
             .map(|&id| {
@@ -156,6 +203,19 @@ impl Plan {
                         })
                         .collect(),
                     inbound_tcp: f.inbound_tcp.to_vec(),
+                    files: f.files.iter().copied().map(FileCheck::new).collect(),
+                    vm_checks: f
+                        .vm_checks
+                        .iter()
+                        .filter(|c| !c.needs_hardware || has_hardware(id))
+                        .copied()
+                        .collect(),
+                    vm_checks_skipped: f
+                        .vm_checks
+                        .iter()
+                        .filter(|c| c.needs_hardware && !has_hardware(id))
+                        .copied()
+                        .collect(),
                 }
             })
             .collect();
@@ -197,6 +257,10 @@ impl Plan {
                     template: None,
                 });
             }
+            scripts.push(ScriptPlan {
+                file: script_file_name(catalog::VM_CHECKS_SCRIPT),
+                template: Some(catalog::VM_CHECKS_SCRIPT),
+            });
         }
 
         let vm_size = raw

@@ -27,6 +27,7 @@ pub const BUILTIN: &[(&str, &str)] = builtin![
     "scripts/60-glusterfs.sh.tera",
     "scripts/70-firewall.sh.tera",
     "scripts/80-packages.sh.tera",
+    "scripts/95-vm-checks.sh.tera",
 ];
 
 #[derive(Debug, thiserror::Error)]

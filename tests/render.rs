@@ -356,3 +356,97 @@ fn windows_images_open_rdp_instead_of_ssh() {
     assert_eq!(plan["pool"]["vms_per_vhd"], 20);
     assert_eq!(plan["pool"]["vhd_copies"], 3);
 }
+
+#[test]
+fn in_vm_checks_run_last_before_deprovisioning_and_can_be_left_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = repo().join("contrib/gpu-ubuntu1604.toml");
+    let out = tmp.path().join("with");
+    assert_eq!(
+        run(imgforge().arg("render").arg(&m).arg("-o").arg(&out)).code,
+        0
+    );
+    let packer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("packer.json")).unwrap()).unwrap();
+    let scripts = packer["provisioners"][0]["scripts"].as_array().unwrap();
+    assert_eq!(scripts.last().unwrap(), "scripts/95-vm-checks.sh");
+
+    let without = tmp.path().join("without");
+    let r = run(imgforge()
+        .arg("render")
+        .arg(&m)
+        .arg("--no-vm-checks")
+        .arg("-o")
+        .arg(&without));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!without.join("scripts/95-vm-checks.sh").exists());
+    assert_eq!(packer_validate(&without).code, 0);
+}
+
+#[test]
+fn in_vm_checks_fail_the_build_with_shipyards_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let r = run(imgforge()
+        .arg("render")
+        .arg(repo().join("contrib/gpu-ubuntu1604.toml"))
+        .arg("-o")
+        .arg(&out));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // This machine has no NVIDIA driver: the GPU checks must fail, and say so as
+    // Batch Shipyard's node preparation would. Services are stubbed so nothing starts.
+    let (r, calls) = run_with_stubs(
+        &out.join("scripts/95-vm-checks.sh"),
+        &["systemctl", "docker"],
+        tmp.path(),
+    );
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("FAIL  No Nvidia drivers detected!"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("in-VM check(s) failed"), "{}", r.stderr);
+    assert!(r.stdout.contains("ok    docker version"), "{}", r.stdout);
+    assert!(calls.contains("systemctl [start] [docker]"), "{calls}");
+    assert!(
+        calls.contains("systemctl [stop] [docker] [docker.socket]"),
+        "{calls}"
+    );
+}
+
+#[test]
+fn hardware_checks_are_skipped_on_a_build_vm_without_the_hardware() {
+    let r = run(imgforge()
+        .args(["plan", "--json"])
+        .arg(repo().join("contrib/glusterfs-ubuntu1804.toml")));
+    let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        plan["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["vm_checks_skipped"].as_array().unwrap().is_empty())
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m.toml");
+    write(
+        &m,
+        &format!("{MINIMAL}\n[features]\ngpu = {{ driver = \"470\" }}\n"),
+    );
+    let r = run(imgforge().args(["plan", "--json"]).arg(&m));
+    let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let gpu = plan["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "gpu")
+        .unwrap();
+    let skipped: Vec<&str> = gpu["vm_checks_skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["command"].as_str().unwrap())
+        .collect();
+    assert!(skipped.contains(&"nvidia-smi"), "{gpu}");
+}
