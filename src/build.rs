@@ -1,21 +1,64 @@
-//! `imgforge build`: a build directory, render, `packer validate`, `packer build`,
-//! capture, and the build record (`build.json`).
+//! `imgforge build`: the whole pipeline, stage by stage, with a journal.
+//!
+//! render → packer validate → packer build → capture → replicate (uploading a
+//! local VHD) → validate each copy → pool snippet. Each stage's result is
+//! written to `build.json` (atomically) before the next starts, so `--resume`
+//! continues from the first unfinished stage and nothing verified is redone.
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::capture::{CaptureError, Captured};
 use crate::error::exit;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, Target};
 use crate::packer::{Packer, PackerError, RunEnd};
 use crate::plan::Plan;
-use crate::render::{PACKER_FILE, RenderError, Rendered, RenderedFile};
+use crate::render::{PACKER_FILE, RenderError, RenderedFile};
+use crate::replicate::{CopyOutcome, ReplicateError};
 use crate::templates::TemplateSet;
 
 pub const RECORD_FILE: &str = "build.json";
 pub const LOG_FILE: &str = "packer.log";
+const SCHEMA: u32 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Render,
+    PackerValidate,
+    PackerBuild,
+    Capture,
+    Replicate,
+    Validate,
+    Snippet,
+}
+
+pub const STAGES: [Stage; 7] = [
+    Stage::Render,
+    Stage::PackerValidate,
+    Stage::PackerBuild,
+    Stage::Capture,
+    Stage::Replicate,
+    Stage::Validate,
+    Stage::Snippet,
+];
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Render => "render",
+            Stage::PackerValidate => "packer validate",
+            Stage::PackerBuild => "packer build",
+            Stage::Capture => "capture",
+            Stage::Replicate => "replicate",
+            Stage::Validate => "validate",
+            Stage::Snippet => "snippet",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -29,17 +72,36 @@ pub enum BuildError {
         log: PathBuf,
         details: String,
     },
-    #[error("build cancelled; Packer cleaned up and exited. Record: {record}")]
-    Cancelled { record: PathBuf },
-    #[error("{source}\n  build record: {record}")]
-    Capture {
-        source: CaptureError,
-        record: PathBuf,
-    },
+    #[error("build cancelled; Packer cleaned up and exited")]
+    Cancelled,
+    #[error("{0}")]
+    Capture(#[from] CaptureError),
+    #[error("{0}")]
+    Replicate(#[from] ReplicateError),
+    #[error("{0}")]
+    Validate(String),
+    #[error("{0}")]
+    Storage(#[from] crate::storage::StorageError),
     #[error("{path}: cannot write: {source}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("{dir}: cannot resume: {why}\n  hint: {hint}")]
+    Resume {
+        dir: PathBuf,
+        why: String,
+        hint: String,
+    },
+    /// A stage failed: which one, and how to go on.
+    #[error(
+        "stage `{stage}` failed: {source}\n  resume with: imgforge build {manifest} --resume {dir}"
+    )]
+    Stage {
+        stage: &'static str,
+        manifest: String,
+        dir: String,
+        source: Box<BuildError>,
     },
 }
 
@@ -47,59 +109,160 @@ impl BuildError {
     pub fn exit_code(&self) -> i32 {
         match self {
             BuildError::Render(RenderError::Write { .. }) | BuildError::Write { .. } => exit::IO,
-            BuildError::Render(_) => exit::BAD_INPUT,
+            BuildError::Render(_) | BuildError::Resume { .. } => exit::BAD_INPUT,
             BuildError::Packer(PackerError::Invalid { .. }) => exit::FAILED,
             BuildError::Packer(_) => exit::TOOL,
-            BuildError::PackerFailed { .. } | BuildError::Capture { .. } => exit::FAILED,
-            BuildError::Cancelled { .. } => exit::CANCELLED,
+            BuildError::Replicate(e) => match e.exit_code() {
+                exit::BAD_INPUT => exit::BAD_INPUT,
+                _ => exit::FAILED,
+            },
+            BuildError::PackerFailed { .. }
+            | BuildError::Capture(_)
+            | BuildError::Validate(_)
+            | BuildError::Storage(_) => exit::FAILED,
+            BuildError::Cancelled => exit::CANCELLED,
+            BuildError::Stage { source, .. } => source.exit_code(),
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// `--dry-run`: rendered and accepted by `packer validate`.
     Validated,
+    Running,
     Succeeded,
     Failed,
     Cancelled,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StageStatus {
+    Done,
+    Skipped,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub stage: Stage,
+    pub status: StageStatus,
+    pub started_at: String,
+    pub duration_s: f64,
+    /// What the stage did, or why it was skipped, or its error.
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ManifestRef {
     pub path: String,
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValidationSummary {
+    pub pass: usize,
+    pub warn: usize,
+    pub fail: usize,
+    pub skip: usize,
+    pub failed_checks: Vec<String>,
+    pub bytes_read: u64,
+    pub requests: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CopyRecord {
+    #[serde(flatten)]
+    pub copy: CopyOutcome,
+    pub validation: Option<ValidationSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicationSummary {
+    pub source: String,
+    pub source_length: u64,
+    pub valid_bytes: u64,
+    pub bytes_downloaded: u64,
+    pub bytes_uploaded: u64,
+    pub retries: u64,
+}
+
+/// `build.json`: the journal while the build runs, the result when it ends,
+/// and what `--json` prints. Its schema is documented in the README.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BuildRecord {
     pub schema: u32,
     pub image: String,
     pub status: Status,
     pub build_dir: String,
     pub manifest: ManifestRef,
-    pub target: crate::manifest::Target,
+    pub target: Target,
     pub templates: Vec<RenderedFile>,
     pub packer: Packer,
     pub started_at: String,
     pub finished_at: String,
     pub duration_s: f64,
+    pub stages: Vec<StageRecord>,
     pub artifact: Option<Captured>,
+    pub copies: Vec<CopyRecord>,
+    pub replication: Option<ReplicationSummary>,
     /// The Batch Shipyard pool snippet written next to this record.
     pub snippet: Option<String>,
+    pub failed_stage: Option<Stage>,
     pub error: Option<String>,
     pub warnings: Vec<String>,
+}
+
+impl BuildRecord {
+    pub fn load(dir: &Path) -> Result<BuildRecord, BuildError> {
+        let path = dir.join(RECORD_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| BuildError::Resume {
+            dir: dir.to_path_buf(),
+            why: format!("cannot read {}: {e}", path.display()),
+            hint: "pass the build directory that holds build.json".into(),
+        })?;
+        serde_json::from_str(&text).map_err(|e| BuildError::Resume {
+            dir: dir.to_path_buf(),
+            why: format!(
+                "{} is not a build record this imgforge reads: {e}",
+                path.display()
+            ),
+            hint: "start a new build".into(),
+        })
+    }
+
+    fn done(&self, stage: Stage) -> bool {
+        self.stages.iter().any(|s| {
+            s.stage == stage && matches!(s.status, StageStatus::Done | StageStatus::Skipped)
+        })
+    }
+
+    fn write(&self, dir: &Path) -> Result<(), BuildError> {
+        let path = dir.join(RECORD_FILE);
+        let json = serde_json::to_string_pretty(self).expect("the record serializes");
+        let json = crate::redact::redact(&json) + "\n";
+        crate::fsutil::write_atomic(&path, json.as_bytes())
+            .map_err(|source| BuildError::Write { path, source })
+    }
 }
 
 pub struct BuildOptions<'a> {
     pub dir: PathBuf,
     pub force: bool,
     pub dry_run: bool,
+    pub resume: bool,
     pub templates: &'a TemplateSet,
     pub packer: Packer,
     /// Print every provisioner line, not only steps.
     pub verbose: bool,
+    pub replicate: bool,
+    pub validate: bool,
+    pub blob_endpoint: String,
+    pub parallel: usize,
+    pub show_progress: bool,
 }
 
 pub fn default_build_dir(image: &str, now: SystemTime) -> PathBuf {
@@ -111,171 +274,565 @@ pub fn default_build_dir(image: &str, now: SystemTime) -> PathBuf {
     PathBuf::from(".imgforge/builds").join(format!("{image}-{stamp}"))
 }
 
+fn now_string() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+fn seconds(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+/// What stages share while one run goes on (not persisted).
+struct Run<'a> {
+    manifest: &'a Manifest,
+    plan: &'a Plan,
+    opts: BuildOptions<'a>,
+    dir: PathBuf,
+    record: BuildRecord,
+    artifacts: Option<Vec<crate::events::RawArtifact>>,
+    clock: Instant,
+    /// The build directory is ours (rendered or resumed): the journal may be written.
+    owned: bool,
+}
+
+impl Run<'_> {
+    fn save(&self) -> Result<(), BuildError> {
+        if self.owned {
+            self.record.write(&self.dir)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 pub fn run(
     manifest: &Manifest,
     plan: &Plan,
     opts: BuildOptions<'_>,
 ) -> Result<BuildRecord, BuildError> {
-    let started = SystemTime::now();
-    let clock = Instant::now();
     let dir = opts.dir.clone();
-
-    let rendered: Rendered =
-        crate::render::render_to_dir(plan, manifest, opts.templates, &dir, opts.force)?;
-    crate::term::status(
-        "Rendered",
-        &format!("{} files into {}", rendered.files.len(), dir.display()),
-    );
-
-    let mut warnings = plan.warnings.clone();
-    if uses_azure_arm(&dir)
-        && let Some(advice) = opts.packer.target_advice(plan.target)
-    {
-        crate::term::warning(&advice);
-        warnings.push(advice);
-    }
-
-    let mut record = BuildRecord {
-        schema: 1,
-        image: plan.image.clone(),
-        status: Status::Validated,
-        build_dir: dir.display().to_string(),
-        manifest: ManifestRef {
-            path: manifest.path.display().to_string(),
-            sha256: crate::render::sha256_hex(manifest.source.as_bytes()),
-        },
-        target: plan.target,
-        templates: rendered.files.clone(),
-        packer: opts.packer.clone(),
-        started_at: humantime::format_rfc3339_seconds(started).to_string(),
-        finished_at: String::new(),
-        duration_s: 0.0,
-        artifact: None,
-        snippet: None,
-        error: None,
-        warnings,
+    let rendered = crate::render::render_files(plan, manifest, opts.templates)?;
+    let listing: Vec<RenderedFile> = rendered
+        .iter()
+        .map(|(path, bytes)| RenderedFile {
+            path: path.clone(),
+            sha256: crate::render::sha256_hex(bytes),
+            bytes: bytes.len(),
+        })
+        .collect();
+    let manifest_ref = ManifestRef {
+        path: manifest.path.display().to_string(),
+        sha256: crate::render::sha256_hex(manifest.source.as_bytes()),
     };
 
-    let validate_clock = Instant::now();
-    if let Err(e) = opts.packer.validate(&dir, PACKER_FILE) {
-        record.status = Status::Failed;
-        record.error = Some(e.to_string());
-        finish(&mut record, started, clock, &dir)?;
-        return Err(e.into());
-    }
-    crate::term::status(
-        "Validated",
-        &format!(
-            "{PACKER_FILE} with Packer {} in {:.2} s",
-            opts.packer.version,
-            validate_clock.elapsed().as_secs_f64()
-        ),
-    );
-    if opts.dry_run {
-        finish(&mut record, started, clock, &dir)?;
-        return Ok(record);
-    }
-
-    let log_path = dir.join(LOG_FILE);
-    let mut log_file = std::fs::File::create(&log_path).map_err(|source| BuildError::Write {
-        path: log_path.clone(),
-        source,
-    })?;
-    let mut display = crate::progress::Display::new(opts.verbose, clock);
-    crate::term::status("Building", &format!("{} with packer build", plan.image));
-    let outcome = opts.packer.build(
-        &dir,
-        PACKER_FILE,
-        &mut |line| {
-            use std::io::Write;
-            let _ = writeln!(log_file, "{line}");
-        },
-        &mut |p| display.show(p),
-    )?;
-    display.finish();
-
-    match outcome.end {
-        RunEnd::Cancelled => {
-            record.status = Status::Cancelled;
-            record.error = Some("cancelled by signal; Packer cleaned up".into());
-            finish(&mut record, started, clock, &dir)?;
-            Err(BuildError::Cancelled {
-                record: dir.join(RECORD_FILE),
-            })
+    let resuming = opts.resume;
+    let record = if opts.resume {
+        let mut old = BuildRecord::load(&dir)?;
+        check_same_inputs(&dir, &old, &manifest_ref, &listing)?;
+        old.status = Status::Running;
+        old.error = None;
+        old.failed_stage = None;
+        old.stages
+            .retain(|s| matches!(s.status, StageStatus::Done | StageStatus::Skipped));
+        crate::term::status(
+            "Resuming",
+            &format!(
+                "{}: {} stage(s) already done",
+                dir.display(),
+                old.stages
+                    .iter()
+                    .filter(|s| s.status == StageStatus::Done)
+                    .count()
+            ),
+        );
+        old
+    } else {
+        BuildRecord {
+            schema: SCHEMA,
+            image: plan.image.clone(),
+            status: Status::Running,
+            build_dir: dir.display().to_string(),
+            manifest: manifest_ref,
+            target: plan.target,
+            templates: listing,
+            packer: opts.packer.clone(),
+            started_at: now_string(),
+            finished_at: String::new(),
+            duration_s: 0.0,
+            stages: Vec::new(),
+            artifact: None,
+            copies: Vec::new(),
+            replication: None,
+            snippet: None,
+            failed_stage: None,
+            error: None,
+            warnings: plan.warnings.clone(),
         }
-        RunEnd::Failed => {
-            let last = outcome
-                .errors
-                .last()
-                .cloned()
-                .unwrap_or_else(|| "Packer exited non-zero".into());
-            record.status = Status::Failed;
-            record.error = Some(last);
-            finish(&mut record, started, clock, &dir)?;
-            Err(BuildError::PackerFailed {
+    };
+
+    let mut run = Run {
+        manifest,
+        plan,
+        opts,
+        dir,
+        record,
+        artifacts: None,
+        clock: Instant::now(),
+        owned: resuming,
+    };
+    let previous_duration = run.record.duration_s;
+
+    for stage in STAGES {
+        if run.record.done(stage) {
+            crate::term::status(
+                "Skipping",
+                &format!("{} (done in an earlier run)", stage.name()),
+            );
+            continue;
+        }
+        if run.opts.dry_run && !matches!(stage, Stage::Render | Stage::PackerValidate) {
+            break;
+        }
+        if let Some(why) = run.skip_reason(stage) {
+            run.record.stages.push(StageRecord {
+                stage,
+                status: StageStatus::Skipped,
+                started_at: now_string(),
+                duration_s: 0.0,
+                detail: Some(why),
+            });
+            run.save()?;
+            continue;
+        }
+        let started_at = now_string();
+        let clock = Instant::now();
+        let result = match stage {
+            Stage::Render => run.render(&rendered),
+            Stage::PackerValidate => run.packer_validate(),
+            Stage::PackerBuild => run.packer_build(),
+            Stage::Capture => run.capture(),
+            Stage::Replicate => run.replicate(),
+            Stage::Validate => run.validate_copies(),
+            Stage::Snippet => run.snippet(),
+        };
+        let duration_s = seconds(clock.elapsed());
+        match result {
+            Ok(detail) => {
+                run.record.stages.push(StageRecord {
+                    stage,
+                    status: StageStatus::Done,
+                    started_at,
+                    duration_s,
+                    detail: Some(detail),
+                });
+                run.record.duration_s = previous_duration + seconds(run.clock.elapsed());
+                run.save()?;
+            }
+            Err(e) => {
+                let cancelled = matches!(e, BuildError::Cancelled);
+                run.record.stages.push(StageRecord {
+                    stage,
+                    status: if cancelled {
+                        StageStatus::Cancelled
+                    } else {
+                        StageStatus::Failed
+                    },
+                    started_at,
+                    duration_s,
+                    detail: Some(e.to_string()),
+                });
+                run.record.status = if cancelled {
+                    Status::Cancelled
+                } else {
+                    Status::Failed
+                };
+                run.record.failed_stage = Some(stage);
+                run.record.error = Some(e.to_string());
+                run.record.finished_at = now_string();
+                run.record.duration_s = previous_duration + seconds(run.clock.elapsed());
+                run.save()?;
+                if !run.owned {
+                    // Nothing of ours is on disk: report the error itself.
+                    return Err(e);
+                }
+                return Err(BuildError::Stage {
+                    stage: stage.name(),
+                    manifest: run.manifest.path.display().to_string(),
+                    dir: run.dir.display().to_string(),
+                    source: Box::new(e),
+                });
+            }
+        }
+    }
+    run.record.status = if run.opts.dry_run {
+        Status::Validated
+    } else {
+        Status::Succeeded
+    };
+    run.record.finished_at = now_string();
+    run.record.duration_s = previous_duration + seconds(run.clock.elapsed());
+    run.save()?;
+    Ok(run.record)
+}
+
+fn check_same_inputs(
+    dir: &Path,
+    old: &BuildRecord,
+    manifest: &ManifestRef,
+    listing: &[RenderedFile],
+) -> Result<(), BuildError> {
+    let refuse = |why: String| {
+        BuildError::Resume {
+        dir: dir.to_path_buf(),
+        why,
+        hint: "start a new build (without --resume): finished stages only carry over with the same inputs".into(),
+    }
+    };
+    if old.manifest.sha256 != manifest.sha256 {
+        return Err(refuse(format!(
+            "the manifest changed since this build started ({} now has sha256 {}, the build used {})",
+            manifest.path,
+            &manifest.sha256[..12],
+            &old.manifest.sha256[..12]
+        )));
+    }
+    for f in listing {
+        match old.templates.iter().find(|o| o.path == f.path) {
+            Some(o) if o.sha256 == f.sha256 => {}
+            _ => {
+                return Err(refuse(format!(
+                    "the templates changed since this build started: {} renders differently",
+                    f.path
+                )));
+            }
+        }
+    }
+    if old.templates.len() != listing.len() {
+        return Err(refuse(
+            "the templates changed since this build started: a different set of files renders"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+impl Run<'_> {
+    fn skip_reason(&self, stage: Stage) -> Option<String> {
+        let is_vhd = matches!(
+            self.record.artifact,
+            Some(Captured::AzureVhd { .. }) | Some(Captured::LocalVhd { .. })
+        );
+        match stage {
+            Stage::Replicate if !self.opts.replicate => Some("--no-replicate".into()),
+            Stage::Replicate if !is_vhd => Some(
+                "the image is not a VHD: Azure serves managed and gallery images itself".into(),
+            ),
+            Stage::Validate if !self.opts.validate => Some("--no-validate".into()),
+            Stage::Validate if self.record.copies.is_empty() => {
+                Some("no copies to validate".into())
+            }
+            _ => None,
+        }
+    }
+
+    fn render(
+        &mut self,
+        files: &std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> Result<String, BuildError> {
+        let rendered = crate::render::write_dir(files, &self.dir, self.opts.force)?;
+        // The directory exists now: record the journal there from here on.
+        self.owned = true;
+        self.save()?;
+        if uses_azure_arm(&self.dir)
+            && let Some(advice) = self.opts.packer.target_advice(self.plan.target)
+        {
+            crate::term::warning(&advice);
+            self.record.warnings.push(advice);
+        }
+        let msg = format!("{} files into {}", rendered.files.len(), self.dir.display());
+        crate::term::status("Rendered", &msg);
+        Ok(msg)
+    }
+
+    fn packer_validate(&mut self) -> Result<String, BuildError> {
+        let clock = Instant::now();
+        self.opts.packer.validate(&self.dir, PACKER_FILE)?;
+        let msg = format!(
+            "{PACKER_FILE} accepted by Packer {} in {:.2} s",
+            self.opts.packer.version,
+            clock.elapsed().as_secs_f64()
+        );
+        crate::term::status("Validated", &msg);
+        Ok(msg)
+    }
+
+    fn packer_build(&mut self) -> Result<String, BuildError> {
+        let log_path = self.dir.join(LOG_FILE);
+        let mut log_file =
+            std::fs::File::create(&log_path).map_err(|source| BuildError::Write {
+                path: log_path.clone(),
+                source,
+            })?;
+        let mut display = crate::progress::Display::new(self.opts.verbose, Instant::now());
+        crate::term::status(
+            "Building",
+            &format!("{} with packer build", self.plan.image),
+        );
+        let outcome = self.opts.packer.build(
+            &self.dir,
+            PACKER_FILE,
+            &mut |line| {
+                use std::io::Write;
+                let _ = writeln!(log_file, "{line}");
+            },
+            &mut |p| display.show(p),
+        )?;
+        display.finish();
+        match outcome.end {
+            RunEnd::Cancelled => Err(BuildError::Cancelled),
+            RunEnd::Failed => Err(BuildError::PackerFailed {
                 status: outcome
                     .exit_status
                     .map_or("killed by a signal".into(), |c| c.to_string()),
                 log: log_path,
                 details: failure_details(&outcome.errors),
-            })
+            }),
+            RunEnd::Succeeded => {
+                let n = outcome.artifacts.len();
+                self.artifacts = Some(outcome.artifacts);
+                Ok(format!("packer build succeeded with {n} artifact(s)"))
+            }
         }
-        RunEnd::Succeeded => match crate::capture::capture(&outcome.artifacts, &dir) {
-            Ok(captured) => {
-                crate::term::status("Captured", &captured.describe());
-                if let Some(image) = arm_image(&captured) {
-                    let path = dir.join(crate::pool::SNIPPET_FILE);
-                    let text = crate::pool::snippet(plan, &image);
-                    crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| {
-                        BuildError::Write {
-                            path: path.clone(),
-                            source,
-                        }
-                    })?;
-                    record.snippet = Some(path.display().to_string());
+    }
+
+    fn capture(&mut self) -> Result<String, BuildError> {
+        // After a resume the artifacts come from the kept machine-readable log.
+        let artifacts = match self.artifacts.take() {
+            Some(a) => a,
+            None => {
+                let log = std::fs::read_to_string(self.dir.join(LOG_FILE)).unwrap_or_default();
+                let mut c = crate::events::ArtifactCollector::default();
+                for line in log.lines() {
+                    if let Some(e) = crate::events::parse_line(line) {
+                        c.observe(&e);
+                    }
                 }
-                record.status = Status::Succeeded;
-                record.artifact = Some(captured);
-                finish(&mut record, started, clock, &dir)?;
-                Ok(record)
+                c.into_artifacts()
             }
-            Err(e) => {
-                record.status = Status::Failed;
-                record.error = Some(e.to_string());
-                finish(&mut record, started, clock, &dir)?;
-                Err(BuildError::Capture {
-                    source: e,
-                    record: dir.join(RECORD_FILE),
-                })
-            }
-        },
+        };
+        let captured = crate::capture::capture(&artifacts, &self.dir)?;
+        let msg = captured.describe();
+        crate::term::status("Captured", &msg);
+        self.record.artifact = Some(captured);
+        Ok(msg)
     }
-}
 
-fn finish(
-    record: &mut BuildRecord,
-    started: SystemTime,
-    clock: Instant,
-    dir: &Path,
-) -> Result<(), BuildError> {
-    let elapsed = clock.elapsed();
-    record.finished_at = humantime::format_rfc3339_seconds(started + elapsed).to_string();
-    record.duration_s = (elapsed.as_secs_f64() * 1000.0).round() / 1000.0;
-    let path = dir.join(RECORD_FILE);
-    let json = serde_json::to_string_pretty(record).expect("the record serializes");
-    let json = crate::redact::redact(&json) + "\n";
-    crate::fsutil::write_atomic(&path, json.as_bytes())
-        .map_err(|source| BuildError::Write { path, source })
-}
+    fn replicate(&mut self) -> Result<String, BuildError> {
+        use crate::replicate::{Options, Source, choose_accounts};
+        use crate::storage::{BlobRef, Storage};
+        let plan = self.plan;
+        let accounts = choose_accounts(
+            plan.pool.vhd_copies,
+            plan.pool.max_nodes,
+            plan.pool.vms_per_vhd,
+            &self.manifest.raw.replicate.storage_accounts,
+        )?;
+        let container = self
+            .manifest
+            .raw
+            .replicate
+            .container
+            .clone()
+            .unwrap_or_else(|| "images".into());
+        let dir_name = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| plan.image.clone());
+        let name = format!("{dir_name}.vhd");
+        let destinations: Vec<BlobRef> = accounts
+            .iter()
+            .map(|a| BlobRef::at(&self.opts.blob_endpoint, a, &container, &name))
+            .collect();
+        let mut involved = accounts.clone();
+        let source = match self.record.artifact.as_ref().expect("skip_reason checked") {
+            Captured::LocalVhd { path, .. } => {
+                let file = std::fs::File::open(path).map_err(|source| ReplicateError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Source::File {
+                    path: path.clone(),
+                    file: Arc::new(file),
+                }
+            }
+            Captured::AzureVhd {
+                os_disk_uri,
+                read_only_sas_url,
+                ..
+            } => {
+                let mut blob = BlobRef::parse(os_disk_uri)?;
+                let sas = read_only_sas_url.expose();
+                if let Some((_, query)) = sas.split_once('?')
+                    && !query.contains(crate::redact::MASK)
+                {
+                    blob.sas = Some(crate::capture::Secret::new(query.to_string()));
+                }
+                if blob.sas.is_none() && !involved.contains(&blob.account) {
+                    involved.push(blob.account.clone());
+                }
+                Source::Blob(blob)
+            }
+            _ => unreachable!("skip_reason lets only VHDs through"),
+        };
+        let rt = runtime()?;
+        let opts = Options {
+            parallel: self.opts.parallel,
+            show_progress: self.opts.show_progress,
+            server_copy: true,
+        };
+        let report = rt.block_on(async {
+            let storage = Arc::new(Storage::new(&involved).await?);
+            crate::replicate::replicate(storage, Arc::new(source), destinations, opts).await
+        })?;
+        self.record.copies = report
+            .copies
+            .iter()
+            .map(|c| CopyRecord {
+                copy: c.clone(),
+                validation: None,
+            })
+            .collect();
+        self.record.replication = Some(ReplicationSummary {
+            source: report.source.clone(),
+            source_length: report.source_length,
+            valid_bytes: report.valid_bytes,
+            bytes_downloaded: report.bytes_downloaded,
+            bytes_uploaded: report.bytes_uploaded,
+            retries: report.retries,
+        });
+        let msg = format!(
+            "{} verified cop{} ({} valid bytes of {}) on {}",
+            report.copies.len(),
+            if report.copies.len() == 1 { "y" } else { "ies" },
+            report.valid_bytes,
+            report.source_length,
+            accounts.join(", ")
+        );
+        crate::term::status("Replicated", &msg);
+        Ok(msg)
+    }
 
-/// Managed and gallery images go into a pool as they are; VHDs need copies first.
-fn arm_image(captured: &Captured) -> Option<crate::pool::PoolImage> {
-    match captured {
-        Captured::ManagedImage { id, .. } | Captured::GalleryImageVersion { id, .. } => {
-            Some(crate::pool::PoolImage::ArmImageId(id.clone()))
+    fn validate_copies(&mut self) -> Result<String, BuildError> {
+        use crate::storage::{BlobRef, Storage};
+        let accounts: Vec<String> = self
+            .record
+            .copies
+            .iter()
+            .map(|c| c.copy.account.clone())
+            .collect();
+        let rt = runtime()?;
+        let plan = self.plan.clone();
+        let urls: Vec<String> = self
+            .record
+            .copies
+            .iter()
+            .map(|c| c.copy.url.clone())
+            .collect();
+        let results = rt.block_on(async {
+            let storage = Arc::new(Storage::new(&accounts).await?);
+            let mut out = Vec::new();
+            for url in &urls {
+                let blob = BlobRef::parse(url)?;
+                let v = crate::validate::validate_blob(storage.clone(), blob, plan.clone())
+                    .await
+                    .map_err(|e| BuildError::Validate(e.to_string()))?;
+                out.push(v);
+            }
+            Ok::<_, BuildError>(out)
+        })?;
+        let mut failures = Vec::new();
+        for (copy, v) in self.record.copies.iter_mut().zip(&results) {
+            let failed: Vec<String> = v
+                .report
+                .findings
+                .iter()
+                .filter(|f| f.status == crate::report::Status::Fail)
+                .map(|f| format!("{} ({})", f.id, f.message))
+                .collect();
+            if !failed.is_empty() {
+                failures.push(format!("{}: {}", copy.copy.url, failed.join("; ")));
+            }
+            copy.validation = Some(ValidationSummary {
+                pass: v.report.summary.pass,
+                warn: v.report.summary.warn,
+                fail: v.report.summary.fail,
+                skip: v.report.summary.skip,
+                failed_checks: v
+                    .report
+                    .findings
+                    .iter()
+                    .filter(|f| f.status == crate::report::Status::Fail)
+                    .map(|f| f.id.clone())
+                    .collect(),
+                bytes_read: v.read.bytes,
+                requests: v.read.requests,
+            });
         }
-        Captured::AzureVhd { .. } | Captured::LocalVhd { .. } => None,
+        if !failures.is_empty() {
+            return Err(BuildError::Validate(format!(
+                "{} cop{} failed validation:\n  {}\n  hint: `imgforge validate URL --manifest M` shows every check",
+                failures.len(),
+                if failures.len() == 1 { "y" } else { "ies" },
+                failures.join("\n  ")
+            )));
+        }
+        let msg = format!(
+            "{} cop{} passed every check",
+            results.len(),
+            if results.len() == 1 { "y" } else { "ies" }
+        );
+        crate::term::status("Checked", &msg);
+        Ok(msg)
     }
+
+    fn snippet(&mut self) -> Result<String, BuildError> {
+        use crate::pool::PoolImage;
+        let image = match (&self.record.artifact, self.record.copies.is_empty()) {
+            (Some(Captured::ManagedImage { id, .. }), _)
+            | (Some(Captured::GalleryImageVersion { id, .. }), _) => {
+                PoolImage::ArmImageId(id.clone())
+            }
+            (_, false) => PoolImage::Vhds(
+                self.record
+                    .copies
+                    .iter()
+                    .map(|c| c.copy.url.clone())
+                    .collect(),
+            ),
+            _ => return Ok("no snippet: the VHD was not replicated (--no-replicate)".into()),
+        };
+        let path = self.dir.join(crate::pool::SNIPPET_FILE);
+        let text = crate::pool::snippet(self.plan, &image);
+        crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| {
+            BuildError::Write {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        self.record.snippet = Some(path.display().to_string());
+        Ok(format!("wrote {}", path.display()))
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, BuildError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| BuildError::Write {
+            path: PathBuf::from("(async runtime)"),
+            source,
+        })
 }
 
 fn uses_azure_arm(dir: &Path) -> bool {
@@ -339,6 +896,65 @@ pub fn hint_for(errors: &str) -> Option<&'static str> {
         .iter()
         .find(|(needles, _)| needles.iter().any(|n| errors.contains(n)))
         .map(|(_, hint)| *hint)
+}
+
+/// The stage table `imgforge status` prints.
+pub fn status_text(record: &BuildRecord) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} ({:?}) in {}",
+        record.image, record.status, record.build_dir
+    );
+    for stage in STAGES {
+        match record.stages.iter().rev().find(|r| r.stage == stage) {
+            Some(r) => {
+                let detail = r
+                    .detail
+                    .as_deref()
+                    .unwrap_or("")
+                    .lines()
+                    .next()
+                    .unwrap_or("");
+                let _ = writeln!(
+                    s,
+                    "  {:<16} {:<9} {:>8.1} s  {detail}",
+                    stage.name(),
+                    format!("{:?}", r.status).to_lowercase(),
+                    r.duration_s
+                );
+            }
+            None => {
+                let _ = writeln!(s, "  {:<16} {:<9}", stage.name(), "pending");
+            }
+        }
+    }
+    if let Some(a) = &record.artifact {
+        let _ = writeln!(s, "artifact  {}", a.describe());
+    }
+    for c in &record.copies {
+        let v = c
+            .validation
+            .as_ref()
+            .map(|v| format!("{} passed, {} failed", v.pass, v.fail))
+            .unwrap_or_else(|| "not validated".into());
+        let _ = writeln!(s, "copy      {} ({v})", c.copy.url);
+    }
+    if let Some(p) = &record.snippet {
+        let _ = writeln!(s, "snippet   {p}");
+    }
+    if let Some(e) = &record.error {
+        let _ = writeln!(s, "error     {}", e.lines().next().unwrap_or(""));
+        if record.status != Status::Succeeded {
+            let _ = writeln!(
+                s,
+                "resume    imgforge build {} --resume {}",
+                record.manifest.path, record.build_dir
+            );
+        }
+    }
+    s
 }
 
 #[cfg(test)]

@@ -58,6 +58,14 @@ pub enum Command {
     /// Exit status: 0 when every check passed (warnings and skips allowed), 1 when
     /// a check failed, 2 when the image cannot be read or the command line is wrong.
     Validate(ValidateArgs),
+    /// What happened in a build, stage by stage (from its build.json).
+    Status {
+        /// The build directory.
+        dir: PathBuf,
+        /// Print the build record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Node agent SKU ids imgforge knows, per distro.
     Skus {
         /// Print as JSON.
@@ -172,6 +180,21 @@ pub struct BuildArgs {
     /// Show all provisioner output, not only the current step.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Continue the build in DIR from its first unfinished stage (same manifest and templates).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["out", "force", "dry_run"])]
+    pub resume: Option<PathBuf>,
+    /// Stop after capture: no copies, no remote validation.
+    #[arg(long)]
+    pub no_replicate: bool,
+    /// Do not validate the copies after replication.
+    #[arg(long)]
+    pub no_validate: bool,
+    /// Blob endpoint template for the replication accounts (see `replicate --help`).
+    #[arg(long, value_name = "TEMPLATE", env = "IMGFORGE_BLOB_ENDPOINT")]
+    pub blob_endpoint: Option<String>,
+    /// Concurrent 4 MiB chunk transfers during replication.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub parallel: usize,
 }
 
 #[derive(Debug, Subcommand)]

@@ -21,6 +21,7 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
         Command::Templates(cmd) => templates(cmd),
         Command::Pool(cmd) => pool(cmd),
         Command::Skus { json } => skus(json),
+        Command::Status { dir, json } => status(&dir, json),
         Command::Replicate(args) => replicate(args),
         Command::Upload(args) => upload(args),
         Command::Validate(args) => validate(args),
@@ -95,10 +96,10 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
         eprint!("{}", plan.to_text());
     }
     let packer = Packer::locate(args.packer.as_deref())?;
-    let dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| build::default_build_dir(&plan.image, std::time::SystemTime::now()));
+    let dir = match (&args.resume, &args.out) {
+        (Some(dir), _) | (None, Some(dir)) => dir.clone(),
+        (None, None) => build::default_build_dir(&plan.image, std::time::SystemTime::now()),
+    };
     let result = build::run(
         &manifest,
         &plan,
@@ -106,9 +107,18 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
             dir: dir.clone(),
             force: args.force,
             dry_run: args.dry_run,
+            resume: args.resume.is_some(),
             templates: &set,
             packer,
             verbose: args.verbose,
+            replicate: !args.no_replicate,
+            validate: !args.no_validate,
+            blob_endpoint: args
+                .blob_endpoint
+                .clone()
+                .unwrap_or_else(|| crate::storage::DEFAULT_ENDPOINT.into()),
+            parallel: args.parallel,
+            show_progress: !args.json,
         },
     );
     match result {
@@ -116,6 +126,11 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
             if args.json {
                 print_stdout(&to_json(&record))?;
             } else {
+                if let Some(path) = &record.snippet
+                    && let Ok(text) = std::fs::read_to_string(path)
+                {
+                    print_stdout(&text)?;
+                }
                 let what = match record.status {
                     Status::Validated => {
                         "dry run: rendered and validated; nothing was created in Azure".to_string()
@@ -125,11 +140,6 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
                         record.image, record.duration_s
                     ),
                 };
-                if let Some(path) = &record.snippet
-                    && let Ok(text) = std::fs::read_to_string(path)
-                {
-                    print_stdout(&text)?;
-                }
                 crate::term::status(
                     "Finished",
                     &format!(
@@ -152,6 +162,20 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
             Err(e.into())
         }
     }
+}
+
+fn status(dir: &std::path::Path, json: bool) -> Result<i32, AppError> {
+    let record = build::BuildRecord::load(dir)?;
+    if json {
+        print_stdout(&to_json(&record))?;
+    } else {
+        print_stdout(&build::status_text(&record))?;
+    }
+    Ok(match record.status {
+        Status::Succeeded | Status::Validated => exit::OK,
+        Status::Cancelled => exit::CANCELLED,
+        Status::Running | Status::Failed => exit::FAILED,
+    })
 }
 
 fn templates(cmd: TemplatesCommand) -> Result<i32, AppError> {

@@ -30,7 +30,7 @@ pub enum PackerError {
     Invalid { template: PathBuf, output: String },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Packer {
     pub path: PathBuf,
     pub version: String,

@@ -38,7 +38,7 @@ pub enum RenderError {
     OutputExists(String),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RenderedFile {
     /// Relative to the render directory, with '/' separators.
     pub path: String,

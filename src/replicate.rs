@@ -71,7 +71,7 @@ impl ReplicateError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Server-side Put Page From URL, range by range.
@@ -84,7 +84,7 @@ pub enum Strategy {
     AlreadyVerified,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CopyOutcome {
     /// The bare URL: no SAS; ready for image_uris.
     pub url: String,

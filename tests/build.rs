@@ -54,6 +54,8 @@ fn build_cmd(root: &Path, templates: &Path, extra: &[&str]) -> Command {
         .arg(root.join("build"))
         .arg("--templates")
         .arg(templates)
+        // These tests stop at capture; tests/pipeline.rs runs the whole pipeline.
+        .arg("--no-replicate")
         .args(extra);
     cmd
 }
