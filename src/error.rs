@@ -25,7 +25,7 @@ pub enum AppError {
     #[error(transparent)]
     Packer(#[from] PackerError),
     #[error(transparent)]
-    Build(#[from] crate::build::BuildError),
+    Build(Box<crate::build::BuildError>),
     #[error(transparent)]
     Pool(#[from] crate::pool::PoolError),
     #[error(transparent)]
@@ -37,6 +37,12 @@ pub enum AppError {
         context: String,
         source: std::io::Error,
     },
+}
+
+impl From<crate::build::BuildError> for AppError {
+    fn from(e: crate::build::BuildError) -> AppError {
+        AppError::Build(Box::new(e))
+    }
 }
 
 impl AppError {

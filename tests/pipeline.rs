@@ -1,0 +1,214 @@
+//! The whole `imgforge build` for real, with no Azure: real Packer (a null
+//! builder whose shell-local provisioner builds a fixed VHD from a folder tree
+//! laid out per the feature catalog, handed over by the artifice
+//! post-processor), real Azurite for the copies, remote validation of every
+//! copy, the pool snippet; then a failure at replication and `--resume`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+const MANIFEST: &str = "contrib/gpu-ubuntu1604.toml";
+/// The accounts contrib/gpu-ubuntu1604.toml lists under [replicate].
+const ACCOUNTS: &[&str] = &["imgforgerep1", "imgforgerep2"];
+
+/// A template override: the on-premises builder in place of azure-arm.
+fn on_prem_templates(root: &Path) -> (PathBuf, PathBuf) {
+    let tree = root.join("tree");
+    good_ubuntu_tree(&tree);
+    let counter = root.join("packer-runs.txt");
+    let script = repo().join("tests/support/make-disk.sh");
+    let template = serde_json::json!({
+        "builders": [{"type": "null", "communicator": "none"}],
+        "provisioners": [{
+            "type": "shell-local",
+            "inline": [format!("{} {} disk.vhd {}", script.display(), tree.display(), counter.display())]
+        }],
+        "post-processors": [{"type": "artifice", "files": ["disk.vhd"]}]
+    });
+    let dir = root.join("templates");
+    write(
+        &dir.join("packer/azure-arm.json.tera"),
+        &format!(
+            "{{% raw %}}{}{{% endraw %}}\n",
+            serde_json::to_string_pretty(&template).unwrap()
+        ),
+    );
+    (dir, counter)
+}
+
+fn build(az: &Azurite, templates: &Path, args: &[&str]) -> Run {
+    let mut cmd = imgforge();
+    cmd.env_remove("ARM_CLIENT_ID")
+        .arg("build")
+        .arg(repo().join(MANIFEST))
+        .arg("--templates")
+        .arg(templates)
+        .args(args);
+    run(az.env(&mut cmd))
+}
+
+fn stage_statuses(record: &serde_json::Value) -> Vec<(String, String)> {
+    record["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["stage"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_whole_pipeline_runs_end_to_end() {
+    let az = Azurite::start(ACCOUNTS);
+    let tmp = tempfile::tempdir().unwrap();
+    let (templates, counter) = on_prem_templates(tmp.path());
+    let dir = tmp.path().join("build");
+    let r = build(&az, &templates, &["--json", "--out", dir.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let record: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
+    assert_eq!(record["status"], "succeeded");
+    let stages = stage_statuses(&record);
+    let expected: Vec<(String, String)> = [
+        "render",
+        "packer_validate",
+        "packer_build",
+        "capture",
+        "replicate",
+        "validate",
+        "snippet",
+    ]
+    .iter()
+    .map(|s| (s.to_string(), "done".to_string()))
+    .collect();
+    assert_eq!(stages, expected);
+    assert_eq!(record["artifact"]["kind"], "local_vhd");
+
+    // 60 nodes (contrib manifest) → two copies, each verified and validated remotely.
+    let copies = record["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 2);
+    let name = format!("{}.vhd", dir.file_name().unwrap().to_string_lossy());
+    let local = std::fs::read(record["artifact"]["path"].as_str().unwrap()).unwrap();
+    for (c, account) in copies.iter().zip(ACCOUNTS) {
+        let url = az.url(account, "images", &name);
+        assert_eq!(c["url"], url.as_str());
+        assert_eq!(c["verified"], true);
+        assert_eq!(c["validation"]["fail"], 0, "{c}");
+        assert!(c["validation"]["pass"].as_u64().unwrap() >= 20, "{c}");
+        assert_eq!(
+            az.download(&url, &tmp.path().join("dl.vhd")),
+            local,
+            "{account}"
+        );
+    }
+
+    // The snippet uses the copies and the distro's node agent.
+    let snippet = std::fs::read_to_string(record["snippet"].as_str().unwrap()).unwrap();
+    let doc: serde_json::Value = serde_yaml_ng::from_str(&snippet).unwrap();
+    let ci = &doc["pool_specification"]["vm_configuration"]["custom_image"];
+    assert_eq!(ci["node_agent"], "batch.node.ubuntu 16.04");
+    assert_eq!(ci["image_uris"].as_array().unwrap().len(), 2);
+
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap().lines().count(),
+        1
+    );
+    let status = run(imgforge().arg("status").arg(&dir));
+    assert_eq!(status.code, 0, "{}", status.all());
+    for s in ["packer build", "replicate", "validate", "snippet"] {
+        assert!(status.stdout.contains(s), "{}", status.stdout);
+    }
+    assert_no_canary(&dir);
+}
+
+#[test]
+fn a_failure_at_replication_resumes_without_running_packer_again() {
+    let az = Azurite::start(ACCOUNTS);
+    let tmp = tempfile::tempdir().unwrap();
+    let (templates, counter) = on_prem_templates(tmp.path());
+    let dir = tmp.path().join("build");
+
+    // A wrong key for the second account: replication fails with 403.
+    let mut cmd = imgforge();
+    cmd.env_remove("ARM_CLIENT_ID")
+        .arg("build")
+        .arg(repo().join(MANIFEST))
+        .arg("--templates")
+        .arg(&templates)
+        .args(["--out", dir.to_str().unwrap()]);
+    az.env(&mut cmd);
+    cmd.env(
+        "IMGFORGE_STORAGE_KEY_IMGFORGEREP2",
+        "d3JvbmcgYnV0IHZhbGlkIGJhc2U2NCBrZXkgISEhIQ==",
+    );
+    let failed = run(&mut cmd);
+    assert_eq!(failed.code, 1, "{}", failed.all());
+    assert!(
+        failed.stderr.contains("stage `replicate` failed"),
+        "{}",
+        failed.stderr
+    );
+    assert!(failed.stderr.contains("--resume"), "{}", failed.stderr);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("build.json")).unwrap()).unwrap();
+    assert_eq!(record["status"], "failed");
+    assert_eq!(record["failed_stage"], "replicate");
+    let status = run(imgforge().arg("status").arg(&dir));
+    assert_eq!(status.code, 1);
+    assert!(status.stdout.contains("resume"), "{}", status.stdout);
+
+    // The manifest must not change under a resume.
+    let changed = tmp.path().join("changed.toml");
+    write(
+        &changed,
+        &std::fs::read_to_string(repo().join(MANIFEST))
+            .unwrap()
+            .replace("dedicated = 40", "dedicated = 41"),
+    );
+    let mut cmd = imgforge();
+    cmd.env_remove("ARM_CLIENT_ID")
+        .arg("build")
+        .arg(&changed)
+        .arg("--templates")
+        .arg(&templates)
+        .args(["--resume", dir.to_str().unwrap()]);
+    let refused = run(az.env(&mut cmd));
+    assert_eq!(refused.code, 2, "{}", refused.all());
+    assert!(
+        refused.stderr.contains("manifest changed"),
+        "{}",
+        refused.stderr
+    );
+
+    // Fixed credentials, same inputs: finished stages are skipped.
+    let resumed = build(
+        &az,
+        &templates,
+        &["--json", "--resume", dir.to_str().unwrap()],
+    );
+    assert_eq!(resumed.code, 0, "{}", resumed.all());
+    assert!(
+        resumed.stderr.contains("Skipping packer build"),
+        "{}",
+        resumed.stderr
+    );
+    let record: serde_json::Value = serde_json::from_str(&resumed.stdout).unwrap();
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["copies"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        std::fs::read_to_string(&counter).unwrap().lines().count(),
+        1,
+        "Packer's provisioner ran again on resume"
+    );
+    let packer_builds = stage_statuses(&record)
+        .iter()
+        .filter(|(s, _)| s == "packer_build")
+        .count();
+    assert_eq!(packer_builds, 1);
+}
