@@ -30,7 +30,8 @@ pub enum ValidateError {
 
 /// Positioned reads over a whole disk image, counted.
 pub trait Disk {
-    fn len(&self) -> u64;
+    /// Size in bytes, footer included.
+    fn size(&self) -> u64;
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BoxedError>;
     fn stats(&self) -> ReadStats;
 }
@@ -66,7 +67,7 @@ impl LocalDisk {
 }
 
 impl Disk for LocalDisk {
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.len
     }
 
@@ -138,7 +139,7 @@ impl RemoteDisk {
 }
 
 impl Disk for RemoteDisk {
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.len
     }
 
@@ -363,7 +364,7 @@ pub fn validate(
 ) -> Validation {
     let disk: SharedDisk = Rc::new(RefCell::new(disk));
     let mut f = Vec::new();
-    let len = disk.borrow().len();
+    let len = disk.borrow().size();
 
     if let Some((blob_type, length)) = &blob_length {
         f.push(if blob_type == "PageBlob" {
