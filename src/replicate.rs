@@ -485,41 +485,51 @@ async fn server_side_copy(
         return Ok(Vec::new());
     }
     // Not implemented here (Azurite answers 501), or the service cannot read
-    // the source: fall back to an asynchronous Copy Blob.
+    // the source: fall back to asynchronous Copy Blob, all destinations at
+    // once, polled together.
     let mut remaining = Vec::new();
+    let mut pending = Vec::new();
     for &i in work {
-        let blob = dests[i].blob.clone();
-        let started = storage
-            .start_copy(&blob, sas_url, &unverified_metadata(info))
-            .await;
-        if started.is_err() {
+        // The same source and service give the same answer: after one refusal,
+        // the rest go straight to the fallback.
+        if !remaining.is_empty() {
             remaining.push(i);
             continue;
         }
-        let mut ok = false;
-        for _ in 0..36_000 {
-            let props = storage.properties(&blob).await?;
+        match storage
+            .start_copy(&dests[i].blob, sas_url, &unverified_metadata(info))
+            .await
+        {
+            Ok(()) => pending.push(i),
+            Err(_) => remaining.push(i),
+        }
+    }
+    let valid: u64 = info.ranges.iter().map(|r| r.end - r.start).sum();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for &i in &pending {
+            let props = storage.properties(&dests[i].blob).await?;
             match props.as_ref().and_then(|p| p.copy_status.as_deref()) {
                 Some("success") => {
-                    ok = true;
-                    break;
+                    dests[i].strategy = Strategy::CopyBlob;
+                    dests[i].chunks_copied = chunks.len();
+                    dests[i].bytes_copied = valid;
+                    bars[i].set_position(valid);
                 }
-                Some("pending") => tokio::time::sleep(Duration::from_millis(200)).await,
-                _ => break,
+                Some("pending") => still.push(i),
+                _ => {
+                    // A failed copy leaves an unusable blob: start that one afresh.
+                    storage
+                        .create_page_blob(&dests[i].blob, info.length, &unverified_metadata(info))
+                        .await?;
+                    dests[i].present.iter_mut().for_each(|p| *p = false);
+                    remaining.push(i);
+                }
             }
         }
-        if ok {
-            dests[i].strategy = Strategy::CopyBlob;
-            dests[i].chunks_copied = chunks.len();
-            dests[i].bytes_copied = info.ranges.iter().map(|r| r.end - r.start).sum();
-            bars[i].set_position(dests[i].bytes_copied);
-        } else {
-            // A failed copy leaves an unusable blob: start that one afresh.
-            storage
-                .create_page_blob(&blob, info.length, &unverified_metadata(info))
-                .await?;
-            dests[i].present.iter_mut().for_each(|p| *p = false);
-            remaining.push(i);
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     Ok(remaining)

@@ -713,16 +713,37 @@ impl Storage {
             .map(|(k, v)| (format!("x-ms-meta-{k}"), v.clone()))
             .collect();
         headers.extend(meta.iter().map(|(k, v)| (k.as_str(), v.clone())));
-        self.blob_request(
-            "Copy Blob",
-            Method::PUT,
-            blob,
-            &[],
-            &headers,
-            Bytes::new(),
-            &[],
-        )
-        .await?;
+        // A server error starting a copy is an answer, not a glitch: the
+        // caller falls back to copying through imgforge instead of retrying
+        // (Azurite, for one, copies half a GiB before failing each attempt).
+        let no_retry = [
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::NOT_IMPLEMENTED,
+            StatusCode::BAD_GATEWAY,
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::GATEWAY_TIMEOUT,
+        ];
+        let resp = self
+            .blob_request(
+                "Copy Blob",
+                Method::PUT,
+                blob,
+                &[],
+                &headers,
+                Bytes::new(),
+                &no_retry,
+            )
+            .await?;
+        if !resp.status().is_success() {
+            return Err(StorageError::Status {
+                op: "Copy Blob",
+                account: blob.account.clone(),
+                path: blob.path(),
+                status: resp.status().as_u16(),
+                code: String::new(),
+                hint: status_hint(resp.status().as_u16(), &blob.account),
+            });
+        }
         Ok(())
     }
 
