@@ -5,7 +5,6 @@
 //!   cargo bench --bench replicate
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::sync::Arc;
