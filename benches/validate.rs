@@ -1,1 +1,186 @@
-fn main() {}
+//! Validation benchmark: a 30 GiB fixed VHD (sparse, so cheap to create) with
+//! an ext4 root holding 6,000 kernel modules, validated from the local file and
+//! from Azurite through range reads. Baseline in the same run: `virt-cat` of one
+//! file from the same image (libguestfs boots an appliance VM), when installed.
+//!
+//!   cargo bench --bench validate
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::process::Command;
+use std::time::Instant;
+
+use common::*;
+
+const GIB: u64 = 1024 * 1024 * 1024;
+
+fn main() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    good_ubuntu_tree(&tree);
+    // A realistic module tree: thousands of files the checks must not walk.
+    for k in ["4.15.0-1113-azure", "4.15.0-1114-azure"] {
+        for i in 0..3000 {
+            write(
+                &tree.join(format!(
+                    "lib/modules/{k}/kernel/drivers/misc/group{}/mod{i}.ko",
+                    i % 50
+                )),
+                "module",
+            );
+        }
+    }
+
+    let t = Instant::now();
+    let raw = tmp.path().join("big.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(30 * GIB)
+        .unwrap();
+    let mut sfdisk = Command::new("sfdisk");
+    sfdisk
+        .arg("--quiet")
+        .arg(&raw)
+        .stdin(std::process::Stdio::piped());
+    let mut child = sfdisk.spawn().unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\nstart=2048, type=83\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let fs_size = (30 * GIB - 1024 * 1024) / 1024;
+    let r = run(Command::new("fakeroot")
+        .args([
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-E",
+            "offset=1048576,lazy_itable_init=1,lazy_journal_init=1",
+            "-d",
+        ])
+        .arg(&tree)
+        .arg(&raw)
+        .arg(format!("{fs_size}k")));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let vhd = tmp.path().join("big.vhd");
+    let r = run(Command::new("qemu-img")
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=fixed,force_size=on",
+        ])
+        .arg(&raw)
+        .arg(&vhd));
+    assert_eq!(r.code, 0, "{}", r.all());
+    std::fs::remove_file(&raw).unwrap();
+    let fixture_s = t.elapsed().as_secs_f64();
+
+    let manifest = repo().join("contrib/gpu-ubuntu1604.toml");
+    let validate = |cmd: &mut Command| {
+        let t = Instant::now();
+        let r = run(cmd);
+        let wall = t.elapsed().as_secs_f64();
+        assert!(r.code == 0, "{}", r.all());
+        let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        (
+            wall,
+            doc["read"]["bytes"].as_u64().unwrap(),
+            doc["read"]["requests"].as_u64().unwrap(),
+            doc["summary"].clone(),
+        )
+    };
+    let local: Vec<_> = (0..5)
+        .map(|_| {
+            validate(
+                imgforge()
+                    .env_remove("ARM_CLIENT_ID")
+                    .args(["validate", "--json", "--manifest"])
+                    .arg(&manifest)
+                    .arg(&vhd),
+            )
+        })
+        .collect();
+
+    let az = Azurite::start(&["bench"]);
+    let t = Instant::now();
+    let r = run(az
+        .env(&mut imgforge())
+        .env_remove("ARM_CLIENT_ID")
+        .args(["upload", "--json", "--to", "bench"])
+        .arg(&vhd));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let upload_s = t.elapsed().as_secs_f64();
+    let uploaded: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let url = az.url("bench", "images", "big.vhd");
+    let remote: Vec<_> = (0..5)
+        .map(|_| {
+            let mut cmd = imgforge();
+            cmd.env_remove("ARM_CLIENT_ID")
+                .args(["validate", "--json", "--manifest"])
+                .arg(&manifest)
+                .arg(&url);
+            validate(az.env(&mut cmd))
+        })
+        .collect();
+
+    let virt_cat = which::which("virt-cat").ok().map(|bin| {
+        let t = Instant::now();
+        let r = run(Command::new(bin)
+            .args(["--format=vpc", "-a"])
+            .arg(&vhd)
+            .arg("/etc/os-release")
+            .env("LIBGUESTFS_BACKEND", "direct"));
+        (
+            t.elapsed().as_secs_f64(),
+            r.code,
+            r.stderr.lines().last().unwrap_or("").to_string(),
+        )
+    });
+
+    let median = |v: &[(f64, u64, u64, serde_json::Value)]| {
+        let mut w: Vec<f64> = v.iter().map(|x| x.0).collect();
+        w.sort_by(f64::total_cmp);
+        (w[w.len() / 2], v[0].1, v[0].2)
+    };
+    let (lw, lb, lr) = median(&local);
+    let (rw, rb, rr) = median(&remote);
+    println!(
+        "validation benchmark: 30 GiB fixed VHD, ext4 root with 6,000 kernel modules, contrib/gpu-ubuntu1604.toml checks"
+    );
+    println!(
+        "setup: fixture {fixture_s:.1} s; upload to Azurite {upload_s:.1} s ({} valid bytes of {})",
+        uploaded["result"]["valid_bytes"], uploaded["result"]["source_length"]
+    );
+    println!("summary: {}", local[0].3);
+    println!(
+        "{:<34} {:>10} {:>14} {:>10}",
+        "method", "median s", "bytes read", "requests"
+    );
+    println!(
+        "{:<34} {lw:>10.3} {lb:>14} {lr:>10}",
+        "imgforge validate, local file"
+    );
+    println!(
+        "{:<34} {rw:>10.3} {rb:>14} {rr:>10}",
+        "imgforge validate, blob (Azurite)"
+    );
+    match virt_cat {
+        Some((s, 0, _)) => println!(
+            "{:<34} {s:>10.3}   (baseline; local is {:.0}x faster)",
+            "virt-cat /etc/os-release",
+            s / lw
+        ),
+        Some((s, code, err)) => println!("virt-cat failed after {s:.1} s (exit {code}): {err}"),
+        None => println!(
+            "virt-cat: not installed (apt-get install libguestfs-tools linux-image-amd64); no baseline this run"
+        ),
+    }
+}

@@ -234,18 +234,20 @@ fn scan_local_vhd(
     }
     let mut ranges = Vec::new();
     let mut buf = vec![0u8; MAX_CHUNK as usize];
-    let mut offset = 0;
-    while offset < length {
-        let n = (length - offset).min(MAX_CHUNK) as usize;
-        file.read_exact_at(&mut buf[..n], offset)
-            .map_err(read_err)?;
-        for (i, page) in buf[..n].chunks(PAGE as usize).enumerate() {
-            if page.iter().any(|b| *b != 0) {
-                let start = offset + (i as u64) * PAGE;
-                ranges.push(start..start + page.len() as u64);
+    for region in data_regions(file, length) {
+        let mut offset = region.start;
+        while offset < region.end {
+            let n = (region.end - offset).min(MAX_CHUNK) as usize;
+            file.read_exact_at(&mut buf[..n], offset)
+                .map_err(read_err)?;
+            for (i, page) in buf[..n].chunks(PAGE as usize).enumerate() {
+                if page.iter().any(|b| *b != 0) {
+                    let start = offset + (i as u64) * PAGE;
+                    ranges.push(start..start + page.len() as u64);
+                }
             }
+            offset += n as u64;
         }
-        offset += n as u64;
     }
     let mtime = meta
         .modified()
@@ -257,6 +259,34 @@ fn scan_local_vhd(
         storage::coalesce(ranges),
         format!("file-{length}-{mtime}"),
     ))
+}
+
+/// The parts of a sparse file that hold data (SEEK_DATA/SEEK_HOLE), page
+/// aligned; the whole file where the filesystem cannot say.
+fn data_regions(file: &std::fs::File, length: u64) -> Vec<Range<u64>> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let mut regions = Vec::new();
+    let mut pos: i64 = 0;
+    while (pos as u64) < length {
+        // SAFETY: lseek on a file descriptor we own; reads use pread, so the
+        // file offset it moves is not relied on elsewhere.
+        let start = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if start < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+                break; // no data after pos
+            }
+            return std::iter::once(0..length).collect();
+        }
+        // SAFETY: as above.
+        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
+        let end = if end < 0 { length as i64 } else { end };
+        let s = (start as u64) / PAGE * PAGE;
+        let e = ((end as u64).div_ceil(PAGE) * PAGE).min(length);
+        regions.push(s..e);
+        pos = end;
+    }
+    storage::coalesce(regions)
 }
 
 fn md5(bytes: &[u8]) -> [u8; 16] {
