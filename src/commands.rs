@@ -238,7 +238,13 @@ fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
                 None => None,
             };
             let config = crate::pool::PoolConfig::load(&config)?;
-            let report = crate::pool::check(&config, plan.as_ref(), online);
+            let mut report = crate::pool::check(&config, plan.as_ref(), online);
+            if online && !crate::pool::image_uris(&config).is_empty() {
+                let finding = runtime()?.block_on(crate::pool::check_blobs_online(&config));
+                let mut findings = report.findings;
+                findings.push(finding);
+                report = crate::report::Report::new(report.subject, findings);
+            }
             emit_report(&report, json, junit.as_deref(), "imgforge pool check", None)
         }
     }

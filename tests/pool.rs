@@ -363,3 +363,51 @@ fn skus_lists_the_catalog() {
     let text = run(imgforge().arg("skus"));
     assert!(text.stdout.contains("ubuntu-18.04"), "{}", text.stdout);
 }
+
+#[test]
+fn online_blob_check_asks_the_storage_service() {
+    let az = Azurite::start(&["acct1", "acct2"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 4, &[(0, 4096)]);
+    let present = az.url("acct1", "images", "gpu.vhd");
+    az.oracle(&["create", &present, vhd.to_str().unwrap()]);
+    let missing = az.url("acct2", "images", "gpu.vhd");
+    let config = |uris: &[&str]| {
+        let path = tmp.path().join("pool.yaml");
+        let list: String = uris.iter().map(|u| format!("      - {u}\n")).collect();
+        write(
+            &path,
+            &format!(
+                "pool_specification:\n  id: p\n  vm_configuration:\n    custom_image:\n      image_uris:\n{list}      node_agent: batch.node.ubuntu 16.04\n  vm_size: STANDARD_NC6\n  vm_count:\n    dedicated: 2\n"
+            ),
+        );
+        path
+    };
+    let check = |path: &std::path::Path| {
+        let mut cmd = imgforge();
+        cmd.env_remove("ARM_CLIENT_ID")
+            .args(["pool", "check", "--online", "--json"])
+            .arg(path);
+        let r = run(az.env(&mut cmd));
+        let doc: serde_json::Value =
+            serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.all()));
+        doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == "pool.online.blobs")
+            .cloned()
+            .unwrap()
+    };
+    let ok = check(&config(&[&present]));
+    assert_eq!(ok["status"], "pass", "{ok}");
+    let bad = check(&config(&[&present, &missing]));
+    assert_eq!(bad["status"], "fail", "{bad}");
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap()
+            .contains("acct2/images/gpu.vhd does not exist"),
+        "{bad}"
+    );
+}

@@ -238,3 +238,38 @@ fn dry_run_reports_packers_own_validation_error() {
             .contains("capture_container_name")
     );
 }
+
+#[test]
+fn contrib_pipeline_examples_are_valid_yaml_and_name_real_manifests() {
+    let dir = repo().join("contrib/pipelines");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _: serde_json::Value =
+            serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let builds: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("imgforge build "))
+            .collect();
+        assert!(!builds.is_empty(), "{}: no imgforge build", path.display());
+        for line in builds {
+            let manifest = line
+                .split_whitespace()
+                .skip_while(|w| *w != "build")
+                .nth(1)
+                .unwrap();
+            assert!(
+                repo().join(manifest).is_file(),
+                "{}: {manifest} does not exist",
+                path.display()
+            );
+            assert!(
+                line.contains("--json"),
+                "pipelines use the JSON result: {line}"
+            );
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 2);
+}
