@@ -249,6 +249,9 @@ pub struct ReplicateArgs {
     /// source account's firewall does not admit the storage service).
     #[arg(long)]
     pub no_server_copy: bool,
+    /// With a manifest, copies are validated remotely after replication; this skips that.
+    #[arg(long)]
+    pub no_validate: bool,
     #[command(flatten)]
     pub storage: StorageOptions,
 }

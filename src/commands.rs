@@ -440,8 +440,84 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
         )
         .await
     })?;
+    // With a manifest, each copy is also checked remotely, as `build` does.
+    let checks = match (&plan, args.no_validate) {
+        (Some(plan), false) => {
+            let urls: Vec<String> = report.copies.iter().map(|c| c.url.clone()).collect();
+            let accounts: Vec<String> = report.copies.iter().map(|c| c.account.clone()).collect();
+            let plan = plan.clone();
+            let results = rt.block_on(async {
+                let storage = std::sync::Arc::new(
+                    crate::storage::Storage::new(&accounts)
+                        .await
+                        .map_err(crate::validate::ValidateError::from)?,
+                );
+                let mut out = Vec::new();
+                for url in &urls {
+                    let blob = BlobRef::parse(url).map_err(crate::validate::ValidateError::from)?;
+                    out.push(
+                        crate::validate::validate_blob(storage.clone(), blob, plan.clone()).await?,
+                    );
+                }
+                Ok::<_, crate::validate::ValidateError>(out)
+            })?;
+            Some(results)
+        }
+        _ => None,
+    };
+    let validation_json = checks.as_ref().map(|v| {
+        v.iter()
+            .map(|v| {
+                serde_json::json!({
+                    "url": v.report.subject,
+                    "summary": v.report.summary,
+                    "failed_checks": v.report.findings.iter()
+                        .filter(|f| f.status == crate::report::Status::Fail)
+                        .map(|f| &f.id)
+                        .collect::<Vec<_>>(),
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut plan_json = plan_json;
+    plan_json["validation"] = serde_json::json!(validation_json);
     print_replication(&report, args.storage.json, plan_json)?;
-    Ok(exit::OK)
+    let failed: Vec<&crate::validate::Validation> = checks
+        .iter()
+        .flatten()
+        .filter(|v| v.report.failed())
+        .collect();
+    if let Some(checks) = &checks
+        && !args.storage.json
+    {
+        crate::term::status(
+            "Checked",
+            &format!(
+                "{} cop{}: {} failed validation",
+                checks.len(),
+                if checks.len() == 1 { "y" } else { "ies" },
+                failed.len()
+            ),
+        );
+    }
+    for v in &failed {
+        crate::term::error(&format!(
+            "{} failed validation: {}",
+            v.report.subject,
+            v.report
+                .findings
+                .iter()
+                .filter(|f| f.status == crate::report::Status::Fail)
+                .map(|f| format!("{} ({})", f.id, f.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    Ok(if failed.is_empty() {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
 }
 
 fn upload(args: UploadArgs) -> Result<i32, AppError> {

@@ -102,10 +102,11 @@ fn replication_makes_verified_sparse_copies_and_a_rerun_skips_them() {
     );
     az.oracle(&["create", &source, vhd.to_str().unwrap()]);
 
+    // The fixture is noise, not an OS image: replication only, no validation.
     // 41 nodes need two copies: the third candidate is left alone.
     let m = manifest_with_pool(tmp.path(), 41, &["rep1", "rep2", "rep3"]);
     let r = run(imgforge_for(&az)
-        .args(["replicate", "--json", "--source", &source])
+        .args(["replicate", "--json", "--no-validate", "--source", &source])
         .arg(&m));
     assert_eq!(r.code, 0, "{}", r.all());
     let doc = json(&r);
@@ -137,7 +138,7 @@ fn replication_makes_verified_sparse_copies_and_a_rerun_skips_them() {
 
     // The same command again: nothing is copied.
     let again = run(imgforge_for(&az)
-        .args(["replicate", "--json", "--source", &source])
+        .args(["replicate", "--json", "--no-validate", "--source", &source])
         .arg(&m));
     assert_eq!(again.code, 0, "{}", again.all());
     let doc = json(&again);
@@ -373,4 +374,51 @@ fn upload_refuses_a_dynamic_vhd() {
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn with_a_manifest_each_copy_is_validated_remotely() {
+    let az = Azurite::start(&["build", "imgforgerep1", "imgforgerep2"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    good_ubuntu_tree(&tree);
+    let vhd = disk_image(
+        tmp.path(),
+        "good",
+        Layout::Gpt,
+        RootFs::Ext4 {
+            tree: &tree,
+            dirty_journal: false,
+        },
+        0,
+    );
+    let source = az.url(
+        "build",
+        "system",
+        "Microsoft.Compute/Images/images/gpu-osDisk.9.vhd",
+    );
+    az.oracle(&["create", &source, vhd.to_str().unwrap()]);
+    let manifest = repo().join("contrib/gpu-ubuntu1604.toml");
+    let r = run(imgforge_for(&az)
+        .args(["replicate", "--json", "--source", &source])
+        .arg(&manifest));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let doc = json(&r);
+    let checks = doc["plan"]["validation"].as_array().unwrap();
+    assert_eq!(checks.len(), 2);
+    for c in checks {
+        assert_eq!(c["summary"]["fail"], 0, "{c}");
+        assert!(c["summary"]["pass"].as_u64().unwrap() >= 20, "{c}");
+    }
+
+    // A source that is not a Batch image: copied, verified, and then refused.
+    let noise = sparse_vhd(tmp.path(), "noise", 8, &[(0, 4096)]);
+    let bad = az.url("build", "system", "noise.vhd");
+    az.oracle(&["create", &bad, noise.to_str().unwrap()]);
+    let r = run(imgforge_for(&az)
+        .args(["replicate", "--source", &bad])
+        .arg(&manifest));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("failed validation"), "{}", r.stderr);
+    assert!(r.stderr.contains("disk.partition-table"), "{}", r.stderr);
 }
