@@ -393,3 +393,93 @@ fn junit_and_unreadable_images() {
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("/nonexistent/disk.vhd"), "{}", r.stderr);
 }
+
+/// An AlmaLinux 8 tree for contrib/managed-image-almalinux8.toml: firewalld, not ufw.
+fn alma_tree(root: &Path, zone_ports: &[u16]) {
+    let f = |p: &str, text: &str| write(&root.join(p), text);
+    f(
+        "etc/os-release",
+        "NAME=\"AlmaLinux\"\nID=\"almalinux\"\nVERSION_ID=\"8.7\"\n",
+    );
+    f(
+        "etc/waagent.conf",
+        "ResourceDisk.Format=y\nResourceDisk.MountPoint=/mnt/resource\n",
+    );
+    f("usr/sbin/sshd", "ELF");
+    f("usr/lib/systemd/system/sshd.service", "[Unit]\n");
+    f("usr/lib/systemd/system/firewalld.service", "[Unit]\n");
+    f("usr/bin/docker", "ELF");
+    f(
+        "etc/docker/daemon.json",
+        "{\"data-root\": \"/mnt/resource/docker\"}\n",
+    );
+    f("usr/sbin/mount.nfs4", "ELF");
+    f("usr/sbin/mount.glusterfs", "ELF");
+    let ports: String = zone_ports
+        .iter()
+        .map(|p| format!("  <port protocol=\"tcp\" port=\"{p}\"/>\n"))
+        .collect();
+    f(
+        "etc/firewalld/zones/public.xml",
+        &format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<zone>\n  <short>Public</short>\n  <service name=\"ssh\"/>\n{ports}</zone>\n"
+        ),
+    );
+    std::fs::create_dir_all(root.join("home")).unwrap();
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink(
+        "/usr/lib/systemd/system/sshd.service",
+        wants.join("sshd.service"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        "/usr/lib/systemd/system/firewalld.service",
+        wants.join("firewalld.service"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn firewalld_images_are_checked_against_their_zone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = repo().join("contrib/managed-image-almalinux8.toml");
+    for (name, ports, code) in [
+        ("open", &[29876u16, 29877, 8080][..], 0),
+        ("closed", &[29876u16][..], 1),
+    ] {
+        let tree = tmp.path().join(name);
+        alma_tree(&tree, ports);
+        let vhd = disk_image(
+            tmp.path(),
+            name,
+            Layout::Gpt,
+            RootFs::Ext4 {
+                tree: &tree,
+                dirty_journal: false,
+            },
+            0,
+        );
+        let r = run(imgforge()
+            .env_remove("ARM_CLIENT_ID")
+            .args(["validate", "--json", "--manifest"])
+            .arg(&manifest)
+            .arg(&vhd));
+        assert_eq!(r.code, code, "{name}: {}", r.all());
+        let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        if code == 0 {
+            assert!(failed(&doc).is_empty(), "{doc:#}");
+            assert_eq!(status(&doc, "feature.docker.boot"), "pass");
+            assert_eq!(status(&doc, "batch.resource-disk"), "pass");
+        } else {
+            assert_eq!(failed(&doc), vec!["batch.firewall"], "{doc:#}");
+            let fw = doc["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["id"] == "batch.firewall")
+                .unwrap();
+            assert!(fw["message"].as_str().unwrap().contains("29877"), "{fw}");
+        }
+    }
+}
