@@ -67,19 +67,7 @@ fn main() {
         .arg(format!("{fs_size}k")));
     assert_eq!(r.code, 0, "{}", r.all());
     let vhd = tmp.path().join("big.vhd");
-    let r = run(Command::new("qemu-img")
-        .args([
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vpc",
-            "-o",
-            "subformat=fixed,force_size=on",
-        ])
-        .arg(&raw)
-        .arg(&vhd));
-    assert_eq!(r.code, 0, "{}", r.all());
+    raw_to_fixed_vhd(&raw, &vhd);
     std::fs::remove_file(&raw).unwrap();
     let fixture_s = t.elapsed().as_secs_f64();
 

@@ -538,20 +538,34 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn location(&self, key: &str, value: &str) -> Check<()> {
-        if !value.is_empty()
-            && value
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        {
+    /// `Ok` when `ok`, else an error at `key` quoting the value as `what`.
+    fn require(
+        &self,
+        ok: bool,
+        key: &str,
+        value: &str,
+        what: &str,
+        hint: impl Into<String>,
+    ) -> Check<()> {
+        if ok {
             Ok(())
         } else {
-            Err(self.fail(
-                key,
-                format!("`{}` is not an Azure region name", printable(value)),
-                "use the short form, e.g. \"eastus\" or \"westeurope\" (`az account list-locations -o table`)",
-            ))
+            Err(self.fail(key, format!("`{}` is not {what}", printable(value)), hint))
         }
+    }
+
+    fn location(&self, key: &str, value: &str) -> Check<()> {
+        let ok = !value.is_empty()
+            && value
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        self.require(
+            ok,
+            key,
+            value,
+            "an Azure region name",
+            "use the short form, e.g. \"eastus\" or \"westeurope\" (`az account list-locations -o table`)",
+        )
     }
 
     fn azure_name(&self, key: &str, value: &str, max: usize, extra: &str) -> Check<()> {
@@ -560,15 +574,13 @@ impl Checker<'_> {
             && value
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || extra.contains(c));
-        if ok {
-            Ok(())
-        } else {
-            Err(self.fail(
-                key,
-                format!("`{}` is not a valid name here", printable(value)),
-                format!("use up to {max} letters, digits and any of `{extra}`"),
-            ))
-        }
+        self.require(
+            ok,
+            key,
+            value,
+            "a valid name here",
+            format!("use up to {max} letters, digits and any of `{extra}`"),
+        )
     }
 
     fn storage_account(&self, key: &str, value: &str) -> Check<()> {
@@ -576,15 +588,13 @@ impl Checker<'_> {
             && value
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        if ok {
-            Ok(())
-        } else {
-            Err(self.fail(
-                key,
-                format!("`{}` is not a storage account name", printable(value)),
-                "storage account names are 3-24 lowercase letters and digits",
-            ))
-        }
+        self.require(
+            ok,
+            key,
+            value,
+            "a storage account name",
+            "storage account names are 3-24 lowercase letters and digits",
+        )
     }
 
     fn container(&self, key: &str, value: &str) -> Check<()> {
@@ -595,15 +605,13 @@ impl Checker<'_> {
             && value
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if ok {
-            Ok(())
-        } else {
-            Err(self.fail(
-                key,
-                format!("`{}` is not a blob container name", printable(value)),
-                "container names are 3-63 lowercase letters, digits and single '-', starting with a letter or digit",
-            ))
-        }
+        self.require(
+            ok,
+            key,
+            value,
+            "a blob container name",
+            "container names are 3-63 lowercase letters, digits and single '-', starting with a letter or digit",
+        )
     }
 
     fn features(&self, m: &RawManifest, distro: &Distro) -> Check<()> {
@@ -673,15 +681,13 @@ impl Checker<'_> {
             && v.starts_with(|c: char| c.is_ascii_alphanumeric())
             && v.chars()
                 .all(|c| c.is_ascii_alphanumeric() || ".:~+-_*".contains(c));
-        if ok {
-            Ok(())
-        } else {
-            Err(self.fail(
-                key,
-                format!("`{}` is not a package version", printable(v)),
-                format!("letters, digits and . : ~ + - _ * only; {example}"),
-            ))
-        }
+        self.require(
+            ok,
+            key,
+            v,
+            "a package version",
+            format!("letters, digits and . : ~ + - _ * only; {example}"),
+        )
     }
 
     fn firewall(&self, fw: &FirewallSection) -> Check<()> {

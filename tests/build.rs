@@ -216,26 +216,6 @@ fn sigint_cancels_cleanly_and_leaves_no_packer_behind() {
     assert!(left.is_empty(), "processes left running: {left:?}");
 }
 
-/// A real fixed VHD: raw bytes converted by qemu-img, size kept exact.
-fn fixed_vhd(path: &Path, mib: u64) {
-    let raw = path.with_extension("raw");
-    let f = std::fs::File::create(&raw).unwrap();
-    f.set_len(mib * 1024 * 1024).unwrap();
-    let r = run(Command::new("qemu-img")
-        .args([
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vpc",
-            "-o",
-            "subformat=fixed,force_size=on",
-        ])
-        .arg(&raw)
-        .arg(path));
-    assert_eq!(r.code, 0, "{}", r.all());
-}
-
 #[test]
 fn a_build_without_an_image_artifact_fails_at_capture() {
     let tmp = tempfile::tempdir().unwrap();
@@ -257,8 +237,7 @@ fn a_build_without_an_image_artifact_fails_at_capture() {
 #[test]
 fn a_local_vhd_artifact_is_captured() {
     let tmp = tempfile::tempdir().unwrap();
-    let vhd = tmp.path().join("source.vhd");
-    fixed_vhd(&vhd, 4);
+    let vhd = sparse_vhd(tmp.path(), "source", 4, &[]);
     let t = overrides(
         tmp.path(),
         &serde_json::json!({

@@ -295,19 +295,7 @@ pub fn sparse_vhd(dir: &Path, name: &str, mib: u64, islands: &[(u64, usize)]) ->
     }
     drop(f);
     let vhd = dir.join(format!("{name}.vhd"));
-    let r = run(Command::new("qemu-img")
-        .args([
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vpc",
-            "-o",
-            "subformat=fixed,force_size=on",
-        ])
-        .arg(&raw)
-        .arg(&vhd));
-    assert_eq!(r.code, 0, "{}", r.all());
+    raw_to_fixed_vhd(&raw, &vhd);
     std::fs::remove_file(raw).unwrap();
     vhd
 }
@@ -580,6 +568,14 @@ pub fn disk_image(
     assert_eq!(r.code, 0, "dd: {}", r.all());
     std::fs::remove_file(&fs).unwrap();
     let vhd = dir.join(format!("{name}.vhd"));
+    raw_to_fixed_vhd(&raw, &vhd);
+    std::fs::remove_file(&raw).unwrap();
+    vhd
+}
+
+/// `qemu-img convert` to a fixed VHD with the size kept exact (force_size=on),
+/// as Azure needs.
+pub fn raw_to_fixed_vhd(raw: &Path, vhd: &Path) {
     let r = run(Command::new("qemu-img")
         .args([
             "convert",
@@ -590,9 +586,7 @@ pub fn disk_image(
             "-o",
             "subformat=fixed,force_size=on",
         ])
-        .arg(&raw)
-        .arg(&vhd));
+        .arg(raw)
+        .arg(vhd));
     assert_eq!(r.code, 0, "qemu-img: {}", r.all());
-    std::fs::remove_file(&raw).unwrap();
-    vhd
 }
