@@ -169,9 +169,14 @@ fn processes_in(dir: &Path) -> Vec<String> {
 #[test]
 fn sigint_cancels_cleanly_and_leaves_no_packer_behind() {
     let tmp = tempfile::tempdir().unwrap();
+    // The provisioner's cleanup outlasts the first interrupt (it ignores a
+    // second one for 2 s), so a second Ctrl-C arrives while imgforge waits.
     let t = overrides(
         tmp.path(),
-        &null_build(&["echo provisioning-started", "sleep 60", "echo never"]),
+        &null_build(&[
+            "trap 'echo cleanup-started; sh -c \"trap \\\"\\\" INT; sleep 2\"; exit 1' INT; echo provisioning-started; sleep 60",
+            "echo never",
+        ]),
     );
     let mut child = build_cmd(tmp.path(), &t, &["--verbose"])
         .stdout(Stdio::null())
@@ -194,6 +199,11 @@ fn sigint_cancels_cleanly_and_leaves_no_packer_behind() {
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGINT);
     }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
     for line in lines {
         transcript.push_str(&line.unwrap());
         transcript.push('\n');
@@ -206,6 +216,7 @@ fn sigint_cancels_cleanly_and_leaves_no_packer_behind() {
         sent.elapsed()
     );
     assert!(transcript.contains("cancelling"), "{transcript}");
+    assert!(transcript.contains("still waiting for Packer's cleanup"), "{transcript}");
     assert!(!transcript.contains("never"), "{transcript}");
 
     let rec = record(tmp.path());
