@@ -867,6 +867,11 @@ fn failure_details(errors: &[String]) -> String {
 pub fn hint_for(errors: &str) -> Option<&'static str> {
     const HINTS: &[(&[&str], &str)] = &[
         (
+            &["dial tcp", "no such host", "i/o timeout", "proxyconnect"],
+            "Packer could not reach Azure (login.microsoftonline.com, management.azure.com): \
+             check the network, DNS and proxy settings (HTTPS_PROXY, NO_PROXY)",
+        ),
+        (
             &[
                 "adal: Failed to execute the refresh request",
                 "AADSTS",
@@ -963,6 +968,7 @@ mod tests {
 
     #[test]
     fn known_errors_get_hints() {
+        assert!(hint_for("adal: Failed to execute the refresh request. Error = 'Post \"https://login.microsoftonline.com/t/oauth2/token\": dial tcp: lookup login.microsoftonline.com: no such host'").unwrap().contains("network"));
         assert!(
             hint_for("adal: Failed to execute the refresh request. Status: 400")
                 .unwrap()

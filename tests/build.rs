@@ -216,7 +216,10 @@ fn sigint_cancels_cleanly_and_leaves_no_packer_behind() {
         sent.elapsed()
     );
     assert!(transcript.contains("cancelling"), "{transcript}");
-    assert!(transcript.contains("still waiting for Packer's cleanup"), "{transcript}");
+    assert!(
+        transcript.contains("still waiting for Packer's cleanup"),
+        "{transcript}"
+    );
     assert!(!transcript.contains("never"), "{transcript}");
 
     let rec = record(tmp.path());
@@ -301,4 +304,42 @@ fn secrets_never_reach_output_log_or_record() {
             "signature in {rel}"
         );
     }
+}
+
+#[test]
+fn a_real_azure_arm_build_without_azure_fails_fast_with_a_hint() {
+    // The real azure-arm builder and the built-in template; the only way out is
+    // a proxy on a closed loopback port, so nothing leaves the machine.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("build");
+    let r = run(imgforge()
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env_remove("NO_PROXY")
+        .arg("build")
+        .arg(repo().join("contrib/managed-image-almalinux8.toml"))
+        .arg("--out")
+        .arg(&dir));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("stage `packer build` failed"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("adal: Failed to execute the refresh request"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("hint: Packer could not reach Azure"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.all().contains(CANARY));
+    assert_no_canary(&dir);
+    let rec = record(tmp.path());
+    assert_eq!(rec["status"], "failed");
+    assert_eq!(rec["failed_stage"], "packer_build");
 }
