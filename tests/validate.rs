@@ -483,3 +483,26 @@ fn firewalld_images_are_checked_against_their_zone() {
         }
     }
 }
+
+#[test]
+fn windows_images_get_container_and_disk_checks_and_an_honest_skip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = image(tmp.path(), "win", Layout::Gpt, |_| {});
+    let r = run(imgforge()
+        .env_remove("ARM_CLIENT_ID")
+        .args(["validate", "--json", "--manifest"])
+        .arg(repo().join("contrib/windows-2019.toml"))
+        .arg(&vhd));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(status(&doc, "vhd.fixed"), "pass");
+    assert_eq!(status(&doc, "disk.partition-table"), "pass");
+    assert_eq!(status(&doc, "disk.filesystem"), "skip");
+    assert!(
+        doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| !f["id"].as_str().unwrap().starts_with("feature."))
+    );
+}
