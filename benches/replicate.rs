@@ -95,7 +95,7 @@ fn main() {
         }
         for d in ["dst1", "dst2", "dst3"] {
             let dst = BlobRef::at(&template, d, "naive", "bench.vhd");
-            storage.create_container(d, &dst, "naive").await.unwrap();
+            storage.create_container(&dst).await.unwrap();
             storage
                 .create_page_blob(&dst, length, &Default::default())
                 .await

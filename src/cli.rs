@@ -7,27 +7,34 @@ use clap::{Args, Parser, Subcommand};
 const AFTER_HELP: &str = "\
 Examples:
   imgforge plan contrib/gpu-ubuntu1604.toml             what will be built
-  imgforge render contrib/gpu-ubuntu1604.toml -o out/   packer.json + scripts/*.sh
   imgforge build contrib/gpu-ubuntu1604.toml --dry-run  plan, render and `packer validate`
+  imgforge build contrib/gpu-ubuntu1604.toml --json     the whole pipeline, one JSON result
+  imgforge build M.toml --resume .imgforge/builds/<dir> continue after a failure or Ctrl-C
+  imgforge status .imgforge/builds/<dir>                what happened, stage by stage
+  imgforge validate disk.vhd --manifest M.toml          check an image without booting it
+  imgforge pool check pool.yaml --manifest M.toml       check a Batch Shipyard pool config
   imgforge templates export my-templates/               built-in templates, to customize
 
 Exit codes:
-  0    success
-  1    the work ran and failed (Packer rejected the template, the build failed)
-  2    bad usage or bad input (command line, manifest, template override)
+  0    success (validate, pool check: no check failed)
+  1    the work ran and failed (a check, packer validate or build, a copy, a validation)
+  2    bad usage or bad input (command line, manifest, template override, unreadable image)
   3    a required tool is missing or unusable (Packer not found or too old)
   4    an I/O error (cannot write the output)
-  130  cancelled (Ctrl-C or SIGTERM)
+  130  cancelled (Ctrl-C or SIGTERM), after Packer cleaned up
 
-Azure credentials are read by Packer from ARM_CLIENT_ID, ARM_CLIENT_SECRET,
-ARM_SUBSCRIPTION_ID and ARM_TENANT_ID; they never appear in rendered files or output.
-NO_COLOR=1 turns colour off.";
+Azure credentials: Packer reads ARM_CLIENT_ID, ARM_CLIENT_SECRET, ARM_SUBSCRIPTION_ID and
+ARM_TENANT_ID; storage uses IMGFORGE_STORAGE_KEY_<ACCOUNT>, a SAS in the URL, or the same
+service principal. Secrets never appear in rendered files, logs or output. NO_COLOR=1 turns
+colour off.";
 
 /// Build Azure Batch custom VM images from a feature manifest with HashiCorp Packer.
 ///
 /// imgforge reads a TOML manifest (distro, GPU, RDMA, NFS, GlusterFS, firewall,
 /// packages, pool size), renders a Packer template and provisioner scripts from
-/// built-in Tera templates, and runs Packer.
+/// built-in Tera templates, runs Packer, copies the VHD to as many storage accounts
+/// as the pool needs, checks every copy without booting it, and prints the Batch
+/// Shipyard pool snippet that uses them.
 #[derive(Debug, Parser)]
 #[command(name = "imgforge", version, after_help = AFTER_HELP, max_term_width = 100)]
 pub struct Cli {
@@ -41,7 +48,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Render packer.json and the provisioner scripts into a directory.
     Render(RenderArgs),
-    /// Render, `packer validate`, then `packer build` (or stop after validation with --dry-run).
+    /// The whole pipeline: render, packer validate, packer build, capture, replicate,
+    /// validate the copies, pool snippet (--dry-run stops after packer validate).
     Build(BuildArgs),
     /// Export or list the built-in templates.
     #[command(subcommand)]

@@ -335,9 +335,7 @@ pub async fn replicate(
     // Prepare every destination before moving a byte.
     let mut dests = Vec::new();
     for blob in destinations {
-        storage
-            .create_container(&blob.account, &blob, &blob.container)
-            .await?;
+        storage.create_container(&blob).await?;
         let existing = storage.properties(&blob).await?;
         let same_source = existing.as_ref().is_some_and(|p| {
             p.length == info.length

@@ -145,13 +145,26 @@ impl BlobRef {
         format!("{}/{}", self.container, self.blob)
     }
 
-    fn url_path(&self) -> String {
+    /// `scheme://host[:port]` of the endpoint.
+    fn origin(&self) -> String {
+        match self.endpoint.split_once("://") {
+            Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or("")),
+            None => String::new(),
+        }
+    }
+
+    /// The endpoint's own path: empty for host-style, `/account` for path-style.
+    fn endpoint_path(&self) -> String {
         let after_scheme = self.endpoint.split_once("://").map_or("", |(_, r)| r);
-        let base = after_scheme
+        after_scheme
             .split_once('/')
-            .map_or(String::new(), |(_, p)| format!("/{p}"));
+            .map_or(String::new(), |(_, p)| format!("/{p}"))
+    }
+
+    fn url_path(&self) -> String {
         format!(
-            "{base}/{}/{}",
+            "{}/{}/{}",
+            self.endpoint_path(),
             self.container,
             percent_encode_path(&self.blob)
         )
@@ -458,12 +471,7 @@ impl Storage {
         body: Bytes,
         ok_also: &[StatusCode],
     ) -> Result<reqwest::Response, StorageError> {
-        let base = blob
-            .endpoint
-            .split_once("://")
-            .map_or(String::new(), |(s, r)| {
-                format!("{s}://{}", r.split('/').next().unwrap_or(""))
-            });
+        let base = blob.origin();
         let sas = if matches!(self.auth(&blob.account), Auth::Key(_)) {
             None
         } else {
@@ -579,40 +587,20 @@ impl Storage {
         Ok(coalesce(ranges))
     }
 
-    pub async fn create_container(
-        &self,
-        account: &str,
-        endpoint_base: &BlobRef,
-        container: &str,
-    ) -> Result<(), StorageError> {
-        let probe = BlobRef {
-            container: container.to_string(),
-            blob: String::new(),
-            account: account.to_string(),
-            ..endpoint_base.clone()
-        };
-        let base = probe
-            .endpoint
-            .split_once("://")
-            .map_or(String::new(), |(s, r)| {
-                format!("{s}://{}", r.split('/').next().unwrap_or(""))
-            });
-        let after_scheme = probe.endpoint.split_once("://").map_or("", |(_, r)| r);
-        let prefix = after_scheme
-            .split_once('/')
-            .map_or(String::new(), |(_, p)| format!("/{p}"));
-        let url_path = format!("{prefix}/{container}");
+    /// Creates the blob's container; one that exists already is fine.
+    pub async fn create_container(&self, blob: &BlobRef) -> Result<(), StorageError> {
+        let url_path = format!("{}/{}", blob.endpoint_path(), blob.container);
         self.send(
             "Create Container",
             Method::PUT,
-            account,
+            &blob.account,
             &url_path,
-            &base,
+            &blob.origin(),
             &[("restype", "container".into())],
             &[],
             Bytes::new(),
             &[StatusCode::CONFLICT],
-            container,
+            &blob.container,
             None,
         )
         .await?;
