@@ -246,6 +246,29 @@ pub struct BlobProps {
     pub copy_status: Option<String>,
 }
 
+/// One storage request, before signing.
+struct Request<'a> {
+    op: &'static str,
+    method: Method,
+    query: &'a [(&'a str, String)],
+    headers: &'a [(&'a str, String)],
+    body: Bytes,
+    /// Statuses handed back to the caller as they are, not retried or failed.
+    pass_through: &'a [StatusCode],
+}
+
+/// Where a request goes and how it is authorised.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    account: &'a str,
+    /// `scheme://host[:port]`.
+    origin: &'a str,
+    url_path: &'a str,
+    /// `container/blob`, for messages.
+    display_path: &'a str,
+    sas: Option<&'a Secret>,
+}
+
 pub struct Storage {
     http: reqwest::Client,
     auths: BTreeMap<String, Auth>,
@@ -339,23 +362,28 @@ impl Storage {
         Some(Secret::new(format!("{}?{query}", blob.url())))
     }
 
-    /// Sends one request with signing and retries; non-2xx is an error unless
-    /// listed in `ok_also`.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends one request with signing and retries; a non-2xx status is an
+    /// error unless the request lists it in `pass_through`.
     async fn send(
         &self,
-        op: &'static str,
-        method: Method,
-        account: &str,
-        url_path: &str,
-        base: &str,
-        query: &[(&str, String)],
-        headers: &[(&str, String)],
-        body: Bytes,
-        ok_also: &[StatusCode],
-        display_path: &str,
-        sas: Option<&Secret>,
+        to: &Target<'_>,
+        req: Request<'_>,
     ) -> Result<reqwest::Response, StorageError> {
+        let Request {
+            op,
+            method,
+            query,
+            headers,
+            body,
+            pass_through,
+        } = req;
+        let Target {
+            account,
+            origin: base,
+            url_path,
+            display_path,
+            sas,
+        } = *to;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -414,7 +442,7 @@ impl Storage {
             let transient = match result {
                 Ok(resp) => {
                     let status = resp.status();
-                    if status.is_success() || ok_also.contains(&status) {
+                    if status.is_success() || pass_through.contains(&status) {
                         return Ok(resp);
                     }
                     let code = resp
@@ -460,37 +488,24 @@ impl Storage {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn blob_request(
         &self,
-        op: &'static str,
-        method: Method,
         blob: &BlobRef,
-        query: &[(&str, String)],
-        headers: &[(&str, String)],
-        body: Bytes,
-        ok_also: &[StatusCode],
+        req: Request<'_>,
     ) -> Result<reqwest::Response, StorageError> {
-        let base = blob.origin();
         let sas = if matches!(self.auth(&blob.account), Auth::Key(_)) {
             None
         } else {
             blob.sas.as_ref()
         };
-        self.send(
-            op,
-            method,
-            &blob.account,
-            &blob.url_path(),
-            &base,
-            query,
-            headers,
-            body,
-            ok_also,
-            &blob.path(),
+        let target = Target {
+            account: &blob.account,
+            origin: &blob.origin(),
+            url_path: &blob.url_path(),
+            display_path: &blob.path(),
             sas,
-        )
-        .await
+        };
+        self.send(&target, req).await
     }
 
     /// Reads a whole response body, retrying the request when the body breaks off.
@@ -516,13 +531,15 @@ impl Storage {
     pub async fn properties(&self, blob: &BlobRef) -> Result<Option<BlobProps>, StorageError> {
         let resp = self
             .blob_request(
-                "Get Blob Properties",
-                Method::HEAD,
                 blob,
-                &[],
-                &[],
-                Bytes::new(),
-                &[StatusCode::NOT_FOUND],
+                Request {
+                    op: "Get Blob Properties",
+                    method: Method::HEAD,
+                    query: &[],
+                    headers: &[],
+                    body: Bytes::new(),
+                    pass_through: &[StatusCode::NOT_FOUND],
+                },
             )
             .await?;
         if resp.status() == StatusCode::NOT_FOUND {
@@ -560,13 +577,15 @@ impl Storage {
             }
             let resp = self
                 .blob_request(
-                    "Get Page Ranges",
-                    Method::GET,
                     blob,
-                    &query,
-                    &[],
-                    Bytes::new(),
-                    &[],
+                    Request {
+                        op: "Get Page Ranges",
+                        method: Method::GET,
+                        query: &query,
+                        headers: &[],
+                        body: Bytes::new(),
+                        pass_through: &[],
+                    },
                 )
                 .await?;
             let body = self.body("Get Page Ranges", blob, resp).await?;
@@ -590,20 +609,22 @@ impl Storage {
     /// Creates the blob's container; one that exists already is fine.
     pub async fn create_container(&self, blob: &BlobRef) -> Result<(), StorageError> {
         let url_path = format!("{}/{}", blob.endpoint_path(), blob.container);
-        self.send(
-            "Create Container",
-            Method::PUT,
-            &blob.account,
-            &url_path,
-            &blob.origin(),
-            &[("restype", "container".into())],
-            &[],
-            Bytes::new(),
-            &[StatusCode::CONFLICT],
-            &blob.container,
-            None,
-        )
-        .await?;
+        let target = Target {
+            account: &blob.account,
+            origin: &blob.origin(),
+            url_path: &url_path,
+            display_path: &blob.container,
+            sas: None,
+        };
+        let req = Request {
+            op: "Create Container",
+            method: Method::PUT,
+            query: &[("restype", "container".into())],
+            headers: &[],
+            body: Bytes::new(),
+            pass_through: &[StatusCode::CONFLICT],
+        };
+        self.send(&target, req).await?;
         Ok(())
     }
 
@@ -623,13 +644,15 @@ impl Storage {
             .collect();
         headers.extend(meta.iter().map(|(k, v)| (k.as_str(), v.clone())));
         self.blob_request(
-            "Create Page Blob",
-            Method::PUT,
             blob,
-            &[],
-            &headers,
-            Bytes::new(),
-            &[],
+            Request {
+                op: "Create Page Blob",
+                method: Method::PUT,
+                query: &[],
+                headers: &headers,
+                body: Bytes::new(),
+                pass_through: &[],
+            },
         )
         .await?;
         Ok(())
@@ -649,13 +672,15 @@ impl Storage {
             ("content-md5", md5),
         ];
         self.blob_request(
-            "Put Page",
-            Method::PUT,
             blob,
-            &[("comp", "page".into())],
-            &headers,
-            data,
-            &[],
+            Request {
+                op: "Put Page",
+                method: Method::PUT,
+                query: &[("comp", "page".into())],
+                headers: &headers,
+                body: data,
+                pass_through: &[],
+            },
         )
         .await?;
         Ok(())
@@ -676,13 +701,15 @@ impl Storage {
             ("x-ms-copy-source", source_url.expose().to_string()),
         ];
         self.blob_request(
-            "Put Page From URL",
-            Method::PUT,
             blob,
-            &[("comp", "page".into())],
-            &headers,
-            Bytes::new(),
-            &[],
+            Request {
+                op: "Put Page From URL",
+                method: Method::PUT,
+                query: &[("comp", "page".into())],
+                headers: &headers,
+                body: Bytes::new(),
+                pass_through: &[],
+            },
         )
         .await?;
         Ok(())
@@ -713,13 +740,15 @@ impl Storage {
         ];
         let resp = self
             .blob_request(
-                "Copy Blob",
-                Method::PUT,
                 blob,
-                &[],
-                &headers,
-                Bytes::new(),
-                &no_retry,
+                Request {
+                    op: "Copy Blob",
+                    method: Method::PUT,
+                    query: &[],
+                    headers: &headers,
+                    body: Bytes::new(),
+                    pass_through: &no_retry,
+                },
             )
             .await?;
         if !resp.status().is_success() {
@@ -751,13 +780,15 @@ impl Storage {
             attempt += 1;
             let resp = self
                 .blob_request(
-                    "Get Blob",
-                    Method::GET,
                     blob,
-                    &[],
-                    &headers,
-                    Bytes::new(),
-                    &[],
+                    Request {
+                        op: "Get Blob",
+                        method: Method::GET,
+                        query: &[],
+                        headers: &headers,
+                        body: Bytes::new(),
+                        pass_through: &[],
+                    },
                 )
                 .await?;
             match self.body("Get Blob", blob, resp).await {
@@ -791,13 +822,15 @@ impl Storage {
         let headers: Vec<(&str, String)> =
             meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         self.blob_request(
-            "Set Blob Metadata",
-            Method::PUT,
             blob,
-            &[("comp", "metadata".into())],
-            &headers,
-            Bytes::new(),
-            &[],
+            Request {
+                op: "Set Blob Metadata",
+                method: Method::PUT,
+                query: &[("comp", "metadata".into())],
+                headers: &headers,
+                body: Bytes::new(),
+                pass_through: &[],
+            },
         )
         .await?;
         Ok(())
