@@ -293,6 +293,11 @@ struct Run<'a> {
     clock: Instant,
     /// The build directory is ours (rendered or resumed): the journal may be written.
     owned: bool,
+    /// Set by SIGINT/SIGTERM. Packer gets the signal forwarded by its own runner;
+    /// the other stages stop at their next safe point.
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+    /// While Packer runs, its runner reports signals itself.
+    packer_running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Run<'_> {
@@ -379,7 +384,10 @@ pub fn run(
         artifacts: None,
         clock: Instant::now(),
         owned: resuming,
+        cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        packer_running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
+    let _signals = SignalWatch::start(run.cancel.clone(), run.packer_running.clone());
     let previous_duration = run.record.duration_s;
 
     for stage in STAGES {
@@ -406,14 +414,18 @@ pub fn run(
         }
         let started_at = now_string();
         let clock = Instant::now();
-        let result = match stage {
-            Stage::Render => run.render(&rendered),
-            Stage::PackerValidate => run.packer_validate(),
-            Stage::PackerBuild => run.packer_build(),
-            Stage::Capture => run.capture(),
-            Stage::Replicate => run.replicate(),
-            Stage::Validate => run.validate_copies(),
-            Stage::Snippet => run.snippet(),
+        let result = if run.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            Err(BuildError::Cancelled)
+        } else {
+            match stage {
+                Stage::Render => run.render(&rendered),
+                Stage::PackerValidate => run.packer_validate(),
+                Stage::PackerBuild => run.packer_build(),
+                Stage::Capture => run.capture(),
+                Stage::Replicate => run.replicate(),
+                Stage::Validate => run.validate_copies(),
+                Stage::Snippet => run.snippet(),
+            }
         };
         let duration_s = seconds(clock.elapsed());
         match result {
@@ -473,6 +485,51 @@ pub fn run(
     run.record.duration_s = previous_duration + seconds(run.clock.elapsed());
     run.save()?;
     Ok(run.record)
+}
+
+/// Turns SIGINT/SIGTERM into a flag the stages check. Registered for the whole
+/// build so Ctrl-C during replication is not lost once Packer's own handler is
+/// gone; unregistered when dropped.
+struct SignalWatch(Option<signal_hook::iterator::Handle>);
+
+impl SignalWatch {
+    fn start(
+        flag: Arc<std::sync::atomic::AtomicBool>,
+        quiet: Arc<std::sync::atomic::AtomicBool>,
+    ) -> SignalWatch {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
+        else {
+            return SignalWatch(None);
+        };
+        let handle = signals.handle();
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                let again = flag.swap(true, Relaxed);
+                if quiet.load(Relaxed) {
+                    continue;
+                }
+                if again {
+                    crate::term::warning(
+                        "still stopping: waiting for the current step to reach a safe point",
+                    );
+                } else {
+                    crate::term::warning(
+                        "interrupted: stopping at the next safe point; `--resume` continues the build",
+                    );
+                }
+            }
+        });
+        SignalWatch(Some(handle))
+    }
+}
+
+impl Drop for SignalWatch {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.close();
+        }
+    }
 }
 
 fn check_same_inputs(
@@ -578,6 +635,8 @@ impl Run<'_> {
             "Building",
             &format!("{} with packer build", self.plan.image),
         );
+        self.packer_running
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let outcome = self.opts.packer.build(
             &self.dir,
             PACKER_FILE,
@@ -586,7 +645,10 @@ impl Run<'_> {
                 let _ = writeln!(log_file, "{line}");
             },
             &mut |p| display.show(p),
-        )?;
+        );
+        self.packer_running
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let outcome = outcome?;
         display.finish();
         match outcome.end {
             RunEnd::Cancelled => Err(BuildError::Cancelled),
@@ -690,11 +752,17 @@ impl Run<'_> {
             parallel: self.opts.parallel,
             show_progress: self.opts.show_progress,
             server_copy: true,
+            cancel: self.cancel.clone(),
         };
-        let report = rt.block_on(async {
-            let storage = Arc::new(Storage::new(&involved).await?);
-            crate::replicate::replicate(storage, Arc::new(source), destinations, opts).await
-        })?;
+        let report = rt
+            .block_on(async {
+                let storage = Arc::new(Storage::new(&involved).await?);
+                crate::replicate::replicate(storage, Arc::new(source), destinations, opts).await
+            })
+            .map_err(|e| match e {
+                ReplicateError::Cancelled => BuildError::Cancelled,
+                other => other.into(),
+            })?;
         self.record.copies = report
             .copies
             .iter()

@@ -436,6 +436,7 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
                 parallel: args.storage.parallel,
                 show_progress: !args.storage.json,
                 server_copy: !args.no_server_copy,
+                cancel: Default::default(),
             },
         )
         .await
@@ -555,6 +556,7 @@ fn upload(args: UploadArgs) -> Result<i32, AppError> {
                 parallel: args.storage.parallel,
                 show_progress: !args.storage.json,
                 server_copy: false,
+                cancel: Default::default(),
             },
         )
         .await

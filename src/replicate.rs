@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -50,6 +50,10 @@ pub enum ReplicateError {
     Verify { url: String, why: String },
     #[error("{path}: {message}")]
     LocalVhd { path: PathBuf, message: String },
+    #[error(
+        "replication interrupted; copies not yet verified stay unverified and a rerun finishes them"
+    )]
+    Cancelled,
     #[error("{path}: cannot read: {source}")]
     Read {
         path: PathBuf,
@@ -309,6 +313,28 @@ pub struct Options {
     pub show_progress: bool,
     /// Try Put Page From URL and Copy Blob before streaming through imgforge.
     pub server_copy: bool,
+    /// Set from a signal handler: stop at the next chunk, leaving resumable copies.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// What the copy and verify steps of one run share.
+struct Ctx<'a> {
+    storage: &'a Arc<Storage>,
+    source: &'a Arc<Source>,
+    info: &'a SourceInfo,
+    chunks: &'a [Range<u64>],
+    parallel: usize,
+    cancel: &'a AtomicBool,
+}
+
+impl Ctx<'_> {
+    fn check_cancel(&self) -> Result<(), ReplicateError> {
+        if self.cancel.load(Ordering::Relaxed) {
+            Err(ReplicateError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 pub async fn replicate(
@@ -394,6 +420,14 @@ pub async fn replicate(
 
     let mut src_md5: Vec<Option<[u8; 16]>> = vec![None; chunks.len()];
     let work: Vec<usize> = (0..dests.len()).filter(|&i| !dests[i].skip).collect();
+    let ctx = Ctx {
+        storage: &storage,
+        source: &source,
+        info: &info,
+        chunks: &chunks,
+        parallel: opts.parallel,
+        cancel: &opts.cancel,
+    };
     if !work.is_empty() && !chunks.is_empty() {
         let server_side = match &*source {
             Source::Blob(b) if opts.server_copy => {
@@ -403,23 +437,10 @@ pub async fn replicate(
         };
         let mut remaining = work.clone();
         if let Some(sas_url) = &server_side {
-            remaining = server_side_copy(
-                &storage, sas_url, &chunks, &info, &mut dests, &remaining, &bars,
-            )
-            .await?;
+            remaining = server_side_copy(&ctx, sas_url, &mut dests, &remaining, &bars).await?;
         }
         if !remaining.is_empty() {
-            stream_copy(
-                &storage,
-                &source,
-                &chunks,
-                &mut dests,
-                &remaining,
-                &bars,
-                &mut src_md5,
-                opts.parallel,
-            )
-            .await?;
+            stream_copy(&ctx, &mut dests, &remaining, &bars, &mut src_md5).await?;
         }
     }
 
@@ -427,17 +448,7 @@ pub async fn replicate(
     for &i in &work {
         bars[i].set_position(0);
         bars[i].set_message("verifying");
-        verify(
-            &storage,
-            &source,
-            &info,
-            &chunks,
-            &mut src_md5,
-            &dests[i].blob,
-            &bars[i],
-            opts.parallel,
-        )
-        .await?;
+        verify(&ctx, &mut src_md5, &dests[i].blob, &bars[i]).await?;
         let mut meta = unverified_metadata(&info);
         meta.insert(META_VERIFIED.into(), "true".into());
         meta.insert(
@@ -483,14 +494,13 @@ fn unverified_metadata(info: &SourceInfo) -> BTreeMap<String, String> {
 
 /// Tries the server-side strategies; returns the destinations they could not serve.
 async fn server_side_copy(
-    storage: &Arc<Storage>,
+    ctx: &Ctx<'_>,
     sas_url: &Secret,
-    chunks: &[Range<u64>],
-    info: &SourceInfo,
     dests: &mut [Destination],
     work: &[usize],
     bars: &[indicatif::ProgressBar],
 ) -> Result<Vec<usize>, ReplicateError> {
+    let (storage, chunks, info) = (ctx.storage, ctx.chunks, ctx.info);
     // Put Page From URL: probe with the first chunk of the first destination.
     let probe = storage
         .put_page_from_url(&dests[work[0]].blob, chunks[0].clone(), sas_url)
@@ -501,6 +511,7 @@ async fn server_side_copy(
                 if i == work[0] && c == 0 {
                     continue;
                 }
+                ctx.check_cancel()?;
                 storage
                     .put_page_from_url(&dests[i].blob, chunk.clone(), sas_url)
                     .await?;
@@ -534,6 +545,7 @@ async fn server_side_copy(
     }
     let valid: u64 = info.ranges.iter().map(|r| r.end - r.start).sum();
     while !pending.is_empty() {
+        ctx.check_cancel()?;
         let mut still = Vec::new();
         for &i in &pending {
             let props = storage.properties(&dests[i].blob).await?;
@@ -565,17 +577,14 @@ async fn server_side_copy(
 
 /// Reads each needed source chunk once and writes it to every destination that
 /// lacks it; chunks a resumed destination already holds intact are not rewritten.
-#[allow(clippy::too_many_arguments)]
 async fn stream_copy(
-    storage: &Arc<Storage>,
-    source: &Arc<Source>,
-    chunks: &[Range<u64>],
+    ctx: &Ctx<'_>,
     dests: &mut [Destination],
     work: &[usize],
     bars: &[indicatif::ProgressBar],
     src_md5: &mut [Option<[u8; 16]>],
-    parallel: usize,
 ) -> Result<(), ReplicateError> {
+    let (storage, source, chunks, parallel) = (ctx.storage, ctx.source, ctx.chunks, ctx.parallel);
     let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (c, chunk) in chunks.iter().enumerate() {
@@ -583,6 +592,7 @@ async fn stream_copy(
             .iter()
             .map(|&i| (i, dests[i].blob.clone(), dests[i].present[c]))
             .collect();
+        ctx.check_cancel()?;
         let permit = semaphore
             .clone()
             .acquire_owned()
@@ -643,17 +653,14 @@ async fn collect_one(
 }
 
 /// Page ranges equal the source's, and every chunk's MD5 matches.
-#[allow(clippy::too_many_arguments)]
 async fn verify(
-    storage: &Arc<Storage>,
-    source: &Arc<Source>,
-    info: &SourceInfo,
-    chunks: &[Range<u64>],
+    ctx: &Ctx<'_>,
     src_md5: &mut [Option<[u8; 16]>],
     blob: &BlobRef,
     bar: &indicatif::ProgressBar,
-    parallel: usize,
 ) -> Result<(), ReplicateError> {
+    let (storage, source, info, chunks, parallel) =
+        (ctx.storage, ctx.source, ctx.info, ctx.chunks, ctx.parallel);
     let fail = |why: String| ReplicateError::Verify {
         url: blob.url(),
         why,
@@ -681,6 +688,7 @@ async fn verify(
     let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (c, chunk) in chunks.iter().enumerate() {
+        ctx.check_cancel()?;
         let permit = semaphore
             .clone()
             .acquire_owned()

@@ -212,3 +212,82 @@ fn a_failure_at_replication_resumes_without_running_packer_again() {
         .count();
     assert_eq!(packer_builds, 1);
 }
+
+#[test]
+fn ctrl_c_during_replication_stops_cleanly_and_resume_finishes() {
+    use std::io::BufRead;
+    let az = Azurite::start(ACCOUNTS);
+    let tmp = tempfile::tempdir().unwrap();
+    // 128 MiB of data: enough 4 MiB chunks that the interrupt lands mid-copy.
+    let islands: Vec<(u64, usize)> = (0..32)
+        .map(|i| (i * 8 * 1024 * 1024, 4 * 1024 * 1024))
+        .collect();
+    let vhd = sparse_vhd(tmp.path(), "big", 256, &islands);
+    let template = serde_json::json!({
+        "builders": [{"type": "null", "communicator": "none"}],
+        "provisioners": [{"type": "shell-local", "inline": [format!("cp --sparse=always {} disk.vhd", vhd.display())]}],
+        "post-processors": [{"type": "artifice", "files": ["disk.vhd"]}]
+    });
+    let templates = tmp.path().join("templates");
+    write(
+        &templates.join("packer/azure-arm.json.tera"),
+        &format!("{{% raw %}}{template}{{% endraw %}}\n"),
+    );
+    let dir = tmp.path().join("build");
+    let mut cmd = imgforge();
+    cmd.env_remove("ARM_CLIENT_ID")
+        .arg("build")
+        .arg(repo().join(MANIFEST))
+        .arg("--templates")
+        .arg(&templates)
+        .args([
+            "--no-validate",
+            "--parallel",
+            "1",
+            "--out",
+            dir.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = az.env(&mut cmd).spawn().unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut transcript = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        transcript.push_str(&line);
+        transcript.push('\n');
+        if line.contains("Captured") {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: signalling the child we spawned.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    for line in lines {
+        transcript.push_str(&line.unwrap());
+        transcript.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{transcript}");
+    assert!(transcript.contains("interrupted"), "{transcript}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("build.json")).unwrap()).unwrap();
+    assert_eq!(record["status"], "cancelled", "{record:#}");
+    assert_eq!(record["failed_stage"], "replicate", "{record:#}");
+
+    let resumed = build(
+        &az,
+        &templates,
+        &["--json", "--no-validate", "--resume", dir.to_str().unwrap()],
+    );
+    assert_eq!(resumed.code, 0, "{}", resumed.all());
+    let record: serde_json::Value = serde_json::from_str(&resumed.stdout).unwrap();
+    assert_eq!(record["status"], "succeeded");
+    let local = std::fs::read(&vhd).unwrap();
+    for c in record["copies"].as_array().unwrap() {
+        let url = c["url"].as_str().unwrap();
+        assert_eq!(az.download(url, &tmp.path().join("dl.vhd")), local, "{url}");
+    }
+}
