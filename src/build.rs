@@ -801,6 +801,7 @@ impl Run<'_> {
             .collect();
         let rt = runtime()?;
         let plan = self.plan.clone();
+        let cancel = self.cancel.clone();
         let urls: Vec<String> = self
             .record
             .copies
@@ -811,6 +812,9 @@ impl Run<'_> {
             let storage = Arc::new(Storage::new(&accounts).await?);
             let mut out = Vec::new();
             for url in &urls {
+                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(BuildError::Cancelled);
+                }
                 let blob = BlobRef::parse(url)?;
                 let v = crate::validate::validate_blob(storage.clone(), blob, plan.clone())
                     .await
