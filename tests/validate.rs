@@ -150,6 +150,17 @@ fn each_broken_variant_fails_its_own_check() {
             "batch.firewall",
         ),
         (
+            "iptables-drop-without-29877",
+            Box::new(|t: &Path| {
+                write(&t.join("etc/ufw/ufw.conf"), "ENABLED=no\n");
+                write(
+                    &t.join("etc/iptables/rules.v4"),
+                    "*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT\n-A INPUT -p tcp -m tcp --dport 29876 -j ACCEPT\nCOMMIT\n",
+                );
+            }),
+            "batch.firewall",
+        ),
+        (
             "no-nvidia-module",
             Box::new(|t: &Path| {
                 std::fs::remove_file(t.join("lib/modules/4.15.0-1114-azure/updates/dkms/nvidia.ko"))
@@ -505,4 +516,23 @@ fn windows_images_get_container_and_disk_checks_and_an_honest_skip() {
             .iter()
             .all(|f| !f["id"].as_str().unwrap().starts_with("feature."))
     );
+}
+
+#[test]
+fn persisted_iptables_rules_that_admit_the_batch_ports_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = image(tmp.path(), "iptables-ok", Layout::Mbr, |t: &Path| {
+        write(&t.join("etc/ufw/ufw.conf"), "ENABLED=no\n");
+        let mut rules = String::from("*filter\n:INPUT DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+        for port in [22, 29876, 29877] {
+            rules.push_str(&format!(
+                "-A INPUT -p tcp -m tcp --dport {port} -j ACCEPT\n"
+            ));
+        }
+        rules.push_str("COMMIT\n");
+        write(&t.join("etc/iptables/rules.v4"), &rules);
+    });
+    let (r, doc) = validate(vhd.to_str().unwrap(), &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(status(&doc, "batch.firewall"), "pass");
 }
