@@ -178,43 +178,13 @@ fn sigint_cancels_cleanly_and_leaves_no_packer_behind() {
             "echo never",
         ]),
     );
-    let mut child = build_cmd(tmp.path(), &t, &["--verbose"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut transcript = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        transcript.push_str(&line);
-        transcript.push('\n');
-        if line.contains("provisioning-started") {
-            break;
-        }
-    }
-    assert!(transcript.contains("provisioning-started"), "{transcript}");
-    let sent = Instant::now();
-    // SAFETY: signalling the child we spawned.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-    }
-    for line in lines {
-        transcript.push_str(&line.unwrap());
-        transcript.push('\n');
-    }
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{transcript}");
-    assert!(
-        sent.elapsed() < Duration::from_secs(30),
-        "cancel took {:?}",
-        sent.elapsed()
+    let (code, transcript, took) = interrupt_after(
+        &mut build_cmd(tmp.path(), &t, &["--verbose"]),
+        "provisioning-started",
+        &[Duration::ZERO, Duration::from_millis(500)],
     );
+    assert_eq!(code, Some(130), "{transcript}");
+    assert!(took < Duration::from_secs(30), "cancel took {took:?}");
     assert!(transcript.contains("cancelling"), "{transcript}");
     assert!(
         transcript.contains("still waiting for Packer's cleanup"),

@@ -215,7 +215,6 @@ fn a_failure_at_replication_resumes_without_running_packer_again() {
 
 #[test]
 fn ctrl_c_during_replication_stops_cleanly_and_resume_finishes() {
-    use std::io::BufRead;
     let az = Azurite::start(ACCOUNTS);
     let tmp = tempfile::tempdir().unwrap();
     // 128 MiB of data: enough 4 MiB chunks that the interrupt lands mid-copy.
@@ -246,31 +245,13 @@ fn ctrl_c_during_replication_stops_cleanly_and_resume_finishes() {
             "1",
             "--out",
             dir.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut child = az.env(&mut cmd).spawn().unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut transcript = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        transcript.push_str(&line);
-        transcript.push('\n');
-        if line.contains("Captured") {
-            break;
-        }
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    // SAFETY: signalling the child we spawned.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
-    }
-    for line in lines {
-        transcript.push_str(&line.unwrap());
-        transcript.push('\n');
-    }
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{transcript}");
+        ]);
+    let (code, transcript, _) = interrupt_after(
+        az.env(&mut cmd),
+        "Captured",
+        &[std::time::Duration::from_millis(300)],
+    );
+    assert_eq!(code, Some(130), "{transcript}");
     assert!(transcript.contains("interrupted"), "{transcript}");
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("build.json")).unwrap()).unwrap();

@@ -172,6 +172,18 @@ fn render_refuses_a_non_empty_directory_without_force_and_replaces_it_with() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
+/// Renders a contrib manifest into `dir/out`.
+fn render_contrib(manifest: &str, dir: &Path) -> std::path::PathBuf {
+    let out = dir.join("out");
+    let r = run(imgforge()
+        .arg("render")
+        .arg(repo().join(manifest))
+        .arg("-o")
+        .arg(&out));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    out
+}
+
 /// Runs a rendered script with stub commands that record their arguments, so
 /// the test sees what the script would do to a real machine without doing it.
 fn run_with_stubs(script: &Path, stubs: &[&str], cwd: &Path) -> (Run, String) {
@@ -202,13 +214,7 @@ fn run_with_stubs(script: &Path, stubs: &[&str], cwd: &Path) -> (Run, String) {
 #[test]
 fn firewall_script_opens_the_batch_ports_and_the_manifest_extras() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out");
-    let r = run(imgforge()
-        .arg("render")
-        .arg(repo().join("contrib/gpu-ubuntu1604.toml"))
-        .arg("-o")
-        .arg(&out));
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = render_contrib("contrib/gpu-ubuntu1604.toml", tmp.path());
     let (r, calls) = run_with_stubs(
         &out.join("scripts/70-firewall.sh"),
         &["ufw", "apt-get"],
@@ -234,13 +240,7 @@ fn firewall_script_opens_the_batch_ports_and_the_manifest_extras() {
 #[test]
 fn firewalld_script_opens_the_batch_ports() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out");
-    let r = run(imgforge()
-        .arg("render")
-        .arg(repo().join("contrib/managed-image-almalinux8.toml"))
-        .arg("-o")
-        .arg(&out));
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = render_contrib("contrib/managed-image-almalinux8.toml", tmp.path());
     let (r, calls) = run_with_stubs(
         &out.join("scripts/70-firewall.sh"),
         &["firewall-offline-cmd", "dnf", "systemctl"],
@@ -259,13 +259,7 @@ fn firewalld_script_opens_the_batch_ports() {
 #[test]
 fn docker_stays_disabled_at_boot_when_its_data_root_is_ephemeral() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out");
-    let r = run(imgforge()
-        .arg("render")
-        .arg(repo().join("contrib/gpu-ubuntu1604.toml"))
-        .arg("-o")
-        .arg(&out));
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = render_contrib("contrib/gpu-ubuntu1604.toml", tmp.path());
     let plan: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("imgforge-plan.json")).unwrap()).unwrap();
     assert_eq!(plan["docker"]["data_root"], "/mnt/docker");
@@ -386,13 +380,7 @@ fn in_vm_checks_run_last_before_deprovisioning_and_can_be_left_out() {
 #[test]
 fn in_vm_checks_fail_the_build_with_shipyards_messages() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("out");
-    let r = run(imgforge()
-        .arg("render")
-        .arg(repo().join("contrib/gpu-ubuntu1604.toml"))
-        .arg("-o")
-        .arg(&out));
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = render_contrib("contrib/gpu-ubuntu1604.toml", tmp.path());
     // This machine has no NVIDIA driver: the GPU checks must fail, and say so as
     // Batch Shipyard's node preparation would. Services are stubbed so nothing starts.
     let (r, calls) = run_with_stubs(

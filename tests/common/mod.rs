@@ -590,3 +590,50 @@ pub fn raw_to_fixed_vhd(raw: &Path, vhd: &Path) {
         .arg(vhd));
     assert_eq!(r.code, 0, "qemu-img: {}", r.all());
 }
+
+/// Runs `cmd` with stderr captured, waits for a stderr line containing
+/// `marker`, then sends SIGINT once after each delay in `interrupts`.
+/// Returns the exit code, the whole stderr transcript, and the time from the
+/// first SIGINT to the exit.
+pub fn interrupt_after(
+    cmd: &mut Command,
+    marker: &str,
+    interrupts: &[std::time::Duration],
+) -> (Option<i32>, String, std::time::Duration) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut transcript = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        transcript.push_str(&line);
+        transcript.push('\n');
+        if line.contains(marker) {
+            break;
+        }
+    }
+    assert!(
+        transcript.contains(marker),
+        "never saw `{marker}`:\n{transcript}"
+    );
+    let mut first = None;
+    for delay in interrupts {
+        std::thread::sleep(*delay);
+        first.get_or_insert_with(std::time::Instant::now);
+        // SAFETY: signalling the child this function spawned.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+        }
+    }
+    for line in lines {
+        transcript.push_str(&line.unwrap());
+        transcript.push('\n');
+    }
+    let status = child.wait().unwrap();
+    let took = first.map(|t| t.elapsed()).unwrap_or_default();
+    (status.code(), transcript, took)
+}
