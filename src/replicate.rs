@@ -328,6 +328,19 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// A slot for one more chunk in flight, unless the run was interrupted.
+    async fn permit(
+        &self,
+        semaphore: &Arc<tokio::sync::Semaphore>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ReplicateError> {
+        self.check_cancel()?;
+        Ok(semaphore
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open"))
+    }
+
     fn check_cancel(&self) -> Result<(), ReplicateError> {
         if self.cancel.load(Ordering::Relaxed) {
             Err(ReplicateError::Cancelled)
@@ -592,12 +605,7 @@ async fn stream_copy(
             .iter()
             .map(|&i| (i, dests[i].blob.clone(), dests[i].present[c]))
             .collect();
-        ctx.check_cancel()?;
-        let permit = semaphore
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore open");
+        let permit = ctx.permit(&semaphore).await?;
         let storage = storage.clone();
         let source = source.clone();
         let chunk = chunk.clone();
@@ -688,12 +696,7 @@ async fn verify(
     let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (c, chunk) in chunks.iter().enumerate() {
-        ctx.check_cancel()?;
-        let permit = semaphore
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore open");
+        let permit = ctx.permit(&semaphore).await?;
         let (storage, source, blob, chunk, known, bar) = (
             storage.clone(),
             source.clone(),

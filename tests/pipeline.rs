@@ -7,6 +7,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::*;
 
@@ -39,7 +40,8 @@ fn on_prem_templates(root: &Path) -> (PathBuf, PathBuf) {
     (dir, counter)
 }
 
-fn build(az: &Azurite, templates: &Path, args: &[&str]) -> Run {
+/// `imgforge build` of the contrib manifest with the override, against Azurite.
+fn build_cmd(az: &Azurite, templates: &Path, args: &[&str]) -> Command {
     let mut cmd = imgforge();
     cmd.env_remove("ARM_CLIENT_ID")
         .arg("build")
@@ -47,7 +49,12 @@ fn build(az: &Azurite, templates: &Path, args: &[&str]) -> Run {
         .arg("--templates")
         .arg(templates)
         .args(args);
-    run(az.env(&mut cmd))
+    az.env(&mut cmd);
+    cmd
+}
+
+fn build(az: &Azurite, templates: &Path, args: &[&str]) -> Run {
+    run(&mut build_cmd(az, templates, args))
 }
 
 fn stage_statuses(record: &serde_json::Value) -> Vec<(String, String)> {
@@ -135,14 +142,7 @@ fn a_failure_at_replication_resumes_without_running_packer_again() {
     let dir = tmp.path().join("build");
 
     // A wrong key for the second account: replication fails with 403.
-    let mut cmd = imgforge();
-    cmd.env_remove("ARM_CLIENT_ID")
-        .arg("build")
-        .arg(repo().join(MANIFEST))
-        .arg("--templates")
-        .arg(&templates)
-        .args(["--out", dir.to_str().unwrap()]);
-    az.env(&mut cmd);
+    let mut cmd = build_cmd(&az, &templates, &["--out", dir.to_str().unwrap()]);
     cmd.env(
         "IMGFORGE_STORAGE_KEY_IMGFORGEREP2",
         "d3JvbmcgYnV0IHZhbGlkIGJhc2U2NCBrZXkgISEhIQ==",
@@ -233,21 +233,19 @@ fn ctrl_c_during_replication_stops_cleanly_and_resume_finishes() {
         &format!("{{% raw %}}{template}{{% endraw %}}\n"),
     );
     let dir = tmp.path().join("build");
-    let mut cmd = imgforge();
-    cmd.env_remove("ARM_CLIENT_ID")
-        .arg("build")
-        .arg(repo().join(MANIFEST))
-        .arg("--templates")
-        .arg(&templates)
-        .args([
+    let mut cmd = build_cmd(
+        &az,
+        &templates,
+        &[
             "--no-validate",
             "--parallel",
             "1",
             "--out",
             dir.to_str().unwrap(),
-        ]);
+        ],
+    );
     let (code, transcript, _) = interrupt_after(
-        az.env(&mut cmd),
+        &mut cmd,
         "Captured",
         &[std::time::Duration::from_millis(300)],
     );
