@@ -105,9 +105,23 @@ pub enum PoolCommand {
         /// The manifest of the image the pool uses: also checks node_agent and vm_size against it.
         #[arg(long, value_name = "MANIFEST")]
         manifest: Option<PathBuf>,
-        /// Also check what only Azure can answer (blob existence and type, account region).
+        /// Also ask Azure: each image blob exists and is a page blob (storage keys
+        /// or a SAS as for `replicate`), and each storage account is in the pool's
+        /// region and subscription (Resource Manager, as the ARM_* service principal
+        /// or the credentials file's management.aad).
         #[arg(long)]
         online: bool,
+        /// Batch Shipyard's credentials.yaml (or .json): the pool's region from
+        /// batch.account_service_url, management.subscription_id, management.aad,
+        /// and storage account keys.
+        #[arg(long, value_name = "FILE", requires = "online")]
+        credentials: Option<PathBuf>,
+        /// The Batch account's region, e.g. westus2 [default: from --credentials].
+        #[arg(long, requires = "online")]
+        region: Option<String>,
+        /// The Batch account's subscription id [default: from --credentials, else ARM_SUBSCRIPTION_ID].
+        #[arg(long, value_name = "ID", requires = "online")]
+        subscription: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,

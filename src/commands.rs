@@ -230,6 +230,9 @@ fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
             config,
             manifest,
             online,
+            credentials,
+            region,
+            subscription,
             json,
             junit,
         } => {
@@ -237,13 +240,21 @@ fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
                 Some(m) => Some(Plan::new(&Manifest::load(m)?)),
                 None => None,
             };
-            let config = crate::pool::PoolConfig::load(&config)?;
+            let config = crate::pool::PoolConfig::load_pool(&config)?;
+            let credentials = credentials
+                .as_deref()
+                .map(crate::pool::credentials::ShipyardCredentials::load)
+                .transpose()?;
             let mut report = crate::pool::check(&config, plan.as_ref(), online);
-            if online && !crate::pool::image_uris(&config).is_empty() {
-                let finding = runtime()?.block_on(crate::pool::check_blobs_online(&config));
-                let mut findings = report.findings;
-                findings.push(finding);
-                report = crate::report::Report::new(report.subject, findings);
+            if online {
+                let online = crate::pool::online::Online {
+                    credentials: credentials.as_ref(),
+                    region,
+                    subscription,
+                };
+                let findings = runtime()?.block_on(crate::pool::online::check(&config, &online));
+                report.findings.extend(findings);
+                report = crate::report::Report::new(report.subject, report.findings);
             }
             emit_report(&report, json, junit.as_deref(), "imgforge pool check", None)
         }

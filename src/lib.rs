@@ -5,14 +5,17 @@
 //! → pool snippet; `build` strings them together with a journal, `commands`
 //! is the thin layer under the CLI.
 
+pub mod arm;
 pub mod build;
 pub mod capture;
 pub mod catalog;
 pub mod cli;
 pub mod commands;
+pub mod entra;
 pub mod error;
 pub mod events;
 pub mod fsutil;
+pub mod http;
 pub mod manifest;
 pub mod packer;
 pub mod plan;

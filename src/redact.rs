@@ -17,11 +17,32 @@ fn is_secret_var(name: &str) -> bool {
         || name.starts_with("IMGFORGE_SECRET_")
 }
 
+/// Secrets read from files (e.g. a Batch Shipyard credentials file), masked
+/// like the environment's for the rest of the process.
+static REGISTERED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Masks `secret` in everything redacted from now on.
+pub fn register(secret: &str) {
+    if secret.len() >= 4 {
+        let mut registered = REGISTERED.lock().unwrap_or_else(|e| e.into_inner());
+        if !registered.iter().any(|s| s == secret) {
+            registered.push(secret.to_string());
+        }
+    }
+}
+
 fn secret_values() -> Vec<String> {
     let mut values: Vec<String> = std::env::vars()
         .filter(|(k, v)| is_secret_var(k) && v.len() >= 4)
         .map(|(_, v)| v)
         .collect();
+    values.extend(
+        REGISTERED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned(),
+    );
     // Longest first, so a secret containing another is masked whole.
     values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     values
@@ -82,5 +103,13 @@ mod tests {
         );
         assert_eq!(mask_sas_signatures("config=1 xsig=2"), "config=1 xsig=2");
         assert_eq!(mask_sas_signatures("?sig=zz"), "?sig=[REDACTED]");
+    }
+
+    #[test]
+    fn registered_secrets_are_masked_from_then_on() {
+        let secret = "file-borne-key-0b7e";
+        assert_eq!(redact(&format!("key={secret}")), format!("key={secret}"));
+        register(secret);
+        assert_eq!(redact(&format!("key={secret};")), "key=[REDACTED];");
     }
 }

@@ -19,6 +19,8 @@ use md5::Digest as _;
 use reqwest::{Method, StatusCode};
 
 use crate::capture::Secret;
+use crate::entra::ServicePrincipal;
+use crate::http::{encode_component, error_chain};
 
 pub const DEFAULT_ENDPOINT: &str = "https://{account}.blob.core.windows.net";
 const API_VERSION: &str = "2021-08-06";
@@ -209,18 +211,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn query_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// How requests to one account are authorised.
 #[derive(Clone)]
 pub enum Auth {
@@ -280,6 +270,15 @@ impl Storage {
     /// `accounts` are every account this run touches: `AZURE_STORAGE_KEY` is
     /// only used when there is exactly one.
     pub async fn new(accounts: &[String]) -> Result<Storage, StorageError> {
+        Storage::with_keys(accounts, &BTreeMap::new()).await
+    }
+
+    /// As `new`, with account keys from elsewhere (a Batch Shipyard
+    /// credentials file) preferred to the environment's.
+    pub async fn with_keys(
+        accounts: &[String],
+        keys: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<Storage, StorageError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
@@ -293,11 +292,15 @@ impl Storage {
         let mut auths = BTreeMap::new();
         let mut token: Option<Secret> = None;
         for account in accounts {
-            let auth = match account_key(account, accounts.len()) {
+            let key = keys
+                .get(account)
+                .cloned()
+                .or_else(|| account_key(account, accounts.len()));
+            let auth = match key {
                 Some(key) => Auth::Key(key),
                 None => match &token {
                     Some(t) => Auth::Token(t.clone()),
-                    None => match entra_credentials() {
+                    None => match ServicePrincipal::from_env() {
                         Some(creds) => {
                             let t = fetch_token(&http, &creds, account).await?;
                             token = Some(t.clone());
@@ -355,9 +358,9 @@ impl Storage {
         let sig = hmac_b64(&key, &to_sign);
         let query = format!(
             "sv={SAS_VERSION}&sr=b&sp=r&st={}&se={}&sig={}",
-            query_encode(&start),
-            query_encode(&expiry),
-            query_encode(&sig)
+            encode_component(&start),
+            encode_component(&expiry),
+            encode_component(&sig)
         );
         Some(Secret::new(format!("{}?{query}", blob.url())))
     }
@@ -391,7 +394,7 @@ impl Storage {
             let mut url = format!("{base}{url_path}");
             let mut params: Vec<String> = query
                 .iter()
-                .map(|(k, v)| format!("{k}={}", query_encode(v)))
+                .map(|(k, v)| format!("{k}={}", encode_component(v)))
                 .collect();
             if let Some(sas) = sas {
                 params.push(sas.expose().to_string());
@@ -850,17 +853,6 @@ fn status_hint(status: u16, account: &str) -> String {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 fn account_key(account: &str, accounts: usize) -> Option<Vec<u8>> {
     let var = format!("IMGFORGE_STORAGE_KEY_{}", account.to_ascii_uppercase());
     let value = std::env::var(&var)
@@ -875,59 +867,17 @@ fn account_key(account: &str, accounts: usize) -> Option<Vec<u8>> {
     B64.decode(value.trim()).ok()
 }
 
-struct EntraCredentials {
-    tenant: String,
-    client_id: String,
-    secret: Secret,
-}
-
-fn entra_credentials() -> Option<EntraCredentials> {
-    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    Some(EntraCredentials {
-        tenant: get("ARM_TENANT_ID")?,
-        client_id: get("ARM_CLIENT_ID")?,
-        secret: Secret::new(get("ARM_CLIENT_SECRET")?),
-    })
-}
-
 async fn fetch_token(
     http: &reqwest::Client,
-    c: &EntraCredentials,
+    principal: &ServicePrincipal,
     account: &str,
 ) -> Result<Secret, StorageError> {
-    let err = |message: String| StorageError::Token {
-        account: account.to_string(),
-        message: crate::redact::redact(&message),
-    };
-    let body = format!(
-        "client_id={}&client_secret={}&grant_type=client_credentials&scope={}",
-        query_encode(&c.client_id),
-        query_encode(c.secret.expose()),
-        query_encode("https://storage.azure.com/.default")
-    );
-    let resp = http
-        .post(format!(
-            "https://login.microsoftonline.com/{}/oauth2/v2.0/token",
-            query_encode(&c.tenant)
-        ))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
+    crate::entra::token(http, principal, "https://storage.azure.com/.default")
         .await
-        .map_err(|e| err(error_chain(&e)))?;
-    let status = resp.status();
-    let text = resp.text().await.map_err(|e| err(error_chain(&e)))?;
-    if !status.is_success() {
-        return Err(err(format!(
-            "HTTP {status}: {}",
-            text.chars().take(300).collect::<String>()
-        )));
-    }
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-    json["access_token"]
-        .as_str()
-        .map(|t| Secret::new(t.to_string()))
-        .ok_or_else(|| err("no access_token in the response".into()))
+        .map_err(|message| StorageError::Token {
+            account: account.to_string(),
+            message,
+        })
 }
 
 fn hmac_b64(key: &[u8], text: &str) -> String {

@@ -411,3 +411,334 @@ fn online_blob_check_asks_the_storage_service() {
         "{bad}"
     );
 }
+
+/// Batch Shipyard's credentials file from tests/fixtures/shipyard, pointed at
+/// the loopback Resource Manager and holding the Azurite accounts' keys.
+fn credentials_file(
+    dir: &std::path::Path,
+    arm: &ArmReplay,
+    az: &Azurite,
+    auth_key: &str,
+) -> PathBuf {
+    let storage: String = az
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, (account, key))| {
+            format!("    imagestore{i}:\n      account: {account}\n      account_key: {key}\n      endpoint: core.windows.net\n")
+        })
+        .collect();
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/shipyard/credentials.yaml"))
+        .unwrap()
+        .replace("{{authority}}", &arm.endpoint())
+        .replace("{{tenant}}", ARM_TENANT)
+        .replace("{{arm}}", &arm.endpoint())
+        .replace("{{client}}", ARM_CLIENT)
+        .replace("{{auth_key}}", auth_key)
+        .replace("{{batch_key}}", BATCH_KEY)
+        .replace("{{docker_password}}", DOCKER_PASSWORD)
+        .replace("{{storage}}\n", &storage);
+    let path = dir.join(format!("credentials-{}.yaml", auth_key.len()));
+    write(&path, &text);
+    path
+}
+
+const ARM_TENANT: &str = "3f2b8c1d-4e5f-4a6b-9c7d-8e9f0a1b2c3d";
+const ARM_CLIENT: &str = "00000000-0000-0000-0000-00000000a991";
+const AUTH_KEY: &str = "shipyard-auth-key-9Qz~e1";
+const BATCH_KEY: &str = "YmF0Y2gta2V5LW5ldmVyLXByaW50ZWQ=";
+const DOCKER_PASSWORD: &str = "docker-pw-never-printed";
+
+/// A pool config with one image URI per account, and the 1-based line of each URI.
+fn pool_on(dir: &std::path::Path, az: &Azurite, accounts: &[&str]) -> (PathBuf, Vec<usize>) {
+    let list: String = accounts
+        .iter()
+        .map(|a| format!("      - {}\n", az.url(a, "images", "gpu.vhd")))
+        .collect();
+    let path = dir.join(format!("pool-{}.yaml", accounts.join("-")));
+    write(
+        &path,
+        &format!(
+            "pool_specification:\n  id: p\n  vm_configuration:\n    custom_image:\n      image_uris:\n{list}      node_agent: batch.node.ubuntu 16.04\n  vm_size: STANDARD_NC6\n  vm_count:\n    dedicated: 2\n"
+        ),
+    );
+    (path, (0..accounts.len()).map(|i| 6 + i).collect())
+}
+
+fn online_findings(r: &Run) -> (serde_json::Value, serde_json::Value) {
+    let doc: serde_json::Value =
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.all()));
+    let find = |id: &str| {
+        doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {id}: {doc}"))
+    };
+    (find("pool.online.blobs"), find("pool.online.accounts"))
+}
+
+fn assert_no_secrets(r: &Run, extra: &[&str]) {
+    let all = r.all();
+    for secret in [AUTH_KEY, BATCH_KEY, DOCKER_PASSWORD, CANARY]
+        .iter()
+        .chain(extra)
+    {
+        assert!(!all.contains(secret), "secret {secret} printed:\n{all}");
+    }
+}
+
+#[test]
+fn online_account_check_asks_resource_manager_with_shipyard_credentials() {
+    let accounts = ["imgcopy0", "imgcopy1", "imgcopy2", "imgeast0"];
+    let az = Azurite::start(&accounts);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 4, &[(0, 4096)]);
+    for a in accounts {
+        az.oracle(&[
+            "create",
+            &az.url(a, "images", "gpu.vhd"),
+            vhd.to_str().unwrap(),
+        ]);
+    }
+    let arm = ArmReplay::start(ArmExpect {
+        tenant: ARM_TENANT.into(),
+        client_id: ARM_CLIENT.into(),
+        secret: AUTH_KEY.into(),
+        forbid_list: false,
+    });
+    let creds = credentials_file(tmp.path(), &arm, &az, AUTH_KEY);
+    let storage_keys: Vec<&str> = az.keys.iter().map(|(_, k)| k.as_str()).collect();
+    // Storage keys come from the credentials file only; the ARM_* variables
+    // (the canary) are set but the file's management.aad wins.
+    let check = |pool: &std::path::Path, extra: &[&str]| {
+        let mut cmd = imgforge();
+        cmd.env("IMGFORGE_BLOB_ENDPOINT", az.endpoint_template())
+            .args(["pool", "check", "--online", "--json", "--credentials"])
+            .arg(&creds)
+            .args(extra)
+            .arg(pool);
+        let r = run(&mut cmd);
+        assert_no_secrets(&r, &storage_keys);
+        r
+    };
+
+    // Three westus2 accounts, two of them on the list's second page.
+    let (good, _) = pool_on(tmp.path(), &az, &["imgcopy0", "imgcopy1", "imgcopy2"]);
+    let r = check(&good, &[]);
+    let (blobs, accts) = online_findings(&r);
+    assert_eq!(blobs["status"], "pass", "{blobs}");
+    assert_eq!(accts["status"], "pass", "{accts}");
+    let msg = accts["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!(
+            "3 storage account(s) in subscription {ARM_SUBSCRIPTION} and region westus2"
+        )) && msg.contains("batch.account_service_url"),
+        "{msg}"
+    );
+    let lines = arm.request_lines();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[0].starts_with(&format!("POST /{ARM_TENANT}/oauth2/v2.0/token")),
+        "{lines:?}"
+    );
+    assert!(lines[1].starts_with("GET /subscriptions/") && !lines[1].contains("skipToken"));
+    assert!(lines[2].contains("$skipToken=imgcopy1"), "{lines:?}");
+    let token_body = arm.requests.lock().unwrap()[0].1.clone();
+    assert!(
+        token_body.contains(&format!(
+            "scope={}",
+            format!("{}/.default", arm.endpoint())
+                .replace(':', "%3A")
+                .replace('/', "%2F")
+        )),
+        "{token_body}"
+    );
+
+    // A copy in another region fails, pointing at its line.
+    let (mixed, uri_lines) = pool_on(tmp.path(), &az, &["imgcopy0", "imgeast0"]);
+    let r = check(&mixed, &[]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    let (_, accts) = online_findings(&r);
+    assert_eq!(accts["status"], "fail", "{accts}");
+    assert!(
+        accts["message"]
+            .as_str()
+            .unwrap()
+            .contains("`imgeast0` (resource group images-eastus) is in eastus, the pool's Batch account in westus2"),
+        "{accts}"
+    );
+    assert_eq!(
+        accts["evidence"],
+        format!("{}:{}", mixed.display(), uri_lines[1]),
+        "{accts}"
+    );
+
+    // --region overrides the credentials file, written as the portal writes it.
+    let r = check(&good, &["--region", "West US 2"]);
+    assert_eq!(online_findings(&r).1["status"], "pass", "{}", r.stdout);
+    let r = check(&good, &["--region", "eastus"]);
+    let (_, accts) = online_findings(&r);
+    assert_eq!(accts["status"], "fail");
+    assert_eq!(
+        accts["message"]
+            .as_str()
+            .unwrap()
+            .matches("is in westus2")
+            .count(),
+        3
+    );
+
+    // An account the subscription does not hold.
+    az.oracle(&[
+        "create",
+        &az.url("imgcopy1", "images", "x.vhd"),
+        vhd.to_str().unwrap(),
+    ]);
+    let (foreign, _) = pool_on(tmp.path(), &az, &["imgcopy0", "imgelse9"]);
+    let (_, accts) = online_findings(&check(&foreign, &[]));
+    assert!(
+        accts["message"]
+            .as_str()
+            .unwrap()
+            .contains("`imgelse9` is not among the 5 storage account(s) subscription"),
+        "{accts}"
+    );
+
+    // Another subscription: Resource Manager's SubscriptionNotFound, with a hint.
+    let r = check(
+        &good,
+        &["--subscription", "0badc0de-0000-4000-8000-000000000000"],
+    );
+    let (_, accts) = online_findings(&r);
+    let msg = accts["message"].as_str().unwrap();
+    assert!(msg.contains("HTTP 404 SubscriptionNotFound"), "{msg}");
+    assert!(msg.contains("check the subscription id"), "{msg}");
+
+    // A wrong auth_key: Entra's AADSTS code, never the key.
+    let wrong = credentials_file(tmp.path(), &arm, &az, "wrong-auth-key-value");
+    let mut cmd = imgforge();
+    cmd.env("IMGFORGE_BLOB_ENDPOINT", az.endpoint_template())
+        .args(["pool", "check", "--online", "--credentials"])
+        .arg(&wrong)
+        .arg(&good);
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stdout.contains("AADSTS7000215"), "{}", r.all());
+    assert_no_secrets(&r, &["wrong-auth-key-value"]);
+}
+
+#[test]
+fn online_account_check_with_the_environment_principal_skips_or_fails_honestly() {
+    let az = Azurite::start(&["imgcopy0"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 4, &[(0, 4096)]);
+    az.oracle(&[
+        "create",
+        &az.url("imgcopy0", "images", "gpu.vhd"),
+        vhd.to_str().unwrap(),
+    ]);
+    let (pool, _) = pool_on(tmp.path(), &az, &["imgcopy0"]);
+
+    // Neither --credentials nor --region: the account check is a skip, never a pass.
+    let mut cmd = imgforge();
+    cmd.args(["pool", "check", "--online", "--json"]).arg(&pool);
+    let (blobs, accts) = online_findings(&run(az.env(&mut cmd)));
+    assert_eq!(blobs["status"], "pass", "{blobs}");
+    assert_eq!(accts["status"], "skip", "{accts}");
+    assert!(
+        accts["hint"].as_str().unwrap().contains("--credentials"),
+        "{accts}"
+    );
+
+    // The ARM_* principal (the canary secret) signs in; it lacks the Reader role.
+    let arm = ArmReplay::start(ArmExpect {
+        tenant: "00000000-0000-0000-0000-000000000002".into(),
+        client_id: "00000000-0000-0000-0000-000000000001".into(),
+        secret: CANARY.into(),
+        forbid_list: true,
+    });
+    let creds = tmp.path().join("credentials.json");
+    write(
+        &creds,
+        &serde_json::json!({"credentials": {
+            "batch": {"account_service_url": "https://imgbatch.westus2.batch.azure.com"},
+            "management": {"aad": {"endpoint": format!("{}/", arm.endpoint())},
+                           "subscription_id": ARM_SUBSCRIPTION}}})
+        .to_string(),
+    );
+    let mut cmd = imgforge();
+    cmd.env("AZURE_AUTHORITY_HOST", arm.endpoint())
+        .args(["pool", "check", "--online", "--json", "--credentials"])
+        .arg(&creds)
+        .arg(&pool);
+    let r = run(az.env(&mut cmd));
+    assert_no_secrets(&r, &[]);
+    let (_, accts) = online_findings(&r);
+    assert_eq!(accts["status"], "fail", "{accts}");
+    let msg = accts["message"].as_str().unwrap();
+    assert!(msg.contains("HTTP 403 AuthorizationFailed"), "{msg}");
+    assert!(msg.contains("Reader role"), "{msg}");
+    assert_eq!(arm.request_lines().len(), 2, "{:?}", arm.request_lines());
+
+    // Credentials only ever travel over https (or to this machine).
+    write(
+        &creds,
+        &serde_json::json!({"credentials": {
+            "batch": {"account_service_url": "https://imgbatch.westus2.batch.azure.com"},
+            "management": {"aad": {"endpoint": "http://management.example.com/"},
+                           "subscription_id": ARM_SUBSCRIPTION}}})
+        .to_string(),
+    );
+    let mut cmd = imgforge();
+    cmd.args(["pool", "check", "--online", "--json", "--credentials"])
+        .arg(&creds)
+        .arg(&pool);
+    let (_, accts) = online_findings(&run(az.env(&mut cmd)));
+    assert!(
+        accts["message"]
+            .as_str()
+            .unwrap()
+            .contains("not an https URL"),
+        "{accts}"
+    );
+}
+
+#[test]
+fn a_bad_credentials_file_is_named_with_its_key_and_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "credentials:\n  batch:\n    account_service_url: https://mybatch.batch.azure.com/\n",
+            ":3: `credentials.batch.account_service_url` is `https://mybatch.batch.azure.com/`, not a Batch account URL",
+            "https://<account>.<region>.batch.azure.com",
+        ),
+        (
+            "credentials:\n  storage:\n    link:\n      account: a\n      account_key: not*base64\n",
+            ":5: `credentials.storage.link.account_key` is not base64",
+            "Access keys",
+        ),
+        ("batch:\n  account_key: x\n", "no `credentials` object", ""),
+    ];
+    for (i, (text, want, fix)) in cases.iter().enumerate() {
+        let path = tmp.path().join(format!("credentials-{i}.yaml"));
+        write(&path, text);
+        let r = run(imgforge()
+            .args(["pool", "check", "--online", "--credentials"])
+            .arg(&path)
+            .arg(fixture("good-vhd.yaml")));
+        assert_eq!(r.code, 2, "{}", r.all());
+        assert!(r.stderr.contains(want), "{want}\n{}", r.stderr);
+        assert!(r.stderr.contains(fix), "{fix}\n{}", r.stderr);
+        assert!(r.stderr.contains(path.to_str().unwrap()), "{}", r.stderr);
+        assert!(!r.stderr.contains("not*base64"), "{}", r.stderr);
+    }
+    // The Azure settings are only for --online.
+    let r = run(imgforge()
+        .args(["pool", "check", "--region", "westus2"])
+        .arg(fixture("good-vhd.yaml")));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("--online"), "{}", r.stderr);
+}

@@ -313,7 +313,7 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(upstream: u16, every: usize, cut_after_puts: Option<usize>) -> FaultProxy {
-        use std::io::{Read, Write};
+        use std::io::Write;
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -327,32 +327,9 @@ impl FaultProxy {
                 let Ok(mut client) = conn else { continue };
                 let (faults, page_puts, count) = (f.clone(), p.clone(), count.clone());
                 std::thread::spawn(move || {
-                    let mut buf = Vec::new();
-                    let mut tmp = [0u8; 65536];
-                    let head_end = loop {
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                        match client.read(&mut tmp) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                        }
+                    let Some((head, body)) = read_request(&mut client) else {
+                        return;
                     };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse().ok())?
-                        })
-                        .unwrap_or(0);
-                    while buf.len() < head_end + length {
-                        match client.read(&mut tmp) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-                        }
-                    }
                     let first = head.lines().next().unwrap_or("");
                     let is_page_put = first.starts_with("PUT ") && first.contains("comp=page");
                     if is_page_put {
@@ -383,7 +360,7 @@ impl FaultProxy {
                         .collect();
                     new_head.push("connection: close".into());
                     let mut out = (new_head.join("\r\n") + "\r\n\r\n").into_bytes();
-                    out.extend_from_slice(&buf[head_end..head_end + length]);
+                    out.extend_from_slice(&body);
                     if up.write_all(&out).is_err() {
                         return;
                     }
@@ -397,6 +374,194 @@ impl FaultProxy {
             page_puts,
         }
     }
+}
+
+/// Reads one HTTP/1.1 request: the head (request line and headers) and the body.
+fn read_request(stream: &mut std::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 65536];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut tmp) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        match stream.read(&mut tmp) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+    Some((head, buf[head_end..head_end + length].to_vec()))
+}
+
+/// The Resource Manager subscription the ARM fixtures describe.
+pub const ARM_SUBSCRIPTION: &str = "7c1d0f2e-3a4b-4c5d-8e6f-90a1b2c3d4e5";
+
+/// A loopback stand-in for Entra ID's token endpoint and Resource Manager's
+/// storage account list, answering with the recorded shapes in
+/// tests/fixtures/arm. It checks what a real one checks: the tenant, client
+/// id and secret; the bearer token; the subscription.
+pub struct ArmReplay {
+    pub port: u16,
+    /// Request lines and bodies, in arrival order.
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+pub struct ArmExpect {
+    pub tenant: String,
+    pub client_id: String,
+    pub secret: String,
+    /// Answer the list with 403 AuthorizationFailed (a principal without Reader).
+    pub forbid_list: bool,
+}
+
+impl ArmReplay {
+    pub fn start(expect: ArmExpect) -> ArmReplay {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let fixture = |name: &str| {
+            std::fs::read_to_string(repo().join("tests/fixtures/arm").join(name))
+                .unwrap()
+                .replace("{{endpoint}}", &endpoint)
+                .replace("{{subscription}}", ARM_SUBSCRIPTION)
+        };
+        let token_doc = fixture("token.json");
+        let token: String =
+            serde_json::from_str::<serde_json::Value>(&token_doc).unwrap()["access_token"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        let answers = std::sync::Arc::new(
+            [
+                "token.json",
+                "invalid-client-secret.json",
+                "invalid-token.json",
+                "authorization-failed.json",
+                "subscription-not-found.json",
+                "storage-accounts-page-1.json",
+                "storage-accounts-page-2.json",
+            ]
+            .map(|n| (n, fixture(n)))
+            .into_iter()
+            .collect::<std::collections::HashMap<_, _>>(),
+        );
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = requests.clone();
+        let expect = std::sync::Arc::new(expect);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut client) = conn else { continue };
+                let (answers, recorded, expect, token) = (
+                    answers.clone(),
+                    recorded.clone(),
+                    expect.clone(),
+                    token.clone(),
+                );
+                std::thread::spawn(move || {
+                    let Some((head, body)) = read_request(&mut client) else {
+                        return;
+                    };
+                    let line = head.lines().next().unwrap_or("").to_string();
+                    let body = String::from_utf8_lossy(&body).into_owned();
+                    recorded.lock().unwrap().push((line.clone(), body.clone()));
+                    let header = |name: &str| {
+                        head.lines().find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                        })
+                    };
+                    let form: std::collections::HashMap<String, String> = body
+                        .split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+                        .collect();
+                    let token_path = format!("POST /{}/oauth2/v2.0/token ", expect.tenant);
+                    let list_path = format!(
+                        "GET /subscriptions/{ARM_SUBSCRIPTION}/providers/Microsoft.Storage/storageAccounts?"
+                    );
+                    let (status, name) = if line.starts_with("POST ") {
+                        let good = line.starts_with(&token_path)
+                            && form.get("grant_type").map(String::as_str)
+                                == Some("client_credentials")
+                            && form.get("client_id") == Some(&expect.client_id)
+                            && form.get("client_secret") == Some(&expect.secret);
+                        if good {
+                            ("200 OK", "token.json")
+                        } else {
+                            ("401 Unauthorized", "invalid-client-secret.json")
+                        }
+                    } else if header("authorization") != Some(format!("Bearer {token}")) {
+                        ("401 Unauthorized", "invalid-token.json")
+                    } else if !line.starts_with(&list_path) {
+                        ("404 Not Found", "subscription-not-found.json")
+                    } else if expect.forbid_list {
+                        ("403 Forbidden", "authorization-failed.json")
+                    } else if line.contains("$skipToken=") {
+                        ("200 OK", "storage-accounts-page-2.json")
+                    } else {
+                        ("200 OK", "storage-accounts-page-1.json")
+                    };
+                    let doc = &answers[name];
+                    let _ = client.write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{doc}",
+                            doc.len()
+                        )
+                        .as_bytes(),
+                    );
+                });
+            }
+        });
+        ArmReplay { port, requests }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn request_lines(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(l, _)| l.clone())
+            .collect()
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.replace('+', " ").into_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(v) = u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// How the fixture disk is partitioned.

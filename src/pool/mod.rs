@@ -10,6 +10,9 @@ use crate::catalog::{self, Os};
 use crate::plan::{Plan, is_gpu_size, is_rdma_size, vhd_copies};
 use crate::report::{Finding, Report};
 
+pub mod credentials;
+pub mod online;
+
 pub const SNIPPET_FILE: &str = "pool-snippet.yaml";
 
 #[derive(Debug, thiserror::Error)]
@@ -160,15 +163,25 @@ pub fn snippet(plan: &Plan, image: &PoolImage) -> String {
     out
 }
 
-/// A parsed pool configuration and its source text, for line evidence.
-pub struct PoolConfig {
+/// A Batch Shipyard configuration file (YAML or JSON), parsed, with its source
+/// text kept for line evidence.
+pub struct ShipyardFile {
     pub path: PathBuf,
     pub text: String,
     pub value: Value,
 }
 
-impl PoolConfig {
-    pub fn load(path: &Path) -> Result<PoolConfig, PoolError> {
+/// A pool configuration (`pool.yaml`).
+pub type PoolConfig = ShipyardFile;
+
+impl ShipyardFile {
+    /// A pool configuration: `pool_specification` at the top level.
+    pub fn load_pool(path: &Path) -> Result<ShipyardFile, PoolError> {
+        ShipyardFile::load(path, "pool_specification")
+    }
+
+    /// Reads `path` and requires the object `top` at its top level.
+    pub fn load(path: &Path, top: &str) -> Result<ShipyardFile, PoolError> {
         let text = std::fs::read_to_string(path).map_err(|source| PoolError::Read {
             path: path.to_path_buf(),
             source,
@@ -177,27 +190,25 @@ impl PoolConfig {
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("json"))
             || text.trim_start().starts_with('{');
-        let value: Value = if is_json {
-            serde_json::from_str(&text).map_err(|e| PoolError::Parse {
-                path: path.to_path_buf(),
-                format: "JSON",
-                message: e.to_string(),
-            })?
+        let format = if is_json { "JSON" } else { "YAML" };
+        let parsed = if is_json {
+            serde_json::from_str(&text).map_err(|e| e.to_string())
         } else {
-            serde_yaml_ng::from_str(&text).map_err(|e| PoolError::Parse {
-                path: path.to_path_buf(),
-                format: "YAML",
-                message: e.to_string(),
-            })?
+            serde_yaml_ng::from_str(&text).map_err(|e| e.to_string())
         };
-        if !value["pool_specification"].is_object() {
+        let value: Value = parsed.map_err(|message| PoolError::Parse {
+            path: path.to_path_buf(),
+            format,
+            message,
+        })?;
+        if !value[top].is_object() {
             return Err(PoolError::Parse {
                 path: path.to_path_buf(),
-                format: if is_json { "JSON" } else { "YAML" },
-                message: "no `pool_specification` object at the top level".into(),
+                format,
+                message: format!("no `{top}` object at the top level"),
             });
         }
-        Ok(PoolConfig {
+        Ok(ShipyardFile {
             path: path.to_path_buf(),
             text,
             value,
@@ -205,7 +216,7 @@ impl PoolConfig {
     }
 
     /// `path:line` of the first line mentioning `needle`, or the path alone.
-    fn at(&self, needle: &str) -> String {
+    pub fn at(&self, needle: &str) -> String {
         match self.text.lines().position(|l| l.contains(needle)) {
             Some(i) => format!("{}:{}", self.path.display(), i + 1),
             None => self.path.display().to_string(),
@@ -241,49 +252,6 @@ pub fn image_uris(config: &PoolConfig) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// `--online`: each image blob exists and is a page blob, asked of the storage
-/// service with the same credentials as replication.
-pub async fn check_blobs_online(config: &PoolConfig) -> Finding {
-    use crate::storage::{BlobRef, Storage};
-    let uris = image_uris(config);
-    let mut refs = Vec::new();
-    for u in &uris {
-        match BlobRef::parse(u) {
-            Ok(b) => refs.push(b),
-            Err(e) => {
-                return Finding::fail("pool.online.blobs", e.to_string()).evidence(config.at(u));
-            }
-        }
-    }
-    let mut accounts: Vec<String> = refs.iter().map(|b| b.account.clone()).collect();
-    accounts.dedup();
-    let storage = match Storage::new(&accounts).await {
-        Ok(s) => s,
-        Err(e) => return Finding::fail("pool.online.blobs", e.to_string()),
-    };
-    let mut problems = Vec::new();
-    for b in &refs {
-        match storage.properties(b).await {
-            Ok(Some(p)) if p.blob_type == "PageBlob" => {}
-            Ok(Some(p)) => {
-                problems.push(format!("{} is a {}, not a page blob", b.url(), p.blob_type))
-            }
-            Ok(None) => problems.push(format!("{} does not exist", b.url())),
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
-    if problems.is_empty() {
-        Finding::pass(
-            "pool.online.blobs",
-            format!("{} image blob(s) exist as page blobs", refs.len()),
-        )
-    } else {
-        Finding::fail("pool.online.blobs", problems.join("; "))
-            .evidence(config.at("image_uris"))
-            .hint("replicate the image again (`imgforge replicate`) or fix the URLs")
-    }
 }
 
 pub fn known_node_agents() -> Vec<&'static str> {
@@ -464,13 +432,8 @@ pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool) -> Report {
         }
     }
 
-    if online {
-        f.push(Finding::skip(
-            "pool.online.accounts",
-            "each storage account is in the pool's region and subscription: needs the Azure \
-             Resource Manager API, which this build does not call",
-        ));
-    } else {
+    // With --online the caller adds the answers of `online::check`.
+    if !online {
         for (id, what) in [
             (
                 "pool.online.blobs",

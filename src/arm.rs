@@ -1,0 +1,273 @@
+//! Azure Resource Manager: the one question imgforge asks it — which storage
+//! accounts a subscription holds, and in which region.
+//!
+//! `GET {endpoint}/subscriptions/{id}/providers/Microsoft.Storage/storageAccounts`
+//! answers `{"value": [{"id", "name", "location", …}], "nextLink"?}`; the
+//! subscription and resource group are read from each `id`.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::capture::Secret;
+use crate::entra::ServicePrincipal;
+use crate::http::{encode_component, error_chain, require_secure};
+
+/// The public cloud's Resource Manager; sovereign clouds name their own.
+pub const PUBLIC_ENDPOINT: &str = "https://management.azure.com";
+const STORAGE_API_VERSION: &str = "2023-05-01";
+const ATTEMPTS: u32 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArmError {
+    #[error("Resource Manager: cannot get a token: {0}")]
+    Token(String),
+    #[error("Resource Manager: {0}")]
+    Insecure(String),
+    #[error("Resource Manager: {op} failed: HTTP {status}{code}: {message}\n  hint: {hint}")]
+    Status {
+        op: &'static str,
+        status: u16,
+        code: String,
+        message: String,
+        hint: String,
+    },
+    #[error("Resource Manager: {op} failed after {attempts} attempts: {message}")]
+    Transport {
+        op: &'static str,
+        attempts: u32,
+        message: String,
+    },
+    #[error("Resource Manager: unexpected response to {op}: {message}")]
+    Protocol { op: &'static str, message: String },
+}
+
+/// A storage account as Resource Manager describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageAccount {
+    pub name: String,
+    pub location: String,
+    pub subscription: String,
+    pub resource_group: String,
+}
+
+pub struct Arm {
+    http: reqwest::Client,
+    endpoint: String,
+    token: Secret,
+    pub requests: u32,
+}
+
+impl Arm {
+    /// Signs `principal` in for `endpoint` (e.g. `https://management.azure.com/`).
+    pub async fn connect(endpoint: &str, principal: &ServicePrincipal) -> Result<Arm, ArmError> {
+        let endpoint = endpoint.trim_end_matches('/').to_string();
+        require_secure(&endpoint).map_err(ArmError::Insecure)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("imgforge/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the HTTP client builds");
+        let token = crate::entra::token(&http, principal, &format!("{endpoint}/.default"))
+            .await
+            .map_err(ArmError::Token)?;
+        Ok(Arm {
+            http,
+            endpoint,
+            token,
+            requests: 0,
+        })
+    }
+
+    /// Every storage account in `subscription` that the principal may read,
+    /// following `nextLink` pages.
+    pub async fn storage_accounts(
+        &mut self,
+        subscription: &str,
+    ) -> Result<Vec<StorageAccount>, ArmError> {
+        const OP: &str = "List Storage Accounts";
+        let mut url = format!(
+            "{}/subscriptions/{}/providers/Microsoft.Storage/storageAccounts?api-version={STORAGE_API_VERSION}",
+            self.endpoint,
+            encode_component(subscription)
+        );
+        let mut accounts = Vec::new();
+        loop {
+            let page = self.get_json(OP, &url).await?;
+            let values = page["value"].as_array().ok_or_else(|| ArmError::Protocol {
+                op: OP,
+                message: "no `value` array".into(),
+            })?;
+            for v in values {
+                accounts.push(parse_account(v).ok_or_else(|| ArmError::Protocol {
+                    op: OP,
+                    message: format!("an entry without name, location or id: {v}"),
+                })?);
+            }
+            match page["nextLink"].as_str() {
+                Some(next) if !next.is_empty() => {
+                    // The bearer token goes to this endpoint and nowhere else.
+                    if !next.starts_with(&format!("{}/", self.endpoint)) {
+                        return Err(ArmError::Protocol {
+                            op: OP,
+                            message: format!("nextLink `{next}` leaves {}", self.endpoint),
+                        });
+                    }
+                    url = next.to_string();
+                }
+                _ => return Ok(accounts),
+            }
+        }
+    }
+
+    async fn get_json(&mut self, op: &'static str, url: &str) -> Result<Value, ArmError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.requests += 1;
+            let result = self
+                .http
+                .get(url)
+                .bearer_auth(self.token.expose())
+                .header("accept", "application/json")
+                .send()
+                .await;
+            let wait = match result {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let retry_after = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    let text = resp.text().await.unwrap_or_default();
+                    if status.is_success() {
+                        return serde_json::from_str(&text).map_err(|e| ArmError::Protocol {
+                            op,
+                            message: format!("not JSON: {e}"),
+                        });
+                    }
+                    let retryable =
+                        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+                    if !retryable || attempt >= ATTEMPTS {
+                        return Err(status_error(op, status, &text));
+                    }
+                    Duration::from_secs(retry_after.unwrap_or(1 << attempt).min(30))
+                }
+                Err(e) => {
+                    if attempt >= ATTEMPTS {
+                        return Err(ArmError::Transport {
+                            op,
+                            attempts: attempt,
+                            message: crate::redact::redact(&error_chain(&e)),
+                        });
+                    }
+                    Duration::from_millis(250 << attempt)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// `{"error": {"code": "AuthorizationFailed", "message": "…"}}` → an error with a hint.
+fn status_error(op: &'static str, status: StatusCode, body: &str) -> ArmError {
+    let json: Value = serde_json::from_str(body).unwrap_or_default();
+    let code = json["error"]["code"].as_str().unwrap_or("").to_string();
+    let message = json["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| body.chars().take(300).collect());
+    let hint = match (status.as_u16(), code.as_str()) {
+        (404, _) | (_, "SubscriptionNotFound") | (_, "InvalidSubscriptionId") => {
+            "check the subscription id (management.subscription_id, --subscription or ARM_SUBSCRIPTION_ID)"
+        }
+        (401, _) | (_, "InvalidAuthenticationToken") | (_, "InvalidAuthenticationTokenTenant") => {
+            "the token was refused: is the service principal in the subscription's tenant?"
+        }
+        (403, _) | (_, "AuthorizationFailed") => {
+            "give the service principal the Reader role on the subscription (or on the storage accounts' resource groups)"
+        }
+        _ => "Resource Manager reported an error; see the code and message",
+    };
+    ArmError::Status {
+        op,
+        status: status.as_u16(),
+        code: if code.is_empty() {
+            String::new()
+        } else {
+            format!(" {code}")
+        },
+        message: crate::redact::redact(&message),
+        hint: hint.to_string(),
+    }
+}
+
+fn parse_account(v: &Value) -> Option<StorageAccount> {
+    let id = v["id"].as_str()?;
+    // /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Storage/storageAccounts/{name}
+    let parts: Vec<&str> = id.split('/').collect();
+    let after = |key: &str| {
+        parts
+            .iter()
+            .position(|p| p.eq_ignore_ascii_case(key))
+            .and_then(|i| parts.get(i + 1))
+            .map(|s| s.to_string())
+    };
+    Some(StorageAccount {
+        name: v["name"].as_str()?.to_string(),
+        location: v["location"].as_str()?.to_string(),
+        subscription: after("subscriptions")?,
+        resource_group: after("resourceGroups")?,
+    })
+}
+
+/// Regions compare without case or spaces: "West US 2" is `westus2`.
+pub fn normalize_region(region: &str) -> String {
+    region
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_are_read_from_the_list_shape() {
+        let v: Value = serde_json::json!({
+            "id": "/subscriptions/1111/resourceGroups/Images-RG/providers/Microsoft.Storage/storageAccounts/imgcopy0",
+            "kind": "StorageV2",
+            "location": "westus2",
+            "name": "imgcopy0",
+            "type": "Microsoft.Storage/storageAccounts"
+        });
+        assert_eq!(
+            parse_account(&v),
+            Some(StorageAccount {
+                name: "imgcopy0".into(),
+                location: "westus2".into(),
+                subscription: "1111".into(),
+                resource_group: "Images-RG".into(),
+            })
+        );
+        assert_eq!(parse_account(&serde_json::json!({"name": "x"})), None);
+        assert_eq!(normalize_region("West US 2"), "westus2");
+    }
+
+    #[test]
+    fn error_bodies_become_hints() {
+        let e = status_error(
+            "List Storage Accounts",
+            StatusCode::FORBIDDEN,
+            r#"{"error":{"code":"AuthorizationFailed","message":"The client 'x' does not have authorization"}}"#,
+        )
+        .to_string();
+        assert!(e.contains("HTTP 403 AuthorizationFailed"), "{e}");
+        assert!(e.contains("Reader role"), "{e}");
+    }
+}

@@ -1,0 +1,62 @@
+//! Small HTTP helpers shared by the Azure clients (storage, entra, arm).
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An error and its causes on one line (reqwest keeps the useful part in sources).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Refuses to send a secret or a token in clear text anywhere but this machine.
+pub fn require_secure(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Ok(());
+    }
+    let host = url
+        .strip_prefix("http://")
+        .map(|rest| rest.split(['/', '?']).next().unwrap_or(""))
+        .map(|authority| match authority.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => authority,
+        });
+    match host {
+        Some("127.0.0.1" | "localhost" | "[::1]") => Ok(()),
+        _ => Err(format!(
+            "`{url}` is not an https URL; credentials are only sent over https (or to this machine)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_travel_over_https_or_loopback_only() {
+        assert!(require_secure("https://login.microsoftonline.com/t/oauth2/v2.0/token").is_ok());
+        assert!(require_secure("http://127.0.0.1:8080/t/oauth2").is_ok());
+        assert!(require_secure("http://localhost/x").is_ok());
+        assert!(require_secure("http://[::1]:99/x").is_ok());
+        assert!(require_secure("http://login.example.com/t").is_err());
+        assert!(require_secure("http://127.0.0.1.evil.example/t").is_err());
+        assert!(require_secure("http://localhost@evil.example/t").is_err());
+    }
+}

@@ -1,0 +1,190 @@
+//! Batch Shipyard's credentials file (`credentials.yaml` or `.json`): where the
+//! pool's Batch account is, which subscription it lives in, and the sign-in and
+//! storage keys `pool check --online` may use. Every secret in it is masked in
+//! whatever imgforge prints from the moment it is read.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::Value;
+
+use super::{PoolError, ShipyardFile};
+use crate::capture::Secret;
+use crate::entra::{PUBLIC_AUTHORITY, ServicePrincipal};
+
+/// Keys whose values are secrets anywhere in the file.
+const SECRET_KEYS: &[&str] = &["auth_key", "account_key", "password"];
+
+pub struct ShipyardCredentials {
+    pub file: ShipyardFile,
+    /// From `batch.account_service_url`.
+    pub region: Option<String>,
+    /// `management.subscription_id`.
+    pub subscription: Option<String>,
+    /// `management.aad` over the global `aad`, when it is a service principal with `auth_key`.
+    pub management: Option<ServicePrincipal>,
+    /// Why `management` is None although an `aad` section exists.
+    pub management_unusable: Option<String>,
+    /// `management.aad.endpoint`, for sovereign clouds.
+    pub management_endpoint: Option<String>,
+    /// Storage account name → key, from `storage.<link>.account` / `account_key`.
+    pub storage_keys: BTreeMap<String, Vec<u8>>,
+}
+
+impl ShipyardCredentials {
+    pub fn load(path: &Path) -> Result<ShipyardCredentials, PoolError> {
+        let file = ShipyardFile::load(path, "credentials")?;
+        register_secrets(&file.value);
+        let creds = &file.value["credentials"];
+        let err = |key: &str, message: String, hint: &str| PoolError::Record {
+            path: path.to_path_buf(),
+            message: format!("{}: `credentials.{key}` {message}", file.at(key_leaf(key))),
+            hint: hint.to_string(),
+        };
+
+        let region = match creds["batch"]["account_service_url"].as_str() {
+            None => None,
+            Some(url) => Some(batch_region(url).ok_or_else(|| {
+                err(
+                    "batch.account_service_url",
+                    format!("is `{url}`, not a Batch account URL"),
+                    "use the account's URL, https://<account>.<region>.batch.azure.com \
+                     (`az batch account show -n <account> -g <group> --query accountEndpoint`)",
+                )
+            })?),
+        };
+        let subscription = creds["management"]["subscription_id"]
+            .as_str()
+            .map(str::to_string);
+
+        let aad = merged_aad(&creds["aad"], &creds["management"]["aad"]);
+        let text = |k: &str| aad.get(k).and_then(Value::as_str).map(str::to_string);
+        let management_endpoint = creds["management"]["aad"]["endpoint"]
+            .as_str()
+            .map(str::to_string);
+        let (management, management_unusable) = match (
+            text("directory_id"),
+            text("application_id"),
+            text("auth_key"),
+        ) {
+            (Some(tenant), Some(client_id), Some(secret)) => (
+                Some(ServicePrincipal {
+                    tenant,
+                    client_id,
+                    secret: Secret::new(secret),
+                    authority: text("authority_url").unwrap_or_else(|| PUBLIC_AUTHORITY.into()),
+                }),
+                None,
+            ),
+            _ if aad.is_empty() => (None, None),
+            _ => (
+                None,
+                Some(
+                    "its `management.aad` (or global `aad`) is not a service principal with \
+                     directory_id, application_id and auth_key; imgforge does not do certificate \
+                     or user sign-in"
+                        .to_string(),
+                ),
+            ),
+        };
+
+        let mut storage_keys = BTreeMap::new();
+        if let Some(links) = creds["storage"].as_object() {
+            for (link, entry) in links.iter().filter(|(link, _)| *link != "aad") {
+                let (Some(account), Some(key)) =
+                    (entry["account"].as_str(), entry["account_key"].as_str())
+                else {
+                    continue;
+                };
+                let decoded = B64.decode(key.trim()).map_err(|_| {
+                    err(
+                        &format!("storage.{link}.account_key"),
+                        "is not base64".into(),
+                        "copy key1 or key2 from the storage account's Access keys page",
+                    )
+                })?;
+                storage_keys.insert(account.to_string(), decoded);
+            }
+        }
+
+        Ok(ShipyardCredentials {
+            file,
+            region,
+            subscription,
+            management,
+            management_unusable,
+            management_endpoint,
+            storage_keys,
+        })
+    }
+}
+
+/// `https://<account>.<region>.batch.azure.com/` (or a sovereign cloud's
+/// `batch.chinacloudapi.cn`, `batch.usgovcloudapi.net`) → `<region>`.
+pub fn batch_region(url: &str) -> Option<String> {
+    let host = url
+        .strip_prefix("https://")?
+        .split(['/', ':', '?'])
+        .next()?;
+    let labels: Vec<&str> = host.split('.').collect();
+    let valid = |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric());
+    (labels.len() >= 4 && labels[2] == "batch" && valid(labels[0]) && valid(labels[1]))
+        .then(|| labels[1].to_ascii_lowercase())
+}
+
+/// Section settings override global ones, as in Batch Shipyard.
+fn merged_aad(global: &Value, section: &Value) -> serde_json::Map<String, Value> {
+    let mut out = global.as_object().cloned().unwrap_or_default();
+    if let Some(s) = section.as_object() {
+        out.extend(s.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    out.retain(|_, v| !v.is_null());
+    out
+}
+
+fn register_secrets(v: &Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (SECRET_KEYS.contains(&k.as_str()), v.as_str()) {
+                    (true, Some(secret)) => crate::redact::register(secret),
+                    _ => register_secrets(v),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(register_secrets),
+        _ => {}
+    }
+}
+
+fn key_leaf(dotted: &str) -> &str {
+    dotted.rsplit('.').next().unwrap_or(dotted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_comes_from_the_batch_account_url() {
+        assert_eq!(
+            batch_region("https://mybatch.westus2.batch.azure.com/").as_deref(),
+            Some("westus2")
+        );
+        assert_eq!(
+            batch_region("https://b.chinanorth2.batch.chinacloudapi.cn").as_deref(),
+            Some("chinanorth2")
+        );
+        assert_eq!(batch_region("https://mybatch.batch.azure.com/"), None);
+        assert_eq!(
+            batch_region("http://mybatch.westus2.batch.azure.com/"),
+            None
+        );
+        assert_eq!(
+            batch_region("https://<account>.<region>.batch.azure.com/"),
+            None
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! `pool check --online`: what only Azure can answer about a pool configuration.
+//! Each image blob is asked of its storage service; each storage account of
+//! Resource Manager, against the region and subscription of the pool's Batch
+//! account (Batch reads custom-image VHDs only from there).
+
+use super::credentials::ShipyardCredentials;
+use super::{PoolConfig, image_uris};
+use crate::arm::{Arm, normalize_region};
+use crate::entra::ServicePrincipal;
+use crate::report::Finding;
+use crate::storage::{BlobRef, Storage};
+
+const BLOBS: &str = "pool.online.blobs";
+const ACCOUNTS: &str = "pool.online.accounts";
+
+/// Where the pool's Batch account is, and how to reach Azure.
+#[derive(Default)]
+pub struct Online<'a> {
+    /// Batch Shipyard's credentials file, when given.
+    pub credentials: Option<&'a ShipyardCredentials>,
+    /// `--region`, over the credentials file's.
+    pub region: Option<String>,
+    /// `--subscription`, over the credentials file's and `ARM_SUBSCRIPTION_ID`.
+    pub subscription: Option<String>,
+}
+
+/// A setting and where it came from, for messages.
+struct Sourced {
+    value: String,
+    from: String,
+}
+
+impl Online<'_> {
+    fn region(&self) -> Option<Sourced> {
+        let from_file = self.credentials.and_then(|c| {
+            c.region.clone().map(|value| Sourced {
+                value,
+                from: format!(
+                    "{} (batch.account_service_url)",
+                    c.file.at("account_service_url")
+                ),
+            })
+        });
+        self.region
+            .clone()
+            .map(|value| Sourced {
+                value,
+                from: "--region".into(),
+            })
+            .or(from_file)
+    }
+
+    fn subscription(&self) -> Option<Sourced> {
+        let from_file = self.credentials.and_then(|c| {
+            c.subscription.clone().map(|value| Sourced {
+                value,
+                from: format!(
+                    "{} (management.subscription_id)",
+                    c.file.at("subscription_id")
+                ),
+            })
+        });
+        let from_env = std::env::var("ARM_SUBSCRIPTION_ID")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(|value| Sourced {
+                value,
+                from: "ARM_SUBSCRIPTION_ID".into(),
+            });
+        self.subscription
+            .clone()
+            .map(|value| Sourced {
+                value,
+                from: "--subscription".into(),
+            })
+            .or(from_file)
+            .or(from_env)
+    }
+}
+
+/// The findings `pool.online.blobs` and `pool.online.accounts`.
+pub async fn check(config: &PoolConfig, online: &Online<'_>) -> Vec<Finding> {
+    let uris = image_uris(config);
+    if uris.is_empty() {
+        return [BLOBS, ACCOUNTS]
+            .into_iter()
+            .map(|id| Finding::skip(id, "the pool names no image_uris (nothing to ask storage)"))
+            .collect();
+    }
+    let mut blobs = Vec::new();
+    for u in &uris {
+        match BlobRef::parse(u) {
+            Ok(b) => blobs.push(b),
+            Err(e) => {
+                let bad = Finding::fail(BLOBS, e.to_string()).evidence(config.at(u));
+                return vec![
+                    bad,
+                    Finding::skip(ACCOUNTS, "an image URI is not a blob URL"),
+                ];
+            }
+        }
+    }
+    let mut accounts: Vec<String> = Vec::new();
+    for b in &blobs {
+        if !accounts.contains(&b.account) {
+            accounts.push(b.account.clone());
+        }
+    }
+    vec![
+        check_blobs(config, &blobs, &accounts, online).await,
+        check_accounts(config, &blobs, &accounts, online).await,
+    ]
+}
+
+async fn check_blobs(
+    config: &PoolConfig,
+    blobs: &[BlobRef],
+    accounts: &[String],
+    online: &Online<'_>,
+) -> Finding {
+    let keys = online
+        .credentials
+        .map(|c| c.storage_keys.clone())
+        .unwrap_or_default();
+    let storage = match Storage::with_keys(accounts, &keys).await {
+        Ok(s) => s,
+        Err(e) => return Finding::fail(BLOBS, e.to_string()),
+    };
+    let mut problems = Vec::new();
+    for b in blobs {
+        match storage.properties(b).await {
+            Ok(Some(p)) if p.blob_type == "PageBlob" => {}
+            Ok(Some(p)) => {
+                problems.push(format!("{} is a {}, not a page blob", b.url(), p.blob_type))
+            }
+            Ok(None) => problems.push(format!("{} does not exist", b.url())),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        Finding::pass(
+            BLOBS,
+            format!("{} image blob(s) exist as page blobs", blobs.len()),
+        )
+    } else {
+        Finding::fail(BLOBS, problems.join("; "))
+            .evidence(config.at("image_uris"))
+            .hint("replicate the image again (`imgforge replicate`) or fix the URLs")
+    }
+}
+
+async fn check_accounts(
+    config: &PoolConfig,
+    blobs: &[BlobRef],
+    accounts: &[String],
+    online: &Online<'_>,
+) -> Finding {
+    let what = "each storage account is in the pool's region and subscription";
+    let settings_hint = "pass Batch Shipyard's credentials file (--credentials credentials.yaml: \
+                         batch.account_service_url, management.subscription_id), or --region and \
+                         --subscription";
+    let (Some(region), Some(subscription)) = (online.region(), online.subscription()) else {
+        let missing = match (online.region(), online.subscription()) {
+            (None, None) => "the pool's region and subscription are",
+            (None, _) => "the pool's region is",
+            _ => "the pool's subscription is",
+        };
+        return Finding::skip(ACCOUNTS, format!("{what}: {missing} not known")).hint(settings_hint);
+    };
+    let env_principal = ServicePrincipal::from_env();
+    let Some(principal) = online
+        .credentials
+        .and_then(|c| c.management.as_ref())
+        .or(env_principal.as_ref())
+    else {
+        let why = online
+            .credentials
+            .and_then(|c| c.management_unusable.as_deref().map(|w| (c, w)))
+            .map(|(c, w)| format!(" ({} {w})", c.file.path.display()))
+            .unwrap_or_default();
+        return Finding::fail(
+            ACCOUNTS,
+            format!("{what}: no credentials for Azure Resource Manager{why}"),
+        )
+        .hint(
+            "set ARM_TENANT_ID, ARM_CLIENT_ID and ARM_CLIENT_SECRET, or give \
+             credentials.management.aad directory_id, application_id and auth_key",
+        );
+    };
+    let endpoint = online
+        .credentials
+        .and_then(|c| c.management_endpoint.clone())
+        .unwrap_or_else(|| crate::arm::PUBLIC_ENDPOINT.to_string());
+    let listed = match Arm::connect(&endpoint, principal).await {
+        Ok(mut arm) => arm.storage_accounts(&subscription.value).await,
+        Err(e) => Err(e),
+    };
+    let listed = match listed {
+        Ok(l) => l,
+        Err(e) => {
+            return Finding::fail(ACCOUNTS, format!("{what}: {e}"))
+                .evidence(subscription.from.clone());
+        }
+    };
+
+    let want = normalize_region(&region.value);
+    let mut problems = Vec::new();
+    let mut evidence = Vec::new();
+    for account in accounts {
+        let problem = match listed.iter().find(|a| a.name.eq_ignore_ascii_case(account)) {
+            None => Some(format!(
+                "`{account}` is not among the {} storage account(s) subscription {} shows this \
+                 service principal",
+                listed.len(),
+                subscription.value
+            )),
+            Some(a) if normalize_region(&a.location) != want => Some(format!(
+                "`{account}` (resource group {}) is in {}, the pool's Batch account in {}",
+                a.resource_group, a.location, region.value
+            )),
+            Some(_) => None,
+        };
+        if let Some(p) = problem {
+            problems.push(p);
+            if let Some(b) = blobs.iter().find(|b| &b.account == account) {
+                evidence.push(config.at(&b.url()));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Finding::pass(
+            ACCOUNTS,
+            format!(
+                "{} storage account(s) in subscription {} and region {} (region from {}, \
+                 subscription from {})",
+                accounts.len(),
+                subscription.value,
+                region.value,
+                region.from,
+                subscription.from
+            ),
+        )
+    } else {
+        Finding::fail(ACCOUNTS, problems.join("; "))
+            .evidence(evidence.join(", "))
+            .hint(
+                "Batch reads custom-image VHDs only from storage accounts in its own \
+                 subscription and region: replicate into accounts there (`imgforge replicate \
+                 --to ACCOUNT …`), or, if the account is in the subscription, give the service \
+                 principal Reader on it",
+            )
+    }
+}
