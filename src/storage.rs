@@ -20,7 +20,7 @@ use reqwest::{Method, StatusCode};
 
 use crate::capture::Secret;
 use crate::entra::ServicePrincipal;
-use crate::http::{encode_component, error_chain};
+use crate::http::{encode_component, encode_path, error_chain, percent_decode};
 
 pub const DEFAULT_ENDPOINT: &str = "https://{account}.blob.core.windows.net";
 const API_VERSION: &str = "2021-08-06";
@@ -139,7 +139,7 @@ impl BlobRef {
             "{}/{}/{}",
             self.endpoint,
             self.container,
-            percent_encode_path(&self.blob)
+            encode_path(&self.blob)
         )
     }
 
@@ -168,7 +168,7 @@ impl BlobRef {
             "{}/{}/{}",
             self.endpoint_path(),
             self.container,
-            percent_encode_path(&self.blob)
+            encode_path(&self.blob)
         )
     }
 }
@@ -178,37 +178,6 @@ pub fn endpoint(template: &str, account: &str) -> String {
         .replace("{account}", account)
         .trim_end_matches('/')
         .to_string()
-}
-
-fn percent_encode_path(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// How requests to one account are authorised.

@@ -30,51 +30,45 @@ struct Sourced {
     from: String,
 }
 
+impl Sourced {
+    fn from(value: Option<&String>, from: impl FnOnce() -> String) -> Option<Sourced> {
+        value.map(|v| Sourced {
+            value: v.clone(),
+            from: from(),
+        })
+    }
+}
+
 impl Online<'_> {
+    /// `--region`, else the credentials file's Batch account URL.
     fn region(&self) -> Option<Sourced> {
-        let from_file = self.credentials.and_then(|c| {
-            c.region.clone().map(|value| Sourced {
-                value,
-                from: format!(
+        Sourced::from(self.region.as_ref(), || "--region".into()).or_else(|| {
+            let c = self.credentials?;
+            Sourced::from(c.region.as_ref(), || {
+                format!(
                     "{} (batch.account_service_url)",
                     c.file.at("account_service_url")
-                ),
+                )
             })
-        });
-        self.region
-            .clone()
-            .map(|value| Sourced {
-                value,
-                from: "--region".into(),
-            })
-            .or(from_file)
+        })
     }
 
+    /// `--subscription`, else the credentials file's, else `ARM_SUBSCRIPTION_ID`.
     fn subscription(&self) -> Option<Sourced> {
-        let from_file = self.credentials.and_then(|c| {
-            c.subscription.clone().map(|value| Sourced {
-                value,
-                from: format!(
-                    "{} (management.subscription_id)",
-                    c.file.at("subscription_id")
-                ),
-            })
-        });
-        let from_env = std::env::var("ARM_SUBSCRIPTION_ID")
+        let env = std::env::var("ARM_SUBSCRIPTION_ID")
             .ok()
-            .filter(|v| !v.is_empty())
-            .map(|value| Sourced {
-                value,
-                from: "ARM_SUBSCRIPTION_ID".into(),
-            });
-        self.subscription
-            .clone()
-            .map(|value| Sourced {
-                value,
-                from: "--subscription".into(),
+            .filter(|v| !v.is_empty());
+        Sourced::from(self.subscription.as_ref(), || "--subscription".into())
+            .or_else(|| {
+                let c = self.credentials?;
+                Sourced::from(c.subscription.as_ref(), || {
+                    format!(
+                        "{} (management.subscription_id)",
+                        c.file.at("subscription_id")
+                    )
+                })
             })
-            .or(from_file)
-            .or(from_env)
+            .or_else(|| Sourced::from(env.as_ref(), || "ARM_SUBSCRIPTION_ID".into()))
     }
 }
 

@@ -489,7 +489,7 @@ impl ArmReplay {
                     let form: std::collections::HashMap<String, String> = body
                         .split('&')
                         .filter_map(|kv| kv.split_once('='))
-                        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+                        .map(|(k, v)| (k.to_string(), imgforge::http::percent_decode(v)))
                         .collect();
                     let token_path = format!("POST /{}/oauth2/v2.0/token ", expect.tenant);
                     let list_path = format!(
@@ -543,25 +543,6 @@ impl ArmReplay {
             .map(|(l, _)| l.clone())
             .collect()
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.replace('+', " ").into_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(v) = u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// How the fixture disk is partitioned.
