@@ -387,7 +387,11 @@ pub fn run(
         cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         packer_running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
-    let _signals = SignalWatch::start(run.cancel.clone(), run.packer_running.clone());
+    let _signals = crate::signals::SignalWatch::start(
+        run.cancel.clone(),
+        run.packer_running.clone(),
+        "interrupted: stopping at the next safe point; `--resume` continues the build",
+    );
     let previous_duration = run.record.duration_s;
 
     for stage in STAGES {
@@ -485,51 +489,6 @@ pub fn run(
     run.record.duration_s = previous_duration + seconds(run.clock.elapsed());
     run.save()?;
     Ok(run.record)
-}
-
-/// Turns SIGINT/SIGTERM into a flag the stages check. Registered for the whole
-/// build so Ctrl-C during replication is not lost once Packer's own handler is
-/// gone; unregistered when dropped.
-struct SignalWatch(Option<signal_hook::iterator::Handle>);
-
-impl SignalWatch {
-    fn start(
-        flag: Arc<std::sync::atomic::AtomicBool>,
-        quiet: Arc<std::sync::atomic::AtomicBool>,
-    ) -> SignalWatch {
-        use std::sync::atomic::Ordering::Relaxed;
-        let Ok(mut signals) = signal_hook::iterator::Signals::new([libc::SIGINT, libc::SIGTERM])
-        else {
-            return SignalWatch(None);
-        };
-        let handle = signals.handle();
-        std::thread::spawn(move || {
-            for _ in signals.forever() {
-                let again = flag.swap(true, Relaxed);
-                if quiet.load(Relaxed) {
-                    continue;
-                }
-                if again {
-                    crate::term::warning(
-                        "still stopping: waiting for the current step to reach a safe point",
-                    );
-                } else {
-                    crate::term::warning(
-                        "interrupted: stopping at the next safe point; `--resume` continues the build",
-                    );
-                }
-            }
-        });
-        SignalWatch(Some(handle))
-    }
-}
-
-impl Drop for SignalWatch {
-    fn drop(&mut self) {
-        if let Some(h) = &self.0 {
-            h.close();
-        }
-    }
 }
 
 fn check_same_inputs(

@@ -433,6 +433,7 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
         involved.push(source.account.clone());
     }
     let rt = runtime()?;
+    let (cancel, _signals) = stop_on_interrupt();
     let report = rt.block_on(async {
         let storage = std::sync::Arc::new(
             crate::storage::Storage::new(&involved)
@@ -447,7 +448,7 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
                 parallel: args.storage.parallel,
                 show_progress: !args.storage.json,
                 server_copy: !args.no_server_copy,
-                cancel: Default::default(),
+                cancel: cancel.clone(),
             },
         )
         .await
@@ -466,14 +467,18 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
                 );
                 let mut out = Vec::new();
                 for url in &urls {
+                    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Ok(None);
+                    }
                     let blob = BlobRef::parse(url).map_err(crate::validate::ValidateError::from)?;
                     out.push(
                         crate::validate::validate_blob(storage.clone(), blob, plan.clone()).await?,
                     );
                 }
-                Ok::<_, crate::validate::ValidateError>(out)
+                Ok::<_, crate::validate::ValidateError>(Some(out))
             })?;
-            Some(results)
+            // Copies are verified; only their validation was cut short.
+            Some(results.ok_or(replicate::ReplicateError::Cancelled)?)
         }
         _ => None,
     };
@@ -532,6 +537,21 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
     })
 }
 
+/// Ctrl-C stops replication after the chunks in flight (exit 130); a rerun
+/// finds the copies unverified and finishes them.
+fn stop_on_interrupt() -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    crate::signals::SignalWatch,
+) {
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = crate::signals::SignalWatch::start(
+        cancel.clone(),
+        Default::default(),
+        "interrupted: stopping after the chunks in flight; rerun the same command to finish",
+    );
+    (cancel, watch)
+}
+
 fn upload(args: UploadArgs) -> Result<i32, AppError> {
     use crate::replicate::{self, ReplicateError, Source};
     use crate::storage::{BlobRef, DEFAULT_ENDPOINT};
@@ -552,6 +572,7 @@ fn upload(args: UploadArgs) -> Result<i32, AppError> {
         .unwrap_or_else(|| DEFAULT_ENDPOINT.into());
     let dest = BlobRef::at(&template, &args.to, &args.container, &name);
     let rt = runtime()?;
+    let (cancel, _signals) = stop_on_interrupt();
     let report = rt.block_on(async {
         let storage = std::sync::Arc::new(
             crate::storage::Storage::new(std::slice::from_ref(&args.to)).await?,
@@ -567,7 +588,7 @@ fn upload(args: UploadArgs) -> Result<i32, AppError> {
                 parallel: args.storage.parallel,
                 show_progress: !args.storage.json,
                 server_copy: false,
-                cancel: Default::default(),
+                cancel,
             },
         )
         .await

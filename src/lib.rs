@@ -25,6 +25,7 @@ pub mod redact;
 pub mod render;
 pub mod replicate;
 pub mod report;
+pub mod signals;
 pub mod storage;
 pub mod templates;
 pub mod term;

@@ -70,6 +70,7 @@ impl ReplicateError {
             }
             ReplicateError::Storage(StorageError::BadUrl { .. }) => exit::BAD_INPUT,
             ReplicateError::Read { .. } => exit::BAD_INPUT,
+            ReplicateError::Cancelled => exit::CANCELLED,
             _ => exit::FAILED,
         }
     }

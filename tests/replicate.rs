@@ -422,3 +422,59 @@ fn with_a_manifest_each_copy_is_validated_remotely() {
     assert!(r.stderr.contains("failed validation"), "{}", r.stderr);
     assert!(r.stderr.contains("disk.partition-table"), "{}", r.stderr);
 }
+
+#[test]
+fn ctrl_c_stops_a_standalone_upload_and_a_rerun_finishes_it() {
+    let az = Azurite::start(&["acct1"]);
+    let proxy = FaultProxy::start(az.port, 0, None);
+    let tmp = tempfile::tempdir().unwrap();
+    let islands: Vec<(u64, usize)> = (0..16).map(|i| (i * 8 * MIB, 4 * MIB as usize)).collect();
+    let vhd = sparse_vhd(tmp.path(), "big", 128, &islands);
+    let upload = |through_proxy: bool| {
+        let mut cmd = imgforge_for(&az);
+        if through_proxy {
+            // One request per connection and one chunk at a time, so the
+            // proxy's count says how far the upload got.
+            cmd.env(
+                "IMGFORGE_BLOB_ENDPOINT",
+                format!("http://127.0.0.1:{}/{{account}}", proxy.port),
+            )
+            .env("IMGFORGE_HTTP_NO_POOL", "1")
+            .args(["upload", "--parallel", "1"]);
+        } else {
+            cmd.arg("upload");
+        }
+        cmd.args(["--to", "acct1", "--container", "images"])
+            .arg(&vhd);
+        cmd
+    };
+    let mut child = upload(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waited = std::time::Instant::now();
+    while proxy.page_puts.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(waited.elapsed().as_secs() < 60, "no Put Page seen");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // SAFETY: signalling the child this test spawned.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(stderr.contains("a rerun finishes them"), "{stderr}");
+    let landed = proxy.page_puts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(landed < 16, "stopped after {landed} of 16 chunks");
+    let url = az.url("acct1", "images", "big.vhd");
+    let props = az.props(&url);
+    assert_eq!(props["metadata"]["imgforge_verified"], "false", "{props}");
+
+    let r = run(&mut upload(false));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let local = std::fs::read(&vhd).unwrap();
+    assert_eq!(az.download(&url, &tmp.path().join("dl.vhd")), local);
+    assert_eq!(az.props(&url)["metadata"]["imgforge_verified"], "true");
+}
