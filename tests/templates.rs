@@ -240,9 +240,10 @@ fn dry_run_reports_packers_own_validation_error() {
 }
 
 #[test]
-fn contrib_pipeline_examples_are_valid_yaml_and_name_real_manifests() {
+fn contrib_pipeline_examples_are_valid_yaml_with_real_manifests_and_flags() {
     let dir = repo().join("contrib/pipelines");
     let mut seen = 0;
+    let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -269,7 +270,36 @@ fn contrib_pipeline_examples_are_valid_yaml_and_name_real_manifests() {
                 "pipelines use the JSON result: {line}"
             );
         }
+        // Every flag an example passes is one its subcommand accepts.
+        let joined = text.replace("\\\n", " ");
+        for line in joined.lines() {
+            // A command line: `imgforge` first, or right after `run:`, `script:`, `- `.
+            let tokens: Vec<&str> = line.split_whitespace().collect();
+            let Some(at) = tokens.iter().enumerate().position(|(i, t)| {
+                *t == "imgforge" && (i == 0 || matches!(tokens[i - 1], "run:" | "script:" | "-"))
+            }) else {
+                continue;
+            };
+            let words = &tokens[at + 1..];
+            let sub: Vec<&str> = match words.first() {
+                Some(&"pool") => words.iter().take(2).copied().collect(),
+                Some(w) => vec![*w],
+                None => continue,
+            };
+            let help = run(imgforge().args(&sub).arg("--help"));
+            assert_eq!(help.code, 0, "{sub:?}: {}", help.all());
+            for flag in words.iter().filter(|w| w.starts_with("--")) {
+                assert!(
+                    help.stdout.contains(flag),
+                    "{}: `imgforge {}` has no {flag}",
+                    path.display(),
+                    sub.join(" ")
+                );
+            }
+            checked += 1;
+        }
         seen += 1;
     }
     assert_eq!(seen, 2);
+    assert!(checked >= 5, "{checked} imgforge command lines checked");
 }
