@@ -1,9 +1,11 @@
-//! Azure Resource Manager: the one question imgforge asks it — which storage
-//! accounts a subscription holds, and in which region.
+//! Azure Resource Manager, read-only: which storage accounts a subscription
+//! holds and where, and how a Batch account allocates its pools.
 //!
 //! `GET {endpoint}/subscriptions/{id}/providers/Microsoft.Storage/storageAccounts`
 //! answers `{"value": [{"id", "name", "location", …}], "nextLink"?}`; the
 //! subscription and resource group are read from each `id`.
+//! `GET …/resourceGroups/{rg}/providers/Microsoft.Batch/batchAccounts/{name}`
+//! answers `{"name", "location", "properties": {"poolAllocationMode", "accountEndpoint", …}}`.
 
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use crate::http::{encode_component, error_chain, require_secure};
 /// The public cloud's Resource Manager; sovereign clouds name their own.
 pub const PUBLIC_ENDPOINT: &str = "https://management.azure.com";
 const STORAGE_API_VERSION: &str = "2023-05-01";
+const BATCH_API_VERSION: &str = "2024-07-01";
 const ATTEMPTS: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,15 @@ pub struct StorageAccount {
     pub location: String,
     pub subscription: String,
     pub resource_group: String,
+}
+
+/// A Batch account as Resource Manager describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchAccount {
+    pub name: String,
+    pub location: String,
+    /// `UserSubscription` or `BatchService`.
+    pub pool_allocation_mode: String,
 }
 
 pub struct Arm {
@@ -122,6 +134,38 @@ impl Arm {
         }
     }
 
+    pub async fn batch_account(
+        &mut self,
+        subscription: &str,
+        resource_group: &str,
+        name: &str,
+    ) -> Result<BatchAccount, ArmError> {
+        const OP: &str = "Get Batch Account";
+        let url = format!(
+            "{}/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Batch/batchAccounts/{}?api-version={BATCH_API_VERSION}",
+            self.endpoint,
+            encode_component(subscription),
+            encode_component(resource_group),
+            encode_component(name)
+        );
+        let v = self.get_json(OP, &url).await?;
+        let field = |s: Option<&str>, what: &str| {
+            s.map(str::to_string).ok_or_else(|| ArmError::Protocol {
+                op: OP,
+                message: format!("no {what}"),
+            })
+        };
+        Ok(BatchAccount {
+            name: field(v["name"].as_str(), "name")?,
+            location: field(v["location"].as_str(), "location")?,
+            // Absent in old API versions, where every account was BatchService.
+            pool_allocation_mode: v["properties"]["poolAllocationMode"]
+                .as_str()
+                .unwrap_or("BatchService")
+                .to_string(),
+        })
+    }
+
     async fn get_json(&mut self, op: &'static str, url: &str) -> Result<Value, ArmError> {
         let mut attempt = 0;
         loop {
@@ -180,17 +224,25 @@ fn status_error(op: &'static str, status: StatusCode, body: &str) -> ArmError {
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| body.chars().take(300).collect());
-    let hint = match (status.as_u16(), code.as_str()) {
-        (404, _) | (_, "SubscriptionNotFound") | (_, "InvalidSubscriptionId") => {
+    let hint = match code.as_str() {
+        "SubscriptionNotFound" | "InvalidSubscriptionId" => {
             "check the subscription id (management.subscription_id, --subscription or ARM_SUBSCRIPTION_ID)"
         }
-        (401, _) | (_, "InvalidAuthenticationToken") | (_, "InvalidAuthenticationTokenTenant") => {
+        "ResourceGroupNotFound" | "ResourceNotFound" => {
+            "check the name and the resource group (credentials.batch.resource_group)"
+        }
+        "InvalidAuthenticationToken" | "InvalidAuthenticationTokenTenant" => {
             "the token was refused: is the service principal in the subscription's tenant?"
         }
-        (403, _) | (_, "AuthorizationFailed") => {
-            "give the service principal the Reader role on the subscription (or on the storage accounts' resource groups)"
+        "AuthorizationFailed" => {
+            "give the service principal the Reader role on the subscription (or on the resource groups involved)"
         }
-        _ => "Resource Manager reported an error; see the code and message",
+        _ => match status.as_u16() {
+            401 => "the token was refused: is the service principal in the subscription's tenant?",
+            403 => "give the service principal the Reader role on the subscription",
+            404 => "check the subscription id and resource names",
+            _ => "Resource Manager reported an error; see the code and message",
+        },
     };
     ArmError::Status {
         op,

@@ -465,7 +465,8 @@ fn pool_on(dir: &std::path::Path, az: &Azurite, accounts: &[&str]) -> (PathBuf, 
     (path, (0..accounts.len()).map(|i| 6 + i).collect())
 }
 
-fn online_findings(r: &Run) -> (serde_json::Value, serde_json::Value) {
+/// The findings pool.online.blobs, pool.online.accounts, pool.online.batch-account.
+fn online_findings(r: &Run) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
     let doc: serde_json::Value =
         serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.all()));
     let find = |id: &str| {
@@ -477,7 +478,11 @@ fn online_findings(r: &Run) -> (serde_json::Value, serde_json::Value) {
             .cloned()
             .unwrap_or_else(|| panic!("no {id}: {doc}"))
     };
-    (find("pool.online.blobs"), find("pool.online.accounts"))
+    (
+        find("pool.online.blobs"),
+        find("pool.online.accounts"),
+        find("pool.online.batch-account"),
+    )
 }
 
 fn assert_no_secrets(r: &Run, extra: &[&str]) {
@@ -508,27 +513,29 @@ fn online_account_check_asks_resource_manager_with_shipyard_credentials() {
         client_id: ARM_CLIENT.into(),
         secret: AUTH_KEY.into(),
         forbid_list: false,
+        pool_allocation_mode: "UserSubscription",
     });
     let creds = credentials_file(tmp.path(), &arm, &az, AUTH_KEY);
     let storage_keys: Vec<&str> = az.keys.iter().map(|(_, k)| k.as_str()).collect();
     // Storage keys come from the credentials file only; the ARM_* variables
     // (the canary) are set but the file's management.aad wins.
-    let check = |pool: &std::path::Path, extra: &[&str]| {
+    let check_with = |creds: &std::path::Path, pool: &std::path::Path, extra: &[&str]| {
         let mut cmd = imgforge();
         cmd.env("IMGFORGE_BLOB_ENDPOINT", az.endpoint_template())
             .args(["pool", "check", "--online", "--json", "--credentials"])
-            .arg(&creds)
+            .arg(creds)
             .args(extra)
             .arg(pool);
         let r = run(&mut cmd);
         assert_no_secrets(&r, &storage_keys);
         r
     };
+    let check = |pool: &std::path::Path, extra: &[&str]| check_with(&creds, pool, extra);
 
     // Three westus2 accounts, two of them on the list's second page.
     let (good, _) = pool_on(tmp.path(), &az, &["imgcopy0", "imgcopy1", "imgcopy2"]);
     let r = check(&good, &[]);
-    let (blobs, accts) = online_findings(&r);
+    let (blobs, accts, batch) = online_findings(&r);
     assert_eq!(blobs["status"], "pass", "{blobs}");
     assert_eq!(accts["status"], "pass", "{accts}");
     let msg = accts["message"].as_str().unwrap();
@@ -538,8 +545,23 @@ fn online_account_check_asks_resource_manager_with_shipyard_credentials() {
         )) && msg.contains("batch.account_service_url"),
         "{msg}"
     );
+    assert_eq!(batch["status"], "pass", "{batch}");
+    assert!(
+        batch["message"]
+            .as_str()
+            .unwrap()
+            .contains("`imgbatch` in westus2 allocates pools in the user's subscription"),
+        "{batch}"
+    );
+    // One sign-in for both Resource Manager checks.
     let lines = arm.request_lines();
-    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(
+        lines[3].starts_with(&format!(
+            "GET /subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/batch-westus2/providers/Microsoft.Batch/batchAccounts/imgbatch?"
+        )),
+        "{lines:?}"
+    );
     assert!(
         lines[0].starts_with(&format!("POST /{ARM_TENANT}/oauth2/v2.0/token")),
         "{lines:?}"
@@ -561,7 +583,7 @@ fn online_account_check_asks_resource_manager_with_shipyard_credentials() {
     let (mixed, uri_lines) = pool_on(tmp.path(), &az, &["imgcopy0", "imgeast0"]);
     let r = check(&mixed, &[]);
     assert_eq!(r.code, 1, "{}", r.all());
-    let (_, accts) = online_findings(&r);
+    let (_, accts, _) = online_findings(&r);
     assert_eq!(accts["status"], "fail", "{accts}");
     assert!(
         accts["message"]
@@ -580,8 +602,15 @@ fn online_account_check_asks_resource_manager_with_shipyard_credentials() {
     let r = check(&good, &["--region", "West US 2"]);
     assert_eq!(online_findings(&r).1["status"], "pass", "{}", r.stdout);
     let r = check(&good, &["--region", "eastus"]);
-    let (_, accts) = online_findings(&r);
+    let (_, accts, batch) = online_findings(&r);
     assert_eq!(accts["status"], "fail");
+    assert!(
+        batch["message"]
+            .as_str()
+            .unwrap()
+            .contains("`imgbatch` is in westus2, not eastus (from --region)"),
+        "{batch}"
+    );
     assert_eq!(
         accts["message"]
             .as_str()
@@ -598,7 +627,7 @@ fn online_account_check_asks_resource_manager_with_shipyard_credentials() {
         vhd.to_str().unwrap(),
     ]);
     let (foreign, _) = pool_on(tmp.path(), &az, &["imgcopy0", "imgelse9"]);
-    let (_, accts) = online_findings(&check(&foreign, &[]));
+    let (_, accts, _) = online_findings(&check(&foreign, &[]));
     assert!(
         accts["message"]
             .as_str()
@@ -612,10 +641,67 @@ fn online_account_check_asks_resource_manager_with_shipyard_credentials() {
         &good,
         &["--subscription", "0badc0de-0000-4000-8000-000000000000"],
     );
-    let (_, accts) = online_findings(&r);
+    let (_, accts, _) = online_findings(&r);
     let msg = accts["message"].as_str().unwrap();
-    assert!(msg.contains("HTTP 404 SubscriptionNotFound"), "{msg}");
-    assert!(msg.contains("check the subscription id"), "{msg}");
+    assert!(
+        msg.contains("HTTP 404 SubscriptionNotFound: The subscription '0badc0de-0000-4000-8000-000000000000' could not be found"),
+        "{msg}"
+    );
+    assert!(
+        accts["hint"]
+            .as_str()
+            .unwrap()
+            .contains("check the subscription id"),
+        "{accts}"
+    );
+
+    // A Batch account in the wrong resource group: Resource Manager's ResourceNotFound.
+    let text = std::fs::read_to_string(&creds).unwrap();
+    let elsewhere = tmp.path().join("credentials-rg.yaml");
+    write(
+        &elsewhere,
+        &text.replace("resource_group: batch-westus2", "resource_group: batch-old"),
+    );
+    let (_, _, batch) = online_findings(&check_with(&elsewhere, &good, &[]));
+    let msg = batch["message"].as_str().unwrap();
+    assert!(msg.contains("HTTP 404 ResourceNotFound"), "{batch}");
+    assert!(
+        batch["hint"]
+            .as_str()
+            .unwrap()
+            .contains("credentials.batch.resource_group"),
+        "{batch}"
+    );
+
+    // A Batch account that allocates pools in Batch's own subscription.
+    let service_mode = ArmReplay::start(ArmExpect {
+        tenant: ARM_TENANT.into(),
+        client_id: ARM_CLIENT.into(),
+        secret: AUTH_KEY.into(),
+        forbid_list: false,
+        pool_allocation_mode: "BatchService",
+    });
+    let service_creds = tmp.path().join("credentials-service.yaml");
+    write(
+        &service_creds,
+        &text.replace(&arm.endpoint(), &service_mode.endpoint()),
+    );
+    let r = check_with(&service_creds, &good, &[]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    let (_, accts, batch) = online_findings(&r);
+    assert_eq!(accts["status"], "pass", "{accts}");
+    assert_eq!(batch["status"], "fail", "{batch}");
+    assert!(
+        batch["message"]
+            .as_str()
+            .unwrap()
+            .contains("has pool allocation mode BatchService; pools from VHD image_uris need a User Subscription Batch account"),
+        "{batch}"
+    );
+    assert!(
+        batch["hint"].as_str().unwrap().contains("arm_image_id"),
+        "{batch}"
+    );
 
     // A wrong auth_key: Entra's AADSTS code, never the key.
     let wrong = credentials_file(tmp.path(), &arm, &az, "wrong-auth-key-value");
@@ -645,9 +731,17 @@ fn online_account_check_with_the_environment_principal_skips_or_fails_honestly()
     // Neither --credentials nor --region: the account check is a skip, never a pass.
     let mut cmd = imgforge();
     cmd.args(["pool", "check", "--online", "--json"]).arg(&pool);
-    let (blobs, accts) = online_findings(&run(az.env(&mut cmd)));
+    let (blobs, accts, batch) = online_findings(&run(az.env(&mut cmd)));
     assert_eq!(blobs["status"], "pass", "{blobs}");
     assert_eq!(accts["status"], "skip", "{accts}");
+    assert_eq!(batch["status"], "skip", "{batch}");
+    assert!(
+        batch["hint"]
+            .as_str()
+            .unwrap()
+            .contains("batch.resource_group"),
+        "{batch}"
+    );
     assert!(
         accts["hint"].as_str().unwrap().contains("--credentials"),
         "{accts}"
@@ -659,6 +753,7 @@ fn online_account_check_with_the_environment_principal_skips_or_fails_honestly()
         client_id: "00000000-0000-0000-0000-000000000001".into(),
         secret: CANARY.into(),
         forbid_list: true,
+        pool_allocation_mode: "UserSubscription",
     });
     let creds = tmp.path().join("credentials.json");
     write(
@@ -676,11 +771,14 @@ fn online_account_check_with_the_environment_principal_skips_or_fails_honestly()
         .arg(&pool);
     let r = run(az.env(&mut cmd));
     assert_no_secrets(&r, &[]);
-    let (_, accts) = online_findings(&r);
+    let (_, accts, _) = online_findings(&r);
     assert_eq!(accts["status"], "fail", "{accts}");
     let msg = accts["message"].as_str().unwrap();
     assert!(msg.contains("HTTP 403 AuthorizationFailed"), "{msg}");
-    assert!(msg.contains("Reader role"), "{msg}");
+    assert!(
+        accts["hint"].as_str().unwrap().contains("Reader role"),
+        "{accts}"
+    );
     assert_eq!(arm.request_lines().len(), 2, "{:?}", arm.request_lines());
 
     // Credentials only ever travel over https (or to this machine).
@@ -696,7 +794,7 @@ fn online_account_check_with_the_environment_principal_skips_or_fails_honestly()
     cmd.args(["pool", "check", "--online", "--json", "--credentials"])
         .arg(&creds)
         .arg(&pool);
-    let (_, accts) = online_findings(&run(az.env(&mut cmd)));
+    let (_, accts, _) = online_findings(&run(az.env(&mut cmd)));
     assert!(
         accts["message"]
             .as_str()

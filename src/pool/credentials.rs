@@ -21,6 +21,10 @@ pub struct ShipyardCredentials {
     pub file: ShipyardFile,
     /// From `batch.account_service_url`.
     pub region: Option<String>,
+    /// The Batch account's name, from `batch.account_service_url`.
+    pub batch_account: Option<String>,
+    /// `batch.resource_group`.
+    pub batch_resource_group: Option<String>,
     /// `management.subscription_id`.
     pub subscription: Option<String>,
     /// `management.aad` over the global `aad`, when it is a service principal with `auth_key`.
@@ -44,9 +48,9 @@ impl ShipyardCredentials {
             hint: hint.to_string(),
         };
 
-        let region = match creds["batch"]["account_service_url"].as_str() {
+        let account_url = match creds["batch"]["account_service_url"].as_str() {
             None => None,
-            Some(url) => Some(batch_region(url).ok_or_else(|| {
+            Some(url) => Some(batch_account_url(url).ok_or_else(|| {
                 err(
                     "batch.account_service_url",
                     format!("is `{url}`, not a Batch account URL"),
@@ -55,6 +59,10 @@ impl ShipyardCredentials {
                 )
             })?),
         };
+        let (batch_account, region) = account_url.unzip();
+        let batch_resource_group = creds["batch"]["resource_group"]
+            .as_str()
+            .map(str::to_string);
         let subscription = creds["management"]["subscription_id"]
             .as_str()
             .map(str::to_string);
@@ -112,6 +120,8 @@ impl ShipyardCredentials {
         Ok(ShipyardCredentials {
             file,
             region,
+            batch_account,
+            batch_resource_group,
             subscription,
             management,
             management_unusable,
@@ -122,16 +132,20 @@ impl ShipyardCredentials {
 }
 
 /// `https://<account>.<region>.batch.azure.com/` (or a sovereign cloud's
-/// `batch.chinacloudapi.cn`, `batch.usgovcloudapi.net`) → `<region>`.
-pub fn batch_region(url: &str) -> Option<String> {
+/// `batch.chinacloudapi.cn`, `batch.usgovcloudapi.net`) → (`<account>`, `<region>`).
+pub fn batch_account_url(url: &str) -> Option<(String, String)> {
     let host = url
         .strip_prefix("https://")?
         .split(['/', ':', '?'])
         .next()?;
     let labels: Vec<&str> = host.split('.').collect();
     let valid = |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric());
-    (labels.len() >= 4 && labels[2] == "batch" && valid(labels[0]) && valid(labels[1]))
-        .then(|| labels[1].to_ascii_lowercase())
+    (labels.len() >= 4 && labels[2] == "batch" && valid(labels[0]) && valid(labels[1])).then(|| {
+        (
+            labels[0].to_ascii_lowercase(),
+            labels[1].to_ascii_lowercase(),
+        )
+    })
 }
 
 /// Section settings override global ones, as in Batch Shipyard.
@@ -168,23 +182,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn region_comes_from_the_batch_account_url() {
+    fn account_and_region_come_from_the_batch_account_url() {
+        let parse = |u: &str| batch_account_url(u);
         assert_eq!(
-            batch_region("https://mybatch.westus2.batch.azure.com/").as_deref(),
-            Some("westus2")
+            parse("https://mybatch.westus2.batch.azure.com/"),
+            Some(("mybatch".into(), "westus2".into()))
         );
         assert_eq!(
-            batch_region("https://b.chinanorth2.batch.chinacloudapi.cn").as_deref(),
-            Some("chinanorth2")
+            parse("https://b.chinanorth2.batch.chinacloudapi.cn"),
+            Some(("b".into(), "chinanorth2".into()))
         );
-        assert_eq!(batch_region("https://mybatch.batch.azure.com/"), None);
-        assert_eq!(
-            batch_region("http://mybatch.westus2.batch.azure.com/"),
-            None
-        );
-        assert_eq!(
-            batch_region("https://<account>.<region>.batch.azure.com/"),
-            None
-        );
+        assert_eq!(parse("https://mybatch.batch.azure.com/"), None);
+        assert_eq!(parse("http://mybatch.westus2.batch.azure.com/"), None);
+        assert_eq!(parse("https://<account>.<region>.batch.azure.com/"), None);
     }
 }

@@ -443,6 +443,10 @@ pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool) -> Report {
                 "pool.online.accounts",
                 "each storage account is in the pool's region and subscription",
             ),
+            (
+                "pool.online.batch-account",
+                "the Batch account allocates pools in the user's subscription",
+            ),
         ] {
             f.push(Finding::skip(
                 id,

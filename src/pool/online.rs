@@ -1,17 +1,19 @@
 //! `pool check --online`: what only Azure can answer about a pool configuration.
 //! Each image blob is asked of its storage service; each storage account of
 //! Resource Manager, against the region and subscription of the pool's Batch
-//! account (Batch reads custom-image VHDs only from there).
+//! account (Batch reads custom-image VHDs only from there); the Batch account
+//! itself, which must allocate pools in the user's subscription for VHD images.
 
 use super::credentials::ShipyardCredentials;
 use super::{PoolConfig, image_uris};
-use crate::arm::{Arm, normalize_region};
+use crate::arm::{Arm, ArmError, normalize_region};
 use crate::entra::ServicePrincipal;
 use crate::report::Finding;
 use crate::storage::{BlobRef, Storage};
 
 const BLOBS: &str = "pool.online.blobs";
 const ACCOUNTS: &str = "pool.online.accounts";
+const BATCH_ACCOUNT: &str = "pool.online.batch-account";
 
 /// Where the pool's Batch account is, and how to reach Azure.
 #[derive(Default)]
@@ -76,9 +78,14 @@ impl Online<'_> {
 pub async fn check(config: &PoolConfig, online: &Online<'_>) -> Vec<Finding> {
     let uris = image_uris(config);
     if uris.is_empty() {
-        return [BLOBS, ACCOUNTS]
+        return [BLOBS, ACCOUNTS, BATCH_ACCOUNT]
             .into_iter()
-            .map(|id| Finding::skip(id, "the pool names no image_uris (nothing to ask storage)"))
+            .map(|id| {
+                Finding::skip(
+                    id,
+                    "the pool names no image_uris (these checks are for VHD images)",
+                )
+            })
             .collect();
     }
     let mut blobs = Vec::new();
@@ -90,6 +97,7 @@ pub async fn check(config: &PoolConfig, online: &Online<'_>) -> Vec<Finding> {
                 return vec![
                     bad,
                     Finding::skip(ACCOUNTS, "an image URI is not a blob URL"),
+                    Finding::skip(BATCH_ACCOUNT, "an image URI is not a blob URL"),
                 ];
             }
         }
@@ -100,10 +108,102 @@ pub async fn check(config: &PoolConfig, online: &Online<'_>) -> Vec<Finding> {
             accounts.push(b.account.clone());
         }
     }
+    let mut arm = ArmSession {
+        online,
+        connection: None,
+    };
     vec![
         check_blobs(config, &blobs, &accounts, online).await,
-        check_accounts(config, &blobs, &accounts, online).await,
+        check_accounts(config, &blobs, &accounts, online, &mut arm).await,
+        check_batch_account(online, &mut arm).await,
     ]
+}
+
+/// Why Resource Manager cannot be asked, as a failed finding's message and hint.
+#[derive(Clone)]
+struct Unavailable {
+    message: String,
+    hint: Option<String>,
+}
+
+impl From<ArmError> for Unavailable {
+    fn from(e: ArmError) -> Unavailable {
+        match e {
+            // The hint goes where findings keep hints, not into the message.
+            ArmError::Status {
+                op,
+                status,
+                code,
+                message,
+                hint,
+            } => Unavailable {
+                message: format!("Resource Manager: {op} failed: HTTP {status}{code}: {message}"),
+                hint: Some(hint),
+            },
+            other => Unavailable {
+                message: other.to_string(),
+                hint: None,
+            },
+        }
+    }
+}
+
+impl Unavailable {
+    fn finding(self, id: &str, what: &str) -> Finding {
+        let f = Finding::fail(id, format!("{what}: {}", self.message));
+        match self.hint {
+            Some(h) => f.hint(h),
+            None => f,
+        }
+    }
+}
+
+/// One sign-in to Resource Manager, made when a check first needs it.
+struct ArmSession<'a> {
+    online: &'a Online<'a>,
+    connection: Option<Result<Arm, Unavailable>>,
+}
+
+impl ArmSession<'_> {
+    async fn get(&mut self) -> Result<&mut Arm, Unavailable> {
+        if self.connection.is_none() {
+            self.connection = Some(connect(self.online).await);
+        }
+        match self.connection.as_mut().expect("connected above") {
+            Ok(arm) => Ok(arm),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
+/// The credentials file's `management.aad` service principal, else the
+/// `ARM_*` one; the file's Resource Manager endpoint, else the public cloud's.
+async fn connect(online: &Online<'_>) -> Result<Arm, Unavailable> {
+    let env_principal = ServicePrincipal::from_env();
+    let Some(principal) = online
+        .credentials
+        .and_then(|c| c.management.as_ref())
+        .or(env_principal.as_ref())
+    else {
+        let why = online
+            .credentials
+            .and_then(|c| c.management_unusable.as_deref().map(|w| (c, w)))
+            .map(|(c, w)| format!(" ({} {w})", c.file.path.display()))
+            .unwrap_or_default();
+        return Err(Unavailable {
+            message: format!("no credentials for Azure Resource Manager{why}"),
+            hint: Some(
+                "set ARM_TENANT_ID, ARM_CLIENT_ID and ARM_CLIENT_SECRET, or give \
+                 credentials.management.aad directory_id, application_id and auth_key"
+                    .into(),
+            ),
+        });
+    };
+    let endpoint = online
+        .credentials
+        .and_then(|c| c.management_endpoint.clone())
+        .unwrap_or_else(|| crate::arm::PUBLIC_ENDPOINT.to_string());
+    Ok(Arm::connect(&endpoint, principal).await?)
 }
 
 async fn check_blobs(
@@ -148,6 +248,7 @@ async fn check_accounts(
     blobs: &[BlobRef],
     accounts: &[String],
     online: &Online<'_>,
+    arm: &mut ArmSession<'_>,
 ) -> Finding {
     let what = "each storage account is in the pool's region and subscription";
     let settings_hint = "pass Batch Shipyard's credentials file (--credentials credentials.yaml: \
@@ -161,38 +262,18 @@ async fn check_accounts(
         };
         return Finding::skip(ACCOUNTS, format!("{what}: {missing} not known")).hint(settings_hint);
     };
-    let env_principal = ServicePrincipal::from_env();
-    let Some(principal) = online
-        .credentials
-        .and_then(|c| c.management.as_ref())
-        .or(env_principal.as_ref())
-    else {
-        let why = online
-            .credentials
-            .and_then(|c| c.management_unusable.as_deref().map(|w| (c, w)))
-            .map(|(c, w)| format!(" ({} {w})", c.file.path.display()))
-            .unwrap_or_default();
-        return Finding::fail(
-            ACCOUNTS,
-            format!("{what}: no credentials for Azure Resource Manager{why}"),
-        )
-        .hint(
-            "set ARM_TENANT_ID, ARM_CLIENT_ID and ARM_CLIENT_SECRET, or give \
-             credentials.management.aad directory_id, application_id and auth_key",
-        );
-    };
-    let endpoint = online
-        .credentials
-        .and_then(|c| c.management_endpoint.clone())
-        .unwrap_or_else(|| crate::arm::PUBLIC_ENDPOINT.to_string());
-    let listed = match Arm::connect(&endpoint, principal).await {
-        Ok(mut arm) => arm.storage_accounts(&subscription.value).await,
+    let listed = match arm.get().await {
+        Ok(arm) => arm
+            .storage_accounts(&subscription.value)
+            .await
+            .map_err(Unavailable::from),
         Err(e) => Err(e),
     };
     let listed = match listed {
         Ok(l) => l,
         Err(e) => {
-            return Finding::fail(ACCOUNTS, format!("{what}: {e}"))
+            return e
+                .finding(ACCOUNTS, what)
                 .evidence(subscription.from.clone());
         }
     };
@@ -244,4 +325,75 @@ async fn check_accounts(
                  principal Reader on it",
             )
     }
+}
+
+/// Batch reads VHD images (`image_uris`) only into pools of a Batch account
+/// that allocates them in the user's subscription.
+async fn check_batch_account(online: &Online<'_>, arm: &mut ArmSession<'_>) -> Finding {
+    let what = "the Batch account allocates pools in the user's subscription";
+    let c = online.credentials;
+    let (Some(name), Some(group), Some(subscription)) = (
+        c.and_then(|c| c.batch_account.clone()),
+        c.and_then(|c| c.batch_resource_group.clone()),
+        online.subscription(),
+    ) else {
+        return Finding::skip(
+            BATCH_ACCOUNT,
+            format!("{what}: the Batch account is not known"),
+        )
+        .hint(
+            "pass Batch Shipyard's credentials file with batch.account_service_url and \
+             batch.resource_group (--credentials)",
+        );
+    };
+    let evidence = c
+        .map(|c| format!("{} (batch.resource_group)", c.file.at("resource_group")))
+        .unwrap_or_default();
+    let account = match arm.get().await {
+        Ok(arm) => arm
+            .batch_account(&subscription.value, &group, &name)
+            .await
+            .map_err(Unavailable::from),
+        Err(e) => Err(e),
+    };
+    let account = match account {
+        Ok(a) => a,
+        Err(e) => return e.finding(BATCH_ACCOUNT, what).evidence(evidence),
+    };
+    if let Some(region) = online.region()
+        && normalize_region(&region.value) != normalize_region(&account.location)
+    {
+        return Finding::fail(
+            BATCH_ACCOUNT,
+            format!(
+                "Batch account `{}` is in {}, not {} (from {})",
+                account.name, account.location, region.value, region.from
+            ),
+        )
+        .hint("check --region; the storage accounts must be in the Batch account's region");
+    }
+    if account.pool_allocation_mode != "UserSubscription" {
+        return Finding::fail(
+            BATCH_ACCOUNT,
+            format!(
+                "Batch account `{}` has pool allocation mode {}; pools from VHD image_uris need \
+                 a User Subscription Batch account",
+                account.name, account.pool_allocation_mode
+            ),
+        )
+        .evidence(evidence)
+        .hint(
+            "use a Batch account created with pool allocation mode \"User subscription\" (it \
+             cannot be changed later), or build a managed image or gallery image version \
+             (build.target = \"managed_image\" or \"gallery\") and use arm_image_id",
+        );
+    }
+    Finding::pass(
+        BATCH_ACCOUNT,
+        format!(
+            "Batch account `{}` in {} allocates pools in the user's subscription \
+             (UserSubscription)",
+            account.name, account.location
+        ),
+    )
 }

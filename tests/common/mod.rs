@@ -427,6 +427,9 @@ pub struct ArmExpect {
     pub secret: String,
     /// Answer the list with 403 AuthorizationFailed (a principal without Reader).
     pub forbid_list: bool,
+    /// The Batch account `imgbatch` (resource group `batch-westus2`):
+    /// `UserSubscription` or `BatchService`.
+    pub pool_allocation_mode: &'static str,
 }
 
 impl ArmReplay {
@@ -456,6 +459,8 @@ impl ArmReplay {
                 "subscription-not-found.json",
                 "storage-accounts-page-1.json",
                 "storage-accounts-page-2.json",
+                "batch-account.json",
+                "resource-not-found.json",
             ]
             .map(|n| (n, fixture(n)))
             .into_iter()
@@ -492,9 +497,23 @@ impl ArmReplay {
                         .map(|(k, v)| (k.to_string(), imgforge::http::percent_decode(v)))
                         .collect();
                     let token_path = format!("POST /{}/oauth2/v2.0/token ", expect.tenant);
+                    let subscription = format!("GET /subscriptions/{ARM_SUBSCRIPTION}/");
                     let list_path = format!(
                         "GET /subscriptions/{ARM_SUBSCRIPTION}/providers/Microsoft.Storage/storageAccounts?"
                     );
+                    // …/resourceGroups/{rg}/providers/Microsoft.Batch/batchAccounts/{name}?…
+                    let batch_account = line
+                        .strip_prefix(&subscription)
+                        .and_then(|rest| rest.strip_prefix("resourceGroups/"))
+                        .and_then(|rest| {
+                            rest.split_once("/providers/Microsoft.Batch/batchAccounts/")
+                        })
+                        .map(|(rg, rest)| {
+                            (
+                                rg.to_string(),
+                                rest.split('?').next().unwrap_or("").to_string(),
+                            )
+                        });
                     let (status, name) = if line.starts_with("POST ") {
                         let good = line.starts_with(&token_path)
                             && form.get("grant_type").map(String::as_str)
@@ -508,8 +527,16 @@ impl ArmReplay {
                         }
                     } else if header("authorization") != Some(format!("Bearer {token}")) {
                         ("401 Unauthorized", "invalid-token.json")
-                    } else if !line.starts_with(&list_path) {
+                    } else if !line.starts_with(&subscription) {
                         ("404 Not Found", "subscription-not-found.json")
+                    } else if let Some((rg, account)) = &batch_account {
+                        if rg == "batch-westus2" && account == "imgbatch" {
+                            ("200 OK", "batch-account.json")
+                        } else {
+                            ("404 Not Found", "resource-not-found.json")
+                        }
+                    } else if !line.starts_with(&list_path) {
+                        ("404 Not Found", "resource-not-found.json")
                     } else if expect.forbid_list {
                         ("403 Forbidden", "authorization-failed.json")
                     } else if line.contains("$skipToken=") {
@@ -517,7 +544,15 @@ impl ArmReplay {
                     } else {
                         ("200 OK", "storage-accounts-page-1.json")
                     };
-                    let doc = &answers[name];
+                    let (rg, account) = batch_account.unwrap_or_default();
+                    let doc = answers[name]
+                        .replace("{{pool_allocation_mode}}", expect.pool_allocation_mode)
+                        .replace("{{resource_group}}", &rg)
+                        .replace("{{name}}", &account)
+                        .replace(
+                            "{{requested_subscription}}",
+                            line.split('/').nth(2).unwrap_or(""),
+                        );
                     let _ = client.write_all(
                         format!(
                             "HTTP/1.1 {status}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{doc}",
