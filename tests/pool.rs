@@ -403,13 +403,7 @@ fn online_blob_check_asks_the_storage_service() {
     assert_eq!(ok["status"], "pass", "{ok}");
     let bad = check(&config(&[&present, &missing]));
     assert_eq!(bad["status"], "fail", "{bad}");
-    assert!(
-        bad["message"]
-            .as_str()
-            .unwrap()
-            .contains("acct2/images/gpu.vhd does not exist"),
-        "{bad}"
-    );
+    says(&bad, "message", "acct2/images/gpu.vhd does not exist");
 }
 
 /// Batch Shipyard's credentials file from tests/fixtures/shipyard, pointed at
@@ -485,6 +479,14 @@ fn online_findings(r: &Run) -> (serde_json::Value, serde_json::Value, serde_json
     )
 }
 
+/// `finding[field]` is a string containing `want`.
+fn says(finding: &serde_json::Value, field: &str, want: &str) {
+    let text = finding[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field}: {finding}"));
+    assert!(text.contains(want), "{field} lacks `{want}`: {finding}");
+}
+
 fn assert_no_secrets(r: &Run, extra: &[&str]) {
     let all = r.all();
     for secret in [AUTH_KEY, BATCH_KEY, DOCKER_PASSWORD, CANARY]
@@ -546,12 +548,10 @@ fn online_account_check_asks_resource_manager_with_shipyard_credentials() {
         "{msg}"
     );
     assert_eq!(batch["status"], "pass", "{batch}");
-    assert!(
-        batch["message"]
-            .as_str()
-            .unwrap()
-            .contains("`imgbatch` in westus2 allocates pools in the user's subscription"),
-        "{batch}"
+    says(
+        &batch,
+        "message",
+        "`imgbatch` in westus2 allocates pools in the user's subscription",
     );
     // One sign-in for both Resource Manager checks.
     let lines = arm.request_lines();
@@ -585,12 +585,10 @@ fn online_account_check_asks_resource_manager_with_shipyard_credentials() {
     assert_eq!(r.code, 1, "{}", r.all());
     let (_, accts, _) = online_findings(&r);
     assert_eq!(accts["status"], "fail", "{accts}");
-    assert!(
-        accts["message"]
-            .as_str()
-            .unwrap()
-            .contains("`imgeast0` (resource group images-eastus) is in eastus, the pool's Batch account in westus2"),
-        "{accts}"
+    says(
+        &accts,
+        "message",
+        "`imgeast0` (resource group images-eastus) is in eastus, the pool's Batch account in westus2",
     );
     assert_eq!(
         accts["evidence"],
@@ -604,12 +602,10 @@ fn online_account_check_asks_resource_manager_with_shipyard_credentials() {
     let r = check(&good, &["--region", "eastus"]);
     let (_, accts, batch) = online_findings(&r);
     assert_eq!(accts["status"], "fail");
-    assert!(
-        batch["message"]
-            .as_str()
-            .unwrap()
-            .contains("`imgbatch` is in westus2, not eastus (from --region)"),
-        "{batch}"
+    says(
+        &batch,
+        "message",
+        "`imgbatch` is in westus2, not eastus (from --region)",
     );
     assert_eq!(
         accts["message"]
@@ -628,12 +624,10 @@ fn online_account_check_asks_resource_manager_with_shipyard_credentials() {
     ]);
     let (foreign, _) = pool_on(tmp.path(), &az, &["imgcopy0", "imgelse9"]);
     let (_, accts, _) = online_findings(&check(&foreign, &[]));
-    assert!(
-        accts["message"]
-            .as_str()
-            .unwrap()
-            .contains("`imgelse9` is not among the 5 storage account(s) subscription"),
-        "{accts}"
+    says(
+        &accts,
+        "message",
+        "`imgelse9` is not among the 5 storage account(s) subscription",
     );
 
     // Another subscription: Resource Manager's SubscriptionNotFound, with a hint.
@@ -647,13 +641,7 @@ fn online_account_check_asks_resource_manager_with_shipyard_credentials() {
         msg.contains("HTTP 404 SubscriptionNotFound: The subscription '0badc0de-0000-4000-8000-000000000000' could not be found"),
         "{msg}"
     );
-    assert!(
-        accts["hint"]
-            .as_str()
-            .unwrap()
-            .contains("check the subscription id"),
-        "{accts}"
-    );
+    says(&accts, "hint", "check the subscription id");
 
     // A Batch account in the wrong resource group: Resource Manager's ResourceNotFound.
     let text = std::fs::read_to_string(&creds).unwrap();
@@ -665,13 +653,7 @@ fn online_account_check_asks_resource_manager_with_shipyard_credentials() {
     let (_, _, batch) = online_findings(&check_with(&elsewhere, &good, &[]));
     let msg = batch["message"].as_str().unwrap();
     assert!(msg.contains("HTTP 404 ResourceNotFound"), "{batch}");
-    assert!(
-        batch["hint"]
-            .as_str()
-            .unwrap()
-            .contains("credentials.batch.resource_group"),
-        "{batch}"
-    );
+    says(&batch, "hint", "credentials.batch.resource_group");
 
     // A Batch account that allocates pools in Batch's own subscription.
     let service_mode = ArmReplay::start(ArmExpect {
@@ -691,17 +673,12 @@ fn online_account_check_asks_resource_manager_with_shipyard_credentials() {
     let (_, accts, batch) = online_findings(&r);
     assert_eq!(accts["status"], "pass", "{accts}");
     assert_eq!(batch["status"], "fail", "{batch}");
-    assert!(
-        batch["message"]
-            .as_str()
-            .unwrap()
-            .contains("has pool allocation mode BatchService; pools from VHD image_uris need a User Subscription Batch account"),
-        "{batch}"
+    says(
+        &batch,
+        "message",
+        "has pool allocation mode BatchService; pools from VHD image_uris need a User Subscription Batch account",
     );
-    assert!(
-        batch["hint"].as_str().unwrap().contains("arm_image_id"),
-        "{batch}"
-    );
+    says(&batch, "hint", "arm_image_id");
 
     // A wrong auth_key: Entra's AADSTS code, never the key.
     let wrong = credentials_file(tmp.path(), &arm, &az, "wrong-auth-key-value");
@@ -735,17 +712,8 @@ fn online_account_check_with_the_environment_principal_skips_or_fails_honestly()
     assert_eq!(blobs["status"], "pass", "{blobs}");
     assert_eq!(accts["status"], "skip", "{accts}");
     assert_eq!(batch["status"], "skip", "{batch}");
-    assert!(
-        batch["hint"]
-            .as_str()
-            .unwrap()
-            .contains("batch.resource_group"),
-        "{batch}"
-    );
-    assert!(
-        accts["hint"].as_str().unwrap().contains("--credentials"),
-        "{accts}"
-    );
+    says(&batch, "hint", "batch.resource_group");
+    says(&accts, "hint", "--credentials");
 
     // The ARM_* principal (the canary secret) signs in; it lacks the Reader role.
     let arm = ArmReplay::start(ArmExpect {
@@ -775,10 +743,7 @@ fn online_account_check_with_the_environment_principal_skips_or_fails_honestly()
     assert_eq!(accts["status"], "fail", "{accts}");
     let msg = accts["message"].as_str().unwrap();
     assert!(msg.contains("HTTP 403 AuthorizationFailed"), "{msg}");
-    assert!(
-        accts["hint"].as_str().unwrap().contains("Reader role"),
-        "{accts}"
-    );
+    says(&accts, "hint", "Reader role");
     assert_eq!(arm.request_lines().len(), 2, "{:?}", arm.request_lines());
 
     // Credentials only ever travel over https (or to this machine).
@@ -795,13 +760,7 @@ fn online_account_check_with_the_environment_principal_skips_or_fails_honestly()
         .arg(&creds)
         .arg(&pool);
     let (_, accts, _) = online_findings(&run(az.env(&mut cmd)));
-    assert!(
-        accts["message"]
-            .as_str()
-            .unwrap()
-            .contains("not an https URL"),
-        "{accts}"
-    );
+    says(&accts, "message", "not an https URL");
 }
 
 #[test]
