@@ -276,6 +276,93 @@ fn parse_account(v: &Value) -> Option<StorageAccount> {
     })
 }
 
+/// Why a storage account cannot serve a Batch account's pools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Misplaced {
+    /// The subscription's list (as this principal sees it) does not hold it.
+    NotInSubscription {
+        account: String,
+        subscription: String,
+        listed: usize,
+    },
+    OtherRegion {
+        account: String,
+        location: String,
+        resource_group: String,
+    },
+}
+
+impl std::fmt::Display for Misplaced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Misplaced::NotInSubscription {
+                account,
+                subscription,
+                listed,
+            } => write!(
+                f,
+                "`{account}` is not among the {listed} storage account(s) subscription \
+                 {subscription} shows this service principal"
+            ),
+            Misplaced::OtherRegion {
+                account,
+                location,
+                resource_group,
+            } => write!(
+                f,
+                "`{account}` (resource group {resource_group}) is in {location}"
+            ),
+        }
+    }
+}
+
+impl Misplaced {
+    pub fn account(&self) -> &str {
+        match self {
+            Misplaced::NotInSubscription { account, .. }
+            | Misplaced::OtherRegion { account, .. } => account,
+        }
+    }
+}
+
+/// The accounts of `accounts` that are not in `listed` (the storage accounts
+/// of `subscription`) or not in `region`.
+pub fn misplaced(
+    listed: &[StorageAccount],
+    subscription: &str,
+    accounts: &[String],
+    region: &str,
+) -> Vec<Misplaced> {
+    let want = normalize_region(region);
+    accounts
+        .iter()
+        .filter_map(
+            |account| match listed.iter().find(|a| a.name.eq_ignore_ascii_case(account)) {
+                None => Some(Misplaced::NotInSubscription {
+                    account: account.clone(),
+                    subscription: subscription.to_string(),
+                    listed: listed.len(),
+                }),
+                Some(a) if normalize_region(&a.location) != want => Some(Misplaced::OtherRegion {
+                    account: account.clone(),
+                    location: a.location.clone(),
+                    resource_group: a.resource_group.clone(),
+                }),
+                Some(_) => None,
+            },
+        )
+        .collect()
+}
+
+/// `IMGFORGE_ARM_ENDPOINT` (sovereign clouds, e.g. https://management.chinacloudapi.cn),
+/// else the public cloud's.
+pub fn endpoint_from_env() -> String {
+    std::env::var("IMGFORGE_ARM_ENDPOINT")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| PUBLIC_ENDPOINT.to_string())
+}
+
 /// Regions compare without case or spaces: "West US 2" is `westus2`.
 pub fn normalize_region(region: &str) -> String {
     region

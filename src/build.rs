@@ -298,6 +298,9 @@ struct Run<'a> {
     cancel: Arc<std::sync::atomic::AtomicBool>,
     /// While Packer runs, its runner reports signals itself.
     packer_running: Arc<std::sync::atomic::AtomicBool>,
+    /// `[replicate] region` was checked in this run (before Packer, so a
+    /// misplaced account costs seconds, not a build).
+    region_checked: bool,
 }
 
 impl Run<'_> {
@@ -386,6 +389,7 @@ pub fn run(
         owned: resuming,
         cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         packer_running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        region_checked: false,
     };
     let _signals = crate::signals::SignalWatch::start(
         run.cancel.clone(),
@@ -582,7 +586,37 @@ impl Run<'_> {
         Ok(msg)
     }
 
+    /// The copies' accounts, as the replicate stage will choose them.
+    fn replica_accounts(&self) -> Result<Vec<String>, BuildError> {
+        let pool = &self.plan.pool;
+        Ok(crate::replicate::choose_accounts(
+            pool.vhd_copies,
+            pool.max_nodes,
+            pool.vms_per_vhd,
+            &self.manifest.raw.replicate.storage_accounts,
+        )?)
+    }
+
+    /// `[replicate] region`: every destination account is there, asked of
+    /// Resource Manager once per run.
+    fn check_region(&mut self) -> Result<(), BuildError> {
+        let Some(region) = &self.manifest.raw.replicate.region else {
+            return Ok(());
+        };
+        if self.region_checked || !self.opts.replicate {
+            return Ok(());
+        }
+        let accounts = self.replica_accounts()?;
+        let checked = runtime()?.block_on(crate::replicate::check_region(&accounts, region))?;
+        crate::term::status("Checked", &checked);
+        self.region_checked = true;
+        Ok(())
+    }
+
     fn packer_build(&mut self) -> Result<String, BuildError> {
+        if self.plan.target == crate::manifest::Target::Vhd {
+            self.check_region()?;
+        }
         let log_path = self.dir.join(LOG_FILE);
         let mut log_file =
             std::fs::File::create(&log_path).map_err(|source| BuildError::Write {
@@ -649,15 +683,11 @@ impl Run<'_> {
     }
 
     fn replicate(&mut self) -> Result<String, BuildError> {
-        use crate::replicate::{Options, Source, choose_accounts};
+        use crate::replicate::{Options, Source};
         use crate::storage::{BlobRef, Storage};
         let plan = self.plan;
-        let accounts = choose_accounts(
-            plan.pool.vhd_copies,
-            plan.pool.max_nodes,
-            plan.pool.vms_per_vhd,
-            &self.manifest.raw.replicate.storage_accounts,
-        )?;
+        self.check_region()?;
+        let accounts = self.replica_accounts()?;
         let container = self
             .manifest
             .raw
@@ -675,6 +705,7 @@ impl Run<'_> {
             .iter()
             .map(|a| BlobRef::at(&self.opts.blob_endpoint, a, &container, &name))
             .collect();
+        let rt = runtime()?;
         let mut involved = accounts.clone();
         let source = match self.record.artifact.as_ref().expect("skip_reason checked") {
             Captured::LocalVhd { path, .. } => {
@@ -706,7 +737,6 @@ impl Run<'_> {
             }
             _ => unreachable!("skip_reason lets only VHDs through"),
         };
-        let rt = runtime()?;
         let opts = Options {
             parallel: self.opts.parallel,
             show_progress: self.opts.show_progress,

@@ -244,6 +244,11 @@ pub struct StorageOptions {
     /// Print one JSON document on stdout.
     #[arg(long)]
     pub json: bool,
+    /// The Batch account's region: before copying, ask Resource Manager (as the
+    /// ARM_* principal, subscription ARM_SUBSCRIPTION_ID) that every destination
+    /// account is there [default: the manifest's [replicate] region].
+    #[arg(long)]
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Args)]

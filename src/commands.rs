@@ -433,6 +433,12 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
         involved.push(source.account.clone());
     }
     let rt = runtime()?;
+    let region = args.storage.region.clone().or_else(|| {
+        manifest
+            .as_ref()
+            .and_then(|m| m.raw.replicate.region.clone())
+    });
+    check_region(&rt, &accounts, region.as_deref(), args.storage.json)?;
     let (cancel, _signals) = stop_on_interrupt();
     let report = rt.block_on(async {
         let storage = std::sync::Arc::new(
@@ -537,6 +543,22 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
     })
 }
 
+/// With a region, the destination accounts must be there before a byte moves.
+fn check_region(
+    rt: &tokio::runtime::Runtime,
+    accounts: &[String],
+    region: Option<&str>,
+    quiet: bool,
+) -> Result<(), AppError> {
+    if let Some(region) = region {
+        let checked = rt.block_on(crate::replicate::check_region(accounts, region))?;
+        if !quiet {
+            crate::term::status("Checked", &checked);
+        }
+    }
+    Ok(())
+}
+
 /// Ctrl-C stops replication after the chunks in flight (exit 130); a rerun
 /// finds the copies unverified and finishes them.
 fn stop_on_interrupt() -> (
@@ -572,6 +594,12 @@ fn upload(args: UploadArgs) -> Result<i32, AppError> {
         .unwrap_or_else(|| DEFAULT_ENDPOINT.into());
     let dest = BlobRef::at(&template, &args.to, &args.container, &name);
     let rt = runtime()?;
+    check_region(
+        &rt,
+        std::slice::from_ref(&args.to),
+        args.storage.region.as_deref(),
+        args.storage.json,
+    )?;
     let (cancel, _signals) = stop_on_interrupt();
     let report = rt.block_on(async {
         let storage = std::sync::Arc::new(

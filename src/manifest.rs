@@ -193,6 +193,9 @@ pub struct ReplicateSection {
     pub storage_accounts: Vec<String>,
     /// Container at whose root the copies are written.
     pub container: Option<String>,
+    /// The Batch account's region: when set, the destination accounts are
+    /// looked up in Resource Manager and must be there before anything is copied.
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -782,6 +785,9 @@ impl Checker<'_> {
         }
         if let Some(c) = &r.container {
             self.container("replicate.container", c)?;
+        }
+        if let Some(region) = &r.region {
+            self.location("replicate.region", region)?;
         }
         Ok(())
     }

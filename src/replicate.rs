@@ -39,6 +39,28 @@ pub enum ReplicateError {
     #[error("{0}")]
     Storage(#[from] StorageError),
     #[error(
+        "the copies' storage accounts must be in {region} (the Batch account's region) and in subscription {subscription}: {}\n  hint: choose accounts there ([replicate] storage_accounts or --to), or correct [replicate] region / --region; nothing was copied",
+        .problems.join("; ")
+    )]
+    Misplaced {
+        region: String,
+        subscription: String,
+        problems: Vec<String>,
+    },
+    #[error(
+        "[replicate] region / --region `{region}` is set, so the destination accounts are looked up in Resource Manager first, but {missing}\n  hint: {hint}"
+    )]
+    RegionSettings {
+        region: String,
+        missing: String,
+        hint: String,
+    },
+    #[error("checking that the destination accounts are in {region}: {source}")]
+    RegionCheck {
+        region: String,
+        source: Box<crate::arm::ArmError>,
+    },
+    #[error(
         "{url}: the source is not a page blob (it is a {kind}); Azure Batch needs page-blob VHDs"
     )]
     NotPageBlob { url: String, kind: String },
@@ -70,6 +92,9 @@ impl ReplicateError {
             }
             ReplicateError::Storage(StorageError::BadUrl { .. }) => exit::BAD_INPUT,
             ReplicateError::Read { .. } => exit::BAD_INPUT,
+            ReplicateError::Misplaced { .. } | ReplicateError::RegionSettings { .. } => {
+                exit::BAD_INPUT
+            }
             ReplicateError::Cancelled => exit::CANCELLED,
             _ => exit::FAILED,
         }
@@ -112,6 +137,55 @@ pub struct Report {
     pub requests: u64,
     pub retries: u64,
     pub duration_s: f64,
+}
+
+/// Before any byte moves: each destination account is in `region` (the Batch
+/// account's) and in the `ARM_SUBSCRIPTION_ID` subscription, as Resource
+/// Manager tells the `ARM_*` service principal. Returns what was checked.
+pub async fn check_region(accounts: &[String], region: &str) -> Result<String, ReplicateError> {
+    let settings = |missing: &str, hint: &str| ReplicateError::RegionSettings {
+        region: region.to_string(),
+        missing: missing.to_string(),
+        hint: hint.to_string(),
+    };
+    let Some(subscription) = std::env::var("ARM_SUBSCRIPTION_ID")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        return Err(settings(
+            "ARM_SUBSCRIPTION_ID is not set",
+            "set ARM_SUBSCRIPTION_ID to the Batch account's subscription",
+        ));
+    };
+    let Some(principal) = crate::entra::ServicePrincipal::from_env() else {
+        return Err(settings(
+            "no service principal is set",
+            "set ARM_TENANT_ID, ARM_CLIENT_ID and ARM_CLIENT_SECRET (Reader on the subscription)",
+        ));
+    };
+    let arm_error = |source| ReplicateError::RegionCheck {
+        region: region.to_string(),
+        source: Box::new(source),
+    };
+    let mut arm = crate::arm::Arm::connect(&crate::arm::endpoint_from_env(), &principal)
+        .await
+        .map_err(arm_error)?;
+    let listed = arm
+        .storage_accounts(&subscription)
+        .await
+        .map_err(arm_error)?;
+    let misplaced = crate::arm::misplaced(&listed, &subscription, accounts, region);
+    if !misplaced.is_empty() {
+        return Err(ReplicateError::Misplaced {
+            region: region.to_string(),
+            subscription: subscription.clone(),
+            problems: misplaced.iter().map(ToString::to_string).collect(),
+        });
+    }
+    Ok(format!(
+        "{} destination account(s) in {region}, subscription {subscription}",
+        accounts.len()
+    ))
 }
 
 /// Which accounts get a copy: the first `needed` distinct candidates.

@@ -112,6 +112,13 @@ fn cases() -> Vec<Case> {
             expect: &["replicate.storage_accounts.2", "twice"],
         },
         Case {
+            what: "replication region in its display form",
+            manifest: format!(
+                "{MINIMAL}\n[replicate]\nstorage_accounts = [\"a1b\"]\nregion = \"West US 2\"\n"
+            ),
+            expect: &["m.toml:15:10", "replicate.region", "westeurope"],
+        },
+        Case {
             what: "missing user script",
             manifest: format!("{MINIMAL}\n[provision]\nscripts = [\"nope.sh\"]\n"),
             expect: &[

@@ -270,3 +270,44 @@ fn ctrl_c_during_replication_stops_cleanly_and_resume_finishes() {
         assert_eq!(az.download(url, &tmp.path().join("dl.vhd")), local, "{url}");
     }
 }
+
+#[test]
+fn a_replication_account_outside_the_region_stops_the_build_before_packer() {
+    let az = Azurite::start(ACCOUNTS);
+    let arm = ArmReplay::start(ArmExpect {
+        tenant: "00000000-0000-0000-0000-000000000002".into(),
+        client_id: "00000000-0000-0000-0000-000000000001".into(),
+        secret: CANARY.into(),
+        forbid_list: false,
+        pool_allocation_mode: "UserSubscription",
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let (templates, counter) = on_prem_templates(tmp.path());
+    let manifest = tmp.path().join("gpu.toml");
+    let text = std::fs::read_to_string(repo().join(MANIFEST)).unwrap();
+    write(&manifest, &format!("{text}region = \"westus2\"\n"));
+    let dir = tmp.path().join("build");
+    let mut cmd = imgforge();
+    cmd.env("ARM_SUBSCRIPTION_ID", ARM_SUBSCRIPTION)
+        .env("IMGFORGE_ARM_ENDPOINT", arm.endpoint())
+        .env("AZURE_AUTHORITY_HOST", arm.endpoint())
+        .arg("build")
+        .arg(&manifest)
+        .arg("--templates")
+        .arg(&templates)
+        .args(["--out", dir.to_str().unwrap()]);
+    let r = run(az.env(&mut cmd));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("`imgforgerep1` is not among the 5 storage account(s) subscription"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.all().contains(CANARY));
+    assert!(!counter.exists(), "Packer ran anyway");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("build.json")).unwrap()).unwrap();
+    assert_eq!(record["status"], "failed", "{record:#}");
+    assert_eq!(record["failed_stage"], "packer_build", "{record:#}");
+}

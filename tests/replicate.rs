@@ -478,3 +478,96 @@ fn ctrl_c_stops_a_standalone_upload_and_a_rerun_finishes_it() {
     assert_eq!(az.download(&url, &tmp.path().join("dl.vhd")), local);
     assert_eq!(az.props(&url)["metadata"]["imgforge_verified"], "true");
 }
+
+#[test]
+fn with_a_region_misplaced_accounts_are_refused_before_a_byte_moves() {
+    let az = Azurite::start(&["build", "imgcopy0", "imgcopy1", "imgeast0"]);
+    let arm = ArmReplay::start(ArmExpect {
+        tenant: "00000000-0000-0000-0000-000000000002".into(),
+        client_id: "00000000-0000-0000-0000-000000000001".into(),
+        secret: CANARY.into(),
+        forbid_list: false,
+        pool_allocation_mode: "UserSubscription",
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 8, &[(MIB, 4096)]);
+    let source = az.url("build", "captures", "gpu.vhd");
+    az.oracle(&["create", &source, vhd.to_str().unwrap()]);
+    let replicate = |accounts: &[&str], extra: &[&str]| {
+        let m = manifest_with_pool(tmp.path(), 41, accounts);
+        let mut text = std::fs::read_to_string(&m).unwrap();
+        text.push_str("region = \"westus2\"\n");
+        write(&m, &text);
+        let mut cmd = imgforge_for(&az);
+        cmd.env("ARM_CLIENT_ID", "00000000-0000-0000-0000-000000000001")
+            .env("ARM_SUBSCRIPTION_ID", ARM_SUBSCRIPTION)
+            .env("IMGFORGE_ARM_ENDPOINT", arm.endpoint())
+            .env("AZURE_AUTHORITY_HOST", arm.endpoint())
+            .args(["replicate", "--no-validate", "--source", &source])
+            .args(extra)
+            .arg(&m);
+        let r = run(&mut cmd);
+        assert!(!r.all().contains(CANARY), "{}", r.all());
+        r
+    };
+
+    // 41 nodes need two copies; the second account is in eastus.
+    let r = replicate(&["imgcopy0", "imgeast0"], &[]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains(
+            "must be in westus2 (the Batch account's region) and in subscription 7c1d0f2e-3a4b-4c5d-8e6f-90a1b2c3d4e5: `imgeast0` (resource group images-eastus) is in eastus"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("nothing was copied"), "{}", r.stderr);
+    for account in ["imgcopy0", "imgeast0"] {
+        assert_eq!(
+            az.props(&az.url(account, "images", "gpu.vhd")),
+            serde_json::Value::Null,
+            "{account} got a copy"
+        );
+    }
+
+    // Both in westus2: checked (token + two list pages), then copied.
+    let before = arm.request_lines().len();
+    let r = replicate(&["imgcopy0", "imgcopy1"], &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("2 destination account(s) in westus2"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(arm.request_lines().len() - before, 3);
+    assert_eq!(
+        az.props(&az.url("imgcopy1", "images", "gpu.vhd"))["metadata"]["imgforge_verified"],
+        "true"
+    );
+
+    // --region overrides the manifest's.
+    let r = replicate(&["imgcopy0", "imgcopy1"], &["--region", "eastus"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("must be in eastus"), "{}", r.stderr);
+
+    // Without a subscription to look in, the command says which variable is missing.
+    let m = manifest_with_pool(tmp.path(), 1, &["imgcopy0"]);
+    let mut cmd = imgforge_for(&az);
+    cmd.env_remove("ARM_SUBSCRIPTION_ID")
+        .args([
+            "replicate",
+            "--no-validate",
+            "--region",
+            "westus2",
+            "--source",
+            &source,
+        ])
+        .arg(&m);
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("ARM_SUBSCRIPTION_ID is not set"),
+        "{}",
+        r.stderr
+    );
+}

@@ -6,7 +6,7 @@
 
 use super::credentials::ShipyardCredentials;
 use super::{PoolConfig, image_uris};
-use crate::arm::{Arm, ArmError, normalize_region};
+use crate::arm::{Arm, ArmError, Misplaced, normalize_region};
 use crate::entra::ServicePrincipal;
 use crate::report::Finding;
 use crate::storage::{BlobRef, Storage};
@@ -202,7 +202,7 @@ async fn connect(online: &Online<'_>) -> Result<Arm, Unavailable> {
     let endpoint = online
         .credentials
         .and_then(|c| c.management_endpoint.clone())
-        .unwrap_or_else(|| crate::arm::PUBLIC_ENDPOINT.to_string());
+        .unwrap_or_else(crate::arm::endpoint_from_env);
     Ok(Arm::connect(&endpoint, principal).await?)
 }
 
@@ -278,30 +278,21 @@ async fn check_accounts(
         }
     };
 
-    let want = normalize_region(&region.value);
-    let mut problems = Vec::new();
-    let mut evidence = Vec::new();
-    for account in accounts {
-        let problem = match listed.iter().find(|a| a.name.eq_ignore_ascii_case(account)) {
-            None => Some(format!(
-                "`{account}` is not among the {} storage account(s) subscription {} shows this \
-                 service principal",
-                listed.len(),
-                subscription.value
-            )),
-            Some(a) if normalize_region(&a.location) != want => Some(format!(
-                "`{account}` (resource group {}) is in {}, the pool's Batch account in {}",
-                a.resource_group, a.location, region.value
-            )),
-            Some(_) => None,
-        };
-        if let Some(p) = problem {
-            problems.push(p);
-            if let Some(b) = blobs.iter().find(|b| &b.account == account) {
-                evidence.push(config.at(&b.url()));
+    let misplaced = crate::arm::misplaced(&listed, &subscription.value, accounts, &region.value);
+    let problems: Vec<String> = misplaced
+        .iter()
+        .map(|m| match m {
+            Misplaced::NotInSubscription { .. } => m.to_string(),
+            Misplaced::OtherRegion { .. } => {
+                format!("{m}, the pool's Batch account in {}", region.value)
             }
-        }
-    }
+        })
+        .collect();
+    let evidence: Vec<String> = misplaced
+        .iter()
+        .filter_map(|m| blobs.iter().find(|b| b.account == m.account()))
+        .map(|b| config.at(&b.url()))
+        .collect();
     if problems.is_empty() {
         Finding::pass(
             ACCOUNTS,
