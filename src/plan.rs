@@ -118,7 +118,7 @@ pub struct ScriptPlan {
     pub template: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct PoolPlan {
     pub dedicated: u32,
     pub low_priority: u32,
@@ -126,6 +126,8 @@ pub struct PoolPlan {
     pub max_nodes: u32,
     pub vms_per_vhd: u32,
     pub vhd_copies: u32,
+    /// `[replicate] region`: the Batch account's, where the copies' accounts must be.
+    pub batch_region: Option<String>,
 }
 
 /// Copies of a VHD needed so no copy serves more VMs than Azure Storage allows.
@@ -298,6 +300,7 @@ impl Plan {
             max_nodes: raw.pool.max_nodes(),
             vms_per_vhd: distro.os.vms_per_vhd(),
             vhd_copies: vhd_copies(raw.pool.max_nodes(), distro.os),
+            batch_region: raw.replicate.region.clone(),
         };
         if raw.build.target == Target::Vhd {
             let candidates = raw.replicate.storage_accounts.len() as u32;
@@ -458,6 +461,12 @@ impl Plan {
             if p.vhd_copies == 1 { "y" } else { "ies" },
             p.vms_per_vhd
         );
+        if let Some(region) = &p.batch_region {
+            let _ = writeln!(
+                s,
+                "copies     on accounts in {region} (looked up in Resource Manager before Packer runs)"
+            );
+        }
         for w in &self.warnings {
             let _ = writeln!(s, "warning    {w}");
         }

@@ -513,6 +513,12 @@ fn with_a_region_misplaced_accounts_are_refused_before_a_byte_moves() {
 
     // 41 nodes need two copies; the second account is in eastus.
     let r = replicate(&["imgcopy0", "imgeast0"], &[]);
+    let plan = run(imgforge().arg("plan").arg(tmp.path().join("m.toml")));
+    assert!(
+        plan.stdout.contains("copies     on accounts in westus2"),
+        "{}",
+        plan.stdout
+    );
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(
         r.stderr.contains(
