@@ -577,3 +577,51 @@ fn with_a_region_misplaced_accounts_are_refused_before_a_byte_moves() {
         r.stderr
     );
 }
+
+#[test]
+fn without_keys_the_service_principal_signs_in_to_storage_with_entra_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = loopback_certificate(tmp.path());
+    let az = Azurite::start_oauth(&["acct1"], &cert, &key);
+    let arm = ArmReplay::start(ArmExpect {
+        tenant: "00000000-0000-0000-0000-000000000002".into(),
+        client_id: "00000000-0000-0000-0000-000000000001".into(),
+        secret: CANARY.into(),
+        forbid_list: false,
+        pool_allocation_mode: "UserSubscription",
+    });
+    let vhd = sparse_vhd(tmp.path(), "disk", 16, &[(MIB, 5000), (9 * MIB, 4096)]);
+    // No storage key anywhere: the ARM_* principal's token is the only way in.
+    let upload = || {
+        let mut cmd = imgforge();
+        cmd.env("IMGFORGE_BLOB_ENDPOINT", az.endpoint_template())
+            .env("AZURE_AUTHORITY_HOST", arm.endpoint())
+            .env("SSL_CERT_FILE", &cert)
+            .env_remove("AZURE_STORAGE_KEY")
+            .args(["upload", "--json", "--to", "acct1", "--container", "images"])
+            .arg(&vhd);
+        cmd
+    };
+    let r = run(&mut upload());
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.all().contains(CANARY));
+    assert_eq!(arm.token_scopes(), ["https://storage.azure.com/.default"]);
+    let url = az.url("acct1", "images", "disk.vhd");
+    assert_eq!(
+        az.download(&url, &tmp.path().join("dl.vhd")),
+        std::fs::read(&vhd).unwrap()
+    );
+    assert_eq!(az.props(&url)["metadata"]["imgforge_verified"], "true");
+
+    // A wrong secret: Entra's answer, named for the account, never the secret.
+    let r = run(upload().env("ARM_CLIENT_SECRET", "wrong-secret-4d1f"));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("acct1: cannot get an Entra ID token for Azure Storage")
+            && r.stderr.contains("AADSTS7000215"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.all().contains("wrong-secret-4d1f"), "{}", r.all());
+}

@@ -142,6 +142,31 @@ pub struct Azurite {
     child: std::process::Child,
     pub port: u16,
     pub keys: Vec<(String, String)>,
+    /// With TLS (and OAuth): the certificate clients must trust.
+    pub ca: Option<PathBuf>,
+}
+
+/// A self-signed certificate and key for 127.0.0.1, made with openssl.
+pub fn loopback_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let r = run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        // An end-entity certificate (webpki refuses a CA certificate as a server's).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    assert_eq!(r.code, 0, "openssl: {}", r.all());
+    (cert, key)
 }
 
 fn random_key() -> String {
@@ -157,6 +182,16 @@ fn random_key() -> String {
 
 impl Azurite {
     pub fn start(accounts: &[&str]) -> Azurite {
+        Azurite::start_with(accounts, None)
+    }
+
+    /// Over https with `--oauth basic`: Entra ID bearer tokens are accepted
+    /// (their audience, issuer and lifetime checked; not their signature).
+    pub fn start_oauth(accounts: &[&str], cert: &Path, key: &Path) -> Azurite {
+        Azurite::start_with(accounts, Some((cert, key)))
+    }
+
+    fn start_with(accounts: &[&str], tls: Option<(&Path, &Path)>) -> Azurite {
         use std::io::BufRead;
         let bin = repo().join("node_modules/.bin/azurite-blob");
         assert!(
@@ -174,17 +209,24 @@ impl Azurite {
             .join(";");
         let workdir = std::env::temp_dir().join(format!("imgforge-azurite-{}", std::process::id()));
         std::fs::create_dir_all(&workdir).unwrap();
-        let mut child = Command::new(bin)
-            .args([
-                "--blobHost",
-                "127.0.0.1",
-                "--blobPort",
-                "0",
-                "--inMemoryPersistence",
-                "--skipApiVersionCheck",
-                "--loose",
-                "--disableTelemetry",
-            ])
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            "0",
+            "--inMemoryPersistence",
+            "--skipApiVersionCheck",
+            "--loose",
+            "--disableTelemetry",
+        ]);
+        if let Some((cert, key)) = tls {
+            cmd.args(["--oauth", "basic", "--cert"])
+                .arg(cert)
+                .arg("--key")
+                .arg(key);
+        }
+        let mut child = cmd
             .current_dir(&workdir)
             .env("AZURITE_ACCOUNTS", spec)
             .stdout(std::process::Stdio::piped())
@@ -196,7 +238,11 @@ impl Azurite {
         let mut port = 0;
         for line in lines.by_ref() {
             let line = line.unwrap();
-            if let Some(rest) = line.split("listens on http://127.0.0.1:").nth(1) {
+            if let Some(rest) = line
+                .split("listens on http://127.0.0.1:")
+                .nth(1)
+                .or_else(|| line.split("listens on https://127.0.0.1:").nth(1))
+            {
                 port = rest.trim().parse().unwrap();
                 break;
             }
@@ -204,16 +250,26 @@ impl Azurite {
         assert!(port > 0, "Azurite did not report its port");
         // Keep draining its output so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Azurite { child, port, keys }
+        Azurite {
+            child,
+            port,
+            keys,
+            ca: tls.map(|(cert, _)| cert.to_path_buf()),
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.ca.is_some() { "https" } else { "http" }
     }
 
     pub fn endpoint_template(&self) -> String {
-        format!("http://127.0.0.1:{}/{{account}}", self.port)
+        format!("{}://127.0.0.1:{}/{{account}}", self.scheme(), self.port)
     }
 
     pub fn url(&self, account: &str, container: &str, blob: &str) -> String {
         format!(
-            "http://127.0.0.1:{}/{account}/{container}/{blob}",
+            "{}://127.0.0.1:{}/{account}/{container}/{blob}",
+            self.scheme(),
             self.port
         )
     }
@@ -234,6 +290,9 @@ impl Azurite {
         let mut cmd = Command::new("node");
         cmd.arg(repo().join("tests/support/blob-oracle.mjs"))
             .args(args);
+        if let Some(ca) = &self.ca {
+            cmd.env("NODE_EXTRA_CA_CERTS", ca);
+        }
         let r = run(self.env(&mut cmd));
         assert_eq!(r.code, 0, "oracle {args:?}: {}", r.all());
         r.stdout.trim().to_string()
@@ -520,7 +579,11 @@ impl ArmReplay {
                                 == Some("client_credentials")
                             && form.get("client_id") == Some(&expect.client_id)
                             && form.get("client_secret") == Some(&expect.secret);
-                        if good {
+                        let storage_scope = form.get("scope").map(String::as_str)
+                            == Some("https://storage.azure.com/.default");
+                        if good && storage_scope {
+                            ("200 OK", "storage-token")
+                        } else if good {
                             ("200 OK", "token.json")
                         } else {
                             ("401 Unauthorized", "invalid-client-secret.json")
@@ -545,7 +608,15 @@ impl ArmReplay {
                         ("200 OK", "storage-accounts-page-1.json")
                     };
                     let (rg, account) = batch_account.unwrap_or_default();
-                    let doc = answers[name]
+                    let storage_token;
+                    let template = if name == "storage-token" {
+                        storage_token =
+                            storage_token_response(&expect.tenant, &answers["token.json"]);
+                        &storage_token
+                    } else {
+                        &answers[name]
+                    };
+                    let doc = template
                         .replace("{{pool_allocation_mode}}", expect.pool_allocation_mode)
                         .replace("{{resource_group}}", &rg)
                         .replace("{{name}}", &account)
@@ -570,6 +641,21 @@ impl ArmReplay {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The scopes asked for, in order.
+    pub fn token_scopes(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(line, _)| line.starts_with("POST "))
+            .filter_map(|(_, body)| {
+                body.split('&')
+                    .find_map(|kv| kv.strip_prefix("scope="))
+                    .map(imgforge::http::percent_decode)
+            })
+            .collect()
+    }
+
     pub fn request_lines(&self) -> Vec<String> {
         self.requests
             .lock()
@@ -578,6 +664,37 @@ impl ArmReplay {
             .map(|(l, _)| l.clone())
             .collect()
     }
+}
+
+/// The token endpoint's answer (tests/fixtures/arm/token.json) for the Azure
+/// Storage scope: an access token shaped as Entra ID issues them (a JWT with
+/// audience, v1 issuer, tenant, validity), which Azurite's `--oauth basic` checks.
+fn storage_token_response(tenant: &str, arm_answer: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let jwt = format!(
+        "{}.{}.{}",
+        b64(serde_json::json!({"typ": "JWT", "alg": "RS256"})),
+        b64(serde_json::json!({
+            "aud": "https://storage.azure.com",
+            "iss": format!("https://sts.windows.net/{tenant}/"),
+            "tid": tenant,
+            "iat": now - 300,
+            "nbf": now - 300,
+            "exp": now + 3600,
+            "ver": "1.0"
+        })),
+        "bm90LXNpZ25lZA"
+    );
+    let mut doc: serde_json::Value = serde_json::from_str(arm_answer).unwrap();
+    doc["access_token"] = jwt.into();
+    doc.to_string()
 }
 
 /// How the fixture disk is partitioned.
