@@ -106,9 +106,10 @@ pub enum PoolCommand {
         #[arg(long, value_name = "MANIFEST")]
         manifest: Option<PathBuf>,
         /// Also ask Azure: each image blob exists and is a page blob (storage keys
-        /// or a SAS as for `replicate`), and each storage account is in the pool's
-        /// region and subscription (Resource Manager, as the ARM_* service principal
-        /// or the credentials file's management.aad).
+        /// or a SAS as for `replicate`), each storage account is in the pool's
+        /// region and subscription, and the Batch account allocates pools in the
+        /// user's subscription (Resource Manager, as the credentials file's
+        /// management.aad or the ARM_* service principal, with Reader).
         #[arg(long)]
         online: bool,
         /// Batch Shipyard's credentials.yaml (or .json): the pool's region from
