@@ -274,13 +274,7 @@ fn ctrl_c_during_replication_stops_cleanly_and_resume_finishes() {
 #[test]
 fn a_replication_account_outside_the_region_stops_the_build_before_packer() {
     let az = Azurite::start(ACCOUNTS);
-    let arm = ArmReplay::start(ArmExpect {
-        tenant: "00000000-0000-0000-0000-000000000002".into(),
-        client_id: "00000000-0000-0000-0000-000000000001".into(),
-        secret: CANARY.into(),
-        forbid_list: false,
-        pool_allocation_mode: "UserSubscription",
-    });
+    let arm = ArmReplay::start(ArmExpect::env_principal());
     let tmp = tempfile::tempdir().unwrap();
     let (templates, counter) = on_prem_templates(tmp.path());
     let manifest = tmp.path().join("gpu.toml");

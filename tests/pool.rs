@@ -717,11 +717,8 @@ fn online_account_check_with_the_environment_principal_skips_or_fails_honestly()
 
     // The ARM_* principal (the canary secret) signs in; it lacks the Reader role.
     let arm = ArmReplay::start(ArmExpect {
-        tenant: "00000000-0000-0000-0000-000000000002".into(),
-        client_id: "00000000-0000-0000-0000-000000000001".into(),
-        secret: CANARY.into(),
         forbid_list: true,
-        pool_allocation_mode: "UserSubscription",
+        ..ArmExpect::env_principal()
     });
     let creds = tmp.path().join("credentials.json");
     write(

@@ -482,13 +482,7 @@ fn ctrl_c_stops_a_standalone_upload_and_a_rerun_finishes_it() {
 #[test]
 fn with_a_region_misplaced_accounts_are_refused_before_a_byte_moves() {
     let az = Azurite::start(&["build", "imgcopy0", "imgcopy1", "imgeast0"]);
-    let arm = ArmReplay::start(ArmExpect {
-        tenant: "00000000-0000-0000-0000-000000000002".into(),
-        client_id: "00000000-0000-0000-0000-000000000001".into(),
-        secret: CANARY.into(),
-        forbid_list: false,
-        pool_allocation_mode: "UserSubscription",
-    });
+    let arm = ArmReplay::start(ArmExpect::env_principal());
     let tmp = tempfile::tempdir().unwrap();
     let vhd = sparse_vhd(tmp.path(), "disk", 8, &[(MIB, 4096)]);
     let source = az.url("build", "captures", "gpu.vhd");
@@ -499,7 +493,7 @@ fn with_a_region_misplaced_accounts_are_refused_before_a_byte_moves() {
         text.push_str("region = \"westus2\"\n");
         write(&m, &text);
         let mut cmd = imgforge_for(&az);
-        cmd.env("ARM_CLIENT_ID", "00000000-0000-0000-0000-000000000001")
+        cmd.env("ARM_CLIENT_ID", ENV_CLIENT_ID)
             .env("ARM_SUBSCRIPTION_ID", ARM_SUBSCRIPTION)
             .env("IMGFORGE_ARM_ENDPOINT", arm.endpoint())
             .env("AZURE_AUTHORITY_HOST", arm.endpoint())
@@ -583,13 +577,7 @@ fn without_keys_the_service_principal_signs_in_to_storage_with_entra_id() {
     let tmp = tempfile::tempdir().unwrap();
     let (cert, key) = loopback_certificate(tmp.path());
     let az = Azurite::start_oauth(&["acct1"], &cert, &key);
-    let arm = ArmReplay::start(ArmExpect {
-        tenant: "00000000-0000-0000-0000-000000000002".into(),
-        client_id: "00000000-0000-0000-0000-000000000001".into(),
-        secret: CANARY.into(),
-        forbid_list: false,
-        pool_allocation_mode: "UserSubscription",
-    });
+    let arm = ArmReplay::start(ArmExpect::env_principal());
     let vhd = sparse_vhd(tmp.path(), "disk", 16, &[(MIB, 5000), (9 * MIB, 4096)]);
     // No storage key anywhere: the ARM_* principal's token is the only way in.
     let upload = || {

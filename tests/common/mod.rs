@@ -7,11 +7,15 @@ use std::process::{Command, Output};
 
 pub const CANARY: &str = "canary-S3cr3t-7f1d2c9a";
 
+/// The service principal every test's environment names (its secret is the canary).
+pub const ENV_CLIENT_ID: &str = "00000000-0000-0000-0000-000000000001";
+pub const ENV_TENANT_ID: &str = "00000000-0000-0000-0000-000000000002";
+
 pub fn imgforge() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgforge"));
     cmd.env("ARM_CLIENT_SECRET", CANARY)
-        .env("ARM_CLIENT_ID", "00000000-0000-0000-0000-000000000001")
-        .env("ARM_TENANT_ID", "00000000-0000-0000-0000-000000000002")
+        .env("ARM_CLIENT_ID", ENV_CLIENT_ID)
+        .env("ARM_TENANT_ID", ENV_TENANT_ID)
         .env(
             "ARM_SUBSCRIPTION_ID",
             "00000000-0000-0000-0000-000000000003",
@@ -489,6 +493,20 @@ pub struct ArmExpect {
     /// The Batch account `imgbatch` (resource group `batch-westus2`):
     /// `UserSubscription` or `BatchService`.
     pub pool_allocation_mode: &'static str,
+}
+
+impl ArmExpect {
+    /// What the environment of `imgforge()` signs in as; a Reader; a User
+    /// Subscription Batch account.
+    pub fn env_principal() -> ArmExpect {
+        ArmExpect {
+            tenant: ENV_TENANT_ID.into(),
+            client_id: ENV_CLIENT_ID.into(),
+            secret: CANARY.into(),
+            forbid_list: false,
+            pool_allocation_mode: "UserSubscription",
+        }
+    }
 }
 
 impl ArmReplay {
