@@ -202,6 +202,15 @@ const LINUX_FS_GUID: [u8; 16] = guid_bytes(
     [0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4],
 );
 
+/// The Discoverable Partitions Specification's "Linux root (x86-64)", used by
+/// Debian's cloud images and imgforge's local builder.
+const LINUX_ROOT_X86_64_GUID: [u8; 16] = guid_bytes(
+    0x4F68_BCE3,
+    0xE8CD,
+    0x4DB1,
+    [0x96, 0xE7, 0xFB, 0xCA, 0xF9, 0x84, 0xB7, 0x09],
+);
+
 /// GPT stores the first three GUID fields little-endian.
 const fn guid_bytes(a: u32, b: u16, c: u16, d: [u8; 8]) -> [u8; 16] {
     let a = a.to_le_bytes();
@@ -272,13 +281,19 @@ fn partitions(
 }
 
 fn gpt(disk: &SharedDisk, findings: &mut Vec<Finding>) -> Option<Vec<Partition>> {
-    let header = read(disk, 512, 512).ok()?;
     let fail = |findings: &mut Vec<Finding>, why: &str| {
         findings.push(
             Finding::fail("disk.partition-table", format!("invalid GPT: {why}"))
                 .evidence("LBA 1")
                 .hint("rewrite the partition table (sgdisk -e), then rebuild the VHD"),
         );
+    };
+    let header = match read(disk, 512, 512) {
+        Ok(h) => h,
+        Err(e) => {
+            fail(findings, &format!("cannot read the GPT header: {e}"));
+            return None;
+        }
     };
     if &header[0..8] != b"EFI PART" {
         fail(findings, "no `EFI PART` signature");
@@ -304,7 +319,25 @@ fn gpt(disk: &SharedDisk, findings: &mut Vec<Finding>) -> Option<Vec<Partition>>
         fail(findings, "partition entry array out of range");
         return None;
     }
-    let table = read(disk, entries_lba * 512, count * size).ok()?;
+    // Bounded by the checks above: at most 1024 entries of at most 512 bytes.
+    if size > 512 || size % 8 != 0 {
+        fail(findings, "partition entry size out of range");
+        return None;
+    }
+    let Some(table_at) = entries_lba.checked_mul(512) else {
+        fail(findings, "partition entry array LBA out of range");
+        return None;
+    };
+    let table = match read(disk, table_at, count * size) {
+        Ok(t) => t,
+        Err(e) => {
+            fail(
+                findings,
+                &format!("cannot read the partition entry array: {e}"),
+            );
+            return None;
+        }
+    };
     if crc32fast::hash(&table) != u32_at(&header, 88) {
         fail(findings, "partition entry array CRC32 mismatch");
         return None;
@@ -316,19 +349,55 @@ fn gpt(disk: &SharedDisk, findings: &mut Vec<Finding>) -> Option<Vec<Partition>>
         }
         let first = u64_at(e, 32);
         let last = u64_at(e, 40);
+        let (Some(start), Some(end)) = (
+            first.checked_mul(512),
+            last.checked_add(1).and_then(|l| l.checked_mul(512)),
+        ) else {
+            fail(findings, "a partition's LBA range overflows");
+            return None;
+        };
+        if end <= start {
+            fail(findings, "a partition ends before it starts");
+            return None;
+        }
         let name: Vec<u16> = e[56..128]
             .chunks(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .take_while(|c| *c != 0)
             .collect();
         parts.push(Partition {
-            start: first * 512,
-            size: (last + 1).saturating_sub(first) * 512,
-            linux: e[0..16] == LINUX_FS_GUID,
+            start,
+            size: end - start,
+            linux: e[0..16] == LINUX_FS_GUID || e[0..16] == LINUX_ROOT_X86_64_GUID,
             label: String::from_utf16_lossy(&name),
         });
     }
     Some(parts)
+}
+
+/// Partitions must lie inside the disk's payload and not overlap: otherwise the
+/// checks would read some other bytes and could pass an image they never saw.
+fn geometry_problem(parts: &[Partition], payload: u64) -> Option<String> {
+    for p in parts {
+        let end = p.start.checked_add(p.size)?;
+        if end > payload {
+            return Some(format!(
+                "a partition at byte {} of {} bytes ends past the disk's {payload} bytes",
+                p.start, p.size
+            ));
+        }
+    }
+    let mut sorted: Vec<&Partition> = parts.iter().collect();
+    sorted.sort_by_key(|p| p.start);
+    for w in sorted.windows(2) {
+        if w[0].start + w[0].size > w[1].start {
+            return Some(format!(
+                "partitions at bytes {} and {} overlap",
+                w[0].start, w[1].start
+            ));
+        }
+    }
+    None
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -423,7 +492,7 @@ pub fn validate(
         ));
         let stats = disk.borrow().stats();
         return Validation {
-            report: Report::new(subject, f),
+            report: Report::new(subject, completeness(plan, f)),
             read: stats,
         };
     }
@@ -431,10 +500,25 @@ pub fn validate(
     let Some((parts, kind)) = partitions(&disk, &mut f) else {
         let stats = disk.borrow().stats();
         return Validation {
-            report: Report::new(subject, f),
+            report: Report::new(subject, completeness(plan, f)),
             read: stats,
         };
     };
+    if let Some(problem) = geometry_problem(&parts, len.saturating_sub(512)) {
+        f.push(
+            Finding::fail(
+                "disk.partition-table",
+                format!("{kind} partition table does not fit the disk: {problem}"),
+            )
+            .evidence(format!("{subject}: sector 0"))
+            .hint("rewrite the partition table for this disk size, then rebuild the VHD"),
+        );
+        let stats = disk.borrow().stats();
+        return Validation {
+            report: Report::new(subject, completeness(plan, f)),
+            read: stats,
+        };
+    }
     f.push(Finding::pass(
         "disk.partition-table",
         format!("{kind}, {} partition(s)", parts.len()),
@@ -450,7 +534,7 @@ pub fn validate(
         );
         let stats = disk.borrow().stats();
         return Validation {
-            report: Report::new(subject, f),
+            report: Report::new(subject, completeness(plan, f)),
             read: stats,
         };
     }
@@ -467,7 +551,7 @@ pub fn validate(
         );
         let stats = disk.borrow().stats();
         return Validation {
-            report: Report::new(subject, f),
+            report: Report::new(subject, completeness(plan, f)),
             read: stats,
         };
     };
@@ -525,9 +609,34 @@ pub fn validate(
     }
     let stats = disk.borrow().stats();
     Validation {
-        report: Report::new(subject, f),
+        report: Report::new(subject, completeness(plan, f)),
         read: stats,
     }
+}
+
+/// The rule that keeps the validator honest: a Linux image whose files were
+/// never read has not been validated, whatever else passed. Every early return
+/// above that did not already fail lands here, so no path can end in
+/// "N passed, 0 failed" for an image the file checks never saw.
+fn completeness(plan: &Plan, mut f: Vec<Finding>) -> Vec<Finding> {
+    let files_checked = f.iter().any(|x| x.id == "distro.os-release");
+    let failed = f.iter().any(|x| x.status == crate::report::Status::Fail);
+    if plan.distro.os == Os::Linux && !files_checked && !failed {
+        let why = f
+            .iter()
+            .rev()
+            .find(|x| x.status == crate::report::Status::Skip)
+            .map(|x| x.message.clone())
+            .unwrap_or_else(|| "the root filesystem was not read".into());
+        f.push(
+            Finding::fail(
+                "validate.complete",
+                format!("not validated: the image's files were not checked ({why})"),
+            )
+            .hint("only an image whose root filesystem imgforge can read is validated; use the in-VM checks and a boot check for the rest"),
+        );
+    }
+    f
 }
 
 struct Files {

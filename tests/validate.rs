@@ -290,8 +290,10 @@ fn xfs_roots_are_skipped_never_passed() {
     let tmp = tempfile::tempdir().unwrap();
     let vhd = disk_image(tmp.path(), "xfs", Layout::Mbr, RootFs::Xfs, 0);
     let (r, doc) = validate(vhd.to_str().unwrap(), &[]);
-    assert_eq!(r.code, 0, "{}", r.all());
+    // Its files were never read: the verdict is "not validated", exit 1.
+    assert_eq!(r.code, 1, "{}", r.all());
     assert_eq!(status(&doc, "disk.filesystem"), "skip");
+    assert_eq!(failed(&doc), ["validate.complete"], "{doc:#}");
     let passed: Vec<&str> = doc["findings"]
         .as_array()
         .unwrap()
@@ -535,4 +537,93 @@ fn persisted_iptables_rules_that_admit_the_batch_ports_pass() {
     let (r, doc) = validate(vhd.to_str().unwrap(), &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(status(&doc, "batch.firewall"), "pass");
+}
+
+/// Overwrites `bytes` at `offset` of a file.
+fn poke(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
+
+#[test]
+fn an_image_whose_partition_table_cannot_be_read_never_passes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = image(tmp.path(), "good", Layout::Gpt, |_| {});
+    let (r, _) = validate(good.to_str().unwrap(), &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+
+    // The GPT header's entry array LBA points past the end of the disk; the
+    // header CRC is recomputed so only the array read fails.
+    let bad = tmp.path().join("bad-array.vhd");
+    std::fs::copy(&good, &bad).unwrap();
+    let mut header = vec![0u8; 92];
+    {
+        use std::os::unix::fs::FileExt;
+        std::fs::File::open(&bad)
+            .unwrap()
+            .read_exact_at(&mut header, 512)
+            .unwrap();
+    }
+    header[72..80].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    header[16..20].fill(0);
+    let crc = crc32fast::hash(&header);
+    header[16..20].copy_from_slice(&crc.to_le_bytes());
+    poke(&bad, 512, &header);
+    let (r, doc) = validate(bad.to_str().unwrap(), &[]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_eq!(status(&doc, "disk.partition-table"), "fail", "{doc:#}");
+
+    // An MBR whose only partition runs past the end of the disk.
+    let tree = tmp.path().join("t");
+    good_ubuntu_tree(&tree);
+    let mbr = disk_image(
+        tmp.path(),
+        "mbr",
+        Layout::Mbr,
+        RootFs::Ext4 {
+            tree: &tree,
+            dirty_journal: false,
+        },
+        0,
+    );
+    poke(&mbr, 446 + 12, &(1u32 << 30).to_le_bytes());
+    let (r, doc) = validate(mbr.to_str().unwrap(), &[]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_eq!(status(&doc, "disk.partition-table"), "fail", "{doc:#}");
+    let message = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "disk.partition-table")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("past the disk"), "{message}");
+}
+
+#[test]
+fn four_bytes_of_xfs_magic_after_an_mbr_are_not_an_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("x.raw");
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(8 * 1024 * 1024).unwrap();
+    drop(f);
+    let mut mbr = vec![0u8; 512];
+    mbr[446 + 4] = 0x83;
+    mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+    mbr[446 + 12..446 + 16].copy_from_slice(&4096u32.to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    poke(&raw, 0, &mbr);
+    poke(&raw, 2048 * 512, b"XFSB");
+    let vhd = tmp.path().join("x.vhd");
+    raw_to_fixed_vhd(&raw, &vhd);
+    let (r, doc) = validate(vhd.to_str().unwrap(), &[]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        failed(&doc).contains(&"validate.complete".to_string()),
+        "{doc:#}"
+    );
 }
