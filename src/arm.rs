@@ -76,10 +76,7 @@ impl Arm {
     pub async fn connect(endpoint: &str, principal: &ServicePrincipal) -> Result<Arm, ArmError> {
         let endpoint = endpoint.trim_end_matches('/').to_string();
         require_secure(&endpoint).map_err(ArmError::Insecure)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
-            .user_agent(concat!("imgforge/", env!("CARGO_PKG_VERSION")))
+        let http = crate::http::client_builder(Duration::from_secs(60))
             .build()
             .expect("the HTTP client builds");
         let token = crate::entra::token(&http, principal, &format!("{endpoint}/.default"))

@@ -60,6 +60,11 @@ pub async fn token(
         .await
         .map_err(|e| clean(error_chain(&e)))?;
     let status = resp.status();
+    if status.is_redirection() {
+        return Err(format!(
+            "{url}: HTTP {status}: the token endpoint answered with a redirect, which is never followed with a client secret; set the authority (AZURE_AUTHORITY_HOST or authority_url) to the final address"
+        ));
+    }
     let text = resp.text().await.map_err(|e| clean(error_chain(&e)))?;
     if !status.is_success() {
         // Entra's answer names the problem (AADSTS7000215: invalid client

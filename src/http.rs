@@ -1,4 +1,24 @@
 //! Small HTTP helpers shared by the Azure clients (storage, entra, arm).
+//!
+//! Two rules hold for every request that carries a credential (a key's
+//! signature, a bearer token, a SAS, a client secret, or a copy source with
+//! its SAS): it goes over https, or to this machine only (`require_secure`);
+//! and it never follows a redirect (`client_builder`). reqwest's default
+//! policy follows up to 10 redirects to any origin, re-sending headers such as
+//! `x-ms-copy-source` and a token request's body; a 3xx is therefore returned
+//! as it is, and reported as the error it is.
+
+use std::time::Duration;
+
+/// The one way the Azure clients build their HTTP client: bounded connect and
+/// request times, our user agent, and no redirects.
+pub fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("imgforge/", env!("CARGO_PKG_VERSION")))
+}
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 pub fn encode_component(s: &str) -> String {

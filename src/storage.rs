@@ -248,10 +248,7 @@ impl Storage {
         accounts: &[String],
         keys: &BTreeMap<String, Vec<u8>>,
     ) -> Result<Storage, StorageError> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
-            .user_agent(concat!("imgforge/", env!("CARGO_PKG_VERSION")));
+        let mut builder = crate::http::client_builder(Duration::from_secs(120));
         // Tests use this to make every request its own connection, so a
         // fault-injecting proxy sees each one.
         if std::env::var_os("IMGFORGE_HTTP_NO_POOL").is_some() {
@@ -380,6 +377,18 @@ impl Storage {
             all.push(("x-ms-date".into(), date));
             all.push(("x-ms-version".into(), API_VERSION.into()));
             let content_length = body.len();
+            let carries_credential = sas.is_some()
+                || !matches!(self.auth(account), Auth::Anonymous)
+                || all.iter().any(|(k, _)| k == "x-ms-copy-source");
+            if carries_credential && let Err(why) = crate::http::require_secure(base) {
+                return Err(StorageError::Transport {
+                    op,
+                    account: account.to_string(),
+                    path: display_path.to_string(),
+                    attempts: attempt,
+                    message: why,
+                });
+            }
             let mut req = self.http.request(method.clone(), &url);
             if sas.is_none() {
                 match self.auth(account) {
@@ -818,6 +827,7 @@ fn status_hint(status: u16, account: &str) -> String {
         404 => format!("the blob or container does not exist in storage account `{account}`"),
         409 => "the blob is busy (a copy or lease in progress); try again later".to_string(),
         501 => "the service does not implement this operation".to_string(),
+        300..=399 => "the endpoint answered with a redirect, which imgforge never follows with credentials: point --blob-endpoint at the final address".to_string(),
         _ => "the storage service reported an error; see the status and code".to_string(),
     }
 }

@@ -1,0 +1,145 @@
+//! Hostile servers: credentials never follow a redirect and never travel in
+//! clear text beyond this machine. Each case runs a loopback server that
+//! answers 307 towards a second loopback "witness" listener; the witness must
+//! see no connection at all (reqwest's default policy would follow).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Counts connections to an address for as long as it lives (at most 60 s).
+struct Witness {
+    addr: SocketAddr,
+    seen: Arc<AtomicUsize>,
+}
+
+impl Witness {
+    fn on(ip: &str) -> Witness {
+        let listener = TcpListener::bind((ip, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < until {
+                match listener.accept() {
+                    Ok(_) => {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Witness { addr, seen }
+    }
+
+    fn connections(&self) -> usize {
+        // Give a follower time to arrive.
+        std::thread::sleep(Duration::from_millis(300));
+        self.seen.load(Ordering::SeqCst)
+    }
+}
+
+/// Answers every request with `307 Location: <to><path>`; stops by itself.
+fn redirector(to: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            let Ok((mut conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            conn.set_nonblocking(false).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+                match conn.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let text = String::from_utf8_lossy(&head);
+            let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{to}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = conn.write_all(answer.as_bytes());
+        }
+    });
+    addr
+}
+
+fn small_vhd(dir: &Path) -> std::path::PathBuf {
+    let raw = dir.join("d.raw");
+    std::fs::write(&raw, vec![7u8; 1024 * 1024]).unwrap();
+    let vhd = dir.join("d.vhd");
+    raw_to_fixed_vhd(&raw, &vhd);
+    vhd
+}
+
+#[test]
+fn a_storage_endpoint_that_redirects_gets_no_second_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let witness = Witness::on("127.0.0.1");
+    let front = redirector(witness.addr);
+    let r = run(imgforge()
+        .env("IMGFORGE_STORAGE_KEY_ACCT", "a2V5LWJ5dGVzLWZvci10ZXN0cw==")
+        .env("IMGFORGE_HTTP_NO_POOL", "1")
+        .arg("upload")
+        .arg(small_vhd(tmp.path()))
+        .args(["--to", "acct", "--blob-endpoint"])
+        .arg(format!("http://{front}/{{account}}")));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert_eq!(witness.connections(), 0, "a request followed the redirect");
+    assert!(r.all().contains("307"), "{}", r.all());
+    assert!(r.all().contains("redirect"), "{}", r.all());
+}
+
+#[test]
+fn a_token_endpoint_that_redirects_never_gets_the_secret_re_posted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let witness = Witness::on("127.0.0.1");
+    let front = redirector(witness.addr);
+    let r = run(imgforge()
+        .env("AZURE_AUTHORITY_HOST", format!("http://{front}"))
+        .env_remove("AZURE_STORAGE_KEY")
+        .arg("upload")
+        .arg(small_vhd(tmp.path()))
+        .args(["--to", "acct", "--blob-endpoint"])
+        .arg(format!("http://{front}/{{account}}")));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert_eq!(witness.connections(), 0, "the token request followed");
+    assert!(r.all().contains("redirect"), "{}", r.all());
+    assert!(!r.all().contains(CANARY));
+}
+
+#[test]
+fn a_sas_is_not_sent_in_clear_text_off_the_allow_list() {
+    // 127.0.0.2 is this machine too, but not on the plain-http allow-list: a
+    // SAS must not be sent there, and the witness proves nothing was.
+    let witness = Witness::on("127.0.0.2");
+    let url = format!(
+        "http://{}/acct/images/d.vhd?sv=2021-08-06&sr=b&sp=r&sig=c2lnbmF0dXJl",
+        witness.addr
+    );
+    let r = run(imgforge()
+        .args(["validate", "--manifest"])
+        .arg(repo().join("contrib/gpu-ubuntu1604.toml"))
+        .arg(&url));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert_eq!(witness.connections(), 0, "the SAS went over plain http");
+    assert!(r.all().contains("https"), "{}", r.all());
+    assert!(!r.all().contains("c2lnbmF0dXJl"), "{}", r.all());
+}
