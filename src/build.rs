@@ -31,16 +31,23 @@ pub enum Stage {
     PackerValidate,
     PackerBuild,
     Capture,
+    /// The captured image itself, offline (a local VHD; Azure VHDs are
+    /// validated as copies after replication).
+    ValidateImage,
+    /// A local build's VHD booted under QEMU.
+    BootCheck,
     Replicate,
     Validate,
     Snippet,
 }
 
-pub const STAGES: [Stage; 7] = [
+pub const STAGES: [Stage; 9] = [
     Stage::Render,
     Stage::PackerValidate,
     Stage::PackerBuild,
     Stage::Capture,
+    Stage::ValidateImage,
+    Stage::BootCheck,
     Stage::Replicate,
     Stage::Validate,
     Stage::Snippet,
@@ -53,6 +60,8 @@ impl Stage {
             Stage::PackerValidate => "packer validate",
             Stage::PackerBuild => "packer build",
             Stage::Capture => "capture",
+            Stage::ValidateImage => "validate image",
+            Stage::BootCheck => "boot check",
             Stage::Replicate => "replicate",
             Stage::Validate => "validate",
             Stage::Snippet => "snippet",
@@ -80,6 +89,10 @@ pub enum BuildError {
     Replicate(#[from] ReplicateError),
     #[error("{0}")]
     Validate(String),
+    #[error("{0}")]
+    Local(#[from] crate::local::LocalError),
+    #[error("{0}")]
+    Boot(#[from] crate::bootcheck::BootError),
     #[error("{0}")]
     Storage(#[from] crate::storage::StorageError),
     #[error("{path}: cannot write: {source}")]
@@ -111,7 +124,10 @@ impl BuildError {
             BuildError::Render(RenderError::Write { .. }) | BuildError::Write { .. } => exit::IO,
             BuildError::Render(_) | BuildError::Resume { .. } => exit::BAD_INPUT,
             BuildError::Packer(PackerError::Invalid { .. }) => exit::FAILED,
-            BuildError::Packer(_) => exit::TOOL,
+            BuildError::Packer(_) | BuildError::Local(_) => exit::TOOL,
+            BuildError::Boot(crate::bootcheck::BootError::Cancelled) => exit::CANCELLED,
+            BuildError::Boot(crate::bootcheck::BootError::Missing { .. }) => exit::TOOL,
+            BuildError::Boot(_) => exit::FAILED,
             BuildError::Replicate(e) => match e.exit_code() {
                 exit::BAD_INPUT => exit::BAD_INPUT,
                 _ => exit::FAILED,
@@ -174,6 +190,47 @@ pub struct ValidationSummary {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootRecord {
+    pub pass: usize,
+    pub warn: usize,
+    pub fail: usize,
+    pub failed_checks: Vec<String>,
+    pub runs: Vec<crate::bootcheck::BootRun>,
+}
+
+impl ValidationSummary {
+    fn of(v: &crate::validate::Validation) -> ValidationSummary {
+        ValidationSummary {
+            pass: v.report.summary.pass,
+            warn: v.report.summary.warn,
+            fail: v.report.summary.fail,
+            skip: v.report.summary.skip,
+            failed_checks: failed_ids(&v.report),
+            bytes_read: v.read.bytes,
+            requests: v.read.requests,
+        }
+    }
+}
+
+fn failed_ids(report: &crate::report::Report) -> Vec<String> {
+    report
+        .findings
+        .iter()
+        .filter(|f| f.status == crate::report::Status::Fail)
+        .map(|f| f.id.clone())
+        .collect()
+}
+
+fn failed_lines(report: &crate::report::Report) -> Vec<String> {
+    report
+        .findings
+        .iter()
+        .filter(|f| f.status == crate::report::Status::Fail)
+        .map(|f| format!("{}: {}", f.id, f.message))
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CopyRecord {
     #[serde(flatten)]
     pub copy: CopyOutcome,
@@ -207,6 +264,12 @@ pub struct BuildRecord {
     pub duration_s: f64,
     pub stages: Vec<StageRecord>,
     pub artifact: Option<Captured>,
+    /// The captured image checked offline (local VHDs).
+    #[serde(default)]
+    pub image_validation: Option<ValidationSummary>,
+    /// The local VHD booted under QEMU.
+    #[serde(default)]
+    pub boot_check: Option<BootRecord>,
     pub copies: Vec<CopyRecord>,
     pub replication: Option<ReplicationSummary>,
     /// The Batch Shipyard pool snippet written next to this record.
@@ -260,6 +323,8 @@ pub struct BuildOptions<'a> {
     pub verbose: bool,
     pub replicate: bool,
     pub validate: bool,
+    /// Boot a local build's VHD under QEMU (`--no-boot-check` turns it off).
+    pub boot_check: bool,
     pub blob_endpoint: String,
     pub parallel: usize,
     pub show_progress: bool,
@@ -369,6 +434,8 @@ pub fn run(
             duration_s: 0.0,
             stages: Vec::new(),
             artifact: None,
+            image_validation: None,
+            boot_check: None,
             copies: Vec::new(),
             replication: None,
             snippet: None,
@@ -430,6 +497,8 @@ pub fn run(
                 Stage::PackerValidate => run.packer_validate(),
                 Stage::PackerBuild => run.packer_build(),
                 Stage::Capture => run.capture(),
+                Stage::ValidateImage => run.validate_image(),
+                Stage::BootCheck => run.boot_check(),
                 Stage::Replicate => run.replicate(),
                 Stage::Validate => run.validate_copies(),
                 Stage::Snippet => run.snippet(),
@@ -468,6 +537,14 @@ pub fn run(
                 };
                 run.record.failed_stage = Some(stage);
                 run.record.error = Some(e.to_string());
+                if stage == Stage::PackerBuild
+                    && run.plan.local.is_some()
+                    && let Some(cleaned) = crate::local::clean_work(&run.dir)
+                {
+                    run.record
+                        .warnings
+                        .push(format!("after the failed local build: {cleaned}"));
+                }
                 run.record.finished_at = now_string();
                 run.record.duration_s = previous_duration + seconds(run.clock.elapsed());
                 run.save()?;
@@ -542,7 +619,25 @@ impl Run<'_> {
             self.record.artifact,
             Some(Captured::AzureVhd { .. }) | Some(Captured::LocalVhd { .. })
         );
+        let local_vhd = matches!(self.record.artifact, Some(Captured::LocalVhd { .. }));
         match stage {
+            Stage::ValidateImage if !local_vhd => Some(
+                "not a local VHD: an Azure VHD is validated as copies, after replication".into(),
+            ),
+            Stage::ValidateImage if !self.opts.validate => Some("--no-validate".into()),
+            Stage::BootCheck if !local_vhd || self.plan.local.is_none() => {
+                Some("boot-checked only for builder = \"local\"".into())
+            }
+            Stage::BootCheck if !self.opts.boot_check => Some("--no-boot-check".into()),
+            Stage::BootCheck
+                if self
+                    .plan
+                    .local
+                    .as_ref()
+                    .is_some_and(|l| l.boot_check == crate::manifest::BootCheck::Off) =>
+            {
+                Some("[build.local] boot_check = \"off\"".into())
+            }
             Stage::Replicate if !self.opts.replicate => Some("--no-replicate".into()),
             Stage::Replicate if !is_vhd => Some(
                 "the image is not a VHD: Azure serves managed and gallery images itself".into(),
@@ -614,6 +709,14 @@ impl Run<'_> {
     }
 
     fn packer_build(&mut self) -> Result<String, BuildError> {
+        if let Some(local) = &self.plan.local {
+            let boot = self.opts.boot_check && local.boot_check != crate::manifest::BootCheck::Off;
+            let uefi = matches!(
+                local.boot_check,
+                crate::manifest::BootCheck::Uefi | crate::manifest::BootCheck::Both
+            );
+            crate::local::preflight(boot, uefi)?;
+        }
         if self.plan.target == crate::manifest::Target::Vhd {
             self.check_region()?;
         }
@@ -679,6 +782,122 @@ impl Run<'_> {
         let msg = captured.describe();
         crate::term::status("Captured", &msg);
         self.record.artifact = Some(captured);
+        Ok(msg)
+    }
+
+    fn local_image(&self) -> PathBuf {
+        match &self.record.artifact {
+            Some(Captured::LocalVhd { path, .. }) => path.clone(),
+            _ => unreachable!("skip_reason lets only local VHDs through"),
+        }
+    }
+
+    fn validate_image(&mut self) -> Result<String, BuildError> {
+        let path = self.local_image();
+        let v = crate::validate::validate_file(&path, self.plan)
+            .map_err(|e| BuildError::Validate(e.to_string()))?;
+        self.record.image_validation = Some(ValidationSummary::of(&v));
+        if v.report.failed() {
+            return Err(BuildError::Validate(format!(
+                "{} failed validation:\n  {}\n  hint: `imgforge validate {} --manifest {}` shows every check",
+                path.display(),
+                failed_lines(&v.report).join("\n  "),
+                path.display(),
+                self.manifest.path.display()
+            )));
+        }
+        let msg = format!(
+            "{}: {} passed, {} warnings, {} skipped ({} bytes read)",
+            path.display(),
+            v.report.summary.pass,
+            v.report.summary.warn,
+            v.report.summary.skip,
+            v.read.bytes
+        );
+        crate::term::status("Validated", &msg);
+        Ok(msg)
+    }
+
+    fn boot_check(&mut self) -> Result<String, BuildError> {
+        use crate::bootcheck::{BATCH_PORTS, BootOptions, Firmware, closed_port};
+        use crate::manifest::BootCheck;
+        let path = self.local_image();
+        let firmwares = match self.plan.local.as_ref().map(|l| l.boot_check) {
+            Some(BootCheck::Bios) => vec![Firmware::Bios],
+            Some(BootCheck::Uefi) => vec![Firmware::Uefi],
+            _ => vec![Firmware::Bios, Firmware::Uefi],
+        };
+        crate::term::status(
+            "Booting",
+            &format!(
+                "{} under QEMU ({})",
+                path.display(),
+                firmwares
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        );
+        let result = crate::bootcheck::boot_check(
+            &path,
+            &BootOptions {
+                firmwares,
+                timeout: Duration::from_secs(300),
+                must_answer: BATCH_PORTS.to_vec(),
+                must_be_dropped: closed_port(&self.plan.firewall.inbound_tcp),
+                log_dir: self.dir.clone(),
+                cancel: self.cancel.clone(),
+            },
+        )
+        .map_err(|e| match e {
+            crate::bootcheck::BootError::Cancelled => BuildError::Cancelled,
+            other => other.into(),
+        })?;
+        let r = &result.report;
+        self.record.boot_check = Some(BootRecord {
+            pass: r.summary.pass,
+            warn: r.summary.warn,
+            fail: r.summary.fail,
+            failed_checks: failed_ids(r),
+            runs: result.runs.clone(),
+        });
+        let times: Vec<String> = result
+            .runs
+            .iter()
+            .map(|run| {
+                format!(
+                    "{} {}",
+                    run.firmware.name(),
+                    run.login_after_s
+                        .map_or("no login".to_string(), |s| format!(
+                            "login in {s:.0} s ({})",
+                            run.accel
+                        ))
+                )
+            })
+            .collect();
+        if r.failed() {
+            let mut tail = String::new();
+            for run in result.runs.iter().filter(|run| !run.tail.is_empty()) {
+                tail.push_str(&format!(
+                    "\n  last console lines ({}, {}):",
+                    run.firmware.name(),
+                    run.serial_log.display()
+                ));
+                for l in &run.tail {
+                    tail.push_str("\n    ");
+                    tail.push_str(l);
+                }
+            }
+            return Err(BuildError::Validate(format!(
+                "the boot check failed ({}):\n  {}{tail}",
+                times.join(", "),
+                failed_lines(r).join("\n  ")
+            )));
+        }
+        let msg = format!("{} checks passed: {}", r.summary.pass, times.join(", "));
+        crate::term::status("Booted", &msg);
         Ok(msg)
     }
 

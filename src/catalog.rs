@@ -74,7 +74,57 @@ pub struct Distro {
     pub kernel_packages: &'static [&'static str],
     /// Ubuntu's codename, used in apt repository lines.
     pub codename: &'static str,
+    /// Whether a primary source (the Batch team's notices or the service's
+    /// `supportedimages` list) names this node agent; `plan` warns when not.
+    pub node_agent_verified: bool,
+    /// How the local builder makes this distro's base root; `None` where no
+    /// local build is possible (RPM distros: no mmdebstrap; Windows).
+    pub local: Option<LocalBase>,
 }
+
+/// What the local builder needs to make a distro's root with mmdebstrap: the
+/// archive, its keyring, and the packages that stand in for what a
+/// marketplace image already has (kernel, agent, SSH, bootloader binaries).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct LocalBase {
+    pub suite: &'static str,
+    pub mirror: &'static str,
+    /// Keyring that signs the archive; empty means mmdebstrap's default
+    /// (the host's Debian keyring).
+    pub keyring: &'static str,
+    /// The distro's cloud kernel, as its cloud images ship it.
+    pub kernel: &'static str,
+    /// Kernel headers for DKMS modules (the GPU driver).
+    pub kernel_headers: &'static str,
+    /// The Azure Linux agent's package name.
+    pub agent: &'static str,
+    /// The security archive, used with the distro's default mirror.
+    pub security: &'static str,
+    /// Whether this archive is reachable from imgforge's CI (Debian's is;
+    /// Ubuntu's is not), so the README can say what is tested.
+    pub tested: bool,
+}
+
+/// Packages of every local base root besides the kernel and the agent:
+/// a booting systemd system with DHCP networking, SSH, cloud-init (as Azure's
+/// images provision through it) and the GRUB binaries for BIOS and UEFI.
+pub const LOCAL_BASE_PACKAGES: &[&str] = &[
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "dbus",
+    "initramfs-tools",
+    "grub-pc-bin",
+    "grub-efi-amd64-bin",
+    "openssh-server",
+    "ifupdown",
+    "isc-dhcp-client",
+    "netbase",
+    "iproute2",
+    "cloud-init",
+    "e2fsprogs",
+    "ca-certificates",
+];
 
 pub const DISTROS: &[Distro] = &[
     ubuntu(
@@ -138,6 +188,42 @@ pub const DISTROS: &[Distro] = &[
         "jammy",
     ),
     Distro {
+        key: "debian-12",
+        os: Os::Linux,
+        base_image: MarketplaceImage {
+            publisher: "Debian",
+            offer: "debian-12",
+            sku: "12",
+        },
+        hpc_base_image: None,
+        // No primary source names a Debian 12 node agent (DOMAIN §6): set
+        // `[image] node_agent` to what `skus --online` lists for your account.
+        node_agent: "batch.node.debian 12",
+        family: PackageFamily::Apt,
+        firewall: HostFirewall::Ufw,
+        // Debian's waagent.conf ships ResourceDisk.MountPoint=/mnt/resource,
+        // the non-Ubuntu path Batch Shipyard accepts.
+        ephemeral_mount: "/mnt/resource",
+        docker_data_root: "/mnt/resource/docker",
+        os_release_id: "debian",
+        os_release_version: "12",
+        ssh_service: "ssh",
+        nvidia_repo: "debian12",
+        kernel_packages: &["linux-image-cloud-amd64", "linux-headers-cloud-amd64"],
+        codename: "bookworm",
+        node_agent_verified: false,
+        local: Some(LocalBase {
+            suite: "bookworm",
+            mirror: "http://deb.debian.org/debian",
+            keyring: "",
+            kernel: "linux-image-cloud-amd64",
+            kernel_headers: "linux-headers-cloud-amd64",
+            agent: "waagent",
+            security: "http://deb.debian.org/debian-security",
+            tested: true,
+        }),
+    },
+    Distro {
         key: "centos-7",
         os: Os::Linux,
         base_image: MarketplaceImage {
@@ -161,6 +247,8 @@ pub const DISTROS: &[Distro] = &[
         nvidia_repo: "rhel7",
         kernel_packages: &["kernel", "kernel-devel", "kernel-headers"],
         codename: "",
+        node_agent_verified: true,
+        local: None,
     },
     Distro {
         key: "almalinux-8",
@@ -186,6 +274,8 @@ pub const DISTROS: &[Distro] = &[
         nvidia_repo: "rhel8",
         kernel_packages: &["kernel", "kernel-core", "kernel-modules", "kernel-devel"],
         codename: "",
+        node_agent_verified: true,
+        local: None,
     },
     Distro {
         key: "windows-2019",
@@ -207,6 +297,8 @@ pub const DISTROS: &[Distro] = &[
         nvidia_repo: "",
         kernel_packages: &[],
         codename: "",
+        node_agent_verified: true,
+        local: None,
     },
 ];
 
@@ -242,6 +334,17 @@ const fn ubuntu(
             "linux-headers-generic",
         ],
         codename,
+        node_agent_verified: true,
+        local: Some(LocalBase {
+            suite: codename,
+            mirror: "http://archive.ubuntu.com/ubuntu",
+            keyring: "/usr/share/keyrings/ubuntu-archive-keyring.gpg",
+            kernel: "linux-image-azure",
+            kernel_headers: "linux-headers-azure",
+            agent: "walinuxagent",
+            security: "http://security.ubuntu.com/ubuntu",
+            tested: false,
+        }),
     }
 }
 
@@ -342,6 +445,9 @@ pub struct VmCheck {
     pub message: &'static str,
     /// Only meaningful on a VM size with the hardware (GPU, InfiniBand).
     pub needs_hardware: bool,
+    /// Needs a booted system (a running daemon): skipped, never passed, when
+    /// the scripts run in a root (the local builder).
+    pub needs_boot: bool,
 }
 
 pub const FEATURES: &[Feature] = &[
@@ -364,9 +470,12 @@ pub const FEATURES: &[Feature] = &[
             missing_message: "SSH server not installed",
         }],
         vm_checks: &[VmCheck {
-            command: "sshd -t",
+            // sshd wants its privilege separation directory, which ssh.service
+            // makes at start: make it first, so the check also runs in a root.
+            command: "install -d -m 0755 /run/sshd && sshd -t",
             message: "SSH server configuration is invalid",
             needs_hardware: false,
+            needs_boot: false,
         }],
     },
     Feature {
@@ -398,6 +507,7 @@ pub const FEATURES: &[Feature] = &[
             command: "docker version",
             message: "Docker not installed",
             needs_hardware: false,
+            needs_boot: true,
         }],
     },
     Feature {
@@ -434,16 +544,19 @@ pub const FEATURES: &[Feature] = &[
                 command: "nvidia-smi",
                 message: "No Nvidia drivers detected!",
                 needs_hardware: true,
+                needs_boot: false,
             },
             VmCheck {
                 command: "lsmod | grep -q '^nvidia '",
                 message: "No Nvidia drivers detected!",
                 needs_hardware: true,
+                needs_boot: false,
             },
             VmCheck {
                 command: "command -v nvidia-container-cli",
                 message: "nvidia container runtime not installed",
                 needs_hardware: false,
+                needs_boot: false,
             },
         ],
     },
@@ -451,7 +564,7 @@ pub const FEATURES: &[Feature] = &[
         id: FeatureId::RdmaNd,
         script: "scripts/40-rdma.sh.tera",
         packages: PerFamily {
-            apt: &["rdma-core", "ibverbs-utils"],
+            apt: &["rdma-core", "ibverbs-utils", "infiniband-diags"],
             yum: &["rdma-core", "libibverbs-utils"],
             dnf: &["rdma-core", "libibverbs-utils"],
         },
@@ -466,6 +579,7 @@ pub const FEATURES: &[Feature] = &[
             command: "test -e /dev/infiniband/uverbs0",
             message: "RDMA device /dev/infiniband/uverbs0 not present",
             needs_hardware: true,
+            needs_boot: false,
         }],
     },
     Feature {
@@ -488,11 +602,13 @@ pub const FEATURES: &[Feature] = &[
                 command: "ofed_info -s",
                 message: "Mellanox OFED not installed",
                 needs_hardware: false,
+                needs_boot: false,
             },
             VmCheck {
                 command: "test -e /dev/infiniband/uverbs0",
                 message: "RDMA device /dev/infiniband/uverbs0 not present",
                 needs_hardware: true,
+                needs_boot: false,
             },
         ],
     },
@@ -515,6 +631,7 @@ pub const FEATURES: &[Feature] = &[
             command: "mount.nfs4 -V",
             message: "Required storage cluster software to mount nfs not installed",
             needs_hardware: false,
+            needs_boot: false,
         }],
     },
     Feature {
@@ -536,6 +653,7 @@ pub const FEATURES: &[Feature] = &[
             command: "glusterfs -V",
             message: "Required storage cluster software to mount glusterfs not installed",
             needs_hardware: false,
+            needs_boot: false,
         }],
     },
     Feature {
@@ -561,6 +679,7 @@ pub const FEATURES: &[Feature] = &[
             command: "gluster --version",
             message: "GlusterFS server (gluster) not installed",
             needs_hardware: false,
+            needs_boot: false,
         }],
     },
 ];
@@ -578,6 +697,20 @@ pub const FIREWALL_SCRIPT: &str = "scripts/70-firewall.sh.tera";
 pub const PACKAGES_SCRIPT: &str = "scripts/80-packages.sh.tera";
 pub const VM_CHECKS_SCRIPT: &str = "scripts/95-vm-checks.sh.tera";
 pub const PACKER_TEMPLATE: &str = "packer/azure-arm.json.tera";
+pub const PACKER_TEMPLATE_LOCAL: &str = "packer/local.json.tera";
+/// The local builder's steps, in order: root, provisioning, disk.
+pub const LOCAL_STEPS: &[&str] = &[
+    "local/10-root.sh.tera",
+    "local/20-provision.sh.tera",
+    "local/30-disk.sh.tera",
+];
+
+pub fn packer_template(builder: crate::manifest::Builder) -> &'static str {
+    match builder {
+        crate::manifest::Builder::AzureArm => PACKER_TEMPLATE,
+        crate::manifest::Builder::Local => PACKER_TEMPLATE_LOCAL,
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -66,6 +66,23 @@ pub enum Command {
     /// Exit status: 0 when every check passed (warnings and skips allowed), 1 when
     /// a check failed, 2 when the image cannot be read or the command line is wrong.
     Validate(ValidateArgs),
+    /// Boot a fixed VHD under QEMU (snapshot mode: never written) and check what a
+    /// Batch node needs from a boot: login prompt, no failed unit, SSH on 22,
+    /// Batch's ports through the host firewall, the firewall active.
+    ///
+    /// Exit status: 0 when every check passed (warnings allowed), 1 when one
+    /// failed, 2 when the image is not a fixed VHD, 3 when QEMU or OVMF is missing.
+    #[command(after_help = "\
+Examples:
+  imgforge boot-check disk.vhd                          BIOS boot (an Azure Generation 1 VM)
+  imgforge boot-check disk.vhd --uefi --json            BIOS and UEFI (Generation 2), one JSON report
+  imgforge boot-check disk.vhd --manifest m.toml        the image's own extra ports are not probed as closed
+
+QEMU uses KVM when /dev/kvm works, else software emulation (TCG, ~40 s a boot on
+2 cores); IMGFORGE_QEMU_ACCEL=tcg forces software, IMGFORGE_QEMU names the binary.
+The guest's network is restricted: it reaches nothing, only forwarded loopback
+ports reach it.")]
+    BootCheck(BootCheckArgs),
     /// What happened in a build, stage by stage (from its build.json).
     Status {
         /// The build directory.
@@ -206,9 +223,13 @@ pub struct BuildArgs {
     /// Continue the build in DIR from its first unfinished stage (same manifest and templates).
     #[arg(long, value_name = "DIR", conflicts_with_all = ["out", "force", "dry_run"])]
     pub resume: Option<PathBuf>,
-    /// Stop after capture: no copies, no remote validation.
+    /// Stop after capture: no copies, no remote validation (a local build's
+    /// VHD is still validated and boot-checked).
     #[arg(long)]
     pub no_replicate: bool,
+    /// Skip the boot check of a local build's VHD.
+    #[arg(long)]
+    pub no_boot_check: bool,
     /// Do not validate the copies after replication.
     #[arg(long)]
     pub no_validate: bool,
@@ -299,6 +320,28 @@ pub struct UploadArgs {
     pub name: Option<String>,
     #[command(flatten)]
     pub storage: StorageOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct BootCheckArgs {
+    /// A local fixed VHD.
+    pub image: PathBuf,
+    /// Also boot in UEFI mode (OVMF, q35), as an Azure Generation 2 VM.
+    #[arg(long)]
+    pub uefi: bool,
+    /// The manifest the image was built from: its extra inbound ports are not
+    /// used as the port that must get no answer.
+    #[arg(long, value_name = "MANIFEST")]
+    pub manifest: Option<PathBuf>,
+    /// Seconds from QEMU's start to the login prompt, per boot.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub timeout: u64,
+    /// Keep the serial console logs in DIR [default: a temporary directory, kept when a check fails].
+    #[arg(long, value_name = "DIR")]
+    pub logs: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,7 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
         Command::Replicate(args) => replicate(args),
         Command::Upload(args) => upload(args),
         Command::Validate(args) => validate(args),
+        Command::BootCheck(args) => boot_check(args),
     }
 }
 
@@ -113,6 +114,7 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
             verbose: args.verbose,
             replicate: !args.no_replicate,
             validate: !args.no_validate,
+            boot_check: !args.no_boot_check,
             blob_endpoint: args
                 .blob_endpoint
                 .clone()
@@ -661,6 +663,95 @@ fn validate(args: ValidateArgs) -> Result<i32, AppError> {
         );
     }
     Ok(code)
+}
+
+fn boot_check(args: crate::cli::BootCheckArgs) -> Result<i32, AppError> {
+    use crate::bootcheck::{BATCH_PORTS, BootOptions, Firmware, closed_port};
+    let inbound = match &args.manifest {
+        Some(m) => Plan::new(&Manifest::load(m)?).firewall.inbound_tcp,
+        None => crate::catalog::required_inbound_tcp(crate::catalog::Os::Linux).to_vec(),
+    };
+    let temp;
+    let log_dir = match &args.logs {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("imgforge-boot-")
+                .tempdir()
+                .map_err(|source| AppError::Io {
+                    context: "a temporary directory for the console logs".into(),
+                    source,
+                })?;
+            temp.path().to_path_buf()
+        }
+    };
+    use std::sync::Arc;
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _signals = crate::signals::SignalWatch::start(
+        cancel.clone(),
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        "interrupted: stopping QEMU",
+    );
+    let mut firmwares = vec![Firmware::Bios];
+    if args.uefi {
+        firmwares.push(Firmware::Uefi);
+    }
+    crate::term::status(
+        "Booting",
+        &format!(
+            "{} ({}) under QEMU, up to {} s each",
+            args.image.display(),
+            firmwares
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(" and "),
+            args.timeout
+        ),
+    );
+    let result = crate::bootcheck::boot_check(
+        &args.image,
+        &BootOptions {
+            firmwares,
+            timeout: std::time::Duration::from_secs(args.timeout),
+            must_answer: BATCH_PORTS.to_vec(),
+            must_be_dropped: closed_port(&inbound),
+            log_dir: log_dir.clone(),
+            cancel,
+        },
+    )?;
+    if result.report.failed() && args.logs.is_none() {
+        // Keep the console logs the report points at.
+        let kept = log_dir.clone();
+        if let Some(t) = temp_keep(&kept) {
+            crate::term::warning(&format!("console logs kept in {}", t.display()));
+        }
+    }
+    if !args.json {
+        for run in result.runs.iter().filter(|r| !r.tail.is_empty()) {
+            eprintln!("last console lines ({}):", run.firmware.name());
+            for l in &run.tail {
+                eprintln!("    {l}");
+            }
+        }
+    }
+    emit_report(
+        &result.report,
+        false,
+        None,
+        "imgforge boot-check",
+        args.json.then_some(&result as &dyn erased_json::Json),
+    )
+}
+
+/// A failing boot check's logs outlive the temporary directory.
+fn temp_keep(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    let keep = std::env::temp_dir().join(format!("imgforge-boot-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&keep).ok()?;
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+    }
+    Some(keep)
 }
 
 /// A serializable value behind a trait object, for `emit_report`'s JSON document.

@@ -32,6 +32,8 @@ pub enum AppError {
     Replicate(#[from] crate::replicate::ReplicateError),
     #[error(transparent)]
     Validate(#[from] crate::validate::ValidateError),
+    #[error(transparent)]
+    Boot(#[from] crate::bootcheck::BootError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -60,6 +62,7 @@ impl AppError {
             AppError::Pool(_) => exit::BAD_INPUT,
             AppError::Replicate(e) => e.exit_code(),
             AppError::Validate(_) => exit::BAD_INPUT,
+            AppError::Boot(e) => e.exit_code(),
             AppError::Io { .. } => exit::IO,
         }
     }

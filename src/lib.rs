@@ -6,6 +6,7 @@
 //! is the thin layer under the CLI.
 
 pub mod arm;
+pub mod bootcheck;
 pub mod build;
 pub mod capture;
 pub mod catalog;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod events;
 pub mod fsutil;
 pub mod http;
+pub mod local;
 pub mod manifest;
 pub mod packer;
 pub mod plan;

@@ -71,6 +71,64 @@ impl Target {
     }
 }
 
+/// Who builds the image: Packer's azure-arm builder on an Azure VM, or the
+/// local builder on this machine (a distro root, then a disk, no VM).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Builder {
+    #[default]
+    AzureArm,
+    Local,
+}
+
+impl Builder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Builder::AzureArm => "azure-arm",
+            Builder::Local => "local",
+        }
+    }
+}
+
+/// Boot modes the local builder's boot check runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BootCheck {
+    Bios,
+    Uefi,
+    #[default]
+    Both,
+    Off,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalSection {
+    /// The distro archive [default: the distro's own, e.g. http://deb.debian.org/debian].
+    pub mirror: Option<String>,
+    /// Archive components [default: main, plus non-free for a distro GPU driver].
+    pub components: Option<Vec<String>>,
+    /// Virtual disk size in GiB; the VHD is sparse [default: 30].
+    pub disk_gib: Option<u32>,
+    /// Where base roots are cached between builds, relative to the manifest
+    /// [default: $XDG_CACHE_HOME/imgforge/roots, else ~/.cache/imgforge/roots].
+    pub cache_dir: Option<PathBuf>,
+    /// Which firmware the boot check boots the VHD with [default: both].
+    #[serde(default)]
+    pub boot_check: BootCheck,
+}
+
+/// Where a feature's packages come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageSource {
+    /// The vendor's repository (Docker's, NVIDIA's), as on Azure build VMs.
+    #[default]
+    Vendor,
+    /// The distro's own archive (Debian's docker.io; Debian's non-free NVIDIA driver).
+    Distro,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Rdma {
@@ -91,6 +149,8 @@ pub struct ImageSection {
     pub name: String,
     pub os: Os,
     pub distro: String,
+    /// The Batch node agent SKU id [default: the distro catalog's].
+    pub node_agent: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -108,6 +168,8 @@ pub struct GallerySection {
 #[serde(deny_unknown_fields)]
 pub struct BuildSection {
     #[serde(default)]
+    pub builder: Builder,
+    #[serde(default)]
     pub target: Target,
     pub location: Option<String>,
     pub vm_size: Option<String>,
@@ -116,6 +178,8 @@ pub struct BuildSection {
     pub capture_container: Option<String>,
     pub managed_image_name: Option<String>,
     pub gallery: Option<GallerySection>,
+    /// builder = "local" only.
+    pub local: Option<LocalSection>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -123,6 +187,9 @@ pub struct BuildSection {
 pub struct DockerFeature {
     /// Version pin, e.g. `20.10.21`; unpinned when absent.
     pub version: Option<String>,
+    /// `vendor`: Docker's repository (docker-ce); `distro`: the distro's docker.io.
+    #[serde(default)]
+    pub source: PackageSource,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +199,9 @@ pub struct GpuFeature {
     pub driver: String,
     #[serde(default = "yes")]
     pub container_toolkit: bool,
+    /// `vendor`: NVIDIA's CUDA repository; `distro`: Debian's non-free driver (DKMS).
+    #[serde(default)]
+    pub source: PackageSource,
 }
 
 fn yes() -> bool {
@@ -401,7 +471,24 @@ impl Checker<'_> {
                 format!("set os = \"{}\"", os_name(distro.os)),
             ));
         }
+        if let Some(agent) = &m.image.node_agent {
+            let ok = agent.starts_with("batch.node.")
+                && agent.len() <= 64
+                && agent
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || " ._-".contains(c));
+            self.require(
+                ok,
+                "image.node_agent",
+                agent,
+                "a Batch node agent SKU id",
+                "e.g. \"batch.node.ubuntu 22.04\"; `imgforge skus` lists the known ones",
+            )?;
+        }
         self.build(&m.build)?;
+        if m.build.builder == Builder::Local {
+            self.local_build(&m.build, distro)?;
+        }
         self.features(m, distro)?;
         self.firewall(&m.firewall)?;
         self.provision_packages(&m.provision.packages)?;
@@ -436,7 +523,105 @@ impl Checker<'_> {
         }
     }
 
+    /// The local builder: no Azure settings, a VHD, a distro it can make.
+    fn local_build(&self, b: &BuildSection, distro: &Distro) -> Check<()> {
+        let azure_only = [
+            ("location", b.location.is_some()),
+            ("resource_group", b.resource_group.is_some()),
+            ("storage_account", b.storage_account.is_some()),
+            ("capture_container", b.capture_container.is_some()),
+            ("managed_image_name", b.managed_image_name.is_some()),
+            ("gallery", b.gallery.is_some()),
+        ];
+        if let Some((key, _)) = azure_only.iter().find(|(_, set)| *set) {
+            return Err(self.fail(
+                &format!("build.{key}"),
+                format!("`{key}` is for the azure-arm builder; builder = \"local\" builds on this machine"),
+                "remove it, or set builder = \"azure-arm\"",
+            ));
+        }
+        if b.target != Target::Vhd {
+            return Err(self.fail(
+                "build.target",
+                format!("the local builder makes a VHD, not a {}", b.target.as_str()),
+                "set target = \"vhd\" (or leave it out)",
+            ));
+        }
+        if distro.local.is_none() {
+            let can: Vec<_> = catalog::DISTROS
+                .iter()
+                .filter(|d| d.local.is_some())
+                .map(|d| d.key)
+                .collect();
+            return Err(self.fail(
+                "image.distro",
+                format!(
+                    "the local builder cannot make {} (it builds apt-based roots with mmdebstrap)",
+                    distro.key
+                ),
+                format!("use builder = \"azure-arm\", or one of: {}", can.join(", ")),
+            ));
+        }
+        let Some(l) = &b.local else { return Ok(()) };
+        if let Some(m) = &l.mirror {
+            let ok =
+                (m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file:/"))
+                    && m.len() <= 512
+                    && m.chars()
+                        .all(|c| c.is_ascii_graphic() && !"'\"`$\\;&|<>(){}".contains(c));
+            self.require(
+                ok,
+                "build.local.mirror",
+                m,
+                "an archive URL",
+                "use an http(s):// or file:/ URL without quotes or shell characters, e.g. \"http://deb.debian.org/debian\"",
+            )?;
+        }
+        if let Some(cs) = &l.components {
+            if cs.is_empty() {
+                return Err(self.fail(
+                    "build.local.components",
+                    "no archive component",
+                    "e.g. components = [\"main\"]",
+                ));
+            }
+            for (i, c) in cs.iter().enumerate() {
+                let ok = !c.is_empty()
+                    && c.len() <= 64
+                    && c.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+                self.require(
+                    ok,
+                    &format!("build.local.components.{i}"),
+                    c,
+                    "an archive component",
+                    "e.g. \"main\", \"contrib\", \"non-free\", \"non-free-firmware\"",
+                )?;
+            }
+        }
+        if let Some(g) = l.disk_gib
+            && !(2..=1023).contains(&g)
+        {
+            return Err(self.fail(
+                "build.local.disk_gib",
+                format!("{g} GiB is not a usable OS disk size"),
+                "use a whole number of GiB from 2 to 1023 (Azure's OS disk limit is 4095; Batch images are usually 30)",
+            ));
+        }
+        Ok(())
+    }
+
     fn build(&self, b: &BuildSection) -> Check<()> {
+        if b.builder == Builder::Local {
+            return Ok(());
+        }
+        if b.local.is_some() {
+            return Err(self.fail(
+                "build.local",
+                "[build.local] is only used with builder = \"local\"",
+                "remove it, or set builder = \"local\" under [build]",
+            ));
+        }
         let need = |key: &str, value: &Option<String>| -> Check<()> {
             if value.as_deref().is_none_or(str::is_empty) {
                 Err(self.fail(
@@ -644,6 +829,55 @@ impl Checker<'_> {
                 v,
                 "e.g. \"20.10.21\" or \"5:20.10.21~3-0~ubuntu-xenial\"",
             )?;
+        }
+        if f.docker.source == PackageSource::Distro && distro.family != catalog::PackageFamily::Apt
+        {
+            return Err(self.fail(
+                "features.docker.source",
+                format!("{} has no Docker engine in its own archive", distro.key),
+                "use source = \"vendor\" (Docker's repository)",
+            ));
+        }
+        if f.docker.source == PackageSource::Distro && f.docker.version.is_some() {
+            return Err(self.fail(
+                "features.docker.version",
+                "a Docker version pin applies to Docker's repository, not the distro's docker.io",
+                "remove the pin, or use source = \"vendor\"",
+            ));
+        }
+        if let Some(gpu) = &f.gpu
+            && gpu.source == PackageSource::Distro
+        {
+            if distro.os_release_id != "debian" {
+                return Err(self.fail(
+                    "features.gpu.source",
+                    format!(
+                        "{} does not package the NVIDIA driver in its archive for imgforge",
+                        distro.key
+                    ),
+                    "use source = \"vendor\" (NVIDIA's CUDA repository)",
+                ));
+            }
+            if gpu.container_toolkit {
+                return Err(self.fail(
+                    "features.gpu.container_toolkit",
+                    format!(
+                        "the NVIDIA container toolkit is not packaged by {} (only NVIDIA's repository has it)",
+                        distro.key
+                    ),
+                    "set container_toolkit = false (Batch Shipyard then reports \"nvidia container runtime not installed\"), or use source = \"vendor\"",
+                ));
+            }
+            let components = m.build.local.as_ref().and_then(|l| l.components.as_ref());
+            if let Some(cs) = components
+                && !cs.iter().any(|c| c == "non-free")
+            {
+                return Err(self.fail(
+                    "build.local.components",
+                    "Debian's NVIDIA driver is in the non-free component, which is not listed",
+                    "add \"non-free\" and \"non-free-firmware\" to components, or leave components out",
+                ));
+            }
         }
         if let Some(gpu) = &f.gpu {
             let ok = !gpu.driver.is_empty()

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::catalog::{self, AtBoot, FeatureId, MarketplaceImage, Os};
-use crate::manifest::{Glusterfs, Manifest, Rdma, Target};
+use crate::manifest::{BootCheck, Builder, Glusterfs, Manifest, PackageSource, Rdma, Target};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -18,8 +18,13 @@ pub struct Plan {
     pub os: Os,
     pub distro: &'static catalog::Distro,
     pub base_image: MarketplaceImage,
+    /// The Batch node agent SKU id the pool must use with this image.
+    pub node_agent: String,
     pub target: Target,
+    pub builder: Builder,
     pub build: BuildPlan,
+    /// builder = "local": how the root and the disk are made.
+    pub local: Option<LocalPlan>,
     pub features: Vec<FeaturePlan>,
     pub docker: DockerPlan,
     pub gpu: Option<GpuPlan>,
@@ -43,6 +48,29 @@ pub struct BuildPlan {
     pub gallery: Option<crate::manifest::GallerySection>,
     /// Where Packer 1.6.6 leaves the captured VHD (the uuid is Azure's).
     pub capture_uri_pattern: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalPlan {
+    pub suite: &'static str,
+    pub mirror: String,
+    pub components: Vec<String>,
+    /// Empty: mmdebstrap's default keyring.
+    pub keyring: &'static str,
+    /// The base root's packages (what a marketplace image already has).
+    pub packages: Vec<String>,
+    pub kernel_headers: &'static str,
+    /// Virtual size of the disk in MiB (a whole number, as Azure needs).
+    pub disk_mib: u64,
+    /// Absolute directory of cached base roots.
+    pub cache_dir: String,
+    /// The cached root's name: SHA-256 of suite, mirror, components and packages.
+    pub cache_key: String,
+    /// apt source lines of the root (and of the image).
+    pub sources: Vec<String>,
+    pub boot_check: BootCheck,
+    /// Whether this distro's archive is reachable from imgforge's CI.
+    pub tested: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -92,6 +120,7 @@ pub struct ServicePlan {
 #[derive(Debug, Clone, Serialize)]
 pub struct DockerPlan {
     pub version: Option<String>,
+    pub source: PackageSource,
     pub data_root: &'static str,
     /// False because the data-root is on the ephemeral disk (see catalog).
     pub enabled_at_boot: bool,
@@ -101,7 +130,22 @@ pub struct DockerPlan {
 pub struct GpuPlan {
     pub driver: String,
     pub container_toolkit: bool,
+    pub source: PackageSource,
+    /// With source = "distro": the driver packages the script installs.
+    pub distro_packages: Vec<&'static str>,
 }
+
+/// Debian's non-free NVIDIA driver: the DKMS module, nvidia-smi, the CUDA
+/// driver library and the persistence daemon; not `nvidia-driver`, which pulls X.
+pub const NVIDIA_DISTRO_PACKAGES: &[&str] = &[
+    "nvidia-kernel-dkms",
+    "nvidia-smi",
+    "libcuda1",
+    "nvidia-persistenced",
+];
+
+/// The distro's own Docker engine (Debian and Ubuntu: docker.io).
+pub const DOCKER_DISTRO_PACKAGES: &[&str] = &["docker.io"];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FirewallPlan {
@@ -181,18 +225,52 @@ impl Plan {
             .vm_size
             .clone()
             .unwrap_or_else(|| DEFAULT_VM_SIZE.to_string());
+        let local_build = raw.build.builder == Builder::Local;
+        // A local build has no GPU or InfiniBand to check against.
         let has_hardware = |id: FeatureId| match id {
-            FeatureId::Gpu => is_gpu_size(&build_vm_size),
-            FeatureId::RdmaNd | FeatureId::RdmaSriov => is_rdma_size(&build_vm_size),
+            FeatureId::Gpu => !local_build && is_gpu_size(&build_vm_size),
+            FeatureId::RdmaNd | FeatureId::RdmaSriov => {
+                !local_build && is_rdma_size(&build_vm_size)
+            }
             _ => true,
         };
+        let docker_source = raw.features.docker.source;
+        let gpu = raw.features.gpu.as_ref();
         let features: Vec<FeaturePlan> = ids
             .iter()
             .map(|&id| {
                 let f = catalog::feature(id);
+                let packages = match id {
+                    FeatureId::Docker if docker_source == PackageSource::Distro => {
+                        DOCKER_DISTRO_PACKAGES.to_vec()
+                    }
+                    _ => f.packages.for_family(family).to_vec(),
+                };
+                // Without the container toolkit there is no runtime to check for.
+                let files = f
+                    .files
+                    .iter()
+                    .filter(|r| {
+                        id != FeatureId::Gpu
+                            || gpu.is_none_or(|g| g.container_toolkit)
+                            || !r.any_of.contains(&"/usr/bin/nvidia-container-cli")
+                    })
+                    .copied()
+                    .map(FileCheck::new)
+                    .collect();
+                let vm_checks_all: Vec<catalog::VmCheck> = f
+                    .vm_checks
+                    .iter()
+                    .filter(|c| {
+                        id != FeatureId::Gpu
+                            || gpu.is_none_or(|g| g.container_toolkit)
+                            || !c.command.contains("nvidia-container-cli")
+                    })
+                    .copied()
+                    .collect();
                 FeaturePlan {
                     id,
-                    packages: f.packages.for_family(family).to_vec(),
+                    packages,
                     services: f
                         .services
                         .iter()
@@ -205,15 +283,13 @@ impl Plan {
                         })
                         .collect(),
                     inbound_tcp: f.inbound_tcp.to_vec(),
-                    files: f.files.iter().copied().map(FileCheck::new).collect(),
-                    vm_checks: f
-                        .vm_checks
+                    files,
+                    vm_checks: vm_checks_all
                         .iter()
                         .filter(|c| !c.needs_hardware || has_hardware(id))
                         .copied()
                         .collect(),
-                    vm_checks_skipped: f
-                        .vm_checks
+                    vm_checks_skipped: vm_checks_all
                         .iter()
                         .filter(|c| c.needs_hardware && !has_hardware(id))
                         .copied()
@@ -274,13 +350,15 @@ impl Plan {
             (Some(_), Some(hpc)) => hpc,
             _ => distro.base_image,
         };
-        if raw.features.gpu.is_some() && !is_gpu_size(&vm_size) {
+        // A local build has no build VM: its size only matters when given.
+        let vm_size_matters = !local_build || raw.build.vm_size.is_some();
+        if vm_size_matters && raw.features.gpu.is_some() && !is_gpu_size(&vm_size) {
             warnings.push(format!(
                 "features.gpu is on but build.vm_size `{vm_size}` is not an N-series (GPU) size: \
                  the driver installs, but the pool needs an N-series size to use it"
             ));
         }
-        if raw.features.rdma.is_some() && !is_rdma_size(&vm_size) {
+        if vm_size_matters && raw.features.rdma.is_some() && !is_rdma_size(&vm_size) {
             warnings.push(format!(
                 "features.rdma is on but build.vm_size `{vm_size}` is not an RDMA-capable size \
                  (H-series, or an N-series size ending in 'r')"
@@ -292,6 +370,32 @@ impl Plan {
                 distro.key
             ));
         }
+
+        let node_agent = raw
+            .image
+            .node_agent
+            .clone()
+            .unwrap_or_else(|| distro.node_agent.to_string());
+        if raw.image.node_agent.is_none() && !distro.node_agent_verified {
+            warnings.push(format!(
+                "node agent `{}` for {} is not confirmed by any primary source: set [image] node_agent \
+                 to the id `imgforge skus` (or your Batch account's supported images) lists",
+                distro.node_agent, distro.key
+            ));
+        }
+        if let Some(g) = gpu
+            && !g.container_toolkit
+        {
+            warnings.push(
+                "features.gpu.container_toolkit is off: Batch Shipyard's node preparation refuses GPU \
+                 nodes without an NVIDIA container runtime (\"nvidia container runtime not installed\")"
+                    .to_string(),
+            );
+        }
+        let local = distro
+            .local
+            .filter(|_| local_build)
+            .map(|base| local_plan(m, base, &mut warnings));
 
         let pool = PoolPlan {
             dedicated: raw.pool.dedicated,
@@ -328,7 +432,10 @@ impl Plan {
             os: distro.os,
             distro,
             base_image,
+            node_agent,
             target: b.target,
+            builder: b.builder,
+            local,
             build: BuildPlan {
                 location: b.location.clone().unwrap_or_default(),
                 vm_size,
@@ -341,12 +448,19 @@ impl Plan {
             },
             docker: DockerPlan {
                 version: raw.features.docker.version.clone(),
+                source: docker_source,
                 data_root: distro.docker_data_root,
                 enabled_at_boot: !docker_on_ephemeral,
             },
             gpu: raw.features.gpu.as_ref().map(|g| GpuPlan {
                 driver: g.driver.clone(),
                 container_toolkit: g.container_toolkit,
+                source: g.source,
+                distro_packages: if g.source == PackageSource::Distro {
+                    NVIDIA_DISTRO_PACKAGES.to_vec()
+                } else {
+                    Vec::new()
+                },
             }),
             rdma: raw.features.rdma,
             features,
@@ -374,9 +488,15 @@ impl Plan {
             self.base_image.publisher,
             self.base_image.offer,
             self.base_image.sku,
-            self.distro.node_agent
+            self.node_agent
         );
         let target = match self.target {
+            Target::Vhd if self.builder == Builder::Local => {
+                format!(
+                    "vhd, built on this machine into the build directory (output/{}.vhd)",
+                    self.image
+                )
+            }
             Target::Vhd => format!(
                 "vhd, captured to {}",
                 b.capture_uri_pattern.as_deref().unwrap_or("?")
@@ -397,11 +517,28 @@ impl Plan {
             }
         };
         let _ = writeln!(s, "target     {target}");
-        let _ = writeln!(
-            s,
-            "build VM   {} in {} (resource group `{}`)",
-            b.vm_size, b.location, b.resource_group
-        );
+        match &self.local {
+            Some(l) => {
+                let _ = writeln!(
+                    s,
+                    "builder    local: mmdebstrap {} from {} ({}), {} GiB sparse disk, boot check {:?}, root cache {}/{}.tar",
+                    l.suite,
+                    l.mirror,
+                    l.components.join(", "),
+                    l.disk_mib / 1024,
+                    l.boot_check,
+                    l.cache_dir,
+                    l.cache_key
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "build VM   {} in {} (resource group `{}`)",
+                    b.vm_size, b.location, b.resource_group
+                );
+            }
+        }
         let features: Vec<String> = self
             .features
             .iter()
@@ -474,7 +611,104 @@ impl Plan {
     }
 }
 
-fn script_file_name(template: &str) -> String {
+/// The local builder's settings, with the distro's defaults filled in.
+fn local_plan(m: &Manifest, base: catalog::LocalBase, warnings: &mut Vec<String>) -> LocalPlan {
+    let section = m.raw.build.local.clone().unwrap_or_default();
+    let gpu_from_distro = m
+        .raw
+        .features
+        .gpu
+        .as_ref()
+        .is_some_and(|g| g.source == PackageSource::Distro);
+    let components = section.components.unwrap_or_else(|| {
+        if gpu_from_distro {
+            vec!["main".into(), "non-free".into(), "non-free-firmware".into()]
+        } else {
+            vec!["main".into()]
+        }
+    });
+    let mirror = section
+        .mirror
+        .unwrap_or_else(|| base.mirror.to_string())
+        .trim_end_matches('/')
+        .to_string();
+    let overridden = m
+        .raw
+        .build
+        .local
+        .as_ref()
+        .is_some_and(|l| l.mirror.is_some());
+    let comps = components.join(" ");
+    let mut sources = vec![
+        format!("deb {mirror} {} {comps}", base.suite),
+        format!("deb {mirror} {}-updates {comps}", base.suite),
+    ];
+    if !overridden {
+        sources.push(format!(
+            "deb {} {}-security {comps}",
+            base.security, base.suite
+        ));
+    }
+    let mut packages: Vec<String> = catalog::LOCAL_BASE_PACKAGES
+        .iter()
+        .chain([&base.kernel, &base.agent])
+        .map(|p| p.to_string())
+        .collect();
+    packages.sort();
+    let key_input = format!(
+        "imgforge-root-v1\n{}\n{}\n{}\n{}",
+        base.suite,
+        sources.join("\n"),
+        base.keyring,
+        packages.join(",")
+    );
+    let cache_key = crate::render::sha256_hex(key_input.as_bytes())[..16].to_string();
+    let manifest_dir = m.path.parent().unwrap_or(std::path::Path::new("."));
+    let cache_dir = match section.cache_dir {
+        Some(d) if d.is_absolute() => d,
+        Some(d) => manifest_dir.join(d),
+        None => default_cache_dir(),
+    };
+    let cache_dir = std::path::absolute(&cache_dir).unwrap_or(cache_dir);
+    if !base.tested {
+        warnings.push(format!(
+            "the local builder's {} root comes from {mirror}, which imgforge's CI cannot reach: \
+             this path is untested",
+            m.distro.key
+        ));
+    }
+    LocalPlan {
+        suite: base.suite,
+        mirror,
+        components,
+        keyring: base.keyring,
+        packages,
+        kernel_headers: base.kernel_headers,
+        disk_mib: u64::from(section.disk_gib.unwrap_or(30)) * 1024,
+        cache_dir: cache_dir.display().to_string(),
+        cache_key,
+        sources,
+        boot_check: section.boot_check,
+        tested: base.tested,
+    }
+}
+
+/// `$XDG_CACHE_HOME/imgforge/roots`, else `~/.cache/imgforge/roots`, else
+/// `.imgforge/cache/roots`.
+fn default_cache_dir() -> std::path::PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| std::path::PathBuf::from(h).join(".cache"))
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from(".imgforge/cache"));
+    base.join("imgforge").join("roots")
+}
+
+pub fn script_file_name(template: &str) -> String {
     let file = template.rsplit('/').next().unwrap_or(template);
     file.trim_end_matches(".tera").to_string()
 }

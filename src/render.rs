@@ -91,7 +91,21 @@ pub fn render_files(
     }
     context.remove("script");
 
-    let packer_template = crate::catalog::PACKER_TEMPLATE;
+    if plan.local.is_some() {
+        for step in crate::catalog::LOCAL_STEPS {
+            let text = render_one(&tera, set, step, &context)?;
+            files.insert(
+                format!("local/{}", crate::plan::script_file_name(step)),
+                text.into_bytes(),
+            );
+        }
+        let names: Vec<String> = crate::catalog::LOCAL_STEPS
+            .iter()
+            .map(|t| crate::plan::script_file_name(t))
+            .collect();
+        context.insert("local_steps", &names);
+    }
+    let packer_template = crate::catalog::packer_template(plan.builder);
     let packer = render_one(&tera, set, packer_template, &context)?;
     if let Err(e) = serde_json::from_str::<serde_json::Value>(&packer) {
         return Err(RenderError::Template {

@@ -17,6 +17,11 @@ macro_rules! builtin {
 
 pub const BUILTIN: &[(&str, &str)] = builtin![
     "packer/azure-arm.json.tera",
+    "packer/local.json.tera",
+    "local/_lib.sh.tera",
+    "local/10-root.sh.tera",
+    "local/20-provision.sh.tera",
+    "local/30-disk.sh.tera",
     "scripts/_common.sh.tera",
     "scripts/00-base.sh.tera",
     "scripts/10-ssh.sh.tera",

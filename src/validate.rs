@@ -320,7 +320,7 @@ fn gpt(disk: &SharedDisk, findings: &mut Vec<Finding>) -> Option<Vec<Partition>>
         return None;
     }
     // Bounded by the checks above: at most 1024 entries of at most 512 bytes.
-    if size > 512 || size % 8 != 0 {
+    if size > 512 || !size.is_multiple_of(8) {
         fail(findings, "partition entry size out of range");
         return None;
     }

@@ -31,7 +31,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             what: "unknown distro",
-            manifest: replace("ubuntu-22.04", "debian-12"),
+            manifest: replace("ubuntu-22.04", "debian-99"),
             expect: &[
                 "m.toml:5:10",
                 "image.distro",

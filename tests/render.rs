@@ -11,6 +11,11 @@ fn with_target(manifest: &Path, target: &str, dir: &Path) -> std::path::PathBuf 
     let text = std::fs::read_to_string(manifest).unwrap();
     let mut doc: toml::Table = toml::from_str(&text).unwrap();
     let name = doc["image"]["name"].as_str().unwrap().to_string();
+    let local = doc
+        .get("build")
+        .and_then(|b| b.get("builder"))
+        .and_then(|b| b.as_str())
+        == Some("local");
     let build = doc
         .entry("build")
         .or_insert_with(|| toml::Value::Table(Default::default()))
@@ -26,6 +31,8 @@ fn with_target(manifest: &Path, target: &str, dir: &Path) -> std::path::PathBuf 
     }
     build.insert("target".into(), target.into());
     match target {
+        // The local builder captures nothing in Azure.
+        "vhd" if local => {}
         "vhd" => {
             build.insert("storage_account".into(), "imgforgebuild".into());
             build.insert("capture_container".into(), "images".into());
@@ -54,6 +61,12 @@ fn every_contrib_manifest_and_target_renders_validates_and_passes_shellcheck() {
     let mut rendered = 0;
     for manifest in contrib_manifests() {
         for target in ["vhd", "managed_image", "gallery"] {
+            let local = std::fs::read_to_string(&manifest)
+                .unwrap()
+                .contains("builder = \"local\"");
+            if local && target != "vhd" {
+                continue;
+            }
             let m = with_target(&manifest, target, tmp.path());
             let out = tmp
                 .path()
@@ -70,6 +83,29 @@ fn every_contrib_manifest_and_target_renders_validates_and_passes_shellcheck() {
             let packer: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(out.join("packer.json")).unwrap()).unwrap();
             let b = &packer["builders"][0];
+            if local {
+                // The local builder: a null builder, the three steps, the VHD handed on.
+                assert_eq!(b["type"], "null");
+                let steps: Vec<&str> = packer["provisioners"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["script"].as_str().unwrap())
+                    .collect();
+                assert_eq!(
+                    steps,
+                    [
+                        "local/10-root.sh",
+                        "local/20-provision.sh",
+                        "local/30-disk.sh"
+                    ]
+                );
+                assert_eq!(packer["post-processors"][0]["type"], "artifice");
+                assert!(out.join("local/20-provision.sh").is_file());
+                assert!(packer.get("variables").is_none(), "no Azure credentials");
+                rendered += 1;
+                continue;
+            }
             assert_eq!(b["type"], "azure-arm");
             assert_eq!(b["client_secret"], "{{user `client_secret`}}");
             assert_eq!(
@@ -217,7 +253,7 @@ fn firewall_script_opens_the_batch_ports_and_the_manifest_extras() {
     let out = render_contrib("contrib/gpu-ubuntu1604.toml", tmp.path());
     let (r, calls) = run_with_stubs(
         &out.join("scripts/70-firewall.sh"),
-        &["ufw", "apt-get"],
+        &["ufw", "apt-get", "grep", "sed", "systemctl"],
         tmp.path(),
     );
     assert_eq!(r.code, 0, "{}", r.all());
@@ -229,10 +265,20 @@ fn firewall_script_opens_the_batch_ports_and_the_manifest_extras() {
     }
     assert!(calls.contains("ufw [allow] [out] [443/tcp]"), "{calls}");
     let deny = calls.find("[default] [deny] [incoming]").unwrap();
-    let enable = calls.find("[--force] [enable]").unwrap();
+    // Enabled for the next boot, never in the running kernel: `ufw enable`
+    // in the local builder's root would firewall the build host itself.
+    assert!(
+        !calls.contains("[enable]") || !calls.contains("ufw [--force]"),
+        "{calls}"
+    );
+    assert!(!calls.contains("ufw [enable]"), "{calls}");
+    let enable = calls
+        .find("sed [-i] [-E] [s/^ENABLED=.*/ENABLED=yes/] [/etc/ufw/ufw.conf]")
+        .unwrap_or_else(|| panic!("ufw.conf not set to ENABLED=yes:\n{calls}"));
+    let at_boot = calls.find("systemctl [enable] [ufw]").unwrap();
     let last_allow = calls.rfind("ufw [allow]").unwrap();
     assert!(
-        last_allow < deny && deny < enable,
+        last_allow < deny && deny < enable && enable < at_boot,
         "rules must precede default-deny and enable:\n{calls}"
     );
 }

@@ -132,7 +132,7 @@ pub fn snippet(plan: &Plan, image: &PoolImage) -> String {
                 custom_image: CustomImage {
                     arm_image_id,
                     image_uris,
-                    node_agent: plan.distro.node_agent.to_string(),
+                    node_agent: plan.node_agent.clone(),
                 },
             },
             vm_size: Some(plan.build.vm_size.clone()),
@@ -380,7 +380,7 @@ pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool) -> Report {
     }
 
     if let Some(plan) = plan {
-        let want = plan.distro.node_agent;
+        let want = plan.node_agent.as_str();
         f.push(if want.eq_ignore_ascii_case(node_agent) {
             Finding::pass(
                 "pool.node-agent.matches-image",

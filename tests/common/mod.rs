@@ -108,10 +108,17 @@ pub fn packer_validate(dir: &Path) -> Run {
         .env("CHECKPOINT_DISABLE", "1"))
 }
 
+/// shellcheck on every rendered script: the provisioning scripts and, for
+/// the local builder, its steps.
 pub fn shellcheck(dir: &Path) -> Run {
-    let scripts: Vec<PathBuf> = std::fs::read_dir(dir.join("scripts"))
-        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
+    let scripts: Vec<PathBuf> = ["scripts", "local"]
+        .iter()
+        .flat_map(|sub| {
+            std::fs::read_dir(dir.join(sub))
+                .map(|rd| rd.map(|e| e.unwrap().path()).collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+        .collect();
     let mut scripts: Vec<PathBuf> = scripts
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "sh"))

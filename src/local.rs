@@ -1,0 +1,92 @@
+//! The local builder's host side: what must be true of this machine before
+//! Packer runs the rendered steps (`templates/local/*.sh.tera`), and the
+//! clean-up of a failed build's work directory.
+//!
+//! The steps themselves are templates, like every provisioning script, so a
+//! user can override any of them; this module only refuses early what would
+//! fail late (a missing tool after a four-minute root, no root privileges).
+
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error(
+        "the local builder needs {missing}\n  hint: apt-get install {packages} (Debian/Ubuntu), or build with builder = \"azure-arm\""
+    )]
+    Tools { missing: String, packages: String },
+    #[error(
+        "the local builder needs root: it runs the scripts in a chroot with its own mount and PID namespaces, and writes root-owned files into the image\n  hint: run imgforge as root (no sudo is assumed), or build with builder = \"azure-arm\""
+    )]
+    NotRoot,
+}
+
+/// Host tools the steps run, with the Debian package that has each.
+const TOOLS: &[(&str, &str)] = &[
+    ("mmdebstrap", "mmdebstrap"),
+    ("unshare", "util-linux"),
+    ("chroot", "coreutils"),
+    ("sfdisk", "fdisk"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("mkfs.vfat", "dosfstools"),
+    ("mmd", "mtools"),
+    ("mcopy", "mtools"),
+    ("qemu-img", "qemu-utils"),
+];
+
+/// What the boot check runs (only needed when it is on).
+const BOOT_TOOLS: &[(&str, &str)] = &[("qemu-system-x86_64", "qemu-system-x86")];
+
+/// Every missing tool at once, then root.
+pub fn preflight(boot_check: bool, uefi: bool) -> Result<(), LocalError> {
+    let mut missing = Vec::new();
+    let mut packages: Vec<&str> = Vec::new();
+    let wanted = TOOLS
+        .iter()
+        .chain(if boot_check { BOOT_TOOLS } else { &[] });
+    for (tool, package) in wanted {
+        if which::which(tool).is_err() {
+            missing.push(*tool);
+            if !packages.contains(package) {
+                packages.push(package);
+            }
+        }
+    }
+    if boot_check
+        && uefi
+        && !Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd").is_file()
+        && !Path::new("/usr/share/OVMF/OVMF_CODE.fd").is_file()
+    {
+        missing.push("OVMF (UEFI firmware)");
+        packages.push("ovmf");
+    }
+    if !missing.is_empty() {
+        return Err(LocalError::Tools {
+            missing: missing.join(", "),
+            packages: packages.join(" "),
+        });
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(LocalError::NotRoot);
+    }
+    Ok(())
+}
+
+/// After a failed or cancelled local build: the unpacked root and the raw
+/// disk (a GiB or more) go; the step logs stay for reading.
+pub fn clean_work(build_dir: &Path) -> Option<String> {
+    let work = build_dir.join("work");
+    let mut removed = Vec::new();
+    for name in ["root", "disk.raw", "tmp", "base-root.tar"] {
+        let p = work.join(name);
+        let gone = if p.is_dir() {
+            std::fs::remove_dir_all(&p).is_ok()
+        } else {
+            p.exists() && std::fs::remove_file(&p).is_ok()
+        };
+        if gone {
+            removed.push(p.display().to_string());
+        }
+    }
+    (!removed.is_empty()).then(|| format!("removed {}", removed.join(", ")))
+}

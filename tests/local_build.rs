@@ -1,0 +1,361 @@
+//! The local builder for real: mmdebstrap makes a Debian 12 root, Packer
+//! 1.6.6 runs the rendered provisioning scripts in it, the disk is laid out
+//! and converted, the offline validator reads the VHD and QEMU boots it in
+//! BIOS and UEFI mode. Needs root and the tools `.ci/run` installs; the base
+//! root is cached in `target/imgforge-root-cache`, so only the first build of a
+//! CI run makes it.
+//!
+//! Every test here changes nothing on the build host: one of them compares the
+//! host's netfilter ruleset and mount table before and after a full build.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::*;
+
+/// Local builds share the root cache and two CPUs: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures/local").join(name)
+}
+
+/// The fixture manifest copied next to its user script into `dir`, with the
+/// cache pointed at the shared one and `edit` applied.
+fn manifest(dir: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
+    let cache = repo().join("target/imgforge-root-cache");
+    let text = std::fs::read_to_string(fixture("full.toml"))
+        .unwrap()
+        .replace(
+            "cache_dir = \"../../../target/imgforge-root-cache\"",
+            &format!("cache_dir = {:?}", cache.display().to_string()),
+        );
+    let m = dir.join("m.toml");
+    write(&m, &edit(text));
+    std::fs::copy(fixture("site-setup.sh"), dir.join("site-setup.sh")).unwrap();
+    m
+}
+
+fn build(m: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut cmd = imgforge();
+    cmd.env("IMGFORGE_QEMU_ACCEL", "tcg")
+        .arg("build")
+        .arg(m)
+        .arg("--out")
+        .arg(out)
+        .arg("--json")
+        .arg("--no-replicate")
+        .args(extra);
+    cmd
+}
+
+fn record(out: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(out.join("build.json")).unwrap()).unwrap()
+}
+
+fn stage<'a>(record: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    record["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|s| s["stage"] == name)
+        .unwrap_or_else(|| panic!("no stage {name}: {record:#}"))
+}
+
+/// The host's firewall rules and mounts, as the tests compare them.
+fn host_state() -> (String, String) {
+    let nft = Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .expect("nft (package nftables), to compare the host's rules");
+    let ipt = Command::new("iptables-save")
+        .output()
+        .map(|o| {
+            // Counters and the timestamp comment change by themselves.
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| l.split(" [").next().unwrap_or(l).to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .expect("iptables-save (package iptables), to compare the host's rules");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    (format!("{nft}\n{ipt}"), mounts)
+}
+
+fn leftover_processes(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) {
+                found.push(format!("{name}: {cmd}"));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_local_debian_build_is_valid_bootable_and_leaves_the_host_alone() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let m = manifest(tmp.path(), |t| t);
+    let out = tmp.path().join("build");
+    let before = host_state();
+
+    let r = run(&mut build(&m, &out, &[]));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let rec: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
+    assert_eq!(rec["status"], "succeeded", "{rec:#}");
+
+    // The VHD: fixed, a whole number of MiB (4 GiB), sparse.
+    let vhd = PathBuf::from(rec["artifact"]["path"].as_str().unwrap());
+    let meta = std::fs::metadata(&vhd).unwrap();
+    assert_eq!(meta.len(), 4096 * 1024 * 1024 + 512);
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        meta.blocks() * 512 < 2 * 1024 * 1024 * 1024,
+        "{} bytes allocated",
+        meta.blocks() * 512
+    );
+
+    // The offline validator passed every check, none skipped, on the real image.
+    let v = &rec["image_validation"];
+    assert_eq!(v["fail"], 0, "{v}");
+    assert_eq!(v["skip"], 0, "{v}");
+    assert!(v["pass"].as_u64().unwrap() >= 26, "{v}");
+    let report = run(imgforge()
+        .args(["validate", "--json", "--manifest"])
+        .arg(&m)
+        .arg(&vhd));
+    assert_eq!(report.code, 0, "{}", report.all());
+    let doc: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    let ids: Vec<&str> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    for id in [
+        "distro.os-release",
+        "batch.resource-disk",
+        "feature.docker.boot",
+        "feature.glusterfs-server.boot",
+        "feature.rdma-nd.file",
+        "feature.nfs.file",
+        "batch.firewall",
+        "hygiene.ssh-host-keys",
+        "hygiene.build-secrets",
+    ] {
+        assert!(ids.contains(&id), "{id} not checked: {ids:?}");
+    }
+
+    // Booted in both modes: login, SSH banner, Batch ports admitted, firewall on.
+    let boot = &rec["boot_check"];
+    assert_eq!(boot["fail"], 0, "{boot:#}");
+    let runs = boot["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{boot:#}");
+    assert_eq!(runs[0]["firmware"], "bios");
+    assert_eq!(runs[1]["firmware"], "uefi");
+    for run in runs {
+        assert!(run["login_after_s"].as_f64().is_some(), "{run}");
+    }
+    assert!(boot["pass"].as_u64().unwrap() >= 10, "{boot:#}");
+
+    // The scripts really ran in the root: the user script left its marker, the
+    // RDMA script its MPI settings, and in-VM checks that need a booted system
+    // were reported as skipped, not passed.
+    let log = std::fs::read_to_string(out.join("packer.log")).unwrap();
+    assert!(
+        log.contains("site setup: jq-1.6"),
+        "user script output missing"
+    );
+    assert!(
+        log.contains("skip  Docker not installed (not booted"),
+        "docker version must be skipped in a root"
+    );
+    assert!(!log.contains(CANARY), "the secret reached the log");
+
+    // Nothing of the build is left on the host.
+    assert_eq!(host_state(), before, "the build changed the host");
+    assert!(
+        leftover_processes(out.to_str().unwrap()).is_empty(),
+        "{:?}",
+        leftover_processes(out.to_str().unwrap())
+    );
+    assert!(
+        !out.join("work/root").exists(),
+        "the unpacked root is removed"
+    );
+
+    // A second build reuses the cached root.
+    let out2 = tmp.path().join("build2");
+    let r = run(&mut build(&m, &out2, &["--no-boot-check"]));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let log2 = std::fs::read_to_string(out2.join("packer.log")).unwrap();
+    assert!(log2.contains("using the cached base root"), "no cache use");
+    assert!(!log2.contains("making the base root"));
+    let rec2 = record(&out2);
+    assert_eq!(stage(&rec2, "boot_check")["status"], "skipped");
+}
+
+#[test]
+fn docker_enabled_at_boot_fails_exactly_that_check() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let m = manifest(tmp.path(), |t| t);
+    // A user script that re-enables Docker, against Batch Shipyard's rule.
+    write(
+        &tmp.path().join("site-setup.sh"),
+        "#!/bin/sh\nset -e\nsystemctl enable docker.service\n",
+    );
+    let out = tmp.path().join("build");
+    let r = run(&mut build(&m, &out, &["--no-boot-check", "--no-vm-checks"]));
+    assert_eq!(r.code, 1, "{}", r.all());
+    let rec = record(&out);
+    assert_eq!(rec["failed_stage"], "validate_image", "{rec:#}");
+    assert_eq!(
+        rec["image_validation"]["failed_checks"],
+        serde_json::json!(["feature.docker.boot"]),
+        "{rec:#}"
+    );
+}
+
+#[test]
+fn a_failing_user_script_names_itself_and_its_last_lines() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let m = manifest(tmp.path(), |t| t);
+    write(
+        &tmp.path().join("site-setup.sh"),
+        "#!/bin/sh\necho 'site: checking the licence server'\necho 'site: licence server unreachable' >&2\nexit 3\n",
+    );
+    let out = tmp.path().join("build");
+    let r = run(&mut build(&m, &out, &[]));
+    assert_eq!(r.code, 1, "{}", r.all());
+    let err = r.stderr;
+    assert!(
+        err.contains("90-user-01-site-setup.sh failed"),
+        "the script is not named:\n{err}"
+    );
+    assert!(
+        err.contains("licence server unreachable"),
+        "its last lines are not shown:\n{err}"
+    );
+    let rec = record(&out);
+    assert_eq!(rec["failed_stage"], "packer_build");
+    assert!(!out.join("work/root").exists(), "the root is left behind");
+    assert!(out.join("work/logs/90-user-01-site-setup.sh.log").is_file());
+    assert!(leftover_processes(out.to_str().unwrap()).is_empty());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(out.to_str().unwrap()), "{mounts}");
+}
+
+#[test]
+fn ctrl_c_while_the_root_is_made_leaves_no_process_or_mount() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    // Its own cache, so the root really is being made when the signal comes.
+    let cache = tmp.path().join("cache");
+    let m = manifest(tmp.path(), |t| {
+        t.replace(
+            &format!(
+                "cache_dir = {:?}",
+                repo()
+                    .join("target/imgforge-root-cache")
+                    .display()
+                    .to_string()
+            ),
+            &format!("cache_dir = {:?}", cache.display().to_string()),
+        )
+    });
+    let out = tmp.path().join("build");
+    let mut cmd = imgforge();
+    cmd.arg("build")
+        .arg(&m)
+        .arg("--out")
+        .arg(&out)
+        .args(["--no-replicate", "--verbose"]);
+    let (code, transcript, took) = interrupt_after(
+        &mut cmd,
+        "installing remaining packages",
+        &[Duration::from_secs(2)],
+    );
+    assert_eq!(code, Some(130), "{transcript}");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert_eq!(record(&out)["status"], "cancelled");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        leftover_processes(out.to_str().unwrap()).is_empty()
+            && leftover_processes("mmdebstrap").is_empty(),
+        "{:?} {:?}",
+        leftover_processes(out.to_str().unwrap()),
+        leftover_processes("mmdebstrap")
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains("mmdebstrap"), "{mounts}");
+    // No half-written root in the cache.
+    let cached: Vec<_> = std::fs::read_dir(&cache)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(cached.is_empty(), "{cached:?}");
+}
+
+#[test]
+fn boot_check_refuses_what_is_not_a_fixed_vhd() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("disk.raw");
+    std::fs::write(&raw, vec![0u8; 1024 * 1024]).unwrap();
+    let r = run(imgforge().arg("boot-check").arg(&raw));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("not a fixed VHD"), "{}", r.stderr);
+    assert!(r.stderr.contains("qemu-img convert"), "{}", r.stderr);
+}
+
+#[test]
+fn boot_check_of_a_disk_without_a_bootloader_fails_with_the_console() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("blank.raw");
+    std::fs::File::create(&raw)
+        .unwrap()
+        .set_len(16 * 1024 * 1024)
+        .unwrap();
+    let vhd = tmp.path().join("blank.vhd");
+    raw_to_fixed_vhd(&raw, &vhd);
+    let logs = tmp.path().join("logs");
+    let r = run(imgforge()
+        .env("IMGFORGE_QEMU_ACCEL", "tcg")
+        .args(["boot-check", "--json", "--timeout", "15", "--logs"])
+        .arg(&logs)
+        .arg(&vhd));
+    assert_eq!(r.code, 1, "{}", r.all());
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let login = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "boot.bios.login")
+        .unwrap();
+    assert_eq!(login["status"], "fail");
+    assert!(
+        login["message"]
+            .as_str()
+            .unwrap()
+            .contains("no kernel started"),
+        "{login}"
+    );
+    assert!(logs.join("boot-bios.log").is_file());
+    assert!(leftover_processes(vhd.to_str().unwrap()).is_empty());
+}
