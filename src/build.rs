@@ -1218,6 +1218,30 @@ pub fn status_text(record: &BuildRecord) -> String {
     if let Some(a) = &record.artifact {
         let _ = writeln!(s, "artifact  {}", a.describe());
     }
+    if let Some(v) = &record.image_validation {
+        let _ = writeln!(
+            s,
+            "image     {} passed, {} failed, {} skipped (offline)",
+            v.pass, v.fail, v.skip
+        );
+    }
+    if let Some(b) = &record.boot_check {
+        let runs: Vec<String> = b
+            .runs
+            .iter()
+            .map(|r| match r.login_after_s {
+                Some(t) => format!("{} login in {t:.0} s ({})", r.firmware.name(), r.accel),
+                None => format!("{} no login", r.firmware.name()),
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "boot      {} passed, {} failed: {}",
+            b.pass,
+            b.fail,
+            runs.join(", ")
+        );
+    }
     for c in &record.copies {
         let v = c
             .validation

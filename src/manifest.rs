@@ -870,12 +870,12 @@ impl Checker<'_> {
             }
             let components = m.build.local.as_ref().and_then(|l| l.components.as_ref());
             if let Some(cs) = components
-                && !cs.iter().any(|c| c == "non-free")
+                && !(cs.iter().any(|c| c == "non-free") && cs.iter().any(|c| c == "contrib"))
             {
                 return Err(self.fail(
                     "build.local.components",
-                    "Debian's NVIDIA driver is in the non-free component, which is not listed",
-                    "add \"non-free\" and \"non-free-firmware\" to components, or leave components out",
+                    "Debian's NVIDIA driver is in the non-free component and nvidia-persistenced in contrib; both must be listed",
+                    "add \"contrib\", \"non-free\" and \"non-free-firmware\" to components, or leave components out",
                 ));
             }
         }

@@ -622,7 +622,10 @@ fn local_plan(m: &Manifest, base: catalog::LocalBase, warnings: &mut Vec<String>
         .is_some_and(|g| g.source == PackageSource::Distro);
     let components = section.components.unwrap_or_else(|| {
         if gpu_from_distro {
-            vec!["main".into(), "non-free".into(), "non-free-firmware".into()]
+            // The driver is in non-free, nvidia-persistenced in contrib.
+            ["main", "contrib", "non-free", "non-free-firmware"]
+                .map(String::from)
+                .to_vec()
         } else {
             vec!["main".into()]
         }

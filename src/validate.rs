@@ -643,12 +643,31 @@ struct Files {
     fs: ext4_view::Ext4,
 }
 
+/// Every file read is bounded by what a check needs, never by the size the
+/// image's inode claims (a hostile inode may claim 2⁴⁰ bytes): configuration
+/// files up to 32 MiB (dpkg's status file is a few MiB on a GPU image), the
+/// secret search 1 MiB of each file.
+const MAX_TEXT: u64 = 32 * 1024 * 1024;
+const MAX_SECRET_SCAN: u64 = 1024 * 1024;
+
 impl Files {
     fn text(&self, path: &str) -> Option<String> {
-        self.fs
-            .read(path)
-            .ok()
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
+        self.text_prefix(path, MAX_TEXT)
+    }
+
+    fn text_prefix(&self, path: &str, limit: u64) -> Option<String> {
+        let mut file = self.fs.open(path).ok()?;
+        let mut bytes = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        while (bytes.len() as u64) < limit {
+            let want = chunk.len().min((limit - bytes.len() as u64) as usize);
+            match file.read_bytes(&mut chunk[..want]) {
+                Ok(0) => break,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                Err(_) => return None,
+            }
+        }
+        Some(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     fn exists(&self, path: &str) -> bool {
@@ -1001,7 +1020,16 @@ fn gpu_modules(files: &Files, f: &mut Vec<Finding>) {
         return;
     }
     let dirs = ["updates/dkms", "updates", "extra", "kernel/drivers/video"];
-    let names = ["nvidia.ko", "nvidia.ko.xz", "nvidia.ko.zst"];
+    // Debian's DKMS package names the module nvidia-current (its alternatives
+    // system picks the driver branch); NVIDIA's and Ubuntu's call it nvidia.
+    let names = [
+        "nvidia.ko",
+        "nvidia.ko.xz",
+        "nvidia.ko.zst",
+        "nvidia-current.ko",
+        "nvidia-current.ko.xz",
+        "nvidia-current.ko.zst",
+    ];
     let missing: Vec<&String> = kernels
         .iter()
         .filter(|k| {
@@ -1169,7 +1197,7 @@ fn hygiene(files: &Files, f: &mut Vec<Finding>) {
         .into_iter()
         .filter(|p| {
             files
-                .text(p)
+                .text_prefix(p, MAX_SECRET_SCAN)
                 .is_some_and(|t| secrets.iter().any(|s| t.contains(s.as_str())))
         })
         .collect();

@@ -12,6 +12,16 @@ struct Case {
     expect: &'static [&'static str],
 }
 
+const LOCAL: &str = r#"
+[image]
+name = "t1"
+os = "linux"
+distro = "debian-12"
+
+[build]
+builder = "local"
+"#;
+
 fn replace(from: &str, to: &str) -> String {
     assert!(MINIMAL.contains(from));
     MINIMAL.replace(from, to)
@@ -131,6 +141,60 @@ fn cases() -> Vec<Case> {
             what: "invalid TOML",
             manifest: replace("location = \"eastus\"", "location = eastus"),
             expect: &["m.toml:8:12", "location", "quoted"],
+        },
+        Case {
+            what: "an azure-arm setting with the local builder",
+            manifest: LOCAL.replace(
+                "builder = \"local\"",
+                "builder = \"local\"\nlocation = \"eastus\"",
+            ),
+            expect: &[
+                "m.toml:9:12",
+                "build.location",
+                "azure-arm builder",
+                "remove it",
+            ],
+        },
+        Case {
+            what: "a distro the local builder cannot make",
+            manifest: LOCAL.replace("debian-12", "almalinux-8"),
+            expect: &["image.distro", "cannot make almalinux-8", "debian-12"],
+        },
+        Case {
+            what: "the NVIDIA container toolkit from Debian",
+            manifest: format!(
+                "{LOCAL}\n[features]\ngpu = {{ driver = \"535\", source = \"distro\" }}\n"
+            ),
+            expect: &[
+                "features.gpu.container_toolkit",
+                "not packaged by debian-12",
+                "container_toolkit = false",
+            ],
+        },
+        Case {
+            what: "a distro GPU driver without the non-free component",
+            manifest: format!(
+                "{LOCAL}\n[build.local]\ncomponents = [\"main\"]\n\n[features]\ngpu = {{ driver = \"535\", source = \"distro\", container_toolkit = false }}\n"
+            ),
+            expect: &["build.local.components", "non-free"],
+        },
+        Case {
+            what: "a mirror with shell characters",
+            manifest: format!("{LOCAL}\n[build.local]\nmirror = \"http://x/$(reboot)\"\n"),
+            expect: &["build.local.mirror", "not an archive URL"],
+        },
+        Case {
+            what: "[build.local] with the azure-arm builder",
+            manifest: format!("{MINIMAL}\n[build.local]\ndisk_gib = 8\n"),
+            expect: &["build.local", "builder = \"local\""],
+        },
+        Case {
+            what: "a node agent that is not one",
+            manifest: replace(
+                "distro = \"ubuntu-22.04\"",
+                "distro = \"ubuntu-22.04\"\nnode_agent = \"ubuntu 22.04\"",
+            ),
+            expect: &["image.node_agent", "not a Batch node agent SKU id"],
         },
         Case {
             what: "missing image table",

@@ -359,3 +359,52 @@ fn boot_check_of_a_disk_without_a_bootloader_fails_with_the_console() {
     assert!(logs.join("boot-bios.log").is_file());
     assert!(leftover_processes(vhd.to_str().unwrap()).is_empty());
 }
+
+/// Opt-in (`IMGFORGE_TEST_GPU=1`): a GPU image from Debian's non-free driver.
+/// DKMS compiles the NVIDIA module for the image's kernel, which takes minutes
+/// on two cores, so CI leaves it out; the README gives the measured figure.
+#[test]
+fn a_local_gpu_build_has_the_real_nvidia_module() {
+    if std::env::var_os("IMGFORGE_TEST_GPU").is_none() {
+        eprintln!("skipped: set IMGFORGE_TEST_GPU=1 to build the GPU image");
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = repo().join("target/imgforge-root-cache");
+    let text = std::fs::read_to_string(fixture("gpu.toml"))
+        .unwrap()
+        .replace(
+            "cache_dir = \"../../../target/imgforge-root-cache\"",
+            &format!("cache_dir = {:?}", cache.display().to_string()),
+        );
+    let m = tmp.path().join("gpu.toml");
+    write(&m, &text);
+    let out = tmp.path().join("build");
+    let r = run(&mut build(&m, &out, &[]));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let vhd = record(&out)["artifact"]["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let report = run(imgforge()
+        .args(["validate", "--json", "--manifest"])
+        .arg(&m)
+        .arg(&vhd));
+    assert_eq!(report.code, 0, "{}", report.all());
+    let doc: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    let module = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "feature.gpu.module")
+        .unwrap();
+    assert_eq!(module["status"], "pass", "{module}");
+    let held = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "feature.gpu.kernel-held")
+        .unwrap();
+    assert_eq!(held["status"], "pass", "{held}");
+}

@@ -627,3 +627,23 @@ fn four_bytes_of_xfs_magic_after_an_mbr_are_not_an_image() {
         "{doc:#}"
     );
 }
+
+#[test]
+fn a_file_claiming_a_terabyte_is_read_only_as_far_as_a_check_needs() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A sparse 1 TiB /etc/os-release and /etc/waagent.conf: the validator
+    // must neither allocate by the inode's size nor read it all.
+    let vhd = image(tmp.path(), "huge", Layout::Gpt, |t| {
+        for f in ["etc/os-release", "etc/waagent.conf"] {
+            std::fs::File::create(t.join(f))
+                .unwrap()
+                .set_len(1 << 40)
+                .unwrap();
+        }
+    });
+    let (r, doc) = validate(vhd.to_str().unwrap(), &[]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_eq!(status(&doc, "distro.os-release"), "fail");
+    let read = doc["read"]["bytes"].as_u64().unwrap();
+    assert!(read < 80 * 1024 * 1024, "read {read} bytes");
+}
