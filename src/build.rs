@@ -282,7 +282,7 @@ pub struct BuildRecord {
 impl BuildRecord {
     pub fn load(dir: &Path) -> Result<BuildRecord, BuildError> {
         let path = dir.join(RECORD_FILE);
-        let text = std::fs::read_to_string(&path).map_err(|e| BuildError::Resume {
+        let text = crate::fsutil::read_input_string(&path).map_err(|e| BuildError::Resume {
             dir: dir.to_path_buf(),
             why: format!("cannot read {}: {e}", path.display()),
             hint: "pass the build directory that holds build.json".into(),

@@ -579,10 +579,13 @@ fn stop_on_interrupt() -> (
 fn upload(args: UploadArgs) -> Result<i32, AppError> {
     use crate::replicate::{self, ReplicateError, Source};
     use crate::storage::{BlobRef, DEFAULT_ENDPOINT};
-    let file = std::fs::File::open(&args.file).map_err(|source| ReplicateError::Read {
-        path: args.file.clone(),
-        source,
-    })?;
+    let file = std::fs::metadata(&args.file)
+        .and_then(|m| crate::fsutil::check_regular(&m))
+        .and_then(|_| std::fs::File::open(&args.file))
+        .map_err(|source| ReplicateError::Read {
+            path: args.file.clone(),
+            source,
+        })?;
     let name = args.name.clone().unwrap_or_else(|| {
         args.file
             .file_name()

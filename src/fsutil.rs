@@ -1,4 +1,5 @@
-//! Writes that never leave a half-written file or directory behind.
+//! Writes that never leave a half-written file or directory behind, and reads
+//! of user-named inputs that cannot hang or exhaust memory.
 
 use std::io::Write;
 use std::path::Path;
@@ -52,4 +53,61 @@ pub fn install_dir(staged: &Path, dest: &Path, replace: bool) -> std::io::Result
         }
     }
     std::fs::rename(staged, dest)
+}
+
+/// Input files are at most this big: manifests, pool configs, credentials,
+/// templates, build records and user scripts are kilobytes.
+pub const MAX_INPUT: u64 = 64 * 1024 * 1024;
+
+/// Reads a user-named input file: refuses what is not a regular file (a FIFO
+/// would block the open, `/dev/zero` never ends, a directory is no input) and
+/// anything over `MAX_INPUT`, before reading a byte.
+pub fn read_input(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    check_regular(&meta)?;
+    if meta.len() > MAX_INPUT {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{} bytes is more than an input file of imgforge's can be ({} MiB)",
+                meta.len(),
+                MAX_INPUT / (1024 * 1024)
+            ),
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_INPUT + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// As `read_input`, as UTF-8 text.
+pub fn read_input_string(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_input(path)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// A regular file, or an error saying what it is instead.
+pub fn check_regular(meta: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("{what}, not a regular file"),
+    ))
 }

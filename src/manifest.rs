@@ -299,10 +299,11 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let source = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let source =
+            crate::fsutil::read_input_string(path).map_err(|source| ManifestError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Manifest::parse(path, source)
     }
 

@@ -81,7 +81,7 @@ pub fn render_files(
             }
             None => {
                 let path = user_scripts.next().expect("one user script per plan entry");
-                std::fs::read(path).map_err(|source| RenderError::UserScript {
+                crate::fsutil::read_input(path).map_err(|source| RenderError::UserScript {
                     path: path.clone(),
                     source,
                 })?

@@ -122,11 +122,12 @@ impl TemplateSet {
                         .join(", "),
                 });
             };
-            let source =
-                std::fs::read_to_string(&path).map_err(|source| TemplateError::ReadFile {
+            let source = crate::fsutil::read_input_string(&path).map_err(|source| {
+                TemplateError::ReadFile {
                     path: path.clone(),
                     source,
-                })?;
+                }
+            })?;
             *slot = Template {
                 source,
                 origin: Origin::Override(path),

@@ -56,6 +56,9 @@ impl LocalDisk {
             subject: path.display().to_string(),
             message: e.to_string(),
         };
+        // Stat first: opening a FIFO would block, a device has no end.
+        let meta = std::fs::metadata(path).map_err(unreadable)?;
+        crate::fsutil::check_regular(&meta).map_err(unreadable)?;
         let file = std::fs::File::open(path).map_err(unreadable)?;
         let len = file.metadata().map_err(unreadable)?.len();
         Ok(LocalDisk {

@@ -143,3 +143,79 @@ fn a_sas_is_not_sent_in_clear_text_off_the_allow_list() {
     assert!(r.all().contains("https"), "{}", r.all());
     assert!(!r.all().contains("c2lnbmF0dXJl"), "{}", r.all());
 }
+
+#[test]
+fn fifos_devices_and_directories_are_refused_before_they_are_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let manifest = repo().join("contrib/gpu-ubuntu1604.toml");
+    let cases: Vec<Vec<std::ffi::OsString>> = vec![
+        vec!["plan".into(), fifo.clone().into()],
+        vec!["plan".into(), "/dev/zero".into()],
+        vec![
+            "validate".into(),
+            "--manifest".into(),
+            manifest.clone().into(),
+            fifo.clone().into(),
+        ],
+        vec![
+            "validate".into(),
+            "--manifest".into(),
+            manifest.clone().into(),
+            "/dev/zero".into(),
+        ],
+        vec![
+            "validate".into(),
+            "--manifest".into(),
+            manifest.clone().into(),
+            tmp.path().into(),
+        ],
+        vec!["pool".into(), "check".into(), fifo.clone().into()],
+        vec![
+            "upload".into(),
+            fifo.clone().into(),
+            "--to".into(),
+            "acct".into(),
+        ],
+    ];
+    for args in cases {
+        let started = Instant::now();
+        let mut child = imgforge()
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded: a hang is killed and reported, not waited for.
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("{args:?} hung");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(
+            matches!(status.code(), Some(1) | Some(2)),
+            "{args:?}: {status:?}\n{err}"
+        );
+        assert!(
+            err.contains("not a regular file"),
+            "{args:?}: no clear message:\n{err}"
+        );
+    }
+}

@@ -73,7 +73,7 @@ pub enum PoolImage {
 
 /// Reads what a build produced from its `build.json`.
 pub fn image_from_record(path: &Path) -> Result<PoolImage, PoolError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PoolError::Read {
+    let text = crate::fsutil::read_input_string(path).map_err(|source| PoolError::Read {
         path: path.to_path_buf(),
         source,
     })?;
@@ -182,7 +182,7 @@ impl ShipyardFile {
 
     /// Reads `path` and requires the object `top` at its top level.
     pub fn load(path: &Path, top: &str) -> Result<ShipyardFile, PoolError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PoolError::Read {
+        let text = crate::fsutil::read_input_string(path).map_err(|source| PoolError::Read {
             path: path.to_path_buf(),
             source,
         })?;
