@@ -10,12 +10,19 @@
 
 use std::time::Duration;
 
+/// The most bytes any response body may have where imgforge did not ask for a
+/// range (page lists, JSON documents): far above what Azure sends.
+pub const MAX_BODY: u64 = 16 * 1024 * 1024;
+
 /// The one way the Azure clients build their HTTP client: bounded connect and
 /// request times, our user agent, and no redirects.
 pub fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(timeout)
+        // A server that drips or stops mid-body is cut after 30 s of silence,
+        // not after the whole request's time.
+        .read_timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("imgforge/", env!("CARGO_PKG_VERSION")))
 }

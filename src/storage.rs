@@ -489,24 +489,48 @@ impl Storage {
         self.send(&target, req).await
     }
 
-    /// Reads a whole response body, retrying the request when the body breaks off.
+    /// Reads a response body of at most `limit` bytes: a server that sends
+    /// more (ignores the range, never ends a page list) is refused as it
+    /// arrives, never buffered whole.
     async fn body(
         &self,
         op: &'static str,
         blob: &BlobRef,
-        resp: reqwest::Response,
+        mut resp: reqwest::Response,
+        limit: u64,
     ) -> Result<Bytes, StorageError> {
-        let bytes = resp.bytes().await.map_err(|e| StorageError::Transport {
+        let too_much = |got: u64| StorageError::Protocol {
             op,
             account: blob.account.clone(),
             path: blob.path(),
-            attempts: 1,
-            message: error_chain(&e),
-        })?;
+            message: format!(
+                "the service sent {got} bytes or more where at most {limit} were asked for"
+            ),
+        };
+        if let Some(len) = resp.content_length()
+            && len > limit
+        {
+            return Err(too_much(len));
+        }
+        let mut out = bytes::BytesMut::new();
+        loop {
+            let chunk = resp.chunk().await.map_err(|e| StorageError::Transport {
+                op,
+                account: blob.account.clone(),
+                path: blob.path(),
+                attempts: 1,
+                message: error_chain(&e),
+            })?;
+            let Some(chunk) = chunk else { break };
+            if (out.len() + chunk.len()) as u64 > limit {
+                return Err(too_much((out.len() + chunk.len()) as u64));
+            }
+            out.extend_from_slice(&chunk);
+        }
         self.counters
             .bytes_down
-            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        Ok(bytes)
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(out.freeze())
     }
 
     pub async fn properties(&self, blob: &BlobRef) -> Result<Option<BlobProps>, StorageError> {
@@ -551,6 +575,7 @@ impl Storage {
     pub async fn page_ranges(&self, blob: &BlobRef) -> Result<Vec<Range<u64>>, StorageError> {
         let mut ranges = Vec::new();
         let mut marker: Option<String> = None;
+        let mut pages = 0usize;
         loop {
             let mut query = vec![("comp", "pagelist".to_string())];
             if let Some(m) = &marker {
@@ -569,7 +594,9 @@ impl Storage {
                     },
                 )
                 .await?;
-            let body = self.body("Get Page Ranges", blob, resp).await?;
+            let body = self
+                .body("Get Page Ranges", blob, resp, crate::http::MAX_BODY)
+                .await?;
             let text = String::from_utf8_lossy(&body);
             let (mut page, next) =
                 parse_page_list(&text).map_err(|message| StorageError::Protocol {
@@ -579,7 +606,27 @@ impl Storage {
                     message,
                 })?;
             ranges.append(&mut page);
+            pages += 1;
+            let protocol = |message: String| StorageError::Protocol {
+                op: "Get Page Ranges",
+                account: blob.account.clone(),
+                path: blob.path(),
+                message,
+            };
+            if ranges.len() > MAX_PAGE_RANGES {
+                return Err(protocol(format!(
+                    "more than {MAX_PAGE_RANGES} page ranges: not a disk image imgforge copies"
+                )));
+            }
             match next {
+                Some(m) if marker.as_deref() == Some(m.as_str()) => {
+                    return Err(protocol(format!("the page list repeats its marker `{m}`")));
+                }
+                Some(_) if pages >= MAX_PAGE_LIST_PAGES => {
+                    return Err(protocol(format!(
+                        "the page list goes on past {MAX_PAGE_LIST_PAGES} pages"
+                    )));
+                }
                 Some(m) => marker = Some(m),
                 None => break,
             }
@@ -772,7 +819,7 @@ impl Storage {
                     },
                 )
                 .await?;
-            match self.body("Get Blob", blob, resp).await {
+            match self.body("Get Blob", blob, resp, want).await {
                 Ok(b) if b.len() as u64 == want => return Ok(b),
                 Ok(b) if attempt >= self.attempts => {
                     return Err(StorageError::Protocol {
@@ -918,6 +965,11 @@ fn shared_key(
     format!("SharedKey {account}:{}", hmac_b64(key, &to_sign))
 }
 
+/// A page list is refused past these: a 1 TiB disk of 4 MiB islands has
+/// 262,144 ranges; Azure pages at most 10,000 ranges.
+const MAX_PAGE_RANGES: usize = 4 * 1024 * 1024;
+const MAX_PAGE_LIST_PAGES: usize = 100_000;
+
 /// Parses `<PageList><PageRange><Start>…</Start><End>…</End></PageRange>…<NextMarker>…</NextMarker>`.
 pub fn parse_page_list(xml: &str) -> Result<(Vec<Range<u64>>, Option<String>), String> {
     let mut ranges = Vec::new();
@@ -944,7 +996,10 @@ pub fn parse_page_list(xml: &str) -> Result<(Vec<Range<u64>>, Option<String>), S
         if end < start {
             return Err(format!("PageRange {start}-{end} ends before it starts"));
         }
-        ranges.push(start..end + 1);
+        let end = end
+            .checked_add(1)
+            .ok_or(format!("PageRange {start}-{end} overflows"))?;
+        ranges.push(start..end);
         rest = &after[end_tag..];
     }
     let next = xml
@@ -1063,5 +1118,15 @@ mod tests {
             0,
         );
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn a_page_range_ending_at_the_last_u64_is_refused_not_wrapped() {
+        // 2⁶⁴−1 + 1 wraps to 0 in a release build: an empty copy marked verified.
+        let xml = format!(
+            "<PageList><PageRange><Start>0</Start><End>{}</End></PageRange></PageList>",
+            u64::MAX
+        );
+        assert!(parse_page_list(&xml).unwrap_err().contains("overflows"));
     }
 }

@@ -451,7 +451,27 @@ pub fn validate(
 
     // The container: a fixed VHD.
     let mut footer = [0u8; 512];
-    let footer_ok = len >= 512 && disk.borrow_mut().read_at(len - 512, &mut footer).is_ok();
+    let footer_read = if len >= 512 {
+        disk.borrow_mut().read_at(len - 512, &mut footer)
+    } else {
+        Ok(())
+    };
+    if let Err(e) = footer_read {
+        // A read that failed is that, not an empty or short file.
+        f.push(
+            Finding::fail(
+                "vhd.footer",
+                format!("cannot read the footer at byte {}: {e}", len - 512),
+            )
+            .evidence(subject),
+        );
+        let stats = disk.borrow().stats();
+        return Validation {
+            report: Report::new(subject, completeness(plan, f)),
+            read: stats,
+        };
+    }
+    let footer_ok = len >= 512;
     let (parsed, problems) = crate::vhd::check(&footer, if footer_ok { len } else { 0 });
     let ids = [
         ("vhd.footer", "the `conectix` footer is present"),

@@ -219,3 +219,61 @@ fn fifos_devices_and_directories_are_refused_before_they_are_read() {
         );
     }
 }
+
+/// A blob endpoint that says "page blob, 1 GiB" and then answers every range
+/// request with an endless body; stops by itself after 20 s.
+fn endless_blob_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            let Ok((mut conn, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            std::thread::spawn(move || {
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                if head.starts_with(b"HEAD") {
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 1073742336\r\nx-ms-blob-type: PageBlob\r\nConnection: close\r\n\r\n",
+                    );
+                    return;
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+                );
+                let chunk = vec![b'x'; 64 * 1024];
+                let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+                let until = Instant::now() + Duration::from_secs(15);
+                while Instant::now() < until && conn.write_all(&frame).is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_server_that_ignores_the_range_is_cut_off_at_what_was_asked() {
+    let server = endless_blob_server();
+    let started = Instant::now();
+    let r = run(imgforge()
+        .env_remove("ARM_CLIENT_ID")
+        .args(["validate", "--json", "--manifest"])
+        .arg(repo().join("contrib/gpu-ubuntu1604.toml"))
+        .arg(format!("http://{server}/acct/images/d.vhd")));
+    let took = started.elapsed();
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(r.all().contains("were asked for"), "{}", r.all());
+}
