@@ -96,11 +96,28 @@ pub struct BootOptions {
     pub must_be_dropped: u16,
     /// Serial console logs go here, one per firmware.
     pub log_dir: PathBuf,
+    /// Units (substrings of systemd's console line) that fail without hardware
+    /// the QEMU guest lacks: a warning, not a failure.
+    pub needs_hardware: Vec<String>,
     pub cancel: Arc<AtomicBool>,
 }
 
 /// Batch's node agent ports, which every Linux image's firewall must admit.
 pub const BATCH_PORTS: &[u16] = &[29876, 29877];
+
+/// Units that fail at boot on a VM without the plan's hardware: the NVIDIA
+/// module refuses to load without a GPU (so systemd-modules-load, "Load Kernel
+/// Modules", fails), and its daemons with it.
+pub fn hardware_units(plan: &crate::plan::Plan) -> Vec<String> {
+    let mut units = Vec::new();
+    if plan.gpu.is_some() {
+        units.extend(["Load Kernel Modules", "nvidia"].map(String::from));
+    }
+    if plan.rdma.is_some() {
+        units.extend(["rdma", "RDMA"].map(String::from));
+    }
+    units
+}
 
 /// A port no imgforge image opens, unless `inbound` does: then the next free one.
 pub fn closed_port(inbound: &[u16]) -> u16 {
@@ -529,8 +546,11 @@ fn boot_once(
         }
     }
     let units = failed_units(&lines);
+    let (hardware, rest): (Vec<&String>, Vec<&String>) = units
+        .iter()
+        .partition(|u| opts.needs_hardware.iter().any(|h| u.contains(h.as_str())));
     let (azure_only, real): (Vec<&String>, Vec<&String>) =
-        units.iter().partition(|u| needs_azure(u));
+        rest.into_iter().partition(|u| needs_azure(u));
     if login_after.is_some() {
         f.push(if !real.is_empty() {
             failed = true;
@@ -539,15 +559,25 @@ fn boot_once(
                 format!("units failed at boot: {}", join(&real)),
             )
             .evidence(log.display().to_string())
-        } else if !azure_only.is_empty() {
+        } else if !azure_only.is_empty() || !hardware.is_empty() {
+            let mut why = Vec::new();
+            if !azure_only.is_empty() {
+                why.push(format!(
+                    "need Azure's metadata service: {}",
+                    join(&azure_only)
+                ));
+            }
+            if !hardware.is_empty() {
+                why.push(format!(
+                    "need hardware this VM lacks (GPU, InfiniBand): {}",
+                    join(&hardware)
+                ));
+            }
             Finding::warn(
                 &id("units"),
-                format!(
-                    "only units that need Azure's metadata service failed: {}",
-                    join(&azure_only)
-                ),
+                format!("only units that {} failed", why.join("; units that ")),
             )
-            .hint("expected outside Azure; on Azure they provision the VM")
+            .hint("expected under QEMU; on an Azure VM of the right size they start")
         } else {
             Finding::pass(&id("units"), "no unit failed at boot")
         });

@@ -847,6 +847,7 @@ impl Run<'_> {
                 must_answer: BATCH_PORTS.to_vec(),
                 must_be_dropped: closed_port(&self.plan.firewall.inbound_tcp),
                 log_dir: self.dir.clone(),
+                needs_hardware: crate::bootcheck::hardware_units(self.plan),
                 cancel: self.cancel.clone(),
             },
         )

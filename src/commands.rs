@@ -670,8 +670,12 @@ fn validate(args: ValidateArgs) -> Result<i32, AppError> {
 
 fn boot_check(args: crate::cli::BootCheckArgs) -> Result<i32, AppError> {
     use crate::bootcheck::{BATCH_PORTS, BootOptions, Firmware, closed_port};
-    let inbound = match &args.manifest {
-        Some(m) => Plan::new(&Manifest::load(m)?).firewall.inbound_tcp,
+    let plan = match &args.manifest {
+        Some(m) => Some(Plan::new(&Manifest::load(m)?)),
+        None => None,
+    };
+    let inbound = match &plan {
+        Some(p) => p.firewall.inbound_tcp.clone(),
         None => crate::catalog::required_inbound_tcp(crate::catalog::Os::Linux).to_vec(),
     };
     let temp;
@@ -720,6 +724,10 @@ fn boot_check(args: crate::cli::BootCheckArgs) -> Result<i32, AppError> {
             must_answer: BATCH_PORTS.to_vec(),
             must_be_dropped: closed_port(&inbound),
             log_dir: log_dir.clone(),
+            needs_hardware: plan
+                .as_ref()
+                .map(crate::bootcheck::hardware_units)
+                .unwrap_or_default(),
             cancel,
         },
     )?;

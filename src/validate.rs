@@ -825,10 +825,13 @@ fn check_files(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default()
             .replace('_', "-");
-        for (i, rule) in spec.files.iter().enumerate() {
+        // The plan's rules, not the catalog's: the plan drops what the
+        // manifest turned off (the container runtime without the toolkit).
+        for (i, check) in feature.files.iter().enumerate() {
+            let rule = &check.rule;
             let id = format!(
                 "feature.{name}.file{}",
-                if spec.files.len() > 1 {
+                if feature.files.len() > 1 {
                     format!("-{}", i + 1)
                 } else {
                     String::new()
