@@ -1190,6 +1190,18 @@ fn hygiene(files: &Files, f: &mut Vec<Finding>) {
         .evidence("/home")
         .hint("waagent -force -deprovision+user removes the provisioning user; export HISTSIZE=0 before it")
     });
+    // A policy-rc.d left from provisioning keeps every package's service from
+    // ever starting on the node (invoke-rc.d asks it first).
+    f.push(if files.exists("/usr/sbin/policy-rc.d") {
+        Finding::fail(
+            "hygiene.policy-rc",
+            "/usr/sbin/policy-rc.d is left in the image: services installed later will not start",
+        )
+        .evidence("/usr/sbin/policy-rc.d")
+        .hint("remove it as the last provisioning step (the local builder does)")
+    } else {
+        Finding::pass("hygiene.policy-rc", "no policy-rc.d left from provisioning")
+    });
     // The build's secrets must not be anywhere a provisioner could have written them.
     let secrets: Vec<String> = std::env::vars()
         .filter(|(k, v)| {

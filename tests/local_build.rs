@@ -314,6 +314,25 @@ fn ctrl_c_while_the_root_is_made_leaves_no_process_or_mount() {
 }
 
 #[test]
+fn boot_check_without_qemu_is_exit_3_with_the_package_to_install() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("d.raw");
+    std::fs::write(&raw, vec![0u8; 1024 * 1024]).unwrap();
+    let vhd = tmp.path().join("d.vhd");
+    raw_to_fixed_vhd(&raw, &vhd);
+    let r = run(imgforge()
+        .env("IMGFORGE_QEMU", tmp.path().join("no-such-qemu"))
+        .arg("boot-check")
+        .arg(&vhd));
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(
+        r.stderr.contains("apt-get install qemu-system-x86"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn boot_check_refuses_what_is_not_a_fixed_vhd() {
     let tmp = tempfile::tempdir().unwrap();
     let raw = tmp.path().join("disk.raw");
