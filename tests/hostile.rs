@@ -48,37 +48,51 @@ impl Witness {
     }
 }
 
-/// Answers every request with `307 Location: <to><path>`; stops by itself.
-fn redirector(to: SocketAddr) -> SocketAddr {
+/// A loopback HTTP server that stops by itself after `secs`: each connection
+/// gets its own thread, its request head read (bounded), then `answer`.
+fn serve(
+    secs: u64,
+    answer: impl Fn(std::net::TcpStream, String) + Send + Sync + 'static,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
+    let answer = Arc::new(answer);
     std::thread::spawn(move || {
-        let until = Instant::now() + Duration::from_secs(60);
+        let until = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < until {
             let Ok((mut conn, _)) = listener.accept() else {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             };
-            conn.set_nonblocking(false).unwrap();
-            conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
-                match conn.read(&mut byte) {
-                    Ok(1) => head.push(byte[0]),
-                    _ => break,
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
                 }
-            }
-            let text = String::from_utf8_lossy(&head);
-            let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let answer = format!(
-                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{to}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-            let _ = conn.write_all(answer.as_bytes());
+                answer(conn, String::from_utf8_lossy(&head).into_owned());
+            });
         }
     });
     addr
+}
+
+/// Answers every request with `307 Location: <to><path>`; stops by itself.
+fn redirector(to: SocketAddr) -> SocketAddr {
+    serve(60, move |mut conn, head| {
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let reply = format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{to}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let _ = conn.write_all(reply.as_bytes());
+    })
 }
 
 fn small_vhd(dir: &Path) -> std::path::PathBuf {
@@ -223,44 +237,22 @@ fn fifos_devices_and_directories_are_refused_before_they_are_read() {
 /// A blob endpoint that says "page blob, 1 GiB" and then answers every range
 /// request with an endless body; stops by itself after 20 s.
 fn endless_blob_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let until = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < until {
-            let Ok((mut conn, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            };
-            std::thread::spawn(move || {
-                conn.set_nonblocking(false).unwrap();
-                conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && head.len() < 64 * 1024 {
-                    match conn.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                if head.starts_with(b"HEAD") {
-                    let _ = conn.write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 1073742336\r\nx-ms-blob-type: PageBlob\r\nConnection: close\r\n\r\n",
-                    );
-                    return;
-                }
-                let _ = conn.write_all(
-                    b"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-                );
-                let chunk = vec![b'x'; 64 * 1024];
-                let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
-                let until = Instant::now() + Duration::from_secs(15);
-                while Instant::now() < until && conn.write_all(&frame).is_ok() {}
-            });
+    fn answer(mut conn: std::net::TcpStream, head: String) {
+        if head.starts_with("HEAD") {
+            let _ = conn.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1073742336\r\nx-ms-blob-type: PageBlob\r\nConnection: close\r\n\r\n",
+            );
+            return;
         }
-    });
-    addr
+        let _ = conn.write_all(
+            b"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        );
+        let chunk = vec![b'x'; 64 * 1024];
+        let frame = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until && conn.write_all(&frame).is_ok() {}
+    }
+    serve(20, answer)
 }
 
 #[test]

@@ -40,6 +40,13 @@ fn manifest(dir: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
     m
 }
 
+/// The fixture manifest in `dir`, its user script replaced by `script`.
+fn with_user_script(dir: &Path, script: &str) -> PathBuf {
+    let m = manifest(dir, |t| t);
+    write(&dir.join("site-setup.sh"), script);
+    m
+}
+
 fn build(m: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut cmd = imgforge();
     cmd.env("IMGFORGE_QEMU_ACCEL", "tcg")
@@ -215,10 +222,9 @@ fn a_local_debian_build_is_valid_bootable_and_leaves_the_host_alone() {
 fn docker_enabled_at_boot_fails_exactly_that_check() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let m = manifest(tmp.path(), |t| t);
     // A user script that re-enables Docker, against Batch Shipyard's rule.
-    write(
-        &tmp.path().join("site-setup.sh"),
+    let m = with_user_script(
+        tmp.path(),
         "#!/bin/sh\nset -e\nsystemctl enable docker.service\n",
     );
     let out = tmp.path().join("build");
@@ -237,9 +243,8 @@ fn docker_enabled_at_boot_fails_exactly_that_check() {
 fn a_failing_user_script_names_itself_and_its_last_lines() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let m = manifest(tmp.path(), |t| t);
-    write(
-        &tmp.path().join("site-setup.sh"),
+    let m = with_user_script(
+        tmp.path(),
         "#!/bin/sh\necho 'site: checking the licence server'\necho 'site: licence server unreachable' >&2\nexit 3\n",
     );
     let out = tmp.path().join("build");
