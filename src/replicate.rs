@@ -67,6 +67,15 @@ pub enum ReplicateError {
     #[error("{url}: the source blob does not exist")]
     SourceMissing { url: String },
     #[error(
+        "{url}: the service's page list claims bytes {start}..{end} of a {length}-byte blob; nothing was copied"
+    )]
+    PagesPastEnd {
+        url: String,
+        start: u64,
+        end: u64,
+        length: u64,
+    },
+    #[error(
         "{url}: verification failed: {why}; the copy is not marked complete — rerun to repair it"
     )]
     Verify { url: String, why: String },
@@ -248,10 +257,22 @@ impl Source {
                         kind: props.blob_type,
                     });
                 }
+                let ranges = storage.page_ranges(b).await?;
+                // A page list is the service's word, not the blob's: ranges
+                // past the end would become copies of bytes that do not exist
+                // (0..2^63 alone is 2^41 chunks).
+                if let Some(r) = ranges.iter().find(|r| r.end > props.length) {
+                    return Err(ReplicateError::PagesPastEnd {
+                        url: b.url(),
+                        start: r.start,
+                        end: r.end,
+                        length: props.length,
+                    });
+                }
                 Ok(SourceInfo {
                     length: props.length,
                     identity: props.etag.trim_matches('"').to_string(),
-                    ranges: storage.page_ranges(b).await?,
+                    ranges,
                     display: b.url(),
                 })
             }

@@ -269,3 +269,36 @@ fn a_server_that_ignores_the_range_is_cut_off_at_what_was_asked() {
     assert!(took < Duration::from_secs(10), "took {took:?}");
     assert!(r.all().contains("were asked for"), "{}", r.all());
 }
+
+#[test]
+fn a_page_list_past_the_blobs_end_is_refused_before_anything_is_copied() {
+    // A 1 MiB page blob whose page list claims 0..2^63 (2^41 chunks of 4 MiB).
+    let server = serve(20, |mut conn, head| {
+        let reply = if head.starts_with("HEAD") {
+            "HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\nx-ms-blob-type: PageBlob\r\nETag: \"0x1\"\r\nConnection: close\r\n\r\n".to_string()
+        } else if head.contains("comp=pagelist") {
+            let xml = format!(
+                "<?xml version=\"1.0\"?><PageList><PageRange><Start>0</Start><End>{}</End></PageRange></PageList>",
+                (1u64 << 63) - 1
+            );
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+                xml.len()
+            )
+        } else {
+            "HTTP/1.1 500 Unexpected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+        };
+        let _ = conn.write_all(reply.as_bytes());
+    });
+    let started = Instant::now();
+    let r = run(imgforge()
+        .env_remove("ARM_CLIENT_ID")
+        .env("IMGFORGE_STORAGE_KEY_DEST", "a2V5LWJ5dGVzLWZvci10ZXN0cw==")
+        .args(["replicate", "--no-validate", "--to", "dest", "--source"])
+        .arg(format!("http://{server}/acct/images/d.vhd"))
+        .arg("--blob-endpoint")
+        .arg(format!("http://{server}/{{account}}")));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(r.stderr.contains("claims bytes"), "{}", r.stderr);
+}

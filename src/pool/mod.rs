@@ -224,22 +224,32 @@ impl ShipyardFile {
     }
 }
 
-fn count(v: &Value) -> u64 {
+/// A node count: absent is 0; anything but a whole number (`100.0`, `"100"`,
+/// `-100`) is an error naming the key, never silently 0 nodes.
+fn count(v: &Value, key: &str) -> Result<u64, String> {
+    let whole = |x: &Value, k: &str| match x {
+        Value::Null => Ok(0),
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| format!("`{k}: {n}` is not a whole number of nodes")),
+        other => Err(format!("`{k}: {other}` is not a whole number of nodes")),
+    };
     match v {
-        Value::Number(n) => n.as_u64().unwrap_or(0),
-        Value::Object(_) => {
-            v["dedicated"].as_u64().unwrap_or(0) + v["low_priority"].as_u64().unwrap_or(0)
-        }
-        _ => 0,
+        Value::Object(_) => Ok(whole(&v["dedicated"], &format!("{key}.dedicated"))?
+            .saturating_add(whole(&v["low_priority"], &format!("{key}.low_priority"))?)),
+        other => whole(other, key),
     }
 }
 
 /// The most nodes the configuration can reach: the fixed size, or the
 /// autoscale maximum when larger.
-pub fn max_nodes(spec: &Value) -> u64 {
-    let fixed = count(&spec["vm_count"]);
-    let autoscale = count(&spec["autoscale"]["scenario"]["maximum_vm_count"]);
-    fixed.max(autoscale)
+pub fn max_nodes(spec: &Value) -> Result<u64, String> {
+    let fixed = count(&spec["vm_count"], "vm_count")?;
+    let autoscale = count(
+        &spec["autoscale"]["scenario"]["maximum_vm_count"],
+        "autoscale.scenario.maximum_vm_count",
+    )?;
+    Ok(fixed.max(autoscale))
 }
 
 /// The image URIs of a pool configuration's custom image.
@@ -562,7 +572,20 @@ fn check_uris(
     });
 
     let os = if windows { Os::Windows } else { Os::Linux };
-    let total = max_nodes(spec);
+    let total = match max_nodes(spec) {
+        Ok(t) => t,
+        Err(why) => {
+            f.push(
+                Finding::fail(
+                    "pool.image-uris.count",
+                    format!("cannot count the pool's nodes: {why}"),
+                )
+                .evidence(config.at("vm_count"))
+                .hint("vm_count is a whole number, or dedicated and low_priority whole numbers"),
+            );
+            return;
+        }
+    };
     let needed = vhd_copies(total.min(u32::MAX as u64) as u32, os) as usize;
     f.push(if uris.len() >= needed {
         Finding::pass(
@@ -629,8 +652,21 @@ mod tests {
     #[test]
     fn max_nodes_reads_both_vm_count_forms_and_autoscale() {
         let v: Value = serde_json::json!({"vm_count": {"dedicated": 30, "low_priority": 11}});
-        assert_eq!(max_nodes(&v), 41);
+        assert_eq!(max_nodes(&v), Ok(41));
         let v: Value = serde_json::json!({"vm_count": 5, "autoscale": {"scenario": {"maximum_vm_count": {"dedicated": 60, "low_priority": 40}}}});
-        assert_eq!(max_nodes(&v), 100);
+        assert_eq!(max_nodes(&v), Ok(100));
+        for bad in [
+            serde_json::json!({"vm_count": 100.0}),
+            serde_json::json!({"vm_count": "100"}),
+            serde_json::json!({"vm_count": -100}),
+            serde_json::json!({"vm_count": {"dedicated": "ten"}}),
+        ] {
+            assert!(
+                max_nodes(&bad).unwrap_err().contains("not a whole number"),
+                "{bad}"
+            );
+        }
+        let huge = serde_json::json!({"vm_count": {"dedicated": u64::MAX, "low_priority": 5}});
+        assert_eq!(max_nodes(&huge), Ok(u64::MAX));
     }
 }
