@@ -272,11 +272,10 @@ fn emit_report(
     json_doc: Option<&dyn erased_json::Json>,
 ) -> Result<i32, AppError> {
     if let Some(path) = junit {
-        crate::fsutil::write_atomic(path, report.to_junit(suite).as_bytes()).map_err(|source| {
-            AppError::Io {
-                context: path.display().to_string(),
-                source,
-            }
+        let junit = crate::redact::redact(&report.to_junit(suite));
+        crate::fsutil::write_atomic(path, junit.as_bytes()).map_err(|source| AppError::Io {
+            context: path.display().to_string(),
+            source,
         })?;
     }
     if let Some(doc) = json_doc {

@@ -1,8 +1,11 @@
 //! Keeps secrets out of everything imgforge prints or writes.
 //!
 //! Two layers: the values of secret-bearing environment variables are replaced
-//! wherever they appear, and anything shaped like a SAS signature (`sig=…`) is
-//! masked even when imgforge never saw the secret that produced it.
+//! wherever they appear — as they are, and in the encodings they travel in
+//! (percent-encoded in a form body or query, base64, JSON-escaped) — and
+//! anything shaped like a SAS signature (`sig=…`, also after a `%26`, an XML
+//! `&amp;` or a JSON-escaped `\u0026`) is masked even when imgforge never saw the secret
+//! that produced it.
 
 use std::borrow::Cow;
 
@@ -43,9 +46,33 @@ fn secret_values() -> Vec<String> {
             .iter()
             .cloned(),
     );
+    let mut all = Vec::new();
+    for v in values {
+        all.extend(encodings(&v));
+        all.push(v);
+    }
+    all.retain(|v| v.len() >= 4);
+    all.sort();
+    all.dedup();
     // Longest first, so a secret containing another is masked whole.
-    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    values
+    all.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    all
+}
+
+/// The forms a secret takes on the wire and in documents.
+fn encodings(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    vec![
+        crate::http::encode_component(secret),
+        base64::engine::general_purpose::STANDARD.encode(secret),
+        json.trim_matches('"').to_string(),
+    ]
+}
+
+/// Whether `text` holds any secret this process knows, in any of its forms.
+pub fn contains_secret(text: &str) -> bool {
+    secret_values().iter().any(|s| text.contains(s.as_str()))
 }
 
 pub fn redact(text: &str) -> String {
@@ -81,8 +108,14 @@ fn find_sig(text: &str) -> Option<usize> {
     let mut from = 0;
     while let Some(pos) = text[from..].find("sig=") {
         let at = from + pos;
-        let before = text[..at].chars().next_back();
-        if matches!(before, Some('?') | Some('&') | None) {
+        let before = &text[..at];
+        let separated = before.is_empty()
+            || [
+                "?", "&", "&amp;", "%26", "%3F", "%3f", "\\u0026", "\\u003f", "\\u003F",
+            ]
+            .iter()
+            .any(|s| before.ends_with(s));
+        if separated {
             return Some(at);
         }
         from = at + 4;
@@ -103,6 +136,38 @@ mod tests {
         );
         assert_eq!(mask_sas_signatures("config=1 xsig=2"), "config=1 xsig=2");
         assert_eq!(mask_sas_signatures("?sig=zz"), "?sig=[REDACTED]");
+    }
+
+    #[test]
+    fn escaped_separators_before_sig_are_recognised() {
+        assert_eq!(
+            mask_sas_signatures(r#"{"u":"https://a/b?sv=1\u0026sig=AbC"}"#),
+            r#"{"u":"https://a/b?sv=1\u0026sig=[REDACTED]"}"#
+        );
+        assert_eq!(mask_sas_signatures("x%26sig=AbC"), "x%26sig=[REDACTED]");
+        // XML-escaped, as in a JUnit report.
+        assert_eq!(
+            mask_sas_signatures("a.vhd?sv=1&amp;sig=AbC\"/>"),
+            "a.vhd?sv=1&amp;sig=[REDACTED]\"/>"
+        );
+    }
+
+    #[test]
+    fn encoded_forms_of_a_secret_are_masked() {
+        use base64::Engine as _;
+        let secret = "enc+oded/secret=1&x";
+        register(secret);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        let pct = crate::http::encode_component(secret);
+        for form in [secret.to_string(), b64, pct] {
+            let out = redact(&format!("body: client_secret={form}; end"));
+            assert_eq!(out, "body: client_secret=[REDACTED]; end", "{form}");
+        }
+        assert!(contains_secret(&format!(
+            "x{}y",
+            crate::http::encode_component(secret)
+        )));
+        assert!(!contains_secret("nothing here"));
     }
 
     #[test]

@@ -122,6 +122,18 @@ pub fn render_files(
     let mut plan_json = serde_json::to_vec_pretty(plan).expect("the plan serializes");
     plan_json.push(b'\n');
     files.insert(PLAN_FILE.to_string(), plan_json);
+    // The safety net under every template and user script: no rendered file
+    // may carry a secret of this environment, in any of its encodings (a user
+    // script named /proc/self/environ, an override that spells a key out).
+    for (path, bytes) in &files {
+        if crate::redact::contains_secret(&String::from_utf8_lossy(bytes)) {
+            return Err(RenderError::Template {
+                location: path.clone(),
+                message: "the rendered file would contain a secret of this environment (ARM_CLIENT_SECRET, a storage key, or its encoded form)".into(),
+                hint: "secrets reach Packer through its {{env}} variables, never through templates or user scripts; check what this file includes".into(),
+            });
+        }
+    }
     Ok(files)
 }
 

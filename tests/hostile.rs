@@ -302,3 +302,19 @@ fn a_page_list_past_the_blobs_end_is_refused_before_anything_is_copied() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(r.stderr.contains("claims bytes"), "{}", r.stderr);
 }
+
+#[test]
+fn a_user_script_that_is_the_environment_is_refused_not_rendered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m.toml");
+    write(
+        &m,
+        &format!("{MINIMAL}\n[provision]\nscripts = [\"/proc/self/environ\"]\n"),
+    );
+    let out = tmp.path().join("out");
+    let r = run(imgforge().arg("render").arg(&m).arg("-o").arg(&out));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("would contain a secret"), "{}", r.stderr);
+    assert!(!r.all().contains(CANARY));
+    assert!(!out.exists(), "nothing half-written");
+}
