@@ -77,10 +77,66 @@ pub struct Distro {
     /// Whether a primary source (the Batch team's notices or the service's
     /// `supportedimages` list) names this node agent; `plan` warns when not.
     pub node_agent_verified: bool,
+    /// When Azure Batch stops (or stopped) creating pools with this node agent,
+    /// from the Batch team's retirement notices.
+    pub agent_end: Option<AgentEnd>,
     /// How the local builder makes this distro's base root; `None` where no
     /// local build is possible (RPM distros: no mmdebstrap; Windows).
     pub local: Option<LocalBase>,
 }
+
+/// The end of a node agent's support for new pools.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AgentEnd {
+    /// YYYY-MM-DD: no new pool from this day on (existing pools may still scale).
+    pub date: &'static str,
+    /// Where the date comes from.
+    pub source: &'static str,
+}
+
+/// A node agent's state on a given day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum AgentStatus {
+    Supported,
+    /// Still usable for new pools, until `date`.
+    Ends {
+        date: &'static str,
+        source: &'static str,
+    },
+    /// No new pools since `date`.
+    Retired {
+        date: &'static str,
+        source: &'static str,
+    },
+}
+
+impl Distro {
+    /// `today` is YYYY-MM-DD; ISO dates compare as strings.
+    pub fn agent_status(&self, today: &str) -> AgentStatus {
+        match self.agent_end {
+            None => AgentStatus::Supported,
+            Some(e) if today >= e.date => AgentStatus::Retired {
+                date: e.date,
+                source: e.source,
+            },
+            Some(e) => AgentStatus::Ends {
+                date: e.date,
+                source: e.source,
+            },
+        }
+    }
+}
+
+/// The distro that owns a node agent id (case-insensitive), if the catalog knows it.
+pub fn distro_by_agent(agent: &str) -> Option<&'static Distro> {
+    DISTROS
+        .iter()
+        .find(|d| d.node_agent.eq_ignore_ascii_case(agent.trim()))
+}
+
+/// What to build for a pool created today, named in retirement warnings.
+pub const CURRENT_LINUX: &str = "ubuntu-24.04 (batch.node.ubuntu 24.04), ubuntu-22.04 (until 2027-06-30) or almalinux-9 (batch.node.el 9)";
 
 /// What the local builder needs to make a distro's root with mmdebstrap: the
 /// archive, its keyring, and the packages that stand in for what a
@@ -139,6 +195,10 @@ pub const DISTROS: &[Distro] = &[
         "16.04",
         "ubuntu1604",
         "xenial",
+        Some(AgentEnd {
+            date: "2021-05-21",
+            source: "Azure/Batch issue 106 (batch.node.ubuntu 16.04 retirement)",
+        }),
     ),
     ubuntu(
         "ubuntu-18.04",
@@ -152,6 +212,10 @@ pub const DISTROS: &[Distro] = &[
         "18.04",
         "ubuntu1804",
         "bionic",
+        Some(AgentEnd {
+            date: "2023-05-30",
+            source: "Azure/Batch issue 152 (batch.node.ubuntu 18.04 retirement)",
+        }),
     ),
     ubuntu(
         "ubuntu-20.04",
@@ -169,6 +233,10 @@ pub const DISTROS: &[Distro] = &[
         "20.04",
         "ubuntu2004",
         "focal",
+        Some(AgentEnd {
+            date: "2025-04-23",
+            source: "Azure/Batch issue 174 (batch.node.ubuntu 20.04 retirement)",
+        }),
     ),
     ubuntu(
         "ubuntu-22.04",
@@ -186,6 +254,28 @@ pub const DISTROS: &[Distro] = &[
         "22.04",
         "ubuntu2204",
         "jammy",
+        Some(AgentEnd {
+            date: "2027-06-30",
+            source: "Azure/Batch issue 200 (batch.node.ubuntu 22.04 end of support, notice of 2026-05)",
+        }),
+    ),
+    ubuntu(
+        "ubuntu-24.04",
+        MarketplaceImage {
+            publisher: "Canonical",
+            offer: "ubuntu-24_04-lts",
+            sku: "server-gen1",
+        },
+        Some(MarketplaceImage {
+            publisher: "microsoft-dsvm",
+            offer: "ubuntu-hpc",
+            sku: "2404",
+        }),
+        "batch.node.ubuntu 24.04",
+        "24.04",
+        "ubuntu2404",
+        "noble",
+        None,
     ),
     Distro {
         key: "debian-12",
@@ -212,6 +302,7 @@ pub const DISTROS: &[Distro] = &[
         kernel_packages: &["linux-image-cloud-amd64", "linux-headers-cloud-amd64"],
         codename: "bookworm",
         node_agent_verified: false,
+        agent_end: None,
         local: Some(LocalBase {
             suite: "bookworm",
             mirror: "http://deb.debian.org/debian",
@@ -248,6 +339,10 @@ pub const DISTROS: &[Distro] = &[
         kernel_packages: &["kernel", "kernel-devel", "kernel-headers"],
         codename: "",
         node_agent_verified: true,
+        agent_end: Some(AgentEnd {
+            date: "2024-12-31",
+            source: "Azure/Batch issue 180 (final reminder: no new pools after 2024-12-31)",
+        }),
         local: None,
     },
     Distro {
@@ -275,6 +370,31 @@ pub const DISTROS: &[Distro] = &[
         kernel_packages: &["kernel", "kernel-core", "kernel-modules", "kernel-devel"],
         codename: "",
         node_agent_verified: true,
+        agent_end: None,
+        local: None,
+    },
+    Distro {
+        key: "almalinux-9",
+        os: Os::Linux,
+        base_image: MarketplaceImage {
+            publisher: "almalinux",
+            offer: "almalinux-x86_64",
+            sku: "9-gen1",
+        },
+        hpc_base_image: None,
+        node_agent: "batch.node.el 9",
+        family: PackageFamily::Dnf,
+        firewall: HostFirewall::Firewalld,
+        ephemeral_mount: "/mnt/resource",
+        docker_data_root: "/mnt/resource/docker",
+        os_release_id: "almalinux",
+        os_release_version: "9",
+        ssh_service: "sshd",
+        nvidia_repo: "rhel9",
+        kernel_packages: &["kernel", "kernel-core", "kernel-modules", "kernel-devel"],
+        codename: "",
+        node_agent_verified: true,
+        agent_end: None,
         local: None,
     },
     Distro {
@@ -298,6 +418,7 @@ pub const DISTROS: &[Distro] = &[
         kernel_packages: &[],
         codename: "",
         node_agent_verified: true,
+        agent_end: None,
         local: None,
     },
 ];
@@ -311,6 +432,7 @@ const fn ubuntu(
     version: &'static str,
     nvidia_repo: &'static str,
     codename: &'static str,
+    agent_end: Option<AgentEnd>,
 ) -> Distro {
     Distro {
         key,
@@ -335,6 +457,7 @@ const fn ubuntu(
         ],
         codename,
         node_agent_verified: true,
+        agent_end,
         local: Some(LocalBase {
             suite: codename,
             mirror: "http://archive.ubuntu.com/ubuntu",

@@ -230,6 +230,10 @@ pub struct BuildArgs {
     /// Skip the boot check of a local build's VHD.
     #[arg(long)]
     pub no_boot_check: bool,
+    /// Build an image whose Batch node agent is retired for new pools (for
+    /// existing pools, and older API users); `plan` names the date.
+    #[arg(long)]
+    pub allow_retired: bool,
     /// Do not validate the copies after replication.
     #[arg(long)]
     pub no_validate: bool,

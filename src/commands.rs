@@ -96,6 +96,17 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
     } else {
         eprint!("{}", plan.to_text());
     }
+    if let crate::catalog::AgentStatus::Retired { date, source } = plan.node_agent_status
+        && !args.dry_run
+        && !args.allow_retired
+    {
+        return Err(AppError::Refused(format!(
+            "{}: node agent `{}` is retired for new pools since {date} ({source}); Azure Batch would refuse a new pool with this image\n  hint: for a pool created today build {}; pass --allow-retired to build it anyway (existing pools can still scale)",
+            manifest.path.display(),
+            plan.node_agent,
+            crate::catalog::CURRENT_LINUX
+        )));
+    }
     let packer = Packer::locate(args.packer.as_deref())?;
     let dir = match (&args.resume, &args.out) {
         (Some(dir), _) | (None, Some(dir)) => dir.clone(),
@@ -301,7 +312,10 @@ fn skus(json: bool) -> Result<i32, AppError> {
         os: crate::catalog::Os,
         node_agent: &'static str,
         vms_per_vhd: u32,
+        lifecycle: crate::catalog::AgentStatus,
+        verified: bool,
     }
+    let today = crate::plan::today();
     let rows: Vec<Sku> = crate::catalog::DISTROS
         .iter()
         .map(|d| Sku {
@@ -309,18 +323,28 @@ fn skus(json: bool) -> Result<i32, AppError> {
             os: d.os,
             node_agent: d.node_agent,
             vms_per_vhd: d.os.vms_per_vhd(),
+            lifecycle: d.agent_status(&today),
+            verified: d.node_agent_verified,
         })
         .collect();
     if json {
         print_stdout(&to_json(&rows))?;
     } else {
         let mut text = format!(
-            "{:<14} {:<26} {}\n",
-            "DISTRO", "NODE AGENT SKU ID", "VMS PER VHD"
+            "{:<14} {:<26} {:<12} {}\n",
+            "DISTRO", "NODE AGENT SKU ID", "VMS PER VHD", "NEW POOLS"
         );
         for r in &rows {
+            let state = match r.lifecycle {
+                crate::catalog::AgentStatus::Supported if !r.verified => {
+                    "unverified: check your Batch account's supported images".to_string()
+                }
+                crate::catalog::AgentStatus::Supported => "supported".to_string(),
+                crate::catalog::AgentStatus::Ends { date, .. } => format!("until {date}"),
+                crate::catalog::AgentStatus::Retired { date, .. } => format!("retired {date}"),
+            };
             text.push_str(&format!(
-                "{:<14} {:<26} {}\n",
+                "{:<14} {:<26} {:<12} {state}\n",
                 r.distro, r.node_agent, r.vms_per_vhd
             ));
         }

@@ -34,6 +34,8 @@ pub enum AppError {
     Validate(#[from] crate::validate::ValidateError),
     #[error(transparent)]
     Boot(#[from] crate::bootcheck::BootError),
+    #[error("{0}")]
+    Refused(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -64,6 +66,7 @@ impl AppError {
             AppError::Validate(_) => exit::BAD_INPUT,
             AppError::Boot(e) => e.exit_code(),
             AppError::Io { .. } => exit::IO,
+            AppError::Refused(_) => exit::BAD_INPUT,
         }
     }
 }

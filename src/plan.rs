@@ -20,6 +20,8 @@ pub struct Plan {
     pub base_image: MarketplaceImage,
     /// The Batch node agent SKU id the pool must use with this image.
     pub node_agent: String,
+    /// Whether Azure Batch still creates pools with that node agent, today.
+    pub node_agent_status: catalog::AgentStatus,
     pub target: Target,
     pub builder: Builder,
     pub build: BuildPlan,
@@ -376,6 +378,21 @@ impl Plan {
             .node_agent
             .clone()
             .unwrap_or_else(|| distro.node_agent.to_string());
+        // The override's own distro decides, when the catalog knows the id.
+        let agent_distro = catalog::distro_by_agent(&node_agent).unwrap_or(distro);
+        let node_agent_status = agent_distro.agent_status(&today());
+        match node_agent_status {
+            catalog::AgentStatus::Retired { date, source } => warnings.push(format!(
+                "node agent `{node_agent}` is retired: Azure Batch creates no new pool with it since {date} \
+                 ({source}); existing pools can still scale. For a pool created today build {}; \
+                 `build` needs --allow-retired for this image",
+                catalog::CURRENT_LINUX
+            )),
+            catalog::AgentStatus::Ends { date, source } => warnings.push(format!(
+                "node agent `{node_agent}` ends on {date} ({source}): after that no new pool can use this image"
+            )),
+            catalog::AgentStatus::Supported => {}
+        }
         if raw.image.node_agent.is_none() && !distro.node_agent_verified {
             warnings.push(format!(
                 "node agent `{}` for {} is not confirmed by any primary source: set [image] node_agent \
@@ -433,6 +450,7 @@ impl Plan {
             distro,
             base_image,
             node_agent,
+            node_agent_status,
             target: b.target,
             builder: b.builder,
             local,
@@ -694,6 +712,11 @@ fn local_plan(m: &Manifest, base: catalog::LocalBase, warnings: &mut Vec<String>
         boot_check: section.boot_check,
         tested: base.tested,
     }
+}
+
+/// Today's date, YYYY-MM-DD (UTC), for node agent lifecycles.
+pub fn today() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()[..10].to_string()
 }
 
 /// `$XDG_CACHE_HOME/imgforge/roots`, else `~/.cache/imgforge/roots`, else

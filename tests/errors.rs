@@ -307,3 +307,46 @@ fn bad_command_lines_are_exit_2() {
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("--out"), "{}", r.stderr);
 }
+
+#[test]
+fn a_retired_node_agent_is_named_by_plan_and_build_needs_allow_retired() {
+    let manifest = repo().join("contrib/gpu-ubuntu1604.toml");
+    let plan = run(imgforge().arg("plan").arg(&manifest));
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(
+        plan.stdout.contains("is retired")
+            && plan.stdout.contains("2021-05-21")
+            && plan.stdout.contains("ubuntu-24.04"),
+        "{}",
+        plan.stdout
+    );
+    // A real build is refused before Packer runs (a missing Packer would be exit 3).
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let r = run(imgforge()
+        .env("IMGFORGE_PACKER", tmp.path().join("no-packer"))
+        .arg("build")
+        .arg(&manifest)
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("--allow-retired"), "{}", r.stderr);
+    assert!(!out.exists(), "nothing written");
+    // With the flag it goes on (here to the missing Packer: exit 3).
+    let r = run(imgforge()
+        .env("IMGFORGE_PACKER", tmp.path().join("no-packer"))
+        .arg("build")
+        .arg(&manifest)
+        .arg("--allow-retired")
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(r.code, 3, "{}", r.all());
+    // A dry run creates nothing in Azure and needs no flag.
+    let r = run(imgforge()
+        .arg("build")
+        .arg(&manifest)
+        .arg("--dry-run")
+        .arg("--out")
+        .arg(tmp.path().join("dry")));
+    assert_eq!(r.code, 0, "{}", r.all());
+}

@@ -46,6 +46,8 @@ fn build_cmd(az: &Azurite, templates: &Path, args: &[&str]) -> Command {
     cmd.env_remove("ARM_CLIENT_ID")
         .arg("build")
         .arg(repo().join(MANIFEST))
+        // The headline manifest is Ubuntu 16.04, whose node agent is retired.
+        .arg("--allow-retired")
         .arg("--templates")
         .arg(templates)
         .args(args);
@@ -179,6 +181,7 @@ fn a_failure_at_replication_resumes_without_running_packer_again() {
     cmd.env_remove("ARM_CLIENT_ID")
         .arg("build")
         .arg(&changed)
+        .arg("--allow-retired")
         .arg("--templates")
         .arg(&templates)
         .args(["--resume", dir.to_str().unwrap()]);
@@ -291,6 +294,7 @@ fn a_replication_account_outside_the_region_stops_the_build_before_packer() {
         .env("AZURE_AUTHORITY_HOST", arm.endpoint())
         .arg("build")
         .arg(&manifest)
+        .arg("--allow-retired")
         .arg("--templates")
         .arg(&templates)
         .args(["--out", dir.to_str().unwrap()]);

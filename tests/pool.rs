@@ -272,7 +272,8 @@ fn snippet_roundtrip(manifest: &str, record: serde_json::Value) -> String {
         .arg(&out));
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(std::fs::read_to_string(&out).unwrap(), r.stdout);
-    // The snippet alone is a valid pool config with no failure and no warning.
+    // The snippet alone is a valid pool config with no failure, and no warning
+    // but the one that tells the truth about a retired node agent.
     let c = run(imgforge()
         .args(["pool", "check", "--json", "--manifest"])
         .arg(repo().join(manifest))
@@ -280,8 +281,61 @@ fn snippet_roundtrip(manifest: &str, record: serde_json::Value) -> String {
     assert_eq!(c.code, 0, "{}\n{}", r.stdout, c.all());
     let report: serde_json::Value = serde_json::from_str(&c.stdout).unwrap();
     assert_eq!(report["summary"]["fail"], 0, "{report:#}");
-    assert_eq!(report["summary"]["warn"], 0, "{report:#}");
+    let warned: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["status"] == "warn")
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    let retired = text_of(manifest).contains("ubuntu-16.04");
+    let expected: &[&str] = if retired {
+        &["pool.node-agent.retired"]
+    } else {
+        &[]
+    };
+    assert_eq!(warned, expected, "{report:#}");
     r.stdout
+}
+
+fn text_of(manifest: &str) -> String {
+    std::fs::read_to_string(repo().join(manifest)).unwrap()
+}
+
+#[test]
+fn a_retired_node_agent_is_a_warning_with_its_date_and_what_to_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = tmp.path().join("pool.yaml");
+    for (agent, status, needle) in [
+        ("batch.node.ubuntu 16.04", "warn", "since 2021-05-21"),
+        ("batch.node.ubuntu 20.04", "warn", "since 2025-04-23"),
+        ("batch.node.centos 7", "warn", "since 2024-12-31"),
+        ("batch.node.ubuntu 22.04", "warn", "ends on 2027-06-30"),
+        ("batch.node.ubuntu 24.04", "pass", "not retired"),
+    ] {
+        write(
+            &pool,
+            &format!(
+                "pool_specification:\n  id: p\n  vm_size: STANDARD_D2_V3\n  vm_count: 1\n  vm_configuration:\n    custom_image:\n      node_agent: {agent}\n      arm_image_id: /subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/images/img\n"
+            ),
+        );
+        let r = run(imgforge().args(["pool", "check", "--json"]).arg(&pool));
+        let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let f = doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == "pool.node-agent.retired")
+            .unwrap_or_else(|| panic!("{agent}: {doc:#}"));
+        assert_eq!(f["status"], status, "{agent}: {f}");
+        assert!(
+            f["message"].as_str().unwrap().contains(needle),
+            "{agent}: {f}"
+        );
+        if status == "warn" && needle.starts_with("since") {
+            assert!(f["hint"].as_str().unwrap().contains("ubuntu-24.04"), "{f}");
+        }
+    }
 }
 
 #[test]

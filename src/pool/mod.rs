@@ -387,6 +387,31 @@ pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool) -> Report {
                 .hint(format!("known: {}", known.join(", ")))
             },
         );
+        if let Some(d) = catalog::distro_by_agent(node_agent) {
+            use crate::catalog::AgentStatus;
+            f.push(match d.agent_status(&crate::plan::today()) {
+                AgentStatus::Retired { date, source } => Finding::warn(
+                    "pool.node-agent.retired",
+                    format!(
+                        "`{node_agent}` is retired: Azure Batch creates no new pool with it since {date} ({source}); an existing pool can still scale"
+                    ),
+                )
+                .evidence(config.at("node_agent"))
+                .hint(format!(
+                    "for a new pool use an image of {}",
+                    catalog::CURRENT_LINUX
+                )),
+                AgentStatus::Ends { date, source } => Finding::warn(
+                    "pool.node-agent.retired",
+                    format!("`{node_agent}` ends on {date} ({source}): no new pool after that"),
+                )
+                .evidence(config.at("node_agent")),
+                AgentStatus::Supported => Finding::pass(
+                    "pool.node-agent.retired",
+                    "the node agent is not retired for new pools",
+                ),
+            });
+        }
     }
 
     if let Some(plan) = plan {
