@@ -1034,31 +1034,11 @@ impl Run<'_> {
         })?;
         let mut failures = Vec::new();
         for (copy, v) in self.record.copies.iter_mut().zip(&results) {
-            let failed: Vec<String> = v
-                .report
-                .findings
-                .iter()
-                .filter(|f| f.status == crate::report::Status::Fail)
-                .map(|f| format!("{} ({})", f.id, f.message))
-                .collect();
+            let failed = failed_lines(&v.report);
             if !failed.is_empty() {
                 failures.push(format!("{}: {}", copy.copy.url, failed.join("; ")));
             }
-            copy.validation = Some(ValidationSummary {
-                pass: v.report.summary.pass,
-                warn: v.report.summary.warn,
-                fail: v.report.summary.fail,
-                skip: v.report.summary.skip,
-                failed_checks: v
-                    .report
-                    .findings
-                    .iter()
-                    .filter(|f| f.status == crate::report::Status::Fail)
-                    .map(|f| f.id.clone())
-                    .collect(),
-                bytes_read: v.read.bytes,
-                requests: v.read.requests,
-            });
+            copy.validation = Some(ValidationSummary::of(v));
         }
         if !failures.is_empty() {
             return Err(BuildError::Validate(format!(

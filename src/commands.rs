@@ -701,19 +701,22 @@ fn boot_check(args: crate::cli::BootCheckArgs) -> Result<i32, AppError> {
         Some(p) => p.firewall.inbound_tcp.clone(),
         None => crate::catalog::required_inbound_tcp(crate::catalog::Os::Linux).to_vec(),
     };
-    let temp;
-    let log_dir = match &args.logs {
-        Some(d) => d.clone(),
-        None => {
-            temp = tempfile::Builder::new()
+    let temp = match &args.logs {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
                 .prefix("imgforge-boot-")
                 .tempdir()
                 .map_err(|source| AppError::Io {
                     context: "a temporary directory for the console logs".into(),
                     source,
-                })?;
-            temp.path().to_path_buf()
-        }
+                })?,
+        ),
+    };
+    let log_dir = match (&args.logs, &temp) {
+        (Some(d), _) => d.clone(),
+        (None, Some(t)) => t.path().to_path_buf(),
+        (None, None) => unreachable!("a temporary directory when --logs is absent"),
     };
     use std::sync::Arc;
     let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -754,12 +757,11 @@ fn boot_check(args: crate::cli::BootCheckArgs) -> Result<i32, AppError> {
             cancel,
         },
     )?;
-    if result.report.failed() && args.logs.is_none() {
+    if result.report.failed()
+        && let Some(t) = temp
+    {
         // Keep the console logs the report points at.
-        let kept = log_dir.clone();
-        if let Some(t) = temp_keep(&kept) {
-            crate::term::warning(&format!("console logs kept in {}", t.display()));
-        }
+        crate::term::warning(&format!("console logs kept in {}", t.keep().display()));
     }
     if !args.json {
         for run in result.runs.iter().filter(|r| !r.tail.is_empty()) {
@@ -776,16 +778,6 @@ fn boot_check(args: crate::cli::BootCheckArgs) -> Result<i32, AppError> {
         "imgforge boot-check",
         args.json.then_some(&result as &dyn erased_json::Json),
     )
-}
-
-/// A failing boot check's logs outlive the temporary directory.
-fn temp_keep(dir: &std::path::Path) -> Option<std::path::PathBuf> {
-    let keep = std::env::temp_dir().join(format!("imgforge-boot-logs-{}", std::process::id()));
-    std::fs::create_dir_all(&keep).ok()?;
-    for e in std::fs::read_dir(dir).ok()?.flatten() {
-        let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
-    }
-    Some(keep)
 }
 
 /// A serializable value behind a trait object, for `emit_report`'s JSON document.
