@@ -1,6 +1,8 @@
 //! What a person sees while Packer runs: steps with elapsed time, cargo style.
-//! Provisioner output is shown whole with --verbose; otherwise only its latest
-//! line, on one self-overwriting line, and only on a terminal.
+//! Provisioner output is shown whole with --verbose, and whenever stderr is
+//! not a terminal (a CI log must show what happened: a pipeline has no
+//! self-overwriting line to look at); on a terminal without --verbose only its
+//! latest line, on one self-overwriting line.
 
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
@@ -65,7 +67,7 @@ impl Display {
                     self.line(&l);
                 }
                 UiLevel::Message => {
-                    if self.verbose {
+                    if self.verbose || !self.tty {
                         for part in text.lines() {
                             let l = format!("{}     {}", self.stamp(), part.trim_end());
                             self.line(&l);

@@ -317,3 +317,25 @@ fn a_real_azure_arm_build_without_azure_fails_fast_with_a_hint() {
     assert_eq!(rec["status"], "failed");
     assert_eq!(rec["failed_stage"], "packer_build");
 }
+
+#[test]
+fn provisioner_output_reaches_a_log_file_without_verbose() {
+    // A CI log is a pipe: every provisioner line must reach it, not only a
+    // terminal's self-overwriting line.
+    let tmp = tempfile::tempdir().unwrap();
+    let t = overrides(
+        tmp.path(),
+        &null_build(&[
+            "echo '==> imgforge 10-site.sh: step one'",
+            "echo plain-line-2",
+        ]),
+    );
+    let r = run(&mut build_cmd(tmp.path(), &t, &[]));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("==> imgforge 10-site.sh: step one"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("plain-line-2"), "{}", r.stderr);
+}
