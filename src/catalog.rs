@@ -180,6 +180,10 @@ pub const LOCAL_BASE_PACKAGES: &[&str] = &[
     "cloud-init",
     "e2fsprogs",
     "ca-certificates",
+    // The local distros' host firewall, in the base as on Azure's images: the
+    // firewall script runs without network (its own namespace), so that ufw's
+    // netfilter probes reach no kernel but a throwaway namespace's.
+    "ufw",
 ];
 
 pub const DISTROS: &[Distro] = &[

@@ -228,8 +228,10 @@ fn docker_enabled_at_boot_fails_exactly_that_check() {
         "#!/bin/sh\nset -e\nsystemctl enable docker.service\n",
     );
     let out = tmp.path().join("build");
+    let before = host_state();
     let r = run(&mut build(&m, &out, &["--no-boot-check", "--no-vm-checks"]));
     assert_eq!(r.code, 1, "{}", r.all());
+    assert_eq!(host_state(), before, "the build changed the host");
     let rec = record(&out);
     assert_eq!(rec["failed_stage"], "validate_image", "{rec:#}");
     assert_eq!(
@@ -248,8 +250,12 @@ fn a_failing_user_script_names_itself_and_its_last_lines() {
         "#!/bin/sh\necho 'site: checking the licence server'\necho 'site: licence server unreachable' >&2\nexit 3\n",
     );
     let out = tmp.path().join("build");
+    let before = host_state();
     let r = run(&mut build(&m, &out, &[]));
     assert_eq!(r.code, 1, "{}", r.all());
+    // The firewall script ran (70 before the user script's 90): no table,
+    // chain or rule of the host may have appeared.
+    assert_eq!(host_state(), before, "the build changed the host");
     let err = r.stderr;
     assert!(
         err.contains("90-user-01-site-setup.sh failed"),
