@@ -479,6 +479,11 @@ pub fn distro(key: &str) -> Option<&'static Distro> {
     DISTROS.iter().find(|d| d.key == key)
 }
 
+/// The keys of the distros that have `what`, for "use one of: …" hints.
+pub fn distro_keys_where(what: impl Fn(&Distro) -> bool) -> Vec<&'static str> {
+    DISTROS.iter().filter(|d| what(d)).map(|d| d.key).collect()
+}
+
 pub fn distro_keys() -> Vec<&'static str> {
     DISTROS.iter().map(|d| d.key).collect()
 }

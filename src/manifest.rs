@@ -549,11 +549,7 @@ impl Checker<'_> {
             ));
         }
         if distro.local.is_none() {
-            let can: Vec<_> = catalog::DISTROS
-                .iter()
-                .filter(|d| d.local.is_some())
-                .map(|d| d.key)
-                .collect();
+            let can = catalog::distro_keys_where(|d| d.local.is_some());
             return Err(self.fail(
                 "image.distro",
                 format!(
@@ -896,11 +892,7 @@ impl Checker<'_> {
             }
         }
         if f.rdma == Some(Rdma::Sriov) && distro.hpc_base_image.is_none() {
-            let with: Vec<_> = catalog::DISTROS
-                .iter()
-                .filter(|d| d.hpc_base_image.is_some())
-                .map(|d| d.key)
-                .collect();
+            let with = catalog::distro_keys_where(|d| d.hpc_base_image.is_some());
             return Err(self.fail(
                 "features.rdma",
                 format!(
