@@ -47,6 +47,20 @@ fn with_user_script(dir: &Path, script: &str) -> PathBuf {
     m
 }
 
+/// A build of the fixture with `script` as its user script that must fail
+/// (exit 1) without changing the host; its output and build directory.
+fn failing_build(dir: &Path, script: &str, extra: &[&str]) -> (Run, PathBuf) {
+    let m = with_user_script(dir, script);
+    let out = dir.join("build");
+    let before = host_state();
+    let r = run(&mut build(&m, &out, extra));
+    assert_eq!(r.code, 1, "{}", r.all());
+    // The firewall script runs first (70 before the user script's 90): no
+    // table, chain, rule or mount of the host may have appeared.
+    assert_eq!(host_state(), before, "the build changed the host");
+    (r, out)
+}
+
 fn build(m: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut cmd = imgforge();
     cmd.env("IMGFORGE_QEMU_ACCEL", "tcg")
@@ -223,15 +237,11 @@ fn docker_enabled_at_boot_fails_exactly_that_check() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     // A user script that re-enables Docker, against Batch Shipyard's rule.
-    let m = with_user_script(
+    let (_, out) = failing_build(
         tmp.path(),
         "#!/bin/sh\nset -e\nsystemctl enable docker.service\n",
+        &["--no-boot-check", "--no-vm-checks"],
     );
-    let out = tmp.path().join("build");
-    let before = host_state();
-    let r = run(&mut build(&m, &out, &["--no-boot-check", "--no-vm-checks"]));
-    assert_eq!(r.code, 1, "{}", r.all());
-    assert_eq!(host_state(), before, "the build changed the host");
     let rec = record(&out);
     assert_eq!(rec["failed_stage"], "validate_image", "{rec:#}");
     assert_eq!(
@@ -245,17 +255,11 @@ fn docker_enabled_at_boot_fails_exactly_that_check() {
 fn a_failing_user_script_names_itself_and_its_last_lines() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let m = with_user_script(
+    let (r, out) = failing_build(
         tmp.path(),
         "#!/bin/sh\necho 'site: checking the licence server'\necho 'site: licence server unreachable' >&2\nexit 3\n",
+        &[],
     );
-    let out = tmp.path().join("build");
-    let before = host_state();
-    let r = run(&mut build(&m, &out, &[]));
-    assert_eq!(r.code, 1, "{}", r.all());
-    // The firewall script ran (70 before the user script's 90): no table,
-    // chain or rule of the host may have appeared.
-    assert_eq!(host_state(), before, "the build changed the host");
     let err = r.stderr;
     assert!(
         err.contains("90-user-01-site-setup.sh failed"),
