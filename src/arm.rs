@@ -44,6 +44,24 @@ pub enum ArmError {
     },
     #[error("Resource Manager: unexpected response to {op}: {message}")]
     Protocol { op: &'static str, message: String },
+    #[error("Resource Manager: {op} ended {state}{code}: {message}\n  hint: {hint}")]
+    Operation {
+        op: &'static str,
+        state: String,
+        code: String,
+        message: String,
+        hint: String,
+    },
+    #[error(
+        "Resource Manager: {op} did not finish within {after_s} s (last state: {state})\n  hint: Azure keeps working on it; rerun the same command later to pick it up (or raise --publish-timeout)"
+    )]
+    Timeout {
+        op: &'static str,
+        after_s: u64,
+        state: String,
+    },
+    #[error("Resource Manager: {op}: interrupted")]
+    Cancelled { op: &'static str },
 }
 
 /// A storage account as Resource Manager describes it.
@@ -164,31 +182,90 @@ impl Arm {
     }
 
     async fn get_json(&mut self, op: &'static str, url: &str) -> Result<Value, ArmError> {
+        let answer = self
+            .send(op, reqwest::Method::GET, url, None, false)
+            .await?;
+        Ok(answer.expect("404 is an error here").body)
+    }
+
+    /// The endpoint this client signs in for (every URL it follows must be on it).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// One Resource Manager request with the bearer token, retried on 429,
+    /// 5xx and transport errors (Retry-After honoured, at most 30 s); the
+    /// body is read up to `http::MAX_BODY`. `Ok(None)` for a 404 when
+    /// `allow_404`, for "does it exist yet" questions.
+    pub(crate) async fn send(
+        &mut self,
+        op: &'static str,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+        allow_404: bool,
+    ) -> Result<Option<Answer>, ArmError> {
+        if !url.starts_with(&format!("{}/", self.endpoint)) {
+            // The bearer token goes to this endpoint and nowhere else.
+            return Err(ArmError::Protocol {
+                op,
+                message: format!("`{url}` is not on {}", self.endpoint),
+            });
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.requests += 1;
-            let result = self
+            let mut req = self
                 .http
-                .get(url)
+                .request(method.clone(), url)
                 .bearer_auth(self.token.expose())
-                .header("accept", "application/json")
-                .send()
-                .await;
+                .header("accept", "application/json");
+            if let Some(b) = body {
+                req = req
+                    .header("content-type", "application/json")
+                    .body(b.to_string());
+            }
+            let result = req.send().await;
             let wait = match result {
                 Ok(resp) => {
                     let status = resp.status();
-                    let retry_after = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok());
-                    let text = resp.text().await.unwrap_or_default();
-                    if status.is_success() {
-                        return serde_json::from_str(&text).map_err(|e| ArmError::Protocol {
+                    let header = |name: &str| {
+                        resp.headers()
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(|v| v.trim().to_string())
+                    };
+                    let retry_after = header("retry-after").and_then(|v| v.parse::<u64>().ok());
+                    let async_operation = header("azure-asyncoperation");
+                    let location = header("location");
+                    let bytes = crate::http::read_limited(resp, crate::http::MAX_BODY)
+                        .await
+                        .map_err(|message| ArmError::Transport {
                             op,
-                            message: format!("not JSON: {e}"),
-                        });
+                            attempts: attempt,
+                            message: crate::redact::redact(&message),
+                        })?;
+                    let text = String::from_utf8_lossy(&bytes);
+                    if status.is_success() {
+                        let body = if text.trim().is_empty() {
+                            Value::Null
+                        } else {
+                            serde_json::from_str(&text).map_err(|e| ArmError::Protocol {
+                                op,
+                                message: format!("not JSON: {e}"),
+                            })?
+                        };
+                        return Ok(Some(Answer {
+                            status: status.as_u16(),
+                            body,
+                            retry_after,
+                            async_operation,
+                            location,
+                        }));
+                    }
+                    if status == StatusCode::NOT_FOUND && allow_404 {
+                        return Ok(None);
                     }
                     let retryable =
                         status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
@@ -213,6 +290,19 @@ impl Arm {
     }
 }
 
+/// A successful Resource Manager answer.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub status: u16,
+    pub body: Value,
+    /// `Retry-After`, in seconds.
+    pub retry_after: Option<u64>,
+    /// Where a long-running operation's status is polled (`Azure-AsyncOperation`).
+    pub async_operation: Option<String>,
+    /// `Location`, the other long-running-operation header.
+    pub location: Option<String>,
+}
+
 /// `{"error": {"code": "AuthorizationFailed", "message": "…"}}` → an error with a hint.
 fn status_error(op: &'static str, status: StatusCode, body: &str) -> ArmError {
     let json: Value = serde_json::from_str(body).unwrap_or_default();
@@ -221,26 +311,7 @@ fn status_error(op: &'static str, status: StatusCode, body: &str) -> ArmError {
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| body.chars().take(300).collect());
-    let hint = match code.as_str() {
-        "SubscriptionNotFound" | "InvalidSubscriptionId" => {
-            "check the subscription id (management.subscription_id, --subscription or ARM_SUBSCRIPTION_ID)"
-        }
-        "ResourceGroupNotFound" | "ResourceNotFound" => {
-            "check the name and the resource group (credentials.batch.resource_group)"
-        }
-        "InvalidAuthenticationToken" | "InvalidAuthenticationTokenTenant" => {
-            "the token was refused: is the service principal in the subscription's tenant?"
-        }
-        "AuthorizationFailed" => {
-            "give the service principal the Reader role on the subscription (or on the resource groups involved)"
-        }
-        _ => match status.as_u16() {
-            401 => "the token was refused: is the service principal in the subscription's tenant?",
-            403 => "give the service principal the Reader role on the subscription",
-            404 => "check the subscription id and resource names",
-            _ => "Resource Manager reported an error; see the code and message",
-        },
-    };
+    let hint = hint_for(op, &code, status.as_u16());
     ArmError::Status {
         op,
         status: status.as_u16(),
@@ -251,6 +322,48 @@ fn status_error(op: &'static str, status: StatusCode, body: &str) -> ArmError {
         },
         message: crate::redact::redact(&message),
         hint: hint.to_string(),
+    }
+}
+
+/// What to do about an error code Resource Manager (or an operation's
+/// status) names, for the operation `op`.
+pub(crate) fn hint_for(op: &str, code: &str, status: u16) -> &'static str {
+    match code {
+        "SubscriptionNotFound" | "InvalidSubscriptionId" => {
+            "check the subscription id (management.subscription_id, --subscription or ARM_SUBSCRIPTION_ID)"
+        }
+        "ResourceGroupNotFound" | "ResourceNotFound" => {
+            "check the name and the resource group (credentials.batch.resource_group)"
+        }
+        "InvalidAuthenticationToken" | "InvalidAuthenticationTokenTenant" => {
+            "the token was refused: is the service principal in the subscription's tenant?"
+        }
+        "AuthorizationFailed" | "LinkedAuthorizationFailed" if op.starts_with("Create") => {
+            "give the service principal the Contributor role on the image's resource group \
+             (it writes Microsoft.Compute/images or galleries/images/versions) and Reader on the \
+             storage account that holds the VHD"
+        }
+        "AuthorizationFailed" => {
+            "give the service principal the Reader role on the subscription (or on the resource groups involved)"
+        }
+        "GalleryNotFound" | "ParentResourceNotFound" => {
+            "create the gallery first (`az sig create -g GROUP -r GALLERY`) or fix [build.gallery] name / resource_group"
+        }
+        "OperationNotAllowed" | "QuotaExceeded" => {
+            "a subscription limit was reached (the message names it): request a quota increase \
+             or delete unused images, or choose another region"
+        }
+        "InvalidParameter" | "BadRequest" => {
+            "Azure refused a value: the message names the property (e.g. a VHD that is not \
+             generalized, a Hyper-V generation the definition does not have, or a blob in another \
+             region than the image)"
+        }
+        _ => match status {
+            401 => "the token was refused: is the service principal in the subscription's tenant?",
+            403 => "give the service principal the Reader role on the subscription",
+            404 => "check the subscription id and resource names",
+            _ => "Resource Manager reported an error; see the code and message",
+        },
     }
 }
 

@@ -1,7 +1,9 @@
 //! `imgforge build`: the whole pipeline, stage by stage, with a journal.
 //!
-//! render → packer validate → packer build → capture → replicate (uploading a
-//! local VHD) → validate each copy → pool snippet. Each stage's result is
+//! render → packer validate → packer build → capture → validate image and
+//! boot check (local VHDs) → publish (a local VHD with target =
+//! "managed_image" or "gallery") or replicate (VHD targets, uploading a local
+//! VHD) → validate each copy → pool snippet. Each stage's result is
 //! written to `build.json` (atomically) before the next starts, so `--resume`
 //! continues from the first unfinished stage and nothing verified is redone.
 
@@ -36,18 +38,21 @@ pub enum Stage {
     ValidateImage,
     /// A local build's VHD booted under QEMU.
     BootCheck,
+    /// A local build's VHD uploaded and made a managed image / gallery version.
+    Publish,
     Replicate,
     Validate,
     Snippet,
 }
 
-pub const STAGES: [Stage; 9] = [
+pub const STAGES: [Stage; 10] = [
     Stage::Render,
     Stage::PackerValidate,
     Stage::PackerBuild,
     Stage::Capture,
     Stage::ValidateImage,
     Stage::BootCheck,
+    Stage::Publish,
     Stage::Replicate,
     Stage::Validate,
     Stage::Snippet,
@@ -62,6 +67,7 @@ impl Stage {
             Stage::Capture => "capture",
             Stage::ValidateImage => "validate image",
             Stage::BootCheck => "boot check",
+            Stage::Publish => "publish",
             Stage::Replicate => "replicate",
             Stage::Validate => "validate",
             Stage::Snippet => "snippet",
@@ -95,6 +101,8 @@ pub enum BuildError {
     Boot(#[from] crate::bootcheck::BootError),
     #[error("{0}")]
     Storage(#[from] crate::storage::StorageError),
+    #[error("{0}")]
+    Publish(Box<crate::publish::PublishError>),
     #[error("{path}: cannot write: {source}")]
     Write {
         path: PathBuf,
@@ -118,6 +126,12 @@ pub enum BuildError {
     },
 }
 
+impl From<crate::publish::PublishError> for BuildError {
+    fn from(e: crate::publish::PublishError) -> BuildError {
+        BuildError::Publish(Box::new(e))
+    }
+}
+
 impl BuildError {
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -137,6 +151,7 @@ impl BuildError {
             | BuildError::Validate(_)
             | BuildError::Storage(_) => exit::FAILED,
             BuildError::Cancelled => exit::CANCELLED,
+            BuildError::Publish(e) => e.exit_code(),
             BuildError::Stage { source, .. } => source.exit_code(),
         }
     }
@@ -270,6 +285,9 @@ pub struct BuildRecord {
     /// The local VHD booted under QEMU.
     #[serde(default)]
     pub boot_check: Option<BootRecord>,
+    /// The managed image / gallery version imgforge published.
+    #[serde(default)]
+    pub publish: Option<crate::publish::PublishRecord>,
     pub copies: Vec<CopyRecord>,
     pub replication: Option<ReplicationSummary>,
     /// The Batch Shipyard pool snippet written next to this record.
@@ -328,6 +346,10 @@ pub struct BuildOptions<'a> {
     pub blob_endpoint: String,
     pub parallel: usize,
     pub show_progress: bool,
+    /// Publish a local build's VHD (`--no-publish` turns it off).
+    pub publish: bool,
+    /// How long each publishing operation may take.
+    pub publish_timeout: Duration,
 }
 
 pub fn default_build_dir(image: &str, now: SystemTime) -> PathBuf {
@@ -436,6 +458,7 @@ pub fn run(
             artifact: None,
             image_validation: None,
             boot_check: None,
+            publish: None,
             copies: Vec::new(),
             replication: None,
             snippet: None,
@@ -499,6 +522,7 @@ pub fn run(
                 Stage::Capture => run.capture(),
                 Stage::ValidateImage => run.validate_image(),
                 Stage::BootCheck => run.boot_check(),
+                Stage::Publish => run.publish(),
                 Stage::Replicate => run.replicate(),
                 Stage::Validate => run.validate_copies(),
                 Stage::Snippet => run.snippet(),
@@ -638,6 +662,18 @@ impl Run<'_> {
             {
                 Some("[build.local] boot_check = \"off\"".into())
             }
+            Stage::Publish if !local_vhd || self.plan.publish.is_none() => {
+                Some(if self.plan.target == Target::Vhd {
+                    "target = \"vhd\": the VHD is replicated, not published".into()
+                } else {
+                    "Packer's azure-arm builder published the image".into()
+                })
+            }
+            Stage::Publish if !self.opts.publish => Some("--no-publish".into()),
+            Stage::Replicate if self.plan.target != Target::Vhd => Some(format!(
+                "target = \"{}\": Azure replicates a published image itself",
+                self.plan.target.as_str()
+            )),
             Stage::Replicate if !self.opts.replicate => Some("--no-replicate".into()),
             Stage::Replicate if !is_vhd => Some(
                 "the image is not a VHD: Azure serves managed and gallery images itself".into(),
@@ -709,6 +745,14 @@ impl Run<'_> {
     }
 
     fn packer_build(&mut self) -> Result<String, BuildError> {
+        // Publishing signs in after the build: name every missing variable
+        // now, not after the build's minutes.
+        if self.plan.local.is_some() && self.plan.publish.is_some() && self.opts.publish {
+            let missing = crate::publish::missing_variables();
+            if !missing.is_empty() {
+                return Err(crate::publish::PublishError::Credentials(missing).into());
+            }
+        }
         if let Some(local) = &self.plan.local {
             let boot = self.opts.boot_check && local.boot_check != crate::manifest::BootCheck::Off;
             let uefi = matches!(
@@ -902,6 +946,58 @@ impl Run<'_> {
         Ok(msg)
     }
 
+    fn publish(&mut self) -> Result<String, BuildError> {
+        use crate::publish::{Options, PublishError, Source};
+        let plan = self.plan.publish.as_ref().expect("skip_reason checked");
+        let path = self.local_image();
+        let dir_name = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.plan.image.clone());
+        let rt = runtime()?;
+        let record = rt
+            .block_on(crate::publish::publish(
+                plan,
+                Source::File {
+                    path,
+                    blob_name: format!("{dir_name}.vhd"),
+                },
+                &Options {
+                    blob_endpoint: self.opts.blob_endpoint.clone(),
+                    parallel: self.opts.parallel,
+                    show_progress: self.opts.show_progress,
+                    cancel: self.cancel.clone(),
+                    timeout: self.opts.publish_timeout,
+                },
+            ))
+            .map_err(|e| match e {
+                PublishError::Cancelled => BuildError::Cancelled,
+                PublishError::Arm(a) if matches!(*a, crate::arm::ArmError::Cancelled { .. }) => {
+                    BuildError::Cancelled
+                }
+                other => other.into(),
+            })?;
+        let regions: Vec<String> = record
+            .regions
+            .iter()
+            .map(|r| format!("{} ×{} {}", r.region, r.replicas, r.state))
+            .collect();
+        let msg = format!(
+            "{} (Hyper-V {}){}",
+            record.arm_image_id,
+            record.hyper_v_generation,
+            if regions.is_empty() {
+                String::new()
+            } else {
+                format!(", replicas: {}", regions.join(", "))
+            }
+        );
+        crate::term::status("Published", &msg);
+        self.record.publish = Some(record);
+        Ok(msg)
+    }
+
     fn replicate(&mut self) -> Result<String, BuildError> {
         use crate::replicate::{Options, Source};
         use crate::storage::{BlobRef, Storage};
@@ -1064,6 +1160,13 @@ impl Run<'_> {
             | (Some(Captured::GalleryImageVersion { id, .. }), _) => {
                 PoolImage::ArmImageId(id.clone())
             }
+            _ if self.record.publish.is_some() => PoolImage::ArmImageId(
+                self.record
+                    .publish
+                    .as_ref()
+                    .map(|p| p.arm_image_id.clone())
+                    .unwrap_or_default(),
+            ),
             (_, false) => PoolImage::Vhds(
                 self.record
                     .copies
@@ -1071,6 +1174,9 @@ impl Run<'_> {
                     .map(|c| c.copy.url.clone())
                     .collect(),
             ),
+            _ if self.plan.publish.is_some() => {
+                return Ok("no snippet: the VHD was not published (--no-publish)".into());
+            }
             _ => return Ok("no snippet: the VHD was not replicated (--no-replicate)".into()),
         };
         let path = self.dir.join(crate::pool::SNIPPET_FILE);

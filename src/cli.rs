@@ -61,6 +61,9 @@ pub enum Command {
     Replicate(ReplicateArgs),
     /// Upload a local fixed VHD (an on-premises or qemu build) as a page blob.
     Upload(UploadArgs),
+    /// Publish a VHD as the manifest's managed image and/or gallery image version.
+    #[command(after_help = PUBLISH_EXAMPLES)]
+    Publish(PublishArgs),
     /// Check a VHD against Azure Batch's requirements without booting it: a local file or a blob URL.
     ///
     /// Exit status: 0 when every check passed (warnings and skips allowed), 1 when
@@ -230,6 +233,14 @@ pub struct BuildArgs {
     /// Skip the boot check of a local build's VHD.
     #[arg(long)]
     pub no_boot_check: bool,
+    /// Keep a local build's VHD on this machine: no upload, no managed or
+    /// gallery image (target = "managed_image" / "gallery").
+    #[arg(long)]
+    pub no_publish: bool,
+    /// Seconds each publishing operation (image, gallery version with its
+    /// replication) may take before the build stops; a rerun picks it up.
+    #[arg(long, default_value_t = 7200, value_name = "SECONDS")]
+    pub publish_timeout: u64,
     /// Build an image whose Batch node agent is retired for new pools (for
     /// existing pools, and older API users); `plan` names the date.
     #[arg(long)]
@@ -307,6 +318,48 @@ pub struct ReplicateArgs {
     pub no_validate: bool,
     #[command(flatten)]
     pub storage: StorageOptions,
+}
+
+const PUBLISH_EXAMPLES: &str = "\
+Examples:
+  imgforge publish .imgforge/builds/local-debian12-…/output/local-debian12.vhd --manifest m.toml
+  imgforge publish https://imgstage.blob.core.windows.net/images/d12.vhd --manifest m.toml --json
+
+A local file is uploaded to [build] storage_account (container capture_container,
+default \"images\") first; a blob URL is used where it is. Then, as the manifest's
+target says: a managed image (build.managed_image_name) and/or a gallery image
+version ([build.gallery]), with per-region replicas from the pool size
+(`imgforge plan` shows the table). Resources that exist with the same content are
+kept, so a rerun after a failure or Ctrl-C goes on where it stopped.
+
+Environment:
+  ARM_SUBSCRIPTION_ID, ARM_TENANT_ID, ARM_CLIENT_ID, ARM_CLIENT_SECRET
+      the service principal (Contributor on the image's resource group)
+  IMGFORGE_ARM_ENDPOINT, AZURE_AUTHORITY_HOST   sovereign clouds
+  AZURE_STORAGE_KEY / IMGFORGE_BLOB_ENDPOINT    the upload (see `upload --help`)";
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// A local fixed VHD, or the URL of a page blob in the subscription.
+    pub image: String,
+    /// The manifest whose target (managed_image or gallery) says what to make.
+    #[arg(long, value_name = "MANIFEST")]
+    pub manifest: PathBuf,
+    /// Blob name for an uploaded file [default: the file's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Seconds each operation may take.
+    #[arg(long, default_value_t = 7200, value_name = "SECONDS")]
+    pub timeout: u64,
+    /// Concurrent 4 MiB chunk uploads.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub parallel: usize,
+    /// Blob endpoint template (see `replicate --help`).
+    #[arg(long, value_name = "TEMPLATE", env = "IMGFORGE_BLOB_ENDPOINT")]
+    pub blob_endpoint: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

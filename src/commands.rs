@@ -24,6 +24,7 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
         Command::Status { dir, json } => status(&dir, json),
         Command::Replicate(args) => replicate(args),
         Command::Upload(args) => upload(args),
+        Command::Publish(args) => publish(args),
         Command::Validate(args) => validate(args),
         Command::BootCheck(args) => boot_check(args),
     }
@@ -132,6 +133,8 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
                 .unwrap_or_else(|| crate::storage::DEFAULT_ENDPOINT.into()),
             parallel: args.parallel,
             show_progress: !args.json,
+            publish: !args.no_publish,
+            publish_timeout: std::time::Duration::from_secs(args.publish_timeout),
         },
     );
     match result {
@@ -654,6 +657,63 @@ fn upload(args: UploadArgs) -> Result<i32, AppError> {
         args.storage.json,
         serde_json::json!({"copies_needed": 1, "accounts": [args.to]}),
     )?;
+    Ok(exit::OK)
+}
+
+fn publish(args: crate::cli::PublishArgs) -> Result<i32, AppError> {
+    use crate::publish::{Options, Source};
+    let manifest = Manifest::load(&args.manifest)?;
+    let plan = Plan::new(&manifest);
+    let Some(publish) = plan.publish.as_ref() else {
+        return Err(AppError::Refused(format!(
+            "{}: target = \"vhd\": there is nothing to publish\n  hint: set [build] target = \"managed_image\" or \"gallery\" (with location, resource_group, storage_account)",
+            args.manifest.display()
+        )));
+    };
+    let is_url = args.image.starts_with("https://") || args.image.starts_with("http://");
+    let source = if is_url {
+        Source::Blob(crate::storage::BlobRef::parse(&args.image)?)
+    } else {
+        let path = std::path::PathBuf::from(&args.image);
+        let blob_name = args.name.clone().unwrap_or_else(|| {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "image.vhd".into())
+        });
+        Source::File { path, blob_name }
+    };
+    let rt = runtime()?;
+    let (cancel, _signals) = stop_on_interrupt();
+    let record = rt.block_on(crate::publish::publish(
+        publish,
+        source,
+        &Options {
+            blob_endpoint: args
+                .blob_endpoint
+                .clone()
+                .unwrap_or_else(|| crate::storage::DEFAULT_ENDPOINT.into()),
+            parallel: args.parallel,
+            show_progress: !args.json,
+            cancel,
+            timeout: std::time::Duration::from_secs(args.timeout),
+        },
+    ))?;
+    if args.json {
+        print_stdout(&to_json(&record))?;
+    } else {
+        let snippet = crate::pool::snippet(
+            &plan,
+            &crate::pool::PoolImage::ArmImageId(record.arm_image_id.clone()),
+        );
+        print_stdout(&snippet)?;
+        crate::term::status(
+            "Published",
+            &format!(
+                "{} in {:.1} s ({} Resource Manager requests)",
+                record.arm_image_id, record.seconds, record.requests
+            ),
+        );
+    }
     Ok(exit::OK)
 }
 

@@ -65,7 +65,11 @@ pub async fn token(
             "{url}: HTTP {status}: the token endpoint answered with a redirect, which is never followed with a client secret; set the authority (AZURE_AUTHORITY_HOST or authority_url) to the final address"
         ));
     }
-    let text = resp.text().await.map_err(|e| clean(error_chain(&e)))?;
+    // A token answer is a few KiB; 1 MiB bounds a server that never stops.
+    let bytes = crate::http::read_limited(resp, 1024 * 1024)
+        .await
+        .map_err(clean)?;
+    let text = String::from_utf8_lossy(&bytes);
     if !status.is_success() {
         // Entra's answer names the problem (AADSTS7000215: invalid client
         // secret, AADSTS700016: unknown application, …) in error_description.

@@ -34,6 +34,10 @@ pub enum AppError {
     Validate(#[from] crate::validate::ValidateError),
     #[error(transparent)]
     Boot(#[from] crate::bootcheck::BootError),
+    #[error(transparent)]
+    Publish(Box<crate::publish::PublishError>),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
     #[error("{0}")]
     Refused(String),
     #[error("{context}: {source}")]
@@ -46,6 +50,12 @@ pub enum AppError {
 impl From<crate::build::BuildError> for AppError {
     fn from(e: crate::build::BuildError) -> AppError {
         AppError::Build(Box::new(e))
+    }
+}
+
+impl From<crate::publish::PublishError> for AppError {
+    fn from(e: crate::publish::PublishError) -> AppError {
+        AppError::Publish(Box::new(e))
     }
 }
 
@@ -65,6 +75,8 @@ impl AppError {
             AppError::Replicate(e) => e.exit_code(),
             AppError::Validate(_) => exit::BAD_INPUT,
             AppError::Boot(e) => e.exit_code(),
+            AppError::Publish(e) => e.exit_code(),
+            AppError::Storage(_) => exit::BAD_INPUT,
             AppError::Io { .. } => exit::IO,
             AppError::Refused(_) => exit::BAD_INPUT,
         }

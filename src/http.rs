@@ -27,6 +27,29 @@ pub fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
         .user_agent(concat!("imgforge/", env!("CARGO_PKG_VERSION")))
 }
 
+/// A response body, refused past `limit` bytes (a server that never ends a
+/// body, or ignores what it was asked, cannot exhaust memory).
+pub async fn read_limited(mut resp: reqwest::Response, limit: u64) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(format!(
+            "{}: the response announces {} bytes, more than the {limit} allowed",
+            resp.url(),
+            resp.content_length().unwrap_or(0)
+        ));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+        if out.len() as u64 + chunk.len() as u64 > limit {
+            return Err(format!(
+                "{}: the response is longer than the {limit} bytes allowed",
+                resp.url()
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 pub fn encode_component(s: &str) -> String {
     encode_except(s, b"-_.~")

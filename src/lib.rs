@@ -1,8 +1,9 @@
 //! imgforge: Azure Batch custom images from a feature manifest, built with Packer.
 //!
 //! Data flows one way through the stage modules:
-//! manifest → catalog → plan → render → packer → capture → replicate → validate
-//! → pool snippet; `build` strings them together with a journal, `commands`
+//! manifest → catalog → plan → render → packer (azure-arm or local) → capture
+//! → validate image → boot check → publish (managed image / gallery) or
+//! replicate (VHDs) → validate copies → pool snippet; `build` strings them together with a journal, `commands`
 //! is the thin layer under the CLI.
 
 pub mod arm;
@@ -12,6 +13,7 @@ pub mod capture;
 pub mod catalog;
 pub mod cli;
 pub mod commands;
+pub mod compute;
 pub mod entra;
 pub mod error;
 pub mod events;
@@ -23,6 +25,7 @@ pub mod packer;
 pub mod plan;
 pub mod pool;
 pub mod progress;
+pub mod publish;
 pub mod redact;
 pub mod render;
 pub mod replicate;

@@ -162,6 +162,31 @@ pub struct GallerySection {
     pub version: String,
     #[serde(default)]
     pub replication_regions: Vec<String>,
+    /// Pool nodes one replica serves, K in `max(3, ceil(nodes / K))` replicas
+    /// per region [default: 50].
+    pub nodes_per_replica: Option<u32>,
+    /// The image definition's identifier, used when imgforge creates the
+    /// definition [default: "imgforge", the image name, the distro].
+    pub publisher: Option<String>,
+    pub offer: Option<String>,
+    pub sku: Option<String>,
+}
+
+/// The Hyper-V generation an image is published as: Generation 1 VMs boot
+/// with BIOS, Generation 2 VMs with UEFI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HyperVGeneration {
+    V1,
+    V2,
+}
+
+impl HyperVGeneration {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HyperVGeneration::V1 => "V1",
+            HyperVGeneration::V2 => "V2",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -180,6 +205,10 @@ pub struct BuildSection {
     pub gallery: Option<GallerySection>,
     /// builder = "local" only.
     pub local: Option<LocalSection>,
+    /// builder = "local" with target = "managed_image" or "gallery": the
+    /// generation the image is published as [default: V2 when the boot check
+    /// boots UEFI, else V1].
+    pub hyper_v_generation: Option<HyperVGeneration>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -502,6 +531,7 @@ impl Checker<'_> {
             ));
         }
         self.replicate(&m.replicate)?;
+        self.batch_region(m)?;
         Ok((distro, scripts))
     }
 
@@ -524,28 +554,38 @@ impl Checker<'_> {
         }
     }
 
-    /// The local builder: no Azure settings, a VHD, a distro it can make.
+    /// The local builder: a VHD on this machine and no Azure settings, or a
+    /// VHD that imgforge publishes itself (target = "managed_image" or
+    /// "gallery": uploaded to `storage_account`, then an image in
+    /// `resource_group` at `location`).
     fn local_build(&self, b: &BuildSection, distro: &Distro) -> Check<()> {
-        let azure_only = [
-            ("location", b.location.is_some()),
-            ("resource_group", b.resource_group.is_some()),
-            ("storage_account", b.storage_account.is_some()),
-            ("capture_container", b.capture_container.is_some()),
-            ("managed_image_name", b.managed_image_name.is_some()),
-            ("gallery", b.gallery.is_some()),
-        ];
-        if let Some((key, _)) = azure_only.iter().find(|(_, set)| *set) {
-            return Err(self.fail(
-                &format!("build.{key}"),
-                format!("`{key}` is for the azure-arm builder; builder = \"local\" builds on this machine"),
-                "remove it, or set builder = \"azure-arm\"",
-            ));
+        if b.target == Target::Vhd {
+            let azure_only = [
+                ("location", b.location.is_some()),
+                ("resource_group", b.resource_group.is_some()),
+                ("storage_account", b.storage_account.is_some()),
+                ("capture_container", b.capture_container.is_some()),
+                ("managed_image_name", b.managed_image_name.is_some()),
+                ("gallery", b.gallery.is_some()),
+                ("hyper_v_generation", b.hyper_v_generation.is_some()),
+            ];
+            if let Some((key, _)) = azure_only.iter().find(|(_, set)| *set) {
+                return Err(self.fail(
+                    &format!("build.{key}"),
+                    format!(
+                        "`{key}` is for publishing; builder = \"local\" with target = \"vhd\" builds on this machine only"
+                    ),
+                    "remove it, or set target = \"managed_image\" or \"gallery\" to publish the VHD",
+                ));
+            }
         }
-        if b.target != Target::Vhd {
+        if let (Some(BootCheck::Bios), Some(HyperVGeneration::V2)) =
+            (b.local.as_ref().map(|l| l.boot_check), b.hyper_v_generation)
+        {
             return Err(self.fail(
-                "build.target",
-                format!("the local builder makes a VHD, not a {}", b.target.as_str()),
-                "set target = \"vhd\" (or leave it out)",
+                "build.hyper_v_generation",
+                "a Generation 2 image boots with UEFI, but [build.local] boot_check = \"bios\" never boots it so",
+                "set boot_check = \"uefi\" or \"both\", or hyper_v_generation = \"V1\"",
             ));
         }
         if distro.local.is_none() {
@@ -609,10 +649,18 @@ impl Checker<'_> {
     }
 
     fn build(&self, b: &BuildSection) -> Check<()> {
-        if b.builder == Builder::Local {
+        let local = b.builder == Builder::Local;
+        if local && b.target == Target::Vhd {
             return Ok(());
         }
-        if b.local.is_some() {
+        if !local && b.hyper_v_generation.is_some() {
+            return Err(self.fail(
+                "build.hyper_v_generation",
+                "`hyper_v_generation` is for images imgforge publishes (builder = \"local\"); the azure-arm builder's image has its source image's generation",
+                "remove it",
+            ));
+        }
+        if !local && b.local.is_some() {
             return Err(self.fail(
                 "build.local",
                 "[build.local] is only used with builder = \"local\"",
@@ -647,12 +695,18 @@ impl Checker<'_> {
         };
         need("location", &b.location)?;
         need("resource_group", &b.resource_group)?;
-        only_for("storage_account", b.storage_account.is_some(), Target::Vhd)?;
-        only_for(
-            "capture_container",
-            b.capture_container.is_some(),
-            Target::Vhd,
-        )?;
+        if local {
+            // The VHD is uploaded to `storage_account` (`capture_container`,
+            // default "images") and the image is made from that blob.
+            need("storage_account", &b.storage_account)?;
+        } else {
+            only_for("storage_account", b.storage_account.is_some(), Target::Vhd)?;
+            only_for(
+                "capture_container",
+                b.capture_container.is_some(),
+                Target::Vhd,
+            )?;
+        }
         only_for("gallery", b.gallery.is_some(), Target::Gallery)?;
         if b.managed_image_name.is_some() && b.target == Target::Vhd {
             return Err(self.fail(
@@ -668,7 +722,11 @@ impl Checker<'_> {
             }
             Target::ManagedImage => need("managed_image_name", &b.managed_image_name)?,
             Target::Gallery => {
-                need("managed_image_name", &b.managed_image_name)?;
+                // Packer 1.6's azure-arm builder makes a managed image on the
+                // way to the gallery; imgforge publishes from the blob.
+                if !local {
+                    need("managed_image_name", &b.managed_image_name)?;
+                }
                 let Some(g) = &b.gallery else {
                     return Err(self.fail(
                         "build",
@@ -699,6 +757,24 @@ impl Checker<'_> {
                 }
                 for (i, r) in g.replication_regions.iter().enumerate() {
                     self.location(&format!("build.gallery.replication_regions.{i}"), r)?;
+                }
+                if let Some(k) = g.nodes_per_replica
+                    && !(1..=1000).contains(&k)
+                {
+                    return Err(self.fail(
+                        "build.gallery.nodes_per_replica",
+                        format!("{k} is not a number of nodes per replica"),
+                        "use a whole number from 1 to 1000: 50 is Azure's current guidance, 20 the conservative one",
+                    ));
+                }
+                for (key, v) in [
+                    ("publisher", &g.publisher),
+                    ("offer", &g.offer),
+                    ("sku", &g.sku),
+                ] {
+                    if let Some(v) = v {
+                        self.azure_name(&format!("build.gallery.{key}"), v, 128, "._-")?;
+                    }
                 }
             }
         }
@@ -1017,6 +1093,52 @@ impl Checker<'_> {
             self.location("replicate.region", region)?;
         }
         Ok(())
+    }
+}
+
+impl Checker<'_> {
+    /// A published image serves pools in the Batch account's region only if
+    /// it is there: a managed image is in its `location`; a gallery version in
+    /// its location and replication regions.
+    fn batch_region(&self, m: &RawManifest) -> Check<()> {
+        let (Some(batch), Some(location)) = (&m.replicate.region, &m.build.location) else {
+            return Ok(());
+        };
+        let norm = crate::arm::normalize_region;
+        let targets: Vec<&String> = match m.build.target {
+            Target::Vhd => return Ok(()),
+            Target::ManagedImage => vec![location],
+            Target::Gallery => std::iter::once(location)
+                .chain(m.build.gallery.iter().flat_map(|g| &g.replication_regions))
+                .collect(),
+        };
+        if targets.iter().any(|t| norm(t) == norm(batch)) {
+            return Ok(());
+        }
+        let (what, fix) = match m.build.target {
+            Target::Gallery => (
+                format!(
+                    "the gallery version is replicated to {}",
+                    targets
+                        .iter()
+                        .map(|t| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                format!("add \"{batch}\" to build.gallery.replication_regions"),
+            ),
+            _ => (
+                format!("the managed image is in {location}"),
+                format!(
+                    "set build.location = \"{batch}\": Batch uses managed images in its own region only (or publish to a gallery)"
+                ),
+            ),
+        };
+        Err(self.fail(
+            "replicate.region",
+            format!("the Batch account is in {batch}, but {what}"),
+            fix,
+        ))
     }
 }
 

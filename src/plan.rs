@@ -36,6 +36,9 @@ pub struct Plan {
     /// Rendered script file names in the order Packer runs them.
     pub scripts: Vec<ScriptPlan>,
     pub pool: PoolPlan,
+    /// target = "managed_image" or "gallery": where and how the image is
+    /// published, with the replica table.
+    pub publish: Option<crate::publish::PublishPlan>,
     pub warnings: Vec<String>,
 }
 
@@ -489,6 +492,14 @@ impl Plan {
                 outbound_tcp: outbound.into_iter().collect(),
             },
             scripts,
+            publish: crate::publish::PublishPlan::new(
+                raw,
+                match distro.os {
+                    Os::Linux => "Linux",
+                    Os::Windows => "Windows",
+                },
+                pool.max_nodes,
+            ),
             pool,
             warnings,
         }
@@ -518,6 +529,11 @@ impl Plan {
             Target::Vhd => format!(
                 "vhd, captured to {}",
                 b.capture_uri_pattern.as_deref().unwrap_or("?")
+            ),
+            Target::ManagedImage if self.builder == Builder::Local => format!(
+                "managed image `{}` in resource group `{}`, from the VHD built on this machine",
+                b.managed_image_name.as_deref().unwrap_or("?"),
+                b.resource_group
             ),
             Target::ManagedImage => format!(
                 "managed image `{}` in resource group `{}`",
@@ -616,11 +632,16 @@ impl Plan {
             if p.vhd_copies == 1 { "y" } else { "ies" },
             p.vms_per_vhd
         );
-        if let Some(region) = &p.batch_region {
+        if let Some(region) = &p.batch_region
+            && self.target == Target::Vhd
+        {
             let _ = writeln!(
                 s,
                 "copies     on accounts in {region} (looked up in Resource Manager before Packer runs)"
             );
+        }
+        if let Some(publish) = &self.publish {
+            s.push_str(&publish.to_text());
         }
         for w in &self.warnings {
             let _ = writeln!(s, "warning    {w}");

@@ -143,7 +143,7 @@ fn cases() -> Vec<Case> {
             expect: &["m.toml:8:12", "location", "quoted"],
         },
         Case {
-            what: "an azure-arm setting with the local builder",
+            what: "a publishing setting with a local VHD build",
             manifest: LOCAL.replace(
                 "builder = \"local\"",
                 "builder = \"local\"\nlocation = \"eastus\"",
@@ -151,8 +151,43 @@ fn cases() -> Vec<Case> {
             expect: &[
                 "m.toml:9:12",
                 "build.location",
-                "azure-arm builder",
-                "remove it",
+                "for publishing",
+                "target = \"managed_image\" or \"gallery\"",
+            ],
+        },
+        Case {
+            what: "a local build published without a staging account",
+            manifest: LOCAL.replace(
+                "builder = \"local\"",
+                "builder = \"local\"\ntarget = \"managed_image\"\nlocation = \"westus2\"\nresource_group = \"img\"\nmanaged_image_name = \"d12\"",
+            ),
+            expect: &["needs build.storage_account", "storage_account = "],
+        },
+        Case {
+            what: "a Generation 2 image that the boot check never boots with UEFI",
+            manifest: format!(
+                "{}\n[build.local]\nboot_check = \"bios\"\n",
+                LOCAL.replace(
+                    "builder = \"local\"",
+                    "builder = \"local\"\ntarget = \"managed_image\"\nlocation = \"westus2\"\nresource_group = \"img\"\nstorage_account = \"imgstage\"\nmanaged_image_name = \"d12\"\nhyper_v_generation = \"V2\"",
+                )
+            ),
+            expect: &["build.hyper_v_generation", "UEFI", "boot_check = \"uefi\""],
+        },
+        Case {
+            what: "a gallery that does not reach the Batch account's region",
+            manifest: format!(
+                "{}\n[build.gallery]\nname = \"g\"\nimage_definition = \"d\"\nversion = \"1.0.0\"\nreplication_regions = [\"eastus\"]\n\n[replicate]\nregion = \"northeurope\"\n",
+                LOCAL.replace(
+                    "builder = \"local\"",
+                    "builder = \"local\"\ntarget = \"gallery\"\nlocation = \"westus2\"\nresource_group = \"img\"\nstorage_account = \"imgstage\"",
+                )
+            ),
+            expect: &[
+                "replicate.region",
+                "northeurope",
+                "westus2, eastus",
+                "add \"northeurope\" to build.gallery.replication_regions",
             ],
         },
         Case {

@@ -95,6 +95,12 @@ pub fn image_from_record(path: &Path) -> Result<PoolImage, PoolError> {
                 .collect()
         })
         .unwrap_or_default();
+    if let Some(id) = record["publish"]["arm_image_id"]
+        .as_str()
+        .filter(|id| !id.is_empty())
+    {
+        return Ok(PoolImage::ArmImageId(id.to_string()));
+    }
     if !copies.is_empty() {
         return Ok(PoolImage::Vhds(copies));
     }
@@ -111,7 +117,7 @@ pub fn image_from_record(path: &Path) -> Result<PoolImage, PoolError> {
         Some("azure_vhd") | Some("local_vhd") => Err(err(
             "the build produced a VHD but the record lists no replicated copies; Batch cannot use \
              Packer's capture path (system/Microsoft.Compute/Images/…) or a local file",
-            "run `imgforge replicate` for this build first",
+            "run `imgforge replicate` (target = \"vhd\") or `imgforge publish` (managed image / gallery) for this build first",
         )),
         _ => Err(err(
             "the record has no artifact (the build did not succeed)",
@@ -154,10 +160,24 @@ pub fn snippet(plan: &Plan, image: &PoolImage) -> String {
                 plan.pool.max_nodes,
             ));
         }
-        PoolImage::ArmImageId(_) => out.push_str(&format!(
-            "# Managed/gallery image: no VHD copies needed; the manifest's pool needs up to {} nodes.\n",
-            plan.pool.max_nodes
-        )),
+        PoolImage::ArmImageId(_) => {
+            out.push_str(&format!(
+                "# Managed/gallery image: no VHD copies needed; the manifest's pool needs up to {} nodes.\n",
+                plan.pool.max_nodes
+            ));
+            if let Some(g) = plan.publish.as_ref().and_then(|p| p.gallery.as_ref()) {
+                let regions: Vec<String> = g
+                    .regions
+                    .iter()
+                    .map(|r| format!("{} x{}", r.region, r.replicas))
+                    .collect();
+                out.push_str(&format!(
+                    "# Gallery replicas ({} nodes per replica): {}.\n",
+                    g.nodes_per_replica,
+                    regions.join(", ")
+                ));
+            }
+        }
     }
     out.push_str(&serde_yaml_ng::to_string(&doc).expect("the snippet serializes"));
     out

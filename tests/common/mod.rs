@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod compute;
+
 pub const CANARY: &str = "canary-S3cr3t-7f1d2c9a";
 
 /// The service principal every test's environment names (its secret is the canary).
@@ -489,6 +491,8 @@ pub struct ArmReplay {
     pub port: u16,
     /// Request lines and bodies, in arrival order.
     pub requests: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    /// The Microsoft.Compute provider's state (images, galleries, versions).
+    pub compute: std::sync::Arc<compute::ComputeRp>,
 }
 
 pub struct ArmExpect {
@@ -518,10 +522,48 @@ impl ArmExpect {
 
 impl ArmReplay {
     pub fn start(expect: ArmExpect) -> ArmReplay {
+        ArmReplay::start_with(expect, compute::Knobs::default())
+    }
+
+    pub fn start_with(expect: ArmExpect, knobs: compute::Knobs) -> ArmReplay {
         use std::io::Write;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let endpoint = format!("http://127.0.0.1:{port}");
+        let compute_rp = std::sync::Arc::new(compute::ComputeRp::new(knobs, ARM_SUBSCRIPTION));
+        // The subscription's storage accounts, as the list fixtures hold them.
+        let accounts: std::sync::Arc<Vec<compute::Account>> = std::sync::Arc::new(
+            [
+                "storage-accounts-page-1.json",
+                "storage-accounts-page-2.json",
+            ]
+            .iter()
+            .flat_map(|f| {
+                let v: serde_json::Value = serde_json::from_str(
+                    &std::fs::read_to_string(repo().join("tests/fixtures/arm").join(f)).unwrap(),
+                )
+                .unwrap();
+                v["value"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| {
+                        (
+                            a["name"].as_str().unwrap().to_string(),
+                            a["location"].as_str().unwrap().to_string(),
+                            a["id"]
+                                .as_str()
+                                .unwrap()
+                                .split('/')
+                                .nth(4)
+                                .unwrap()
+                                .to_string(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+        );
         let fixture = |name: &str| {
             std::fs::read_to_string(repo().join("tests/fixtures/arm").join(name))
                 .unwrap()
@@ -553,6 +595,7 @@ impl ArmReplay {
         let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorded = requests.clone();
         let expect = std::sync::Arc::new(expect);
+        let compute_rp_thread = compute_rp.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut client) = conn else { continue };
@@ -561,6 +604,11 @@ impl ArmReplay {
                     recorded.clone(),
                     expect.clone(),
                     token.clone(),
+                );
+                let (compute_rp, accounts, endpoint) = (
+                    compute_rp_thread.clone(),
+                    accounts.clone(),
+                    endpoint.clone(),
                 );
                 std::thread::spawn(move || {
                     let Some((head, body)) = read_request(&mut client) else {
@@ -598,6 +646,29 @@ impl ArmReplay {
                                 rest.split('?').next().unwrap_or("").to_string(),
                             )
                         });
+                    let authorized = header("authorization") == Some(format!("Bearer {token}"));
+                    let (method, target) = {
+                        let mut it = line.split(' ');
+                        (it.next().unwrap_or(""), it.next().unwrap_or(""))
+                    };
+                    if authorized
+                        && target.starts_with(&format!("/subscriptions/{ARM_SUBSCRIPTION}/"))
+                        && let Some(a) =
+                            compute_rp.handle(method, target, &body, &endpoint, &accounts)
+                    {
+                        let mut head = format!(
+                            "HTTP/1.1 {}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+                            a.status,
+                            a.body.len()
+                        );
+                        for (k, v) in &a.headers {
+                            head.push_str(&format!("{k}: {v}\r\n"));
+                        }
+                        head.push_str("\r\n");
+                        let _ = client.write_all(head.as_bytes());
+                        let _ = client.write_all(a.body.as_bytes());
+                        return;
+                    }
                     let (status, name) = if line.starts_with("POST ") {
                         let good = line.starts_with(&token_path)
                             && form.get("grant_type").map(String::as_str)
@@ -659,7 +730,11 @@ impl ArmReplay {
                 });
             }
         });
-        ArmReplay { port, requests }
+        ArmReplay {
+            port,
+            requests,
+            compute: compute_rp,
+        }
     }
 
     pub fn endpoint(&self) -> String {

@@ -1,0 +1,539 @@
+//! Publishing a VHD as Azure Batch takes custom images today: a managed
+//! image and a Compute Gallery image version, made over REST against the
+//! loopback Resource Manager stand-in (tests/common/compute.rs, recorded
+//! shapes in tests/fixtures/arm/compute) from a page blob uploaded to Azurite.
+
+mod common;
+
+use common::compute::Knobs;
+use common::*;
+use serde_json::{Value, json};
+
+const GROUP: &str = "images-westus2";
+
+fn manifest(dir: &std::path::Path, extra_build: &str, pool: &str) -> std::path::PathBuf {
+    let path = dir.join("publish.toml");
+    write(
+        &path,
+        &format!(
+            r#"
+[image]
+name = "pub-debian12"
+os = "linux"
+distro = "debian-12"
+
+[build]
+builder = "local"
+target = "gallery"
+location = "westus2"
+resource_group = "{GROUP}"
+storage_account = "imgcopy0"
+managed_image_name = "pub-debian12-1-0-0"
+{extra_build}
+
+[build.gallery]
+name = "imgforge_gallery"
+image_definition = "debian12-batch"
+version = "1.0.0"
+replication_regions = ["eastus"]
+
+[pool]
+{pool}
+
+[replicate]
+region = "westus2"
+"#
+        ),
+    );
+    path
+}
+
+fn publish_cmd(
+    az: &Azurite,
+    arm: &ArmReplay,
+    manifest: &std::path::Path,
+    image: &std::path::Path,
+) -> Run {
+    let mut cmd = imgforge();
+    cmd.env("ARM_SUBSCRIPTION_ID", ARM_SUBSCRIPTION)
+        .env("IMGFORGE_ARM_ENDPOINT", arm.endpoint())
+        .env("AZURE_AUTHORITY_HOST", arm.endpoint())
+        .arg("publish")
+        .arg(image)
+        .arg("--manifest")
+        .arg(manifest)
+        .arg("--json");
+    run(az.env(&mut cmd))
+}
+
+fn puts(arm: &ArmReplay) -> Vec<String> {
+    arm.request_lines()
+        .into_iter()
+        .filter(|l| l.starts_with("PUT "))
+        .collect()
+}
+
+fn version_id() -> String {
+    format!(
+        "/subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Compute/galleries/imgforge_gallery/images/debian12-batch/versions/1.0.0"
+    )
+}
+
+#[test]
+fn plan_shows_replicas_per_region_from_the_pool_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (nodes, replicas) in [(1, 3), (60, 3), (2000, 40), (10_000, 100)] {
+        let m = manifest(tmp.path(), "", &format!("dedicated = {nodes}"));
+        let r = run(imgforge().arg("plan").arg(&m).arg("--json"));
+        assert_eq!(r.code, 0, "{}", r.all());
+        let plan: Value = serde_json::from_str(&r.stdout).unwrap();
+        let regions = plan["publish"]["gallery"]["regions"].as_array().unwrap();
+        let got: Vec<(String, u64)> = regions
+            .iter()
+            .map(|r| {
+                (
+                    r["region"].as_str().unwrap().to_string(),
+                    r["replicas"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![("westus2".into(), replicas), ("eastus".into(), replicas)],
+            "{nodes} nodes"
+        );
+    }
+    let m = manifest(tmp.path(), "", "dedicated = 1000");
+    let text = run(imgforge().arg("plan").arg(&m));
+    assert_eq!(text.code, 0, "{}", text.all());
+    assert!(
+        text.stdout.contains("REPLICAS")
+            && text.stdout.contains("1000 nodes / 50 per replica")
+            && text.stdout.contains("(the Batch account's region)")
+            && text.stdout.contains("Hyper-V generation V2"),
+        "{}",
+        text.stdout
+    );
+}
+
+#[test]
+fn a_vhd_becomes_a_managed_image_and_a_gallery_version_and_a_rerun_keeps_them() {
+    let az = Azurite::start(&["imgcopy0"]);
+    let arm = ArmReplay::start(ArmExpect::env_principal());
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "d12", 64, &[(0, 65536), (32 << 20, 1 << 20)]);
+    let m = manifest(tmp.path(), "", "dedicated = 2000");
+
+    let r = publish_cmd(&az, &arm, &m, &vhd);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.all().contains(CANARY));
+    let record: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(record["arm_image_id"], version_id(), "{record:#}");
+    let blob = az.url("imgcopy0", "images", "d12.vhd");
+    assert_eq!(record["blob_url"], blob);
+    // The page blob holds the file's bytes.
+    assert_eq!(
+        az.download(&blob, &tmp.path().join("dl.vhd")),
+        std::fs::read(&vhd).unwrap()
+    );
+
+    // What Azure was asked to make.
+    let rp = &arm.compute;
+    let image = rp
+        .resource(&format!(
+            "/subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Compute/images/pub-debian12-1-0-0"
+        ))
+        .unwrap();
+    assert_eq!(
+        image["properties"]["storageProfile"]["osDisk"]["blobUri"],
+        blob
+    );
+    assert_eq!(image["properties"]["hyperVGeneration"], "V2");
+    assert_eq!(image["properties"]["provisioningState"], "Succeeded");
+    let definition = rp
+        .resource(version_id().rsplit_once("/versions/").unwrap().0)
+        .unwrap();
+    assert_eq!(
+        definition["properties"]["identifier"],
+        json!({"publisher": "imgforge", "offer": "pub-debian12", "sku": "debian-12"})
+    );
+    assert_eq!(definition["properties"]["hyperVGeneration"], "V2");
+    let version = rp.resource(&version_id()).unwrap();
+    let regions: Vec<(String, u64)> = version["properties"]["publishingProfile"]["targetRegions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["regionalReplicaCount"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(regions, vec![("westus2".into(), 40), ("eastus".into(), 40)]);
+    assert_eq!(
+        version["properties"]["storageProfile"]["osDiskImage"]["source"]["storageAccountId"],
+        format!(
+            "/subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/images-westus2/providers/Microsoft.Storage/storageAccounts/imgcopy0"
+        )
+    );
+    // Each of the three operations was polled until it ended: two
+    // InProgress answers (honouring Retry-After: 1) and the final one.
+    let polls = arm
+        .request_lines()
+        .iter()
+        .filter(|l| l.contains("/operations/"))
+        .count();
+    assert_eq!(polls, 9, "{:#?}", arm.request_lines());
+    let states: Vec<&str> = record["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["Completed", "Completed"], "{record:#}");
+    assert_eq!(puts(&arm).len(), 3);
+
+    // A rerun finds everything made with this content and changes nothing.
+    let again = publish_cmd(&az, &arm, &m, &vhd);
+    assert_eq!(again.code, 0, "{}", again.all());
+    let record: Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(record["reused"].as_array().unwrap().len(), 3, "{record:#}");
+    assert_eq!(puts(&arm).len(), 3, "a rerun PUT again");
+}
+
+#[test]
+fn a_failure_between_image_and_version_resumes_without_redoing_the_image() {
+    let az = Azurite::start(&["imgcopy0"]);
+    let arm = ArmReplay::start_with(
+        ArmExpect::env_principal(),
+        Knobs {
+            fail_first_version: Some((
+                "OperationNotAllowed".into(),
+                "Operation could not be completed as it results in exceeding approved gallery image version replica quota.".into(),
+            )),
+            ..Knobs::default()
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "d12", 16, &[(0, 4096)]);
+    let m = manifest(tmp.path(), "", "dedicated = 10");
+    let r = publish_cmd(&az, &arm, &m, &vhd);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("Create Gallery Image Version ended Failed OperationNotAllowed")
+            && r.stderr.contains("quota increase"),
+        "{}",
+        r.stderr
+    );
+    let before = puts(&arm);
+    assert_eq!(before.len(), 3, "{before:#?}");
+
+    let again = publish_cmd(&az, &arm, &m, &vhd);
+    assert_eq!(again.code, 0, "{}", again.all());
+    let after = puts(&arm);
+    // Only the failed version is PUT again; image and definition are kept.
+    assert_eq!(after.len(), 4, "{after:#?}");
+    assert!(after[3].contains("/versions/1.0.0?"), "{after:#?}");
+    let record: Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(record["reused"].as_array().unwrap().len(), 2, "{record:#}");
+}
+
+#[test]
+fn refusals_name_the_cause_and_the_fix() {
+    let az = Azurite::start(&["imgcopy0", "imgeast0"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "d12", 16, &[(0, 4096)]);
+    let m = manifest(tmp.path(), "", "dedicated = 10");
+
+    // No role to write: 403 with the role to grant.
+    let arm = ArmReplay::start_with(
+        ArmExpect::env_principal(),
+        Knobs {
+            forbid_writes: true,
+            ..Knobs::default()
+        },
+    );
+    let r = publish_cmd(&az, &arm, &m, &vhd);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("HTTP 403 AuthorizationFailed") && r.stderr.contains("Contributor role"),
+        "{}",
+        r.stderr
+    );
+
+    // A Trusted Launch definition: Batch cannot use it.
+    let arm = ArmReplay::start_with(
+        ArmExpect::env_principal(),
+        Knobs {
+            definitions: vec![(
+                GROUP.into(),
+                "imgforge_gallery".into(),
+                "debian12-batch".into(),
+                json!({"hyperVGeneration": "V2", "features": [{"name": "SecurityType", "value": "TrustedLaunch"}]}),
+            )],
+            ..Knobs::default()
+        },
+    );
+    let r = publish_cmd(&az, &arm, &m, &vhd);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("Trusted Launch"), "{}", r.stderr);
+
+    // A Generation 1 definition for a Generation 2 image.
+    let arm = ArmReplay::start_with(
+        ArmExpect::env_principal(),
+        Knobs {
+            definitions: vec![(
+                GROUP.into(),
+                "imgforge_gallery".into(),
+                "debian12-batch".into(),
+                json!({"hyperVGeneration": "V1"}),
+            )],
+            ..Knobs::default()
+        },
+    );
+    let r = publish_cmd(&az, &arm, &m, &vhd);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("is Hyper-V generation V1, the image is published as V2"),
+        "{}",
+        r.stderr
+    );
+
+    // No gallery.
+    let arm = ArmReplay::start_with(
+        ArmExpect::env_principal(),
+        Knobs {
+            galleries: Vec::new(),
+            ..Knobs::default()
+        },
+    );
+    let r = publish_cmd(&az, &arm, &m, &vhd);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("az sig create"), "{}", r.stderr);
+
+    // A staging account in another region than the image.
+    let arm = ArmReplay::start(ArmExpect::env_principal());
+    let east = tmp.path().join("east");
+    std::fs::create_dir(&east).unwrap();
+    let m_east = manifest(&east, "", "dedicated = 10");
+    let text = std::fs::read_to_string(&m_east).unwrap().replace(
+        "storage_account = \"imgcopy0\"",
+        "storage_account = \"imgeast0\"",
+    );
+    write(&m_east, &text);
+    let r = publish_cmd(&az, &arm, &m_east, &vhd);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("`imgeast0` is in eastus, the image in westus2"),
+        "{}",
+        r.stderr
+    );
+    assert!(puts(&arm).is_empty(), "nothing may be created");
+
+    // A published version never changes: another blob under the same version.
+    let arm = ArmReplay::start(ArmExpect::env_principal());
+    assert_eq!(publish_cmd(&az, &arm, &m, &vhd).code, 0);
+    let other = sparse_vhd(tmp.path(), "other", 16, &[(4096, 4096)]);
+    let image_refused = publish_cmd(&az, &arm, &m, &other);
+    assert_eq!(image_refused.code, 2, "{}", image_refused.all());
+    assert!(
+        image_refused
+            .stderr
+            .contains("managed image `pub-debian12-1-0-0` already exists from")
+            && image_refused.stderr.contains("managed_image_name"),
+        "{}",
+        image_refused.stderr
+    );
+    let gallery_only = tmp.path().join("gallery-only.toml");
+    write(
+        &gallery_only,
+        &std::fs::read_to_string(&m)
+            .unwrap()
+            .replace("managed_image_name = \"pub-debian12-1-0-0\"\n", ""),
+    );
+    let r = publish_cmd(&az, &arm, &gallery_only, &other);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("version 1.0.0 of `debian12-batch` already exists from")
+            && r.stderr.contains("raise build.gallery.version"),
+        "{}",
+        r.stderr
+    );
+    for r in [&r, &image_refused] {
+        assert!(!r.all().contains(CANARY));
+    }
+}
+
+#[test]
+fn missing_credentials_are_all_named_before_any_request() {
+    let arm = ArmReplay::start(ArmExpect::env_principal());
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "d12", 4, &[(0, 512)]);
+    let m = manifest(tmp.path(), "", "dedicated = 10");
+    let r = run(imgforge()
+        .env_remove("ARM_CLIENT_SECRET")
+        .env_remove("ARM_TENANT_ID")
+        .env("IMGFORGE_ARM_ENDPOINT", arm.endpoint())
+        .env("AZURE_AUTHORITY_HOST", arm.endpoint())
+        .arg("publish")
+        .arg(&vhd)
+        .arg("--manifest")
+        .arg(&m));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("ARM_TENANT_ID, ARM_CLIENT_SECRET not set"),
+        "{}",
+        r.stderr
+    );
+    assert!(arm.request_lines().is_empty());
+}
+
+#[test]
+fn a_local_build_to_publish_names_missing_credentials_before_it_builds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = manifest(tmp.path(), "", "dedicated = 10");
+    let out = tmp.path().join("build");
+    let r = run(imgforge()
+        .env_remove("ARM_CLIENT_ID")
+        .env("ARM_SUBSCRIPTION_ID", "")
+        .arg("build")
+        .arg(&m)
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("ARM_SUBSCRIPTION_ID, ARM_CLIENT_ID not set"),
+        "{}",
+        r.stderr
+    );
+    let rec: Value =
+        serde_json::from_slice(&std::fs::read(out.join("build.json")).unwrap()).unwrap();
+    assert_eq!(rec["failed_stage"], "packer_build", "{rec:#}");
+    // Nothing was built: no root, no disk.
+    assert!(!out.join("work").exists() && !out.join("output").exists());
+}
+
+/// The stand-in refuses what the service refuses: these bodies would be
+/// accepted by a stand-in that only echoes, and imgforge's tests would then
+/// prove nothing about them.
+#[test]
+fn the_stand_in_checks_bodies_as_the_service_does() {
+    let rp = common::compute::ComputeRp::new(Knobs::default(), ARM_SUBSCRIPTION);
+    let accounts = vec![(
+        "imgcopy0".to_string(),
+        "westus2".to_string(),
+        GROUP.to_string(),
+    )];
+    let image = format!(
+        "/subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Compute/images/x?api-version=2024-07-01"
+    );
+    let body = |os_state: &str, location: &str| {
+        json!({"location": location, "properties": {"storageProfile": {"osDisk": {
+            "osType": "Linux", "osState": os_state,
+            "blobUri": "https://imgcopy0.blob.core.windows.net/images/x.vhd"}}}})
+        .to_string()
+    };
+    let put = |target: &str, b: &str| {
+        rp.handle("PUT", target, b, "http://127.0.0.1:1", &accounts)
+            .unwrap()
+    };
+    let a = put(&image, &body("Specialized", "westus2"));
+    assert!(
+        a.status.starts_with("400") && a.body.contains("Generalized"),
+        "{}",
+        a.body
+    );
+    let a = put(&image, &body("Generalized", "eastus"));
+    assert!(
+        a.status.starts_with("400") && a.body.contains("same region"),
+        "{}",
+        a.body
+    );
+    let a = put(
+        &image.replace("?api-version=2024-07-01", ""),
+        &body("Generalized", "westus2"),
+    );
+    assert!(a.body.contains("MissingApiVersionParameter"), "{}", a.body);
+    let a = put(&image, &body("Generalized", "westus2"));
+    assert!(a.status.starts_with("201"), "{}", a.body);
+    assert!(a.headers.iter().any(|(k, _)| k == "Azure-AsyncOperation"));
+
+    let version = format!(
+        "/subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Compute/galleries/imgforge_gallery/images/absent/versions/1.0.0?api-version=2024-03-03"
+    );
+    let a = put(
+        &version,
+        &json!({"location": "westus2", "properties": {}}).to_string(),
+    );
+    assert!(
+        a.status.starts_with("404") && a.body.contains("ParentResourceNotFound"),
+        "{}",
+        a.body
+    );
+    let definition = version.replace("/versions/1.0.0", "");
+    let a = put(
+        &definition,
+        &json!({"location": "westus2", "properties": {"osType": "Linux", "osState": "Generalized",
+            "identifier": {"publisher": "p", "offer": "o"}}})
+        .to_string(),
+    );
+    assert!(a.body.contains("identifier.sku"), "{}", a.body);
+    let a = put(
+        &definition,
+        &json!({"location": "westus2", "properties": {"osType": "Linux", "osState": "Generalized",
+            "identifier": {"publisher": "p", "offer": "o", "sku": "s"}}})
+        .to_string(),
+    );
+    assert!(a.status.starts_with("201"), "{}", a.body);
+    let version_body = |regions: Value, account: &str| {
+        json!({"location": "westus2", "properties": {
+            "publishingProfile": {"targetRegions": regions},
+            "storageProfile": {"osDiskImage": {"source": {
+                "uri": "https://imgcopy0.blob.core.windows.net/images/x.vhd",
+                "storageAccountId": format!("/subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Storage/storageAccounts/{account}")}}}}})
+        .to_string()
+    };
+    let a = put(
+        &version,
+        &version_body(
+            json!([{"name": "eastus", "regionalReplicaCount": 3}]),
+            "imgcopy0",
+        ),
+    );
+    assert!(
+        a.body.contains("must be one of its target regions"),
+        "{}",
+        a.body
+    );
+    let a = put(
+        &version,
+        &version_body(
+            json!([{"name": "westus2", "regionalReplicaCount": 101}]),
+            "imgcopy0",
+        ),
+    );
+    assert!(a.body.contains("from 1 to 100"), "{}", a.body);
+    let a = put(
+        &version,
+        &version_body(
+            json!([{"name": "westus2", "regionalReplicaCount": 3}]),
+            "other",
+        ),
+    );
+    assert!(a.body.contains("does not match"), "{}", a.body);
+    let a = put(
+        &version,
+        &version_body(
+            json!([{"name": "West US 2", "regionalReplicaCount": 3}]),
+            "imgcopy0",
+        ),
+    );
+    assert!(a.status.starts_with("201"), "{}", a.body);
+}
