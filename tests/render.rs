@@ -67,7 +67,13 @@ fn every_contrib_manifest_and_target_renders_validates_and_passes_shellcheck() {
             if local && target != "vhd" {
                 continue;
             }
-            let m = with_target(&manifest, target, tmp.path());
+            // A local manifest renders as written: its target decides
+            // whether it publishes, and its settings follow from that.
+            let m = if local {
+                manifest.clone()
+            } else {
+                with_target(&manifest, target, tmp.path())
+            };
             let out = tmp
                 .path()
                 .join(format!("out-{}", m.file_stem().unwrap().to_string_lossy()));
