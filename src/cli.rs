@@ -94,11 +94,38 @@ ports reach it.")]
         #[arg(long)]
         json: bool,
     },
-    /// Node agent SKU ids imgforge knows, per distro.
+    /// Node agent SKU ids imgforge knows, per distro; with --online, the ones
+    /// your Batch account supports today.
+    ///
+    /// imgforge's catalog records each node agent's end of support from the Batch
+    /// team's notices; the Batch account's own list (`--online`) is what decides
+    /// whether a new pool is created.
+    #[command(after_help = "\
+Examples:
+  imgforge skus                                          the catalog: distro, node agent, until when
+  imgforge skus --online --credentials credentials.yaml  the account's supported images, every page
+  imgforge skus --online --account-url https://mybatch.westus2.batch.azure.com --json
+
+--online signs in with Entra ID: the credentials file's batch.aad (or global
+aad) service principal, else ARM_TENANT_ID, ARM_CLIENT_ID and ARM_CLIENT_SECRET.
+A Batch account key is not used (custom-image pools need Entra ID anyway).
+Environment: IMGFORGE_BATCH_URL (the account URL, as --account-url),
+AZURE_AUTHORITY_HOST (a sovereign cloud's Entra ID).")]
     Skus {
         /// Print as JSON.
         #[arg(long)]
         json: bool,
+        /// Ask the Batch account (GET {account}/supportedimages) instead of the catalog.
+        #[arg(long)]
+        online: bool,
+        /// Batch Shipyard's credentials.yaml (or .json): batch.account_service_url
+        /// and the batch.aad (or global aad) service principal.
+        #[arg(long, value_name = "FILE", requires = "online")]
+        credentials: Option<PathBuf>,
+        /// The Batch account's URL, e.g. https://mybatch.westus2.batch.azure.com
+        /// [default: the credentials file's batch.account_service_url].
+        #[arg(long, value_name = "URL", env = "IMGFORGE_BATCH_URL")]
+        account_url: Option<String>,
     },
 }
 
@@ -143,6 +170,10 @@ pub enum PoolCommand {
         /// The Batch account's subscription id [default: from --credentials, else ARM_SUBSCRIPTION_ID].
         #[arg(long, value_name = "ID", requires = "online")]
         subscription: Option<String>,
+        /// The Batch account's URL, asked for its supported node agents
+        /// [default: the credentials file's batch.account_service_url].
+        #[arg(long, value_name = "URL", env = "IMGFORGE_BATCH_URL")]
+        account_url: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,

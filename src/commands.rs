@@ -20,7 +20,13 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
         Command::Build(args) => build(args),
         Command::Templates(cmd) => templates(cmd),
         Command::Pool(cmd) => pool(cmd),
-        Command::Skus { json } => skus(json),
+        Command::Skus {
+            json,
+            online: true,
+            credentials,
+            account_url,
+        } => skus_online(json, credentials.as_deref(), account_url.as_deref()),
+        Command::Skus { json, .. } => skus(json),
         Command::Status { dir, json } => status(&dir, json),
         Command::Replicate(args) => replicate(args),
         Command::Upload(args) => upload(args),
@@ -249,6 +255,7 @@ fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
             credentials,
             region,
             subscription,
+            account_url,
             json,
             junit,
         } => {
@@ -267,6 +274,7 @@ fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
                     credentials: credentials.as_ref(),
                     region,
                     subscription,
+                    account_url,
                 };
                 let findings = runtime()?.block_on(crate::pool::online::check(&config, &online));
                 report.findings.extend(findings);
@@ -353,6 +361,133 @@ fn skus(json: bool) -> Result<i32, AppError> {
         }
         print_stdout(&text)?;
     }
+    Ok(exit::OK)
+}
+
+/// `skus --online`: the Batch account's own list, node agent by node agent,
+/// held against imgforge's catalog.
+fn skus_online(
+    json: bool,
+    credentials: Option<&std::path::Path>,
+    account_url: Option<&str>,
+) -> Result<i32, AppError> {
+    let credentials = credentials
+        .map(crate::pool::credentials::ShipyardCredentials::load)
+        .transpose()?;
+    let access = crate::pool::online::batch_access(credentials.as_ref(), account_url)
+        .map_err(|(message, hint)| AppError::Refused(format!("{message}\n  hint: {hint}")))?;
+    let images = runtime()?.block_on(crate::batch::supported_images(
+        &access.url,
+        &access.principal,
+        &access.resource,
+    ))?;
+    let today = crate::plan::today();
+    let agents = crate::batch::agents(&images, &today);
+    #[derive(serde::Serialize)]
+    struct Agent<'a> {
+        #[serde(flatten)]
+        support: &'a crate::batch::AgentSupport,
+        /// The catalog's distros with this node agent.
+        distros: Vec<&'static str>,
+    }
+    #[derive(serde::Serialize)]
+    struct NotListed {
+        distro: &'static str,
+        node_agent: &'static str,
+    }
+    #[derive(serde::Serialize)]
+    struct Doc<'a> {
+        account_url: &'a str,
+        today: &'a str,
+        node_agents: Vec<Agent<'a>>,
+        /// Catalog distros whose node agent this account does not list.
+        not_listed: Vec<NotListed>,
+        images: &'a [crate::batch::SupportedImage],
+    }
+    let doc = Doc {
+        account_url: &access.url,
+        today: &today,
+        node_agents: agents
+            .iter()
+            .map(|a| Agent {
+                support: a,
+                distros: crate::catalog::DISTROS
+                    .iter()
+                    .filter(|d| d.node_agent.eq_ignore_ascii_case(&a.node_agent))
+                    .map(|d| d.key)
+                    .collect(),
+            })
+            .collect(),
+        not_listed: crate::catalog::DISTROS
+            .iter()
+            .filter(|d| crate::batch::find(&agents, d.node_agent).is_none())
+            .map(|d| NotListed {
+                distro: d.key,
+                node_agent: d.node_agent,
+            })
+            .collect(),
+        images: &images,
+    };
+    if json {
+        print_stdout(&to_json(&doc))?;
+        return Ok(exit::OK);
+    }
+    let mut text = format!(
+        "Batch account {} (from {}): {} image(s), {} node agent(s)\n\n{:<28} {:<8} {:<7} {:<22} {}\n",
+        access.url,
+        access.url_from,
+        images.len(),
+        agents.len(),
+        "NODE AGENT SKU ID",
+        "OS",
+        "IMAGES",
+        "NEW POOLS",
+        "IMGFORGE DISTRO"
+    );
+    for a in &doc.node_agents {
+        let state = match (a.support.status, &a.support.end_of_life) {
+            ("retired", Some(d)) => format!("retired {d}"),
+            ("ends", Some(d)) => format!("until {d}"),
+            _ => "supported".to_string(),
+        };
+        text.push_str(&format!(
+            "{:<28} {:<8} {:<7} {:<22} {}\n",
+            a.support.node_agent,
+            a.support.os_type,
+            a.support.images,
+            state,
+            if a.distros.is_empty() {
+                "-".to_string()
+            } else {
+                a.distros.join(", ")
+            }
+        ));
+    }
+    text.push_str(&format!(
+        "\n{:<28} {:<52} {:<11} {}\n",
+        "NODE AGENT SKU ID", "IMAGE (publisher/offer/sku)", "VERIFIED", "END OF LIFE"
+    ));
+    for i in &images {
+        text.push_str(&format!(
+            "{:<28} {:<52} {:<11} {}\n",
+            i.node_agent,
+            format!("{}/{}/{}", i.publisher, i.offer, i.sku),
+            i.verification,
+            i.end_of_life.as_deref().unwrap_or("-")
+        ));
+    }
+    if !doc.not_listed.is_empty() {
+        let names: Vec<String> = doc
+            .not_listed
+            .iter()
+            .map(|n| format!("{} ({})", n.node_agent, n.distro))
+            .collect();
+        text.push_str(&format!(
+            "\nnot listed by this account (Batch creates no pool with them here): {}\n",
+            names.join(", ")
+        ));
+    }
+    print_stdout(&crate::redact::redact(&text))?;
     Ok(exit::OK)
 }
 
@@ -726,7 +861,9 @@ fn validate(args: ValidateArgs) -> Result<i32, AppError> {
         let blob = crate::storage::BlobRef::parse(&args.image).map_err(ValidateError::from)?;
         let rt = runtime()?;
         rt.block_on(async {
-            let storage = crate::storage::Storage::new(std::slice::from_ref(&blob.account)).await?;
+            let storage =
+                crate::storage::Storage::for_blobs(std::slice::from_ref(&blob.account), &[&blob])
+                    .await?;
             validate_blob(std::sync::Arc::new(storage), blob, plan).await
         })?
     } else {

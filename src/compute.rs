@@ -247,6 +247,18 @@ async fn sleep_or_cancel(d: Duration, cancel: &AtomicBool) -> Result<(), ()> {
     }
 }
 
+/// An image definition's security type when it is one Batch pools cannot
+/// use (Trusted Launch or Confidential VM), from `properties.features`.
+pub fn security_type(definition: &Value) -> Option<String> {
+    definition["properties"]["features"]
+        .as_array()?
+        .iter()
+        .filter(|f| f["name"].as_str() == Some("SecurityType"))
+        .filter_map(|f| f["value"].as_str())
+        .find(|v| v.starts_with("TrustedLaunch") || v.starts_with("Confidential"))
+        .map(str::to_string)
+}
+
 /// Per region, how far a gallery version's replication got:
 /// `properties.replicationStatus.summary[]` (`$expand=ReplicationStatus`).
 pub fn replication_summary(version: &Value) -> Vec<(String, String, u64)> {

@@ -8,6 +8,7 @@ use crate::http::{encode_component, error_chain, require_secure};
 pub const PUBLIC_AUTHORITY: &str = "https://login.microsoftonline.com";
 
 /// A service principal and the authority that signs it in.
+#[derive(Clone)]
 pub struct ServicePrincipal {
     pub tenant: String,
     pub client_id: String,

@@ -38,6 +38,8 @@ pub enum AppError {
     Publish(Box<crate::publish::PublishError>),
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Batch(#[from] crate::batch::BatchError),
     #[error("{0}")]
     Refused(String),
     #[error("{context}: {source}")]
@@ -77,6 +79,8 @@ impl AppError {
             AppError::Boot(e) => e.exit_code(),
             AppError::Publish(e) => e.exit_code(),
             AppError::Storage(_) => exit::BAD_INPUT,
+            AppError::Batch(crate::batch::BatchError::Insecure(_)) => exit::BAD_INPUT,
+            AppError::Batch(_) => exit::FAILED,
             AppError::Io { .. } => exit::IO,
             AppError::Refused(_) => exit::BAD_INPUT,
         }

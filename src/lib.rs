@@ -7,6 +7,7 @@
 //! is the thin layer under the CLI.
 
 pub mod arm;
+pub mod batch;
 pub mod bootcheck;
 pub mod build;
 pub mod capture;

@@ -621,16 +621,35 @@ impl Plan {
         let scripts: Vec<&str> = self.scripts.iter().map(|s| s.file.as_str()).collect();
         let _ = writeln!(s, "scripts    {}", scripts.join(", "));
         let p = &self.pool;
+        // What the pool size decides: VHD copies for image_uris; for a
+        // published image, Batch reads one resource and the gallery's
+        // replicas (the table below) carry the load.
+        let serves = match (
+            self.target,
+            self.publish.as_ref().and_then(|p| p.gallery.as_ref()),
+        ) {
+            (Target::Vhd, _) => format!(
+                "{} VHD cop{} at {} VMs per VHD",
+                p.vhd_copies,
+                if p.vhd_copies == 1 { "y" } else { "ies" },
+                p.vms_per_vhd
+            ),
+            (Target::Gallery, Some(g)) => format!(
+                "gallery replicas at {} nodes per replica (below)",
+                g.nodes_per_replica
+            ),
+            (Target::Gallery, None) => "a gallery image version".to_string(),
+            (Target::ManagedImage, _) => {
+                "one managed image (no VHD copies; Batch reads it in its own region)".to_string()
+            }
+        };
         let _ = writeln!(
             s,
-            "pool       up to {} nodes (dedicated {}, low priority {}, autoscale max {}) -> {} VHD cop{} at {} VMs per VHD",
+            "pool       up to {} nodes (dedicated {}, low priority {}, autoscale max {}) -> {serves}",
             p.max_nodes,
             p.dedicated,
             p.low_priority,
             p.autoscale_max.map_or("-".to_string(), |m| m.to_string()),
-            p.vhd_copies,
-            if p.vhd_copies == 1 { "y" } else { "ies" },
-            p.vms_per_vhd
         );
         if let Some(region) = &p.batch_region
             && self.target == Target::Vhd

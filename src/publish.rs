@@ -686,15 +686,7 @@ fn check_definition(existing: &Value, plan: &PublishPlan, name: &str) -> Result<
             fix,
         ));
     }
-    let trusted = p["features"].as_array().is_some_and(|fs| {
-        fs.iter().any(|f| {
-            f["name"].as_str() == Some("SecurityType")
-                && f["value"].as_str().is_some_and(|v| {
-                    v.starts_with("TrustedLaunch") || v.starts_with("Confidential")
-                })
-        })
-    });
-    if trusted {
+    if crate::compute::security_type(existing).is_some() {
         return Err(refused(
             format!("image definition `{name}` has security type Trusted Launch / Confidential VM"),
             "Azure Batch pools cannot use Trusted Launch image definitions: use a definition with the Standard security type",

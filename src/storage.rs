@@ -248,6 +248,29 @@ impl Storage {
         accounts: &[String],
         keys: &BTreeMap<String, Vec<u8>>,
     ) -> Result<Storage, StorageError> {
+        Storage::build(accounts, keys, &[]).await
+    }
+
+    /// As `new`, where `with_sas` are blobs that carry their own SAS: their
+    /// accounts need no sign-in, and none is made for them (a SAS URL must
+    /// not cost a token request, nor fail for want of one).
+    pub async fn for_blobs(
+        accounts: &[String],
+        with_sas: &[&BlobRef],
+    ) -> Result<Storage, StorageError> {
+        let sas_accounts: Vec<String> = with_sas
+            .iter()
+            .filter(|b| b.sas.is_some())
+            .map(|b| b.account.clone())
+            .collect();
+        Storage::build(accounts, &BTreeMap::new(), &sas_accounts).await
+    }
+
+    async fn build(
+        accounts: &[String],
+        keys: &BTreeMap<String, Vec<u8>>,
+        sas_accounts: &[String],
+    ) -> Result<Storage, StorageError> {
         let mut builder = crate::http::client_builder(Duration::from_secs(120));
         // Tests use this to make every request its own connection, so a
         // fault-injecting proxy sees each one.
@@ -264,6 +287,7 @@ impl Storage {
                 .or_else(|| account_key(account, accounts.len()));
             let auth = match key {
                 Some(key) => Auth::Key(key),
+                None if sas_accounts.contains(account) => Auth::Anonymous,
                 None => match &token {
                     Some(t) => Auth::Token(t.clone()),
                     None => match ServicePrincipal::from_env() {

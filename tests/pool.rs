@@ -419,6 +419,172 @@ fn skus_lists_the_catalog() {
 }
 
 #[test]
+fn skus_online_lists_every_page_of_the_batch_accounts_supported_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let arm = ArmReplay::start(ArmExpect {
+        tenant: ARM_TENANT.into(),
+        client_id: ARM_CLIENT.into(),
+        secret: AUTH_KEY.into(),
+        forbid_list: false,
+        pool_allocation_mode: "UserSubscription",
+    });
+    // Batch Shipyard's form: a global aad with the tenant, batch.aad with the rest.
+    let creds = tmp.path().join("credentials.yaml");
+    let batch_aad = |endpoint: &str| {
+        format!(
+            "credentials:\n  aad:\n    directory_id: {ARM_TENANT}\n    authority_url: {}\n  batch:\n    account_service_url: https://imgbatch.westus2.batch.azure.com/\n    aad:\n      application_id: {ARM_CLIENT}\n      auth_key: {AUTH_KEY}\n{endpoint}",
+            arm.endpoint()
+        )
+    };
+    write(&creds, &batch_aad(""));
+    let skus = |creds: &std::path::Path, url: &str, json: bool| {
+        let mut cmd = imgforge();
+        cmd.env("IMGFORGE_BATCH_URL", url)
+            .args(["skus", "--online", "--credentials"])
+            .arg(creds);
+        if json {
+            cmd.arg("--json");
+        }
+        let r = run(&mut cmd);
+        assert_no_secrets(&r, &[AUTH_KEY]);
+        r
+    };
+    let r = skus(&creds, &arm.endpoint(), true);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    // Both pages, in order, with a Batch token (Batch refuses a Resource Manager one).
+    assert_eq!(doc["images"].as_array().unwrap().len(), 6, "{doc:#}");
+    assert_eq!(
+        arm.token_scopes(),
+        vec!["https://batch.core.windows.net//.default"]
+    );
+    let agent = |id: &str| {
+        doc["node_agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["node_agent"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {id}: {doc:#}"))
+    };
+    assert_eq!(agent("batch.node.ubuntu 20.04")["status"], "retired");
+    assert_eq!(
+        agent("batch.node.ubuntu 20.04")["end_of_life"],
+        "2025-04-23"
+    );
+    assert_eq!(agent("batch.node.ubuntu 24.04")["images"], 2);
+    assert_eq!(agent("batch.node.ubuntu 24.04")["status"], "supported");
+    assert_eq!(
+        agent("batch.node.ubuntu 24.04")["distros"],
+        serde_json::json!(["ubuntu-24.04"])
+    );
+    assert_eq!(
+        agent("batch.node.ubuntu 22.04")["end_of_life"],
+        "2027-06-30"
+    );
+    let not_listed: Vec<&str> = doc["not_listed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node_agent"].as_str().unwrap())
+        .collect();
+    assert!(
+        not_listed.contains(&"batch.node.ubuntu 16.04")
+            && not_listed.contains(&"batch.node.debian 12"),
+        "{not_listed:?}"
+    );
+    assert!(
+        !not_listed.contains(&"batch.node.ubuntu 24.04"),
+        "{not_listed:?}"
+    );
+
+    let text = skus(&creds, &arm.endpoint(), false);
+    assert_eq!(text.code, 0, "{}", text.all());
+    for want in [
+        "6 image(s), 5 node agent(s)",
+        "retired 2025-04-23",
+        "canonical/ubuntu-24_04-lts/server-gen1",
+        "not listed by this account (Batch creates no pool with them here): batch.node.ubuntu 16.04 (ubuntu-16.04)",
+    ] {
+        assert!(text.stdout.contains(want), "{want}: {}", text.stdout);
+    }
+
+    // A next page on another host: the token is not sent there.
+    let elsewhere = ArmReplay::start_with(
+        ArmExpect {
+            tenant: ARM_TENANT.into(),
+            client_id: ARM_CLIENT.into(),
+            secret: AUTH_KEY.into(),
+            forbid_list: false,
+            pool_allocation_mode: "UserSubscription",
+        },
+        common::compute::Knobs {
+            batch_link_elsewhere: true,
+            ..Default::default()
+        },
+    );
+    let moved = tmp.path().join("credentials-elsewhere.yaml");
+    write(
+        &moved,
+        &batch_aad("").replace(&arm.endpoint(), &elsewhere.endpoint()),
+    );
+    let r = skus(&moved, &elsewhere.endpoint(), true);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("odata.nextLink `https://elsewhere.example.com/"),
+        "{}",
+        r.stderr
+    );
+
+    // A token for another resource is refused by Batch, with Batch's own words.
+    let wrong = tmp.path().join("credentials-wrong-resource.yaml");
+    write(
+        &wrong,
+        &batch_aad("      endpoint: https://management.azure.com/\n"),
+    );
+    let r = skus(&wrong, &arm.endpoint(), true);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("HTTP 401 AuthenticationFailed")
+            && r.stderr.contains("The access token audience is invalid")
+            && r.stderr.contains("hint: Batch refused the token"),
+        "{}",
+        r.stderr
+    );
+
+    // Only the Batch account key: no request, the fix named.
+    let keyed = tmp.path().join("credentials-key.yaml");
+    write(
+        &keyed,
+        &format!(
+            "credentials:\n  batch:\n    account_service_url: https://imgbatch.westus2.batch.azure.com/\n    account_key: {BATCH_KEY}\n"
+        ),
+    );
+    let before = arm.request_lines().len();
+    let mut cmd = imgforge();
+    cmd.env_remove("ARM_CLIENT_SECRET")
+        .env("IMGFORGE_BATCH_URL", arm.endpoint())
+        .args(["skus", "--online", "--credentials"])
+        .arg(&keyed);
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("no Entra ID credentials for Azure Batch"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("credentials.batch.aad"), "{}", r.stderr);
+    assert_no_secrets(&r, &[BATCH_KEY]);
+    assert_eq!(arm.request_lines().len(), before);
+
+    // Plain http to anywhere but this machine is refused before the sign-in.
+    let r = skus(&creds, "http://batch.example.com", true);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("https"), "{}", r.stderr);
+}
+
+#[test]
 fn online_blob_check_asks_the_storage_service() {
     let az = Azurite::start(&["acct1", "acct2"]);
     let tmp = tempfile::tempdir().unwrap();
@@ -531,6 +697,19 @@ fn online_findings(r: &Run) -> (serde_json::Value, serde_json::Value, serde_json
         find("pool.online.accounts"),
         find("pool.online.batch-account"),
     )
+}
+
+/// The finding `id` of a JSON report.
+fn finding(r: &Run, id: &str) -> serde_json::Value {
+    let doc: serde_json::Value =
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.all()));
+    doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {id}: {doc}"))
 }
 
 /// `finding[field]` is a string containing `want`.
@@ -785,6 +964,7 @@ fn online_account_check_with_the_environment_principal_skips_or_fails_honestly()
     );
     let mut cmd = imgforge();
     cmd.env("AZURE_AUTHORITY_HOST", arm.endpoint())
+        .env("IMGFORGE_BATCH_URL", arm.endpoint())
         .args(["pool", "check", "--online", "--json", "--credentials"])
         .arg(&creds)
         .arg(&pool);
@@ -795,7 +975,37 @@ fn online_account_check_with_the_environment_principal_skips_or_fails_honestly()
     let msg = accts["message"].as_str().unwrap();
     assert!(msg.contains("HTTP 403 AuthorizationFailed"), "{msg}");
     says(&accts, "hint", "Reader role");
-    assert_eq!(arm.request_lines().len(), 2, "{:?}", arm.request_lines());
+    // The same principal asks Batch, with a Batch token, which agents it supports:
+    // 16.04 is not among them.
+    let agent = finding(&r, "pool.online.node-agent");
+    assert_eq!(agent["status"], "fail", "{agent}");
+    says(
+        &agent,
+        "message",
+        "does not list node agent `batch.node.ubuntu 16.04`",
+    );
+    says(
+        &agent,
+        "hint",
+        "batch.node.ubuntu 22.04, batch.node.ubuntu 24.04, batch.node.el 9",
+    );
+    assert_eq!(
+        arm.token_scopes(),
+        vec![
+            "https://batch.core.windows.net//.default".to_string(),
+            format!("{}/.default", arm.endpoint())
+        ]
+    );
+    let lines = arm.request_lines();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("GET /supportedimages?"))
+            .count(),
+        2,
+        "{lines:?}"
+    );
 
     // Credentials only ever travel over https (or to this machine).
     write(

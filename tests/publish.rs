@@ -537,3 +537,202 @@ fn the_stand_in_checks_bodies_as_the_service_does() {
     );
     assert!(a.status.starts_with("201"), "{}", a.body);
 }
+
+/// A Batch Shipyard credentials file for the stand-ins: the Batch account
+/// `imgbatch` in westus2, Resource Manager on loopback; `batch` is extra YAML
+/// under `batch:` (e.g. an account_key).
+fn credentials(dir: &std::path::Path, arm: &ArmReplay, batch: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("credentials-{}.yaml", batch.len()));
+    write(
+        &path,
+        &format!(
+            "credentials:\n  batch:\n    account_service_url: https://imgbatch.westus2.batch.azure.com/\n    resource_group: batch-westus2\n    aad:\n      directory_id: {ENV_TENANT_ID}\n      application_id: {ENV_CLIENT_ID}\n      auth_key: {CANARY}\n      authority_url: {}\n{batch}  management:\n    aad:\n      endpoint: {}/\n    subscription_id: {ARM_SUBSCRIPTION}\n",
+            arm.endpoint(),
+            arm.endpoint()
+        ),
+    );
+    path
+}
+
+fn pool_check(
+    arm: &ArmReplay,
+    pool: &std::path::Path,
+    creds: &std::path::Path,
+    extra: &[&str],
+) -> (Run, Value) {
+    let mut cmd = imgforge();
+    cmd.env("AZURE_AUTHORITY_HOST", arm.endpoint())
+        .env("IMGFORGE_BATCH_URL", arm.endpoint())
+        .args(["pool", "check", "--online", "--json", "--credentials"])
+        .arg(creds)
+        .args(extra)
+        .arg(pool);
+    let r = run(&mut cmd);
+    assert!(!r.all().contains(CANARY));
+    let doc: Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.all()));
+    let findings: serde_json::Map<String, Value> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["id"].as_str().unwrap().to_string(), f.clone()))
+        .collect();
+    (r, Value::Object(findings))
+}
+
+fn arm_pool(dir: &std::path::Path, id: &str, agent: &str) -> std::path::PathBuf {
+    let path = dir.join(format!("pool-{}.yaml", id.len() + agent.len()));
+    write(
+        &path,
+        &format!(
+            "pool_specification:\n  id: p\n  vm_configuration:\n    custom_image:\n      arm_image_id: {id}\n      node_agent: {agent}\n  vm_size: STANDARD_D2S_V3\n  vm_count:\n    dedicated: 2\n"
+        ),
+    );
+    path
+}
+
+#[test]
+fn pool_check_online_follows_a_published_image_to_the_batch_accounts_region() {
+    let az = Azurite::start(&["imgcopy0"]);
+    let arm = ArmReplay::start_with(
+        ArmExpect::env_principal(),
+        Knobs {
+            still_replicating: vec!["eastus".into()],
+            ..Knobs::default()
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "d12", 16, &[(0, 65536)]);
+    let m = manifest(tmp.path(), "", "dedicated = 60");
+    let r = publish_cmd(&az, &arm, &m, &vhd);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let record: Value = serde_json::from_str(&r.stdout).unwrap();
+    let image_id = record["managed_image_id"].as_str().unwrap().to_string();
+
+    let creds = credentials(tmp.path(), &arm, "");
+    let pool = arm_pool(tmp.path(), &version_id(), "batch.node.ubuntu 24.04");
+    let (r, f) = pool_check(&arm, &pool, &creds, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let image = &f["pool.online.arm-image"];
+    assert_eq!(image["status"], "pass", "{image}");
+    assert!(
+        image["message"]
+            .as_str()
+            .unwrap()
+            .contains("is replicated to westus2: 3 replica(s), Completed"),
+        "{image}"
+    );
+    assert_eq!(f["pool.online.batch-auth"]["status"], "pass", "{f}");
+    assert_eq!(f["pool.online.node-agent"]["status"], "pass", "{f}");
+    for vhd_only in [
+        "pool.online.blobs",
+        "pool.online.accounts",
+        "pool.online.batch-account",
+    ] {
+        assert_eq!(f[vhd_only]["status"], "skip", "{vhd_only}: {f}");
+    }
+
+    // A Batch account in the region still being replicated to.
+    let (r, f) = pool_check(&arm, &pool, &creds, &["--region", "East US"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    let msg = f["pool.online.arm-image"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("to eastus is Replicating (40 %)"), "{msg}");
+    // One the version is not replicated to at all.
+    let (_, f) = pool_check(&arm, &pool, &creds, &["--region", "centralus"]);
+    let image = &f["pool.online.arm-image"];
+    assert!(
+        image["message"]
+            .as_str()
+            .unwrap()
+            .contains("is replicated to westus2, eastus, not to centralus"),
+        "{image}"
+    );
+    assert!(
+        image["hint"].as_str().unwrap().contains("add centralus"),
+        "{image}"
+    );
+
+    // The managed image lives in westus2 only.
+    let managed = arm_pool(tmp.path(), &image_id, "batch.node.ubuntu 24.04");
+    let (r, f) = pool_check(&arm, &managed, &creds, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(f["pool.online.arm-image"]["status"], "pass", "{f}");
+    let (_, f) = pool_check(&arm, &managed, &creds, &["--region", "eastus"]);
+    let image = &f["pool.online.arm-image"];
+    assert_eq!(image["status"], "fail", "{image}");
+    assert!(
+        image["hint"]
+            .as_str()
+            .unwrap()
+            .contains("only in its own region"),
+        "{image}"
+    );
+
+    // A version that was never published.
+    let missing = arm_pool(
+        tmp.path(),
+        &version_id().replace("1.0.0", "9.9.9"),
+        "batch.node.ubuntu 24.04",
+    );
+    let (r, f) = pool_check(&arm, &missing, &creds, &[]);
+    assert_eq!(r.code, 1);
+    assert!(
+        f["pool.online.arm-image"]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("/versions/9.9.9 does not exist"),
+        "{f}"
+    );
+
+    // Batch Shipyard with the Batch account's shared key: refused for custom images.
+    let keyed = credentials(
+        tmp.path(),
+        &arm,
+        "    account_key: YmF0Y2gta2V5LW5ldmVyLXByaW50ZWQ=\n",
+    );
+    let (r, f) = pool_check(&arm, &pool, &keyed, &[]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    let auth = &f["pool.online.batch-auth"];
+    assert_eq!(auth["status"], "fail", "{auth}");
+    assert_eq!(
+        auth["evidence"],
+        format!("{}:10", keyed.display()),
+        "{auth}"
+    );
+    assert!(
+        auth["hint"]
+            .as_str()
+            .unwrap()
+            .contains("Batch Shipyard issue 197"),
+        "{auth}"
+    );
+    assert!(
+        !r.all().contains("YmF0Y2gta2V5LW5ldmVyLXByaW50ZWQ="),
+        "{}",
+        r.all()
+    );
+
+    // A node agent the account lists as ended, and one it does not list.
+    let old = arm_pool(tmp.path(), &version_id(), "batch.node.ubuntu 20.04");
+    let (_, f) = pool_check(&arm, &old, &creds, &[]);
+    let agent = &f["pool.online.node-agent"];
+    assert_eq!(agent["status"], "fail", "{agent}");
+    assert!(
+        agent["message"]
+            .as_str()
+            .unwrap()
+            .contains("end of life 2025-04-23"),
+        "{agent}"
+    );
+    let debian = arm_pool(tmp.path(), &version_id(), "batch.node.debian 12");
+    let (_, f) = pool_check(&arm, &debian, &creds, &[]);
+    assert!(
+        f["pool.online.node-agent"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not list node agent `batch.node.debian 12`"),
+        "{f}"
+    );
+}

@@ -490,3 +490,22 @@ fn hardware_checks_are_skipped_on_a_build_vm_without_the_hardware() {
         .collect();
     assert!(skipped.contains(&"nvidia-smi"), "{gpu}");
 }
+
+#[test]
+fn a_published_image_is_sized_by_gallery_replicas_not_vhd_copies() {
+    let text = run(imgforge()
+        .arg("plan")
+        .arg(repo().join("contrib/gallery-debian12.toml")));
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    let pool = text
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("pool "))
+        .unwrap_or_default();
+    assert!(
+        pool.contains("up to 500 nodes")
+            && pool.contains("gallery replicas at 50 nodes per replica"),
+        "{pool}"
+    );
+    assert!(!text.stdout.contains("VHD cop"), "{}", text.stdout);
+}

@@ -33,6 +33,17 @@ pub struct ShipyardCredentials {
     pub management_unusable: Option<String>,
     /// `management.aad.endpoint`, for sovereign clouds.
     pub management_endpoint: Option<String>,
+    /// `batch.account_service_url` as written.
+    pub batch_url: Option<String>,
+    /// `batch.aad` over the global `aad`, when it is a service principal with `auth_key`.
+    pub batch_principal: Option<ServicePrincipal>,
+    /// Why `batch_principal` is None although an `aad` section exists.
+    pub batch_unusable: Option<String>,
+    /// Batch's Entra resource: `batch.aad.endpoint`, else Batch's public one.
+    pub batch_resource: String,
+    /// `batch.account_key` is set: Batch Shipyard then signs in to Batch with
+    /// the shared key, which Batch refuses for custom-image pools.
+    pub batch_shared_key: bool,
     /// Storage account name → key, from `storage.<link>.account` / `account_key`.
     pub storage_keys: BTreeMap<String, Vec<u8>>,
 }
@@ -67,36 +78,27 @@ impl ShipyardCredentials {
             .as_str()
             .map(str::to_string);
 
-        let aad = merged_aad(&creds["aad"], &creds["management"]["aad"]);
-        let text = |k: &str| aad.get(k).and_then(Value::as_str).map(str::to_string);
+        let (management, management_unusable) = principal(
+            &merged_aad(&creds["aad"], &creds["management"]["aad"]),
+            "management.aad",
+        );
         let management_endpoint = creds["management"]["aad"]["endpoint"]
             .as_str()
             .map(str::to_string);
-        let (management, management_unusable) = match (
-            text("directory_id"),
-            text("application_id"),
-            text("auth_key"),
-        ) {
-            (Some(tenant), Some(client_id), Some(secret)) => (
-                Some(ServicePrincipal {
-                    tenant,
-                    client_id,
-                    secret: Secret::new(secret),
-                    authority: text("authority_url").unwrap_or_else(|| PUBLIC_AUTHORITY.into()),
-                }),
-                None,
-            ),
-            _ if aad.is_empty() => (None, None),
-            _ => (
-                None,
-                Some(
-                    "its `management.aad` (or global `aad`) is not a service principal with \
-                     directory_id, application_id and auth_key; imgforge does not do certificate \
-                     or user sign-in"
-                        .to_string(),
-                ),
-            ),
-        };
+        let (batch_principal, batch_unusable) = principal(
+            &merged_aad(&creds["aad"], &creds["batch"]["aad"]),
+            "batch.aad",
+        );
+        let batch_resource = creds["batch"]["aad"]["endpoint"]
+            .as_str()
+            .unwrap_or(crate::batch::PUBLIC_RESOURCE)
+            .to_string();
+        let batch_url = creds["batch"]["account_service_url"]
+            .as_str()
+            .map(str::to_string);
+        let batch_shared_key = creds["batch"]["account_key"]
+            .as_str()
+            .is_some_and(|k| !k.trim().is_empty());
 
         let mut storage_keys = BTreeMap::new();
         if let Some(links) = creds["storage"].as_object() {
@@ -126,6 +128,11 @@ impl ShipyardCredentials {
             management,
             management_unusable,
             management_endpoint,
+            batch_url,
+            batch_principal,
+            batch_unusable,
+            batch_resource,
+            batch_shared_key,
             storage_keys,
         })
     }
@@ -146,6 +153,39 @@ pub fn batch_account_url(url: &str) -> Option<(String, String)> {
             labels[1].to_ascii_lowercase(),
         )
     })
+}
+
+/// A service principal from merged `aad` settings, or why there is none
+/// although settings exist (`section` names them in the message).
+fn principal(
+    aad: &serde_json::Map<String, Value>,
+    section: &str,
+) -> (Option<ServicePrincipal>, Option<String>) {
+    let text = |k: &str| aad.get(k).and_then(Value::as_str).map(str::to_string);
+    match (
+        text("directory_id"),
+        text("application_id"),
+        text("auth_key"),
+    ) {
+        (Some(tenant), Some(client_id), Some(secret)) => (
+            Some(ServicePrincipal {
+                tenant,
+                client_id,
+                secret: Secret::new(secret),
+                authority: text("authority_url").unwrap_or_else(|| PUBLIC_AUTHORITY.into()),
+            }),
+            None,
+        ),
+        _ if aad.keys().all(|k| k == "endpoint") => (None, None),
+        _ => (
+            None,
+            Some(format!(
+                "its `{section}` (or global `aad`) is not a service principal with \
+                 directory_id, application_id and auth_key; imgforge does not do certificate \
+                 or user sign-in"
+            )),
+        ),
+    }
 }
 
 /// Section settings override global ones, as in Batch Shipyard.

@@ -652,7 +652,7 @@ fn check_uris(
     });
 }
 
-fn arm_image_id_ok(id: &str) -> bool {
+pub(crate) fn arm_image_id_ok(id: &str) -> bool {
     let parts: Vec<&str> = id.split('/').collect();
     let is = |i: usize, want: &str| parts.get(i).is_some_and(|p| p.eq_ignore_ascii_case(want));
     let named = |i: usize| parts.get(i).is_some_and(|p| !p.is_empty());

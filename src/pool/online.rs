@@ -14,6 +14,9 @@ use crate::storage::{BlobRef, Storage};
 const BLOBS: &str = "pool.online.blobs";
 const ACCOUNTS: &str = "pool.online.accounts";
 const BATCH_ACCOUNT: &str = "pool.online.batch-account";
+const BATCH_AUTH: &str = "pool.online.batch-auth";
+const NODE_AGENT: &str = "pool.online.node-agent";
+const ARM_IMAGE: &str = "pool.online.arm-image";
 
 /// Where the pool's Batch account is, and how to reach Azure.
 #[derive(Default)]
@@ -24,6 +27,8 @@ pub struct Online<'a> {
     pub region: Option<String>,
     /// `--subscription`, over the credentials file's and `ARM_SUBSCRIPTION_ID`.
     pub subscription: Option<String>,
+    /// `--account-url` (or `IMGFORGE_BATCH_URL`), over the credentials file's.
+    pub account_url: Option<String>,
 }
 
 /// A setting and where it came from, for messages.
@@ -74,8 +79,47 @@ impl Online<'_> {
     }
 }
 
-/// The findings `pool.online.blobs` and `pool.online.accounts`.
+/// What only Azure can answer: how Batch Shipyard will sign in, whether the
+/// Batch account supports the node agent, whether an `arm_image_id` exists
+/// and is replicated to the account's region, and for VHD pools the blobs,
+/// their accounts and the Batch account's allocation mode.
 pub async fn check(config: &PoolConfig, online: &Online<'_>) -> Vec<Finding> {
+    let custom = &config.value["pool_specification"]["vm_configuration"]["custom_image"];
+    if !custom.is_object() {
+        return [
+            BATCH_AUTH,
+            NODE_AGENT,
+            ARM_IMAGE,
+            BLOBS,
+            ACCOUNTS,
+            BATCH_ACCOUNT,
+        ]
+        .into_iter()
+        .map(|id| Finding::skip(id, "the pool uses no custom image"))
+        .collect();
+    }
+    let mut arm = ArmSession {
+        online,
+        connection: None,
+    };
+    let mut out = vec![
+        check_batch_auth(online),
+        check_node_agent(config, custom["node_agent"].as_str().unwrap_or(""), online).await,
+    ];
+    out.push(match custom["arm_image_id"].as_str() {
+        Some(id) => check_arm_image(config, id, online, &mut arm).await,
+        None => Finding::skip(ARM_IMAGE, "the pool names no arm_image_id"),
+    });
+    out.extend(check_vhds(config, online, &mut arm).await);
+    out
+}
+
+/// `pool.online.blobs`, `pool.online.accounts`, `pool.online.batch-account`.
+async fn check_vhds(
+    config: &PoolConfig,
+    online: &Online<'_>,
+    arm: &mut ArmSession<'_>,
+) -> Vec<Finding> {
     let uris = image_uris(config);
     if uris.is_empty() {
         return [BLOBS, ACCOUNTS, BATCH_ACCOUNT]
@@ -108,15 +152,342 @@ pub async fn check(config: &PoolConfig, online: &Online<'_>) -> Vec<Finding> {
             accounts.push(b.account.clone());
         }
     }
-    let mut arm = ArmSession {
-        online,
-        connection: None,
-    };
     vec![
         check_blobs(config, &blobs, &accounts, online).await,
-        check_accounts(config, &blobs, &accounts, online, &mut arm).await,
-        check_batch_account(online, &mut arm).await,
+        check_accounts(config, &blobs, &accounts, online, arm).await,
+        check_batch_account(online, arm).await,
     ]
+}
+
+/// Batch Shipyard signs in to Batch with `batch.account_key` whenever it is
+/// set, and then refuses custom-image pools ("cannot allocate a pool with a
+/// custom image without AAD credentials", Batch Shipyard issue 197), as Batch
+/// itself does ("SharedKey is not allowed when external resources of type
+/// Compute are linked").
+fn check_batch_auth(online: &Online<'_>) -> Finding {
+    let Some(c) = online.credentials else {
+        return Finding::skip(
+            BATCH_AUTH,
+            "how Batch Shipyard signs in to Batch is not known (no --credentials)",
+        );
+    };
+    let fix = "remove credentials.batch.account_key and give credentials.batch.aad (or a \
+               global aad) a service principal: directory_id, application_id, auth_key \
+               (Batch Shipyard issue 197)";
+    if c.batch_shared_key {
+        return Finding::fail(
+            BATCH_AUTH,
+            "credentials.batch.account_key is set: Batch Shipyard then signs in to Batch with \
+             the shared key, and Batch creates no custom-image pool with it",
+        )
+        .evidence(c.file.at("account_key"))
+        .hint(fix);
+    }
+    match (&c.batch_principal, &c.batch_unusable) {
+        (Some(_), _) => Finding::pass(
+            BATCH_AUTH,
+            "Batch Shipyard signs in to Batch with Entra ID (a service principal), as \
+             custom-image pools need",
+        ),
+        (None, Some(_)) => Finding::pass(
+            BATCH_AUTH,
+            "Batch Shipyard signs in to Batch with Entra ID (batch.aad, not a service \
+             principal: imgforge cannot use it itself)",
+        ),
+        (None, None) => Finding::fail(
+            BATCH_AUTH,
+            "credentials.batch has neither account_key nor aad: Batch Shipyard cannot sign in \
+             to Batch",
+        )
+        .evidence(c.file.path.display().to_string())
+        .hint(fix),
+    }
+}
+
+/// The node agent against the Batch account's own supported images.
+async fn check_node_agent(config: &PoolConfig, agent: &str, online: &Online<'_>) -> Finding {
+    if agent.is_empty() {
+        return Finding::skip(NODE_AGENT, "custom_image.node_agent is missing");
+    }
+    let access = match batch_access(online.credentials, online.account_url.as_deref()) {
+        Ok(a) => a,
+        Err((message, hint)) => {
+            return Finding::skip(
+                NODE_AGENT,
+                format!("the Batch account's supported node agents: {message}"),
+            )
+            .hint(hint);
+        }
+    };
+    let images = match crate::batch::supported_images(
+        &access.url,
+        &access.principal,
+        &access.resource,
+    )
+    .await
+    {
+        Ok(i) => i,
+        Err(e) => {
+            let text = e.to_string();
+            let (message, hint) = match text.split_once("\n  hint: ") {
+                Some((m, h)) => (m.to_string(), Some(h.to_string())),
+                None => (text, None),
+            };
+            let f = Finding::fail(NODE_AGENT, message).evidence(access.url_from);
+            return match hint {
+                Some(h) => f.hint(h),
+                None => f,
+            };
+        }
+    };
+    let agents = crate::batch::agents(&images, &crate::plan::today());
+    let evidence = config.at("node_agent");
+    let Some(a) = crate::batch::find(&agents, agent) else {
+        let same_os: Vec<&str> = agents
+            .iter()
+            .filter(|a| a.status != "retired")
+            .filter(|a| {
+                a.os_type
+                    .eq_ignore_ascii_case(if agent.contains("windows") {
+                        "windows"
+                    } else {
+                        "linux"
+                    })
+            })
+            .map(|a| a.node_agent.as_str())
+            .collect();
+        return Finding::fail(
+            NODE_AGENT,
+            format!(
+                "the Batch account {} does not list node agent `{agent}`: Batch creates no \
+                 pool with it there",
+                access.url
+            ),
+        )
+        .evidence(evidence)
+        .hint(format!(
+            "build the image from a distro whose node agent the account lists ({}); \
+             `imgforge skus --online` shows the whole list",
+            if same_os.is_empty() {
+                "none of this OS".to_string()
+            } else {
+                same_os.join(", ")
+            }
+        ));
+    };
+    match (a.status, &a.end_of_life) {
+        ("retired", Some(date)) => Finding::fail(
+            NODE_AGENT,
+            format!(
+                "the Batch account lists `{agent}` with end of life {date}: no new pool with \
+                 it (an existing pool can still scale)"
+            ),
+        )
+        .evidence(evidence)
+        .hint(format!(
+            "rebuild on a supported distro ({})",
+            crate::catalog::CURRENT_LINUX
+        )),
+        ("ends", Some(date)) => Finding::warn(
+            NODE_AGENT,
+            format!(
+                "the Batch account supports `{agent}` until {date} ({} image(s)); no new pool \
+                 after that",
+                a.images
+            ),
+        )
+        .evidence(evidence),
+        _ => Finding::pass(
+            NODE_AGENT,
+            format!(
+                "the Batch account {} supports `{agent}` ({} image(s), from {})",
+                access.url, a.images, access.url_from
+            ),
+        ),
+    }
+}
+
+/// A managed image or gallery image version: it exists, it finished, and
+/// Batch can read it in its own region.
+async fn check_arm_image(
+    config: &PoolConfig,
+    id: &str,
+    online: &Online<'_>,
+    arm: &mut ArmSession<'_>,
+) -> Finding {
+    let evidence = config.at("arm_image_id");
+    let gallery = id
+        .to_ascii_lowercase()
+        .contains("/providers/microsoft.compute/galleries/");
+    if !super::arm_image_id_ok(id) {
+        return Finding::skip(ARM_IMAGE, "arm_image_id is not a resource id (see above)");
+    }
+    let region = online.region();
+    let (op, api, expand) = if gallery {
+        (
+            "Get Gallery Image Version",
+            crate::compute::GALLERY_API,
+            Some("ReplicationStatus"),
+        )
+    } else {
+        ("Get Image", crate::compute::IMAGES_API, None)
+    };
+    let got = match arm.get().await {
+        Ok(arm) => arm
+            .get_resource(op, id, api, expand)
+            .await
+            .map_err(Unavailable::from),
+        Err(e) => Err(e),
+    };
+    let resource = match got {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return Finding::fail(ARM_IMAGE, format!("{id} does not exist"))
+                .evidence(evidence)
+                .hint(
+                    "publish the image (`imgforge publish` or a build with target \
+                     \"managed_image\"/\"gallery\"), or fix arm_image_id",
+                );
+        }
+        Err(e) => return e.finding(ARM_IMAGE, "the image").evidence(evidence),
+    };
+    let state = crate::compute::provisioning_state(&resource);
+    if state != "Succeeded" {
+        return Finding::fail(
+            ARM_IMAGE,
+            format!("{id} is in provisioning state {state}, not Succeeded"),
+        )
+        .evidence(evidence)
+        .hint("wait for it to finish, or publish it again (`imgforge publish` resumes)");
+    }
+    let Some(region) = region else {
+        return Finding::warn(
+            ARM_IMAGE,
+            format!("{id} exists (Succeeded); the Batch account's region is not known"),
+        )
+        .hint("pass --credentials (batch.account_service_url) or --region to check replication");
+    };
+    let want = normalize_region(&region.value);
+    if !gallery {
+        let location = resource["location"].as_str().unwrap_or("");
+        return if normalize_region(location) == want {
+            Finding::pass(
+                ARM_IMAGE,
+                format!(
+                    "managed image {id} exists (Succeeded) in {location}, the Batch account's region"
+                ),
+            )
+        } else {
+            Finding::fail(
+                ARM_IMAGE,
+                format!(
+                    "managed image {id} is in {location}, the Batch account in {} (from {})",
+                    region.value, region.from
+                ),
+            )
+            .evidence(evidence)
+            .hint(
+                "Batch reads a managed image only in its own region: publish a gallery image \
+                 version replicated to the account's region (build.target = \"gallery\")",
+            )
+        };
+    }
+    // A gallery version: the definition must not be Trusted Launch, and the
+    // version must be replicated to the Batch account's region.
+    let definition_id = id.rsplitn(3, '/').nth(2).unwrap_or(id).to_string();
+    let definition = match arm.get().await {
+        Ok(arm) => arm
+            .get_resource(
+                "Get Gallery Image",
+                &definition_id,
+                crate::compute::GALLERY_API,
+                None,
+            )
+            .await
+            .map_err(Unavailable::from),
+        Err(e) => Err(e),
+    };
+    match definition {
+        Ok(Some(d)) => {
+            if let Some(t) = crate::compute::security_type(&d) {
+                return Finding::fail(
+                    ARM_IMAGE,
+                    format!("the image definition {definition_id} has security type {t}"),
+                )
+                .evidence(evidence)
+                .hint(
+                    "Azure Batch pools cannot use Trusted Launch or Confidential VM image \
+                     definitions: publish into a definition with the Standard security type",
+                );
+            }
+        }
+        Ok(None) => {
+            return Finding::fail(
+                ARM_IMAGE,
+                format!("the image definition {definition_id} does not exist"),
+            )
+            .evidence(evidence);
+        }
+        Err(e) => {
+            return e
+                .finding(ARM_IMAGE, "the image definition")
+                .evidence(evidence);
+        }
+    }
+    let targets: Vec<(String, u64)> = resource["properties"]["publishingProfile"]["targetRegions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| {
+                    (
+                        t["name"].as_str().unwrap_or("").to_string(),
+                        t["regionalReplicaCount"].as_u64().unwrap_or(1),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some((name, replicas)) = targets.iter().find(|(n, _)| normalize_region(n) == want) else {
+        let names: Vec<&str> = targets.iter().map(|(n, _)| n.as_str()).collect();
+        return Finding::fail(
+            ARM_IMAGE,
+            format!(
+                "{id} is replicated to {}, not to {} (the Batch account's region, from {})",
+                names.join(", "),
+                region.value,
+                region.from
+            ),
+        )
+        .evidence(evidence)
+        .hint(format!(
+            "add {} to the version's target regions ([replicate] region, or \
+             build.gallery.replication_regions) and publish again",
+            region.value
+        ));
+    };
+    let status = crate::compute::replication_summary(&resource);
+    match status.iter().find(|(r, _, _)| normalize_region(r) == want) {
+        Some((_, state, _)) if state == "Completed" => Finding::pass(
+            ARM_IMAGE,
+            format!(
+                "gallery image version {id} (Succeeded) is replicated to {name}: {replicas} \
+                 replica(s), Completed"
+            ),
+        ),
+        Some((_, state, progress)) => Finding::fail(
+            ARM_IMAGE,
+            format!("replication of {id} to {name} is {state} ({progress} %)"),
+        )
+        .evidence(evidence)
+        .hint("wait for replication to complete; Batch fails pool nodes until it has"),
+        None => Finding::warn(
+            ARM_IMAGE,
+            format!(
+                "{id} targets {name} ({replicas} replica(s)); Resource Manager reported no \
+                 replication status for it"
+            ),
+        ),
+    }
 }
 
 /// Why Resource Manager cannot be asked, as a failed finding's message and hint.
@@ -387,4 +758,65 @@ async fn check_batch_account(online: &Online<'_>, arm: &mut ArmSession<'_>) -> F
             account.name, account.location
         ),
     )
+}
+
+/// The Batch account to ask and how to sign in to it: `--account-url` (or
+/// `IMGFORGE_BATCH_URL`), else the credentials file's
+/// `batch.account_service_url`; the file's `batch.aad` (or global `aad`)
+/// service principal, else the `ARM_*` one. `Err((message, hint))` says what
+/// is missing.
+pub fn batch_access(
+    credentials: Option<&ShipyardCredentials>,
+    account_url: Option<&str>,
+) -> Result<crate::batch::Access, (String, String)> {
+    let from_file = credentials.and_then(|c| c.batch_url.as_ref().map(|u| (c, u)));
+    let (url, url_from) = match (account_url.filter(|u| !u.trim().is_empty()), from_file) {
+        (Some(u), _) => (
+            u.to_string(),
+            "--account-url or IMGFORGE_BATCH_URL".to_string(),
+        ),
+        (None, Some((c, u))) => (
+            u.clone(),
+            format!(
+                "{} (batch.account_service_url)",
+                c.file.at("account_service_url")
+            ),
+        ),
+        (None, None) => {
+            return Err((
+                "the Batch account is not known".into(),
+                "pass Batch Shipyard's credentials file (--credentials credentials.yaml, with \
+                 batch.account_service_url) or --account-url https://ACCOUNT.REGION.batch.azure.com"
+                    .into(),
+            ));
+        }
+    };
+    let file_principal = credentials.and_then(|c| {
+        c.batch_principal
+            .clone()
+            .map(|p| (p, format!("{} (batch.aad)", c.file.path.display())))
+    });
+    let env_principal = ServicePrincipal::from_env().map(|p| (p, "ARM_CLIENT_ID".to_string()));
+    let Some((principal, principal_from)) = file_principal.or(env_principal) else {
+        let why = credentials
+            .and_then(|c| c.batch_unusable.as_deref().map(|w| (c, w)))
+            .map(|(c, w)| format!(" ({} {w})", c.file.path.display()))
+            .unwrap_or_default();
+        return Err((
+            format!("no Entra ID credentials for Azure Batch{why}"),
+            "give credentials.batch.aad directory_id, application_id and auth_key (Batch \
+             Shipyard's form), or set ARM_TENANT_ID, ARM_CLIENT_ID and ARM_CLIENT_SECRET; \
+             a Batch account key is not enough: custom-image pools need Entra ID"
+                .into(),
+        ));
+    };
+    Ok(crate::batch::Access {
+        url,
+        url_from,
+        principal,
+        principal_from,
+        resource: credentials
+            .map(|c| c.batch_resource.clone())
+            .unwrap_or_else(|| crate::batch::PUBLIC_RESOURCE.to_string()),
+    })
 }

@@ -29,6 +29,10 @@ pub struct Knobs {
     pub fail_first_version: Option<(String, String)>,
     /// Every PUT answers 403 AuthorizationFailed.
     pub forbid_writes: bool,
+    /// Batch's supportedimages page 1 links its next page on another host.
+    pub batch_link_elsewhere: bool,
+    /// Target regions whose replication is still running after the version succeeded.
+    pub still_replicating: Vec<String>,
 }
 
 impl Default for Knobs {
@@ -40,6 +44,8 @@ impl Default for Knobs {
             retry_after: 1,
             fail_first_version: None,
             forbid_writes: false,
+            batch_link_elsewhere: false,
+            still_replicating: Vec::new(),
         }
     }
 }
@@ -51,7 +57,7 @@ struct Op {
 }
 
 pub struct ComputeRp {
-    knobs: Knobs,
+    pub knobs: Knobs,
     resources: Mutex<HashMap<String, Value>>,
     ops: Mutex<HashMap<String, Op>>,
     version_failed: Mutex<bool>,
@@ -267,16 +273,26 @@ impl ComputeRp {
                 .unwrap_or_default()
                 .iter()
                 .map(|r| {
+                    let running = !done
+                        || self
+                            .knobs
+                            .still_replicating
+                            .iter()
+                            .any(|s| norm(s) == norm(r["name"].as_str().unwrap_or("")));
                     json!({
                         "region": r["name"],
-                        "state": if done { "Completed" } else { "Replicating" },
+                        "state": if running { "Replicating" } else { "Completed" },
                         "details": "",
-                        "progress": if done { 100 } else { 40 },
+                        "progress": if running { 40 } else { 100 },
                     })
                 })
                 .collect();
             v["properties"]["replicationStatus"] = json!({
-                "aggregatedState": if done { "Completed" } else { "InProgress" },
+                "aggregatedState": if summary.iter().all(|r| r["state"] == "Completed") {
+                    "Completed"
+                } else {
+                    "InProgress"
+                },
                 "summary": summary,
             });
         }

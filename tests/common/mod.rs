@@ -13,6 +13,9 @@ pub const CANARY: &str = "canary-S3cr3t-7f1d2c9a";
 pub const ENV_CLIENT_ID: &str = "00000000-0000-0000-0000-000000000001";
 pub const ENV_TENANT_ID: &str = "00000000-0000-0000-0000-000000000002";
 
+/// A loopback port nothing listens on (the discard port, never served here).
+pub const NOWHERE: &str = "http://127.0.0.1:9";
+
 pub fn imgforge() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgforge"));
     cmd.env("ARM_CLIENT_SECRET", CANARY)
@@ -22,6 +25,11 @@ pub fn imgforge() -> Command {
             "ARM_SUBSCRIPTION_ID",
             "00000000-0000-0000-0000-000000000003",
         )
+        // Nothing reaches Azure: a test that signs in names the loopback
+        // stand-in; any other sign-in or Batch request meets a closed port.
+        .env("AZURE_AUTHORITY_HOST", NOWHERE)
+        .env("IMGFORGE_ARM_ENDPOINT", NOWHERE)
+        .env("IMGFORGE_BATCH_URL", NOWHERE)
         .env("CHECKPOINT_DISABLE", "1")
         .env("NO_COLOR", "1")
         .env_remove("IMGFORGE_TEMPLATES")
@@ -107,6 +115,11 @@ pub fn packer_validate(dir: &Path) -> Run {
     run(Command::new("packer")
         .args(["validate", "packer.json"])
         .current_dir(dir)
+        // Nothing reaches Azure: a test that signs in names the loopback
+        // stand-in; any other sign-in or Batch request meets a closed port.
+        .env("AZURE_AUTHORITY_HOST", NOWHERE)
+        .env("IMGFORGE_ARM_ENDPOINT", NOWHERE)
+        .env("IMGFORGE_BATCH_URL", NOWHERE)
         .env("CHECKPOINT_DISABLE", "1"))
 }
 
@@ -592,6 +605,21 @@ impl ArmReplay {
             .into_iter()
             .collect::<std::collections::HashMap<_, _>>(),
         );
+        let batch_answers = std::sync::Arc::new(
+            [
+                "supported-images-page-1.json",
+                "supported-images-page-2.json",
+                "authentication-failed.json",
+            ]
+            .map(|n| {
+                let text = std::fs::read_to_string(repo().join("tests/fixtures/batch").join(n))
+                    .unwrap()
+                    .replace("{{endpoint}}", &endpoint);
+                (n, text)
+            })
+            .into_iter()
+            .collect::<std::collections::HashMap<_, _>>(),
+        );
         let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorded = requests.clone();
         let expect = std::sync::Arc::new(expect);
@@ -605,10 +633,11 @@ impl ArmReplay {
                     expect.clone(),
                     token.clone(),
                 );
-                let (compute_rp, accounts, endpoint) = (
+                let (compute_rp, accounts, endpoint, batch_answers) = (
                     compute_rp_thread.clone(),
                     accounts.clone(),
                     endpoint.clone(),
+                    batch_answers.clone(),
                 );
                 std::thread::spawn(move || {
                     let Some((head, body)) = read_request(&mut client) else {
@@ -651,6 +680,54 @@ impl ArmReplay {
                         let mut it = line.split(' ');
                         (it.next().unwrap_or(""), it.next().unwrap_or(""))
                     };
+                    // Azure Batch's data plane: the account's supported images.
+                    if let Some(query) = target.strip_prefix("/supportedimages?") {
+                        let batch_token = format!("{token}.batch");
+                        let (status, doc) = if header("authorization")
+                            != Some(format!("Bearer {batch_token}"))
+                        {
+                            // Batch checks the token's audience: an ARM token is refused.
+                            (
+                                "401 Unauthorized",
+                                batch_answers["authentication-failed.json"].clone(),
+                            )
+                        } else if !query
+                            .split('&')
+                            .any(|kv| kv == "api-version=2024-07-01.20.0")
+                        {
+                            (
+                                "400 Bad Request",
+                                batch_answers["authentication-failed.json"]
+                                    .replace("AuthenticationFailed", "InvalidQueryParameterValue"),
+                            )
+                        } else if query.contains("$skiptoken=page2") {
+                            (
+                                "200 OK",
+                                batch_answers["supported-images-page-2.json"].clone(),
+                            )
+                        } else {
+                            let next = if compute_rp.knobs.batch_link_elsewhere {
+                                "https://elsewhere.example.com/supportedimages?api-version=2024-07-01.20.0&$skiptoken=page2".to_string()
+                            } else {
+                                format!(
+                                    "{endpoint}/supportedimages?api-version=2024-07-01.20.0&$skiptoken=page2"
+                                )
+                            };
+                            (
+                                "200 OK",
+                                batch_answers["supported-images-page-1.json"]
+                                    .replace("{{next_link}}", &next),
+                            )
+                        };
+                        let _ = client.write_all(
+                            format!(
+                                "HTTP/1.1 {status}\r\ncontent-type: application/json;odata=minimalmetadata\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{doc}",
+                                doc.len()
+                            )
+                            .as_bytes(),
+                        );
+                        return;
+                    }
                     if authorized
                         && target.starts_with(&format!("/subscriptions/{ARM_SUBSCRIPTION}/"))
                         && let Some(a) =
@@ -677,8 +754,12 @@ impl ArmReplay {
                             && form.get("client_secret") == Some(&expect.secret);
                         let storage_scope = form.get("scope").map(String::as_str)
                             == Some("https://storage.azure.com/.default");
+                        let batch_scope = form.get("scope").map(String::as_str)
+                            == Some("https://batch.core.windows.net//.default");
                         if good && storage_scope {
                             ("200 OK", "storage-token")
+                        } else if good && batch_scope {
+                            ("200 OK", "batch-token")
                         } else if good {
                             ("200 OK", "token.json")
                         } else {
@@ -708,6 +789,10 @@ impl ArmReplay {
                     let template = if name == "storage-token" {
                         storage_token =
                             storage_token_response(&expect.tenant, &answers["token.json"]);
+                        &storage_token
+                    } else if name == "batch-token" {
+                        storage_token =
+                            answers["token.json"].replace(&token, &format!("{token}.batch"));
                         &storage_token
                     } else {
                         &answers[name]
