@@ -388,6 +388,10 @@ pub struct PublishArgs {
     /// Blob endpoint template (see `replicate --help`).
     #[arg(long, value_name = "TEMPLATE", env = "IMGFORGE_BLOB_ENDPOINT")]
     pub blob_endpoint: Option<String>,
+    /// Publish a local file without validating it against the manifest first
+    /// (a blob URL is not validated: `imgforge validate URL --manifest M` does that).
+    #[arg(long)]
+    pub no_validate: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

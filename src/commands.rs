@@ -805,6 +805,11 @@ fn publish(args: crate::cli::PublishArgs) -> Result<i32, AppError> {
             args.manifest.display()
         )));
     };
+    // Named before the image is read: that may take a while, this not.
+    let missing = crate::publish::missing_variables();
+    if !missing.is_empty() {
+        return Err(crate::publish::PublishError::Credentials(missing).into());
+    }
     let is_url = args.image.starts_with("https://") || args.image.starts_with("http://");
     let source = if is_url {
         Source::Blob(crate::storage::BlobRef::parse(&args.image)?)
@@ -815,6 +820,28 @@ fn publish(args: crate::cli::PublishArgs) -> Result<i32, AppError> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "image.vhd".into())
         });
+        // What Azure would accept but Batch could not boot (not generalized,
+        // no agent, a GPU image without its driver) is caught here, before
+        // an upload and an hour of replication.
+        if !args.no_validate {
+            let validation = crate::validate::validate_file(&path, &plan)?;
+            if validation.report.failed() {
+                let failed: Vec<String> = validation
+                    .report
+                    .findings
+                    .iter()
+                    .filter(|f| f.status == crate::report::Status::Fail)
+                    .map(|f| crate::redact::redact(&format!("  FAIL {}: {}", f.id, f.message)))
+                    .collect();
+                return Err(AppError::Rejected(format!(
+                    "{}: the image does not meet the manifest's checks, nothing was uploaded or published:\n{}\n  hint: fix the image (`imgforge validate {} --manifest {}` shows every check), or pass --no-validate to publish it anyway",
+                    path.display(),
+                    failed.join("\n"),
+                    path.display(),
+                    args.manifest.display()
+                )));
+            }
+        }
         Source::File { path, blob_name }
     };
     let rt = runtime()?;

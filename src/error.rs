@@ -42,6 +42,9 @@ pub enum AppError {
     Batch(#[from] crate::batch::BatchError),
     #[error("{0}")]
     Refused(String),
+    /// Input that was read and checked, and failed its checks (exit 1).
+    #[error("{0}")]
+    Rejected(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -83,6 +86,7 @@ impl AppError {
             AppError::Batch(_) => exit::FAILED,
             AppError::Io { .. } => exit::IO,
             AppError::Refused(_) => exit::BAD_INPUT,
+            AppError::Rejected(_) => exit::FAILED,
         }
     }
 }

@@ -62,6 +62,9 @@ fn publish_cmd(
         .arg(image)
         .arg("--manifest")
         .arg(manifest)
+        // These VHDs are blocks of noise, not images: what is tested here is
+        // the publishing; that a VHD is validated first is tested below.
+        .arg("--no-validate")
         .arg("--json");
     run(az.env(&mut cmd))
 }
@@ -734,5 +737,38 @@ fn pool_check_online_follows_a_published_image_to_the_batch_accounts_region() {
             .unwrap()
             .contains("does not list node agent `batch.node.debian 12`"),
         "{f}"
+    );
+}
+
+#[test]
+fn a_vhd_that_fails_the_manifests_checks_is_not_uploaded_or_published() {
+    let az = Azurite::start(&["imgcopy0"]);
+    let arm = ArmReplay::start(ArmExpect::env_principal());
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "noise", 16, &[(0, 65536)]);
+    let m = manifest(tmp.path(), "", "dedicated = 10");
+    let mut cmd = imgforge();
+    cmd.env("ARM_SUBSCRIPTION_ID", ARM_SUBSCRIPTION)
+        .env("IMGFORGE_ARM_ENDPOINT", arm.endpoint())
+        .env("AZURE_AUTHORITY_HOST", arm.endpoint())
+        .arg("publish")
+        .arg(&vhd)
+        .arg("--manifest")
+        .arg(&m);
+    let r = run(az.env(&mut cmd));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("does not meet the manifest's checks, nothing was uploaded or published")
+            && r.stderr
+                .contains("FAIL disk.partition-table: no MBR signature")
+            && r.stderr.contains("--no-validate"),
+        "{}",
+        r.stderr
+    );
+    assert!(arm.request_lines().is_empty(), "{:?}", arm.request_lines());
+    assert!(
+        az.props(&az.url("imgcopy0", "images", "noise.vhd"))
+            .is_null()
     );
 }
