@@ -78,11 +78,29 @@ fn each_rule_passes_and_fails_on_real_configs() {
             1,
             &[("pool.image.exactly-one", "fail")],
         ),
+        // A platform-image pool is not a failure: the checks that apply to any
+        // pool run (its size, its node agent's lifecycle, the VM size against
+        // the manifest's features).
         (
             "platform-only.yaml",
             None,
-            1,
-            &[("pool.image.exactly-one", "fail")],
+            0,
+            &[
+                ("pool.image.exactly-one", "pass"),
+                ("pool.size", "pass"),
+                ("pool.node-agent.retired", "warn"),
+            ],
+        ),
+        (
+            "legacy-flat.yaml",
+            Some("contrib/gpu-ubuntu1604.toml"),
+            0,
+            &[
+                ("pool.image.exactly-one", "pass"),
+                ("pool.size", "pass"),
+                ("pool.node-agent.retired", "pass"),
+                ("pool.vm-size.gpu", "warn"),
+            ],
         ),
         (
             "sas-uri.yaml",
@@ -1059,4 +1077,32 @@ fn a_bad_credentials_file_is_named_with_its_key_and_fix() {
         .arg(fixture("good-vhd.yaml")));
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("--online"), "{}", r.stderr);
+}
+
+#[test]
+fn a_platform_image_pool_says_what_it_is_and_checks_what_applies() {
+    let r = run(imgforge()
+        .args(["pool", "check"])
+        .arg(repo().join("tests/fixtures/pool/legacy-flat.yaml")));
+    assert_eq!(r.code, 0, "{}", r.all());
+    for want in [
+        "pool_specification (legacy flat form) names the marketplace image Canonical/ubuntu-24_04-lts/server-gen1",
+        "the pool uses no custom image",
+        "up to 12 nodes",
+        "`batch.node.ubuntu 24.04` is not retired",
+    ] {
+        assert!(r.stdout.contains(want), "{want}:\n{}", r.stdout);
+    }
+    // Node counts are still read strictly.
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("pool.yaml");
+    write(
+        &bad,
+        "pool_specification:\n  vm_configuration:\n    platform_image:\n      publisher: Canonical\n      offer: x\n      sku: y\n  vm_count: \"100\"\n",
+    );
+    let r = run(imgforge().args(["pool", "check", "--json"]).arg(&bad));
+    assert_eq!(r.code, 1, "{}", r.all());
+    let size = finding(&r, "pool.size");
+    assert_eq!(size["status"], "fail", "{size}");
+    assert_eq!(finding(&r, "pool.node-agent.retired")["status"], "skip");
 }

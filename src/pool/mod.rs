@@ -288,40 +288,166 @@ pub fn known_node_agents() -> Vec<&'static str> {
     catalog::DISTROS.iter().map(|d| d.node_agent).collect()
 }
 
+/// A marketplace image a pool names: `vm_configuration.platform_image`, or
+/// Batch Shipyard's legacy flat form (`publisher`/`offer`/`sku` directly under
+/// `pool_specification`).
+fn platform_image(spec: &Value) -> Option<(&Value, &'static str)> {
+    let vm = &spec["vm_configuration"];
+    if vm["platform_image"].is_object() {
+        Some((&vm["platform_image"], "platform_image"))
+    } else if !vm.is_object() && spec["publisher"].is_string() && spec["offer"].is_string() {
+        Some((spec, "publisher"))
+    } else {
+        None
+    }
+}
+
 pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool) -> Report {
     let spec = &config.value["pool_specification"];
     let vm = &spec["vm_configuration"];
     let mut f = Vec::new();
 
-    let platform = vm["platform_image"].is_object();
+    let platform = platform_image(spec);
     let custom = vm["custom_image"].is_object();
     f.push(match (platform, custom) {
-        (false, true) => Finding::pass(
+        (None, true) => Finding::pass(
             "pool.image.exactly-one",
             "custom_image is set, platform_image is not",
         ),
-        (true, true) => Finding::fail(
+        (Some(_), true) => Finding::fail(
             "pool.image.exactly-one",
             "both platform_image and custom_image are set",
         )
         .evidence(config.at("platform_image"))
         .hint("remove platform_image: a pool uses one image source"),
-        (true, false) => Finding::fail(
-            "pool.image.exactly-one",
-            "platform_image is set: this pool does not use a custom image",
-        )
-        .evidence(config.at("platform_image"))
-        .hint("replace platform_image with the custom_image block from `imgforge pool snippet`"),
-        (false, false) => Finding::fail(
+        (Some((image, key)), false) => {
+            let name = |k: &str| image[k].as_str().unwrap_or("?").to_string();
+            Finding::pass(
+                "pool.image.exactly-one",
+                format!(
+                    "{} names the marketplace image {}/{}/{}: the pool uses no custom image, so \
+                     only the checks that apply to any pool run",
+                    if key == "publisher" {
+                        "pool_specification (legacy flat form)"
+                    } else {
+                        "platform_image"
+                    },
+                    name("publisher"),
+                    name("offer"),
+                    name("sku")
+                ),
+            )
+            .evidence(config.at(key))
+        }
+        (None, false) => Finding::fail(
             "pool.image.exactly-one",
             "neither platform_image nor custom_image is set",
         )
         .evidence(config.at("vm_configuration"))
         .hint("add the custom_image block from `imgforge pool snippet`"),
     });
-    if !custom {
-        return Report::new(config.path.display().to_string(), f);
+    if custom {
+        check_custom(config, plan, &mut f);
+    } else if let Some((image, key)) = platform {
+        check_platform(config, image, key, &mut f);
     }
+    if let Some(plan) = plan
+        && (custom || platform.is_some())
+    {
+        check_vm_size(config, plan, &mut f);
+    }
+
+    // With --online the caller adds the answers of `online::check`.
+    if !online {
+        for (id, what) in [
+            (
+                "pool.online.batch-auth",
+                "Batch Shipyard signs in to Batch with Entra ID",
+            ),
+            (
+                "pool.online.node-agent",
+                "the Batch account supports the node agent",
+            ),
+            (
+                "pool.online.arm-image",
+                "the arm_image_id exists and is replicated to the Batch account's region",
+            ),
+            (
+                "pool.online.blobs",
+                "each image blob exists and is a page blob",
+            ),
+            (
+                "pool.online.accounts",
+                "each storage account is in the pool's region and subscription",
+            ),
+            (
+                "pool.online.batch-account",
+                "the Batch account allocates pools in the user's subscription",
+            ),
+        ] {
+            f.push(Finding::skip(
+                id,
+                format!("{what}: not checked without --online"),
+            ));
+        }
+    }
+    Report::new(config.path.display().to_string(), f)
+}
+
+/// A platform-image pool: its size, and its node agent's lifecycle where the
+/// catalog knows the image.
+fn check_platform(config: &PoolConfig, image: &Value, key: &str, f: &mut Vec<Finding>) {
+    let spec = &config.value["pool_specification"];
+    f.push(match max_nodes(spec) {
+        Ok(n) => Finding::pass("pool.size", format!("up to {n} nodes")),
+        Err(e) => Finding::fail("pool.size", e)
+            .evidence(config.at("vm_count"))
+            .hint("write node counts as whole numbers"),
+    });
+    let text = |k: &str| image[k].as_str().unwrap_or("");
+    let known = catalog::DISTROS.iter().find(|d| {
+        [d.base_image].into_iter().chain(d.hpc_base_image).any(|b| {
+            b.publisher.eq_ignore_ascii_case(text("publisher"))
+                && b.offer.eq_ignore_ascii_case(text("offer"))
+                && b.sku.eq_ignore_ascii_case(text("sku"))
+        })
+    });
+    let Some(d) = known else {
+        f.push(
+            Finding::skip(
+                "pool.node-agent.retired",
+                "imgforge's catalog does not know this marketplace image's node agent",
+            )
+            .hint("`imgforge skus --online` lists the images and node agents your Batch account supports"),
+        );
+        return;
+    };
+    use crate::catalog::AgentStatus;
+    let agent = d.node_agent;
+    f.push(match d.agent_status(&crate::plan::today()) {
+        AgentStatus::Retired { date, source } => Finding::warn(
+            "pool.node-agent.retired",
+            format!(
+                "the image's node agent `{agent}` is retired: Azure Batch creates no new pool with it since {date} ({source}); an existing pool can still scale"
+            ),
+        )
+        .evidence(config.at(key))
+        .hint(format!("for a new pool use {}", catalog::CURRENT_LINUX)),
+        AgentStatus::Ends { date, source } => Finding::warn(
+            "pool.node-agent.retired",
+            format!("the image's node agent `{agent}` ends on {date} ({source}): no new pool after that"),
+        )
+        .evidence(config.at(key)),
+        AgentStatus::Supported => Finding::pass(
+            "pool.node-agent.retired",
+            format!("the image's node agent `{agent}` is not retired for new pools"),
+        ),
+    });
+}
+
+fn check_custom(config: &PoolConfig, plan: Option<&Plan>, f: &mut Vec<Finding>) {
+    let spec = &config.value["pool_specification"];
+    let vm = &spec["vm_configuration"];
     let ci = &vm["custom_image"];
     let node_agent = ci["node_agent"].as_str().unwrap_or("");
     let windows = node_agent.to_ascii_lowercase().contains("windows");
@@ -359,7 +485,7 @@ pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool) -> Report {
     }
 
     if !uris.is_empty() {
-        check_uris(config, &uris, windows, spec, &mut f);
+        check_uris(config, &uris, windows, spec, f);
     }
     if let Some(id) = arm_image_id {
         f.push(if arm_image_id_ok(id) {
@@ -452,6 +578,13 @@ pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool) -> Report {
             .evidence(config.at("node_agent"))
             .hint(format!("set node_agent: {want}"))
         });
+    }
+}
+
+/// The manifest's hardware features against the pool's VM size.
+fn check_vm_size(config: &PoolConfig, plan: &Plan, f: &mut Vec<Finding>) {
+    let spec = &config.value["pool_specification"];
+    {
         let vm_size = spec["vm_size"].as_str().unwrap_or("");
         if plan.gpu.is_some() {
             f.push(if is_gpu_size(vm_size) {
@@ -486,30 +619,6 @@ pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool) -> Report {
             });
         }
     }
-
-    // With --online the caller adds the answers of `online::check`.
-    if !online {
-        for (id, what) in [
-            (
-                "pool.online.blobs",
-                "each image blob exists and is a page blob",
-            ),
-            (
-                "pool.online.accounts",
-                "each storage account is in the pool's region and subscription",
-            ),
-            (
-                "pool.online.batch-account",
-                "the Batch account allocates pools in the user's subscription",
-            ),
-        ] {
-            f.push(Finding::skip(
-                id,
-                format!("{what}: not checked without --online"),
-            ));
-        }
-    }
-    Report::new(config.path.display().to_string(), f)
 }
 
 fn check_uris(
