@@ -103,6 +103,16 @@ pub enum BuildError {
     Storage(#[from] crate::storage::StorageError),
     #[error("{0}")]
     Publish(Box<crate::publish::PublishError>),
+    #[error(
+        "{template} reads {} from the environment and {} not set: Packer would start and fail with an unrelated authentication error\n  hint: export {} (a service principal with Contributor on the resource group: `az ad sp create-for-rbac`); nothing was built",
+        .missing.join(", "),
+        if .missing.len() == 1 { "it is" } else { "they are" },
+        .missing.iter().map(|v| format!("{v}=…")).collect::<Vec<_>>().join(" ")
+    )]
+    Credentials {
+        template: PathBuf,
+        missing: Vec<String>,
+    },
     #[error("{path}: cannot write: {source}")]
     Write {
         path: PathBuf,
@@ -136,7 +146,9 @@ impl BuildError {
     pub fn exit_code(&self) -> i32 {
         match self {
             BuildError::Render(RenderError::Write { .. }) | BuildError::Write { .. } => exit::IO,
-            BuildError::Render(_) | BuildError::Resume { .. } => exit::BAD_INPUT,
+            BuildError::Render(_) | BuildError::Resume { .. } | BuildError::Credentials { .. } => {
+                exit::BAD_INPUT
+            }
             BuildError::Packer(PackerError::Invalid { .. }) => exit::FAILED,
             BuildError::Packer(_) | BuildError::Local(_) => exit::TOOL,
             BuildError::Boot(crate::bootcheck::BootError::Cancelled) => exit::CANCELLED,
@@ -706,6 +718,20 @@ impl Run<'_> {
     }
 
     fn packer_validate(&mut self) -> Result<String, BuildError> {
+        // Packer reads its credentials from the environment where the
+        // template says so; an unset one surfaces as an unrelated Managed
+        // Identity error minutes later. Every missing one is named now.
+        if self.plan.local.is_none() {
+            let template = self.dir.join(PACKER_FILE);
+            let text = std::fs::read_to_string(&template).unwrap_or_default();
+            let missing: Vec<String> = crate::packer::env_references(&text)
+                .into_iter()
+                .filter(|v| std::env::var(v).map_or(true, |x| x.is_empty()))
+                .collect();
+            if !missing.is_empty() {
+                return Err(BuildError::Credentials { template, missing });
+            }
+        }
         let clock = Instant::now();
         self.opts.packer.validate(&self.dir, PACKER_FILE)?;
         let msg = format!(

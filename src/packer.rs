@@ -365,3 +365,36 @@ fn reap_group(pgid: libc::pid_t) {
         libc::killpg(pgid, libc::SIGKILL);
     }
 }
+
+/// The environment variables a Packer JSON template reads with
+/// `{{env `NAME`}}`, in order of first use.
+pub fn env_references(template: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut rest = template;
+    while let Some(i) = rest.find("{{env `") {
+        rest = &rest[i + "{{env `".len()..];
+        let Some(end) = rest.find('`') else { break };
+        let name = &rest[..end];
+        if !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !out.iter().any(|n| n == name)
+        {
+            out.push(name.to_string());
+        }
+        rest = &rest[end..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod env_tests {
+    #[test]
+    fn env_references_are_read_from_the_template() {
+        let t = r#"{"variables": {"client_id": "{{env `ARM_CLIENT_ID`}}", "s": "{{env `ARM_CLIENT_SECRET`}}",
+            "again": "{{env `ARM_CLIENT_ID`}}", "odd": "{{env `A B`}}", "cut": "{{env `X"}"#;
+        assert_eq!(
+            super::env_references(t),
+            vec!["ARM_CLIENT_ID".to_string(), "ARM_CLIENT_SECRET".to_string()]
+        );
+    }
+}

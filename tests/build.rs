@@ -339,3 +339,43 @@ fn provisioner_output_reaches_a_log_file_without_verbose() {
     );
     assert!(r.stderr.contains("plain-line-2"), "{}", r.stderr);
 }
+
+#[test]
+fn missing_azure_variables_are_all_named_before_packer_runs() {
+    // A wrapper that records each Packer subcommand and runs the real Packer.
+    let tmp = tempfile::tempdir().unwrap();
+    let calls = tmp.path().join("calls");
+    let wrapper = tmp.path().join("packer");
+    write(
+        &wrapper,
+        &format!(
+            "#!/bin/sh\necho \"$1\" >> '{}'\nexec packer \"$@\"\n",
+            calls.display()
+        ),
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("build");
+    let r = run(imgforge()
+        .env_remove("ARM_CLIENT_SECRET")
+        .env("ARM_TENANT_ID", "")
+        .env("IMGFORGE_PACKER", &wrapper)
+        .arg("build")
+        .arg(repo().join("contrib/managed-image-almalinux8.toml"))
+        .arg("--out")
+        .arg(&dir));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains(
+            "packer.json reads ARM_CLIENT_SECRET, ARM_TENANT_ID from the environment and they are not set"
+        ) && r.stderr.contains("export ARM_CLIENT_SECRET=… ARM_TENANT_ID=…"),
+        "{}",
+        r.stderr
+    );
+    // Packer's own version probe at most; neither validate nor build ran.
+    let called = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(
+        !called.contains("validate") && !called.contains("build"),
+        "Packer ran: {called}"
+    );
+}
