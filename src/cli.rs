@@ -36,20 +36,83 @@ colour off.";
 /// as the pool needs, checks every copy without booting it, and prints the Batch
 /// Shipyard pool snippet that uses them.
 #[derive(Debug, Parser)]
-#[command(name = "imgforge", version, after_help = AFTER_HELP, max_term_width = 100)]
+#[command(
+    name = "imgforge",
+    version,
+    disable_version_flag = true,
+    arg_required_else_help = true,
+    after_help = AFTER_HELP,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// Print the version, the git commit it was built from, and the Packer it finds.
+    #[arg(short = 'V', long)]
+    pub version: bool,
+    /// Colour: auto (a terminal, without NO_COLOR; CLICOLOR_FORCE=1 forces it), always, never.
+    #[arg(long, value_enum, default_value_t = crate::term::ColorChoice::Auto, global = true)]
+    pub color: crate::term::ColorChoice,
+    /// No progress bars or status lines on stderr; errors and warnings still show.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+impl Cli {
+    /// Whether the command asked for JSON on stdout (errors then come as JSON too).
+    pub fn wants_json(&self) -> bool {
+        match &self.command {
+            Some(Command::Plan(a)) => a.json,
+            Some(Command::Render(a)) => a.json,
+            Some(Command::Build(a)) => a.json,
+            Some(Command::Pool(PoolCommand::Check { json, .. })) => *json,
+            Some(Command::Status { json, .. }) | Some(Command::Skus { json, .. }) => *json,
+            Some(Command::Catalog { json }) | Some(Command::Clean { json, .. }) => *json,
+            Some(Command::Replicate(a)) => a.storage.json,
+            Some(Command::Upload(a)) => a.storage.json,
+            Some(Command::Publish(a)) => a.json,
+            Some(Command::Validate(a)) => a.json,
+            Some(Command::BootCheck(a)) => a.json,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show what a manifest will build: distro, features, ports, scripts, VHD copies.
+    #[command(after_help = "\
+Examples:
+  imgforge plan contrib/gpu-ubuntu1604.toml            distro, features, ports, scripts, pool, warnings
+  imgforge plan contrib/gallery-debian12.toml          with the replica table (REGION, REPLICAS, WHY)
+  imgforge plan m.toml --json | jq .firewall           the data the templates see")]
     Plan(PlanArgs),
     /// Render packer.json and the provisioner scripts into a directory.
+    #[command(after_help = "\
+Examples:
+  imgforge render contrib/gpu-ubuntu1604.toml -o out/             packer.json and scripts/
+  imgforge render m.toml -o out/ --templates my-templates/ --force  with template overrides
+
+Environment: IMGFORGE_TEMPLATES (as --templates).")]
     Render(RenderArgs),
     /// The whole pipeline: render, packer validate, packer build, capture, replicate,
     /// validate the copies, pool snippet (--dry-run stops after packer validate).
+    #[command(after_help = "\
+Examples:
+  imgforge build contrib/local-debian12.toml --no-replicate   a real image on this machine
+  imgforge build contrib/gpu-ubuntu1604.toml --dry-run --allow-retired   render + packer validate only
+  imgforge build m.toml --json > result.json                   one JSON document (pipelines)
+  imgforge build m.toml --resume .imgforge/builds/<dir>        continue after a failure or Ctrl-C
+
+Environment:
+  ARM_CLIENT_ID, ARM_CLIENT_SECRET, ARM_SUBSCRIPTION_ID, ARM_TENANT_ID
+                         the service principal Packer's azure-arm builder and publishing use
+                         (every one the template reads is checked before Packer runs)
+  IMGFORGE_PACKER        the Packer binary (as --packer)
+  IMGFORGE_TEMPLATES     template overrides (as --templates)
+  IMGFORGE_BLOB_ENDPOINT, IMGFORGE_STORAGE_KEY_<ACCOUNT>, AZURE_STORAGE_KEY   replication storage
+  IMGFORGE_ARM_ENDPOINT, AZURE_AUTHORITY_HOST   sovereign clouds
+  IMGFORGE_QEMU, IMGFORGE_QEMU_ACCEL, XDG_CACHE_HOME   the local builder's boot check and root cache")]
     Build(BuildArgs),
     /// Export or list the built-in templates.
     #[command(subcommand)]
@@ -58,8 +121,20 @@ pub enum Command {
     #[command(subcommand)]
     Pool(PoolCommand),
     /// Copy a page-blob VHD to one container root per storage account, as many as the pool needs.
+    #[command(after_help = "\
+Examples:
+  imgforge replicate m.toml --source https://build.blob.core.windows.net/images/gpu.vhd
+  imgforge replicate --source URL --to acct1 --to acct2 --region westus2 --json")]
     Replicate(ReplicateArgs),
     /// Upload a local fixed VHD (an on-premises or qemu build) as a page blob.
+    #[command(after_help = "\
+Examples:
+  imgforge upload disk.vhd --to imgforgerep1                   into container images/
+  imgforge upload disk.vhd --to acct --name gpu-1.vhd --region westus2 --json
+
+Credentials: IMGFORGE_STORAGE_KEY_<ACCOUNT> (or AZURE_STORAGE_KEY), else an Entra ID
+token for the ARM_CLIENT_ID / ARM_CLIENT_SECRET / ARM_TENANT_ID service principal.
+Environment: IMGFORGE_BLOB_ENDPOINT (as --blob-endpoint).")]
     Upload(UploadArgs),
     /// Publish a VHD as the manifest's managed image and/or gallery image version.
     #[command(after_help = PUBLISH_EXAMPLES)]
@@ -68,6 +143,14 @@ pub enum Command {
     ///
     /// Exit status: 0 when every check passed (warnings and skips allowed), 1 when
     /// a check failed, 2 when the image cannot be read or the command line is wrong.
+    #[command(after_help = "\
+Examples:
+  imgforge validate disk.vhd --manifest m.toml                      a local fixed VHD
+  imgforge validate https://acct.blob.core.windows.net/images/gpu.vhd --manifest m.toml --json
+  imgforge validate disk.vhd --manifest m.toml --junit report.xml   for CI test reports
+
+Only fixed VHDs are read; a qcow2, VMDK, VHDX or dynamic VHD gets the qemu-img command
+that converts it. Environment: IMGFORGE_BLOB_ENDPOINT, IMGFORGE_STORAGE_KEY_<ACCOUNT>.")]
     Validate(ValidateArgs),
     /// Boot a fixed VHD under QEMU (snapshot mode: never written) and check what a
     /// Batch node needs from a boot: login prompt, no failed unit, SSH on 22,
@@ -87,6 +170,10 @@ The guest's network is restricted: it reaches nothing, only forwarded loopback
 ports reach it.")]
     BootCheck(BootCheckArgs),
     /// What happened in a build, stage by stage (from its build.json).
+    #[command(after_help = "\
+Examples:
+  imgforge status .imgforge/builds/<dir>
+  imgforge status .imgforge/builds/<dir> --json | jq .failed_stage")]
     Status {
         /// The build directory.
         dir: PathBuf,
@@ -127,11 +214,115 @@ AZURE_AUTHORITY_HOST (a sovereign cloud's Entra ID).")]
         #[arg(long, value_name = "URL", env = "IMGFORGE_BATCH_URL")]
         account_url: Option<String>,
     },
+    /// Write a commented starter manifest that `imgforge plan` accepts.
+    #[command(after_help = "\
+Examples:
+  imgforge init                                        ubuntu-24.04, Docker, a gallery image -> imgforge.toml
+  imgforge init gpu.toml --distro ubuntu-22.04 --gpu --nfs
+  imgforge init local.toml --builder local             Debian 12 built on this machine, no Azure needed
+  imgforge init - --distro almalinux-9 --rdma sriov    print instead of writing
+
+`imgforge catalog` lists the distros and features.")]
+    Init(InitArgs),
+    /// The distros (with their node agent's status) and features imgforge can build.
+    #[command(after_help = "\
+Examples:
+  imgforge catalog
+  imgforge catalog --json | jq '.distros[] | select(.new_pools != \"retired\") | .key'")]
+    Catalog {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove old build directories (each local build keeps a full VHD).
+    ///
+    /// A build directory is one with a build.json. Builds still running are never
+    /// removed. Without --keep or --older-than nothing is removed.
+    #[command(after_help = "\
+Examples:
+  imgforge clean --keep 3 --dry-run        what would go, newest 3 kept
+  imgforge clean --older-than 14d          every build started more than 14 days ago
+  imgforge clean --dir /data/builds --keep 1 --json")]
+    Clean {
+        /// Where the build directories are.
+        #[arg(long, value_name = "DIR", default_value = ".imgforge/builds")]
+        dir: PathBuf,
+        /// Keep the N newest builds.
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        /// Remove builds started longer ago than this (e.g. 36h, 14d, 2weeks).
+        #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Say what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print what was (or would be) removed as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shell completions on stdout.
+    #[command(after_help = "\
+Examples:
+  imgforge completions bash > ~/.local/share/bash-completion/completions/imgforge
+  imgforge completions zsh > ~/.zfunc/_imgforge
+  imgforge completions fish > ~/.config/fish/completions/imgforge.fish")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Manual pages (roff): the top page on stdout, or one page per command into DIR.
+    #[command(after_help = "\
+Examples:
+  imgforge man | man -l -
+  imgforge man --out ~/.local/share/man/man1     imgforge.1, imgforge-build.1, imgforge-pool-check.1, …")]
+    Man {
+        /// Write imgforge.1 and one imgforge-COMMAND.1 per subcommand here.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Where to write the manifest; `-` prints it.
+    #[arg(default_value = "imgforge.toml")]
+    pub file: PathBuf,
+    /// The distro (`imgforge catalog`).
+    #[arg(long, default_value = "ubuntu-24.04")]
+    pub distro: String,
+    /// The image name [default: from the file name, else the distro].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// azure-arm (Packer builds on an Azure VM) or local (this machine; debian-12).
+    #[arg(long, default_value = "azure-arm", value_parser = ["azure-arm", "local"])]
+    pub builder: String,
+    /// gallery, managed_image or vhd [default: gallery, vhd for --builder local].
+    #[arg(long, value_parser = ["gallery", "managed_image", "vhd"])]
+    pub target: Option<String>,
+    /// The NVIDIA driver and container toolkit.
+    #[arg(long)]
+    pub gpu: bool,
+    /// Infiniband/RDMA: nd or sriov.
+    #[arg(long, value_parser = ["nd", "sriov"])]
+    pub rdma: Option<String>,
+    /// The NFS client.
+    #[arg(long)]
+    pub nfs: bool,
+    /// GlusterFS: client or server.
+    #[arg(long, value_parser = ["client", "server"])]
+    pub glusterfs: Option<String>,
+    /// Replace an existing file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
     /// Print the pool_specification.vm_configuration block that uses a build's image.
+    #[command(after_help = "\
+Examples:
+  imgforge pool snippet m.toml --from .imgforge/builds/<dir>/build.json
+  imgforge pool snippet m.toml --from build.json -o pool-snippet.yaml")]
     Snippet {
         /// The feature manifest the image was built from.
         manifest: PathBuf,
@@ -146,6 +337,17 @@ pub enum PoolCommand {
     ///
     /// Exit status: 0 when nothing failed (warnings allowed), 1 when a check failed,
     /// 2 when the file cannot be read.
+    #[command(after_help = "\
+Examples:
+  imgforge pool check pool.yaml                                    offline rules
+  imgforge pool check pool.yaml --manifest m.toml --junit out.xml  also node agent and vm_size
+  imgforge pool check pool.yaml --online --credentials credentials.yaml
+  imgforge pool check pool.yaml --online --region westus2 --subscription <id>
+
+Environment (--online): ARM_TENANT_ID, ARM_CLIENT_ID, ARM_CLIENT_SECRET and
+ARM_SUBSCRIPTION_ID when the credentials file has no service principal;
+IMGFORGE_BATCH_URL (as --account-url), IMGFORGE_ARM_ENDPOINT, AZURE_AUTHORITY_HOST;
+IMGFORGE_STORAGE_KEY_<ACCOUNT> for the blobs.")]
     Check {
         /// The pool configuration, e.g. pool.yaml.
         config: PathBuf,
@@ -290,13 +492,22 @@ pub struct BuildArgs {
 #[derive(Debug, Subcommand)]
 pub enum TemplatesCommand {
     /// Write the built-in templates to DIR, ready to edit and pass back with --templates.
+    #[command(after_help = "\
+Examples:
+  imgforge templates export my-templates/
+  imgforge build m.toml --templates my-templates/     only the files present replace the built-ins")]
     Export {
+        /// The directory to write into (created; must be empty unless --force).
         dir: PathBuf,
         /// Write into a non-empty directory, replacing files of the same name.
         #[arg(long)]
         force: bool,
     },
     /// List the built-in template names (the paths overrides must use).
+    #[command(after_help = "\
+Examples:
+  imgforge templates list
+  imgforge templates list | grep scripts/             the provisioner scripts")]
     List,
 }
 
@@ -314,7 +525,8 @@ pub struct StorageOptions {
     pub json: bool,
     /// The Batch account's region: before copying, ask Resource Manager (as the
     /// ARM_* principal, subscription ARM_SUBSCRIPTION_ID) that every destination
-    /// account is there [default: the manifest's [replicate] region].
+    /// account is there [default for replicate: the manifest's [replicate] region;
+    /// upload: not checked].
     #[arg(long)]
     pub region: Option<String>,
 }

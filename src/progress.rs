@@ -37,6 +37,9 @@ impl Display {
     }
 
     fn line(&mut self, text: &str) {
+        if crate::term::quiet() {
+            return;
+        }
         let mut err = std::io::stderr().lock();
         if self.transient {
             let _ = write!(err, "\r\x1b[K");
@@ -46,6 +49,9 @@ impl Display {
     }
 
     fn transient_line(&mut self, text: &str) {
+        if crate::term::quiet() {
+            return;
+        }
         let width = 100usize;
         let shown: String = text
             .chars()

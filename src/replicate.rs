@@ -458,7 +458,7 @@ pub async fn replicate(
     let valid_bytes: u64 = info.ranges.iter().map(|r| r.end - r.start).sum();
 
     let progress = indicatif::MultiProgress::new();
-    if !opts.show_progress {
+    if !opts.show_progress || crate::term::quiet() {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let style = indicatif::ProgressStyle::with_template(

@@ -1,0 +1,254 @@
+//! `imgforge init`: a commented starter manifest for a distro and features.
+//! The text is written here, key by key, so that its comments can say why;
+//! it is parsed with the manifest's own checks before it is written, so an
+//! impossible combination (RDMA on a distro without it) is refused with the
+//! manifest's own message instead of being left for `plan` to find.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::catalog::{self, AgentStatus, Os};
+use crate::cli::InitArgs;
+use crate::manifest::{Manifest, ManifestError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("init: {message}\n  hint: {hint}")]
+    Refused { message: String, hint: String },
+    #[error("init: the manifest it would write is refused by imgforge's own checks:\n{0}")]
+    Invalid(Box<ManifestError>),
+}
+
+/// An image name from a file name: lowercase letters, digits and '-'.
+fn name_from(stem: &str) -> Option<String> {
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let name = name.trim_matches('-').to_string();
+    (!name.is_empty() && name.len() <= 63 && name != "imgforge").then_some(name)
+}
+
+/// The manifest text for `args`, checked as `plan` would check it.
+pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> {
+    let keys = || {
+        catalog::DISTROS
+            .iter()
+            .map(|d| d.key)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let distro = catalog::DISTROS
+        .iter()
+        .find(|d| d.key == args.distro)
+        .ok_or_else(|| InitError::Refused {
+            message: format!("`{}` is not a distro imgforge knows", args.distro),
+            hint: format!("use one of: {} (`imgforge catalog`)", keys()),
+        })?;
+    let local = args.builder == "local";
+    if local && distro.local.is_none() {
+        let local_ones: Vec<&str> = catalog::DISTROS
+            .iter()
+            .filter(|d| d.local.is_some())
+            .map(|d| d.key)
+            .collect();
+        return Err(InitError::Refused {
+            message: format!("the local builder cannot build {}", distro.key),
+            hint: format!(
+                "use --distro {} with --builder local (the archives this machine reaches), or --builder azure-arm",
+                local_ones.join(" or --distro ")
+            ),
+        });
+    }
+    let target = args
+        .target
+        .clone()
+        .unwrap_or_else(|| if local { "vhd" } else { "gallery" }.to_string());
+    let name = args
+        .name
+        .clone()
+        .or_else(|| {
+            path.file_stem()
+                .and_then(|s| s.to_str())
+                .filter(|_| path != Path::new("-"))
+                .and_then(name_from)
+        })
+        .or_else(|| name_from(&format!("{}-batch", distro.key.replace('.', ""))))
+        .unwrap_or_else(|| "batch-image".to_string());
+    let os = match distro.os {
+        Os::Linux => "linux",
+        Os::Windows => "windows",
+    };
+    let agent = match distro.agent_status(&crate::plan::today()) {
+        AgentStatus::Supported => "supported".to_string(),
+        AgentStatus::Ends { date, .. } => format!("new pools until {date}"),
+        AgentStatus::Retired { date, .. } => {
+            format!("RETIRED {date}: no new pools, build needs --allow-retired")
+        }
+    };
+    let gpu_size = args.gpu || args.rdma.is_some();
+
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "# A Batch image manifest written by `imgforge init` (imgforge {}).\n\
+         # See what it builds with `imgforge plan {}`; build it with `imgforge build`.\n\
+         # The README's \"The manifest\" section describes every key.\n",
+        env!("CARGO_PKG_VERSION"),
+        path.display()
+    );
+    let _ = writeln!(t, "[image]");
+    let _ = writeln!(t, "name = \"{name}\"");
+    let _ = writeln!(t, "os = \"{os}\"");
+    let _ = writeln!(
+        t,
+        "distro = \"{}\"                # node agent `{}` ({agent}); `imgforge catalog` lists the others\n",
+        distro.key, distro.node_agent
+    );
+    let _ = writeln!(t, "[build]");
+    if local {
+        let _ = writeln!(
+            t,
+            "builder = \"local\"             # built on this machine (mmdebstrap, QEMU boot check); no Azure VM"
+        );
+    }
+    match target.as_str() {
+        "gallery" => {
+            let _ = writeln!(
+                t,
+                "target = \"gallery\"            # a Compute Gallery image version: what Batch pools name today (arm_image_id)"
+            );
+        }
+        "managed_image" => {
+            let _ = writeln!(
+                t,
+                "target = \"managed_image\"      # a managed image (older Batch API versions); \"gallery\" for current ones"
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                t,
+                "target = \"vhd\"                # a page-blob VHD copied once per 40 nodes (image_uris)"
+            );
+        }
+    }
+    let publishing = target != "vhd";
+    if !local || publishing {
+        let _ = writeln!(
+            t,
+            "location = \"westus2\"          # the region the image is made in (the Batch account's, usually)"
+        );
+        let _ = writeln!(
+            t,
+            "resource_group = \"imgforge-images\"   # must exist: az group create -n imgforge-images -l westus2"
+        );
+    }
+    if !local {
+        let _ = writeln!(
+            t,
+            "vm_size = \"{}\"   # the build VM; the pool's own size for GPU/RDMA images, so drivers can be checked",
+            if args.rdma.is_some() {
+                "Standard_HB120rs_v3"
+            } else if gpu_size {
+                "Standard_NC4as_T4_v3"
+            } else {
+                "Standard_D2s_v3"
+            }
+        );
+    }
+    if local && publishing {
+        let _ = writeln!(
+            t,
+            "storage_account = \"imgforgestage\"   # the VHD is uploaded here first (same region)"
+        );
+    }
+    if target == "managed_image" || (target == "gallery" && !local) {
+        let _ = writeln!(t, "managed_image_name = \"{name}-1-0-0\"");
+    }
+    if target == "vhd" && !local {
+        let _ = writeln!(
+            t,
+            "storage_account = \"imgforgebuild\"   # Packer writes the VHD here\ncapture_container = \"images\""
+        );
+    }
+    if local {
+        let _ = writeln!(
+            t,
+            "\n[build.local]\ndisk_gib = 30                  # sparse: about 1 GiB is allocated\nboot_check = \"both\"           # bios | uefi | both | off"
+        );
+    }
+    if target == "gallery" {
+        let _ = writeln!(
+            t,
+            "\n[build.gallery]\nname = \"imgforge_gallery\"      # must exist: az sig create -g imgforge-images -r imgforge_gallery\nimage_definition = \"{name}\"   # {}\nversion = \"1.0.0\"\nreplication_regions = [\"westus2\"]",
+            if local {
+                "created when absent (generalized, not Trusted Launch)"
+            } else {
+                "must exist (az sig image-definition create …)"
+            }
+        );
+    }
+    let _ = writeln!(t, "\n[features]");
+    let _ = writeln!(
+        t,
+        "# SSH and Docker are always built in; docker = {{ version = \"…\" }} pins Docker."
+    );
+    if args.gpu {
+        // Debian's own non-free driver (DKMS) builds offline from its archive;
+        // elsewhere NVIDIA's repository is the source.
+        let (toolkit, source) = if distro.os_release_id == "debian" {
+            // Debian packages no NVIDIA container toolkit.
+            ("false", ", source = \"distro\"")
+        } else {
+            ("true", "")
+        };
+        let _ = writeln!(
+            t,
+            "gpu = {{ driver = \"535\", container_toolkit = {toolkit}{source} }}   # NVIDIA driver branch and the container toolkit"
+        );
+    }
+    if let Some(r) = &args.rdma {
+        let _ = writeln!(
+            t,
+            "rdma = \"{r}\"                   # nd (Network Direct) or sriov (HB/HC, NDv2 and later)"
+        );
+    }
+    let _ = writeln!(t, "nfs = {}", args.nfs);
+    if let Some(g) = &args.glusterfs {
+        let _ = writeln!(t, "glusterfs = \"{g}\"");
+    }
+    let _ = writeln!(
+        t,
+        "\n[firewall]\ninbound_tcp = []               # on top of SSH and Batch's 29876, 29877\n\n[pool]\ndedicated = 10                 # the pool's peak size decides VHD copies / gallery replicas\nlow_priority = 0\n# autoscale_max = 100"
+    );
+    let _ = writeln!(
+        t,
+        "\n[replicate]\nregion = \"westus2\"             # the Batch account's region{}",
+        if target == "vhd" {
+            "\nstorage_accounts = [\"imgforgerep1\"]   # one per 40 nodes, all in that region\ncontainer = \"images\""
+        } else {
+            ": the image must be replicated there"
+        }
+    );
+    Manifest::parse(path, t.clone()).map_err(|e| InitError::Invalid(Box::new(e)))?;
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_come_from_file_names() {
+        assert_eq!(
+            super::name_from("GPU_Image.v2").as_deref(),
+            Some("gpu-image-v2")
+        );
+        assert_eq!(super::name_from("imgforge"), None);
+        assert_eq!(super::name_from("__"), None);
+    }
+}

@@ -1,0 +1,385 @@
+//! The conveniences around the pipeline, run as a user runs them: help with
+//! examples everywhere, completions and manual pages for every subcommand,
+//! `--version`, `init` (whose output `plan` accepts), `catalog`, `clean`,
+//! `--color`/`--quiet`, and errors as JSON when JSON was asked for.
+
+mod common;
+
+use common::*;
+
+/// Every subcommand path, from the real `--help` output (not from a list kept here).
+fn subcommands() -> Vec<Vec<String>> {
+    fn walk(prefix: &[String], out: &mut Vec<Vec<String>>) {
+        let r = run(imgforge().args(prefix).arg("--help"));
+        assert_eq!(r.code, 0, "{prefix:?}: {}", r.all());
+        let mut in_commands = false;
+        for line in r.stdout.lines() {
+            if line == "Commands:" {
+                in_commands = true;
+                continue;
+            }
+            if in_commands {
+                if !line.starts_with("  ") {
+                    break;
+                }
+                // A wrapped description continues further in.
+                if line.starts_with("   ") {
+                    continue;
+                }
+                let name = line.split_whitespace().next().unwrap_or("");
+                if name.is_empty() || name == "help" {
+                    continue;
+                }
+                let mut path = prefix.to_vec();
+                path.push(name.to_string());
+                out.push(path.clone());
+                walk(&path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&[], &mut out);
+    out
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    let all = subcommands();
+    assert!(all.len() >= 20, "{all:?}");
+    for path in &all {
+        let r = run(imgforge().args(path).arg("--help"));
+        assert_eq!(r.code, 0, "{path:?}");
+        let leaf = !r.stdout.contains("\nCommands:\n");
+        if leaf {
+            assert!(
+                r.stdout.contains("Examples:"),
+                "{path:?} --help has no examples:\n{}",
+                r.stdout
+            );
+        }
+    }
+    // `build --help` names the variables it reads.
+    let build = run(imgforge().args(["build", "--help"]));
+    for v in [
+        "ARM_CLIENT_ID",
+        "ARM_CLIENT_SECRET",
+        "ARM_SUBSCRIPTION_ID",
+        "ARM_TENANT_ID",
+        "IMGFORGE_PACKER",
+    ] {
+        assert!(build.stdout.contains(v), "{v}");
+    }
+    // `upload` takes no manifest, and its help no longer says it does.
+    let upload = run(imgforge().args(["upload", "--help"]));
+    assert!(
+        !upload
+            .stdout
+            .contains("default: the manifest's [replicate] region]"),
+        "{}",
+        upload.stdout
+    );
+}
+
+#[test]
+fn completions_and_manual_pages_cover_every_subcommand() {
+    let all = subcommands();
+    for shell in ["bash", "zsh", "fish"] {
+        let r = run(imgforge().args(["completions", shell]));
+        assert_eq!(r.code, 0, "{shell}: {}", r.stderr);
+        for path in &all {
+            let name = path.last().unwrap();
+            assert!(
+                r.stdout.contains(name.as_str()),
+                "{shell} completion lacks {name}"
+            );
+        }
+    }
+    let bash = run(imgforge().args(["completions", "bash"]));
+    assert!(
+        bash.stdout.contains("--allow-retired"),
+        "flags are completed too"
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("man1");
+    let r = run(imgforge().args(["man", "--out"]).arg(&dir));
+    assert_eq!(r.code, 0, "{}", r.all());
+    for path in std::iter::once(vec![]).chain(all) {
+        let page = dir.join(format!(
+            "{}.1",
+            std::iter::once("imgforge".to_string())
+                .chain(path.iter().cloned())
+                .collect::<Vec<_>>()
+                .join("-")
+        ));
+        let text =
+            std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{}: {e}", page.display()));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{}",
+            page.display()
+        );
+        assert!(
+            text.len() > 300,
+            "{} is {} bytes",
+            page.display(),
+            text.len()
+        );
+    }
+    let top = run(imgforge().arg("man"));
+    assert!(
+        top.stdout.contains(".TH imgforge 1"),
+        "{}",
+        &top.stdout[..top.stdout.len().min(300)]
+    );
+}
+
+#[test]
+fn version_names_the_commit_and_the_packer_it_would_use() {
+    let r = run(imgforge().arg("--version"));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let first = r.stdout.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with(&format!("imgforge {} (git ", env!("CARGO_PKG_VERSION"))),
+        "{first}"
+    );
+    let git = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    if git.status.success() {
+        let hash = String::from_utf8_lossy(&git.stdout).trim().to_string();
+        assert!(
+            first.contains(&format!("(git {hash})")),
+            "{first} vs {hash}"
+        );
+    }
+    assert!(r.stdout.contains("packer 1."), "{}", r.stdout);
+    // A missing Packer is said, not an error.
+    let r = run(imgforge()
+        .env("IMGFORGE_PACKER", "/nonexistent/packer")
+        .arg("-V"));
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.contains("packer: not usable"), "{}", r.stdout);
+}
+
+#[test]
+fn init_writes_manifests_that_plan_accepts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let catalog: serde_json::Value =
+        serde_json::from_str(&run(imgforge().args(["catalog", "--json"])).stdout).unwrap();
+    let distros: Vec<String> = catalog["distros"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["key"].as_str().unwrap().to_string())
+        .collect();
+    assert!(distros.len() >= 10, "{distros:?}");
+    let mut cases: Vec<Vec<String>> = distros
+        .iter()
+        .map(|d| vec!["--distro".to_string(), d.clone()])
+        .collect();
+    for extra in [
+        &["--gpu", "--nfs"][..],
+        &["--target", "vhd", "--glusterfs", "server"],
+        &["--target", "managed_image", "--rdma", "sriov"],
+        &["--builder", "local", "--distro", "debian-12", "--gpu"],
+        &[
+            "--builder",
+            "local",
+            "--distro",
+            "debian-12",
+            "--target",
+            "gallery",
+        ],
+    ] {
+        cases.push(extra.iter().map(|s| s.to_string()).collect());
+    }
+    for (i, args) in cases.iter().enumerate() {
+        let file = tmp.path().join(format!("m{i}.toml"));
+        let r = run(imgforge().arg("init").arg(&file).args(args));
+        assert_eq!(r.code, 0, "init {args:?}: {}", r.all());
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("# A Batch image manifest written by `imgforge init`"));
+        let plan = run(imgforge().arg("plan").arg(&file));
+        assert_eq!(
+            plan.code,
+            0,
+            "plan of init {args:?}:\n{text}\n{}",
+            plan.all()
+        );
+    }
+    // An existing file is not replaced without --force.
+    let file = tmp.path().join("m0.toml");
+    let r = run(imgforge().arg("init").arg(&file));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+    // A combination the checks refuse is refused with their words, and nothing is written.
+    let bad = tmp.path().join("bad.toml");
+    let r =
+        run(imgforge()
+            .arg("init")
+            .arg(&bad)
+            .args(["--distro", "almalinux-9", "--rdma", "sriov"]));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("features.rdma"), "{}", r.stderr);
+    assert!(!bad.exists());
+    let r = run(imgforge().args(["init", "-", "--distro", "ubuntu-99.04"]));
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("use one of: ubuntu-16.04"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn catalog_lists_distros_with_their_node_agents_and_features() {
+    let r = run(imgforge().arg("catalog"));
+    assert_eq!(r.code, 0, "{}", r.all());
+    for want in [
+        "ubuntu-16.04   linux    batch.node.ubuntu 16.04    retired 2021-05-21",
+        "almalinux-9",
+        "glusterfs_server   60-glusterfs.sh  24007, 24008, 49152",
+    ] {
+        assert!(r.stdout.contains(want), "{want}:\n{}", r.stdout);
+    }
+}
+
+/// A build directory as `build` leaves it, started `days` ago, with a sparse
+/// file of `mib` MiB holding 1 MiB of data.
+fn fake_build(root: &std::path::Path, name: &str, status: &str, days: u64) -> std::path::PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(dir.join("output")).unwrap();
+    let started = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86400);
+    write(
+        &dir.join("build.json"),
+        &serde_json::json!({
+            "schema": 1, "image": name, "status": status,
+            "started_at": humantime::format_rfc3339_seconds(started).to_string()
+        })
+        .to_string(),
+    );
+    let f = std::fs::File::create(dir.join("output/disk.vhd")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    use std::io::{Seek, Write};
+    let mut f = f;
+    f.seek(std::io::SeekFrom::Start(0)).unwrap();
+    f.write_all(&vec![1u8; 1 << 20]).unwrap();
+    dir
+}
+
+#[test]
+fn clean_removes_old_builds_and_never_a_running_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("builds");
+    let old = fake_build(&root, "old", "succeeded", 30);
+    let failed = fake_build(&root, "failed", "failed", 3);
+    let running = fake_build(&root, "running", "running", 0);
+    let recent = fake_build(&root, "recent", "succeeded", 1);
+    std::fs::create_dir_all(root.join("not-a-build")).unwrap();
+
+    let dry = run(imgforge()
+        .args(["clean", "--keep", "1", "--dry-run", "--json", "--dir"])
+        .arg(&root));
+    assert_eq!(dry.code, 0, "{}", dry.all());
+    let doc: serde_json::Value = serde_json::from_str(&dry.stdout).unwrap();
+    assert_eq!(doc["removed"], 2, "{doc:#}");
+    // Allocated bytes, not the sparse files' length: 2 × (1 MiB + the record).
+    let freed = doc["freed_bytes"].as_u64().unwrap();
+    assert!((2 << 20..3 << 20).contains(&freed), "{freed}");
+    assert!(old.exists() && failed.exists(), "a dry run removes nothing");
+
+    let r = run(imgforge()
+        .args(["clean", "--older-than", "7d", "--dir"])
+        .arg(&root));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!old.exists() && failed.exists() && recent.exists() && running.exists());
+    assert!(r.stderr.contains("Freed"), "{}", r.stderr);
+
+    let r = run(imgforge()
+        .args(["clean", "--keep", "0", "--dir"])
+        .arg(&root));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!failed.exists() && !recent.exists());
+    assert!(running.exists(), "a running build is kept");
+    assert!(r.stdout.contains("still running"), "{}", r.stdout);
+    assert!(
+        root.join("not-a-build").exists(),
+        "only build directories are touched"
+    );
+
+    let r = run(imgforge()
+        .args(["clean", "--keep", "1", "--dir"])
+        .arg(tmp.path().join("none")));
+    assert_eq!(r.code, 2, "{}", r.all());
+}
+
+#[test]
+fn colour_and_quiet_follow_the_flags_and_the_conventions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    write(&bad, "[image]\nname = \"x\"\n");
+    let red = "\x1b[1;31merror:";
+    // Piped: no colour, whatever NO_COLOR says…
+    let r = run(imgforge().env_remove("NO_COLOR").arg("plan").arg(&bad));
+    assert!(!r.stderr.contains('\x1b'), "{:?}", r.stderr);
+    // …unless asked: --color always, or CLICOLOR_FORCE without NO_COLOR.
+    let r = run(imgforge().args(["--color", "always", "plan"]).arg(&bad));
+    assert!(r.stderr.contains(red), "{:?}", r.stderr);
+    let r = run(imgforge()
+        .env_remove("NO_COLOR")
+        .env("CLICOLOR_FORCE", "1")
+        .arg("plan")
+        .arg(&bad));
+    assert!(r.stderr.contains(red), "{:?}", r.stderr);
+    let r = run(imgforge().env("CLICOLOR_FORCE", "1").arg("plan").arg(&bad));
+    assert!(!r.stderr.contains('\x1b'), "NO_COLOR wins: {:?}", r.stderr);
+    let r = run(imgforge().args(["plan", "--color", "never"]).arg(&bad));
+    assert!(!r.stderr.contains('\x1b'));
+
+    // --quiet drops status lines, keeps results and errors.
+    let m = tmp.path().join("m.toml");
+    let loud = run(imgforge().arg("init").arg(&m));
+    assert!(loud.stderr.contains("Wrote"), "{}", loud.stderr);
+    let quiet = run(imgforge().args(["init", "--force", "-q"]).arg(&m));
+    assert_eq!(quiet.code, 0);
+    assert_eq!(quiet.stderr, "", "{}", quiet.stderr);
+    let r = run(imgforge().args(["-q", "plan"]).arg(&bad));
+    assert!(r.stderr.contains("error:"), "{}", r.stderr);
+}
+
+#[test]
+fn with_json_an_error_is_a_json_document_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    write(
+        &bad,
+        "[image]\nname = \"x\"\nos = \"linux\"\ndistro = \"ubuntu-99.04\"\n",
+    );
+    let r = run(imgforge().args(["plan", "--json"]).arg(&bad));
+    assert_eq!(r.code, 2, "{}", r.all());
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
+    assert_eq!(doc["schema"], 1);
+    assert_eq!(doc["error"]["exit_code"], 2);
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("image.distro"),
+        "{doc:#}"
+    );
+    assert!(
+        doc["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("ubuntu-24.04"),
+        "{doc:#}"
+    );
+    // stderr still says it for a person.
+    assert!(r.stderr.contains("error:"));
+    // Without --json, stdout stays empty.
+    let r = run(imgforge().arg("plan").arg(&bad));
+    assert_eq!(r.stdout, "");
+}
