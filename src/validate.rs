@@ -427,6 +427,78 @@ fn fs_kind(disk: &SharedDisk, start: u64) -> FsKind {
     }
 }
 
+/// A disk image format recognised by its magic, and its `qemu-img -f` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Format {
+    pub name: &'static str,
+    pub qemu: &'static str,
+    pub ext: &'static str,
+}
+
+/// qcow2, VMDK (sparse extent or descriptor), VHDX, VDI, a dynamic or
+/// differencing VHD (its header copy of the footer), or a raw disk (an MBR
+/// or GPT and no footer).
+pub fn detect_format(head: &[u8], footer: Option<&crate::vhd::Footer>) -> Option<Format> {
+    let starts = |m: &[u8]| head.starts_with(m);
+    let f = |name, qemu, ext| Some(Format { name, qemu, ext });
+    if starts(b"QFI\xfb") {
+        f("qcow2 image", "qcow2", "qcow2")
+    } else if starts(b"KDMV") || starts(b"# Disk DescriptorFile") || starts(b"COWD") {
+        f("VMDK image", "vmdk", "vmdk")
+    } else if starts(b"vhdxfile") {
+        f("VHDX image", "vhdx", "vhdx")
+    } else if head.len() >= 0x44 && head[0x40..0x44] == [0x7f, 0x10, 0xda, 0xbe] {
+        f("VirtualBox VDI image", "vdi", "vdi")
+    } else if starts(b"conectix")
+        || footer.is_some_and(|ft| ft.disk_type != crate::vhd::DiskType::Fixed)
+    {
+        f("dynamic (or differencing) VHD", "vpc", "vhd")
+    } else if footer.is_none() && head.len() >= 512 && head[510..512] == [0x55, 0xaa] {
+        f("raw disk", "raw", "raw")
+    } else {
+        None
+    }
+}
+
+/// `qemu-img convert … IN OUT` for `subject` (a local path; a URL is
+/// downloaded first, so it gets placeholder names).
+fn convert_command(subject: &str, format: Option<Format>, has_footer: bool) -> String {
+    // A file with a (faulty) VHD footer is read as a VHD, anything else as raw.
+    let fmt = format.map_or(if has_footer { "vpc" } else { "raw" }, |f| f.qemu);
+    let remote = subject.starts_with("https://") || subject.starts_with("http://");
+    let (input, output) = if remote {
+        (
+            format!("disk.{}", format.map_or("raw", |f| f.ext)),
+            "disk.vhd".to_string(),
+        )
+    } else {
+        let p = std::path::Path::new(subject);
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "disk".into());
+        let name = if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("vhd")) {
+            format!("{stem}-fixed.vhd")
+        } else {
+            format!("{stem}.vhd")
+        };
+        (
+            subject.to_string(),
+            p.with_file_name(name).display().to_string(),
+        )
+    };
+    format!(
+        "{}qemu-img convert -f {fmt} -O vpc -o subformat=fixed,force_size=on {} {}",
+        if remote {
+            "download the blob, then: "
+        } else {
+            ""
+        },
+        crate::render::shell_quote(&input),
+        crate::render::shell_quote(&output)
+    )
+}
+
 /// Validates one image; `subject` names it in the report.
 pub fn validate(
     subject: &str,
@@ -473,6 +545,31 @@ pub fn validate(
     }
     let footer_ok = len >= 512;
     let (parsed, problems) = crate::vhd::check(&footer, if footer_ok { len } else { 0 });
+    // What the file is when it is not a fixed VHD, from its first bytes:
+    // the fix is then one exact qemu-img command with the user's own names.
+    let mut head = [0u8; 512];
+    let head_len = len.min(512) as usize;
+    let format = if !problems.is_empty()
+        && head_len > 0
+        && disk.borrow_mut().read_at(0, &mut head[..head_len]).is_ok()
+    {
+        detect_format(&head[..head_len], parsed.as_ref())
+    } else {
+        None
+    };
+    let convert_hint = convert_command(subject, format, parsed.is_some());
+    if let Some(fmt) = format
+        && fmt.name != "raw disk"
+    {
+        f.push(
+            Finding::fail(
+                "vhd.format",
+                format!("the file is a {}, not a fixed VHD", fmt.name),
+            )
+            .evidence(format!("{subject}: byte 0"))
+            .hint(convert_hint.clone()),
+        );
+    }
     let ids = [
         ("vhd.footer", "the `conectix` footer is present"),
         ("vhd.checksum", "the footer checksum is right"),
@@ -500,8 +597,11 @@ pub fn validate(
                 }
                 f.push(
                     Finding::fail(id, p.to_string())
-                        .evidence(format!("{subject}: footer at byte {}", len.saturating_sub(512)))
-                        .hint("qemu-img convert -f raw -O vpc -o subformat=fixed,force_size=on disk.raw disk.vhd"),
+                        .evidence(format!(
+                            "{subject}: footer at byte {}",
+                            len.saturating_sub(512)
+                        ))
+                        .hint(convert_hint.clone()),
                 );
             }
             None if parsed.is_some() => f.push(Finding::pass(id, ok_message)),

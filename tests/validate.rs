@@ -647,3 +647,82 @@ fn a_file_claiming_a_terabyte_is_read_only_as_far_as_a_check_needs() {
     let read = doc["read"]["bytes"].as_u64().unwrap();
     assert!(read < 80 * 1024 * 1024, "read {read} bytes");
 }
+
+#[test]
+fn other_image_formats_get_the_exact_conversion_command_and_it_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    good_ubuntu_tree(&tree);
+    let good = disk_image(
+        tmp.path(),
+        "good",
+        Layout::Mbr,
+        RootFs::Ext4 {
+            tree: &tree,
+            dirty_journal: false,
+        },
+        0,
+    );
+    for (fmt, opts, name, says) in [
+        ("qcow2", "", "qcow2 image", "-f qcow2"),
+        ("vmdk", "", "VMDK image", "-f vmdk"),
+        ("vhdx", "", "VHDX image", "-f vhdx"),
+        (
+            "vpc",
+            "subformat=dynamic,force_size=on",
+            "dynamic (or differencing) VHD",
+            "-f vpc",
+        ),
+        ("raw", "", "", "-f raw"),
+    ] {
+        let dir = tmp.path().join(format!("as-{fmt}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ext = if fmt == "vpc" { "vhd" } else { fmt };
+        let input = dir.join(format!("my disk.{ext}"));
+        let mut cmd = Command::new("qemu-img");
+        cmd.args(["convert", "-f", "vpc", "-O", fmt]);
+        if !opts.is_empty() {
+            cmd.args(["-o", opts]);
+        }
+        let q = run(cmd.arg(&good).arg(&input));
+        assert_eq!(q.code, 0, "{}", q.all());
+
+        let (r, doc) = validate(input.to_str().unwrap(), &[]);
+        assert_eq!(r.code, 1, "{fmt}: {}", r.all());
+        let findings = doc["findings"].as_array().unwrap();
+        if !name.is_empty() {
+            let format = findings
+                .iter()
+                .find(|f| f["id"] == "vhd.format")
+                .unwrap_or_else(|| panic!("{fmt}: {doc:#}"));
+            assert_eq!(
+                format["message"],
+                format!("the file is a {name}, not a fixed VHD"),
+                "{fmt}"
+            );
+        }
+        // The hint is one command with the user's own (quoted) file names…
+        let hint = findings
+            .iter()
+            .find(|f| f["status"] == "fail")
+            .and_then(|f| f["hint"].as_str())
+            .unwrap()
+            .to_string();
+        let out_name = if fmt == "vpc" {
+            "my disk-fixed.vhd"
+        } else {
+            "my disk.vhd"
+        };
+        let want = format!(
+            "qemu-img convert {says} -O vpc -o subformat=fixed,force_size=on '{}' '{}'",
+            input.display(),
+            dir.join(out_name).display()
+        );
+        assert_eq!(hint, want, "{fmt}");
+        // …and running it gives a VHD that passes.
+        let ran = run(Command::new("sh").arg("-c").arg(&hint));
+        assert_eq!(ran.code, 0, "{hint}: {}", ran.all());
+        let (r, doc) = validate(dir.join(out_name).to_str().unwrap(), &[]);
+        assert_eq!(r.code, 0, "{fmt} converted: {}", failed(&doc).join(", "));
+    }
+}
