@@ -65,10 +65,52 @@ impl From<crate::publish::PublishError> for AppError {
 }
 
 impl AppError {
+    /// The error as the JSON document a `--json` caller gets on stdout:
+    /// `{"schema": 1, "error": {"message", "hint", "exit_code", "problems"?}}`,
+    /// `problems` listing each located manifest problem.
+    pub fn to_json(&self) -> serde_json::Value {
+        let text = crate::redact::redact(&self.to_string());
+        let (message, hint) = match text.split_once("\n  hint: ") {
+            Some((m, h)) => (m.to_string(), Some(h.to_string())),
+            None => (text.clone(), None),
+        };
+        let located = |l: &crate::manifest::Located| {
+            serde_json::json!({
+                "file": l.path, "line": l.line, "column": l.column, "key": l.key,
+                "message": crate::redact::redact(&l.message),
+                "hint": l.hint.as_deref().map(crate::redact::redact),
+            })
+        };
+        let problems: Option<Vec<serde_json::Value>> = match self {
+            AppError::Manifest(ManifestError::Invalid(l)) => Some(vec![located(l)]),
+            AppError::Manifest(ManifestError::Several(ls)) => {
+                Some(ls.iter().map(located).collect())
+            }
+            _ => None,
+        };
+        let mut error = serde_json::json!({
+            "message": problems.as_ref().and_then(|p| p.first()).map_or(message, |first| {
+                if problems.as_ref().is_some_and(|p| p.len() > 1) {
+                    format!("{} problems in the manifest", problems.as_ref().map_or(0, Vec::len))
+                } else {
+                    first["message"].as_str().unwrap_or_default().to_string()
+                }
+            }),
+            "hint": hint,
+            "exit_code": self.exit_code(),
+        });
+        if let Some(p) = problems {
+            error["problems"] = p.into();
+        }
+        serde_json::json!({"schema": 1, "error": error})
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             AppError::Manifest(ManifestError::Read { .. }) => exit::BAD_INPUT,
-            AppError::Manifest(ManifestError::Invalid(_)) => exit::BAD_INPUT,
+            AppError::Manifest(ManifestError::Invalid(_) | ManifestError::Several(_)) => {
+                exit::BAD_INPUT
+            }
             AppError::Template(TemplateError::Export { .. }) => exit::IO,
             AppError::Template(_) => exit::BAD_INPUT,
             AppError::Render(RenderError::Write { .. }) => exit::IO,

@@ -12,17 +12,9 @@ fn main() {
             let message = redact::redact(&e.to_string());
             if json && !commands::JSON_SENT.load(std::sync::atomic::Ordering::Relaxed) {
                 // A pipeline that asked for JSON gets JSON on stdout, failure included.
-                let (text, hint) = match message.split_once("\n  hint: ") {
-                    Some((m, h)) => (m.to_string(), Some(h.to_string())),
-                    None => (message.clone(), None),
-                };
-                let doc = serde_json::json!({
-                    "schema": 1,
-                    "error": {"message": text, "hint": hint, "exit_code": e.exit_code()},
-                });
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&doc).expect("serializable")
+                    serde_json::to_string_pretty(&e.to_json()).expect("serializable")
                 );
             }
             term::error(&message);

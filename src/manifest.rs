@@ -21,6 +21,30 @@ pub enum ManifestError {
     },
     #[error("{0}")]
     Invalid(Box<Located>),
+    /// More than one problem, each located, in file order.
+    #[error("{}\n{} problems in {}", .0.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\nerror: "), .0.len(), .0[0].path.display())]
+    Several(Vec<Located>),
+}
+
+impl ManifestError {
+    /// One error, or several in file order; `errors` must not be empty.
+    fn from_many(errors: Vec<ManifestError>) -> ManifestError {
+        let mut located: Vec<Located> = Vec::new();
+        for e in errors {
+            match e {
+                ManifestError::Invalid(l) => located.push(*l),
+                ManifestError::Several(ls) => located.extend(ls),
+                read @ ManifestError::Read { .. } => return read,
+            }
+        }
+        located.sort_by_key(|l| (l.line, l.column));
+        located.dedup_by(|a, b| a.line == b.line && a.key == b.key && a.message == b.message);
+        if located.len() == 1 {
+            ManifestError::Invalid(Box::new(located.remove(0)))
+        } else {
+            ManifestError::Several(located)
+        }
+    }
 }
 
 /// An error with a place in the manifest.
@@ -337,10 +361,7 @@ impl Manifest {
     }
 
     pub fn parse(path: &Path, source: String) -> Result<Manifest, ManifestError> {
-        let raw: RawManifest = match toml::from_str(&source) {
-            Ok(raw) => raw,
-            Err(e) => return Err(syntax_error(path, &source, &e)),
-        };
+        let raw = deserialize(path, &source)?;
         let checker = Checker {
             path,
             source: &source,
@@ -354,6 +375,127 @@ impl Manifest {
             source,
         })
     }
+}
+
+/// The manifest's sections, with every type error reported, not only the
+/// first: serde stops at the first, so the offending line is blanked (line
+/// numbers stay) and the document read again, up to 32 times. A blanked line
+/// that breaks the TOML (a value over several lines) or a "missing field" for
+/// a key already reported ends the search: those would be echoes, not news.
+fn deserialize(path: &Path, source: &str) -> Result<RawManifest, ManifestError> {
+    let mut text = source.to_string();
+    let mut errors: Vec<ManifestError> = Vec::new();
+    let mut reported: Vec<String> = Vec::new();
+    for _ in 0..32 {
+        let e = match toml::from_str::<RawManifest>(&text) {
+            Ok(raw) if errors.is_empty() => return Ok(raw),
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        let syntax = toml::de::DeTable::parse(&text).is_err();
+        if syntax && !errors.is_empty() {
+            break;
+        }
+        let err = syntax_error(path, &text, &e);
+        let ManifestError::Invalid(located) = &err else {
+            break;
+        };
+        let echo = reported.iter().any(|k| {
+            e.message().contains(&format!(
+                "missing field `{}`",
+                k.rsplit('.').next().unwrap_or(k)
+            ))
+        });
+        if echo {
+            break;
+        }
+        let line = located.line;
+        reported.push(located.key.clone());
+        errors.push(err);
+        if syntax || e.span().is_none() || e.message().contains("missing field") {
+            break;
+        }
+        // Blank the offending line, keeping every line number.
+        text = text
+            .split_inclusive('\n')
+            .enumerate()
+            .map(|(i, l)| {
+                if i + 1 == line {
+                    if l.ends_with('\n') { "\n" } else { "" }
+                } else {
+                    l
+                }
+            })
+            .collect();
+    }
+    Err(ManifestError::from_many(errors))
+}
+
+/// serde's wording ("invalid type: string \"10\", expected u32") in words a
+/// manifest's author uses.
+fn plain_words(message: &str) -> String {
+    let expected = |t: &str| -> Option<&'static str> {
+        Some(match t {
+            "u8" => "a whole number from 0 to 255",
+            "u16" => "a whole number from 0 to 65535",
+            "u32" => "a whole number from 0 to 4294967295",
+            "u64" | "usize" => "a whole number, 0 or more",
+            "i32" | "i64" => "a whole number",
+            "a boolean" => "true or false (without quotes)",
+            "a string" => "text in double quotes",
+            "a sequence" => "a list in brackets, e.g. [\"a\", \"b\"]",
+            "f32" | "f64" => "a number",
+            _ if t.starts_with("struct ") || t == "a map" => {
+                "a table (a [section] or { key = value })"
+            }
+            _ => return None,
+        })
+    };
+    let got = |g: &str| -> String {
+        // `string "10"` → `the text "10"`; `integer `-1`` → `-1`.
+        if let Some(v) = g.strip_prefix("string ") {
+            format!("the text {v}")
+        } else if let Some(v) = g
+            .strip_prefix("integer ")
+            .or_else(|| g.strip_prefix("float "))
+        {
+            v.trim_matches('`').to_string()
+        } else if let Some(v) = g.strip_prefix("boolean ") {
+            v.trim_matches('`').to_string()
+        } else {
+            g.to_string()
+        }
+    };
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix)
+            && let Some((found, want)) = rest.rsplit_once(", expected ")
+            && let Some(words) = expected(want.trim())
+        {
+            return format!("is {}; write {words}", got(found));
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ")
+        && let Some((found, want)) = rest.split_once(", expected ")
+    {
+        let options = want
+            .trim_start_matches("one of ")
+            .replace('`', "\"")
+            .replace(" or ", ", ");
+        return format!("{} is not one of: {options}", found.replace('`', "\""));
+    }
+    if let Some(rest) = message.strip_prefix("unknown field ")
+        && let Some((found, want)) = rest.split_once(", expected ")
+    {
+        let keys = want.trim_start_matches("one of ").replace('`', "");
+        return format!(
+            "{} is not a key here; the keys here are: {keys}",
+            found.replace('`', "\"")
+        );
+    }
+    if let Some(field) = message.strip_prefix("missing field ") {
+        return format!("the key {} is required here", field.replace('`', "\""));
+    }
+    message.to_string()
 }
 
 fn syntax_error(path: &Path, source: &str, e: &toml::de::Error) -> ManifestError {
@@ -389,7 +531,7 @@ fn syntax_error(path: &Path, source: &str, e: &toml::de::Error) -> ManifestError
         line,
         column,
         key,
-        message,
+        message: plain_words(&message),
         hint,
     }))
 }
@@ -480,17 +622,35 @@ impl Checker<'_> {
         }))
     }
 
+    /// Every section is checked, each reporting its first problem, so one run
+    /// names the problems of all sections; checks that need the distro run
+    /// only when it is known.
     fn check(&self, m: &RawManifest) -> Check<(&'static Distro, Vec<PathBuf>)> {
-        self.name(&m.image.name)?;
+        let mut errors: Vec<ManifestError> = Vec::new();
+        let mut keep = |r: Check<()>| {
+            if let Err(e) = r {
+                errors.push(e);
+            }
+        };
+        keep(self.name(&m.image.name));
         let distro = catalog::distro(&m.image.distro).ok_or_else(|| {
             self.fail(
                 "image.distro",
                 format!("unknown distro `{}`", m.image.distro),
                 format!("known distros: {}", catalog::distro_keys().join(", ")),
             )
-        })?;
-        if distro.os != m.image.os {
-            return Err(self.fail(
+        });
+        let distro = match distro {
+            Ok(d) => Some(d),
+            Err(e) => {
+                keep(Err(e));
+                None
+            }
+        };
+        if let Some(distro) = distro
+            && distro.os != m.image.os
+        {
+            keep(Err(self.fail(
                 "image.os",
                 format!(
                     "`{}` contradicts distro `{}`, which is {}",
@@ -499,7 +659,7 @@ impl Checker<'_> {
                     os_name(distro.os)
                 ),
                 format!("set os = \"{}\"", os_name(distro.os)),
-            ));
+            )));
         }
         if let Some(agent) = &m.image.node_agent {
             let ok = agent.starts_with("batch.node.")
@@ -507,32 +667,45 @@ impl Checker<'_> {
                 && agent
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || " ._-".contains(c));
-            self.require(
+            keep(self.require(
                 ok,
                 "image.node_agent",
                 agent,
                 "a Batch node agent SKU id",
                 "e.g. \"batch.node.ubuntu 22.04\"; `imgforge skus` lists the known ones",
-            )?;
+            ));
         }
-        self.build(&m.build)?;
-        if m.build.builder == Builder::Local {
-            self.local_build(&m.build, distro)?;
+        keep(self.build(&m.build));
+        if let Some(distro) = distro {
+            if m.build.builder == Builder::Local {
+                keep(self.local_build(&m.build, distro));
+            }
+            keep(self.features(m, distro));
         }
-        self.features(m, distro)?;
-        self.firewall(&m.firewall)?;
-        self.provision_packages(&m.provision.packages)?;
-        let scripts = self.provision_scripts(&m.provision.scripts)?;
-        if distro.os == Os::Windows && (!m.provision.packages.is_empty() || !scripts.is_empty()) {
-            return Err(self.fail(
+        keep(self.firewall(&m.firewall));
+        keep(self.provision_packages(&m.provision.packages));
+        let scripts = match self.provision_scripts(&m.provision.scripts) {
+            Ok(s) => s,
+            Err(e) => {
+                keep(Err(e));
+                Vec::new()
+            }
+        };
+        if distro.is_some_and(|d| d.os == Os::Windows)
+            && (!m.provision.packages.is_empty() || !m.provision.scripts.is_empty())
+        {
+            keep(Err(self.fail(
                 "provision",
                 "extra packages and user scripts are Linux-only",
                 "remove [provision] from a Windows manifest",
-            ));
+            )));
         }
-        self.replicate(&m.replicate)?;
-        self.batch_region(m)?;
-        Ok((distro, scripts))
+        keep(self.replicate(&m.replicate));
+        keep(self.batch_region(m));
+        match distro {
+            Some(d) if errors.is_empty() => Ok((d, scripts)),
+            _ => Err(ManifestError::from_many(errors)),
+        }
     }
 
     fn name(&self, name: &str) -> Check<()> {
@@ -1157,6 +1330,36 @@ fn printable(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn serde_wording_becomes_words() {
+        let w = super::plain_words;
+        assert_eq!(
+            w("invalid type: string \"10\", expected u32"),
+            "is the text \"10\"; write a whole number from 0 to 4294967295"
+        );
+        assert_eq!(
+            w("invalid value: integer `70000`, expected u16"),
+            "is 70000; write a whole number from 0 to 65535"
+        );
+        assert_eq!(
+            w("invalid type: string \"yes\", expected a boolean"),
+            "is the text \"yes\"; write true or false (without quotes)"
+        );
+        assert_eq!(
+            w("unknown variant `lin`, expected `linux` or `windows`"),
+            "\"lin\" is not one of: \"linux\", \"windows\""
+        );
+        assert_eq!(
+            w("missing field `distro`"),
+            "the key \"distro\" is required here"
+        );
+        // Anything else is kept as it is.
+        assert_eq!(
+            w("invalid type: map, expected something odd"),
+            "invalid type: map, expected something odd"
+        );
+    }
+
     use super::*;
 
     const GOOD: &str = r#"

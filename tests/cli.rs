@@ -363,20 +363,19 @@ fn with_json_an_error_is_a_json_document_too() {
     let doc: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
     assert_eq!(doc["schema"], 1);
     assert_eq!(doc["error"]["exit_code"], 2);
+    // Each located problem, as data: the unknown distro and the missing location.
+    let problems = doc["error"]["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 2, "{doc:#}");
+    let distro = problems
+        .iter()
+        .find(|p| p["key"] == "image.distro")
+        .unwrap();
+    assert_eq!(distro["line"], 4);
     assert!(
-        doc["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("image.distro"),
+        distro["hint"].as_str().unwrap().contains("ubuntu-24.04"),
         "{doc:#}"
     );
-    assert!(
-        doc["error"]["hint"]
-            .as_str()
-            .unwrap()
-            .contains("ubuntu-24.04"),
-        "{doc:#}"
-    );
+    assert_eq!(doc["error"]["message"], "2 problems in the manifest");
     // stderr still says it for a person.
     assert!(r.stderr.contains("error:"));
     // Without --json, stdout stays empty.

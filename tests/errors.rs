@@ -37,7 +37,11 @@ fn cases() -> Vec<Case> {
         Case {
             what: "wrong type",
             manifest: format!("{MINIMAL}\n[pool]\ndedicated = \"ten\"\n"),
-            expect: &["m.toml:14:13", "dedicated", "u32"],
+            expect: &[
+                "m.toml:14:13",
+                "dedicated",
+                "is the text \"ten\"; write a whole number from 0 to 4294967295",
+            ],
         },
         Case {
             what: "unknown distro",
@@ -384,4 +388,57 @@ fn a_retired_node_agent_is_named_by_plan_and_build_needs_allow_retired() {
         .arg("--out")
         .arg(tmp.path().join("dry")));
     assert_eq!(r.code, 0, "{}", r.all());
+}
+
+#[test]
+fn every_problem_of_a_manifest_is_reported_in_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Type errors in four sections: serde alone would stop at the first.
+    let typed = tmp.path().join("typed.toml");
+    write(
+        &typed,
+        "[image]\nname = \"x\"\nos = \"linux\"\ndistro = \"ubuntu-24.04\"\n\n[build]\nlocation = \"westus2\"\n\n[features]\nnfs = \"yes\"\n\n[firewall]\ninbound_tcp = [70000]\n\n[pool]\ndedicated = \"10\"\nlow_priority = -3\n",
+    );
+    let r = run(imgforge().arg("plan").arg(&typed));
+    assert_eq!(r.code, 2, "{}", r.all());
+    for want in [
+        "typed.toml:10:7: features.nfs: is the text \"yes\"; write true or false (without quotes)",
+        "typed.toml:13:16: firewall.inbound_tcp: is 70000; write a whole number from 0 to 65535",
+        "typed.toml:16:13: pool.dedicated: is the text \"10\"; write a whole number from 0 to 4294967295",
+        "typed.toml:17:16: pool.low_priority: is -3; write a whole number from 0 to 4294967295",
+        "4 problems in",
+    ] {
+        assert!(r.stderr.contains(want), "{want}:\n{}", r.stderr);
+    }
+    // Rule violations in several sections, in file order, each with its fix.
+    let rules = tmp.path().join("rules.toml");
+    write(
+        &rules,
+        "[image]\nname = \"Bad Name\"\nos = \"linux\"\ndistro = \"ubuntu-24.04\"\n\n[build]\nlocation = \"westus2\"\n\n[firewall]\ninbound_tcp = [22]\n\n[provision]\npackages = [\"htop; rm -rf /\"]\n",
+    );
+    let r = run(imgforge().arg("plan").arg(&rules));
+    assert_eq!(r.code, 2, "{}", r.all());
+    let located: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(located.len(), 3, "{}", r.stderr);
+    assert!(
+        located[0].contains("rules.toml:2:8: image.name"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        located[1].contains("rules.toml:6:1: build: target = \"vhd\" needs build.resource_group"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        located[2].contains("rules.toml:13:13: provision.packages.0"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stderr.matches("hint:").count(), 3, "{}", r.stderr);
+    assert!(r.stderr.contains("3 problems in"), "{}", r.stderr);
 }
