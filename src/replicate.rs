@@ -461,8 +461,9 @@ pub async fn replicate(
     if !opts.show_progress || crate::term::quiet() {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    // Phase, bar (as wide as the terminal allows), bytes, rate, elapsed, time left.
     let style = indicatif::ProgressStyle::with_template(
-        "{prefix:>24} [{bar:30}] {bytes}/{total_bytes} {msg}",
+        "{prefix:>24} {msg:<13} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} {elapsed} eta {eta}",
     )
     .expect("valid template")
     .progress_chars("=> ");
@@ -522,10 +523,16 @@ pub async fn replicate(
             if d.skip {
                 bar.set_position(valid_bytes);
                 bar.finish_with_message("already verified");
+            } else {
+                bar.set_message("copy");
             }
             bar
         })
         .collect();
+    // Off a terminal the bars are not drawn: a line per destination every
+    // IMGFORGE_PROGRESS_INTERVAL_MS (default 10 s) keeps a CI log informed.
+    let ticker = (opts.show_progress && !crate::term::quiet() && !progress_visible())
+        .then(|| spawn_progress_lines(&bars, valid_bytes));
 
     let mut src_md5: Vec<Option<[u8; 16]>> = vec![None; chunks.len()];
     let work: Vec<usize> = (0..dests.len()).filter(|&i| !dests[i].skip).collect();
@@ -556,7 +563,9 @@ pub async fn replicate(
     // Verify every copy that was written in this run, then mark it complete.
     for &i in &work {
         bars[i].set_position(0);
-        bars[i].set_message("verifying");
+        bars[i].reset_elapsed();
+        bars[i].reset_eta();
+        bars[i].set_message("verify");
         verify(&ctx, &mut src_md5, &dests[i].blob, &bars[i]).await?;
         let mut meta = unverified_metadata(&info);
         meta.insert(META_VERIFIED.into(), "true".into());
@@ -566,7 +575,19 @@ pub async fn replicate(
         );
         storage.set_metadata(&dests[i].blob, &meta).await?;
         bars[i].finish_with_message("verified");
+        if ticker.is_some() {
+            crate::term::status(
+                "Verified",
+                &format!(
+                    "{}: {} copied and read back in {:.1} s",
+                    dests[i].blob.url(),
+                    indicatif::HumanBytes(valid_bytes),
+                    clock.elapsed().as_secs_f64()
+                ),
+            );
+        }
     }
+    drop(ticker);
 
     let c = &storage.counters;
     Ok(Report {
@@ -593,6 +614,59 @@ pub async fn replicate(
     })
 }
 
+/// Whether the progress bars are drawn (stderr is a terminal).
+fn progress_visible() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+/// The periodic progress lines' task; stops when dropped (also on an error).
+struct Ticker(tokio::task::JoinHandle<()>);
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Every `IMGFORGE_PROGRESS_INTERVAL_MS` (default 10 000), one line per
+/// unfinished destination: phase, bytes, percent, rate, elapsed, time left.
+fn spawn_progress_lines(bars: &[indicatif::ProgressBar], valid: u64) -> Ticker {
+    let bars = bars.to_vec();
+    let every = std::env::var("IMGFORGE_PROGRESS_INTERVAL_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(10_000)
+        .max(50);
+    Ticker(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(every)).await;
+            for b in bars.iter().filter(|b| !b.is_finished()) {
+                let total = b.length().unwrap_or(valid).max(1);
+                let pos = b.position();
+                let left = if pos == 0 {
+                    "time left not known yet".to_string()
+                } else {
+                    format!("about {} s left", b.eta().as_secs())
+                };
+                crate::term::status(
+                    "Progress",
+                    &format!(
+                        "{} {}: {}/{} ({} %), {}/s, {:.1} s elapsed, {left}",
+                        b.prefix(),
+                        b.message(),
+                        indicatif::HumanBytes(pos),
+                        indicatif::HumanBytes(total),
+                        pos * 100 / total,
+                        indicatif::HumanBytes(b.per_sec() as u64),
+                        b.elapsed().as_secs_f64(),
+                    ),
+                );
+            }
+        }
+    }))
+}
+
 fn unverified_metadata(info: &SourceInfo) -> BTreeMap<String, String> {
     BTreeMap::from([
         (META_SOURCE.to_string(), info.identity.clone()),
@@ -610,6 +684,9 @@ async fn server_side_copy(
     bars: &[indicatif::ProgressBar],
 ) -> Result<Vec<usize>, ReplicateError> {
     let (storage, chunks, info) = (ctx.storage, ctx.chunks, ctx.info);
+    for &i in work {
+        bars[i].set_message("server copy?");
+    }
     // Put Page From URL: probe with the first chunk of the first destination.
     let probe = storage
         .put_page_from_url(&dests[work[0]].blob, chunks[0].clone(), sas_url)
@@ -635,6 +712,9 @@ async fn server_side_copy(
     // Not implemented here (Azurite answers 501), or the service cannot read
     // the source: fall back to asynchronous Copy Blob, all destinations at
     // once, polled together.
+    for &i in work {
+        bars[i].set_message("copy blob?");
+    }
     let mut remaining = Vec::new();
     let mut pending = Vec::new();
     for &i in work {

@@ -613,3 +613,94 @@ fn without_keys_the_service_principal_signs_in_to_storage_with_entra_id() {
     );
     assert!(!r.all().contains("wrong-secret-4d1f"), "{}", r.all());
 }
+
+#[test]
+fn off_a_terminal_a_copy_prints_progress_lines_at_a_steady_interval() {
+    let az = Azurite::start(&["rep1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    // 24 MiB of data: long enough for several 100 ms intervals on Azurite.
+    let vhd = sparse_vhd(tmp.path(), "disk", 64, &[(0, 24 * MIB as usize)]);
+    let r = run(imgforge_for(&az)
+        .env("IMGFORGE_PROGRESS_INTERVAL_MS", "100")
+        .args(["upload", "--to", "rep1"])
+        .arg(&vhd));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let lines: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.trim_start().starts_with("Progress rep1"))
+        .collect();
+    assert!(lines.len() >= 2, "{}", r.stderr);
+    // Phase, bytes, percent, rate, elapsed and time left in each line; both phases seen.
+    for l in &lines {
+        assert!(
+            l.contains(" %), ")
+                && l.contains("/s, ")
+                && l.contains(" s elapsed, ")
+                && l.contains(" left"),
+            "{l}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("rep1 copy:")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("rep1 verify:")),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("Verified"), "{}", r.stderr);
+    // No terminal control characters in a log.
+    assert!(
+        !r.stderr.contains('\x1b') && !r.stderr.contains('\r'),
+        "{:?}",
+        r.stderr
+    );
+    // --json and --quiet print none.
+    let quiet = run(imgforge_for(&az)
+        .env("IMGFORGE_PROGRESS_INTERVAL_MS", "100")
+        .args(["upload", "--quiet", "--to", "rep1", "--name", "q.vhd"])
+        .arg(&vhd));
+    assert_eq!(quiet.code, 0, "{}", quiet.all());
+    assert!(!quiet.stderr.contains("Progress"), "{}", quiet.stderr);
+}
+
+#[test]
+fn on_a_terminal_the_bars_show_phase_rate_and_time_left() {
+    // A real pseudo-terminal (util-linux `script`), as a person sees it.
+    let az = Azurite::start(&["rep1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 64, &[(0, 24 * MIB as usize)]);
+    let inner = format!(
+        "{} upload --to rep1 {}",
+        env!("CARGO_BIN_EXE_imgforge"),
+        vhd.display()
+    );
+    let typescript = tmp.path().join("typescript");
+    let mut cmd = imgforge_for(&az);
+    let cmd = cmd
+        .env("COLUMNS", "120")
+        .env("IMGFORGE_PROGRESS_INTERVAL_MS", "100");
+    // `script` runs the command on a new terminal and records what it drew.
+    let r = run(std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &inner])
+        .arg(&typescript)
+        .envs(cmd.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .env_remove("NO_COLOR"));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let drawn = std::fs::read_to_string(&typescript).unwrap();
+    // Bars redraw in place and carry phase, bytes, rate and time left…
+    assert!(drawn.contains('\r') || drawn.contains("\x1b["), "{drawn:?}");
+    assert!(
+        drawn.contains("verify") && drawn.contains("/24.00 MiB"),
+        "{drawn:?}"
+    );
+    assert!(
+        drawn.contains("MiB/s") && drawn.contains(" eta "),
+        "{drawn:?}"
+    );
+    // …and the log lines meant for pipes are not printed there.
+    assert!(!drawn.contains("Progress rep1"), "{drawn:?}");
+}
