@@ -159,10 +159,7 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
             replicate: !args.no_replicate,
             validate: !args.no_validate,
             boot_check: !args.no_boot_check,
-            blob_endpoint: args
-                .blob_endpoint
-                .clone()
-                .unwrap_or_else(|| crate::storage::DEFAULT_ENDPOINT.into()),
+            blob_endpoint: crate::storage::endpoint_template(args.blob_endpoint.as_deref())?,
             parallel: args.parallel,
             show_progress: !args.json,
             publish: !args.no_publish,
@@ -839,7 +836,7 @@ fn print_replication(
 
 fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
     use crate::replicate::{self, Source};
-    use crate::storage::{BlobRef, DEFAULT_ENDPOINT};
+    use crate::storage::BlobRef;
     let manifest = args.manifest.as_deref().map(Manifest::load).transpose()?;
     let plan = manifest.as_ref().map(Plan::new);
     let source = BlobRef::parse(&args.source).map_err(crate::replicate::ReplicateError::from)?;
@@ -873,11 +870,7 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
             .unwrap_or(&source.blob)
             .to_string()
     });
-    let template = args
-        .storage
-        .blob_endpoint
-        .clone()
-        .unwrap_or_else(|| DEFAULT_ENDPOINT.into());
+    let template = crate::storage::endpoint_template(args.storage.blob_endpoint.as_deref())?;
     let destinations: Vec<BlobRef> = accounts
         .iter()
         .map(|a| BlobRef::at(&template, a, &container, &name))
@@ -1039,7 +1032,7 @@ fn stop_on_interrupt() -> (
 
 fn upload(args: UploadArgs) -> Result<i32, AppError> {
     use crate::replicate::{self, ReplicateError, Source};
-    use crate::storage::{BlobRef, DEFAULT_ENDPOINT};
+    use crate::storage::BlobRef;
     let file = std::fs::metadata(&args.file)
         .and_then(|m| crate::fsutil::check_regular(&m))
         .and_then(|_| std::fs::File::open(&args.file))
@@ -1053,11 +1046,7 @@ fn upload(args: UploadArgs) -> Result<i32, AppError> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "image.vhd".into())
     });
-    let template = args
-        .storage
-        .blob_endpoint
-        .clone()
-        .unwrap_or_else(|| DEFAULT_ENDPOINT.into());
+    let template = crate::storage::endpoint_template(args.storage.blob_endpoint.as_deref())?;
     let dest = BlobRef::at(&template, &args.to, &args.container, &name);
     let rt = runtime()?;
     check_region(
@@ -1150,10 +1139,7 @@ fn publish(args: crate::cli::PublishArgs) -> Result<i32, AppError> {
         publish,
         source,
         &Options {
-            blob_endpoint: args
-                .blob_endpoint
-                .clone()
-                .unwrap_or_else(|| crate::storage::DEFAULT_ENDPOINT.into()),
+            blob_endpoint: crate::storage::endpoint_template(args.blob_endpoint.as_deref())?,
             parallel: args.parallel,
             show_progress: !args.json,
             cancel,

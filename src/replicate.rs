@@ -99,7 +99,9 @@ impl ReplicateError {
             ReplicateError::NotEnoughAccounts { .. } | ReplicateError::LocalVhd { .. } => {
                 exit::BAD_INPUT
             }
-            ReplicateError::Storage(StorageError::BadUrl { .. }) => exit::BAD_INPUT,
+            ReplicateError::Storage(StorageError::BadUrl { .. } | StorageError::Setup { .. }) => {
+                exit::BAD_INPUT
+            }
             ReplicateError::Read { .. } => exit::BAD_INPUT,
             ReplicateError::Misplaced { .. } | ReplicateError::RegionSettings { .. } => {
                 exit::BAD_INPUT
@@ -468,6 +470,10 @@ pub async fn replicate(
     .expect("valid template")
     .progress_chars("=> ");
 
+    // Every destination must be writable before a byte moves.
+    for blob in &destinations {
+        storage.require_write_credentials(&blob.account)?;
+    }
     // Prepare every destination before moving a byte.
     let mut dests = Vec::new();
     for blob in destinations {

@@ -56,6 +56,9 @@ pub enum StorageError {
     },
     #[error("{account}: cannot get an Entra ID token for Azure Storage: {message}")]
     Token { account: String, message: String },
+    /// Settings that cannot work, found before any request.
+    #[error("{message}\n  hint: {hint}")]
+    Setup { message: String, hint: String },
     #[error("{account}/{path}: unexpected response to {op}: {message}")]
     Protocol {
         op: &'static str,
@@ -173,6 +176,30 @@ impl BlobRef {
     }
 }
 
+/// `--blob-endpoint` / `IMGFORGE_BLOB_ENDPOINT`, else Azure's; a template
+/// must name `{account}` (without it every account would be the same URL).
+pub fn endpoint_template(given: Option<&str>) -> Result<String, StorageError> {
+    let Some(t) = given.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(DEFAULT_ENDPOINT.to_string());
+    };
+    if !t.contains("{account}") {
+        return Err(StorageError::Setup {
+            message: format!("the blob endpoint template `{t}` does not contain `{{account}}`"),
+            hint:
+                "write where the account name goes, e.g. https://{account}.blob.core.windows.net \
+                   or http://127.0.0.1:10000/{account} (Azurite)"
+                    .into(),
+        });
+    }
+    if !(t.starts_with("https://") || t.starts_with("http://")) {
+        return Err(StorageError::Setup {
+            message: format!("the blob endpoint template `{t}` is not an http(s) URL"),
+            hint: "e.g. https://{account}.blob.core.windows.net".into(),
+        });
+    }
+    Ok(t.to_string())
+}
+
 pub fn endpoint(template: &str, account: &str) -> String {
     template
         .replace("{account}", account)
@@ -281,10 +308,10 @@ impl Storage {
         let mut auths = BTreeMap::new();
         let mut token: Option<Secret> = None;
         for account in accounts {
-            let key = keys
-                .get(account)
-                .cloned()
-                .or_else(|| account_key(account, accounts.len()));
+            let key = match keys.get(account) {
+                Some(k) => Some(k.clone()),
+                None => account_key(account, accounts.len())?,
+            };
             let auth = match key {
                 Some(key) => Auth::Key(key),
                 None if sas_accounts.contains(account) => Auth::Anonymous,
@@ -308,6 +335,24 @@ impl Storage {
             counters: Arc::new(Counters::default()),
             attempts: 6,
         })
+    }
+
+    /// Writing to `account` needs a key or a token; without either every
+    /// request would be refused (anonymous access only ever reads).
+    pub fn require_write_credentials(&self, account: &str) -> Result<(), StorageError> {
+        if matches!(self.auth(account), Auth::Anonymous) {
+            return Err(StorageError::Setup {
+                message: format!(
+                    "no credentials for storage account `{account}`, which is written to"
+                ),
+                hint: format!(
+                    "set IMGFORGE_STORAGE_KEY_{} to its key, or ARM_TENANT_ID, ARM_CLIENT_ID and \
+                     ARM_CLIENT_SECRET for a service principal with Storage Blob Data Contributor",
+                    account.to_ascii_uppercase()
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn auth(&self, account: &str) -> Auth {
@@ -903,18 +948,32 @@ fn status_hint(status: u16, account: &str) -> String {
     }
 }
 
-fn account_key(account: &str, accounts: usize) -> Option<Vec<u8>> {
+/// `IMGFORGE_STORAGE_KEY_<ACCOUNT>`, else `AZURE_STORAGE_KEY` when only one
+/// account is involved; a value that is not base64 is an error naming the
+/// variable, never a silent fall-back to other credentials.
+fn account_key(account: &str, accounts: usize) -> Result<Option<Vec<u8>>, StorageError> {
     let var = format!("IMGFORGE_STORAGE_KEY_{}", account.to_ascii_uppercase());
-    let value = std::env::var(&var)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .or_else(|| {
-            (accounts == 1)
-                .then(|| std::env::var("AZURE_STORAGE_KEY").ok())
-                .flatten()
-                .filter(|v| !v.is_empty())
-        })?;
-    B64.decode(value.trim()).ok()
+    let named = std::env::var(&var).ok().filter(|v| !v.is_empty());
+    let (var, value) = match named {
+        Some(v) => (var, v),
+        None => match (accounts == 1)
+            .then(|| std::env::var("AZURE_STORAGE_KEY").ok())
+            .flatten()
+            .filter(|v| !v.is_empty())
+        {
+            Some(v) => ("AZURE_STORAGE_KEY".to_string(), v),
+            None => return Ok(None),
+        },
+    };
+    match B64.decode(value.trim()) {
+        Ok(k) if !k.is_empty() => Ok(Some(k)),
+        _ => Err(StorageError::Setup {
+            message: format!("{var} (the key of storage account `{account}`) is not base64"),
+            hint: "copy key1 or key2 from the account's Access keys (`az storage account keys \
+                   list -n ACCOUNT --query [0].value -o tsv`)"
+                .into(),
+        }),
+    }
 }
 
 async fn fetch_token(

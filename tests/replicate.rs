@@ -704,3 +704,66 @@ fn on_a_terminal_the_bars_show_phase_rate_and_time_left() {
     // …and the log lines meant for pipes are not printed there.
     assert!(!drawn.contains("Progress rep1"), "{drawn:?}");
 }
+
+#[test]
+fn storage_settings_that_cannot_work_are_named_before_any_request() {
+    let az = Azurite::start(&["rep1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 4, &[(0, 4096)]);
+    // The endpoint is a closed port: any request would fail as a transport
+    // error, so each message below proves nothing was sent first.
+    let nowhere = "http://127.0.0.1:9/{account}";
+    // A key that is not base64: named, not silently replaced by other credentials.
+    let r = run(imgforge_for(&az)
+        .env("IMGFORGE_STORAGE_KEY_REP1", "not base64!")
+        .env("IMGFORGE_BLOB_ENDPOINT", nowhere)
+        .args(["upload", "--to", "rep1"])
+        .arg(&vhd));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains(
+            "IMGFORGE_STORAGE_KEY_REP1 (the key of storage account `rep1`) is not base64"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !r.all().contains("not base64!"),
+        "the value is never printed"
+    );
+    // No key and no service principal for an account that is written to.
+    let r = run(imgforge_for(&az)
+        .env_remove("IMGFORGE_STORAGE_KEY_REP1")
+        .env_remove("AZURE_STORAGE_KEY")
+        .env("IMGFORGE_BLOB_ENDPOINT", nowhere)
+        .args(["upload", "--to", "rep1"])
+        .arg(&vhd));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("no credentials for storage account `rep1`"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("IMGFORGE_STORAGE_KEY_REP1"),
+        "{}",
+        r.stderr
+    );
+    // An endpoint template without {account}.
+    let r = run(imgforge_for(&az)
+        .args([
+            "upload",
+            "--to",
+            "rep1",
+            "--blob-endpoint",
+            "http://127.0.0.1:10000/devstoreaccount1",
+        ])
+        .arg(&vhd));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("does not contain `{account}`"),
+        "{}",
+        r.stderr
+    );
+}
