@@ -642,6 +642,22 @@ fn online_blob_check_asks_the_storage_service() {
     let bad = check(&config(&[&present, &missing]));
     assert_eq!(bad["status"], "fail", "{bad}");
     says(&bad, "message", "acct2/images/gpu.vhd does not exist");
+    says(&bad, "hint", "replicate");
+
+    // A storage service that cannot be reached: the cause, and no advice to
+    // replicate again (nothing is known about the blob).
+    let unreachable = "http://127.0.0.1:9/acct1/images/gpu.vhd";
+    let mut cmd = imgforge();
+    cmd.args(["pool", "check", "--online", "--json"])
+        .arg(config(&[unreachable]));
+    let r = run(az.env(&mut cmd));
+    assert_eq!(r.code, 1, "{}", r.all());
+    let f = finding(&r, "pool.online.blobs");
+    assert_eq!(f["status"], "fail", "{f}");
+    says(&f, "message", "could not ask the storage service about");
+    says(&f, "message", "Connection refused");
+    assert!(!f["hint"].as_str().unwrap().contains("replicate"), "{f}");
+    says(&f, "hint", "check the network");
 }
 
 /// Batch Shipyard's credentials file from tests/fixtures/shipyard, pointed at

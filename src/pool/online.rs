@@ -599,7 +599,19 @@ async fn check_blobs(
                 problems.push(format!("{} is a {}, not a page blob", b.url(), p.blob_type))
             }
             Ok(None) => problems.push(format!("{} does not exist", b.url())),
-            Err(e) => problems.push(e.to_string()),
+            // Not an answer about the blob: the question did not get through.
+            // Replicating again would not help, so the hint says what would.
+            Err(e) => {
+                return Finding::fail(
+                    BLOBS,
+                    format!("could not ask the storage service about {}: {e}", b.url()),
+                )
+                .evidence(config.at(&b.url()))
+                .hint(
+                    "nothing is known about the blobs: check the network (proxy, firewall, DNS) \
+                     and the storage credentials, then run the check again",
+                );
+            }
         }
     }
     if problems.is_empty() {
