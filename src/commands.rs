@@ -75,8 +75,30 @@ fn print_stdout(text: &str) -> Result<(), AppError> {
     }
 }
 
+/// The version of every `--json` document's layout; a document that has its
+/// own `schema` (build.json) keeps it.
+pub const JSON_SCHEMA: u32 = 1;
+
 fn to_json<T: serde::Serialize>(value: &T) -> String {
-    crate::redact::redact(&serde_json::to_string_pretty(value).expect("serializable")) + "\n"
+    with_schema(&serde_json::to_string_pretty(value).expect("serializable"))
+}
+
+/// `{"schema": 1, …}`: the field goes first, the rest keeps its order.
+fn with_schema(pretty: &str) -> String {
+    let is_object_without = serde_json::from_str::<serde_json::Value>(pretty)
+        .ok()
+        .and_then(|v| {
+            v.as_object()
+                .map(|o| !o.contains_key("schema") && !o.is_empty())
+        })
+        .unwrap_or(false);
+    let text = match pretty.strip_prefix("{\n") {
+        Some(rest) if is_object_without => {
+            format!("{{\n  \"schema\": {JSON_SCHEMA},\n{rest}")
+        }
+        _ => pretty.to_string(),
+    };
+    crate::redact::redact(&text) + "\n"
 }
 
 fn plan(args: PlanArgs) -> Result<i32, AppError> {
@@ -325,7 +347,7 @@ fn emit_report(
         })?;
     }
     if let Some(doc) = json_doc {
-        print_stdout(&(crate::redact::redact(&doc.to_json_pretty()) + "\n"))?;
+        print_stdout(&with_schema(&doc.to_json_pretty()))?;
     } else if json {
         print_stdout(&to_json(report))?;
     } else {
@@ -363,7 +385,7 @@ fn skus(json: bool) -> Result<i32, AppError> {
         })
         .collect();
     if json {
-        print_stdout(&to_json(&rows))?;
+        print_stdout(&to_json(&serde_json::json!({ "skus": rows })))?;
     } else {
         let mut text = format!(
             "{:<14} {:<26} {:<12} {}\n",

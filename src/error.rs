@@ -102,7 +102,7 @@ impl AppError {
         if let Some(p) = problems {
             error["problems"] = p.into();
         }
-        serde_json::json!({"schema": 1, "error": error})
+        serde_json::json!({"schema": crate::commands::JSON_SCHEMA, "error": error})
     }
 
     pub fn exit_code(&self) -> i32 {

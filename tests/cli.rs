@@ -382,3 +382,57 @@ fn with_json_an_error_is_a_json_document_too() {
     let r = run(imgforge().arg("plan").arg(&bad));
     assert_eq!(r.stdout, "");
 }
+
+#[test]
+fn every_json_document_carries_a_schema_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = repo().join("contrib/gpu-ubuntu1604.toml");
+    let docs: Vec<(&str, Vec<std::ffi::OsString>)> = vec![
+        (
+            "plan",
+            vec!["plan".into(), m.clone().into(), "--json".into()],
+        ),
+        (
+            "render",
+            vec![
+                "render".into(),
+                m.clone().into(),
+                "-o".into(),
+                tmp.path().join("r").into(),
+                "--json".into(),
+            ],
+        ),
+        ("skus", vec!["skus".into(), "--json".into()]),
+        ("catalog", vec!["catalog".into(), "--json".into()]),
+        (
+            "clean",
+            vec![
+                "clean".into(),
+                "--dir".into(),
+                tmp.path().into(),
+                "--json".into(),
+            ],
+        ),
+        (
+            "pool check",
+            vec![
+                "pool".into(),
+                "check".into(),
+                repo().join("tests/fixtures/pool/good-vhd.yaml").into(),
+                "--json".into(),
+            ],
+        ),
+    ];
+    for (what, args) in docs {
+        let r = run(imgforge().args(&args));
+        let doc: serde_json::Value =
+            serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{what}: {e}: {}", r.all()));
+        assert_eq!(doc["schema"], 1, "{what}: {}", r.stdout);
+        // The field comes first, so `head` shows it.
+        assert!(
+            r.stdout.starts_with("{\n  \"schema\": 1,"),
+            "{what}: {}",
+            &r.stdout[..60.min(r.stdout.len())]
+        );
+    }
+}

@@ -418,8 +418,9 @@ fn a_vhd_build_without_copies_has_no_snippet_yet() {
 fn skus_lists_the_catalog() {
     let r = run(imgforge().args(["skus", "--json"]));
     assert_eq!(r.code, 0);
-    let rows: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    let agents: Vec<&str> = rows
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["schema"], 1);
+    let agents: Vec<&str> = doc["skus"]
         .as_array()
         .unwrap()
         .iter()
