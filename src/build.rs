@@ -823,7 +823,8 @@ impl Run<'_> {
                     .exit_status
                     .map_or("killed by a signal".into(), |c| c.to_string()),
                 log: log_path,
-                details: failure_details(&outcome.errors),
+                details: failure_details(&outcome.errors)
+                    + &display.failure_context().unwrap_or_default(),
             }),
             RunEnd::Succeeded => {
                 let n = outcome.artifacts.len();

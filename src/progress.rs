@@ -17,7 +17,35 @@ pub struct Display {
     color: bool,
     transient: bool,
     last_step: String,
+    /// The provisioner script running now (its `==> imgforge SCRIPT:` lines,
+    /// or Packer's "Provisioning with shell script: …").
+    script: Option<String>,
+    /// Its latest output lines, for the error when it fails.
+    tail: std::collections::VecDeque<String>,
 }
+
+/// A provisioner line as the script wrote it: Packer's `    null: ` (output)
+/// or `==> null: ` (step, stderr) prefix removed.
+fn without_builder_prefix(line: &str) -> &str {
+    let strip = |rest: &str| -> Option<usize> {
+        let (name, _) = rest.split_once(": ")?;
+        (!name.is_empty() && !name.contains(char::is_whitespace)).then_some(name.len() + 2)
+    };
+    if let Some(rest) = line.strip_prefix("==> ")
+        && let Some(n) = strip(rest)
+    {
+        return &rest[n..];
+    }
+    if let Some(rest) = line.strip_prefix("    ")
+        && let Some(n) = strip(rest)
+    {
+        return &rest[n..];
+    }
+    line
+}
+
+/// How many of a failing script's last lines the error shows.
+pub const TAIL_LINES: usize = 30;
 
 impl Display {
     pub fn new(verbose: bool, started: Instant) -> Display {
@@ -29,6 +57,8 @@ impl Display {
             color: crate::term::color_enabled(tty),
             transient: false,
             last_step: String::new(),
+            script: None,
+            tail: std::collections::VecDeque::new(),
         }
     }
 
@@ -64,15 +94,57 @@ impl Display {
         self.transient = true;
     }
 
+    /// Follows which script runs and keeps its last lines.
+    fn remember(&mut self, text: &str) {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let line = line.trim_end();
+            let named = line
+                .split_once("==> imgforge ")
+                .and_then(|(_, rest)| rest.split_once(": "))
+                .map(|(script, _)| script.to_string())
+                .or_else(|| {
+                    line.split_once("Provisioning with shell script: ")
+                        .map(|(_, p)| p.trim().to_string())
+                });
+            if let Some(script) = named
+                && self.script.as_deref() != Some(script.as_str())
+            {
+                self.script = Some(script);
+                self.tail.clear();
+            }
+            if self.tail.len() == TAIL_LINES {
+                self.tail.pop_front();
+            }
+            self.tail
+                .push_back(without_builder_prefix(line).to_string());
+        }
+    }
+
+    /// "in SCRIPT, whose last lines were: …", for a failed build's error.
+    pub fn failure_context(&self) -> Option<String> {
+        let script = self.script.as_ref()?;
+        let mut out = format!(
+            "\n  the last script to run was {script}; its last {} line(s):",
+            self.tail.len()
+        );
+        for l in &self.tail {
+            out.push_str("\n    | ");
+            out.push_str(l);
+        }
+        Some(out)
+    }
+
     pub fn show(&mut self, p: Progress<'_>) {
         match p {
             Progress::Event(Event::Ui { level, text }) => match level {
                 UiLevel::Say => {
+                    self.remember(text);
                     self.last_step = text.trim().to_string();
                     let l = format!("{} {}", self.stamp(), text.trim_end());
                     self.line(&l);
                 }
                 UiLevel::Message => {
+                    self.remember(text);
                     if self.verbose || !self.tty {
                         for part in text.lines() {
                             let l = format!("{}     {}", self.stamp(), part.trim_end());
@@ -85,6 +157,7 @@ impl Display {
                     }
                 }
                 UiLevel::Error => {
+                    self.remember(text);
                     for part in text.lines().filter(|l| !l.trim().is_empty()) {
                         let prefix = if self.color { "\x1b[31m!\x1b[0m" } else { "!" };
                         let l = format!("{} {prefix} {}", self.stamp(), part.trim_end());

@@ -379,3 +379,41 @@ fn missing_azure_variables_are_all_named_before_packer_runs() {
         "Packer ran: {called}"
     );
 }
+
+#[test]
+fn a_failing_script_is_named_with_its_last_lines_in_the_error_even_in_a_pipe() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = overrides(
+        tmp.path(),
+        &null_build(&[
+            "printf '==> imgforge %s: %s\\n' 20-docker.sh 'installing Docker'",
+            "echo docker done",
+            "printf '==> imgforge %s: %s\\n' 30-gpu.sh 'installing the NVIDIA driver'",
+            "for i in $(seq 1 40); do echo \"apt line $i\"; done",
+            "echo 'E: Unable to locate package nvidia-driver-999' >&2",
+            "exit 100",
+        ]),
+    );
+    // stdout and stderr are pipes here, as in any CI job.
+    let r = run(&mut build_cmd(tmp.path(), &t, &[]));
+    assert_eq!(r.code, 1, "{}", r.all());
+    let err = r
+        .stderr
+        .split("error: ")
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        err.contains("the last script to run was 30-gpu.sh; its last 30 line(s):"),
+        "{err}"
+    );
+    assert!(
+        err.contains("| E: Unable to locate package nvidia-driver-999"),
+        "{err}"
+    );
+    assert!(err.contains("| apt line 40"), "{err}");
+    // Thirty lines, not the whole output; the other script's lines are not in it.
+    assert!(!err.contains("| apt line 1\n"), "{err}");
+    assert!(!err.contains("docker done"), "{err}");
+    assert_eq!(err.matches("\n    | ").count(), 30, "{err}");
+}
