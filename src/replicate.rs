@@ -334,7 +334,7 @@ fn scan_local_vhd(
             message: format!("not a VHD Azure accepts: {p}"),
         });
     }
-    let mut ranges = Vec::new();
+    let mut ranges: Vec<Range<u64>> = Vec::new();
     let mut buf = vec![0u8; MAX_CHUNK as usize];
     for region in data_regions(file, length) {
         let mut offset = region.start;
@@ -345,7 +345,14 @@ fn scan_local_vhd(
             for (i, page) in buf[..n].chunks(PAGE as usize).enumerate() {
                 if page.iter().any(|b| *b != 0) {
                     let start = offset + (i as u64) * PAGE;
-                    ranges.push(start..start + page.len() as u64);
+                    let end = start + page.len() as u64;
+                    // Extended as found: memory grows with the runs of data,
+                    // not with the pages (30 GiB of scattered pages would be
+                    // 60 M ranges before coalescing).
+                    match ranges.last_mut() {
+                        Some(last) if last.end == start => last.end = end,
+                        _ => ranges.push(start..end),
+                    }
                 }
             }
             offset += n as u64;
@@ -356,11 +363,7 @@ fn scan_local_vhd(
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    Ok((
-        length,
-        storage::coalesce(ranges),
-        format!("file-{length}-{mtime}"),
-    ))
+    Ok((length, ranges, format!("file-{length}-{mtime}")))
 }
 
 /// The parts of a sparse file that hold data (SEEK_DATA/SEEK_HOLE), page

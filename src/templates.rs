@@ -62,6 +62,20 @@ pub enum TemplateError {
     },
     #[error("{dir} already holds templates; choose an empty directory or pass --force")]
     ExportNotEmpty { dir: PathBuf },
+    #[error(
+        "{path}: {what} never ends: {cycle}\n  hint: Tera would recurse until the stack overflows; break the cycle"
+    )]
+    Recursion {
+        path: PathBuf,
+        what: &'static str,
+        cycle: String,
+    },
+    #[error("{path}: {why}\n  hint: {hint}")]
+    Refused {
+        path: PathBuf,
+        why: String,
+        hint: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -133,7 +147,62 @@ impl TemplateSet {
                 origin: Origin::Override(path),
             };
         }
+        set.check_recursion()?;
         Ok(set)
+    }
+
+    /// Includes, imports and extends that lead back to themselves, and
+    /// macros that call themselves (directly or through others), are refused
+    /// before Tera renders anything: Tera has no depth limit, and a stack
+    /// overflow aborts the process. Macro recursion with an end condition is
+    /// refused too; none of the built-ins needs it.
+    fn check_recursion(&self) -> Result<(), TemplateError> {
+        let path_of = |name: &str| match &self.templates[name].origin {
+            Origin::Override(p) => p.clone(),
+            Origin::Builtin => PathBuf::from(format!("(built-in) {name}")),
+        };
+        // Template → the templates it pulls in.
+        let mut edges: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // "template::macro" → the macros its body calls.
+        let mut calls: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (name, t) in &self.templates {
+            let refs = graph::references(&t.source);
+            edges.insert(name.clone(), refs.iter().map(|(_, r)| r.clone()).collect());
+            let namespaces: BTreeMap<String, String> = refs
+                .iter()
+                .filter_map(|(ns, r)| ns.clone().map(|ns| (ns, r.clone())))
+                .collect();
+            for (m, body) in graph::macros(&t.source) {
+                let callees = graph::macro_calls(&body)
+                    .into_iter()
+                    .filter_map(|(ns, callee)| {
+                        let file = if ns == "self" {
+                            Some(name.clone())
+                        } else {
+                            namespaces.get(&ns).cloned()
+                        }?;
+                        Some(format!("{file}::{callee}"))
+                    })
+                    .collect();
+                calls.insert(format!("{name}::{m}"), callees);
+            }
+        }
+        if let Some(cycle) = graph::cycle(&edges) {
+            return Err(TemplateError::Recursion {
+                path: path_of(&cycle[0]),
+                what: "this chain of include/import/extends",
+                cycle: cycle.join(" -> "),
+            });
+        }
+        if let Some(cycle) = graph::cycle(&calls) {
+            let file = cycle[0].split("::").next().unwrap_or("").to_string();
+            return Err(TemplateError::Recursion {
+                path: path_of(&file),
+                what: "this macro recursion",
+                cycle: cycle.join(" -> "),
+            });
+        }
+        Ok(())
     }
 
     pub fn get(&self, name: &str) -> &Template {
@@ -141,7 +210,142 @@ impl TemplateSet {
     }
 }
 
+/// The template references and macros Tera syntax can express, read
+/// without Tera (it would recurse while parsing what it includes).
+mod graph {
+    use std::collections::BTreeMap;
+
+    /// `{% include "x" %}`, `{% extends "x" %}`, `{% import "x" as ns %}`:
+    /// (namespace for imports, target).
+    pub fn references(source: &str) -> Vec<(Option<String>, String)> {
+        let mut out = Vec::new();
+        for tag in tags(source) {
+            let mut words = tag.split_whitespace();
+            let kw = words.next().unwrap_or("");
+            if !["include", "extends", "import"].contains(&kw) {
+                continue;
+            }
+            let rest = tag[kw.len()..].trim_start();
+            let Some(target) = quoted(rest) else { continue };
+            let ns = (kw == "import")
+                .then(|| rest.rsplit_once(" as ").map(|(_, n)| n.trim().to_string()))
+                .flatten();
+            out.push((ns, target));
+        }
+        out
+    }
+
+    /// `{% macro NAME(…) %}BODY{% endmacro %}` → (NAME, BODY).
+    pub fn macros(source: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut rest = source;
+        while let Some(i) = rest.find("{%") {
+            let after = &rest[i + 2..];
+            let Some(end) = after.find("%}") else { break };
+            let tag = after[..end].trim().trim_matches('-').trim();
+            let body_start = &after[end + 2..];
+            if let Some(def) = tag.strip_prefix("macro ") {
+                let name = def.split('(').next().unwrap_or("").trim().to_string();
+                let body_end = body_start.find("endmacro").unwrap_or(body_start.len());
+                out.push((name, body_start[..body_end].to_string()));
+            }
+            rest = body_start;
+        }
+        out
+    }
+
+    /// `ns::name(` calls in a macro body.
+    pub fn macro_calls(body: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let bytes = body.as_bytes();
+        let mut i = 0;
+        while let Some(j) = body[i..].find("::") {
+            let at = i + j;
+            let ns_start = body[..at]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(0, |k| k + 1);
+            let name_end = body[at + 2..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(body.len(), |k| at + 2 + k);
+            if name_end < bytes.len() && bytes[name_end] == b'(' && ns_start < at {
+                out.push((
+                    body[ns_start..at].to_string(),
+                    body[at + 2..name_end].to_string(),
+                ));
+            }
+            i = at + 2;
+        }
+        out
+    }
+
+    fn tags(source: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut rest = source;
+        while let Some(i) = rest.find("{%") {
+            let after = &rest[i + 2..];
+            let Some(end) = after.find("%}") else { break };
+            out.push(after[..end].trim().trim_matches('-').trim());
+            rest = &after[end + 2..];
+        }
+        out
+    }
+
+    fn quoted(s: &str) -> Option<String> {
+        let q = s.chars().next().filter(|c| ['"', '\'', '`'].contains(c))?;
+        let inner = &s[1..];
+        inner.find(q).map(|e| inner[..e].to_string())
+    }
+
+    /// A cycle in `edges`, as the nodes along it (first node repeated last).
+    pub fn cycle(edges: &BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
+        // Iterative depth-first search: 0 unseen, 1 on the path, 2 done.
+        let mut state: BTreeMap<&str, u8> = BTreeMap::new();
+        for start in edges.keys() {
+            if state.get(start.as_str()).copied().unwrap_or(0) != 0 {
+                continue;
+            }
+            let mut path: Vec<(&str, usize)> = vec![(start.as_str(), 0)];
+            state.insert(start, 1);
+            while let Some((node, next)) = path.last().copied() {
+                let children = edges.get(node).map(Vec::as_slice).unwrap_or(&[]);
+                if next < children.len() {
+                    path.last_mut().expect("non-empty").1 += 1;
+                    let child = children[next].as_str();
+                    match state.get(child).copied().unwrap_or(0) {
+                        1 => {
+                            let from = path.iter().position(|(n, _)| *n == child).unwrap_or(0);
+                            let mut c: Vec<String> =
+                                path[from..].iter().map(|(n, _)| n.to_string()).collect();
+                            c.push(child.to_string());
+                            return Some(c);
+                        }
+                        0 if edges.contains_key(child) => {
+                            state.insert(child, 1);
+                            path.push((child, 0));
+                        }
+                        _ => {}
+                    }
+                } else {
+                    state.insert(node, 2);
+                    path.pop();
+                }
+            }
+        }
+        None
+    }
+}
+
 fn files_under(dir: &Path) -> Result<Vec<PathBuf>, TemplateError> {
+    // Symbolic links are not followed into directories (a link to a parent
+    // would make this walk endless), and a linked file must stay inside the
+    // directory: an override linked to /proc/self/environ would render the
+    // environment's secrets into the build.
+    let root = dir
+        .canonicalize()
+        .map_err(|source| TemplateError::ReadDir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -160,7 +364,33 @@ fn files_under(dir: &Path) -> Result<Vec<PathBuf>, TemplateError> {
             if name.to_string_lossy().starts_with('.') {
                 continue;
             }
-            if path.is_dir() {
+            let kind = entry.file_type().map_err(|source| TemplateError::ReadDir {
+                dir: d.clone(),
+                source,
+            })?;
+            if kind.is_symlink() {
+                let target = path.canonicalize().ok();
+                match target {
+                    Some(t) if t.starts_with(&root) && t.is_file() => out.push(path),
+                    Some(t) if t.is_dir() => {
+                        return Err(TemplateError::Refused {
+                            path,
+                            why: "is a symbolic link to a directory, which is not followed".into(),
+                            hint: "put the overrides themselves in the template directory".into(),
+                        });
+                    }
+                    other => {
+                        return Err(TemplateError::Refused {
+                            path,
+                            why: format!(
+                                "is a symbolic link to {}, outside the template directory",
+                                other.map_or("nothing".into(), |t| t.display().to_string())
+                            ),
+                            hint: "copy the file into the template directory".into(),
+                        });
+                    }
+                }
+            } else if kind.is_dir() {
                 stack.push(path);
             } else {
                 out.push(path);

@@ -318,3 +318,116 @@ fn a_user_script_that_is_the_environment_is_refused_not_rendered() {
     assert!(!r.all().contains(CANARY));
     assert!(!out.exists(), "nothing half-written");
 }
+
+#[test]
+fn template_overrides_that_recurse_or_point_outside_are_refused_not_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = repo().join("contrib/base-ubuntu2204.toml");
+    let render = |dir: &std::path::Path| {
+        let r = run(imgforge()
+            .arg("render")
+            .arg(&m)
+            .arg("-o")
+            .arg(tmp.path().join("out"))
+            .arg("--force")
+            .arg("--templates")
+            .arg(dir));
+        if tmp.path().join("out").exists() {
+            assert_no_canary(&tmp.path().join("out"));
+        }
+        r
+    };
+    let case = |name: &str, files: &[(&str, &str)]| {
+        let dir = tmp.path().join(name);
+        for (f, text) in files {
+            write(&dir.join(f), text);
+        }
+        dir
+    };
+    // Each of these overflowed Tera's stack (the process aborted) before.
+    for (name, files, says) in [
+        (
+            "self-include",
+            vec![(
+                "scripts/10-ssh.sh.tera",
+                "{% include \"scripts/10-ssh.sh.tera\" %}\n",
+            )],
+            "include/import/extends never ends: scripts/10-ssh.sh.tera -> scripts/10-ssh.sh.tera",
+        ),
+        (
+            "mutual-include",
+            vec![
+                (
+                    "scripts/10-ssh.sh.tera",
+                    "{% include \"scripts/_common.sh.tera\" %}\n",
+                ),
+                (
+                    "scripts/_common.sh.tera",
+                    "{%- include \"scripts/10-ssh.sh.tera\" -%}\n",
+                ),
+            ],
+            "never ends: scripts/_common.sh.tera -> scripts/10-ssh.sh.tera -> scripts/_common.sh.tera",
+        ),
+        (
+            "recursive-macro",
+            vec![(
+                "scripts/10-ssh.sh.tera",
+                "{% macro f(n) %}{{ self::f(n=n) }}{% endmacro f %}{{ self::f(n=1) }}\n",
+            )],
+            "macro recursion never ends: scripts/10-ssh.sh.tera::f -> scripts/10-ssh.sh.tera::f",
+        ),
+        (
+            "imported-macros",
+            vec![
+                (
+                    "scripts/_common.sh.tera",
+                    "{% import \"scripts/10-ssh.sh.tera\" as ssh %}{% macro a() %}{{ ssh::b() }}{% endmacro a %}\n",
+                ),
+                (
+                    "scripts/10-ssh.sh.tera",
+                    "{% macro b() %}{{ common::a() }}{% endmacro b %}{% import \"scripts/_common.sh.tera\" as common %}\n",
+                ),
+            ],
+            "never ends",
+        ),
+    ] {
+        let dir = case(name, &files);
+        let r = render(&dir);
+        assert_eq!(r.code, 2, "{name}: {}", r.all());
+        assert!(r.stderr.contains(says), "{name}: {}", r.stderr);
+        assert!(!r.stderr.contains("overflowed"), "{name}");
+    }
+    // A symbolic link loop in the directory, and a link to the environment.
+    let dir = case("links", &[]);
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    std::os::unix::fs::symlink("..", dir.join("scripts/loop")).unwrap();
+    let r = render(&dir);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("symbolic link to a directory"),
+        "{}",
+        r.stderr
+    );
+    std::fs::remove_file(dir.join("scripts/loop")).unwrap();
+    std::os::unix::fs::symlink("/proc/self/environ", dir.join("scripts/10-ssh.sh.tera")).unwrap();
+    let r = render(&dir);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("outside the template directory"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.all().contains(CANARY));
+    // A link inside the directory (to a hidden folder the walk skips), and a
+    // macro that is not recursive, still render.
+    std::fs::remove_file(dir.join("scripts/10-ssh.sh.tera")).unwrap();
+    write(
+        &dir.join(".shared/ssh.tera"),
+        "#!/bin/sh\n{% macro hello(who) %}echo hello {{ who }}{% endmacro hello %}{{ self::hello(who=\"batch\") }}\n",
+    );
+    std::os::unix::fs::symlink("../.shared/ssh.tera", dir.join("scripts/10-ssh.sh.tera")).unwrap();
+    let r = render(&dir);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let out = std::fs::read_to_string(tmp.path().join("out/scripts/10-ssh.sh")).unwrap();
+    assert!(out.contains("echo hello batch"), "{out}");
+}
