@@ -22,6 +22,8 @@ pub struct Display {
     script: Option<String>,
     /// Its latest output lines, for the error when it fails.
     tail: std::collections::VecDeque<String>,
+    /// Packer has started summing up a failure: nothing more is a script's.
+    frozen: bool,
 }
 
 /// A provisioner line as the script wrote it: Packer's `    null: ` (output)
@@ -59,6 +61,7 @@ impl Display {
             last_step: String::new(),
             script: None,
             tail: std::collections::VecDeque::new(),
+            frozen: false,
         }
     }
 
@@ -98,6 +101,20 @@ impl Display {
     fn remember(&mut self, text: &str) {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let line = line.trim_end();
+            // From here on Packer sums up the failure (its own lines, which
+            // the error prints anyway): the script's last lines are complete.
+            const SUMMARY: [&str; 4] = [
+                "Provisioning step had errors",
+                "errored after",
+                "Some builds didn't complete",
+                "Builds finished",
+            ];
+            if SUMMARY.iter().any(|s| line.contains(s)) {
+                self.frozen = true;
+            }
+            if self.frozen {
+                continue;
+            }
             let named = line
                 .split_once("==> imgforge ")
                 .and_then(|(_, rest)| rest.split_once(": "))
