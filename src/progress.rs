@@ -24,6 +24,10 @@ pub struct Display {
     tail: std::collections::VecDeque<String>,
     /// Packer has started summing up a failure: nothing more is a script's.
     frozen: bool,
+    /// The script's error output (stderr reaches Packer on its own channel,
+    /// so it may be older than the last lines of stdout): kept apart so the
+    /// error always shows it.
+    stderr_tail: std::collections::VecDeque<String>,
 }
 
 /// A provisioner line as the script wrote it: Packer's `    null: ` (output)
@@ -46,6 +50,9 @@ fn without_builder_prefix(line: &str) -> &str {
     line
 }
 
+/// How many of a failing script's last stderr lines the error always shows.
+pub const STDERR_LINES: usize = 10;
+
 /// How many of a failing script's last lines the error shows.
 pub const TAIL_LINES: usize = 30;
 
@@ -62,6 +69,7 @@ impl Display {
             script: None,
             tail: std::collections::VecDeque::new(),
             frozen: false,
+            stderr_tail: std::collections::VecDeque::new(),
         }
     }
 
@@ -98,7 +106,7 @@ impl Display {
     }
 
     /// Follows which script runs and keeps its last lines.
-    fn remember(&mut self, text: &str) {
+    fn remember(&mut self, text: &str, is_error: bool) {
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let line = line.trim_end();
             // From here on Packer sums up the failure (its own lines, which
@@ -128,12 +136,19 @@ impl Display {
             {
                 self.script = Some(script);
                 self.tail.clear();
+                self.stderr_tail.clear();
+            }
+            let line = without_builder_prefix(line).to_string();
+            if is_error {
+                if self.stderr_tail.len() == STDERR_LINES {
+                    self.stderr_tail.pop_front();
+                }
+                self.stderr_tail.push_back(line.clone());
             }
             if self.tail.len() == TAIL_LINES {
                 self.tail.pop_front();
             }
-            self.tail
-                .push_back(without_builder_prefix(line).to_string());
+            self.tail.push_back(line);
         }
     }
 
@@ -148,6 +163,18 @@ impl Display {
             out.push_str("\n    | ");
             out.push_str(l);
         }
+        let older: Vec<&String> = self
+            .stderr_tail
+            .iter()
+            .filter(|l| !self.tail.contains(l))
+            .collect();
+        if !older.is_empty() {
+            out.push_str("\n  and its error output before those:");
+            for l in older {
+                out.push_str("\n    ! ");
+                out.push_str(l);
+            }
+        }
         Some(out)
     }
 
@@ -155,13 +182,13 @@ impl Display {
         match p {
             Progress::Event(Event::Ui { level, text }) => match level {
                 UiLevel::Say => {
-                    self.remember(text);
+                    self.remember(text, false);
                     self.last_step = text.trim().to_string();
                     let l = format!("{} {}", self.stamp(), text.trim_end());
                     self.line(&l);
                 }
                 UiLevel::Message => {
-                    self.remember(text);
+                    self.remember(text, false);
                     if self.verbose || !self.tty {
                         for part in text.lines() {
                             let l = format!("{}     {}", self.stamp(), part.trim_end());
@@ -174,7 +201,7 @@ impl Display {
                     }
                 }
                 UiLevel::Error => {
-                    self.remember(text);
+                    self.remember(text, true);
                     for part in text.lines().filter(|l| !l.trim().is_empty()) {
                         let prefix = if self.color { "\x1b[31m!\x1b[0m" } else { "!" };
                         let l = format!("{} {prefix} {}", self.stamp(), part.trim_end());
