@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::capture::Secret;
 use crate::entra::ServicePrincipal;
-use crate::http::{encode_component, error_chain, require_secure};
+use crate::http::{encode_component, require_secure};
 
 /// The public cloud's Resource Manager; sovereign clouds name their own.
 pub const PUBLIC_ENDPOINT: &str = "https://management.azure.com";
@@ -212,81 +212,59 @@ impl Arm {
                 message: format!("`{url}` is not on {}", self.endpoint),
             });
         }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            self.requests += 1;
-            let mut req = self
-                .http
+        let token = self.token.expose();
+        let http = &self.http;
+        let tries = std::cell::Cell::new(0u32);
+        let reply = crate::http::send_retrying(ATTEMPTS, &|| {
+            tries.set(tries.get() + 1);
+            let mut req = http
                 .request(method.clone(), url)
-                .bearer_auth(self.token.expose())
+                .bearer_auth(token)
                 .header("accept", "application/json");
             if let Some(b) = body {
                 req = req
                     .header("content-type", "application/json")
                     .body(b.to_string());
             }
-            let result = req.send().await;
-            let wait = match result {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let header = |name: &str| {
-                        resp.headers()
-                            .get(name)
-                            .and_then(|v| v.to_str().ok())
-                            .map(|v| v.trim().to_string())
-                    };
-                    let retry_after = header("retry-after").and_then(|v| v.parse::<u64>().ok());
-                    let async_operation = header("azure-asyncoperation");
-                    let location = header("location");
-                    let bytes = crate::http::read_limited(resp, crate::http::MAX_BODY)
-                        .await
-                        .map_err(|message| ArmError::Transport {
-                            op,
-                            attempts: attempt,
-                            message: crate::redact::redact(&message),
-                        })?;
-                    let text = String::from_utf8_lossy(&bytes);
-                    if status.is_success() {
-                        let body = if text.trim().is_empty() {
-                            Value::Null
-                        } else {
-                            serde_json::from_str(&text).map_err(|e| ArmError::Protocol {
-                                op,
-                                message: format!("not JSON: {e}"),
-                            })?
-                        };
-                        return Ok(Some(Answer {
-                            status: status.as_u16(),
-                            body,
-                            retry_after,
-                            async_operation,
-                            location,
-                        }));
-                    }
-                    if status == StatusCode::NOT_FOUND && allow_404 {
-                        return Ok(None);
-                    }
-                    let retryable =
-                        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-                    if !retryable || attempt >= ATTEMPTS {
-                        return Err(status_error(op, status, &text));
-                    }
-                    Duration::from_secs(retry_after.unwrap_or(1 << attempt).min(30))
-                }
-                Err(e) => {
-                    if attempt >= ATTEMPTS {
-                        return Err(ArmError::Transport {
-                            op,
-                            attempts: attempt,
-                            message: crate::redact::redact(&error_chain(&e)),
-                        });
-                    }
-                    Duration::from_millis(250 << attempt)
-                }
+            req
+        })
+        .await;
+        self.requests += tries.get();
+        let reply = reply.map_err(|e| ArmError::Transport {
+            op,
+            attempts: e.attempts,
+            message: e.message,
+        })?;
+        let header = |name: &str| {
+            reply
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_string())
+        };
+        let text = String::from_utf8_lossy(&reply.body);
+        let status = reply.status;
+        if status.is_success() {
+            let body = if text.trim().is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).map_err(|e| ArmError::Protocol {
+                    op,
+                    message: format!("not JSON: {e}"),
+                })?
             };
-            tokio::time::sleep(wait).await;
+            return Ok(Some(Answer {
+                status: status.as_u16(),
+                body,
+                retry_after: header("retry-after").and_then(|v| v.parse::<u64>().ok()),
+                async_operation: header("azure-asyncoperation"),
+                location: header("location"),
+            }));
         }
+        if status == StatusCode::NOT_FOUND && allow_404 {
+            return Ok(None);
+        }
+        Err(status_error(op, status, &text))
     }
 }
 

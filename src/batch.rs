@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::entra::ServicePrincipal;
-use crate::http::{error_chain, require_secure};
+use crate::http::require_secure;
 
 /// Batch's data-plane API version (the stable 2024-07 one).
 pub const API_VERSION: &str = "2024-07-01.20.0";
@@ -241,56 +241,25 @@ async fn get_json(
     url: &str,
     token: &str,
 ) -> Result<Value, BatchError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let result = http
-            .get(url)
+    let reply = crate::http::send_retrying(ATTEMPTS, &|| {
+        http.get(url)
             .bearer_auth(token)
             .header("accept", "application/json")
-            .send()
-            .await;
-        let wait = match result {
-            Ok(resp) => {
-                let status = resp.status();
-                let retry_after = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                let bytes = crate::http::read_limited(resp, crate::http::MAX_BODY)
-                    .await
-                    .map_err(|message| BatchError::Transport {
-                        op,
-                        attempts: attempt,
-                        message: crate::redact::redact(&message),
-                    })?;
-                let text = String::from_utf8_lossy(&bytes);
-                if status.is_success() {
-                    return serde_json::from_str(&text).map_err(|e| BatchError::Protocol {
-                        op,
-                        message: format!("not JSON: {e}"),
-                    });
-                }
-                let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-                if !retryable || attempt >= ATTEMPTS {
-                    return Err(status_error(op, status, &text));
-                }
-                Duration::from_secs(retry_after.unwrap_or(1 << attempt).min(30))
-            }
-            Err(e) => {
-                if attempt >= ATTEMPTS {
-                    return Err(BatchError::Transport {
-                        op,
-                        attempts: attempt,
-                        message: crate::redact::redact(&error_chain(&e)),
-                    });
-                }
-                Duration::from_millis(250 << attempt)
-            }
-        };
-        tokio::time::sleep(wait).await;
+    })
+    .await
+    .map_err(|e| BatchError::Transport {
+        op,
+        attempts: e.attempts,
+        message: e.message,
+    })?;
+    let text = String::from_utf8_lossy(&reply.body);
+    if !reply.status.is_success() {
+        return Err(status_error(op, reply.status, &text));
     }
+    serde_json::from_str(&text).map_err(|e| BatchError::Protocol {
+        op,
+        message: format!("not JSON: {e}"),
+    })
 }
 
 /// Batch's OData error envelope → an error with a hint.

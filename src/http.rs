@@ -104,6 +104,70 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// A JSON service's answer, read whole (up to `MAX_BODY`).
+pub struct Reply {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Why no reply came: the last transport error (redacted) after `attempts`.
+pub struct NoReply {
+    pub attempts: u32,
+    pub message: String,
+}
+
+/// One request to a JSON service (Resource Manager, Batch), retried on 429,
+/// 5xx and transport errors: `Retry-After` honoured up to 30 s, else 2, 4, 8 s
+/// (0.5, 1, 2 s after a transport error), at most `attempts` tries. The
+/// answer that ends the retries is returned as it is, success or not; its
+/// body is bounded by `MAX_BODY`. `build` makes the request afresh each time.
+pub async fn send_retrying(
+    attempts: u32,
+    build: &dyn Fn() -> reqwest::RequestBuilder,
+) -> Result<Reply, NoReply> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let wait = match build().send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                let headers = resp.headers().clone();
+                let retry_after = headers
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                let body = read_limited(resp, MAX_BODY)
+                    .await
+                    .map_err(|message| NoReply {
+                        attempts: attempt,
+                        message: crate::redact::redact(&message),
+                    })?;
+                let retryable =
+                    status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+                if !retryable || attempt >= attempts {
+                    return Ok(Reply {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+                Duration::from_secs(retry_after.unwrap_or(1 << attempt).min(30))
+            }
+            Err(e) => {
+                if attempt >= attempts {
+                    return Err(NoReply {
+                        attempts: attempt,
+                        message: crate::redact::redact(&error_chain(&e)),
+                    });
+                }
+                Duration::from_millis(250 << attempt)
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
 /// Refuses to send a secret or a token in clear text anywhere but this machine.
 pub fn require_secure(url: &str) -> Result<(), String> {
     if url.starts_with("https://") {
@@ -127,6 +191,63 @@ pub fn require_secure(url: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server answering `statuses` in turn (then 200), counting requests.
+    fn server(
+        statuses: &'static [u16],
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/x", listener.local_addr().unwrap());
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf);
+                let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let status = statuses.get(n).copied().unwrap_or(200);
+                let body = format!("{{\"n\":{n}}}");
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {status} X\r\nretry-after: 0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, count)
+    }
+
+    #[tokio::test]
+    async fn throttling_and_server_errors_are_retried_and_the_rest_returned_as_they_are() {
+        let http = client_builder(Duration::from_secs(5)).build().unwrap();
+        // 429 and 503 are retried (Retry-After: 0), the third answer is kept.
+        let (url, count) = server(&[429, 503]);
+        let r = send_retrying(4, &|| http.get(&url)).await.ok().unwrap();
+        assert_eq!(
+            (r.status.as_u16(), r.body.as_slice()),
+            (200, &b"{\"n\":2}"[..])
+        );
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // A 403 is an answer, not a reason to ask again.
+        let (url, count) = server(&[403]);
+        let r = send_retrying(4, &|| http.get(&url)).await.ok().unwrap();
+        assert_eq!(r.status.as_u16(), 403);
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // After the last attempt the 5xx itself is returned.
+        let (url, count) = server(&[500, 500, 500]);
+        let r = send_retrying(3, &|| http.get(&url)).await.ok().unwrap();
+        assert_eq!(r.status.as_u16(), 500);
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // Nobody listening: the transport error, after every attempt.
+        let e = send_retrying(2, &|| http.get("http://127.0.0.1:9/x"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.attempts, 2);
+        assert!(e.message.contains("onnect"), "{}", e.message);
+    }
 
     #[test]
     fn secrets_travel_over_https_or_loopback_only() {
