@@ -440,13 +440,7 @@ fn skus_lists_the_catalog() {
 #[test]
 fn skus_online_lists_every_page_of_the_batch_accounts_supported_images() {
     let tmp = tempfile::tempdir().unwrap();
-    let arm = ArmReplay::start(ArmExpect {
-        tenant: ARM_TENANT.into(),
-        client_id: ARM_CLIENT.into(),
-        secret: AUTH_KEY.into(),
-        forbid_list: false,
-        pool_allocation_mode: "UserSubscription",
-    });
+    let arm = ArmReplay::start(shipyard_principal());
     // Batch Shipyard's form: a global aad with the tenant, batch.aad with the rest.
     let creds = tmp.path().join("credentials.yaml");
     let batch_aad = |endpoint: &str| {
@@ -530,13 +524,7 @@ fn skus_online_lists_every_page_of_the_batch_accounts_supported_images() {
 
     // A next page on another host: the token is not sent there.
     let elsewhere = ArmReplay::start_with(
-        ArmExpect {
-            tenant: ARM_TENANT.into(),
-            client_id: ARM_CLIENT.into(),
-            secret: AUTH_KEY.into(),
-            forbid_list: false,
-            pool_allocation_mode: "UserSubscription",
-        },
+        shipyard_principal(),
         common::compute::Knobs {
             batch_link_elsewhere: true,
             ..Default::default()
@@ -692,6 +680,18 @@ fn credentials_file(
     path
 }
 
+/// The service principal of the Shipyard credentials files here; a Reader; a
+/// User Subscription Batch account.
+fn shipyard_principal() -> ArmExpect {
+    ArmExpect {
+        tenant: ARM_TENANT.into(),
+        client_id: ARM_CLIENT.into(),
+        secret: AUTH_KEY.into(),
+        forbid_list: false,
+        pool_allocation_mode: "UserSubscription",
+    }
+}
+
 const ARM_TENANT: &str = "3f2b8c1d-4e5f-4a6b-9c7d-8e9f0a1b2c3d";
 const ARM_CLIENT: &str = "00000000-0000-0000-0000-00000000a991";
 const AUTH_KEY: &str = "shipyard-auth-key-9Qz~e1";
@@ -778,13 +778,7 @@ fn online_account_check_asks_resource_manager_with_shipyard_credentials() {
             vhd.to_str().unwrap(),
         ]);
     }
-    let arm = ArmReplay::start(ArmExpect {
-        tenant: ARM_TENANT.into(),
-        client_id: ARM_CLIENT.into(),
-        secret: AUTH_KEY.into(),
-        forbid_list: false,
-        pool_allocation_mode: "UserSubscription",
-    });
+    let arm = ArmReplay::start(shipyard_principal());
     let creds = credentials_file(tmp.path(), &arm, &az, AUTH_KEY);
     let storage_keys: Vec<&str> = az.keys.iter().map(|(_, k)| k.as_str()).collect();
     // Storage keys come from the credentials file only; the ARM_* variables
