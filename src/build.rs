@@ -357,6 +357,8 @@ pub struct BuildOptions<'a> {
     pub boot_check: bool,
     pub blob_endpoint: String,
     pub parallel: usize,
+    /// How each copy is checked (`--verify`).
+    pub verify: crate::replicate::VerifyMode,
     pub show_progress: bool,
     /// Publish a local build's VHD (`--no-publish` turns it off).
     pub publish: bool,
@@ -1085,6 +1087,7 @@ impl Run<'_> {
             show_progress: self.opts.show_progress,
             server_copy: true,
             cancel: self.cancel.clone(),
+            verify: self.opts.verify,
         };
         let report = rt
             .block_on(async {

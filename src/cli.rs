@@ -487,6 +487,9 @@ pub struct BuildArgs {
     /// Concurrent 4 MiB chunk transfers during replication.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub parallel: usize,
+    /// How each copy is checked after replication: readback or sample (see `replicate --help`).
+    #[arg(long, value_enum, default_value_t = crate::replicate::VerifyMode::Readback)]
+    pub verify: crate::replicate::VerifyMode,
 }
 
 #[derive(Debug, Subcommand)]
@@ -523,6 +526,11 @@ pub struct StorageOptions {
     /// Print one JSON document on stdout.
     #[arg(long)]
     pub json: bool,
+    /// How each copy is checked: readback (every chunk read back and its MD5
+    /// compared) or sample (the first and last chunk of every run of data and 4
+    /// random ones; for Azure, which checks each write's Content-MD5 itself).
+    #[arg(long, value_enum, default_value_t = crate::replicate::VerifyMode::Readback)]
+    pub verify: crate::replicate::VerifyMode,
     /// The Batch account's region: before copying, ask Resource Manager (as the
     /// ARM_* principal, subscription ARM_SUBSCRIPTION_ID) that every destination
     /// account is there [default for replicate: the manifest's [replicate] region;

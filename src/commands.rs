@@ -183,6 +183,7 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
             boot_check: !args.no_boot_check,
             blob_endpoint: crate::storage::endpoint_template(args.blob_endpoint.as_deref())?,
             parallel: args.parallel,
+            verify: args.verify,
             show_progress: !args.json,
             publish: !args.no_publish,
             publish_timeout: std::time::Duration::from_secs(args.publish_timeout),
@@ -933,6 +934,7 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
                 show_progress: !args.storage.json,
                 server_copy: !args.no_server_copy,
                 cancel: cancel.clone(),
+                verify: args.storage.verify,
             },
         )
         .await
@@ -1094,6 +1096,7 @@ fn upload(args: UploadArgs) -> Result<i32, AppError> {
                 show_progress: !args.storage.json,
                 server_copy: false,
                 cancel,
+                verify: args.storage.verify,
             },
         )
         .await

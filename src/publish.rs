@@ -453,6 +453,8 @@ pub async fn publish(
                     parallel: opts.parallel,
                     show_progress: opts.show_progress,
                     server_copy: false,
+                    // The staging copy is read back whole: it is the only copy.
+                    verify: crate::replicate::VerifyMode::Readback,
                     cancel: opts.cancel.clone(),
                 },
             )

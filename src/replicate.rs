@@ -23,6 +23,7 @@ const META_SOURCE: &str = "imgforge_source_etag";
 const META_LENGTH: &str = "imgforge_source_length";
 const META_VERIFIED: &str = "imgforge_verified";
 const META_VERIFIED_AT: &str = "imgforge_verified_at";
+const META_VERIFY_MODE: &str = "imgforge_verify";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicateError {
@@ -135,6 +136,9 @@ pub struct CopyOutcome {
     pub chunks_total: usize,
     pub bytes_copied: u64,
     pub verified: bool,
+    /// `readback` or `sample` (`already_verified` copies: how they were).
+    #[serde(default)]
+    pub verify: VerifyMode,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -407,6 +411,7 @@ struct Destination {
     strategy: Strategy,
     chunks_copied: usize,
     bytes_copied: u64,
+    verify: VerifyMode,
 }
 
 pub struct Options {
@@ -416,6 +421,69 @@ pub struct Options {
     pub server_copy: bool,
     /// Set from a signal handler: stop at the next chunk, leaving resumable copies.
     pub cancel: Arc<AtomicBool>,
+    /// How each copy is checked after it is written.
+    pub verify: VerifyMode,
+}
+
+/// `--verify`: how a written copy is checked. Both compare the copy's
+/// length and valid page ranges with the source's.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyMode {
+    /// Every chunk is read back and its MD5 compared with the source's.
+    #[default]
+    Readback,
+    /// Only a sample is read back: the first and the last chunk of every run
+    /// of data, and 4 chunks picked at random. For Azure, which checks each
+    /// Put Page's Content-MD5 itself; a corruption in an unsampled chunk of a
+    /// server-side copy goes unnoticed.
+    Sample,
+}
+
+impl VerifyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyMode::Readback => "readback",
+            VerifyMode::Sample => "sample",
+        }
+    }
+}
+
+/// The chunks a sampled verification reads: the first and last chunk of each
+/// run of data (where offset mistakes show), and `random` more picked with a
+/// generator seeded by `seed` (the copy's URL), in order.
+pub fn sample_chunks(
+    chunks: &[Range<u64>],
+    ranges: &[Range<u64>],
+    seed: &str,
+    random: usize,
+) -> Vec<usize> {
+    let mut picked = std::collections::BTreeSet::new();
+    let find = |offset: u64| {
+        chunks
+            .iter()
+            .position(|c| c.start <= offset && offset < c.end)
+    };
+    for r in ranges.iter().filter(|r| r.end > r.start) {
+        picked.extend(find(r.start));
+        picked.extend(find(r.end - 1));
+    }
+    // xorshift64*, seeded from the URL: the same copy gets the same sample.
+    let mut x: u64 = seed.bytes().fold(0x9E37_79B9_7F4A_7C15, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
+    }) | 1;
+    for _ in 0..random.min(chunks.len()) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        if !chunks.is_empty() {
+            picked.insert((r % chunks.len() as u64) as usize);
+        }
+    }
+    picked.into_iter().collect()
 }
 
 /// What the copy and verify steps of one run share.
@@ -426,6 +494,7 @@ struct Ctx<'a> {
     chunks: &'a [Range<u64>],
     parallel: usize,
     cancel: &'a AtomicBool,
+    verify: VerifyMode,
 }
 
 impl Ctx<'_> {
@@ -487,10 +556,13 @@ pub async fn replicate(
                 && p.blob_type == "PageBlob"
                 && p.metadata.get(META_SOURCE) == Some(&info.identity)
         });
+        // A copy verified by sample is not taken as read back in full.
         let verified = same_source
-            && existing
-                .as_ref()
-                .is_some_and(|p| p.metadata.get(META_VERIFIED).map(String::as_str) == Some("true"));
+            && existing.as_ref().is_some_and(|p| {
+                p.metadata.get(META_VERIFIED).map(String::as_str) == Some("true")
+                    && (opts.verify == VerifyMode::Sample
+                        || p.metadata.get(META_VERIFY_MODE).map(String::as_str) != Some("sample"))
+            });
         let mut present = vec![false; chunks.len()];
         if same_source {
             let have = storage.page_ranges(&blob).await?;
@@ -498,6 +570,10 @@ pub async fn replicate(
                 present[i] = have.iter().any(|r| r.start <= c.start && c.end <= r.end);
             }
             if verified && have == info.ranges {
+                let was_sampled = existing
+                    .as_ref()
+                    .and_then(|p| p.metadata.get(META_VERIFY_MODE))
+                    .is_some_and(|m| m == "sample");
                 dests.push(Destination {
                     blob,
                     skip: true,
@@ -505,6 +581,11 @@ pub async fn replicate(
                     strategy: Strategy::AlreadyVerified,
                     chunks_copied: 0,
                     bytes_copied: 0,
+                    verify: if was_sampled {
+                        VerifyMode::Sample
+                    } else {
+                        VerifyMode::Readback
+                    },
                 });
                 continue;
             }
@@ -520,6 +601,7 @@ pub async fn replicate(
             strategy: Strategy::ClientStream,
             chunks_copied: 0,
             bytes_copied: 0,
+            verify: opts.verify,
         });
     }
 
@@ -552,6 +634,7 @@ pub async fn replicate(
         chunks: &chunks,
         parallel: opts.parallel,
         cancel: &opts.cancel,
+        verify: opts.verify,
     };
     if !work.is_empty() && !chunks.is_empty() {
         let server_side = match &*source {
@@ -578,6 +661,7 @@ pub async fn replicate(
         verify(&ctx, &mut src_md5, &dests[i].blob, &bars[i]).await?;
         let mut meta = unverified_metadata(&info);
         meta.insert(META_VERIFIED.into(), "true".into());
+        meta.insert(META_VERIFY_MODE.into(), opts.verify.as_str().into());
         meta.insert(
             META_VERIFIED_AT.into(),
             humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -588,9 +672,13 @@ pub async fn replicate(
             crate::term::status(
                 "Verified",
                 &format!(
-                    "{}: {} copied and read back in {:.1} s",
+                    "{}: {} copied and {} in {:.1} s",
                     dests[i].blob.url(),
                     indicatif::HumanBytes(valid_bytes),
+                    match opts.verify {
+                        VerifyMode::Readback => "read back",
+                        VerifyMode::Sample => "a sample read back",
+                    },
                     clock.elapsed().as_secs_f64()
                 ),
             );
@@ -613,6 +701,7 @@ pub async fn replicate(
                 chunks_total: chunks.len(),
                 bytes_copied: d.bytes_copied,
                 verified: true,
+                verify: d.verify,
             })
             .collect(),
         bytes_downloaded: c.bytes_down.load(Ordering::Relaxed),
@@ -878,9 +967,20 @@ async fn verify(
             info.ranges.iter().map(|r| r.end - r.start).sum::<u64>()
         )));
     }
+    let picked: Vec<usize> = match ctx.verify {
+        VerifyMode::Readback => (0..chunks.len()).collect(),
+        VerifyMode::Sample => sample_chunks(chunks, &info.ranges, &blob.url(), 4),
+    };
+    bar.set_length(
+        picked
+            .iter()
+            .map(|&c| chunks[c].end - chunks[c].start)
+            .sum(),
+    );
     let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    for (c, chunk) in chunks.iter().enumerate() {
+    for &c in &picked {
+        let chunk = &chunks[c];
         let permit = ctx.permit(&semaphore).await?;
         let (storage, source, blob, chunk, known, bar) = (
             storage.clone(),
@@ -918,6 +1018,25 @@ async fn verify(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_sample_reads_the_ends_of_every_run_of_data_and_a_few_more() {
+        let mib = 1024 * 1024;
+        // Two runs: 0..10 MiB (chunks 0-2) and 40..41 MiB (chunk 3); then empty space.
+        let ranges = vec![0..10 * mib, 40 * mib..41 * mib];
+        let chunks = crate::storage::chunks(&ranges, 4 * mib);
+        assert_eq!(chunks.len(), 4);
+        let picked = super::sample_chunks(&chunks, &ranges, "https://a/c/x.vhd", 0);
+        assert_eq!(picked, vec![0, 2, 3], "first and last of each run");
+        let more = super::sample_chunks(&chunks, &ranges, "https://a/c/x.vhd", 4);
+        assert!(more.len() <= 4 && more.starts_with(&[0]), "{more:?}");
+        // The same copy gets the same sample.
+        assert_eq!(
+            more,
+            super::sample_chunks(&chunks, &ranges, "https://a/c/x.vhd", 4)
+        );
+        assert!(super::sample_chunks(&[], &[], "x", 4).is_empty());
+    }
+
     use super::*;
 
     #[test]

@@ -767,3 +767,62 @@ fn storage_settings_that_cannot_work_are_named_before_any_request() {
         r.stderr
     );
 }
+
+#[test]
+fn a_sampled_verification_reads_back_less_and_a_full_one_is_not_taken_for_it() {
+    let az = Azurite::start(&["rep1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    // Two runs of 40 MiB: 20 chunks, of which a sample reads the 4 ends and
+    // at most 4 more.
+    let vhd = sparse_vhd(
+        tmp.path(),
+        "disk",
+        128,
+        &[(0, 40 * MIB as usize), (64 * MIB, 40 * MIB as usize)],
+    );
+    let upload = |verify: &str, name: &str| {
+        let r = run(imgforge_for(&az)
+            .args([
+                "upload", "--json", "--to", "rep1", "--name", name, "--verify", verify,
+            ])
+            .arg(&vhd));
+        assert_eq!(r.code, 0, "{}", r.all());
+        json(&r)
+    };
+    let down = |doc: &serde_json::Value| doc["result"]["bytes_downloaded"].as_u64().unwrap();
+    let sampled = upload("sample", "s.vhd");
+    let full = upload("readback", "f.vhd");
+    assert_eq!(
+        sampled["result"]["copies"][0]["verify"], "sample",
+        "{sampled:#}"
+    );
+    assert_eq!(full["result"]["copies"][0]["verify"], "readback");
+    // Read back: all 80 MiB (and a few KiB of page lists), against at most
+    // 8 of the 20 chunks.
+    assert!(
+        (80 * MIB..80 * MIB + 65536).contains(&down(&full)),
+        "{full:#}"
+    );
+    let s = down(&sampled);
+    assert!((16 * MIB..32 * MIB + 65536).contains(&s), "{s}");
+    let s_url = az.url("rep1", "images", "s.vhd");
+    assert_eq!(az.props(&s_url)["metadata"]["imgforge_verify"], "sample");
+    assert_eq!(
+        az.download(&s_url, &tmp.path().join("dl")),
+        std::fs::read(&vhd).unwrap()
+    );
+
+    // A full read-back asked of the sampled copy: it is verified again, in full.
+    let again = upload("readback", "s.vhd");
+    let copy = &again["result"]["copies"][0];
+    assert_ne!(copy["strategy"], "already_verified", "{again:#}");
+    assert_eq!(copy["verify"], "readback");
+    assert_eq!(az.props(&s_url)["metadata"]["imgforge_verify"], "readback");
+    // A copy read back in full counts for a sampled run too.
+    let once_more = upload("sample", "s.vhd");
+    assert_eq!(
+        once_more["result"]["copies"][0]["strategy"],
+        "already_verified"
+    );
+    assert_eq!(once_more["result"]["copies"][0]["verify"], "readback");
+}
