@@ -207,6 +207,11 @@ fn random_key() -> String {
 }
 
 impl Azurite {
+    /// The emulator's process id (benchmarks read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start(accounts: &[&str]) -> Azurite {
         Azurite::start_with(accounts, None)
     }
