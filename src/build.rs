@@ -1053,16 +1053,7 @@ impl Run<'_> {
         let rt = runtime()?;
         let mut involved = accounts.clone();
         let source = match self.record.artifact.as_ref().expect("skip_reason checked") {
-            Captured::LocalVhd { path, .. } => {
-                let file = std::fs::File::open(path).map_err(|source| ReplicateError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                Source::File {
-                    path: path.clone(),
-                    file: Arc::new(file),
-                }
-            }
+            Captured::LocalVhd { path, .. } => Source::open_file(path)?,
             Captured::AzureVhd {
                 os_disk_uri,
                 read_only_sas_url,

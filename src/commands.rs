@@ -1055,15 +1055,9 @@ fn stop_on_interrupt() -> (
 }
 
 fn upload(args: UploadArgs) -> Result<i32, AppError> {
-    use crate::replicate::{self, ReplicateError, Source};
+    use crate::replicate::{self, Source};
     use crate::storage::BlobRef;
-    let file = std::fs::metadata(&args.file)
-        .and_then(|m| crate::fsutil::check_regular(&m))
-        .and_then(|_| std::fs::File::open(&args.file))
-        .map_err(|source| ReplicateError::Read {
-            path: args.file.clone(),
-            source,
-        })?;
+    let source = Source::open_file(&args.file)?;
     let name = args.name.clone().unwrap_or_else(|| {
         args.file
             .file_name()
@@ -1086,10 +1080,7 @@ fn upload(args: UploadArgs) -> Result<i32, AppError> {
         );
         replicate::replicate(
             storage,
-            std::sync::Arc::new(Source::File {
-                path: args.file.clone(),
-                file: std::sync::Arc::new(file),
-            }),
+            std::sync::Arc::new(source),
             vec![dest],
             replicate::Options {
                 parallel: args.storage.parallel,

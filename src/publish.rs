@@ -424,13 +424,7 @@ pub async fn publish(
         Source::File { path, blob_name } => {
             use crate::replicate::{self, ReplicateError};
             use crate::storage::{BlobRef, Storage};
-            let file = std::fs::metadata(&path)
-                .and_then(|m| crate::fsutil::check_regular(&m))
-                .and_then(|_| std::fs::File::open(&path))
-                .map_err(|source| ReplicateError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
+            let local = replicate::Source::open_file(&path)?;
             let dest = BlobRef::at(
                 &opts.blob_endpoint,
                 &account.name,
@@ -444,10 +438,7 @@ pub async fn publish(
             );
             replicate::replicate(
                 storage,
-                Arc::new(replicate::Source::File {
-                    path: path.clone(),
-                    file: Arc::new(file),
-                }),
+                Arc::new(local),
                 vec![dest.clone()],
                 replicate::Options {
                     parallel: opts.parallel,

@@ -250,6 +250,22 @@ struct SourceInfo {
 }
 
 impl Source {
+    /// A local fixed VHD to upload: a regular file (a FIFO or a device is
+    /// refused before it is opened), opened once for all its reads.
+    pub fn open_file(path: &Path) -> Result<Source, ReplicateError> {
+        let file = std::fs::metadata(path)
+            .and_then(|m| crate::fsutil::check_regular(&m))
+            .and_then(|_| std::fs::File::open(path))
+            .map_err(|source| ReplicateError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Source::File {
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+        })
+    }
+
     async fn info(&self, storage: &Storage) -> Result<SourceInfo, ReplicateError> {
         match self {
             Source::Blob(b) => {
