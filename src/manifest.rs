@@ -289,6 +289,11 @@ pub struct ProvisionSection {
     pub packages: Vec<String>,
     #[serde(default)]
     pub scripts: Vec<PathBuf>,
+    /// User scripts may come from outside the manifest's directory (they are
+    /// refused there by default: a manifest from elsewhere must not pull
+    /// `../../etc/shadow` or `/proc/self/cmdline` into a build).
+    #[serde(default)]
+    pub allow_outside: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -684,7 +689,8 @@ impl Checker<'_> {
         }
         keep(self.firewall(&m.firewall));
         keep(self.provision_packages(&m.provision.packages));
-        let scripts = match self.provision_scripts(&m.provision.scripts) {
+        let scripts = match self.provision_scripts(&m.provision.scripts, m.provision.allow_outside)
+        {
             Ok(s) => s,
             Err(e) => {
                 keep(Err(e));
@@ -1210,8 +1216,11 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn provision_scripts(&self, scripts: &[PathBuf]) -> Check<Vec<PathBuf>> {
-        let base = self.path.parent().unwrap_or(Path::new("."));
+    fn provision_scripts(&self, scripts: &[PathBuf], allow_outside: bool) -> Check<Vec<PathBuf>> {
+        let base = match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
         let mut resolved = Vec::new();
         for (i, s) in scripts.iter().enumerate() {
             let key = format!("provision.scripts.{i}");
@@ -1240,6 +1249,23 @@ impl Checker<'_> {
                     &key,
                     format!("user script `{}` not found", full.display()),
                     "paths are relative to the manifest's directory",
+                ));
+            }
+            // Where it really is, links resolved, against where the manifest is.
+            let inside = match (full.canonicalize(), base.canonicalize()) {
+                (Ok(f), Ok(b)) => f.starts_with(&b),
+                _ => false,
+            };
+            if !inside && !allow_outside {
+                return Err(self.fail(
+                    &key,
+                    format!(
+                        "user script `{}` is outside the manifest's directory `{}`",
+                        full.display(),
+                        base.display()
+                    ),
+                    "copy the script next to the manifest, or set `allow_outside = true` under \
+                     [provision] to take scripts from elsewhere",
                 ));
             }
             resolved.push(full);

@@ -312,11 +312,60 @@ fn a_user_script_that_is_the_environment_is_refused_not_rendered() {
         &format!("{MINIMAL}\n[provision]\nscripts = [\"/proc/self/environ\"]\n"),
     );
     let out = tmp.path().join("out");
+    // Refused first because it is outside the manifest's directory…
+    let r = run(imgforge().arg("render").arg(&m).arg("-o").arg(&out));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("is outside the manifest's directory"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists(), "nothing half-written");
+    // …and, allowed from outside, still refused for what it would render.
+    write(
+        &m,
+        &format!(
+            "{MINIMAL}\n[provision]\nscripts = [\"/proc/self/environ\"]\nallow_outside = true\n"
+        ),
+    );
     let r = run(imgforge().arg("render").arg(&m).arg("-o").arg(&out));
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("would contain a secret"), "{}", r.stderr);
     assert!(!r.all().contains(CANARY));
     assert!(!out.exists(), "nothing half-written");
+}
+
+#[test]
+fn user_scripts_from_outside_the_manifests_directory_need_saying_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("project");
+    write(&dir.join("setup.sh"), "#!/bin/sh\necho inside\n");
+    write(
+        &tmp.path().join("elsewhere.sh"),
+        "#!/bin/sh\necho outside\n",
+    );
+    // A link in the directory to a file outside it counts as outside.
+    std::os::unix::fs::symlink(tmp.path().join("elsewhere.sh"), dir.join("linked.sh")).unwrap();
+    let m = dir.join("m.toml");
+    for (scripts, allow, ok) in [
+        ("[\"setup.sh\"]", false, true),
+        ("[\"../elsewhere.sh\"]", false, false),
+        ("[\"linked.sh\"]", false, false),
+        ("[\"../elsewhere.sh\"]", true, true),
+    ] {
+        write(
+            &m,
+            &format!("{MINIMAL}\n[provision]\nscripts = {scripts}\nallow_outside = {allow}\n"),
+        );
+        let r = run(imgforge().arg("plan").arg(&m));
+        if ok {
+            assert_eq!(r.code, 0, "{scripts} {allow}: {}", r.all());
+        } else {
+            assert_eq!(r.code, 2, "{scripts} {allow}: {}", r.all());
+            assert!(r.stderr.contains("provision.scripts.0"), "{}", r.stderr);
+            assert!(r.stderr.contains("allow_outside = true"), "{}", r.stderr);
+        }
+    }
 }
 
 #[test]
