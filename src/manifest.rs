@@ -536,7 +536,7 @@ fn syntax_error(path: &Path, source: &str, e: &toml::de::Error) -> ManifestError
         line,
         column,
         key,
-        message: plain_words(&message),
+        message: elide(&plain_words(&message), 400),
         hint,
     }))
 }
@@ -617,13 +617,14 @@ impl Checker<'_> {
     ) -> ManifestError {
         let (line, column) = line_col(self.source, self.span_of(key).start);
         let hint: String = hint.into();
+        // Messages quote values from the file: bounded whatever the value.
         ManifestError::Invalid(Box::new(Located {
             path: self.path.to_path_buf(),
             line,
             column,
             key: key.to_string(),
-            message: message.into(),
-            hint: (!hint.is_empty()).then_some(hint),
+            message: elide(&message.into(), 400),
+            hint: (!hint.is_empty()).then(|| elide(&hint, 600)),
         }))
     }
 
@@ -995,7 +996,10 @@ impl Checker<'_> {
     }
 
     fn location(&self, key: &str, value: &str) -> Check<()> {
+        // The longest region name today is 20 characters (southafricanorth 16,
+        // australiasoutheast 18, …); 40 leaves room and bounds the value.
         let ok = !value.is_empty()
+            && value.len() <= 40
             && value
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
@@ -1350,8 +1354,21 @@ fn os_name(os: Os) -> &'static str {
 
 /// Shows control characters visibly so an error message cannot be spoofed or
 /// broken across lines by the value it quotes.
+/// A value as an error shows it: escaped, and cut to 100 characters (a
+/// rejected 100 MB value is not echoed whole).
 fn printable(s: &str) -> String {
-    s.escape_debug().to_string()
+    elide(&s.escape_debug().to_string(), 100)
+}
+
+/// `s` with its middle replaced by "…(N characters)…" past `max` characters.
+fn elide(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        return s.to_string();
+    }
+    let head: String = s.chars().take(max / 2).collect();
+    let tail: String = s.chars().skip(n - max / 4).collect();
+    format!("{head}…({n} characters)…{tail}")
 }
 
 #[cfg(test)]

@@ -442,3 +442,23 @@ fn every_problem_of_a_manifest_is_reported_in_one_run() {
     assert_eq!(r.stderr.matches("hint:").count(), 3, "{}", r.stderr);
     assert!(r.stderr.contains("3 problems in"), "{}", r.stderr);
 }
+
+#[test]
+fn a_huge_rejected_value_is_named_not_echoed_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let huge = "x".repeat(1_000_000);
+    let m = tmp.path().join("m.toml");
+    write(
+        &m,
+        &format!(
+            "[image]\nname = \"x\"\nos = \"linux\"\ndistro = \"{huge}\"\n\n[build]\nlocation = \"{huge}\"\nresource_group = \"rg\"\nstorage_account = \"imgforgebuild\"\ncapture_container = \"images\"\n"
+        ),
+    );
+    let r = run(imgforge().arg("plan").arg(&m));
+    assert_eq!(r.code, 2, "{}", &r.stderr[..r.stderr.len().min(500)]);
+    // Both problems, each value cut with its length said; not a megabyte of x.
+    assert!(r.stderr.len() < 2000, "{} bytes of error", r.stderr.len());
+    assert!(r.stderr.contains("image.distro"), "{}", r.stderr);
+    assert!(r.stderr.contains("build.location"), "{}", r.stderr);
+    assert!(r.stderr.contains("(1000000 characters)"), "{}", r.stderr);
+}
