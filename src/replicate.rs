@@ -39,6 +39,19 @@ pub enum ReplicateError {
     },
     #[error("{0}")]
     Storage(#[from] StorageError),
+    /// Some destinations failed while the others were copied and verified.
+    #[error(
+        "{} of {} copies failed ({} verified and kept):\n{}\n  hint: rerun the same command: verified copies are skipped and the failed ones resume where they stopped",
+        .failed.len(),
+        .failed.len() + .verified,
+        .verified,
+        .failed.iter().map(|(account, why)| format!("  {account}: {why}")).collect::<Vec<_>>().join("\n")
+    )]
+    Destinations {
+        /// (account, why), in destination order.
+        failed: Vec<(String, String)>,
+        verified: usize,
+    },
     #[error(
         "the copies' storage accounts must be in {region} (the Batch account's region) and in subscription {subscription}: {}\n  hint: choose accounts there ([replicate] storage_accounts or --to), or correct [replicate] region / --region; nothing was copied",
         .problems.join("; ")
@@ -511,6 +524,8 @@ struct Ctx<'a> {
     parallel: usize,
     cancel: &'a AtomicBool,
     verify: VerifyMode,
+    /// Destinations that failed, by index, with why.
+    failed: Arc<std::sync::Mutex<BTreeMap<usize, String>>>,
 }
 
 impl Ctx<'_> {
@@ -651,6 +666,7 @@ pub async fn replicate(
         parallel: opts.parallel,
         cancel: &opts.cancel,
         verify: opts.verify,
+        failed: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
     };
     if !work.is_empty() && !chunks.is_empty() {
         let server_side = match &*source {
@@ -669,7 +685,8 @@ pub async fn replicate(
     }
 
     // Verify every copy that was written in this run, then mark it complete.
-    for &i in &work {
+    let failed = ctx.failed.lock().expect("not poisoned").clone();
+    for &i in work.iter().filter(|i| !failed.contains_key(i)) {
         bars[i].set_position(0);
         bars[i].reset_elapsed();
         bars[i].reset_eta();
@@ -701,6 +718,15 @@ pub async fn replicate(
         }
     }
     drop(ticker);
+    if !failed.is_empty() {
+        return Err(ReplicateError::Destinations {
+            failed: failed
+                .iter()
+                .map(|(&i, why)| (dests[i].blob.account.clone(), why.clone()))
+                .collect(),
+            verified: dests.len() - failed.len(),
+        });
+    }
 
     let c = &storage.counters;
     Ok(Report {
@@ -891,14 +917,22 @@ async fn stream_copy(
     let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (c, chunk) in chunks.iter().enumerate() {
+        // A destination that failed (after the storage client's retries) is
+        // left out of the later chunks; the others go on.
+        let failed_now = ctx.failed.lock().expect("not poisoned").clone();
         let targets: Vec<(usize, BlobRef, bool)> = work
             .iter()
+            .filter(|i| !failed_now.contains_key(i))
             .map(|&i| (i, dests[i].blob.clone(), dests[i].present[c]))
             .collect();
+        if targets.is_empty() {
+            break;
+        }
         let permit = ctx.permit(&semaphore).await?;
         let storage = storage.clone();
         let source = source.clone();
         let chunk = chunk.clone();
+        let failed = ctx.failed.clone();
         let bars: Vec<indicatif::ProgressBar> =
             targets.iter().map(|(i, _, _)| bars[*i].clone()).collect();
         tasks.spawn(async move {
@@ -907,11 +941,30 @@ async fn stream_copy(
             let digest = md5(&data);
             let mut written = Vec::new();
             for ((i, blob, present), bar) in targets.into_iter().zip(bars) {
-                let intact =
-                    present && md5(&storage.get_range(&blob, chunk.clone()).await?) == digest;
-                if !intact {
-                    storage.put_page(&blob, chunk.start, data.clone()).await?;
-                    written.push(i);
+                if failed.lock().expect("not poisoned").contains_key(&i) {
+                    continue;
+                }
+                let result = async {
+                    let intact =
+                        present && md5(&storage.get_range(&blob, chunk.clone()).await?) == digest;
+                    if !intact {
+                        storage.put_page(&blob, chunk.start, data.clone()).await?;
+                    }
+                    Ok::<bool, StorageError>(!intact)
+                }
+                .await;
+                match result {
+                    Ok(true) => written.push(i),
+                    Ok(false) => {}
+                    Err(e) => {
+                        bar.abandon_with_message("failed");
+                        failed
+                            .lock()
+                            .expect("not poisoned")
+                            .entry(i)
+                            .or_insert_with(|| e.to_string());
+                        continue;
+                    }
                 }
                 bar.inc(chunk.end - chunk.start);
             }

@@ -826,3 +826,70 @@ fn a_sampled_verification_reads_back_less_and_a_full_one_is_not_taken_for_it() {
     );
     assert_eq!(once_more["result"]["copies"][0]["verify"], "readback");
 }
+
+#[test]
+fn a_destination_that_fails_mid_copy_does_not_stop_the_others() {
+    let az = Azurite::start(&["src", "rep1", "rep2", "rep3"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 64, ISLANDS);
+    let source = az.url("src", "build", "disk.vhd");
+    az.oracle(&["create", &source, vhd.to_str().unwrap()]);
+    // rep2's Put Page requests are dropped after the second; rep1 and rep3 pass.
+    let proxy = FaultProxy::start_for(az.port, 0, Some(2), Some("rep2"));
+    let through_proxy = format!("http://127.0.0.1:{}/{{account}}", proxy.port);
+    let replicate = |endpoint: &str| {
+        run(imgforge_for(&az)
+            .env("IMGFORGE_HTTP_NO_POOL", "1")
+            .args([
+                "replicate",
+                "--json",
+                "--no-server-copy",
+                "--source",
+                &source,
+            ])
+            .args(["--to", "rep1", "--to", "rep2", "--to", "rep3"])
+            .args(["--blob-endpoint", endpoint]))
+    };
+    let r = replicate(&through_proxy);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("1 of 3 copies failed (2 verified and kept)"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("\n  rep2: "), "{}", r.stderr);
+    let url = |a: &str| az.url(a, "images", "disk.vhd");
+    assert_eq!(
+        az.props(&url("rep1"))["metadata"]["imgforge_verified"],
+        "true"
+    );
+    assert_eq!(
+        az.props(&url("rep3"))["metadata"]["imgforge_verified"],
+        "true"
+    );
+    assert_eq!(
+        az.props(&url("rep2"))["metadata"]["imgforge_verified"],
+        "false"
+    );
+    assert!(proxy.faults.load(std::sync::atomic::Ordering::SeqCst) > 0);
+
+    // The same command without the fault: only rep2 is worked on.
+    let again = replicate(&az.endpoint_template());
+    assert_eq!(again.code, 0, "{}", again.all());
+    let doc = json(&again);
+    let strategies: Vec<&str> = doc["result"]["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["strategy"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        strategies,
+        vec!["already_verified", "client_stream", "already_verified"]
+    );
+    assert_eq!(
+        az.download(&url("rep2"), &tmp.path().join("dl")),
+        std::fs::read(&vhd).unwrap()
+    );
+}

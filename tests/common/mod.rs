@@ -403,6 +403,18 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub fn start(upstream: u16, every: usize, cut_after_puts: Option<usize>) -> FaultProxy {
+        FaultProxy::start_for(upstream, every, cut_after_puts, None)
+    }
+
+    /// As `start`, with the Put Page cut applied to one account's requests only
+    /// (the others pass untouched): one destination failing mid-copy.
+    pub fn start_for(
+        upstream: u16,
+        every: usize,
+        cut_after_puts: Option<usize>,
+        only_account: Option<&str>,
+    ) -> FaultProxy {
+        let only_prefix = only_account.map(|a| format!(" /{a}/"));
         use std::io::Write;
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
@@ -416,12 +428,15 @@ impl FaultProxy {
             for conn in listener.incoming() {
                 let Ok(mut client) = conn else { continue };
                 let (faults, page_puts, count) = (f.clone(), p.clone(), count.clone());
+                let only_prefix = only_prefix.clone();
                 std::thread::spawn(move || {
                     let Some((head, body)) = read_request(&mut client) else {
                         return;
                     };
                     let first = head.lines().next().unwrap_or("");
-                    let is_page_put = first.starts_with("PUT ") && first.contains("comp=page");
+                    let is_page_put = first.starts_with("PUT ")
+                        && first.contains("comp=page")
+                        && only_prefix.as_deref().is_none_or(|p| first.contains(p));
                     if is_page_put {
                         let n = page_puts.fetch_add(1, Ordering::SeqCst) + 1;
                         if cut_after_puts.is_some_and(|k| n > k) {
