@@ -133,18 +133,11 @@ impl Arm {
                     message: format!("an entry without name, location or id: {v}"),
                 })?);
             }
-            match page["nextLink"].as_str() {
-                Some(next) if !next.is_empty() => {
-                    // The bearer token goes to this endpoint and nowhere else.
-                    if !next.starts_with(&format!("{}/", self.endpoint)) {
-                        return Err(ArmError::Protocol {
-                            op: OP,
-                            message: format!("nextLink `{next}` leaves {}", self.endpoint),
-                        });
-                    }
-                    url = next.to_string();
-                }
-                _ => return Ok(accounts),
+            match crate::http::next_page(&page, "nextLink", &self.endpoint)
+                .map_err(|message| ArmError::Protocol { op: OP, message })?
+            {
+                Some(next) => url = next,
+                None => return Ok(accounts),
             }
         }
     }

@@ -187,18 +187,11 @@ pub async fn supported_images(
                 message: format!("an entry without nodeAgentSKUId or imageReference: {v}"),
             })?);
         }
-        match page["odata.nextLink"].as_str() {
-            Some(next) if !next.is_empty() => {
-                // The bearer token goes to the account and nowhere else.
-                if !next.starts_with(&format!("{base}/")) {
-                    return Err(BatchError::Protocol {
-                        op: OP,
-                        message: format!("odata.nextLink `{next}` leaves {base}"),
-                    });
-                }
-                url = next.to_string();
-            }
-            _ => return Ok(images),
+        match crate::http::next_page(&page, "odata.nextLink", &base)
+            .map_err(|message| BatchError::Protocol { op: OP, message })?
+        {
+            Some(next) => url = next,
+            None => return Ok(images),
         }
     }
     Err(BatchError::Protocol {

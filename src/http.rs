@@ -168,6 +168,26 @@ pub async fn send_retrying(
     }
 }
 
+/// The next page of a paged JSON list (`field`: `nextLink`, `odata.nextLink`):
+/// `Ok(None)` on the last page, an error when the link leaves `origin` — the
+/// bearer token goes to the service it was issued for and nowhere else.
+pub fn next_page(
+    page: &serde_json::Value,
+    field: &str,
+    origin: &str,
+) -> Result<Option<String>, String> {
+    match page[field].as_str() {
+        Some(next) if !next.is_empty() => {
+            if next.starts_with(&format!("{origin}/")) {
+                Ok(Some(next.to_string()))
+            } else {
+                Err(format!("{field} `{next}` leaves {origin}"))
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Refuses to send a secret or a token in clear text anywhere but this machine.
 pub fn require_secure(url: &str) -> Result<(), String> {
     if url.starts_with("https://") {
