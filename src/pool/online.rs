@@ -228,16 +228,9 @@ async fn check_node_agent(config: &PoolConfig, agent: &str, online: &Online<'_>)
     {
         Ok(i) => i,
         Err(e) => {
-            let text = e.to_string();
-            let (message, hint) = match text.split_once("\n  hint: ") {
-                Some((m, h)) => (m.to_string(), Some(h.to_string())),
-                None => (text, None),
-            };
-            let f = Finding::fail(NODE_AGENT, message).evidence(access.url_from);
-            return match hint {
-                Some(h) => f.hint(h),
-                None => f,
-            };
+            return Unavailable::from(e)
+                .finding(NODE_AGENT, "the Batch account's supported images")
+                .evidence(access.url_from);
         }
     };
     let agents = crate::batch::agents(&images, &crate::plan::today());
@@ -509,6 +502,28 @@ impl From<ArmError> for Unavailable {
                 hint,
             } => Unavailable {
                 message: format!("Resource Manager: {op} failed: HTTP {status}{code}: {message}"),
+                hint: Some(hint),
+            },
+            other => Unavailable {
+                message: other.to_string(),
+                hint: None,
+            },
+        }
+    }
+}
+
+impl From<crate::batch::BatchError> for Unavailable {
+    fn from(e: crate::batch::BatchError) -> Unavailable {
+        match e {
+            // As for Resource Manager: the hint where findings keep hints.
+            crate::batch::BatchError::Status {
+                op,
+                status,
+                code,
+                message,
+                hint,
+            } => Unavailable {
+                message: format!("Batch: {op} failed: HTTP {status}{code}: {message}"),
                 hint: Some(hint),
             },
             other => Unavailable {
