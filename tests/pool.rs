@@ -716,21 +716,10 @@ fn pool_on(dir: &std::path::Path, az: &Azurite, accounts: &[&str]) -> (PathBuf, 
 
 /// The findings pool.online.blobs, pool.online.accounts, pool.online.batch-account.
 fn online_findings(r: &Run) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
-    let doc: serde_json::Value =
-        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.all()));
-    let find = |id: &str| {
-        doc["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["id"] == id)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {id}: {doc}"))
-    };
     (
-        find("pool.online.blobs"),
-        find("pool.online.accounts"),
-        find("pool.online.batch-account"),
+        finding(r, "pool.online.blobs"),
+        finding(r, "pool.online.accounts"),
+        finding(r, "pool.online.batch-account"),
     )
 }
 

@@ -503,34 +503,27 @@ fn the_stand_in_checks_bodies_as_the_service_does() {
                 "storageAccountId": format!("/subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Storage/storageAccounts/{account}")}}}}})
         .to_string()
     };
-    let a = put(
-        &version,
-        &version_body(
+    // (target regions, staging account, what the answer must say)
+    for (regions, account, says) in [
+        (
             json!([{"name": "eastus", "regionalReplicaCount": 3}]),
             "imgcopy0",
+            "must be one of its target regions",
         ),
-    );
-    assert!(
-        a.body.contains("must be one of its target regions"),
-        "{}",
-        a.body
-    );
-    let a = put(
-        &version,
-        &version_body(
+        (
             json!([{"name": "westus2", "regionalReplicaCount": 101}]),
             "imgcopy0",
+            "from 1 to 100",
         ),
-    );
-    assert!(a.body.contains("from 1 to 100"), "{}", a.body);
-    let a = put(
-        &version,
-        &version_body(
+        (
             json!([{"name": "westus2", "regionalReplicaCount": 3}]),
             "other",
+            "does not match",
         ),
-    );
-    assert!(a.body.contains("does not match"), "{}", a.body);
+    ] {
+        let a = put(&version, &version_body(regions, account));
+        assert!(a.body.contains(says), "{}", a.body);
+    }
     let a = put(
         &version,
         &version_body(
