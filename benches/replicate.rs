@@ -1,148 +1,190 @@
-//! Replication benchmark on Azurite: a 1 GiB page blob holding 256 MiB of data
-//! in 4 MiB islands, copied to 3 accounts by imgforge, against a naive copy
-//! (download the whole blob, upload every page to each account) in the same run.
+//! Fan-out benchmark on Azurite: one source page blob (1 GiB, 256 MiB of data
+//! in 16 MiB runs) copied through imgforge (the client path,
+//! `--no-server-copy`) to 1, 3, 10 and 50 destination accounts in one run,
+//! against the naive copy of one destination (download everything, upload
+//! every page) measured in the same run. Per run: wall time, wall per
+//! destination, bytes through the client, requests, imgforge's peak RSS
+//! (wait4), and Azurite's CPU seconds (it is one Node.js process: its
+//! throughput bounds the series).
 //!
 //!   cargo bench --bench replicate
+//!   BENCH_VALID_MIB=64 BENCH_FANOUT_MAX=10 cargo bench --bench replicate   # a quicker series
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use common::*;
-use imgforge::storage::{BlobRef, MAX_CHUNK, Storage};
 
 const MIB: u64 = 1024 * 1024;
 
-fn main() {
-    let accounts = ["src", "dst1", "dst2", "dst3"];
-    let az = Azurite::start(&accounts);
-    let tmp = tempfile::tempdir().unwrap();
-    // 64 islands of 4 MiB, one every 16 MiB: 256 MiB of data in 1 GiB.
-    let islands: Vec<(u64, usize)> = (0..64).map(|i| (i * 16 * MIB, 4 * MIB as usize)).collect();
-    let vhd = sparse_vhd(tmp.path(), "bench", 1024, &islands);
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name in parentheses; utime and stime are 14th and 15th.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
 
-    let t = Instant::now();
+/// Runs `cmd`, returning its output and its peak RSS in KiB (wait4's rusage
+/// of that process alone).
+// The child is reaped by wait4 below, which also gives its rusage.
+#[allow(clippy::zombie_processes)]
+fn run_measured(cmd: &mut std::process::Command) -> (Run, u64) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    let mut status: libc::c_int = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter; pid is our child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (
+        Run {
+            code,
+            stdout: String::from_utf8_lossy(&out.join().unwrap()).into_owned(),
+            stderr: String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
+        },
+        usage.ru_maxrss as u64,
+    )
+}
+
+fn main() {
+    let valid_mib: u64 = std::env::var("BENCH_VALID_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let max: usize = std::env::var("BENCH_FANOUT_MAX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let series: Vec<usize> = [1, 3, 10, 50].into_iter().filter(|n| *n <= max).collect();
+    let names: Vec<String> = std::iter::once("src".to_string())
+        .chain((0..max.max(1)).map(|i| format!("dst{i}")))
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let az = Azurite::start(&refs);
+    let tmp = tempfile::tempdir().unwrap();
+    // Islands of 16 MiB (4 chunks each, so a sample reads half of them at
+    // most), spread over 1 GiB.
+    let n_islands = (valid_mib / 16).max(1);
+    let stride = 1024 / n_islands;
+    let islands: Vec<(u64, usize)> = (0..n_islands)
+        .map(|i| (i * stride * MIB, 16 * MIB as usize))
+        .collect();
+    let vhd = sparse_vhd(tmp.path(), "fan", 1024, &islands);
     let r = run(az
         .env(&mut imgforge())
         .env_remove("ARM_CLIENT_ID")
         .args(["upload", "--json", "--to", "src", "--container", "build"])
         .arg(&vhd));
     assert_eq!(r.code, 0, "{}", r.all());
-    let upload_s = t.elapsed().as_secs_f64();
-    let source = az.url("src", "build", "bench.vhd");
+    let source = az.url("src", "build", "fan.vhd");
 
-    let mut rows = Vec::new();
-    for (label, extra) in [
-        ("imgforge (server-side when possible)", &[][..]),
-        ("imgforge --no-server-copy", &["--no-server-copy"][..]),
-    ] {
-        let container = if extra.is_empty() { "auto" } else { "stream" };
+    // The naive baseline: one destination, download all then upload every page.
+    let naive = {
         let t = Instant::now();
-        let r = run(az
-            .env(&mut imgforge())
-            .env_remove("ARM_CLIENT_ID")
-            .args([
+        let whole = tmp.path().join("whole.vhd");
+        // Through the SDK into a file, never into this process's memory: a
+        // child's peak RSS starts from its parent's at fork.
+        az.oracle(&["download", &source, whole.to_str().unwrap()]);
+        az.oracle(&[
+            "create",
+            &az.url("dst0", "naive", "fan.vhd"),
+            whole.to_str().unwrap(),
+        ]);
+        t.elapsed().as_secs_f64()
+    };
+
+    println!(
+        "fan-out benchmark: 1 GiB page blob, {valid_mib} MiB valid, client path (--no-server-copy), Azurite 3.35.0, {} CPU(s)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "baseline: naive copy of one destination (SDK download of the whole blob, upload of its data): {naive:.2} s"
+    );
+    println!(
+        "{:>5} {:>8} {:>9} {:>8} {:>9} {:>10} {:>9} {:>9} {:>11} {:>8}",
+        "dests",
+        "verify",
+        "wall s",
+        "s/dest",
+        "vs naive",
+        "MiB down",
+        "MiB up",
+        "requests",
+        "peak RSS MiB",
+        "azurite"
+    );
+    let mut peak_first = None;
+    for &n in &series {
+        for verify in ["readback", "sample"] {
+            let container = format!("fan{n}{verify}");
+            let mut base = imgforge();
+            let cmd = az.env(&mut base);
+            cmd.env_remove("ARM_CLIENT_ID").args([
                 "replicate",
                 "--json",
+                "--no-server-copy",
+                "--verify",
+                verify,
                 "--source",
                 &source,
-                "--to",
-                "dst1",
-                "--to",
-                "dst2",
-                "--to",
-                "dst3",
                 "--container",
-                container,
-            ])
-            .args(extra));
-        let wall = t.elapsed().as_secs_f64();
-        assert_eq!(r.code, 0, "{}", r.all());
-        let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-        let res = &doc["result"];
-        let moved =
-            res["bytes_downloaded"].as_u64().unwrap() + res["bytes_uploaded"].as_u64().unwrap();
-        let strategy = res["copies"][0]["strategy"].as_str().unwrap().to_string();
-        rows.push((format!("{label} [{strategy}]"), wall, moved));
-    }
-
-    // The naive baseline, with the same client library, sequential.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let naive = rt.block_on(async {
-        for (a, k) in &az.keys {
-            // SAFETY: single-threaded at this point; the storage client reads these.
-            unsafe {
-                std::env::set_var(
-                    format!("IMGFORGE_STORAGE_KEY_{}", a.to_ascii_uppercase()),
-                    k,
-                )
-            };
-        }
-        let names: Vec<String> = accounts.iter().map(|s| s.to_string()).collect();
-        let storage = Arc::new(Storage::new(&names).await.unwrap());
-        let template = az.endpoint_template();
-        let src = BlobRef::at(&template, "src", "build", "bench.vhd");
-        let length = storage.properties(&src).await.unwrap().unwrap().length;
-        let t = Instant::now();
-        let mut whole = Vec::with_capacity(length as usize);
-        let mut off = 0;
-        while off < length {
-            let end = (off + MAX_CHUNK).min(length);
-            whole.extend_from_slice(&storage.get_range(&src, off..end).await.unwrap());
-            off = end;
-        }
-        for d in ["dst1", "dst2", "dst3"] {
-            let dst = BlobRef::at(&template, d, "naive", "bench.vhd");
-            storage.create_container(&dst).await.unwrap();
-            storage
-                .create_page_blob(&dst, length, &Default::default())
-                .await
-                .unwrap();
-            let mut off = 0;
-            while off < length {
-                let end = (off + MAX_CHUNK).min(length);
-                storage
-                    .put_page(
-                        &dst,
-                        off,
-                        bytes::Bytes::copy_from_slice(&whole[off as usize..end as usize]),
-                    )
-                    .await
-                    .unwrap();
-                off = end;
+                &container,
+            ]);
+            for i in 0..n {
+                cmd.arg("--to").arg(format!("dst{i}"));
             }
+            let az_cpu = cpu_s(az.pid());
+            let t = Instant::now();
+            let (r, rss_kib) = run_measured(cmd);
+            let wall = t.elapsed().as_secs_f64();
+            let az_cpu = cpu_s(az.pid()) - az_cpu;
+            assert_eq!(r.code, 0, "{}", r.all());
+            let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+            let res = &doc["result"];
+            let down = res["bytes_downloaded"].as_u64().unwrap() as f64 / MIB as f64;
+            let up = res["bytes_uploaded"].as_u64().unwrap() as f64 / MIB as f64;
+            let rss = rss_kib as f64 / 1024.0;
+            peak_first.get_or_insert(rss);
+            println!(
+                "{n:>5} {verify:>8} {wall:>9.2} {:>8.2} {:>8.2}x {down:>10.0} {up:>9.0} {:>9} {rss:>12.1} {az_cpu:>7.1}s",
+                wall / n as f64,
+                naive * n as f64 / wall,
+                res["requests"],
+            );
         }
-        let c = &storage.counters;
-        let moved = c.bytes_down.load(std::sync::atomic::Ordering::Relaxed)
-            + c.bytes_up.load(std::sync::atomic::Ordering::Relaxed);
-        (t.elapsed().as_secs_f64(), moved)
-    });
-
-    println!(
-        "replication benchmark: 1 GiB page blob, 256 MiB valid in 64 x 4 MiB islands, 3 destination accounts, Azurite 3.35.0"
-    );
-    println!("setup: imgforge upload of the source took {upload_s:.2} s");
-    println!(
-        "{:<52} {:>9} {:>12} {:>10}",
-        "method", "wall s", "MiB moved", "speed-up"
-    );
-    println!(
-        "{:<52} {:>9.2} {:>12.0} {:>10}",
-        "naive: download all, upload every page (baseline)",
-        naive.0,
-        naive.1 as f64 / MIB as f64,
-        "1.00x"
-    );
-    for (label, wall, moved) in &rows {
-        println!(
-            "{label:<52} {wall:>9.2} {:>12.0} {:>9.2}x",
-            *moved as f64 / MIB as f64,
-            naive.0 / wall
-        );
     }
     println!(
-        "MiB moved = source reads + uploads + verification read-back, through imgforge; valid data per copy: 256 MiB of 1 GiB"
+        "client bytes goal (client path): down + up <= 1.05 x valid x (1 + N) with readback adding N x valid down; \
+         'vs naive' = N naive copies' time / this run's time; peak RSS is the imgforge process's maximum \
+         (wait4's rusage of that one process, which starts from this benchmark's own RSS at fork, a few MiB)"
     );
 }

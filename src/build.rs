@@ -357,6 +357,8 @@ pub struct BuildOptions<'a> {
     pub boot_check: bool,
     pub blob_endpoint: String,
     pub parallel: usize,
+    /// Write requests in flight across all destinations (`--max-requests`).
+    pub max_requests: usize,
     /// How each copy is checked (`--verify`).
     pub verify: crate::replicate::VerifyMode,
     pub show_progress: bool,
@@ -1075,6 +1077,7 @@ impl Run<'_> {
         };
         let opts = Options {
             parallel: self.opts.parallel,
+            max_requests: self.opts.max_requests,
             show_progress: self.opts.show_progress,
             server_copy: true,
             cancel: self.cancel.clone(),

@@ -484,11 +484,15 @@ pub struct BuildArgs {
     /// Blob endpoint template for the replication accounts (see `replicate --help`).
     #[arg(long, value_name = "TEMPLATE", env = "IMGFORGE_BLOB_ENDPOINT")]
     pub blob_endpoint: Option<String>,
-    /// Concurrent 4 MiB chunk transfers during replication.
+    /// 4 MiB chunks in flight during replication: the memory bound and the
+    /// requests each destination account sees at once.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub parallel: usize,
+    /// Write requests in flight across all destination accounts.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_requests: usize,
     /// How each copy is checked after replication: readback or sample (see `replicate --help`).
-    #[arg(long, value_enum, default_value_t = crate::replicate::VerifyMode::Readback)]
+    #[arg(long, value_enum, default_value_t = crate::replicate::VerifyMode::Sample)]
     pub verify: crate::replicate::VerifyMode,
 }
 
@@ -520,16 +524,20 @@ pub struct StorageOptions {
     /// 'http://127.0.0.1:10000/{account}' for Azurite.
     #[arg(long, value_name = "TEMPLATE", env = "IMGFORGE_BLOB_ENDPOINT")]
     pub blob_endpoint: Option<String>,
-    /// Concurrent 4 MiB chunk transfers.
+    /// 4 MiB chunks in flight: memory holds at most N chunks whatever the
+    /// number of destinations, and each account sees at most N requests at once.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub parallel: usize,
+    /// Write requests in flight across all destination accounts.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_requests: usize,
     /// Print one JSON document on stdout.
     #[arg(long)]
     pub json: bool,
     /// How each copy is checked: readback (every chunk read back and its MD5
     /// compared) or sample (the first and last chunk of every run of data and 4
     /// random ones; for Azure, which checks each write's Content-MD5 itself).
-    #[arg(long, value_enum, default_value_t = crate::replicate::VerifyMode::Readback)]
+    #[arg(long, value_enum, default_value_t = crate::replicate::VerifyMode::Sample)]
     pub verify: crate::replicate::VerifyMode,
     /// The Batch account's region: before copying, ask Resource Manager (as the
     /// ARM_* principal, subscription ARM_SUBSCRIPTION_ID) that every destination

@@ -183,6 +183,7 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
             boot_check: !args.no_boot_check,
             blob_endpoint: crate::storage::endpoint_template(args.blob_endpoint.as_deref())?,
             parallel: args.parallel,
+            max_requests: args.max_requests,
             verify: args.verify,
             show_progress: !args.json,
             publish: !args.no_publish,
@@ -931,6 +932,7 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
             destinations,
             replicate::Options {
                 parallel: args.storage.parallel,
+                max_requests: args.storage.max_requests,
                 show_progress: !args.storage.json,
                 server_copy: !args.no_server_copy,
                 cancel: cancel.clone(),
@@ -1084,6 +1086,7 @@ fn upload(args: UploadArgs) -> Result<i32, AppError> {
             vec![dest],
             replicate::Options {
                 parallel: args.storage.parallel,
+                max_requests: args.storage.max_requests,
                 show_progress: !args.storage.json,
                 server_copy: false,
                 cancel,

@@ -442,6 +442,7 @@ pub async fn publish(
                 vec![dest.clone()],
                 replicate::Options {
                     parallel: opts.parallel,
+                    max_requests: opts.parallel,
                     show_progress: opts.show_progress,
                     server_copy: false,
                     // The staging copy is read back whole: it is the only copy.

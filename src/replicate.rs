@@ -444,7 +444,11 @@ struct Destination {
 }
 
 pub struct Options {
+    /// Chunks in flight: the memory bound (× 4 MiB) and the requests each
+    /// destination account sees at once.
     pub parallel: usize,
+    /// Write requests in flight across all destinations.
+    pub max_requests: usize,
     pub show_progress: bool,
     /// Try Put Page From URL and Copy Blob before streaming through imgforge.
     pub server_copy: bool,
@@ -462,12 +466,14 @@ pub struct Options {
 #[serde(rename_all = "snake_case")]
 pub enum VerifyMode {
     /// Every chunk is read back and its MD5 compared with the source's.
-    #[default]
     Readback,
     /// Only a sample is read back: the first and the last chunk of every run
-    /// of data, and 4 chunks picked at random. For Azure, which checks each
-    /// Put Page's Content-MD5 itself; a corruption in an unsampled chunk of a
-    /// server-side copy goes unnoticed.
+    /// of data, and 4 chunks picked at random. The rest rests on the service:
+    /// every Put Page carries the Content-MD5 of the bytes imgforge read and
+    /// every Put Page From URL their MD5 as `x-ms-source-content-md5`, which
+    /// Azure checks on write. A Copy Blob copy has no such check and is
+    /// always read back in full.
+    #[default]
     Sample,
 }
 
@@ -522,8 +528,9 @@ struct Ctx<'a> {
     info: &'a SourceInfo,
     chunks: &'a [Range<u64>],
     parallel: usize,
+    /// Requests in flight across all destinations.
+    requests: Arc<tokio::sync::Semaphore>,
     cancel: &'a AtomicBool,
-    verify: VerifyMode,
     /// Destinations that failed, by index, with why.
     failed: Arc<std::sync::Mutex<BTreeMap<usize, String>>>,
 }
@@ -664,8 +671,8 @@ pub async fn replicate(
         info: &info,
         chunks: &chunks,
         parallel: opts.parallel,
+        requests: Arc::new(tokio::sync::Semaphore::new(opts.max_requests.max(1))),
         cancel: &opts.cancel,
-        verify: opts.verify,
         failed: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
     };
     if !work.is_empty() && !chunks.is_empty() {
@@ -677,7 +684,15 @@ pub async fn replicate(
         };
         let mut remaining = work.clone();
         if let Some(sas_url) = &server_side {
-            remaining = server_side_copy(&ctx, sas_url, &mut dests, &remaining, &bars).await?;
+            remaining = server_side_copy(
+                &ctx,
+                sas_url.clone(),
+                &mut dests,
+                &remaining,
+                &bars,
+                &mut src_md5,
+            )
+            .await?;
         }
         if !remaining.is_empty() {
             stream_copy(&ctx, &mut dests, &remaining, &bars, &mut src_md5).await?;
@@ -691,10 +706,11 @@ pub async fn replicate(
         bars[i].reset_elapsed();
         bars[i].reset_eta();
         bars[i].set_message("verify");
-        verify(&ctx, &mut src_md5, &dests[i].blob, &bars[i]).await?;
+        let mode = dests[i].verify;
+        verify(&ctx, mode, &mut src_md5, &dests[i].blob, &bars[i]).await?;
         let mut meta = unverified_metadata(&info);
         meta.insert(META_VERIFIED.into(), "true".into());
-        meta.insert(META_VERIFY_MODE.into(), opts.verify.as_str().into());
+        meta.insert(META_VERIFY_MODE.into(), mode.as_str().into());
         meta.insert(
             META_VERIFIED_AT.into(),
             humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
@@ -708,7 +724,7 @@ pub async fn replicate(
                     "{}: {} copied and {} in {:.1} s",
                     dests[i].blob.url(),
                     indicatif::HumanBytes(valid_bytes),
-                    match opts.verify {
+                    match mode {
                         VerifyMode::Readback => "read back",
                         VerifyMode::Sample => "a sample read back",
                     },
@@ -815,37 +831,55 @@ fn unverified_metadata(info: &SourceInfo) -> BTreeMap<String, String> {
     ])
 }
 
+/// How a chunk reaches a destination.
+#[derive(Clone)]
+enum Write {
+    /// Put Page with the bytes imgforge read and their Content-MD5, which the
+    /// service checks on arrival.
+    Client,
+    /// Put Page From URL: the service reads the range from the source itself
+    /// and checks it against `x-ms-source-content-md5`, the MD5 of the bytes
+    /// imgforge read. No copy bytes are uploaded through imgforge.
+    FromUrl(Arc<Secret>),
+}
+
 /// Tries the server-side strategies; returns the destinations they could not serve.
 async fn server_side_copy(
     ctx: &Ctx<'_>,
-    sas_url: &Secret,
+    sas_url: Secret,
     dests: &mut [Destination],
     work: &[usize],
     bars: &[indicatif::ProgressBar],
+    src_md5: &mut [Option<[u8; 16]>],
 ) -> Result<Vec<usize>, ReplicateError> {
     let (storage, chunks, info) = (ctx.storage, ctx.chunks, ctx.info);
     for &i in work {
         bars[i].set_message("server copy?");
     }
     // Put Page From URL: probe with the first chunk of the first destination.
+    let first = ctx.source.read(storage, chunks[0].clone()).await?;
+    let digest = md5(&first);
+    drop(first);
     let probe = storage
-        .put_page_from_url(&dests[work[0]].blob, chunks[0].clone(), sas_url)
+        .put_page_from_url(
+            &dests[work[0]].blob,
+            chunks[0].clone(),
+            &sas_url,
+            Some(digest),
+        )
         .await;
     if probe.is_ok() {
+        src_md5[0] = Some(digest);
+        let d = &mut dests[work[0]];
+        d.chunks_copied += 1;
+        d.bytes_copied += chunks[0].end - chunks[0].start;
         for &i in work {
-            for (c, chunk) in chunks.iter().enumerate() {
-                if i == work[0] && c == 0 {
-                    continue;
-                }
-                ctx.check_cancel()?;
-                storage
-                    .put_page_from_url(&dests[i].blob, chunk.clone(), sas_url)
-                    .await?;
-                bars[i].inc(chunk.end - chunk.start);
-            }
+            bars[i].set_message("copy");
+        }
+        let write = Write::FromUrl(Arc::new(sas_url));
+        copy_chunks(ctx, dests, work, bars, src_md5, write, Some(work[0])).await?;
+        for &i in work {
             dests[i].strategy = Strategy::PutPageFromUrl;
-            dests[i].chunks_copied = chunks.len();
-            dests[i].bytes_copied = info.ranges.iter().map(|r| r.end - r.start).sum();
         }
         return Ok(Vec::new());
     }
@@ -865,7 +899,7 @@ async fn server_side_copy(
             continue;
         }
         match storage
-            .start_copy(&dests[i].blob, sas_url, &unverified_metadata(info))
+            .start_copy(&dests[i].blob, &sas_url, &unverified_metadata(info))
             .await
         {
             Ok(()) => pending.push(i),
@@ -883,6 +917,9 @@ async fn server_side_copy(
                     dests[i].strategy = Strategy::CopyBlob;
                     dests[i].chunks_copied = chunks.len();
                     dests[i].bytes_copied = valid;
+                    // No range of a Copy Blob was checked against a hash
+                    // imgforge computed: such a copy is always read back in full.
+                    dests[i].verify = VerifyMode::Readback;
                     bars[i].set_position(valid);
                 }
                 Some("pending") => still.push(i),
@@ -913,49 +950,101 @@ async fn stream_copy(
     bars: &[indicatif::ProgressBar],
     src_md5: &mut [Option<[u8; 16]>],
 ) -> Result<(), ReplicateError> {
+    copy_chunks(ctx, dests, work, bars, src_md5, Write::Client, None).await?;
+    for &i in work {
+        dests[i].strategy = Strategy::ClientStream;
+    }
+    Ok(())
+}
+
+/// The copy loop both strategies share. Bounds, whatever the number of
+/// destinations: at most `parallel` chunks (≤ 4 MiB each) are held in memory,
+/// so each account sees at most `parallel` requests at once; a chunk is
+/// written to its destinations concurrently, at most `max_requests` requests
+/// in flight in all. A destination that fails (after the storage client's
+/// retries) is left out of the later chunks and reported; the others go on.
+async fn copy_chunks(
+    ctx: &Ctx<'_>,
+    dests: &mut [Destination],
+    work: &[usize],
+    bars: &[indicatif::ProgressBar],
+    src_md5: &mut [Option<[u8; 16]>],
+    write: Write,
+    probed: Option<usize>,
+) -> Result<(), ReplicateError> {
     let (storage, source, chunks, parallel) = (ctx.storage, ctx.source, ctx.chunks, ctx.parallel);
     let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (c, chunk) in chunks.iter().enumerate() {
-        // A destination that failed (after the storage client's retries) is
-        // left out of the later chunks; the others go on.
         let failed_now = ctx.failed.lock().expect("not poisoned").clone();
         let targets: Vec<(usize, BlobRef, bool)> = work
             .iter()
             .filter(|i| !failed_now.contains_key(i))
+            .filter(|&&i| !(c == 0 && probed == Some(i)))
             .map(|&i| (i, dests[i].blob.clone(), dests[i].present[c]))
             .collect();
-        if targets.is_empty() {
+        if work.iter().all(|i| failed_now.contains_key(i)) {
             break;
         }
+        if targets.is_empty() {
+            continue;
+        }
         let permit = ctx.permit(&semaphore).await?;
-        let storage = storage.clone();
-        let source = source.clone();
-        let chunk = chunk.clone();
-        let failed = ctx.failed.clone();
+        let (storage, source, chunk, failed, requests, write) = (
+            storage.clone(),
+            source.clone(),
+            chunk.clone(),
+            ctx.failed.clone(),
+            ctx.requests.clone(),
+            write.clone(),
+        );
         let bars: Vec<indicatif::ProgressBar> =
             targets.iter().map(|(i, _, _)| bars[*i].clone()).collect();
         tasks.spawn(async move {
             let _permit = permit;
             let data = source.read(&storage, chunk.clone()).await?;
             let digest = md5(&data);
-            let mut written = Vec::new();
+            let mut writes = tokio::task::JoinSet::new();
             for ((i, blob, present), bar) in targets.into_iter().zip(bars) {
-                if failed.lock().expect("not poisoned").contains_key(&i) {
-                    continue;
-                }
-                let result = async {
-                    let intact =
-                        present && md5(&storage.get_range(&blob, chunk.clone()).await?) == digest;
-                    if !intact {
-                        storage.put_page(&blob, chunk.start, data.clone()).await?;
+                let (storage, chunk, data, requests, write) = (
+                    storage.clone(),
+                    chunk.clone(),
+                    data.clone(),
+                    requests.clone(),
+                    write.clone(),
+                );
+                writes.spawn(async move {
+                    let _slot = requests.acquire_owned().await.expect("semaphore open");
+                    let result = async {
+                        let intact = present
+                            && md5(&storage.get_range(&blob, chunk.clone()).await?) == digest;
+                        if !intact {
+                            match &write {
+                                Write::Client => storage.put_page(&blob, chunk.start, data).await?,
+                                Write::FromUrl(sas) => {
+                                    storage
+                                        .put_page_from_url(&blob, chunk.clone(), sas, Some(digest))
+                                        .await?
+                                }
+                            }
+                        }
+                        Ok::<bool, StorageError>(!intact)
                     }
-                    Ok::<bool, StorageError>(!intact)
-                }
-                .await;
+                    .await;
+                    (i, bar, result)
+                });
+            }
+            drop(data);
+            let mut written = Vec::new();
+            while let Some(joined) = writes.join_next().await {
+                let (i, bar, result) = joined.expect("write tasks do not panic");
                 match result {
-                    Ok(true) => written.push(i),
-                    Ok(false) => {}
+                    Ok(wrote) => {
+                        if wrote {
+                            written.push(i);
+                        }
+                        bar.inc(chunk.end - chunk.start);
+                    }
                     Err(e) => {
                         bar.abandon_with_message("failed");
                         failed
@@ -963,10 +1052,8 @@ async fn stream_copy(
                             .expect("not poisoned")
                             .entry(i)
                             .or_insert_with(|| e.to_string());
-                        continue;
                     }
                 }
-                bar.inc(chunk.end - chunk.start);
             }
             Ok::<_, ReplicateError>((c, digest, written))
         });
@@ -976,9 +1063,6 @@ async fn stream_copy(
     }
     while !tasks.is_empty() {
         collect_one(&mut tasks, chunks, dests, src_md5).await?;
-    }
-    for &i in work {
-        dests[i].strategy = Strategy::ClientStream;
     }
     Ok(())
 }
@@ -1006,6 +1090,7 @@ async fn collect_one(
 /// Page ranges equal the source's, and every chunk's MD5 matches.
 async fn verify(
     ctx: &Ctx<'_>,
+    mode: VerifyMode,
     src_md5: &mut [Option<[u8; 16]>],
     blob: &BlobRef,
     bar: &indicatif::ProgressBar,
@@ -1036,7 +1121,7 @@ async fn verify(
             info.ranges.iter().map(|r| r.end - r.start).sum::<u64>()
         )));
     }
-    let picked: Vec<usize> = match ctx.verify {
+    let picked: Vec<usize> = match mode {
         VerifyMode::Readback => (0..chunks.len()).collect(),
         VerifyMode::Sample => sample_chunks(chunks, &info.ranges, &blob.url(), 4),
     };

@@ -783,20 +783,28 @@ impl Storage {
         Ok(())
     }
 
-    /// Server-side copy of one range from a URL the service can read.
+    /// Server-side copy of one range from a URL the service can read. With
+    /// `source_md5` (the MD5 of the bytes imgforge read from that range) the
+    /// service compares it with what it reads from the source and refuses the
+    /// write on a mismatch (400 Md5Mismatch), so a copy made while the source
+    /// changed, or damaged on the way, is never written.
     pub async fn put_page_from_url(
         &self,
         blob: &BlobRef,
         range: Range<u64>,
         source_url: &Secret,
+        source_md5: Option<[u8; 16]>,
     ) -> Result<(), StorageError> {
         let r = format!("bytes={}-{}", range.start, range.end - 1);
-        let headers = [
+        let mut headers = vec![
             ("x-ms-page-write", "update".to_string()),
             ("x-ms-range", r.clone()),
             ("x-ms-source-range", r),
             ("x-ms-copy-source", source_url.expose().to_string()),
         ];
+        if let Some(md5) = source_md5 {
+            headers.push(("x-ms-source-content-md5", B64.encode(md5)));
+        }
         self.blob_request(
             blob,
             Request {

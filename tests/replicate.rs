@@ -119,6 +119,9 @@ fn replication_makes_verified_sparse_copies_and_a_rerun_skips_them() {
         let url = az.url(account, "images", "gpu-osDisk.1234.vhd");
         assert_eq!(c["url"], url.as_str(), "bare URL at the container root");
         assert_eq!(c["verified"], true);
+        // No range of a Copy Blob was checked against imgforge's hash: read
+        // back in full although the default is a sample.
+        assert_eq!(c["verify"], "readback");
         assert_eq!(
             az.ranges(&url),
             nonzero_pages(&local),
@@ -220,6 +223,8 @@ fn injected_503s_and_dropped_connections_still_end_in_verified_copies() {
             "replicate",
             "--json",
             "--no-server-copy",
+            "--verify",
+            "readback",
             "--to",
             "acct2",
             "--to",
@@ -892,4 +897,103 @@ fn a_destination_that_fails_mid_copy_does_not_stop_the_others() {
         az.download(&url("rep2"), &tmp.path().join("dl")),
         std::fs::read(&vhd).unwrap()
     );
+}
+
+#[test]
+fn put_page_from_url_carries_the_source_md5_and_a_damaged_range_is_refused() {
+    // Azurite answers Put Page From URL with 501; the stand-in in
+    // tests/common/proxy.rs serves it as the service documents, over Azurite.
+    let az = Azurite::start(&["src", "rep1", "rep2", "rep3"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 64, ISLANDS);
+    let local = std::fs::read(&vhd).unwrap();
+    for name in ["disk.vhd", "other.vhd"] {
+        az.oracle(&[
+            "create",
+            &az.url("src", "build", name),
+            vhd.to_str().unwrap(),
+        ]);
+    }
+    let replicate = |service: &PageFromUrl, name: &str| {
+        let endpoint = format!("http://127.0.0.1:{}/{{account}}", service.port);
+        let source = format!("http://127.0.0.1:{}/src/build/{name}", service.port);
+        run(imgforge_for(&az)
+            .args(["replicate", "--json", "--source", &source])
+            .args(["--to", "rep1", "--to", "rep2", "--to", "rep3"])
+            .args(["--parallel", "2", "--max-requests", "3"])
+            .args(["--blob-endpoint", &endpoint]))
+    };
+
+    let service = PageFromUrl::start(&az, None);
+    let r = replicate(&service, "disk.vhd");
+    assert_eq!(r.code, 0, "{}", r.all());
+    let doc = json(&r);
+    let valid = doc["result"]["valid_bytes"].as_u64().unwrap();
+    let chunks = doc["result"]["copies"][0]["chunks_total"].as_u64().unwrap() as usize;
+    for c in doc["result"]["copies"].as_array().unwrap() {
+        assert_eq!(c["strategy"], "put_page_from_url", "{doc:#}");
+        assert_eq!(c["verify"], "sample");
+        assert_eq!(c["chunks_copied"], chunks);
+    }
+    // Every range went through the service, each with the source's MD5.
+    let served = service.served.lock().unwrap().clone();
+    assert_eq!(
+        served.values().copied().collect::<Vec<_>>(),
+        vec![chunks; 3],
+        "{served:?}"
+    );
+    use std::sync::atomic::Ordering::SeqCst;
+    assert_eq!(service.without_md5.load(SeqCst), 0);
+    assert_eq!(service.mismatches.load(SeqCst), 0);
+    // No copy byte was uploaded through imgforge; the source was read once
+    // (for the hashes) and a sample of each copy read back.
+    assert!(
+        doc["result"]["bytes_uploaded"].as_u64().unwrap() < 64 * 1024,
+        "{doc:#}"
+    );
+    let down = doc["result"]["bytes_downloaded"].as_u64().unwrap();
+    assert!(
+        (valid..valid + 3 * valid).contains(&down),
+        "{down} vs {valid}"
+    );
+    // The bounds: 2 chunks in flight (so 2 requests per account), 3 in all;
+    // the writes of a chunk do overlap.
+    let (per_account, all) = service.peak.lock().unwrap().clone();
+    assert!(per_account.values().all(|&n| n <= 2), "{per_account:?}");
+    assert!((2..=3).contains(&all), "{all} in flight at most");
+    for account in ["rep1", "rep2", "rep3"] {
+        let url = az.url(account, "images", "disk.vhd");
+        assert_eq!(
+            az.download(&url, &tmp.path().join("dl")),
+            local,
+            "{account}"
+        );
+    }
+
+    // What rep2's service reads from the source differs from what imgforge
+    // read: the service refuses those writes and rep2 alone fails.
+    let service = PageFromUrl::start(&az, Some("rep2"));
+    let r = replicate(&service, "other.vhd");
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("1 of 3 copies failed (2 verified and kept)"),
+        "{}",
+        r.stderr
+    );
+    let rep2 = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("  rep2: "))
+        .unwrap();
+    assert!(rep2.contains("Md5Mismatch"), "{rep2}");
+    assert!(service.mismatches.load(SeqCst) >= 1);
+    let url = |a: &str| az.url(a, "images", "other.vhd");
+    for (account, verified) in [("rep1", "true"), ("rep2", "false"), ("rep3", "true")] {
+        assert_eq!(
+            az.props(&url(account))["metadata"]["imgforge_verified"],
+            verified,
+            "{account}"
+        );
+    }
 }

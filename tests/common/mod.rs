@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod compute;
+pub mod proxy;
+use proxy::read_request;
+#[allow(unused_imports)]
+pub use proxy::{FaultProxy, PageFromUrl};
 
 pub const CANARY: &str = "canary-S3cr3t-7f1d2c9a";
 
@@ -388,129 +392,6 @@ pub fn sparse_vhd(dir: &Path, name: &str, mib: u64, islands: &[(u64, usize)]) ->
     raw_to_fixed_vhd(&raw, &vhd);
     std::fs::remove_file(raw).unwrap();
     vhd
-}
-
-/// A loopback HTTP proxy in front of Azurite that injects faults: every
-/// `every`-th request is answered 503 ServerBusy or has its connection dropped,
-/// and after `cut_after_puts` Put Page requests every later one is dropped
-/// (an interrupted copy). One request per connection: run imgforge with
-/// IMGFORGE_HTTP_NO_POOL=1.
-pub struct FaultProxy {
-    pub port: u16,
-    pub faults: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    pub page_puts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl FaultProxy {
-    pub fn start(upstream: u16, every: usize, cut_after_puts: Option<usize>) -> FaultProxy {
-        FaultProxy::start_for(upstream, every, cut_after_puts, None)
-    }
-
-    /// As `start`, with the Put Page cut applied to one account's requests only
-    /// (the others pass untouched): one destination failing mid-copy.
-    pub fn start_for(
-        upstream: u16,
-        every: usize,
-        cut_after_puts: Option<usize>,
-        only_account: Option<&str>,
-    ) -> FaultProxy {
-        let only_prefix = only_account.map(|a| format!(" /{a}/"));
-        use std::io::Write;
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let faults = Arc::new(AtomicUsize::new(0));
-        let page_puts = Arc::new(AtomicUsize::new(0));
-        let count = Arc::new(AtomicUsize::new(0));
-        let (f, p) = (faults.clone(), page_puts.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut client) = conn else { continue };
-                let (faults, page_puts, count) = (f.clone(), p.clone(), count.clone());
-                let only_prefix = only_prefix.clone();
-                std::thread::spawn(move || {
-                    let Some((head, body)) = read_request(&mut client) else {
-                        return;
-                    };
-                    let first = head.lines().next().unwrap_or("");
-                    let is_page_put = first.starts_with("PUT ")
-                        && first.contains("comp=page")
-                        && only_prefix.as_deref().is_none_or(|p| first.contains(p));
-                    if is_page_put {
-                        let n = page_puts.fetch_add(1, Ordering::SeqCst) + 1;
-                        if cut_after_puts.is_some_and(|k| n > k) {
-                            faults.fetch_add(1, Ordering::SeqCst);
-                            return; // dropped: the client sees the connection close
-                        }
-                    }
-                    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-                    if every > 0 && n.is_multiple_of(every) {
-                        faults.fetch_add(1, Ordering::SeqCst);
-                        if (n / every).is_multiple_of(2) {
-                            let _ = client.write_all(
-                                b"HTTP/1.1 503 Server Busy\r\nx-ms-error-code: ServerBusy\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                            );
-                        }
-                        return;
-                    }
-                    let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
-                        return;
-                    };
-                    let mut new_head: Vec<String> = head
-                        .trim_end()
-                        .lines()
-                        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-                        .map(str::to_string)
-                        .collect();
-                    new_head.push("connection: close".into());
-                    let mut out = (new_head.join("\r\n") + "\r\n\r\n").into_bytes();
-                    out.extend_from_slice(&body);
-                    if up.write_all(&out).is_err() {
-                        return;
-                    }
-                    let _ = std::io::copy(&mut up, &mut client);
-                });
-            }
-        });
-        FaultProxy {
-            port,
-            faults,
-            page_puts,
-        }
-    }
-}
-
-/// Reads one HTTP/1.1 request: the head (request line and headers) and the body.
-fn read_request(stream: &mut std::net::TcpStream) -> Option<(String, Vec<u8>)> {
-    use std::io::Read;
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 65536];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        match stream.read(&mut tmp) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    while buf.len() < head_end + length {
-        match stream.read(&mut tmp) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&tmp[..n]),
-        }
-    }
-    Some((head, buf[head_end..head_end + length].to_vec()))
 }
 
 /// The Resource Manager subscription the ARM fixtures describe.

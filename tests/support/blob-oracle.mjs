@@ -7,6 +7,7 @@
 //   node blob-oracle.mjs ranges   URL             valid page ranges, half-open, as JSON
 //   node blob-oracle.mjs props    URL             blob type, length, metadata as JSON (null if missing)
 //   node blob-oracle.mjs sas      URL             a read-only SAS URL valid for one hour
+//   node blob-oracle.mjs sas-write URL            a write-only SAS URL valid for one hour
 //
 // Keys come from IMGFORGE_STORAGE_KEY_<ACCOUNT>, as for imgforge.
 import { readFileSync, writeFileSync } from "node:fs";
@@ -73,13 +74,14 @@ switch (cmd) {
     }
     break;
   }
-  case "sas": {
+  case "sas":
+  case "sas-write": {
     const parts = u.pathname.split("/");
     const sas = generateBlobSASQueryParameters(
       {
         containerName: parts[2],
         blobName: decodeURIComponent(parts.slice(3).join("/")),
-        permissions: BlobSASPermissions.parse("r"),
+        permissions: BlobSASPermissions.parse(cmd === "sas" ? "r" : "w"),
         startsOn: new Date(Date.now() - 5 * 60 * 1000),
         expiresOn: new Date(Date.now() + 60 * 60 * 1000),
       },
