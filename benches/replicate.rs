@@ -31,50 +31,6 @@ fn cpu_s(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
-/// Runs `cmd`, returning its output and its peak RSS in KiB (wait4's rusage
-/// of that process alone).
-// The child is reaped by wait4 below, which also gives its rusage.
-#[allow(clippy::zombie_processes)]
-fn run_measured(cmd: &mut std::process::Command) -> (Run, u64) {
-    use std::io::Read;
-    use std::process::Stdio;
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let mut status: libc::c_int = 0;
-    // SAFETY: zeroed rusage is a valid out-parameter; pid is our child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    (
-        Run {
-            code,
-            stdout: String::from_utf8_lossy(&out.join().unwrap()).into_owned(),
-            stderr: String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
-        },
-        usage.ru_maxrss as u64,
-    )
-}
-
 fn main() {
     let valid_mib: u64 = std::env::var("BENCH_VALID_MIB")
         .ok()
@@ -85,11 +41,6 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
     let series: Vec<usize> = [1, 3, 10, 50].into_iter().filter(|n| *n <= max).collect();
-    let names: Vec<String> = std::iter::once("src".to_string())
-        .chain((0..max.max(1)).map(|i| format!("dst{i}")))
-        .collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let az = Azurite::start(&refs);
     let tmp = tempfile::tempdir().unwrap();
     // Islands of 16 MiB (4 chunks each, so a sample reads half of them at
     // most), spread over 1 GiB.
@@ -99,16 +50,27 @@ fn main() {
         .map(|i| (i * stride * MIB, 16 * MIB as usize))
         .collect();
     let vhd = sparse_vhd(tmp.path(), "fan", 1024, &islands);
-    let r = run(az
-        .env(&mut imgforge())
-        .env_remove("ARM_CLIENT_ID")
-        .args(["upload", "--json", "--to", "src", "--container", "build"])
-        .arg(&vhd));
-    assert_eq!(r.code, 0, "{}", r.all());
-    let source = az.url("src", "build", "fan.vhd");
+    // Each row gets a fresh emulator holding the source and that row's copies
+    // only (Azurite keeps blobs in memory: 50 copies of 256 MiB are 12.5 GiB).
+    let fresh = |n: usize| {
+        let names: Vec<String> = std::iter::once("src".to_string())
+            .chain((0..n.max(1)).map(|i| format!("dst{i}")))
+            .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let az = Azurite::start_sized(&refs, valid_mib * (n as u64 + 2) + 1024);
+        let r = run(az
+            .env(&mut imgforge())
+            .env_remove("ARM_CLIENT_ID")
+            .args(["upload", "--json", "--to", "src", "--container", "build"])
+            .arg(&vhd));
+        assert_eq!(r.code, 0, "{}", r.all());
+        let source = az.url("src", "build", "fan.vhd");
+        (az, source)
+    };
 
     // The naive baseline: one destination, download all then upload every page.
     let naive = {
+        let (az, source) = fresh(1);
         let t = Instant::now();
         let whole = tmp.path().join("whole.vhd");
         // Through the SDK into a file, never into this process's memory: a
@@ -119,6 +81,7 @@ fn main() {
             &az.url("dst0", "naive", "fan.vhd"),
             whole.to_str().unwrap(),
         ]);
+        std::fs::remove_file(whole).unwrap();
         t.elapsed().as_secs_f64()
     };
 
@@ -145,6 +108,7 @@ fn main() {
     let mut peak_first = None;
     for &n in &series {
         for verify in ["readback", "sample"] {
+            let (az, source) = fresh(n);
             let container = format!("fan{n}{verify}");
             let mut base = imgforge();
             let cmd = az.env(&mut base);

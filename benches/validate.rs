@@ -1,6 +1,7 @@
-//! Validation benchmark: a 30 GiB fixed VHD (sparse, so cheap to create) with
-//! an ext4 root holding 6,000 kernel modules, validated from the local file and
-//! from Azurite through range reads. Baseline in the same run: `virt-cat` of one
+//! Validation benchmark: 30 GiB fixed VHDs (sparse, so cheap to create) with
+//! an ext4 root (Ubuntu checks) and an XFS root (AlmaLinux 8 checks), each
+//! holding 6,000 kernel modules, validated from the local file and from
+//! Azurite through range reads; and the peak RSS of each local validation. Baseline in the same run: `virt-cat` of one
 //! file from the same image (libguestfs boots an appliance VM), when installed.
 //!
 //!   cargo bench --bench validate
@@ -71,7 +72,71 @@ fn main() {
     std::fs::remove_file(&raw).unwrap();
     let fixture_s = t.elapsed().as_secs_f64();
 
+    // The XFS twin: an AlmaLinux tree with the same modules, mkfs.xfs -p on
+    // a sparse 30 GiB file, laid into the disk at 1 MiB with a sparse dd.
+    let t = Instant::now();
+    let alma = tmp.path().join("alma");
+    good_alma_tree(&alma, &[29876, 29877, 8080]);
+    for k in ["4.18.0-425.el8.x86_64", "4.18.0-477.el8.x86_64"] {
+        for i in 0..3000 {
+            write(
+                &alma.join(format!(
+                    "lib/modules/{k}/kernel/drivers/misc/group{}/mod{i}.ko",
+                    i % 50
+                )),
+                "module",
+            );
+        }
+    }
+    let xraw = tmp.path().join("xfs.raw");
+    std::fs::File::create(&xraw)
+        .unwrap()
+        .set_len(30 * GIB)
+        .unwrap();
+    let mut sfdisk = Command::new("sfdisk");
+    sfdisk
+        .arg("--quiet")
+        .arg(&xraw)
+        .stdin(std::process::Stdio::piped());
+    let mut child = sfdisk.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\nstart=2048, type=83\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let xfs = tmp.path().join("root.xfs");
+    std::fs::File::create(&xfs)
+        .unwrap()
+        .set_len(30 * GIB - 1024 * 1024)
+        .unwrap();
+    let proto = tmp.path().join("root.proto");
+    std::fs::write(&proto, xfs_protofile(&alma)).unwrap();
+    let r = run(Command::new("mkfs.xfs")
+        .args(["-q", "-f", "-p"])
+        .arg(&proto)
+        .arg(&xfs));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let r = run(Command::new("dd")
+        .arg(format!("if={}", xfs.display()))
+        .arg(format!("of={}", xraw.display()))
+        .args([
+            "bs=4M",
+            "conv=notrunc,sparse",
+            "status=none",
+            "seek=1M",
+            "oflag=seek_bytes",
+        ]));
+    assert_eq!(r.code, 0, "{}", r.all());
+    std::fs::remove_file(&xfs).unwrap();
+    let xvhd = tmp.path().join("xfs.vhd");
+    raw_to_fixed_vhd(&xraw, &xvhd);
+    std::fs::remove_file(&xraw).unwrap();
+    let xfs_fixture_s = t.elapsed().as_secs_f64();
+
     let manifest = repo().join("contrib/gpu-ubuntu1604.toml");
+    let alma_manifest = repo().join("contrib/managed-image-almalinux8.toml");
     let validate = |cmd: &mut Command| {
         let t = Instant::now();
         let r = run(cmd);
@@ -85,17 +150,40 @@ fn main() {
             doc["summary"].clone(),
         )
     };
-    let local: Vec<_> = (0..5)
-        .map(|_| {
-            validate(
-                imgforge()
-                    .env_remove("ARM_CLIENT_ID")
-                    .args(["validate", "--json", "--manifest"])
-                    .arg(&manifest)
-                    .arg(&vhd),
-            )
-        })
-        .collect();
+    let local_of = |manifest: &std::path::Path, vhd: &std::path::Path| -> Vec<_> {
+        (0..5)
+            .map(|_| {
+                validate(
+                    imgforge()
+                        .env_remove("ARM_CLIENT_ID")
+                        .args(["validate", "--json", "--manifest"])
+                        .arg(manifest)
+                        .arg(vhd),
+                )
+            })
+            .collect()
+    };
+    let local = local_of(&manifest, &vhd);
+    let xlocal = local_of(&alma_manifest, &xvhd);
+    // Peak RSS of one local validation of each (GNU time's %M, in KiB).
+    let rss = |manifest: &std::path::Path, vhd: &std::path::Path| -> Option<u64> {
+        let out = Command::new("/usr/bin/time")
+            .args(["-f", "%M"])
+            .arg(env!("CARGO_BIN_EXE_imgforge"))
+            .args(["validate", "--quiet", "--manifest"])
+            .arg(manifest)
+            .arg(vhd)
+            .env_remove("ARM_CLIENT_ID")
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let (rss_ext4, rss_xfs) = (rss(&manifest, &vhd), rss(&alma_manifest, &xvhd));
 
     let az = Azurite::start(&["bench"]);
     let t = Instant::now();
@@ -108,16 +196,27 @@ fn main() {
     let upload_s = t.elapsed().as_secs_f64();
     let uploaded: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let url = az.url("bench", "images", "big.vhd");
-    let remote: Vec<_> = (0..5)
-        .map(|_| {
-            let mut cmd = imgforge();
-            cmd.env_remove("ARM_CLIENT_ID")
-                .args(["validate", "--json", "--manifest"])
-                .arg(&manifest)
-                .arg(&url);
-            validate(az.env(&mut cmd))
-        })
-        .collect();
+    let r = run(az
+        .env(&mut imgforge())
+        .env_remove("ARM_CLIENT_ID")
+        .args(["upload", "--json", "--to", "bench"])
+        .arg(&xvhd));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let xurl = az.url("bench", "images", "xfs.vhd");
+    let remote_of = |manifest: &std::path::Path, url: &str| -> Vec<_> {
+        (0..5)
+            .map(|_| {
+                let mut cmd = imgforge();
+                cmd.env_remove("ARM_CLIENT_ID")
+                    .args(["validate", "--json", "--manifest"])
+                    .arg(manifest)
+                    .arg(url);
+                validate(az.env(&mut cmd))
+            })
+            .collect()
+    };
+    let remote = remote_of(&manifest, &url);
+    let xremote = remote_of(&alma_manifest, &xurl);
 
     let virt_cat = which::which("virt-cat").ok().map(|bin| {
         let t = Instant::now();
@@ -140,6 +239,8 @@ fn main() {
     };
     let (lw, lb, lr) = median(&local);
     let (rw, rb, rr) = median(&remote);
+    let (xlw, xlb, xlr) = median(&xlocal);
+    let (xrw, xrb, xrr) = median(&xremote);
     println!(
         "validation benchmark: 30 GiB fixed VHD, ext4 root with 6,000 kernel modules, contrib/gpu-ubuntu1604.toml checks"
     );
@@ -159,6 +260,30 @@ fn main() {
     println!(
         "{:<34} {rw:>10.3} {rb:>14} {rr:>10}",
         "imgforge validate, blob (Azurite)"
+    );
+    println!(
+        "{:<34} {xlw:>10.3} {xlb:>14} {xlr:>10}   ({:.1}x ext4)",
+        "XFS root, local file",
+        xlw / lw
+    );
+    println!(
+        "{:<34} {xrw:>10.3} {xrb:>14} {xrr:>10}   ({:.1}x ext4)",
+        "XFS root, blob (Azurite)",
+        xrw / rw
+    );
+    println!(
+        "XFS fixture {xfs_fixture_s:.1} s; XFS summary: {}",
+        xlocal[0].3
+    );
+    let kib = |v: Option<u64>| {
+        v.map_or("n/a (no /usr/bin/time)".to_string(), |k| {
+            format!("{:.1} MiB", k as f64 / 1024.0)
+        })
+    };
+    println!(
+        "peak RSS of one local validation: ext4 {}, XFS {}",
+        kib(rss_ext4),
+        kib(rss_xfs)
     );
     match virt_cat {
         Some((s, 0, _)) => println!(

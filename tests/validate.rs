@@ -286,26 +286,27 @@ fn container_problems_are_reported_from_the_footer() {
 }
 
 #[test]
-fn xfs_roots_are_skipped_never_passed() {
+fn an_empty_xfs_root_fails_its_file_checks_never_passes() {
     let tmp = tempfile::tempdir().unwrap();
-    let vhd = disk_image(tmp.path(), "xfs", Layout::Mbr, RootFs::Xfs, 0);
+    let vhd = disk_image(
+        tmp.path(),
+        "xfs",
+        Layout::Mbr,
+        RootFs::Xfs { tree: None },
+        0,
+    );
     let (r, doc) = validate(vhd.to_str().unwrap(), &[]);
-    // Its files were never read: the verdict is "not validated", exit 1.
     assert_eq!(r.code, 1, "{}", r.all());
-    assert_eq!(status(&doc, "disk.filesystem"), "skip");
-    assert_eq!(failed(&doc), ["validate.complete"], "{doc:#}");
-    let passed: Vec<&str> = doc["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["status"] == "pass")
-        .map(|f| f["id"].as_str().unwrap())
-        .collect();
+    assert_eq!(status(&doc, "disk.filesystem"), "pass", "{doc:#}");
+    // Read, and found wanting: no os-release, no agent, no sshd.
+    let failed = failed(&doc);
     assert!(
-        passed
-            .iter()
-            .all(|id| id.starts_with("vhd.") || id.starts_with("disk.")),
-        "{passed:?}"
+        failed.contains(&"distro.os-release".to_string()),
+        "{failed:?}"
+    );
+    assert!(
+        !failed.contains(&"validate.complete".to_string()),
+        "{failed:?}"
     );
 }
 
@@ -408,71 +409,28 @@ fn junit_and_unreadable_images() {
 }
 
 /// An AlmaLinux 8 tree for contrib/managed-image-almalinux8.toml: firewalld, not ufw.
-fn alma_tree(root: &Path, zone_ports: &[u16]) {
-    let f = |p: &str, text: &str| write(&root.join(p), text);
-    f(
-        "etc/os-release",
-        "NAME=\"AlmaLinux\"\nID=\"almalinux\"\nVERSION_ID=\"8.7\"\n",
-    );
-    f(
-        "etc/waagent.conf",
-        "ResourceDisk.Format=y\nResourceDisk.MountPoint=/mnt/resource\n",
-    );
-    f("usr/sbin/sshd", "ELF");
-    f("usr/lib/systemd/system/sshd.service", "[Unit]\n");
-    f("usr/lib/systemd/system/firewalld.service", "[Unit]\n");
-    f("usr/bin/docker", "ELF");
-    f(
-        "etc/docker/daemon.json",
-        "{\"data-root\": \"/mnt/resource/docker\"}\n",
-    );
-    f("usr/sbin/mount.nfs4", "ELF");
-    f("usr/sbin/mount.glusterfs", "ELF");
-    let ports: String = zone_ports
-        .iter()
-        .map(|p| format!("  <port protocol=\"tcp\" port=\"{p}\"/>\n"))
-        .collect();
-    f(
-        "etc/firewalld/zones/public.xml",
-        &format!(
-            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<zone>\n  <short>Public</short>\n  <service name=\"ssh\"/>\n{ports}</zone>\n"
-        ),
-    );
-    std::fs::create_dir_all(root.join("home")).unwrap();
-    let wants = root.join("etc/systemd/system/multi-user.target.wants");
-    std::fs::create_dir_all(&wants).unwrap();
-    std::os::unix::fs::symlink(
-        "/usr/lib/systemd/system/sshd.service",
-        wants.join("sshd.service"),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink(
-        "/usr/lib/systemd/system/firewalld.service",
-        wants.join("firewalld.service"),
-    )
-    .unwrap();
-}
-
 #[test]
 fn firewalld_images_are_checked_against_their_zone() {
     let tmp = tempfile::tempdir().unwrap();
     let manifest = repo().join("contrib/managed-image-almalinux8.toml");
-    for (name, ports, code) in [
-        ("open", &[29876u16, 29877, 8080][..], 0),
-        ("closed", &[29876u16][..], 1),
+    // AlmaLinux/RHEL roots are XFS; the same tree on ext4 gives the same report.
+    for (name, ports, code, xfs) in [
+        ("open", &[29876u16, 29877, 8080][..], 0, false),
+        ("closed", &[29876u16][..], 1, false),
+        ("open-xfs", &[29876u16, 29877, 8080][..], 0, true),
+        ("closed-xfs", &[29876u16][..], 1, true),
     ] {
         let tree = tmp.path().join(name);
-        alma_tree(&tree, ports);
-        let vhd = disk_image(
-            tmp.path(),
-            name,
-            Layout::Gpt,
+        good_alma_tree(&tree, ports);
+        let root = if xfs {
+            RootFs::Xfs { tree: Some(&tree) }
+        } else {
             RootFs::Ext4 {
                 tree: &tree,
                 dirty_journal: false,
-            },
-            0,
-        );
+            }
+        };
+        let vhd = disk_image(tmp.path(), name, Layout::Gpt, root, 0);
         let r = run(imgforge()
             .env_remove("ARM_CLIENT_ID")
             .args(["validate", "--json", "--manifest"])
@@ -480,8 +438,22 @@ fn firewalld_images_are_checked_against_their_zone() {
             .arg(&vhd));
         assert_eq!(r.code, code, "{name}: {}", r.all());
         let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let fs = doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == "disk.filesystem")
+            .unwrap();
+        assert_eq!(fs["status"], "pass", "{name}: {fs}");
+        assert_eq!(
+            fs["message"].as_str().unwrap().starts_with("XFS"),
+            xfs,
+            "{name}: {fs}"
+        );
         if code == 0 {
             assert!(failed(&doc).is_empty(), "{doc:#}");
+            // Read through the /etc/os-release link.
+            assert_eq!(status(&doc, "distro.os-release"), "pass");
             assert_eq!(status(&doc, "feature.docker.boot"), "pass");
             assert_eq!(status(&doc, "batch.resource-disk"), "pass");
         } else {
@@ -622,9 +594,20 @@ fn four_bytes_of_xfs_magic_after_an_mbr_are_not_an_image() {
     raw_to_fixed_vhd(&raw, &vhd);
     let (r, doc) = validate(vhd.to_str().unwrap(), &[]);
     assert_eq!(r.code, 1, "{}", r.all());
+    // The magic alone is not a filesystem: XFS is read now, and this cannot be.
+    assert_eq!(failed(&doc), ["disk.filesystem"], "{doc:#}");
+    let fs = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "disk.filesystem")
+        .unwrap();
     assert!(
-        failed(&doc).contains(&"validate.complete".to_string()),
-        "{doc:#}"
+        fs["message"]
+            .as_str()
+            .unwrap()
+            .contains("XFS filesystem cannot be read"),
+        "{fs}"
     );
 }
 
@@ -725,4 +708,55 @@ fn other_image_formats_get_the_exact_conversion_command_and_it_works() {
         let (r, doc) = validate(dir.join(out_name).to_str().unwrap(), &[]);
         assert_eq!(r.code, 0, "{fmt} converted: {}", failed(&doc).join(", "));
     }
+}
+
+#[test]
+fn an_xfs_root_in_azurite_gives_the_same_report_as_the_local_file() {
+    let az = Azurite::start(&["acct1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let manifest = repo().join("contrib/managed-image-almalinux8.toml");
+    let tree = tmp.path().join("tree");
+    good_alma_tree(&tree, &[29876, 29877, 8080]);
+    // A host key left behind: one failure, found through range reads too.
+    write(&tree.join("etc/ssh/ssh_host_ed25519_key"), "KEY");
+    let vhd = disk_image(
+        tmp.path(),
+        "alma",
+        Layout::Gpt,
+        RootFs::Xfs { tree: Some(&tree) },
+        0,
+    );
+    let url = az.url("acct1", "images", "alma.vhd");
+    az.oracle(&["create", &url, vhd.to_str().unwrap()]);
+    let check = |subject: &std::ffi::OsStr| {
+        let mut cmd = imgforge();
+        cmd.env_remove("ARM_CLIENT_ID")
+            .args(["validate", "--json", "--manifest"])
+            .arg(&manifest)
+            .arg(subject);
+        let r = run(az.env(&mut cmd));
+        assert_eq!(r.code, 1, "{}", r.all());
+        serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()
+    };
+    let local = check(vhd.as_os_str());
+    let remote = check(std::ffi::OsStr::new(&url));
+    assert_eq!(failed(&local), ["hygiene.ssh-host-keys"], "{local:#}");
+    let ids = |doc: &serde_json::Value| -> Vec<(String, String)> {
+        doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| !f["id"].as_str().unwrap().starts_with("blob."))
+            .map(|f| {
+                (
+                    f["id"].as_str().unwrap().into(),
+                    f["status"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(ids(&local), ids(&remote));
+    // A 320 MiB image read through a 1 MiB cache: a few MiB, not the image.
+    let bytes = remote["read"]["bytes"].as_u64().unwrap();
+    assert!(bytes <= 24 * 1024 * 1024, "{bytes} bytes read");
 }

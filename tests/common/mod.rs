@@ -210,6 +210,9 @@ fn random_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// `Azurite::start_sized`'s limit for the next start (0: Azurite's default).
+static EXTENT_LIMIT_MIB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Azurite {
     /// The emulator's process id (benchmarks read its CPU time).
     pub fn pid(&self) -> u32 {
@@ -220,6 +223,15 @@ impl Azurite {
         Azurite::start_with(accounts, None)
     }
 
+    /// With room for `mib` MiB of blob data (the in-memory store's default
+    /// limit is half the machine's memory): the fan-out benchmark's 50 copies.
+    pub fn start_sized(accounts: &[&str], mib: u64) -> Azurite {
+        EXTENT_LIMIT_MIB.store(mib, std::sync::atomic::Ordering::SeqCst);
+        let az = Azurite::start_with(accounts, None);
+        EXTENT_LIMIT_MIB.store(0, std::sync::atomic::Ordering::SeqCst);
+        az
+    }
+
     /// Over https with `--oauth basic`: Entra ID bearer tokens are accepted
     /// (their audience, issuer and lifetime checked; not their signature).
     pub fn start_oauth(accounts: &[&str], cert: &Path, key: &Path) -> Azurite {
@@ -227,6 +239,7 @@ impl Azurite {
     }
 
     fn start_with(accounts: &[&str], tls: Option<(&Path, &Path)>) -> Azurite {
+        let extent_limit = EXTENT_LIMIT_MIB.load(std::sync::atomic::Ordering::SeqCst);
         use std::io::BufRead;
         let bin = repo().join("node_modules/.bin/azurite-blob");
         assert!(
@@ -255,6 +268,9 @@ impl Azurite {
             "--loose",
             "--disableTelemetry",
         ]);
+        if extent_limit > 0 {
+            cmd.arg("--extentMemoryLimit").arg(extent_limit.to_string());
+        }
         if let Some((cert, key)) = tls {
             cmd.args(["--oauth", "basic", "--cert"])
                 .arg(cert)
@@ -392,6 +408,40 @@ pub fn sparse_vhd(dir: &Path, name: &str, mib: u64, islands: &[(u64, usize)]) ->
     raw_to_fixed_vhd(&raw, &vhd);
     std::fs::remove_file(raw).unwrap();
     vhd
+}
+
+/// Runs `cmd` under GNU time (package `time`), returning its output and its
+/// peak RSS in KiB. Not wait4 on our own child: a child spawned from this
+/// process starts with this process's high-water RSS (vfork shares the
+/// memory map until exec, and exec keeps the maximum), so a test holding a
+/// 100 MB string would see 100 MB in every child. `time` is small and forks
+/// the command itself, so the figure is the command's own.
+pub fn run_measured(cmd: &mut std::process::Command) -> (Run, u64) {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .arg("-o")
+        .arg(out.path())
+        .args(["-f", "%M"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        timed.current_dir(dir);
+    }
+    let r = run(&mut timed);
+    let text = std::fs::read_to_string(out.path()).unwrap_or_default();
+    let kib = text
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("GNU time (apt-get install time) printed no peak RSS: {text:?}"));
+    (r, kib)
 }
 
 /// The Resource Manager subscription the ARM fixtures describe.
@@ -792,6 +842,56 @@ pub enum Layout {
     Gpt,
 }
 
+/// The root tree of an AlmaLinux 8 image that meets every check for
+/// contrib/managed-image-almalinux8.toml, its firewalld zone admitting `zone_ports`.
+pub fn good_alma_tree(root: &Path, zone_ports: &[u16]) {
+    let f = |p: &str, text: &str| write(&root.join(p), text);
+    // As on AlmaLinux: /etc/os-release is a relative link into /usr/lib.
+    f(
+        "usr/lib/os-release",
+        "NAME=\"AlmaLinux\"\nID=\"almalinux\"\nVERSION_ID=\"8.7\"\n",
+    );
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::os::unix::fs::symlink("../usr/lib/os-release", root.join("etc/os-release")).unwrap();
+    f(
+        "etc/waagent.conf",
+        "ResourceDisk.Format=y\nResourceDisk.MountPoint=/mnt/resource\n",
+    );
+    f("usr/sbin/sshd", "ELF");
+    f("usr/lib/systemd/system/sshd.service", "[Unit]\n");
+    f("usr/lib/systemd/system/firewalld.service", "[Unit]\n");
+    f("usr/bin/docker", "ELF");
+    f(
+        "etc/docker/daemon.json",
+        "{\"data-root\": \"/mnt/resource/docker\"}\n",
+    );
+    f("usr/sbin/mount.nfs4", "ELF");
+    f("usr/sbin/mount.glusterfs", "ELF");
+    let ports: String = zone_ports
+        .iter()
+        .map(|p| format!("  <port protocol=\"tcp\" port=\"{p}\"/>\n"))
+        .collect();
+    f(
+        "etc/firewalld/zones/public.xml",
+        &format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<zone>\n  <short>Public</short>\n  <service name=\"ssh\"/>\n{ports}</zone>\n"
+        ),
+    );
+    std::fs::create_dir_all(root.join("home")).unwrap();
+    let wants = root.join("etc/systemd/system/multi-user.target.wants");
+    std::fs::create_dir_all(&wants).unwrap();
+    std::os::unix::fs::symlink(
+        "/usr/lib/systemd/system/sshd.service",
+        wants.join("sshd.service"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        "/usr/lib/systemd/system/firewalld.service",
+        wants.join("firewalld.service"),
+    )
+    .unwrap();
+}
+
 /// The root tree of an image that meets every check for
 /// contrib/gpu-ubuntu1604.toml (Ubuntu 16.04, Docker, GPU, NFS, ufw).
 pub fn good_ubuntu_tree(root: &Path) {
@@ -862,8 +962,47 @@ pub fn good_ubuntu_tree(root: &Path) {
 
 /// What goes into the root partition.
 pub enum RootFs<'a> {
-    Ext4 { tree: &'a Path, dirty_journal: bool },
-    Xfs,
+    Ext4 {
+        tree: &'a Path,
+        dirty_journal: bool,
+    },
+    /// An XFS root, empty or filled from a tree (mkfs.xfs -p with a
+    /// prototype file: owners root, modes and symlinks as in the tree).
+    Xfs {
+        tree: Option<&'a Path>,
+    },
+}
+
+/// mkfs.xfs's prototype file for `tree` (xfsprogs' mkfs.xfs(8), "-p"): a
+/// line per entry, `name mode uid gid [source|target]`, `$` closing a directory.
+pub fn xfs_protofile(tree: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    fn walk(dir: &Path, out: &mut String) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o777;
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.push_str(&format!("{name} l--777 0 0 {}\n", target.display()));
+            } else if meta.is_dir() {
+                out.push_str(&format!("{name} d--{mode:03o} 0 0\n"));
+                walk(&path, out);
+                out.push_str("$\n");
+            } else {
+                out.push_str(&format!("{name} ---{mode:03o} 0 0 {}\n", path.display()));
+            }
+        }
+    }
+    let mut out = String::from("/dev/null\n0 0\nd--755 0 0\n");
+    walk(tree, &mut out);
+    out.push_str("$\n");
+    out
 }
 
 /// A real disk image: partition table by sfdisk, filesystem by mkfs (under
@@ -879,7 +1018,7 @@ pub fn disk_image(
     const MIB: u64 = 1024 * 1024;
     let (root_mib, total_mib) = match root {
         RootFs::Ext4 { .. } => (48, 64),
-        RootFs::Xfs => (304, 320),
+        RootFs::Xfs { .. } => (304, 320),
     };
     let raw = dir.join(format!("{name}.raw"));
     let f = std::fs::File::create(&raw).unwrap();
@@ -935,12 +1074,19 @@ pub fn disk_image(
                 assert_eq!(r.code, 0, "debugfs: {}", r.all());
             }
         }
-        RootFs::Xfs => {
+        RootFs::Xfs { tree } => {
             std::fs::File::create(&fs)
                 .unwrap()
                 .set_len(root_mib * MIB)
                 .unwrap();
-            let r = run(Command::new("mkfs.xfs").args(["-q", "-f"]).arg(&fs));
+            let mut mkfs = Command::new("mkfs.xfs");
+            mkfs.args(["-q", "-f"]);
+            if let Some(tree) = tree {
+                let proto = dir.join(format!("{name}.proto"));
+                std::fs::write(&proto, xfs_protofile(tree)).unwrap();
+                mkfs.arg("-p").arg(proto);
+            }
+            let r = run(mkfs.arg(&fs));
             assert_eq!(r.code, 0, "mkfs.xfs (package xfsprogs): {}", r.all());
         }
     }
