@@ -4,11 +4,12 @@
 //! against the naive copy of one destination (download everything, upload
 //! every page) measured in the same run. Per run: wall time, wall per
 //! destination, bytes through the client, requests, imgforge's peak RSS
-//! (wait4), and Azurite's CPU seconds (it is one Node.js process: its
+//! (GNU time), and Azurite's CPU seconds (it is one Node.js process: its
 //! throughput bounds the series).
 //!
 //!   cargo bench --bench replicate
 //!   BENCH_VALID_MIB=64 BENCH_FANOUT_MAX=10 cargo bench --bench replicate   # a quicker series
+//!   BENCH_MAX_REQUESTS=16 cargo bench --bench replicate                     # another global cap
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -123,6 +124,9 @@ fn main() {
                 "--container",
                 &container,
             ]);
+            if let Ok(m) = std::env::var("BENCH_MAX_REQUESTS") {
+                cmd.args(["--max-requests", &m]);
+            }
             for i in 0..n {
                 cmd.arg("--to").arg(format!("dst{i}"));
             }
@@ -149,6 +153,6 @@ fn main() {
     println!(
         "client bytes goal (client path): down + up <= 1.05 x valid x (1 + N) with readback adding N x valid down; \
          'vs naive' = N naive copies' time / this run's time; peak RSS is the imgforge process's maximum \
-         (wait4's rusage of that one process, which starts from this benchmark's own RSS at fork, a few MiB)"
+         (GNU time: a child of this benchmark would start from the benchmark's own high-water RSS)"
     );
 }

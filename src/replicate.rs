@@ -19,6 +19,10 @@ use serde::Serialize;
 use crate::capture::Secret;
 use crate::storage::{self, BlobRef, MAX_CHUNK, PAGE, Storage, StorageError};
 
+/// Ranges closer than this are copied as one (`storage::bridge`): 64 KiB of
+/// zeros cost less than a request.
+const MAX_GAP: u64 = 64 * 1024;
+
 const META_SOURCE: &str = "imgforge_source_etag";
 const META_LENGTH: &str = "imgforge_source_length";
 const META_VERIFIED: &str = "imgforge_verified";
@@ -527,6 +531,8 @@ struct Ctx<'a> {
     source: &'a Arc<Source>,
     info: &'a SourceInfo,
     chunks: &'a [Range<u64>],
+    /// The source's ranges joined over small gaps (`storage::bridge`).
+    spans: &'a [Range<u64>],
     parallel: usize,
     /// Requests in flight across all destinations.
     requests: Arc<tokio::sync::Semaphore>,
@@ -566,8 +572,11 @@ pub async fn replicate(
 ) -> Result<Report, ReplicateError> {
     let clock = Instant::now();
     let info = source.info(&storage).await?;
-    let chunks = storage::chunks(&info.ranges, MAX_CHUNK);
+    let spans = storage::bridge(&info.ranges, MAX_GAP);
+    let chunks = storage::chunks(&spans, MAX_CHUNK);
     let valid_bytes: u64 = info.ranges.iter().map(|r| r.end - r.start).sum();
+    // What moves per copy: the valid bytes and the small gaps bridged.
+    let span_bytes: u64 = spans.iter().map(|r| r.end - r.start).sum();
 
     let progress = indicatif::MultiProgress::new();
     if !opts.show_progress || crate::term::quiet() {
@@ -607,7 +616,7 @@ pub async fn replicate(
             for (i, c) in chunks.iter().enumerate() {
                 present[i] = have.iter().any(|r| r.start <= c.start && c.end <= r.end);
             }
-            if verified && have == info.ranges {
+            if verified && storage::covers(&have, &info.ranges, &spans) {
                 let was_sampled = existing
                     .as_ref()
                     .and_then(|p| p.metadata.get(META_VERIFY_MODE))
@@ -646,11 +655,11 @@ pub async fn replicate(
     let bars: Vec<indicatif::ProgressBar> = dests
         .iter()
         .map(|d| {
-            let bar = progress.add(indicatif::ProgressBar::new(valid_bytes));
+            let bar = progress.add(indicatif::ProgressBar::new(span_bytes));
             bar.set_style(style.clone());
             bar.set_prefix(d.blob.account.clone());
             if d.skip {
-                bar.set_position(valid_bytes);
+                bar.set_position(span_bytes);
                 bar.finish_with_message("already verified");
             } else {
                 bar.set_message("copy");
@@ -661,7 +670,7 @@ pub async fn replicate(
     // Off a terminal the bars are not drawn: a line per destination every
     // IMGFORGE_PROGRESS_INTERVAL_MS (default 10 s) keeps a CI log informed.
     let ticker = (opts.show_progress && !crate::term::quiet() && !progress_visible())
-        .then(|| spawn_progress_lines(&bars, valid_bytes));
+        .then(|| spawn_progress_lines(&bars, span_bytes));
 
     let mut src_md5: Vec<Option<[u8; 16]>> = vec![None; chunks.len()];
     let work: Vec<usize> = (0..dests.len()).filter(|&i| !dests[i].skip).collect();
@@ -670,6 +679,7 @@ pub async fn replicate(
         source: &source,
         info: &info,
         chunks: &chunks,
+        spans: &spans,
         parallel: opts.parallel,
         requests: Arc::new(tokio::sync::Semaphore::new(opts.max_requests.max(1))),
         cancel: &opts.cancel,
@@ -917,10 +927,10 @@ async fn server_side_copy(
                     dests[i].strategy = Strategy::CopyBlob;
                     dests[i].chunks_copied = chunks.len();
                     dests[i].bytes_copied = valid;
+                    bars[i].set_position(bars[i].length().unwrap_or(valid));
                     // No range of a Copy Blob was checked against a hash
                     // imgforge computed: such a copy is always read back in full.
                     dests[i].verify = VerifyMode::Readback;
-                    bars[i].set_position(valid);
                 }
                 Some("pending") => still.push(i),
                 _ => {
@@ -1112,10 +1122,10 @@ async fn verify(
         )));
     }
     let ranges = storage.page_ranges(blob).await?;
-    if ranges != info.ranges {
+    if !storage::covers(&ranges, &info.ranges, ctx.spans) {
         let bytes: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         return Err(fail(format!(
-            "valid page ranges differ from the source's ({} ranges, {bytes} bytes vs {} ranges, {} bytes)",
+            "valid page ranges do not match the source's ({} ranges, {bytes} bytes vs {} ranges, {} bytes)",
             ranges.len(),
             info.ranges.len(),
             info.ranges.iter().map(|r| r.end - r.start).sum::<u64>()
@@ -1123,7 +1133,7 @@ async fn verify(
     }
     let picked: Vec<usize> = match mode {
         VerifyMode::Readback => (0..chunks.len()).collect(),
-        VerifyMode::Sample => sample_chunks(chunks, &info.ranges, &blob.url(), 4),
+        VerifyMode::Sample => sample_chunks(chunks, ctx.spans, &blob.url(), 4),
     };
     bar.set_length(
         picked

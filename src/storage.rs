@@ -1131,6 +1131,43 @@ pub fn coalesce(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
     out
 }
 
+/// Joins sorted, coalesced ranges whose gap is at most `max_gap` bytes, so
+/// one request covers what would have been many: a page list of 10⁵ single
+/// pages a page apart is 10⁵ reads and 10⁵ writes per copy otherwise. The
+/// gaps' bytes are copied too — zeros, as unwritten pages read — so a copy's
+/// valid ranges may be a superset of the source's, never other data.
+pub fn bridge(ranges: &[Range<u64>], max_gap: u64) -> Vec<Range<u64>> {
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for r in ranges {
+        match out.last_mut() {
+            Some(last) if r.start.saturating_sub(last.end) <= max_gap => {
+                last.end = last.end.max(r.end)
+            }
+            _ => out.push(r.clone()),
+        }
+    }
+    out
+}
+
+/// Whether a copy whose valid ranges are `copy` holds every range of
+/// `source` and nothing outside `spans` (the source's ranges as `bridge`
+/// joined them): how a complete copy may look, whether it was written
+/// range by range (Copy Blob) or span by span.
+pub fn covers(copy: &[Range<u64>], source: &[Range<u64>], spans: &[Range<u64>]) -> bool {
+    let copy = coalesce(copy.to_vec());
+    let inside = |outer: &[Range<u64>], r: &Range<u64>| {
+        let i = outer.partition_point(|o| o.end <= r.start);
+        outer
+            .get(i)
+            .is_some_and(|o| o.start <= r.start && r.end <= o.end)
+    };
+    source
+        .iter()
+        .filter(|r| r.start < r.end)
+        .all(|r| inside(&copy, r))
+        && copy.iter().all(|r| inside(spans, r))
+}
+
 /// Splits ranges into pieces of at most `max` bytes.
 pub fn chunks(ranges: &[Range<u64>], max: u64) -> Vec<Range<u64>> {
     let mut out = Vec::new();
@@ -1148,6 +1185,27 @@ pub fn chunks(ranges: &[Range<u64>], max: u64) -> Vec<Range<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nearby_ranges_are_bridged_and_a_bridged_copy_still_covers_its_source() {
+        let src = vec![0..512, 1024..1536, 2048..2560, 1 << 20..(1 << 20) + 512];
+        let spans = bridge(&src, 1024);
+        assert_eq!(spans, vec![0..2560, 1 << 20..(1 << 20) + 512]);
+        // Written span by span, or range by range: both complete.
+        assert!(covers(&spans, &src, &spans));
+        assert!(covers(&src, &src, &spans));
+        // Missing a source range, or valid pages outside every span: not.
+        assert!(!covers(&spans[..1], &src, &spans));
+        let mut extra = spans.clone();
+        extra.push(4 << 20..(4 << 20) + 512);
+        assert!(!covers(&extra, &src, &spans));
+        // A page list split into adjacent pieces counts as one range.
+        assert!(covers(
+            &[0..1024, 1024..2560, 1 << 20..(1 << 20) + 512],
+            &src,
+            &spans
+        ));
+    }
 
     #[test]
     fn parses_host_and_path_style_urls() {
