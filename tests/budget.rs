@@ -235,3 +235,37 @@ fn hostile_configs_stay_within_budget() {
         assert!(r.stderr.len() < 4096, "{} bytes of stderr", r.stderr.len());
     }
 }
+
+#[test]
+fn twenty_thousand_home_directories_are_counted_not_each_searched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = baseline_kib(tmp.path());
+    let tree = tmp.path().join("homes-tree");
+    good_ubuntu_tree(&tree);
+    for i in 0..20_000 {
+        std::fs::create_dir_all(tree.join(format!("home/user{i:05}"))).unwrap();
+    }
+    write(&tree.join("home/user00003/.bash_history"), "ls\n");
+    // XFS: 48 MiB of ext4 has too few inodes for 20,000 directories.
+    let vhd = disk_image(
+        tmp.path(),
+        "homes",
+        Layout::Gpt,
+        RootFs::Xfs { tree: Some(&tree) },
+        0,
+    );
+    let r = within_budget("20,000 /home entries", base, &mut validate_cmd(&vhd));
+    assert_eq!(r.code, 1, "{}", r.all());
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let user = finding(&doc, "hygiene.provisioning-user");
+    let message = user["message"].as_str().unwrap();
+    assert!(message.contains("/home/user00000"), "{message}");
+    assert!(
+        message.contains("/home/user00003/.bash_history"),
+        "{message}"
+    );
+    assert!(message.contains("and 19990 more in /home"), "{message}");
+    assert!(message.len() < 1000, "{} bytes", message.len());
+    let read = doc["read"]["bytes"].as_u64().unwrap();
+    assert!(read < 16 * MIB, "{read} bytes read");
+}
