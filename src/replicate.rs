@@ -490,39 +490,70 @@ impl VerifyMode {
     }
 }
 
-/// The chunks a sampled verification reads: the first and last chunk of each
-/// run of data (where offset mistakes show), and `random` more picked with a
-/// generator seeded by `seed` (the copy's URL), in order.
-pub fn sample_chunks(
-    chunks: &[Range<u64>],
-    ranges: &[Range<u64>],
-    seed: &str,
-    random: usize,
-) -> Vec<usize> {
-    let mut picked = std::collections::BTreeSet::new();
-    let find = |offset: u64| {
-        chunks
-            .iter()
-            .position(|c| c.start <= offset && offset < c.end)
-    };
-    for r in ranges.iter().filter(|r| r.end > r.start) {
-        picked.extend(find(r.start));
-        picked.extend(find(r.end - 1));
+/// What a sampled verification reads, bounded whatever the image: the
+/// first and last `EDGE` bytes of up to `MAX_EDGE_SPANS` spans of data (all
+/// of them when there are few; else the first and last 8 and the rest picked
+/// at random) — where an offset or range mistake shows — and `RANDOM`
+/// pieces of up to 1 MiB anywhere in the data. Picked with a generator
+/// seeded by `seed` (the copy's URL): the same copy gets the same sample.
+/// At most 32 × 128 KiB + 4 MiB = 8 MiB per copy.
+pub fn sample_pieces(spans: &[Range<u64>], seed: &str) -> Vec<Range<u64>> {
+    const EDGE: u64 = 64 * 1024;
+    const MAX_EDGE_SPANS: usize = 32;
+    const RANDOM: usize = 4;
+    const PIECE: u64 = 1024 * 1024;
+    let spans: Vec<&Range<u64>> = spans.iter().filter(|r| r.end > r.start).collect();
+    if spans.is_empty() {
+        return Vec::new();
     }
-    // xorshift64*, seeded from the URL: the same copy gets the same sample.
+    // xorshift64*, seeded from the URL.
     let mut x: u64 = seed.bytes().fold(0x9E37_79B9_7F4A_7C15, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01B3)
     }) | 1;
-    for _ in 0..random.min(chunks.len()) {
+    let mut next = move || {
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
-        let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        if !chunks.is_empty() {
-            picked.insert((r % chunks.len() as u64) as usize);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let mut edged = std::collections::BTreeSet::new();
+    if spans.len() <= MAX_EDGE_SPANS {
+        edged.extend(0..spans.len());
+    } else {
+        edged.extend(0..8);
+        edged.extend(spans.len() - 8..spans.len());
+        while edged.len() < MAX_EDGE_SPANS {
+            edged.insert((next() % spans.len() as u64) as usize);
         }
     }
-    picked.into_iter().collect()
+    let mut pieces = Vec::new();
+    for &i in &edged {
+        let r = spans[i];
+        pieces.push(r.start..(r.start + EDGE).min(r.end));
+        pieces.push(r.end.saturating_sub(EDGE).max(r.start)..r.end);
+    }
+    let total: u64 = spans.iter().map(|r| r.end - r.start).sum();
+    for _ in 0..RANDOM {
+        // A byte of the data at random, then the 1 MiB piece (page-aligned,
+        // inside its span) that holds it.
+        let mut at = next() % total;
+        let span = spans
+            .iter()
+            .find(|r| {
+                let len = r.end - r.start;
+                if at < len {
+                    true
+                } else {
+                    at -= len;
+                    false
+                }
+            })
+            .expect("at < total");
+        let start =
+            (span.start + at / PAGE * PAGE).min(span.end.saturating_sub(PIECE).max(span.start));
+        pieces.push(start..(start + PIECE).min(span.end));
+    }
+    storage::coalesce(pieces)
 }
 
 /// What the copy and verify steps of one run share.
@@ -1131,10 +1162,10 @@ async fn verify(
             info.ranges.iter().map(|r| r.end - r.start).sum::<u64>()
         )));
     }
-    let picked: Vec<usize> = match mode {
-        VerifyMode::Readback => (0..chunks.len()).collect(),
-        VerifyMode::Sample => sample_chunks(chunks, ctx.spans, &blob.url(), 4),
-    };
+    if mode == VerifyMode::Sample {
+        return verify_sample(ctx, blob, bar).await;
+    }
+    let picked: Vec<usize> = (0..chunks.len()).collect();
     bar.set_length(
         picked
             .iter()
@@ -1180,25 +1211,95 @@ async fn verify(
     Ok(())
 }
 
+/// A sampled verification: each piece of `sample_pieces` read from the
+/// source and from the copy, their MD5s compared.
+async fn verify_sample(
+    ctx: &Ctx<'_>,
+    blob: &BlobRef,
+    bar: &indicatif::ProgressBar,
+) -> Result<(), ReplicateError> {
+    let pieces = sample_pieces(ctx.spans, &blob.url());
+    bar.set_length(pieces.iter().map(|r| r.end - r.start).sum());
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(ctx.parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for piece in pieces {
+        let permit = ctx.permit(&semaphore).await?;
+        let (storage, source, blob, bar) = (
+            ctx.storage.clone(),
+            ctx.source.clone(),
+            blob.clone(),
+            bar.clone(),
+        );
+        tasks.spawn(async move {
+            let _permit = permit;
+            let want = md5(&source.read(&storage, piece.clone()).await?);
+            let got = md5(&storage.get_range(&blob, piece.clone()).await?);
+            bar.inc(piece.end - piece.start);
+            Ok::<_, ReplicateError>((piece, want == got))
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (piece, same) = joined.expect("verify tasks do not panic")?;
+        if !same {
+            return Err(ReplicateError::Verify {
+                url: blob.url(),
+                why: format!(
+                    "bytes {}-{} differ from the source (MD5 mismatch, sampled)",
+                    piece.start,
+                    piece.end - 1
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_sample_reads_the_ends_of_every_run_of_data_and_a_few_more() {
+    fn a_sample_reads_the_edges_of_the_data_and_a_few_pieces_bounded_whatever_the_image() {
         let mib = 1024 * 1024;
-        // Two runs: 0..10 MiB (chunks 0-2) and 40..41 MiB (chunk 3); then empty space.
-        let ranges = vec![0..10 * mib, 40 * mib..41 * mib];
-        let chunks = crate::storage::chunks(&ranges, 4 * mib);
-        assert_eq!(chunks.len(), 4);
-        let picked = super::sample_chunks(&chunks, &ranges, "https://a/c/x.vhd", 0);
-        assert_eq!(picked, vec![0, 2, 3], "first and last of each run");
-        let more = super::sample_chunks(&chunks, &ranges, "https://a/c/x.vhd", 4);
-        assert!(more.len() <= 4 && more.starts_with(&[0]), "{more:?}");
-        // The same copy gets the same sample.
-        assert_eq!(
-            more,
-            super::sample_chunks(&chunks, &ranges, "https://a/c/x.vhd", 4)
+        let kib = 1024;
+        // Two runs: the edges of both, and 4 pieces of 1 MiB.
+        let spans = vec![0..10 * mib, 40 * mib..41 * mib];
+        let pieces = super::sample_pieces(&spans, "https://a/c/x.vhd");
+        for edge in [
+            0..64 * kib,
+            10 * mib - 64 * kib..10 * mib,
+            40 * mib..40 * mib + 64 * kib,
+            41 * mib - 64 * kib..41 * mib,
+        ] {
+            assert!(
+                pieces
+                    .iter()
+                    .any(|p| p.start <= edge.start && edge.end <= p.end),
+                "{edge:?} in {pieces:?}"
+            );
+        }
+        assert!(
+            pieces
+                .iter()
+                .all(|p| spans.iter().any(|s| s.start <= p.start && p.end <= s.end))
         );
-        assert!(super::sample_chunks(&[], &[], "x", 4).is_empty());
+        assert!(
+            pieces
+                .iter()
+                .all(|p| p.start % 512 == 0 && p.end % 512 == 0)
+        );
+        // The same copy gets the same sample; another copy another one.
+        assert_eq!(pieces, super::sample_pieces(&spans, "https://a/c/x.vhd"));
+        // 100,000 spans of 64 KiB: still at most 32 × 128 KiB + 4 MiB.
+        let many: Vec<_> = (0..100_000u64)
+            .map(|i| i * mib..i * mib + 64 * kib)
+            .collect();
+        let pieces = super::sample_pieces(&many, "https://a/c/y.vhd");
+        let bytes: u64 = pieces.iter().map(|p| p.end - p.start).sum();
+        assert!(bytes <= 8 * mib, "{bytes}");
+        assert!(
+            pieces.first().unwrap().start == 0
+                && pieces.last().unwrap().end == many.last().unwrap().end
+        );
+        assert!(super::sample_pieces(&[], "x").is_empty());
     }
 
     use super::*;

@@ -777,8 +777,8 @@ fn storage_settings_that_cannot_work_are_named_before_any_request() {
 fn a_sampled_verification_reads_back_less_and_a_full_one_is_not_taken_for_it() {
     let az = Azurite::start(&["rep1"]);
     let tmp = tempfile::tempdir().unwrap();
-    // Two runs of 40 MiB: 20 chunks, of which a sample reads the 4 ends and
-    // at most 4 more.
+    // Two runs of 40 MiB: a sample reads 64 KiB at each of the 4 ends and 4
+    // pieces of 1 MiB.
     let vhd = sparse_vhd(
         tmp.path(),
         "disk",
@@ -803,13 +803,13 @@ fn a_sampled_verification_reads_back_less_and_a_full_one_is_not_taken_for_it() {
     );
     assert_eq!(full["result"]["copies"][0]["verify"], "readback");
     // Read back: all 80 MiB (and a few KiB of page lists), against at most
-    // 8 of the 20 chunks.
+    // 4 × 64 KiB + 4 MiB.
     assert!(
         (80 * MIB..80 * MIB + 65536).contains(&down(&full)),
         "{full:#}"
     );
     let s = down(&sampled);
-    assert!((16 * MIB..32 * MIB + 65536).contains(&s), "{s}");
+    assert!((MIB..4 * MIB + 256 * 1024 + 65536).contains(&s), "{s}");
     let s_url = az.url("rep1", "images", "s.vhd");
     assert_eq!(az.props(&s_url)["metadata"]["imgforge_verify"], "sample");
     assert_eq!(
@@ -995,5 +995,39 @@ fn put_page_from_url_carries_the_source_md5_and_a_damaged_range_is_refused() {
             verified,
             "{account}"
         );
+    }
+}
+
+#[test]
+fn a_page_damaged_on_the_way_is_accepted_by_azurite_and_refused_by_verification() {
+    let az = Azurite::start(&["rep1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 64, ISLANDS);
+    for verify in ["sample", "readback"] {
+        // The first Put Page (one chunk at a time, so the first chunk: an
+        // edge every sample reads) arrives with one byte flipped and its
+        // original Content-MD5.
+        let proxy = FaultProxy::corrupting_first_page(az.port);
+        let endpoint = format!("http://127.0.0.1:{}/{{account}}", proxy.port);
+        let name = format!("{verify}.vhd");
+        let r = run(imgforge_for(&az)
+            .env("IMGFORGE_HTTP_NO_POOL", "1")
+            .args([
+                "upload", "--to", "rep1", "--name", &name, "--verify", verify,
+            ])
+            .args(["--parallel", "1"])
+            .args(["--blob-endpoint", &endpoint])
+            .arg(&vhd));
+        assert_eq!(proxy.faults.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Azurite took the write (it does not check Content-MD5); the copy is
+        // refused and stays unverified.
+        assert_eq!(r.code, 1, "{verify}: {}", r.all());
+        assert!(
+            r.stderr.contains("differ from the source (MD5 mismatch"),
+            "{}",
+            r.stderr
+        );
+        let url = az.url("rep1", "images", &name);
+        assert_eq!(az.props(&url)["metadata"]["imgforge_verified"], "false");
     }
 }

@@ -26,6 +26,25 @@ impl FaultProxy {
         cut_after_puts: Option<usize>,
         only_account: Option<&str>,
     ) -> FaultProxy {
+        FaultProxy::start_with(upstream, every, cut_after_puts, only_account, false)
+    }
+
+    /// Passes everything, but flips the first byte of the first Put Page's
+    /// body and keeps its Content-MD5: damage on the way that a service
+    /// checking the hash refuses (Azure) and Azurite 3.35.0 accepts.
+    pub fn corrupting_first_page(upstream: u16) -> FaultProxy {
+        FaultProxy::start_with(upstream, 0, None, None, true)
+    }
+
+    fn start_with(
+        upstream: u16,
+        every: usize,
+        cut_after_puts: Option<usize>,
+        only_account: Option<&str>,
+        corrupt_first_page: bool,
+    ) -> FaultProxy {
+        let corrupted =
+            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(!corrupt_first_page));
         let only_prefix = only_account.map(|a| format!(" /{a}/"));
         use std::io::Write;
         use std::sync::Arc;
@@ -41,14 +60,19 @@ impl FaultProxy {
                 let Ok(mut client) = conn else { continue };
                 let (faults, page_puts, count) = (f.clone(), p.clone(), count.clone());
                 let only_prefix = only_prefix.clone();
+                let corrupted = corrupted.clone();
                 std::thread::spawn(move || {
-                    let Some((head, body)) = read_request(&mut client) else {
+                    let Some((head, mut body)) = read_request(&mut client) else {
                         return;
                     };
                     let first = head.lines().next().unwrap_or("");
                     let is_page_put = first.starts_with("PUT ")
                         && first.contains("comp=page")
                         && only_prefix.as_deref().is_none_or(|p| first.contains(p));
+                    if is_page_put && !body.is_empty() && !corrupted.swap(true, Ordering::SeqCst) {
+                        body[0] ^= 0xFF;
+                        faults.fetch_add(1, Ordering::SeqCst);
+                    }
                     if is_page_put {
                         let n = page_puts.fetch_add(1, Ordering::SeqCst) + 1;
                         if cut_after_puts.is_some_and(|k| n > k) {
