@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::*;
-use imgforge::storage::{BlobRef, MAX_CHUNK, Storage};
+use imgforge::azure::storage::{BlobRef, MAX_CHUNK, Storage};
 
 const MIB: u64 = 1024 * 1024;
 

@@ -1,41 +1,34 @@
 //! imgforge: Azure Batch custom images from a feature manifest, built with Packer.
 //!
-//! Data flows one way through the stage modules:
-//! manifest → catalog → plan → render → packer (azure-arm or local) → capture
-//! → validate image → boot check → publish (managed image / gallery) or
-//! replicate (VHDs) → validate copies → pool snippet; `build` strings them together with a journal, `commands`
-//! is the thin layer under the CLI.
+//! Data flows one way, and the folders follow it:
+//!
+//! - `spec` — manifest → catalog → plan (pure: what is to be built)
+//! - `render` — plan + templates → `packer.json` and provisioner scripts
+//! - `packer` — run Packer (azure-arm or the local builder), its events,
+//!   the captured VHD, the boot check
+//! - `validate` — the offline validator: VHD footer, partitions, ext4 / XFS
+//!   root, the catalog's checks
+//! - `publish` (managed image / gallery) or `replicate` (VHD copies, one per
+//!   40 Linux nodes, each on its own account)
+//! - `pool` — the Batch Shipyard pool: snippet and checks (offline and online)
+//! - `pipeline` — `imgforge build`: the stages in order, with a journal
+//! - `azure` — the service clients the stages use, knowing nothing of images
+//! - `cli` — clap types, one function per subcommand, exit codes
+//! - `util`, `report` — shared helpers and the findings every check reports
+//!
+//! A new distro or feature: `spec/catalog.rs`. A new check: `validate` (or
+//! `pool` for pool configs). A new target: `spec` (manifest, plan), `render`
+//! (its template) and `pipeline`. A new stage: `pipeline`.
 
-pub mod arm;
-pub mod batch;
-pub mod bootcheck;
-pub mod build;
-pub mod capture;
-pub mod catalog;
-pub mod clean;
+pub mod azure;
 pub mod cli;
-pub mod commands;
-pub mod compute;
-pub mod entra;
-pub mod error;
-pub mod events;
-pub mod fsutil;
-pub mod http;
-pub mod init;
-pub mod local;
-pub mod manifest;
 pub mod packer;
-pub mod plan;
+pub mod pipeline;
 pub mod pool;
-pub mod progress;
 pub mod publish;
-pub mod redact;
 pub mod render;
 pub mod replicate;
 pub mod report;
-pub mod signals;
-pub mod storage;
-pub mod templates;
-pub mod term;
+pub mod spec;
+pub mod util;
 pub mod validate;
-pub mod vhd;

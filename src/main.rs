@@ -1,10 +1,11 @@
 //! The imgforge command line: parse, run one command, exit with its status.
 
 use clap::Parser;
-use imgforge::{cli, commands, redact, term};
+use imgforge::cli::{self, commands};
+use imgforge::util::{redact, term};
 
 fn main() {
-    let cli = cli::Cli::parse();
+    let cli = cli::args::Cli::parse();
     let json = cli.wants_json();
     let code = match commands::run(cli) {
         Ok(code) => code,

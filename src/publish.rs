@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::arm::{Arm, ArmError, normalize_region};
-use crate::compute::{self, GALLERY_API, IMAGES_API, Wait};
-use crate::manifest::{BootCheck, Builder, HyperVGeneration, RawManifest, Target};
+use crate::azure::arm::{Arm, ArmError, normalize_region};
+use crate::azure::compute::{self, GALLERY_API, IMAGES_API, Wait};
+use crate::spec::manifest::{BootCheck, Builder, HyperVGeneration, RawManifest, Target};
 
 pub const DEFAULT_NODES_PER_REPLICA: u32 = 50;
 pub const MIN_REPLICAS: u32 = 3;
@@ -302,7 +302,7 @@ pub enum PublishError {
     #[error("publish: {0}")]
     Replicate(#[from] crate::replicate::ReplicateError),
     #[error("publish: {0}")]
-    Storage(#[from] crate::storage::StorageError),
+    Storage(#[from] crate::azure::storage::StorageError),
     #[error("publish: {message}\n  hint: {hint}")]
     Refused { message: String, hint: String },
     #[error("publish: interrupted; rerun the same command to go on")]
@@ -317,7 +317,7 @@ impl From<ArmError> for PublishError {
 
 impl PublishError {
     pub fn exit_code(&self) -> i32 {
-        use crate::error::exit;
+        use crate::cli::error::exit;
         match self {
             PublishError::Credentials(_) | PublishError::Refused { .. } => exit::BAD_INPUT,
             PublishError::Cancelled => exit::CANCELLED,
@@ -349,7 +349,7 @@ pub enum Source {
     /// A local fixed VHD: uploaded to the staging account as `blob_name`.
     File { path: PathBuf, blob_name: String },
     /// A page blob already in the subscription.
-    Blob(crate::storage::BlobRef),
+    Blob(crate::azure::storage::BlobRef),
 }
 
 pub struct Options {
@@ -372,9 +372,9 @@ pub async fn publish(
         return Err(PublishError::Credentials(missing));
     }
     let subscription = std::env::var("ARM_SUBSCRIPTION_ID").unwrap_or_default();
-    let principal = crate::entra::ServicePrincipal::from_env()
+    let principal = crate::azure::entra::ServicePrincipal::from_env()
         .ok_or_else(|| PublishError::Credentials(missing_variables()))?;
-    let mut arm = Arm::connect(&crate::arm::endpoint_from_env(), &principal).await?;
+    let mut arm = Arm::connect(&crate::azure::arm::endpoint_from_env(), &principal).await?;
 
     // The blob's account: its id (the gallery wants it) and its region
     // (an image is made only from a blob in its own region).
@@ -422,8 +422,8 @@ pub async fn publish(
     let blob = match source {
         Source::Blob(b) => b,
         Source::File { path, blob_name } => {
+            use crate::azure::storage::{BlobRef, Storage};
             use crate::replicate::{self, ReplicateError};
-            use crate::storage::{BlobRef, Storage};
             let local = replicate::Source::open_file(&path)?;
             let dest = BlobRef::at(
                 &opts.blob_endpoint,
@@ -432,7 +432,7 @@ pub async fn publish(
                 &blob_name,
             );
             let storage = Arc::new(Storage::new(std::slice::from_ref(&account.name)).await?);
-            crate::term::status(
+            crate::util::term::status(
                 "Uploading",
                 &format!("{} to {}", path.display(), dest.url()),
             );
@@ -460,7 +460,7 @@ pub async fn publish(
     };
     let blob_url = blob.url();
 
-    let mut progress = |line: &str| crate::term::status("Publishing", line);
+    let mut progress = |line: &str| crate::util::term::status("Publishing", line);
     let mut wait = Wait {
         timeout: opts.timeout,
         cancel: &opts.cancel,
@@ -680,7 +680,7 @@ fn check_definition(existing: &Value, plan: &PublishPlan, name: &str) -> Result<
             fix,
         ));
     }
-    if crate::compute::security_type(existing).is_some() {
+    if crate::azure::compute::security_type(existing).is_some() {
         return Err(refused(
             format!("image definition `{name}` has security type Trusted Launch / Confidential VM"),
             "Azure Batch pools cannot use Trusted Launch image definitions: use a definition with the Standard security type",
@@ -706,7 +706,7 @@ async fn ensure(
         same(&existing)?;
         let state = compute::provisioning_state(&existing);
         if state == "Succeeded" {
-            crate::term::status("Kept", &format!("{id} (exists with this content)"));
+            crate::util::term::status("Kept", &format!("{id} (exists with this content)"));
             reused.push(id.to_string());
             return Ok(existing);
         }

@@ -16,8 +16,8 @@ use bytes::Bytes;
 use md5::Digest as _;
 use serde::Serialize;
 
-use crate::capture::Secret;
-use crate::storage::{self, BlobRef, MAX_CHUNK, PAGE, Storage, StorageError};
+use crate::azure::storage::{self, BlobRef, MAX_CHUNK, PAGE, Storage, StorageError};
+use crate::util::redact::Secret;
 
 /// Ranges closer than this are copied as one (`storage::bridge`): 64 KiB of
 /// zeros cost less than a request.
@@ -76,7 +76,7 @@ pub enum ReplicateError {
     #[error("checking that the destination accounts are in {region}: {source}")]
     RegionCheck {
         region: String,
-        source: Box<crate::arm::ArmError>,
+        source: Box<crate::azure::arm::ArmError>,
     },
     #[error(
         "{url}: the source is not a page blob (it is a {kind}); Azure Batch needs page-blob VHDs"
@@ -112,7 +112,7 @@ pub enum ReplicateError {
 
 impl ReplicateError {
     pub fn exit_code(&self) -> i32 {
-        use crate::error::exit;
+        use crate::cli::error::exit;
         match self {
             ReplicateError::NotEnoughAccounts { .. } | ReplicateError::LocalVhd { .. } => {
                 exit::BAD_INPUT
@@ -189,7 +189,7 @@ pub async fn check_region(accounts: &[String], region: &str) -> Result<String, R
             "set ARM_SUBSCRIPTION_ID to the Batch account's subscription",
         ));
     };
-    let Some(principal) = crate::entra::ServicePrincipal::from_env() else {
+    let Some(principal) = crate::azure::entra::ServicePrincipal::from_env() else {
         return Err(settings(
             "no service principal is set",
             "set ARM_TENANT_ID, ARM_CLIENT_ID and ARM_CLIENT_SECRET (Reader on the subscription)",
@@ -199,14 +199,15 @@ pub async fn check_region(accounts: &[String], region: &str) -> Result<String, R
         region: region.to_string(),
         source: Box::new(source),
     };
-    let mut arm = crate::arm::Arm::connect(&crate::arm::endpoint_from_env(), &principal)
-        .await
-        .map_err(arm_error)?;
+    let mut arm =
+        crate::azure::arm::Arm::connect(&crate::azure::arm::endpoint_from_env(), &principal)
+            .await
+            .map_err(arm_error)?;
     let listed = arm
         .storage_accounts(&subscription)
         .await
         .map_err(arm_error)?;
-    let misplaced = crate::arm::misplaced(&listed, &subscription, accounts, region);
+    let misplaced = crate::azure::arm::misplaced(&listed, &subscription, accounts, region);
     if !misplaced.is_empty() {
         return Err(ReplicateError::Misplaced {
             region: region.to_string(),
@@ -271,7 +272,7 @@ impl Source {
     /// refused before it is opened), opened once for all its reads.
     pub fn open_file(path: &Path) -> Result<Source, ReplicateError> {
         let file = std::fs::metadata(path)
-            .and_then(|m| crate::fsutil::check_regular(&m))
+            .and_then(|m| crate::util::fsutil::check_regular(&m))
             .and_then(|_| std::fs::File::open(path))
             .map_err(|source| ReplicateError::Read {
                 path: path.to_path_buf(),
@@ -364,7 +365,7 @@ fn scan_local_vhd(
         file.read_exact_at(&mut footer, length - 512)
             .map_err(read_err)?;
     }
-    let (_, problems) = crate::vhd::check(&footer, length);
+    let (_, problems) = crate::validate::vhd::check(&footer, length);
     if let Some(p) = problems.first() {
         return Err(ReplicateError::LocalVhd {
             path: path.to_path_buf(),
@@ -610,7 +611,7 @@ pub async fn replicate(
     let span_bytes: u64 = spans.iter().map(|r| r.end - r.start).sum();
 
     let progress = indicatif::MultiProgress::new();
-    if !opts.show_progress || crate::term::quiet() {
+    if !opts.show_progress || crate::util::term::quiet() {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     // Phase, bar (as wide as the terminal allows), bytes, rate, elapsed, time left.
@@ -700,7 +701,7 @@ pub async fn replicate(
         .collect();
     // Off a terminal the bars are not drawn: a line per destination every
     // IMGFORGE_PROGRESS_INTERVAL_MS (default 10 s) keeps a CI log informed.
-    let ticker = (opts.show_progress && !crate::term::quiet() && !progress_visible())
+    let ticker = (opts.show_progress && !crate::util::term::quiet() && !progress_visible())
         .then(|| spawn_progress_lines(&bars, span_bytes));
 
     let mut src_md5: Vec<Option<[u8; 16]>> = vec![None; chunks.len()];
@@ -759,7 +760,7 @@ pub async fn replicate(
         storage.set_metadata(&dests[i].blob, &meta).await?;
         bars[i].finish_with_message("verified");
         if ticker.is_some() {
-            crate::term::status(
+            crate::util::term::status(
                 "Verified",
                 &format!(
                     "{}: {} copied and {} in {:.1} s",
@@ -846,7 +847,7 @@ fn spawn_progress_lines(bars: &[indicatif::ProgressBar], valid: u64) -> Ticker {
                 } else {
                     format!("about {} s left", b.eta().as_secs())
                 };
-                crate::term::status(
+                crate::util::term::status(
                     "Progress",
                     &format!(
                         "{} {}: {}/{} ({} %), {}/s, {:.1} s elapsed, {left}",

@@ -189,7 +189,7 @@ impl Disk for Patched {
 
 /// One case on a disk image: a few mutations, each in a data block picked at
 /// random among `blocks` (the metadata and files the readers walk).
-fn disk_case(base: &Arc<Sparse>, blocks: &[u64], rng: &mut Rng, plan: &imgforge::plan::Plan) {
+fn disk_case(base: &Arc<Sparse>, blocks: &[u64], rng: &mut Rng, plan: &imgforge::spec::plan::Plan) {
     let mut disk = Patched {
         base: base.clone(),
         patch: HashMap::new(),
@@ -244,9 +244,9 @@ fn disk_case(base: &Arc<Sparse>, blocks: &[u64], rng: &mut Rng, plan: &imgforge:
 static TALLY: std::sync::Mutex<std::collections::BTreeMap<String, u64>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
-fn plan_of(manifest: &str) -> imgforge::plan::Plan {
-    let m = imgforge::manifest::Manifest::load(&repo().join(manifest)).unwrap();
-    imgforge::plan::Plan::new(&m)
+fn plan_of(manifest: &str) -> imgforge::spec::plan::Plan {
+    let m = imgforge::spec::manifest::Manifest::load(&repo().join(manifest)).unwrap();
+    imgforge::spec::plan::Plan::new(&m)
 }
 
 /// The fixtures a target needs, made once per child.
@@ -255,10 +255,10 @@ enum Target {
     Disk {
         base: Arc<Sparse>,
         blocks: Vec<u64>,
-        plan: imgforge::plan::Plan,
+        plan: imgforge::spec::plan::Plan,
     },
     Manifest(Vec<(String, String)>),
-    Pool(String, imgforge::plan::Plan, tempfile::TempDir),
+    Pool(String, imgforge::spec::plan::Plan, tempfile::TempDir),
     PageList(String),
 }
 
@@ -350,15 +350,15 @@ fn run_case(target: &Target, rng: &mut Rng) {
             let mut f = footer.clone();
             mutate(rng, &mut f, |r| r.below(512) as usize);
             let f: [u8; 512] = f.try_into().unwrap();
-            let _ = imgforge::vhd::check(&f, rng.below(1 << 40));
+            let _ = imgforge::validate::vhd::check(&f, rng.below(1 << 40));
         }
         Target::Disk { base, blocks, plan } => disk_case(base, blocks, rng, plan),
         Target::Manifest(seeds) => {
             let (path, text) = &seeds[rng.below(seeds.len() as u64) as usize];
             let bytes = mutate_text(rng, text);
             let source = String::from_utf8_lossy(&bytes).into_owned();
-            if let Ok(m) = imgforge::manifest::Manifest::parse(Path::new(path), source) {
-                let plan = imgforge::plan::Plan::new(&m);
+            if let Ok(m) = imgforge::spec::manifest::Manifest::parse(Path::new(path), source) {
+                let plan = imgforge::spec::plan::Plan::new(&m);
                 let _ = plan.to_text();
             }
         }
@@ -371,7 +371,7 @@ fn run_case(target: &Target, rng: &mut Rng) {
         }
         Target::PageList(xml) => {
             let bytes = mutate_text(rng, xml);
-            let _ = imgforge::storage::parse_page_list(&String::from_utf8_lossy(&bytes));
+            let _ = imgforge::azure::storage::parse_page_list(&String::from_utf8_lossy(&bytes));
         }
     }
 }

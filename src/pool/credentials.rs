@@ -11,8 +11,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::Value;
 
 use super::{PoolError, ShipyardFile};
-use crate::capture::Secret;
-use crate::entra::{PUBLIC_AUTHORITY, ServicePrincipal};
+use crate::azure::entra::{PUBLIC_AUTHORITY, ServicePrincipal};
+use crate::util::redact::Secret;
 
 /// Keys whose values are secrets anywhere in the file.
 const SECRET_KEYS: &[&str] = &["auth_key", "account_key", "password"];
@@ -91,7 +91,7 @@ impl ShipyardCredentials {
         );
         let batch_resource = creds["batch"]["aad"]["endpoint"]
             .as_str()
-            .unwrap_or(crate::batch::PUBLIC_RESOURCE)
+            .unwrap_or(crate::azure::batch::PUBLIC_RESOURCE)
             .to_string();
         let batch_url = creds["batch"]["account_service_url"]
             .as_str()
@@ -203,7 +203,7 @@ fn register_secrets(v: &Value) {
         Value::Object(map) => {
             for (k, v) in map {
                 match (SECRET_KEYS.contains(&k.as_str()), v.as_str()) {
-                    (true, Some(secret)) => crate::redact::register(secret),
+                    (true, Some(secret)) => crate::util::redact::register(secret),
                     _ => register_secrets(v),
                 }
             }

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::catalog::{self, Os};
-use crate::plan::{Plan, is_gpu_size, is_rdma_size, vhd_copies};
 use crate::report::{Finding, Report};
+use crate::spec::catalog::{self, Os};
+use crate::spec::plan::{Plan, is_gpu_size, is_rdma_size, vhd_copies};
 
 pub mod credentials;
 pub mod online;
@@ -73,7 +73,7 @@ pub enum PoolImage {
 
 /// Reads what a build produced from its `build.json`.
 pub fn image_from_record(path: &Path) -> Result<PoolImage, PoolError> {
-    let text = crate::fsutil::read_input_string(path).map_err(|source| PoolError::Read {
+    let text = crate::util::fsutil::read_input_string(path).map_err(|source| PoolError::Read {
         path: path.to_path_buf(),
         source,
     })?;
@@ -202,10 +202,11 @@ impl ShipyardFile {
 
     /// Reads `path` and requires the object `top` at its top level.
     pub fn load(path: &Path, top: &str) -> Result<ShipyardFile, PoolError> {
-        let text = crate::fsutil::read_input_string(path).map_err(|source| PoolError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            crate::util::fsutil::read_input_string(path).map_err(|source| PoolError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let is_json = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("json"))
@@ -422,9 +423,9 @@ fn check_platform(config: &PoolConfig, image: &Value, key: &str, f: &mut Vec<Fin
         );
         return;
     };
-    use crate::catalog::AgentStatus;
+    use crate::spec::catalog::AgentStatus;
     let agent = d.node_agent;
-    f.push(match d.agent_status(&crate::plan::today()) {
+    f.push(match d.agent_status(&crate::spec::plan::today()) {
         AgentStatus::Retired { date, source } => Finding::warn(
             "pool.node-agent.retired",
             format!(
@@ -534,8 +535,8 @@ fn check_custom(config: &PoolConfig, plan: Option<&Plan>, f: &mut Vec<Finding>) 
             },
         );
         if let Some(d) = catalog::distro_by_agent(node_agent) {
-            use crate::catalog::AgentStatus;
-            f.push(match d.agent_status(&crate::plan::today()) {
+            use crate::spec::catalog::AgentStatus;
+            f.push(match d.agent_status(&crate::spec::plan::today()) {
                 AgentStatus::Retired { date, source } => Finding::warn(
                     "pool.node-agent.retired",
                     format!(
@@ -668,7 +669,7 @@ fn check_uris(
                     "pool.image-uris.no-sas",
                     format!(
                         "`{}` carries a query string (SAS)",
-                        crate::redact::redact(uri)
+                        crate::util::redact::redact(uri)
                     ),
                 )
                 .evidence(at.clone())

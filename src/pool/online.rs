@@ -6,10 +6,10 @@
 
 use super::credentials::ShipyardCredentials;
 use super::{PoolConfig, image_uris};
-use crate::arm::{Arm, ArmError, Misplaced, normalize_region};
-use crate::entra::ServicePrincipal;
+use crate::azure::arm::{Arm, ArmError, Misplaced, normalize_region};
+use crate::azure::entra::ServicePrincipal;
+use crate::azure::storage::{BlobRef, Storage};
 use crate::report::Finding;
-use crate::storage::{BlobRef, Storage};
 
 const BLOBS: &str = "pool.online.blobs";
 const ACCOUNTS: &str = "pool.online.accounts";
@@ -219,7 +219,7 @@ async fn check_node_agent(config: &PoolConfig, agent: &str, online: &Online<'_>)
             .hint(hint);
         }
     };
-    let images = match crate::batch::supported_images(
+    let images = match crate::azure::batch::supported_images(
         &access.url,
         &access.principal,
         &access.resource,
@@ -233,9 +233,9 @@ async fn check_node_agent(config: &PoolConfig, agent: &str, online: &Online<'_>)
                 .evidence(access.url_from);
         }
     };
-    let agents = crate::batch::agents(&images, &crate::plan::today());
+    let agents = crate::azure::batch::agents(&images, &crate::spec::plan::today());
     let evidence = config.at("node_agent");
-    let Some(a) = crate::batch::find(&agents, agent) else {
+    let Some(a) = crate::azure::batch::find(&agents, agent) else {
         let same_os: Vec<&str> = agents
             .iter()
             .filter(|a| a.status != "retired")
@@ -279,7 +279,7 @@ async fn check_node_agent(config: &PoolConfig, agent: &str, online: &Online<'_>)
         .evidence(evidence)
         .hint(format!(
             "rebuild on a supported distro ({})",
-            crate::catalog::CURRENT_LINUX
+            crate::spec::catalog::CURRENT_LINUX
         )),
         ("ends", Some(date)) => Finding::warn(
             NODE_AGENT,
@@ -319,11 +319,11 @@ async fn check_arm_image(
     let (op, api, expand) = if gallery {
         (
             "Get Gallery Image Version",
-            crate::compute::GALLERY_API,
+            crate::azure::compute::GALLERY_API,
             Some("ReplicationStatus"),
         )
     } else {
-        ("Get Image", crate::compute::IMAGES_API, None)
+        ("Get Image", crate::azure::compute::IMAGES_API, None)
     };
     let got = match arm.get().await {
         Ok(arm) => arm
@@ -344,7 +344,7 @@ async fn check_arm_image(
         }
         Err(e) => return e.finding(ARM_IMAGE, "the image").evidence(evidence),
     };
-    let state = crate::compute::provisioning_state(&resource);
+    let state = crate::azure::compute::provisioning_state(&resource);
     if state != "Succeeded" {
         return Finding::fail(
             ARM_IMAGE,
@@ -393,7 +393,7 @@ async fn check_arm_image(
             .get_resource(
                 "Get Gallery Image",
                 &definition_id,
-                crate::compute::GALLERY_API,
+                crate::azure::compute::GALLERY_API,
                 None,
             )
             .await
@@ -402,7 +402,7 @@ async fn check_arm_image(
     };
     match definition {
         Ok(Some(d)) => {
-            if let Some(t) = crate::compute::security_type(&d) {
+            if let Some(t) = crate::azure::compute::security_type(&d) {
                 return Finding::fail(
                     ARM_IMAGE,
                     format!("the image definition {definition_id} has security type {t}"),
@@ -458,7 +458,7 @@ async fn check_arm_image(
             region.value
         ));
     };
-    let status = crate::compute::replication_summary(&resource);
+    let status = crate::azure::compute::replication_summary(&resource);
     match status.iter().find(|(r, _, _)| normalize_region(r) == want) {
         Some((_, state, _)) if state == "Completed" => Finding::pass(
             ARM_IMAGE,
@@ -512,11 +512,11 @@ impl From<ArmError> for Unavailable {
     }
 }
 
-impl From<crate::batch::BatchError> for Unavailable {
-    fn from(e: crate::batch::BatchError) -> Unavailable {
+impl From<crate::azure::batch::BatchError> for Unavailable {
+    fn from(e: crate::azure::batch::BatchError) -> Unavailable {
         match e {
             // As for Resource Manager: the hint where findings keep hints.
-            crate::batch::BatchError::Status {
+            crate::azure::batch::BatchError::Status {
                 op,
                 status,
                 code,
@@ -588,7 +588,7 @@ async fn connect(online: &Online<'_>) -> Result<Arm, Unavailable> {
     let endpoint = online
         .credentials
         .and_then(|c| c.management_endpoint.clone())
-        .unwrap_or_else(crate::arm::endpoint_from_env);
+        .unwrap_or_else(crate::azure::arm::endpoint_from_env);
     Ok(Arm::connect(&endpoint, principal).await?)
 }
 
@@ -676,7 +676,8 @@ async fn check_accounts(
         }
     };
 
-    let misplaced = crate::arm::misplaced(&listed, &subscription.value, accounts, &region.value);
+    let misplaced =
+        crate::azure::arm::misplaced(&listed, &subscription.value, accounts, &region.value);
     let problems: Vec<String> = misplaced
         .iter()
         .map(|m| match m {
@@ -795,7 +796,7 @@ async fn check_batch_account(online: &Online<'_>, arm: &mut ArmSession<'_>) -> F
 pub fn batch_access(
     credentials: Option<&ShipyardCredentials>,
     account_url: Option<&str>,
-) -> Result<crate::batch::Access, (String, String)> {
+) -> Result<crate::azure::batch::Access, (String, String)> {
     let from_file = credentials.and_then(|c| c.batch_url.as_ref().map(|u| (c, u)));
     let (url, url_from) = match (account_url.filter(|u| !u.trim().is_empty()), from_file) {
         (Some(u), _) => (
@@ -837,13 +838,13 @@ pub fn batch_access(
                 .into(),
         ));
     };
-    Ok(crate::batch::Access {
+    Ok(crate::azure::batch::Access {
         url,
         url_from,
         principal,
         principal_from,
         resource: credentials
             .map(|c| c.batch_resource.clone())
-            .unwrap_or_else(|| crate::batch::PUBLIC_RESOURCE.to_string()),
+            .unwrap_or_else(|| crate::azure::batch::PUBLIC_RESOURCE.to_string()),
     })
 }

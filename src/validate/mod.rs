@@ -13,12 +13,13 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::catalog::{self, AtBoot, HostFirewall, Os, PackageFamily};
-use crate::plan::Plan;
+use crate::azure::storage::{BlobRef, Storage};
 use crate::report::{Finding, Report};
-use crate::storage::{BlobRef, Storage};
+use crate::spec::catalog::{self, AtBoot, HostFirewall, Os, PackageFamily};
+use crate::spec::plan::Plan;
 
 pub mod rootfs;
+pub mod vhd;
 use rootfs::RootFs;
 
 type BoxedError = Box<dyn std::error::Error + Send + Sync>;
@@ -28,7 +29,7 @@ pub enum ValidateError {
     #[error("{subject}: cannot read the image: {message}")]
     Unreadable { subject: String, message: String },
     #[error("{0}")]
-    Storage(#[from] crate::storage::StorageError),
+    Storage(#[from] crate::azure::storage::StorageError),
 }
 
 /// Positioned reads over a whole disk image, counted.
@@ -61,7 +62,7 @@ impl LocalDisk {
         };
         // Stat first: opening a FIFO would block, a device has no end.
         let meta = std::fs::metadata(path).map_err(unreadable)?;
-        crate::fsutil::check_regular(&meta).map_err(unreadable)?;
+        crate::util::fsutil::check_regular(&meta).map_err(unreadable)?;
         let file = std::fs::File::open(path).map_err(unreadable)?;
         let len = file.metadata().map_err(unreadable)?.len();
         Ok(LocalDisk {
@@ -453,7 +454,7 @@ pub struct Format {
 /// qcow2, VMDK (sparse extent or descriptor), VHDX, VDI, a dynamic or
 /// differencing VHD (its header copy of the footer), or a raw disk (an MBR
 /// or GPT and no footer).
-pub fn detect_format(head: &[u8], footer: Option<&crate::vhd::Footer>) -> Option<Format> {
+pub fn detect_format(head: &[u8], footer: Option<&crate::validate::vhd::Footer>) -> Option<Format> {
     let starts = |m: &[u8]| head.starts_with(m);
     let f = |name, qemu, ext| Some(Format { name, qemu, ext });
     if starts(b"QFI\xfb") {
@@ -465,7 +466,7 @@ pub fn detect_format(head: &[u8], footer: Option<&crate::vhd::Footer>) -> Option
     } else if head.len() >= 0x44 && head[0x40..0x44] == [0x7f, 0x10, 0xda, 0xbe] {
         f("VirtualBox VDI image", "vdi", "vdi")
     } else if starts(b"conectix")
-        || footer.is_some_and(|ft| ft.disk_type != crate::vhd::DiskType::Fixed)
+        || footer.is_some_and(|ft| ft.disk_type != crate::validate::vhd::DiskType::Fixed)
     {
         f("dynamic (or differencing) VHD", "vpc", "vhd")
     } else if footer.is_none() && head.len() >= 512 && head[510..512] == [0x55, 0xaa] {
@@ -559,7 +560,7 @@ pub fn validate(
         };
     }
     let footer_ok = len >= 512;
-    let (parsed, problems) = crate::vhd::check(&footer, if footer_ok { len } else { 0 });
+    let (parsed, problems) = crate::validate::vhd::check(&footer, if footer_ok { len } else { 0 });
     // What the file is when it is not a fixed VHD, from its first bytes:
     // the fix is then one exact qemu-img command with the user's own names.
     let mut head = [0u8; 512];
@@ -594,7 +595,7 @@ pub fn validate(
     ];
     let mut raw_layout = parsed.is_some();
     for (id, ok_message) in ids {
-        use crate::vhd::FooterProblem as P;
+        use crate::validate::vhd::FooterProblem as P;
         let problem = problems.iter().find(|p| {
             matches!(
                 (id, p),

@@ -606,7 +606,7 @@ impl ArmReplay {
                     let form: std::collections::HashMap<String, String> = body
                         .split('&')
                         .filter_map(|kv| kv.split_once('='))
-                        .map(|(k, v)| (k.to_string(), imgforge::http::percent_decode(v)))
+                        .map(|(k, v)| (k.to_string(), imgforge::azure::http::percent_decode(v)))
                         .collect();
                     let token_path = format!("POST /{}/oauth2/v2.0/token ", expect.tenant);
                     let subscription = format!("GET /subscriptions/{ARM_SUBSCRIPTION}/");
@@ -787,7 +787,7 @@ impl ArmReplay {
             .filter_map(|(_, body)| {
                 body.split('&')
                     .find_map(|kv| kv.strip_prefix("scope="))
-                    .map(imgforge::http::percent_decode)
+                    .map(imgforge::azure::http::percent_decode)
             })
             .collect()
     }

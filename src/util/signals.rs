@@ -27,11 +27,11 @@ impl SignalWatch {
                     continue;
                 }
                 if again {
-                    crate::term::warning(
+                    crate::util::term::warning(
                         "still stopping: waiting for the current step to reach a safe point",
                     );
                 } else {
-                    crate::term::warning(first_notice);
+                    crate::util::term::warning(first_notice);
                 }
             }
         });

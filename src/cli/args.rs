@@ -51,8 +51,8 @@ pub struct Cli {
     #[arg(short = 'V', long)]
     pub version: bool,
     /// Colour: auto (a terminal, without NO_COLOR; CLICOLOR_FORCE=1 forces it), always, never.
-    #[arg(long, value_enum, default_value_t = crate::term::ColorChoice::Auto, global = true)]
-    pub color: crate::term::ColorChoice,
+    #[arg(long, value_enum, default_value_t = crate::util::term::ColorChoice::Auto, global = true)]
+    pub color: crate::util::term::ColorChoice,
     /// No progress bars or status lines on stderr; errors and warnings still show.
     #[arg(short, long, global = true)]
     pub quiet: bool,
@@ -405,8 +405,8 @@ pub struct TemplateOptions {
 }
 
 impl TemplateOptions {
-    pub fn plan(&self, manifest: &crate::manifest::Manifest) -> crate::plan::Plan {
-        let plan = crate::plan::Plan::new(manifest);
+    pub fn plan(&self, manifest: &crate::spec::manifest::Manifest) -> crate::spec::plan::Plan {
+        let plan = crate::spec::plan::Plan::new(manifest);
         if self.no_vm_checks {
             plan.without_vm_checks()
         } else {

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use serde::Serialize;
 
-use crate::manifest::Target;
+use crate::spec::manifest::Target;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackerError {
@@ -129,7 +129,7 @@ impl Packer {
         text.push_str(&String::from_utf8_lossy(&output.stderr));
         Err(PackerError::Invalid {
             template: dir.join(template),
-            output: crate::redact::redact(text.trim()),
+            output: crate::util::redact::redact(text.trim()),
         })
     }
 }
@@ -174,12 +174,12 @@ pub struct RunOutcome {
     pub exit_status: Option<i32>,
     /// `ui,error` texts, in order.
     pub errors: Vec<String>,
-    pub artifacts: Vec<crate::events::RawArtifact>,
+    pub artifacts: Vec<crate::packer::events::RawArtifact>,
 }
 
 /// What the runner reports while Packer works.
 pub enum Progress<'a> {
-    Event(&'a crate::events::Event),
+    Event(&'a crate::packer::events::Event),
     /// Packer wrote something that is not a machine-readable line (stderr).
     Raw(&'a str),
     /// The first signal: forwarded to Packer, now waiting for its cleanup.
@@ -281,17 +281,17 @@ impl Packer {
         let mut open_streams = 2;
         let mut cancelled = false;
         let mut errors = Vec::new();
-        let mut collector = crate::events::ArtifactCollector::default();
+        let mut collector = crate::packer::events::ArtifactCollector::default();
         while open_streams > 0 {
             let Ok(msg) = rx.recv() else { break };
             match msg {
                 Incoming::Stdout(line) => {
-                    let line = crate::redact::redact(&line);
+                    let line = crate::util::redact::redact(&line);
                     log(&line);
-                    match crate::events::parse_line(&line) {
+                    match crate::packer::events::parse_line(&line) {
                         Some(event) => {
-                            if let crate::events::Event::Ui {
-                                level: crate::events::UiLevel::Error,
+                            if let crate::packer::events::Event::Ui {
+                                level: crate::packer::events::UiLevel::Error,
                                 text,
                             } = &event
                             {
@@ -304,7 +304,7 @@ impl Packer {
                     }
                 }
                 Incoming::Stderr(line) => {
-                    let line = crate::redact::redact(&line);
+                    let line = crate::util::redact::redact(&line);
                     log(&line);
                     progress(Progress::Raw(&line));
                 }
@@ -398,3 +398,12 @@ mod env_tests {
         );
     }
 }
+
+// Running Packer and what it leaves: its event stream (`events`), progress
+// and failure context (`progress`), the captured VHD (`capture`), the local
+// builder's root filesystem (`local`) and the boot check (`bootcheck`).
+pub mod bootcheck;
+pub mod capture;
+pub mod events;
+pub mod local;
+pub mod progress;

@@ -9,30 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::events::RawArtifact;
+use crate::packer::events::RawArtifact;
+use crate::util::redact::Secret;
 
 pub const AZURE_ARM_BUILDER_ID: &str = "Azure.ResourceManagement.VMImage";
 const MANIFEST_POST_PROCESSOR_ID: &str = "packer.post-processor.manifest";
-
-/// A secret string: never serialized, never printed.
-#[derive(Clone, Default)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Secret {
-        Secret(value)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(crate::redact::MASK)
-    }
-}
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -151,18 +132,18 @@ fn azure(a: &RawArtifact) -> Result<Captured, CaptureError> {
             os_disk_uri: uri,
             os_type: field("OSType"),
             storage_account_location: field("StorageAccountLocation"),
-            read_only_sas_url: Secret(field("OSDiskUriReadOnlySas").unwrap_or_default()),
+            read_only_sas_url: Secret::new(field("OSDiskUriReadOnlySas").unwrap_or_default()),
         });
     }
     Err(CaptureError::AzureFieldsMissing {
-        string: crate::redact::redact(&a.string),
+        string: crate::util::redact::redact(&a.string),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{ArtifactCollector, parse_line};
+    use crate::packer::events::{ArtifactCollector, parse_line};
 
     /// Artifact lines in the shape Packer 1.6.6's azure-arm builder writes with
     /// `-machine-readable` (DOMAIN.md §3): fields `builder-id`, `id`, `string`

@@ -21,8 +21,8 @@ use reqwest::StatusCode;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::entra::ServicePrincipal;
-use crate::http::require_secure;
+use crate::azure::entra::ServicePrincipal;
+use crate::azure::http::require_secure;
 
 /// Batch's data-plane API version (the stable 2024-07 one).
 pub const API_VERSION: &str = "2024-07-01.20.0";
@@ -159,13 +159,13 @@ pub async fn supported_images(
     const OP: &str = "List Supported Images";
     let base = origin(account_url);
     require_secure(&base).map_err(BatchError::Insecure)?;
-    let http = crate::http::client_builder(Duration::from_secs(60))
+    let http = crate::azure::http::client_builder(Duration::from_secs(60))
         .build()
         .expect("the HTTP client builds");
     // Batch's resource id ends in `/`; Entra's scope for it is then
     // `https://batch.core.windows.net//.default`, as Azure's SDKs ask.
     let scope = format!("{resource}/.default");
-    let token = crate::entra::token(&http, principal, &scope)
+    let token = crate::azure::entra::token(&http, principal, &scope)
         .await
         .map_err(|message| BatchError::Token {
             resource: resource.to_string(),
@@ -187,7 +187,7 @@ pub async fn supported_images(
                 message: format!("an entry without nodeAgentSKUId or imageReference: {v}"),
             })?);
         }
-        match crate::http::next_page(&page, "odata.nextLink", &base)
+        match crate::azure::http::next_page(&page, "odata.nextLink", &base)
             .map_err(|message| BatchError::Protocol { op: OP, message })?
         {
             Some(next) => url = next,
@@ -234,7 +234,7 @@ async fn get_json(
     url: &str,
     token: &str,
 ) -> Result<Value, BatchError> {
-    let reply = crate::http::send_retrying(ATTEMPTS, &|| {
+    let reply = crate::azure::http::send_retrying(ATTEMPTS, &|| {
         http.get(url)
             .bearer_auth(token)
             .header("accept", "application/json")
@@ -295,7 +295,7 @@ fn status_error(op: &'static str, status: StatusCode, body: &str) -> BatchError 
         } else {
             format!(" {code}")
         },
-        message: crate::redact::redact(&message),
+        message: crate::util::redact::redact(&message),
         hint,
     }
 }

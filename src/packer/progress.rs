@@ -7,8 +7,8 @@
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
-use crate::events::{Event, UiLevel};
 use crate::packer::Progress;
+use crate::packer::events::{Event, UiLevel};
 
 pub struct Display {
     verbose: bool,
@@ -63,7 +63,7 @@ impl Display {
             verbose,
             started,
             tty,
-            color: crate::term::color_enabled(tty),
+            color: crate::util::term::color_enabled(tty),
             transient: false,
             last_step: String::new(),
             script: None,
@@ -78,7 +78,7 @@ impl Display {
     }
 
     fn line(&mut self, text: &str) {
-        if crate::term::quiet() {
+        if crate::util::term::quiet() {
             return;
         }
         let mut err = std::io::stderr().lock();
@@ -90,7 +90,7 @@ impl Display {
     }
 
     fn transient_line(&mut self, text: &str) {
-        if crate::term::quiet() {
+        if crate::util::term::quiet() {
             return;
         }
         let width = 100usize;

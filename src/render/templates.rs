@@ -11,7 +11,7 @@ use serde::Serialize;
 
 macro_rules! builtin {
     ($($path:literal),* $(,)?) => {
-        &[$(($path, include_str!(concat!("../templates/", $path)))),*]
+        &[$(($path, include_str!(concat!("../../templates/", $path)))),*]
     };
 }
 
@@ -136,7 +136,7 @@ impl TemplateSet {
                         .join(", "),
                 });
             };
-            let source = crate::fsutil::read_input_string(&path).map_err(|source| {
+            let source = crate::util::fsutil::read_input_string(&path).map_err(|source| {
                 TemplateError::ReadFile {
                     path: path.clone(),
                     source,
@@ -416,7 +416,7 @@ pub fn export(dir: &Path, force: bool) -> Result<Vec<PathBuf>, TemplateError> {
     let mut written = Vec::new();
     for (name, source) in BUILTIN {
         let path = dir.join(name);
-        crate::fsutil::write_atomic(&path, source.as_bytes()).map_err(io)?;
+        crate::util::fsutil::write_atomic(&path, source.as_bytes()).map_err(io)?;
         written.push(path);
     }
     Ok(written)

@@ -72,7 +72,7 @@ pub fn scan(dir: &Path) -> Result<Vec<BuildDir>, CleanError> {
         let Ok(meta) = std::fs::symlink_metadata(&record_path) else {
             continue;
         };
-        if !meta.is_file() || meta.len() > crate::http::MAX_BODY {
+        if !meta.is_file() || meta.len() > crate::azure::http::MAX_BODY {
             continue;
         }
         let record: serde_json::Value = std::fs::read(&record_path)

@@ -58,7 +58,7 @@ pub enum BootError {
 
 impl BootError {
     pub fn exit_code(&self) -> i32 {
-        use crate::error::exit;
+        use crate::cli::error::exit;
         match self {
             BootError::Missing { .. } => exit::TOOL,
             BootError::Image { .. } => exit::BAD_INPUT,
@@ -108,7 +108,7 @@ pub const BATCH_PORTS: &[u16] = &[29876, 29877];
 /// Units that fail at boot on a VM without the plan's hardware: the NVIDIA
 /// module refuses to load without a GPU (so systemd-modules-load, "Load Kernel
 /// Modules", fails), and its daemons with it.
-pub fn hardware_units(plan: &crate::plan::Plan) -> Vec<String> {
+pub fn hardware_units(plan: &crate::spec::plan::Plan) -> Vec<String> {
     let mut units = Vec::new();
     if plan.gpu.is_some() {
         units.extend(["Load Kernel Modules", "nvidia"].map(String::from));
@@ -270,11 +270,11 @@ fn check_image(image: &Path) -> Result<(), BootError> {
         f.read_exact_at(&mut footer, len - 512)
             .map_err(|e| bad(e.to_string()))?;
     }
-    let (parsed, problems) = crate::vhd::check(&footer, len);
+    let (parsed, problems) = crate::validate::vhd::check(&footer, len);
     if parsed.is_none()
         || problems
             .iter()
-            .any(|p| matches!(p, crate::vhd::FooterProblem::NotFixed(_)))
+            .any(|p| matches!(p, crate::validate::vhd::FooterProblem::NotFixed(_)))
     {
         return Err(bad(format!(
             "not a fixed VHD ({})\n  hint: qemu-img convert -f raw -O vpc -o subformat=fixed,force_size=on {} out.vhd",

@@ -1,9 +1,9 @@
 //! One error type for the CLI, and the documented exit codes.
 
-use crate::manifest::ManifestError;
 use crate::packer::PackerError;
 use crate::render::RenderError;
-use crate::templates::TemplateError;
+use crate::render::templates::TemplateError;
+use crate::spec::manifest::ManifestError;
 
 pub mod exit {
     pub const OK: i32 = 0;
@@ -25,7 +25,7 @@ pub enum AppError {
     #[error(transparent)]
     Packer(#[from] PackerError),
     #[error(transparent)]
-    Build(Box<crate::build::BuildError>),
+    Build(Box<crate::pipeline::BuildError>),
     #[error(transparent)]
     Pool(#[from] crate::pool::PoolError),
     #[error(transparent)]
@@ -33,13 +33,13 @@ pub enum AppError {
     #[error(transparent)]
     Validate(#[from] crate::validate::ValidateError),
     #[error(transparent)]
-    Boot(#[from] crate::bootcheck::BootError),
+    Boot(#[from] crate::packer::bootcheck::BootError),
     #[error(transparent)]
     Publish(Box<crate::publish::PublishError>),
     #[error(transparent)]
-    Storage(#[from] crate::storage::StorageError),
+    Storage(#[from] crate::azure::storage::StorageError),
     #[error(transparent)]
-    Batch(#[from] crate::batch::BatchError),
+    Batch(#[from] crate::azure::batch::BatchError),
     #[error("{0}")]
     Refused(String),
     /// Input that was read and checked, and failed its checks (exit 1).
@@ -52,8 +52,8 @@ pub enum AppError {
     },
 }
 
-impl From<crate::build::BuildError> for AppError {
-    fn from(e: crate::build::BuildError) -> AppError {
+impl From<crate::pipeline::BuildError> for AppError {
+    fn from(e: crate::pipeline::BuildError) -> AppError {
         AppError::Build(Box::new(e))
     }
 }
@@ -69,16 +69,16 @@ impl AppError {
     /// `{"schema": 1, "error": {"message", "hint", "exit_code", "problems"?}}`,
     /// `problems` listing each located manifest problem.
     pub fn to_json(&self) -> serde_json::Value {
-        let text = crate::redact::redact(&self.to_string());
+        let text = crate::util::redact::redact(&self.to_string());
         let (message, hint) = match text.split_once("\n  hint: ") {
             Some((m, h)) => (m.to_string(), Some(h.to_string())),
             None => (text.clone(), None),
         };
-        let located = |l: &crate::manifest::Located| {
+        let located = |l: &crate::spec::manifest::Located| {
             serde_json::json!({
                 "file": l.path, "line": l.line, "column": l.column, "key": l.key,
-                "message": crate::redact::redact(&l.message),
-                "hint": l.hint.as_deref().map(crate::redact::redact),
+                "message": crate::util::redact::redact(&l.message),
+                "hint": l.hint.as_deref().map(crate::util::redact::redact),
             })
         };
         let problems: Option<Vec<serde_json::Value>> = match self {
@@ -102,7 +102,7 @@ impl AppError {
         if let Some(p) = problems {
             error["problems"] = p.into();
         }
-        serde_json::json!({"schema": crate::commands::JSON_SCHEMA, "error": error})
+        serde_json::json!({"schema": crate::cli::commands::JSON_SCHEMA, "error": error})
     }
 
     pub fn exit_code(&self) -> i32 {
@@ -124,7 +124,7 @@ impl AppError {
             AppError::Boot(e) => e.exit_code(),
             AppError::Publish(e) => e.exit_code(),
             AppError::Storage(_) => exit::BAD_INPUT,
-            AppError::Batch(crate::batch::BatchError::Insecure(_)) => exit::BAD_INPUT,
+            AppError::Batch(crate::azure::batch::BatchError::Insecure(_)) => exit::BAD_INPUT,
             AppError::Batch(_) => exit::FAILED,
             AppError::Io { .. } => exit::IO,
             AppError::Refused(_) => exit::BAD_INPUT,

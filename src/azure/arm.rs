@@ -12,9 +12,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::capture::Secret;
-use crate::entra::ServicePrincipal;
-use crate::http::{encode_component, require_secure};
+use crate::azure::entra::ServicePrincipal;
+use crate::azure::http::{encode_component, require_secure};
+use crate::util::redact::Secret;
 
 /// The public cloud's Resource Manager; sovereign clouds name their own.
 pub const PUBLIC_ENDPOINT: &str = "https://management.azure.com";
@@ -94,10 +94,10 @@ impl Arm {
     pub async fn connect(endpoint: &str, principal: &ServicePrincipal) -> Result<Arm, ArmError> {
         let endpoint = endpoint.trim_end_matches('/').to_string();
         require_secure(&endpoint).map_err(ArmError::Insecure)?;
-        let http = crate::http::client_builder(Duration::from_secs(60))
+        let http = crate::azure::http::client_builder(Duration::from_secs(60))
             .build()
             .expect("the HTTP client builds");
-        let token = crate::entra::token(&http, principal, &format!("{endpoint}/.default"))
+        let token = crate::azure::entra::token(&http, principal, &format!("{endpoint}/.default"))
             .await
             .map_err(ArmError::Token)?;
         Ok(Arm {
@@ -133,7 +133,7 @@ impl Arm {
                     message: format!("an entry without name, location or id: {v}"),
                 })?);
             }
-            match crate::http::next_page(&page, "nextLink", &self.endpoint)
+            match crate::azure::http::next_page(&page, "nextLink", &self.endpoint)
                 .map_err(|message| ArmError::Protocol { op: OP, message })?
             {
                 Some(next) => url = next,
@@ -208,7 +208,7 @@ impl Arm {
         let token = self.token.expose();
         let http = &self.http;
         let tries = std::cell::Cell::new(0u32);
-        let reply = crate::http::send_retrying(ATTEMPTS, &|| {
+        let reply = crate::azure::http::send_retrying(ATTEMPTS, &|| {
             tries.set(tries.get() + 1);
             let mut req = http
                 .request(method.clone(), url)
@@ -291,7 +291,7 @@ fn status_error(op: &'static str, status: StatusCode, body: &str) -> ArmError {
         } else {
             format!(" {code}")
         },
-        message: crate::redact::redact(&message),
+        message: crate::util::redact::redact(&message),
         hint: hint.to_string(),
     }
 }

@@ -141,7 +141,7 @@ pub async fn send_retrying(
                     .await
                     .map_err(|message| NoReply {
                         attempts: attempt,
-                        message: crate::redact::redact(&message),
+                        message: crate::util::redact::redact(&message),
                     })?;
                 let retryable =
                     status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
@@ -158,7 +158,7 @@ pub async fn send_retrying(
                 if attempt >= attempts {
                     return Err(NoReply {
                         attempts: attempt,
-                        message: crate::redact::redact(&error_chain(&e)),
+                        message: crate::util::redact::redact(&error_chain(&e)),
                     });
                 }
                 Duration::from_millis(250 << attempt)

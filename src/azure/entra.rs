@@ -1,8 +1,8 @@
 //! Entra ID (Azure AD) tokens for a service principal with a client secret:
 //! the one sign-in imgforge does itself, for Azure Storage and Resource Manager.
 
-use crate::capture::Secret;
-use crate::http::{encode_component, error_chain, require_secure};
+use crate::azure::http::{encode_component, error_chain, require_secure};
+use crate::util::redact::Secret;
 
 /// The public cloud's authority; sovereign clouds name their own.
 pub const PUBLIC_AUTHORITY: &str = "https://login.microsoftonline.com";
@@ -51,7 +51,9 @@ pub async fn token(
         encode_component(scope)
     );
     let clean = |message: String| {
-        crate::redact::redact(&message.replace(principal.secret.expose(), crate::redact::MASK))
+        crate::util::redact::redact(
+            &message.replace(principal.secret.expose(), crate::util::redact::MASK),
+        )
     };
     let resp = http
         .post(&url)
@@ -67,7 +69,7 @@ pub async fn token(
         ));
     }
     // A token answer is a few KiB; 1 MiB bounds a server that never stops.
-    let bytes = crate::http::read_limited(resp, 1024 * 1024)
+    let bytes = crate::azure::http::read_limited(resp, 1024 * 1024)
         .await
         .map_err(clean)?;
     let text = String::from_utf8_lossy(&bytes);

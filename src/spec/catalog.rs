@@ -837,10 +837,10 @@ pub const LOCAL_STEPS: &[&str] = &[
     "local/30-disk.sh.tera",
 ];
 
-pub fn packer_template(builder: crate::manifest::Builder) -> &'static str {
+pub fn packer_template(builder: crate::spec::manifest::Builder) -> &'static str {
     match builder {
-        crate::manifest::Builder::AzureArm => PACKER_TEMPLATE,
-        crate::manifest::Builder::Local => PACKER_TEMPLATE_LOCAL,
+        crate::spec::manifest::Builder::AzureArm => PACKER_TEMPLATE,
+        crate::spec::manifest::Builder::Local => PACKER_TEMPLATE_LOCAL,
     }
 }
 

@@ -7,9 +7,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::catalog::{self, AgentStatus, Os};
-use crate::cli::InitArgs;
-use crate::manifest::{Manifest, ManifestError};
+use crate::cli::args::InitArgs;
+use crate::spec::catalog::{self, AgentStatus, Os};
+use crate::spec::manifest::{Manifest, ManifestError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -85,7 +85,7 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
         Os::Linux => "linux",
         Os::Windows => "windows",
     };
-    let agent = match distro.agent_status(&crate::plan::today()) {
+    let agent = match distro.agent_status(&crate::spec::plan::today()) {
         AgentStatus::Supported => "supported".to_string(),
         AgentStatus::Ends { date, .. } => format!("new pools until {date}"),
         AgentStatus::Retired { date, .. } => {

@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::catalog::{self, AtBoot, FeatureId, MarketplaceImage, Os};
-use crate::manifest::{BootCheck, Builder, Glusterfs, Manifest, PackageSource, Rdma, Target};
+use crate::spec::catalog::{self, AtBoot, FeatureId, MarketplaceImage, Os};
+use crate::spec::manifest::{BootCheck, Builder, Glusterfs, Manifest, PackageSource, Rdma, Target};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -50,7 +50,7 @@ pub struct BuildPlan {
     pub storage_account: Option<String>,
     pub capture_container: Option<String>,
     pub managed_image_name: Option<String>,
-    pub gallery: Option<crate::manifest::GallerySection>,
+    pub gallery: Option<crate::spec::manifest::GallerySection>,
     /// Where Packer 1.6.6 leaves the captured VHD (the uuid is Azure's).
     pub capture_uri_pattern: Option<String>,
 }

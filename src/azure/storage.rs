@@ -18,9 +18,9 @@ use hmac::{KeyInit, Mac};
 use md5::Digest as _;
 use reqwest::{Method, StatusCode};
 
-use crate::capture::Secret;
-use crate::entra::ServicePrincipal;
-use crate::http::{encode_component, encode_path, error_chain, percent_decode};
+use crate::azure::entra::ServicePrincipal;
+use crate::azure::http::{encode_component, encode_path, error_chain, percent_decode};
+use crate::util::redact::Secret;
 
 pub const DEFAULT_ENDPOINT: &str = "https://{account}.blob.core.windows.net";
 const API_VERSION: &str = "2021-08-06";
@@ -85,7 +85,7 @@ impl BlobRef {
     pub fn parse(url: &str) -> Result<BlobRef, StorageError> {
         let bad = |why: &str| StorageError::BadUrl {
             what: "blob",
-            url: crate::redact::redact(url),
+            url: crate::util::redact::redact(url),
             why: why.to_string(),
         };
         let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
@@ -298,7 +298,7 @@ impl Storage {
         keys: &BTreeMap<String, Vec<u8>>,
         sas_accounts: &[String],
     ) -> Result<Storage, StorageError> {
-        let mut builder = crate::http::client_builder(Duration::from_secs(120));
+        let mut builder = crate::azure::http::client_builder(Duration::from_secs(120));
         // Tests use this to make every request its own connection, so a
         // fault-injecting proxy sees each one.
         if std::env::var_os("IMGFORGE_HTTP_NO_POOL").is_some() {
@@ -449,7 +449,7 @@ impl Storage {
             let carries_credential = sas.is_some()
                 || !matches!(self.auth(account), Auth::Anonymous)
                 || all.iter().any(|(k, _)| k == "x-ms-copy-source");
-            if carries_credential && let Err(why) = crate::http::require_secure(base) {
+            if carries_credential && let Err(why) = crate::azure::http::require_secure(base) {
                 return Err(StorageError::Transport {
                     op,
                     account: account.to_string(),
@@ -525,7 +525,7 @@ impl Storage {
                             account: account.to_string(),
                             path: display_path.to_string(),
                             attempts: attempt,
-                            message: crate::redact::redact(&error_chain(&e)),
+                            message: crate::util::redact::redact(&error_chain(&e)),
                         });
                     }
                     error_chain(&e)
@@ -664,7 +664,7 @@ impl Storage {
                 )
                 .await?;
             let body = self
-                .body("Get Page Ranges", blob, resp, crate::http::MAX_BODY)
+                .body("Get Page Ranges", blob, resp, crate::azure::http::MAX_BODY)
                 .await?;
             let text = String::from_utf8_lossy(&body);
             let (mut page, next) =
@@ -989,7 +989,7 @@ async fn fetch_token(
     principal: &ServicePrincipal,
     account: &str,
 ) -> Result<Secret, StorageError> {
-    crate::entra::token(http, principal, "https://storage.azure.com/.default")
+    crate::azure::entra::token(http, principal, "https://storage.azure.com/.default")
         .await
         .map_err(|message| StorageError::Token {
             account: account.to_string(),

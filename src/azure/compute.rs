@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::arm::{Arm, ArmError, hint_for};
-use crate::http::encode_component;
+use crate::azure::arm::{Arm, ArmError, hint_for};
+use crate::azure::http::encode_component;
 
 /// api-version of Microsoft.Compute/images.
 pub const IMAGES_API: &str = "2024-07-01";
@@ -195,7 +195,7 @@ impl Arm {
                         } else {
                             format!(" {code}")
                         },
-                        message: crate::redact::redact(
+                        message: crate::util::redact::redact(
                             error["message"].as_str().unwrap_or("no message"),
                         ),
                     });

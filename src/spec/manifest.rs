@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{self, Distro, Os};
+use crate::spec::catalog::{self, Distro, Os};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -358,7 +358,7 @@ pub struct Manifest {
 impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
         let source =
-            crate::fsutil::read_input_string(path).map_err(|source| ManifestError::Read {
+            crate::util::fsutil::read_input_string(path).map_err(|source| ManifestError::Read {
                 path: path.to_path_buf(),
                 source,
             })?;
@@ -1307,7 +1307,7 @@ impl Checker<'_> {
         let (Some(batch), Some(location)) = (&m.replicate.region, &m.build.location) else {
             return Ok(());
         };
-        let norm = crate::arm::normalize_region;
+        let norm = crate::azure::arm::normalize_region;
         let targets: Vec<&String> = match m.build.target {
             Target::Vhd => return Ok(()),
             Target::ManagedImage => vec![location],

@@ -13,14 +13,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::capture::{CaptureError, Captured};
-use crate::error::exit;
-use crate::manifest::{Manifest, Target};
+use crate::cli::error::exit;
+use crate::packer::capture::{CaptureError, Captured};
 use crate::packer::{Packer, PackerError, RunEnd};
-use crate::plan::Plan;
+use crate::render::templates::TemplateSet;
 use crate::render::{PACKER_FILE, RenderError, RenderedFile};
 use crate::replicate::{CopyOutcome, ReplicateError};
-use crate::templates::TemplateSet;
+use crate::spec::manifest::{Manifest, Target};
+use crate::spec::plan::Plan;
 
 pub const RECORD_FILE: &str = "build.json";
 pub const LOG_FILE: &str = "packer.log";
@@ -96,11 +96,11 @@ pub enum BuildError {
     #[error("{0}")]
     Validate(String),
     #[error("{0}")]
-    Local(#[from] crate::local::LocalError),
+    Local(#[from] crate::packer::local::LocalError),
     #[error("{0}")]
-    Boot(#[from] crate::bootcheck::BootError),
+    Boot(#[from] crate::packer::bootcheck::BootError),
     #[error("{0}")]
-    Storage(#[from] crate::storage::StorageError),
+    Storage(#[from] crate::azure::storage::StorageError),
     #[error("{0}")]
     Publish(Box<crate::publish::PublishError>),
     #[error(
@@ -151,8 +151,8 @@ impl BuildError {
             }
             BuildError::Packer(PackerError::Invalid { .. }) => exit::FAILED,
             BuildError::Packer(_) | BuildError::Local(_) => exit::TOOL,
-            BuildError::Boot(crate::bootcheck::BootError::Cancelled) => exit::CANCELLED,
-            BuildError::Boot(crate::bootcheck::BootError::Missing { .. }) => exit::TOOL,
+            BuildError::Boot(crate::packer::bootcheck::BootError::Cancelled) => exit::CANCELLED,
+            BuildError::Boot(crate::packer::bootcheck::BootError::Missing { .. }) => exit::TOOL,
             BuildError::Boot(_) => exit::FAILED,
             BuildError::Replicate(e) => match e.exit_code() {
                 exit::BAD_INPUT => exit::BAD_INPUT,
@@ -222,7 +222,7 @@ pub struct BootRecord {
     pub warn: usize,
     pub fail: usize,
     pub failed_checks: Vec<String>,
-    pub runs: Vec<crate::bootcheck::BootRun>,
+    pub runs: Vec<crate::packer::bootcheck::BootRun>,
 }
 
 impl ValidationSummary {
@@ -312,11 +312,12 @@ pub struct BuildRecord {
 impl BuildRecord {
     pub fn load(dir: &Path) -> Result<BuildRecord, BuildError> {
         let path = dir.join(RECORD_FILE);
-        let text = crate::fsutil::read_input_string(&path).map_err(|e| BuildError::Resume {
-            dir: dir.to_path_buf(),
-            why: format!("cannot read {}: {e}", path.display()),
-            hint: "pass the build directory that holds build.json".into(),
-        })?;
+        let text =
+            crate::util::fsutil::read_input_string(&path).map_err(|e| BuildError::Resume {
+                dir: dir.to_path_buf(),
+                why: format!("cannot read {}: {e}", path.display()),
+                hint: "pass the build directory that holds build.json".into(),
+            })?;
         serde_json::from_str(&text).map_err(|e| BuildError::Resume {
             dir: dir.to_path_buf(),
             why: format!(
@@ -336,8 +337,8 @@ impl BuildRecord {
     fn write(&self, dir: &Path) -> Result<(), BuildError> {
         let path = dir.join(RECORD_FILE);
         let json = serde_json::to_string_pretty(self).expect("the record serializes");
-        let json = crate::redact::redact(&json) + "\n";
-        crate::fsutil::write_atomic(&path, json.as_bytes())
+        let json = crate::util::redact::redact(&json) + "\n";
+        crate::util::fsutil::write_atomic(&path, json.as_bytes())
             .map_err(|source| BuildError::Write { path, source })
     }
 }
@@ -392,7 +393,7 @@ struct Run<'a> {
     opts: BuildOptions<'a>,
     dir: PathBuf,
     record: BuildRecord,
-    artifacts: Option<Vec<crate::events::RawArtifact>>,
+    artifacts: Option<Vec<crate::packer::events::RawArtifact>>,
     clock: Instant,
     /// The build directory is ours (rendered or resumed): the journal may be written.
     owned: bool,
@@ -445,7 +446,7 @@ pub fn run(
         old.failed_stage = None;
         old.stages
             .retain(|s| matches!(s.status, StageStatus::Done | StageStatus::Skipped));
-        crate::term::status(
+        crate::util::term::status(
             "Resuming",
             &format!(
                 "{}: {} stage(s) already done",
@@ -497,7 +498,7 @@ pub fn run(
         packer_running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         region_checked: false,
     };
-    let _signals = crate::signals::SignalWatch::start(
+    let _signals = crate::util::signals::SignalWatch::start(
         run.cancel.clone(),
         run.packer_running.clone(),
         "interrupted: stopping at the next safe point; `--resume` continues the build",
@@ -506,7 +507,7 @@ pub fn run(
 
     for stage in STAGES {
         if run.record.done(stage) {
-            crate::term::status(
+            crate::util::term::status(
                 "Skipping",
                 &format!("{} (done in an earlier run)", stage.name()),
             );
@@ -579,7 +580,7 @@ pub fn run(
                 run.record.error = Some(e.to_string());
                 if stage == Stage::PackerBuild
                     && run.plan.local.is_some()
-                    && let Some(cleaned) = crate::local::clean_work(&run.dir)
+                    && let Some(cleaned) = crate::packer::local::clean_work(&run.dir)
                 {
                     run.record
                         .warnings
@@ -674,7 +675,7 @@ impl Run<'_> {
                     .plan
                     .local
                     .as_ref()
-                    .is_some_and(|l| l.boot_check == crate::manifest::BootCheck::Off) =>
+                    .is_some_and(|l| l.boot_check == crate::spec::manifest::BootCheck::Off) =>
             {
                 Some("[build.local] boot_check = \"off\"".into())
             }
@@ -713,11 +714,11 @@ impl Run<'_> {
         if uses_azure_arm(&self.dir)
             && let Some(advice) = self.opts.packer.target_advice(self.plan.target)
         {
-            crate::term::warning(&advice);
+            crate::util::term::warning(&advice);
             self.record.warnings.push(advice);
         }
         let msg = format!("{} files into {}", rendered.files.len(), self.dir.display());
-        crate::term::status("Rendered", &msg);
+        crate::util::term::status("Rendered", &msg);
         Ok(msg)
     }
 
@@ -743,7 +744,7 @@ impl Run<'_> {
             self.opts.packer.version,
             clock.elapsed().as_secs_f64()
         );
-        crate::term::status("Validated", &msg);
+        crate::util::term::status("Validated", &msg);
         Ok(msg)
     }
 
@@ -769,7 +770,7 @@ impl Run<'_> {
         }
         let accounts = self.replica_accounts()?;
         let checked = runtime()?.block_on(crate::replicate::check_region(&accounts, region))?;
-        crate::term::status("Checked", &checked);
+        crate::util::term::status("Checked", &checked);
         self.region_checked = true;
         Ok(())
     }
@@ -784,14 +785,15 @@ impl Run<'_> {
             }
         }
         if let Some(local) = &self.plan.local {
-            let boot = self.opts.boot_check && local.boot_check != crate::manifest::BootCheck::Off;
+            let boot =
+                self.opts.boot_check && local.boot_check != crate::spec::manifest::BootCheck::Off;
             let uefi = matches!(
                 local.boot_check,
-                crate::manifest::BootCheck::Uefi | crate::manifest::BootCheck::Both
+                crate::spec::manifest::BootCheck::Uefi | crate::spec::manifest::BootCheck::Both
             );
-            crate::local::preflight(boot, uefi)?;
+            crate::packer::local::preflight(boot, uefi)?;
         }
-        if self.plan.target == crate::manifest::Target::Vhd {
+        if self.plan.target == crate::spec::manifest::Target::Vhd {
             self.check_region()?;
         }
         let log_path = self.dir.join(LOG_FILE);
@@ -800,8 +802,8 @@ impl Run<'_> {
                 path: log_path.clone(),
                 source,
             })?;
-        let mut display = crate::progress::Display::new(self.opts.verbose, Instant::now());
-        crate::term::status(
+        let mut display = crate::packer::progress::Display::new(self.opts.verbose, Instant::now());
+        crate::util::term::status(
             "Building",
             &format!("{} with packer build", self.plan.image),
         );
@@ -844,18 +846,18 @@ impl Run<'_> {
             Some(a) => a,
             None => {
                 let log = std::fs::read_to_string(self.dir.join(LOG_FILE)).unwrap_or_default();
-                let mut c = crate::events::ArtifactCollector::default();
+                let mut c = crate::packer::events::ArtifactCollector::default();
                 for line in log.lines() {
-                    if let Some(e) = crate::events::parse_line(line) {
+                    if let Some(e) = crate::packer::events::parse_line(line) {
                         c.observe(&e);
                     }
                 }
                 c.into_artifacts()
             }
         };
-        let captured = crate::capture::capture(&artifacts, &self.dir)?;
+        let captured = crate::packer::capture::capture(&artifacts, &self.dir)?;
         let msg = captured.describe();
-        crate::term::status("Captured", &msg);
+        crate::util::term::status("Captured", &msg);
         self.record.artifact = Some(captured);
         Ok(msg)
     }
@@ -889,20 +891,20 @@ impl Run<'_> {
             v.report.summary.skip,
             v.read.bytes
         );
-        crate::term::status("Validated", &msg);
+        crate::util::term::status("Validated", &msg);
         Ok(msg)
     }
 
     fn boot_check(&mut self) -> Result<String, BuildError> {
-        use crate::bootcheck::{BATCH_PORTS, BootOptions, Firmware, closed_port};
-        use crate::manifest::BootCheck;
+        use crate::packer::bootcheck::{BATCH_PORTS, BootOptions, Firmware, closed_port};
+        use crate::spec::manifest::BootCheck;
         let path = self.local_image();
         let firmwares = match self.plan.local.as_ref().map(|l| l.boot_check) {
             Some(BootCheck::Bios) => vec![Firmware::Bios],
             Some(BootCheck::Uefi) => vec![Firmware::Uefi],
             _ => vec![Firmware::Bios, Firmware::Uefi],
         };
-        crate::term::status(
+        crate::util::term::status(
             "Booting",
             &format!(
                 "{} under QEMU ({})",
@@ -914,7 +916,7 @@ impl Run<'_> {
                     .join(" and ")
             ),
         );
-        let result = crate::bootcheck::boot_check(
+        let result = crate::packer::bootcheck::boot_check(
             &path,
             &BootOptions {
                 firmwares,
@@ -922,12 +924,12 @@ impl Run<'_> {
                 must_answer: BATCH_PORTS.to_vec(),
                 must_be_dropped: closed_port(&self.plan.firewall.inbound_tcp),
                 log_dir: self.dir.clone(),
-                needs_hardware: crate::bootcheck::hardware_units(self.plan),
+                needs_hardware: crate::packer::bootcheck::hardware_units(self.plan),
                 cancel: self.cancel.clone(),
             },
         )
         .map_err(|e| match e {
-            crate::bootcheck::BootError::Cancelled => BuildError::Cancelled,
+            crate::packer::bootcheck::BootError::Cancelled => BuildError::Cancelled,
             other => other.into(),
         })?;
         let r = &result.report;
@@ -973,7 +975,7 @@ impl Run<'_> {
             )));
         }
         let msg = format!("{} checks passed: {}", r.summary.pass, times.join(", "));
-        crate::term::status("Booted", &msg);
+        crate::util::term::status("Booted", &msg);
         Ok(msg)
     }
 
@@ -1004,7 +1006,9 @@ impl Run<'_> {
             ))
             .map_err(|e| match e {
                 PublishError::Cancelled => BuildError::Cancelled,
-                PublishError::Arm(a) if matches!(*a, crate::arm::ArmError::Cancelled { .. }) => {
+                PublishError::Arm(a)
+                    if matches!(*a, crate::azure::arm::ArmError::Cancelled { .. }) =>
+                {
                     BuildError::Cancelled
                 }
                 other => other.into(),
@@ -1024,14 +1028,14 @@ impl Run<'_> {
                 format!(", replicas: {}", regions.join(", "))
             }
         );
-        crate::term::status("Published", &msg);
+        crate::util::term::status("Published", &msg);
         self.record.publish = Some(record);
         Ok(msg)
     }
 
     fn replicate(&mut self) -> Result<String, BuildError> {
+        use crate::azure::storage::{BlobRef, Storage};
         use crate::replicate::{Options, Source};
-        use crate::storage::{BlobRef, Storage};
         let plan = self.plan;
         self.check_region()?;
         let accounts = self.replica_accounts()?;
@@ -1064,9 +1068,9 @@ impl Run<'_> {
                 let mut blob = BlobRef::parse(os_disk_uri)?;
                 let sas = read_only_sas_url.expose();
                 if let Some((_, query)) = sas.split_once('?')
-                    && !query.contains(crate::redact::MASK)
+                    && !query.contains(crate::util::redact::MASK)
                 {
-                    blob.sas = Some(crate::capture::Secret::new(query.to_string()));
+                    blob.sas = Some(crate::util::redact::Secret::new(query.to_string()));
                 }
                 if blob.sas.is_none() && !involved.contains(&blob.account) {
                     involved.push(blob.account.clone());
@@ -1116,12 +1120,12 @@ impl Run<'_> {
             report.source_length,
             accounts.join(", ")
         );
-        crate::term::status("Replicated", &msg);
+        crate::util::term::status("Replicated", &msg);
         Ok(msg)
     }
 
     fn validate_copies(&mut self) -> Result<String, BuildError> {
-        use crate::storage::{BlobRef, Storage};
+        use crate::azure::storage::{BlobRef, Storage};
         let accounts: Vec<String> = self
             .record
             .copies
@@ -1173,7 +1177,7 @@ impl Run<'_> {
             results.len(),
             if results.len() == 1 { "y" } else { "ies" }
         );
-        crate::term::status("Checked", &msg);
+        crate::util::term::status("Checked", &msg);
         Ok(msg)
     }
 
@@ -1205,7 +1209,7 @@ impl Run<'_> {
         };
         let path = self.dir.join(crate::pool::SNIPPET_FILE);
         let text = crate::pool::snippet(self.plan, &image);
-        crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| {
+        crate::util::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| {
             BuildError::Write {
                 path: path.clone(),
                 source,
@@ -1414,3 +1418,5 @@ mod tests {
         );
     }
 }
+
+pub mod clean;

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::manifest::Manifest;
-use crate::plan::Plan;
-use crate::templates::{Origin, TemplateSet};
+use crate::render::templates::{Origin, TemplateSet};
+use crate::spec::manifest::Manifest;
+use crate::spec::plan::Plan;
 
 pub const PACKER_FILE: &str = "packer.json";
 pub const PLAN_FILE: &str = "imgforge-plan.json";
@@ -61,7 +61,7 @@ pub fn render_files(
     let tera = engine(set)?;
     let mut context =
         tera::Context::from_serialize(plan).expect("the plan serializes to an object");
-    let by_id: BTreeMap<String, &crate::plan::FeaturePlan> = plan
+    let by_id: BTreeMap<String, &crate::spec::plan::FeaturePlan> = plan
         .features
         .iter()
         .map(|f| {
@@ -81,7 +81,7 @@ pub fn render_files(
             }
             None => {
                 let path = user_scripts.next().expect("one user script per plan entry");
-                crate::fsutil::read_input(path).map_err(|source| RenderError::UserScript {
+                crate::util::fsutil::read_input(path).map_err(|source| RenderError::UserScript {
                     path: path.clone(),
                     source,
                 })?
@@ -92,20 +92,20 @@ pub fn render_files(
     context.remove("script");
 
     if plan.local.is_some() {
-        for step in crate::catalog::LOCAL_STEPS {
+        for step in crate::spec::catalog::LOCAL_STEPS {
             let text = render_one(&tera, set, step, &context)?;
             files.insert(
-                format!("local/{}", crate::plan::script_file_name(step)),
+                format!("local/{}", crate::spec::plan::script_file_name(step)),
                 text.into_bytes(),
             );
         }
-        let names: Vec<String> = crate::catalog::LOCAL_STEPS
+        let names: Vec<String> = crate::spec::catalog::LOCAL_STEPS
             .iter()
-            .map(|t| crate::plan::script_file_name(t))
+            .map(|t| crate::spec::plan::script_file_name(t))
             .collect();
         context.insert("local_steps", &names);
     }
-    let packer_template = crate::catalog::packer_template(plan.builder);
+    let packer_template = crate::spec::catalog::packer_template(plan.builder);
     let packer = render_one(&tera, set, packer_template, &context)?;
     if let Err(e) = serde_json::from_str::<serde_json::Value>(&packer) {
         return Err(RenderError::Template {
@@ -126,7 +126,7 @@ pub fn render_files(
     // may carry a secret of this environment, in any of its encodings (a user
     // script named /proc/self/environ, an override that spells a key out).
     for (path, bytes) in &files {
-        if crate::redact::contains_secret(&String::from_utf8_lossy(bytes)) {
+        if crate::util::redact::contains_secret(&String::from_utf8_lossy(bytes)) {
             return Err(RenderError::Template {
                 location: path.clone(),
                 message: "the rendered file would contain a secret of this environment (ARM_CLIENT_SECRET, a storage key, or its encoded form)".into(),
@@ -184,7 +184,7 @@ pub fn write_dir(
         });
     }
     let staged = staging.keep();
-    if let Err(e) = crate::fsutil::install_dir(&staged, out, force) {
+    if let Err(e) = crate::util::fsutil::install_dir(&staged, out, force) {
         let _ = std::fs::remove_dir_all(&staged);
         return Err(if e.kind() == std::io::ErrorKind::AlreadyExists {
             RenderError::OutputExists(e.to_string())
@@ -400,3 +400,5 @@ mod tests {
         assert_eq!(find_use(src, "colour"), Some(3));
     }
 }
+
+pub mod templates;

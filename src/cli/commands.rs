@@ -2,19 +2,19 @@
 
 use std::io::Write;
 
-use crate::build::{self, BuildOptions, Status};
-use crate::cli::{
+use crate::cli::args::{
     BuildArgs, Cli, Command, PlanArgs, PoolCommand, RenderArgs, ReplicateArgs, TemplatesCommand,
     UploadArgs, ValidateArgs,
 };
-use crate::error::{AppError, exit};
-use crate::manifest::Manifest;
+use crate::cli::error::{AppError, exit};
 use crate::packer::Packer;
-use crate::plan::Plan;
-use crate::templates::{self, TemplateSet};
+use crate::pipeline::{self, BuildOptions, Status};
+use crate::render::templates::{self, TemplateSet};
+use crate::spec::manifest::Manifest;
+use crate::spec::plan::Plan;
 
 pub fn run(cli: Cli) -> Result<i32, AppError> {
-    crate::term::configure(cli.color, cli.quiet);
+    crate::util::term::configure(cli.color, cli.quiet);
     let Some(command) = cli.command else {
         // `--version` (clap prints help for a bare `imgforge`).
         return version();
@@ -98,7 +98,7 @@ fn with_schema(pretty: &str) -> String {
         }
         _ => pretty.to_string(),
     };
-    crate::redact::redact(&text) + "\n"
+    crate::util::redact::redact(&text) + "\n"
 }
 
 fn plan(args: PlanArgs) -> Result<i32, AppError> {
@@ -117,7 +117,7 @@ fn render(args: RenderArgs) -> Result<i32, AppError> {
     let set = TemplateSet::with_overrides(args.templates.templates.as_deref())?;
     let plan = args.templates.plan(&manifest);
     for w in &plan.warnings {
-        crate::term::warning(w);
+        crate::util::term::warning(w);
     }
     let rendered = crate::render::render_to_dir(&plan, &manifest, &set, &args.out, args.force)?;
     if args.json {
@@ -128,7 +128,7 @@ fn render(args: RenderArgs) -> Result<i32, AppError> {
             text.push_str(&format!("{}\n", rendered.dir.join(&f.path).display()));
         }
         print_stdout(&text)?;
-        crate::term::status(
+        crate::util::term::status(
             "Rendered",
             &format!(
                 "{} files into {}",
@@ -146,12 +146,12 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
     let plan = args.templates.plan(&manifest);
     if args.json {
         for w in &plan.warnings {
-            crate::term::warning(w);
+            crate::util::term::warning(w);
         }
     } else {
         eprint!("{}", plan.to_text());
     }
-    if let crate::catalog::AgentStatus::Retired { date, source } = plan.node_agent_status
+    if let crate::spec::catalog::AgentStatus::Retired { date, source } = plan.node_agent_status
         && !args.dry_run
         && !args.allow_retired
     {
@@ -159,15 +159,15 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
             "{}: node agent `{}` is retired for new pools since {date} ({source}); Azure Batch would refuse a new pool with this image\n  hint: for a pool created today build {}; pass --allow-retired to build it anyway (existing pools can still scale)",
             manifest.path.display(),
             plan.node_agent,
-            crate::catalog::CURRENT_LINUX
+            crate::spec::catalog::CURRENT_LINUX
         )));
     }
     let packer = Packer::locate(args.packer.as_deref())?;
     let dir = match (&args.resume, &args.out) {
         (Some(dir), _) | (None, Some(dir)) => dir.clone(),
-        (None, None) => build::default_build_dir(&plan.image, std::time::SystemTime::now()),
+        (None, None) => pipeline::default_build_dir(&plan.image, std::time::SystemTime::now()),
     };
-    let result = build::run(
+    let result = pipeline::run(
         &manifest,
         &plan,
         BuildOptions {
@@ -181,7 +181,7 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
             replicate: !args.no_replicate,
             validate: !args.no_validate,
             boot_check: !args.no_boot_check,
-            blob_endpoint: crate::storage::endpoint_template(args.blob_endpoint.as_deref())?,
+            blob_endpoint: crate::azure::storage::endpoint_template(args.blob_endpoint.as_deref())?,
             parallel: args.parallel,
             max_requests: args.max_requests,
             verify: args.verify,
@@ -209,13 +209,13 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
                         record.image, record.duration_s
                     ),
                 };
-                crate::term::status(
+                crate::util::term::status(
                     "Finished",
                     &format!(
                         "{what}\n{:>12} {}/{}",
                         "Record",
                         record.build_dir,
-                        build::RECORD_FILE
+                        pipeline::RECORD_FILE
                     ),
                 );
             }
@@ -224,7 +224,7 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
         Err(e) => {
             if args.json {
                 // Pipelines get the record even on failure; it was written before the error.
-                if let Ok(text) = std::fs::read_to_string(dir.join(build::RECORD_FILE)) {
+                if let Ok(text) = std::fs::read_to_string(dir.join(pipeline::RECORD_FILE)) {
                     print_stdout(&text)?;
                     JSON_SENT.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -235,11 +235,11 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
 }
 
 fn status(dir: &std::path::Path, json: bool) -> Result<i32, AppError> {
-    let record = build::BuildRecord::load(dir)?;
+    let record = pipeline::BuildRecord::load(dir)?;
     if json {
         print_stdout(&to_json(&record))?;
     } else {
-        print_stdout(&build::status_text(&record))?;
+        print_stdout(&pipeline::status_text(&record))?;
     }
     Ok(match record.status {
         Status::Succeeded | Status::Validated => exit::OK,
@@ -252,7 +252,7 @@ fn templates(cmd: TemplatesCommand) -> Result<i32, AppError> {
     match cmd {
         TemplatesCommand::Export { dir, force } => {
             let written = templates::export(&dir, force)?;
-            crate::term::status(
+            crate::util::term::status(
                 "Exported",
                 &format!(
                     "{} templates to {}; edit any of them and pass --templates {}",
@@ -286,7 +286,7 @@ fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
             let image = crate::pool::image_from_record(&from)?;
             let text = crate::pool::snippet(&plan, &image);
             if let Some(out) = out {
-                crate::fsutil::write_atomic(&out, text.as_bytes()).map_err(|source| {
+                crate::util::fsutil::write_atomic(&out, text.as_bytes()).map_err(|source| {
                     AppError::Io {
                         context: out.display().to_string(),
                         source,
@@ -342,10 +342,12 @@ fn emit_report(
     json_doc: Option<&dyn erased_json::Json>,
 ) -> Result<i32, AppError> {
     if let Some(path) = junit {
-        let junit = crate::redact::redact(&report.to_junit(suite));
-        crate::fsutil::write_atomic(path, junit.as_bytes()).map_err(|source| AppError::Io {
-            context: path.display().to_string(),
-            source,
+        let junit = crate::util::redact::redact(&report.to_junit(suite));
+        crate::util::fsutil::write_atomic(path, junit.as_bytes()).map_err(|source| {
+            AppError::Io {
+                context: path.display().to_string(),
+                source,
+            }
         })?;
     }
     if let Some(doc) = json_doc {
@@ -354,8 +356,8 @@ fn emit_report(
         print_stdout(&to_json(report))?;
     } else {
         use std::io::IsTerminal;
-        let color = crate::term::color_enabled(std::io::stdout().is_terminal());
-        print_stdout(&crate::redact::redact(&report.to_text(color)))?;
+        let color = crate::util::term::color_enabled(std::io::stdout().is_terminal());
+        print_stdout(&crate::util::redact::redact(&report.to_text(color)))?;
     }
     Ok(if report.failed() {
         exit::FAILED
@@ -368,14 +370,14 @@ fn skus(json: bool) -> Result<i32, AppError> {
     #[derive(serde::Serialize)]
     struct Sku {
         distro: &'static str,
-        os: crate::catalog::Os,
+        os: crate::spec::catalog::Os,
         node_agent: &'static str,
         vms_per_vhd: u32,
-        lifecycle: crate::catalog::AgentStatus,
+        lifecycle: crate::spec::catalog::AgentStatus,
         verified: bool,
     }
-    let today = crate::plan::today();
-    let rows: Vec<Sku> = crate::catalog::DISTROS
+    let today = crate::spec::plan::today();
+    let rows: Vec<Sku> = crate::spec::catalog::DISTROS
         .iter()
         .map(|d| Sku {
             distro: d.key,
@@ -395,12 +397,14 @@ fn skus(json: bool) -> Result<i32, AppError> {
         );
         for r in &rows {
             let state = match r.lifecycle {
-                crate::catalog::AgentStatus::Supported if !r.verified => {
+                crate::spec::catalog::AgentStatus::Supported if !r.verified => {
                     "unverified: check your Batch account's supported images".to_string()
                 }
-                crate::catalog::AgentStatus::Supported => "supported".to_string(),
-                crate::catalog::AgentStatus::Ends { date, .. } => format!("until {date}"),
-                crate::catalog::AgentStatus::Retired { date, .. } => format!("retired {date}"),
+                crate::spec::catalog::AgentStatus::Supported => "supported".to_string(),
+                crate::spec::catalog::AgentStatus::Ends { date, .. } => format!("until {date}"),
+                crate::spec::catalog::AgentStatus::Retired { date, .. } => {
+                    format!("retired {date}")
+                }
             };
             text.push_str(&format!(
                 "{:<14} {:<26} {:<12} {state}\n",
@@ -424,17 +428,17 @@ fn skus_online(
         .transpose()?;
     let access = crate::pool::online::batch_access(credentials.as_ref(), account_url)
         .map_err(|(message, hint)| AppError::Refused(format!("{message}\n  hint: {hint}")))?;
-    let images = runtime()?.block_on(crate::batch::supported_images(
+    let images = runtime()?.block_on(crate::azure::batch::supported_images(
         &access.url,
         &access.principal,
         &access.resource,
     ))?;
-    let today = crate::plan::today();
-    let agents = crate::batch::agents(&images, &today);
+    let today = crate::spec::plan::today();
+    let agents = crate::azure::batch::agents(&images, &today);
     #[derive(serde::Serialize)]
     struct Agent<'a> {
         #[serde(flatten)]
-        support: &'a crate::batch::AgentSupport,
+        support: &'a crate::azure::batch::AgentSupport,
         /// The catalog's distros with this node agent.
         distros: Vec<&'static str>,
     }
@@ -450,7 +454,7 @@ fn skus_online(
         node_agents: Vec<Agent<'a>>,
         /// Catalog distros whose node agent this account does not list.
         not_listed: Vec<NotListed>,
-        images: &'a [crate::batch::SupportedImage],
+        images: &'a [crate::azure::batch::SupportedImage],
     }
     let doc = Doc {
         account_url: &access.url,
@@ -459,16 +463,16 @@ fn skus_online(
             .iter()
             .map(|a| Agent {
                 support: a,
-                distros: crate::catalog::DISTROS
+                distros: crate::spec::catalog::DISTROS
                     .iter()
                     .filter(|d| d.node_agent.eq_ignore_ascii_case(&a.node_agent))
                     .map(|d| d.key)
                     .collect(),
             })
             .collect(),
-        not_listed: crate::catalog::DISTROS
+        not_listed: crate::spec::catalog::DISTROS
             .iter()
-            .filter(|d| crate::batch::find(&agents, d.node_agent).is_none())
+            .filter(|d| crate::azure::batch::find(&agents, d.node_agent).is_none())
             .map(|d| NotListed {
                 distro: d.key,
                 node_agent: d.node_agent,
@@ -535,13 +539,13 @@ fn skus_online(
             names.join(", ")
         ));
     }
-    print_stdout(&crate::redact::redact(&text))?;
+    print_stdout(&crate::util::redact::redact(&text))?;
     Ok(exit::OK)
 }
 
-fn init(args: crate::cli::InitArgs) -> Result<i32, AppError> {
-    let text = crate::init::manifest_text(&args, &args.file).map_err(|e| match e {
-        crate::init::InitError::Invalid(m) => AppError::Manifest(*m),
+fn init(args: crate::cli::args::InitArgs) -> Result<i32, AppError> {
+    let text = crate::spec::init::manifest_text(&args, &args.file).map_err(|e| match e {
+        crate::spec::init::InitError::Invalid(m) => AppError::Manifest(*m),
         other => AppError::Refused(other.to_string()),
     })?;
     if args.file == std::path::Path::new("-") {
@@ -554,11 +558,13 @@ fn init(args: crate::cli::InitArgs) -> Result<i32, AppError> {
             args.file.display()
         )));
     }
-    crate::fsutil::write_atomic(&args.file, text.as_bytes()).map_err(|source| AppError::Io {
-        context: args.file.display().to_string(),
-        source,
+    crate::util::fsutil::write_atomic(&args.file, text.as_bytes()).map_err(|source| {
+        AppError::Io {
+            context: args.file.display().to_string(),
+            source,
+        }
     })?;
-    crate::term::status(
+    crate::util::term::status(
         "Wrote",
         &format!(
             "{} (next: imgforge plan {})",
@@ -570,12 +576,12 @@ fn init(args: crate::cli::InitArgs) -> Result<i32, AppError> {
 }
 
 fn catalog(json: bool) -> Result<i32, AppError> {
-    use crate::catalog::{AgentStatus, DISTROS, FEATURES};
-    let today = crate::plan::today();
+    use crate::spec::catalog::{AgentStatus, DISTROS, FEATURES};
+    let today = crate::spec::plan::today();
     #[derive(serde::Serialize)]
     struct DistroRow {
         key: &'static str,
-        os: crate::catalog::Os,
+        os: crate::spec::catalog::Os,
         base_image: String,
         node_agent: &'static str,
         new_pools: &'static str,
@@ -682,14 +688,14 @@ fn clean(
     dry_run: bool,
     json: bool,
 ) -> Result<i32, AppError> {
-    use crate::clean::{remove, scan, select};
+    use crate::pipeline::clean::{remove, scan, select};
     let builds = scan(dir).map_err(|e| AppError::Refused(e.to_string()))?;
     let decisions = select(
         builds,
         keep,
         older_than,
         std::time::SystemTime::now(),
-        &crate::clean::has_mount_under,
+        &crate::pipeline::clean::has_mount_under,
     );
     let mut freed = 0u64;
     let mut removed = 0usize;
@@ -733,7 +739,7 @@ fn clean(
         t.push_str("nothing selected: pass --keep N and/or --older-than AGE\n");
     }
     print_stdout(&t)?;
-    crate::term::status(
+    crate::util::term::status(
         if dry_run { "Would free" } else { "Freed" },
         &format!(
             "{} in {removed} build director{}",
@@ -798,14 +804,14 @@ fn man(out: Option<&std::path::Path>) -> Result<i32, AppError> {
     pages.insert(0, ("imgforge".to_string(), top));
     for (name, cmd) in &pages {
         let path = dir.join(format!("{name}.1"));
-        crate::fsutil::write_atomic(&path, &render(cmd.clone())).map_err(|source| {
+        crate::util::fsutil::write_atomic(&path, &render(cmd.clone())).map_err(|source| {
             AppError::Io {
                 context: path.display().to_string(),
                 source,
             }
         })?;
     }
-    crate::term::status(
+    crate::util::term::status(
         "Wrote",
         &format!("{} manual pages into {}", pages.len(), dir.display()),
     );
@@ -840,7 +846,7 @@ fn print_replication(
     print_stdout(&text)?;
     let moved = report.bytes_downloaded + report.bytes_uploaded;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    crate::term::status(
+    crate::util::term::status(
         "Replicated",
         &format!(
             "{} verified cop{} of {} ({:.1} MiB valid of {:.1} MiB) in {:.1} s; {:.1} MiB through imgforge, {:.1} MiB/s, {} retries",
@@ -859,8 +865,8 @@ fn print_replication(
 }
 
 fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
+    use crate::azure::storage::BlobRef;
     use crate::replicate::{self, Source};
-    use crate::storage::BlobRef;
     let manifest = args.manifest.as_deref().map(Manifest::load).transpose()?;
     let plan = manifest.as_ref().map(Plan::new);
     let source = BlobRef::parse(&args.source).map_err(crate::replicate::ReplicateError::from)?;
@@ -894,7 +900,7 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
             .unwrap_or(&source.blob)
             .to_string()
     });
-    let template = crate::storage::endpoint_template(args.storage.blob_endpoint.as_deref())?;
+    let template = crate::azure::storage::endpoint_template(args.storage.blob_endpoint.as_deref())?;
     let destinations: Vec<BlobRef> = accounts
         .iter()
         .map(|a| BlobRef::at(&template, a, &container, &name))
@@ -922,7 +928,7 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
     let (cancel, _signals) = stop_on_interrupt();
     let report = rt.block_on(async {
         let storage = std::sync::Arc::new(
-            crate::storage::Storage::new(&involved)
+            crate::azure::storage::Storage::new(&involved)
                 .await
                 .map_err(replicate::ReplicateError::from)?,
         );
@@ -949,7 +955,7 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
             let plan = plan.clone();
             let results = rt.block_on(async {
                 let storage = std::sync::Arc::new(
-                    crate::storage::Storage::new(&accounts)
+                    crate::azure::storage::Storage::new(&accounts)
                         .await
                         .map_err(crate::validate::ValidateError::from)?,
                 );
@@ -995,7 +1001,7 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
     if let Some(checks) = &checks
         && !args.storage.json
     {
-        crate::term::status(
+        crate::util::term::status(
             "Checked",
             &format!(
                 "{} cop{}: {} failed validation",
@@ -1006,7 +1012,7 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
         );
     }
     for v in &failed {
-        crate::term::error(&format!(
+        crate::util::term::error(&format!(
             "{} failed validation: {}",
             v.report.subject,
             v.report
@@ -1035,7 +1041,7 @@ fn check_region(
     if let Some(region) = region {
         let checked = rt.block_on(crate::replicate::check_region(accounts, region))?;
         if !quiet {
-            crate::term::status("Checked", &checked);
+            crate::util::term::status("Checked", &checked);
         }
     }
     Ok(())
@@ -1045,10 +1051,10 @@ fn check_region(
 /// finds the copies unverified and finishes them.
 fn stop_on_interrupt() -> (
     std::sync::Arc<std::sync::atomic::AtomicBool>,
-    crate::signals::SignalWatch,
+    crate::util::signals::SignalWatch,
 ) {
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watch = crate::signals::SignalWatch::start(
+    let watch = crate::util::signals::SignalWatch::start(
         cancel.clone(),
         Default::default(),
         "interrupted: stopping after the chunks in flight; rerun the same command to finish",
@@ -1057,8 +1063,8 @@ fn stop_on_interrupt() -> (
 }
 
 fn upload(args: UploadArgs) -> Result<i32, AppError> {
+    use crate::azure::storage::BlobRef;
     use crate::replicate::{self, Source};
-    use crate::storage::BlobRef;
     let source = Source::open_file(&args.file)?;
     let name = args.name.clone().unwrap_or_else(|| {
         args.file
@@ -1066,7 +1072,7 @@ fn upload(args: UploadArgs) -> Result<i32, AppError> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "image.vhd".into())
     });
-    let template = crate::storage::endpoint_template(args.storage.blob_endpoint.as_deref())?;
+    let template = crate::azure::storage::endpoint_template(args.storage.blob_endpoint.as_deref())?;
     let dest = BlobRef::at(&template, &args.to, &args.container, &name);
     let rt = runtime()?;
     check_region(
@@ -1078,7 +1084,7 @@ fn upload(args: UploadArgs) -> Result<i32, AppError> {
     let (cancel, _signals) = stop_on_interrupt();
     let report = rt.block_on(async {
         let storage = std::sync::Arc::new(
-            crate::storage::Storage::new(std::slice::from_ref(&args.to)).await?,
+            crate::azure::storage::Storage::new(std::slice::from_ref(&args.to)).await?,
         );
         replicate::replicate(
             storage,
@@ -1103,7 +1109,7 @@ fn upload(args: UploadArgs) -> Result<i32, AppError> {
     Ok(exit::OK)
 }
 
-fn publish(args: crate::cli::PublishArgs) -> Result<i32, AppError> {
+fn publish(args: crate::cli::args::PublishArgs) -> Result<i32, AppError> {
     use crate::publish::{Options, Source};
     let manifest = Manifest::load(&args.manifest)?;
     let plan = Plan::new(&manifest);
@@ -1120,7 +1126,7 @@ fn publish(args: crate::cli::PublishArgs) -> Result<i32, AppError> {
     }
     let is_url = args.image.starts_with("https://") || args.image.starts_with("http://");
     let source = if is_url {
-        Source::Blob(crate::storage::BlobRef::parse(&args.image)?)
+        Source::Blob(crate::azure::storage::BlobRef::parse(&args.image)?)
     } else {
         let path = std::path::PathBuf::from(&args.image);
         let blob_name = args.name.clone().unwrap_or_else(|| {
@@ -1139,7 +1145,9 @@ fn publish(args: crate::cli::PublishArgs) -> Result<i32, AppError> {
                     .findings
                     .iter()
                     .filter(|f| f.status == crate::report::Status::Fail)
-                    .map(|f| crate::redact::redact(&format!("  FAIL {}: {}", f.id, f.message)))
+                    .map(|f| {
+                        crate::util::redact::redact(&format!("  FAIL {}: {}", f.id, f.message))
+                    })
                     .collect();
                 return Err(AppError::Rejected(format!(
                     "{}: the image does not meet the manifest's checks, nothing was uploaded or published:\n{}\n  hint: fix the image (`imgforge validate {} --manifest {}` shows every check), or pass --no-validate to publish it anyway",
@@ -1158,7 +1166,7 @@ fn publish(args: crate::cli::PublishArgs) -> Result<i32, AppError> {
         publish,
         source,
         &Options {
-            blob_endpoint: crate::storage::endpoint_template(args.blob_endpoint.as_deref())?,
+            blob_endpoint: crate::azure::storage::endpoint_template(args.blob_endpoint.as_deref())?,
             parallel: args.parallel,
             show_progress: !args.json,
             cancel,
@@ -1173,7 +1181,7 @@ fn publish(args: crate::cli::PublishArgs) -> Result<i32, AppError> {
             &crate::pool::PoolImage::ArmImageId(record.arm_image_id.clone()),
         );
         print_stdout(&snippet)?;
-        crate::term::status(
+        crate::util::term::status(
             "Published",
             &format!(
                 "{} in {:.1} s ({} Resource Manager requests)",
@@ -1190,12 +1198,15 @@ fn validate(args: ValidateArgs) -> Result<i32, AppError> {
     let plan = Plan::new(&manifest);
     let is_url = args.image.starts_with("https://") || args.image.starts_with("http://");
     let validation = if is_url {
-        let blob = crate::storage::BlobRef::parse(&args.image).map_err(ValidateError::from)?;
+        let blob =
+            crate::azure::storage::BlobRef::parse(&args.image).map_err(ValidateError::from)?;
         let rt = runtime()?;
         rt.block_on(async {
-            let storage =
-                crate::storage::Storage::for_blobs(std::slice::from_ref(&blob.account), &[&blob])
-                    .await?;
+            let storage = crate::azure::storage::Storage::for_blobs(
+                std::slice::from_ref(&blob.account),
+                &[&blob],
+            )
+            .await?;
             validate_blob(std::sync::Arc::new(storage), blob, plan).await
         })?
     } else {
@@ -1209,7 +1220,7 @@ fn validate(args: ValidateArgs) -> Result<i32, AppError> {
         args.json.then_some(&validation as &dyn erased_json::Json),
     )?;
     if !args.json {
-        crate::term::status(
+        crate::util::term::status(
             "Read",
             &format!(
                 "{} bytes in {} request(s)",
@@ -1220,15 +1231,17 @@ fn validate(args: ValidateArgs) -> Result<i32, AppError> {
     Ok(code)
 }
 
-fn boot_check(args: crate::cli::BootCheckArgs) -> Result<i32, AppError> {
-    use crate::bootcheck::{BATCH_PORTS, BootOptions, Firmware, closed_port};
+fn boot_check(args: crate::cli::args::BootCheckArgs) -> Result<i32, AppError> {
+    use crate::packer::bootcheck::{BATCH_PORTS, BootOptions, Firmware, closed_port};
     let plan = match &args.manifest {
         Some(m) => Some(Plan::new(&Manifest::load(m)?)),
         None => None,
     };
     let inbound = match &plan {
         Some(p) => p.firewall.inbound_tcp.clone(),
-        None => crate::catalog::required_inbound_tcp(crate::catalog::Os::Linux).to_vec(),
+        None => {
+            crate::spec::catalog::required_inbound_tcp(crate::spec::catalog::Os::Linux).to_vec()
+        }
     };
     let temp = match &args.logs {
         Some(_) => None,
@@ -1249,7 +1262,7 @@ fn boot_check(args: crate::cli::BootCheckArgs) -> Result<i32, AppError> {
     };
     use std::sync::Arc;
     let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let _signals = crate::signals::SignalWatch::start(
+    let _signals = crate::util::signals::SignalWatch::start(
         cancel.clone(),
         Arc::new(std::sync::atomic::AtomicBool::new(false)),
         "interrupted: stopping QEMU",
@@ -1258,7 +1271,7 @@ fn boot_check(args: crate::cli::BootCheckArgs) -> Result<i32, AppError> {
     if args.uefi {
         firmwares.push(Firmware::Uefi);
     }
-    crate::term::status(
+    crate::util::term::status(
         "Booting",
         &format!(
             "{} ({}) under QEMU, up to {} s each",
@@ -1271,7 +1284,7 @@ fn boot_check(args: crate::cli::BootCheckArgs) -> Result<i32, AppError> {
             args.timeout
         ),
     );
-    let result = crate::bootcheck::boot_check(
+    let result = crate::packer::bootcheck::boot_check(
         &args.image,
         &BootOptions {
             firmwares,
@@ -1281,7 +1294,7 @@ fn boot_check(args: crate::cli::BootCheckArgs) -> Result<i32, AppError> {
             log_dir: log_dir.clone(),
             needs_hardware: plan
                 .as_ref()
-                .map(crate::bootcheck::hardware_units)
+                .map(crate::packer::bootcheck::hardware_units)
                 .unwrap_or_default(),
             cancel,
         },
@@ -1290,7 +1303,7 @@ fn boot_check(args: crate::cli::BootCheckArgs) -> Result<i32, AppError> {
         && let Some(t) = temp
     {
         // Keep the console logs the report points at.
-        crate::term::warning(&format!("console logs kept in {}", t.keep().display()));
+        crate::util::term::warning(&format!("console logs kept in {}", t.keep().display()));
     }
     if !args.json {
         for run in result.runs.iter().filter(|r| !r.tail.is_empty()) {

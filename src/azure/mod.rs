@@ -1,0 +1,12 @@
+//! Azure's services, as clients that know nothing of images: one HTTP policy
+//! (`http`: the client, timeouts, retries, bounded bodies, no redirect for a
+//! credential), Entra ID tokens (`entra`), Blob Storage (`storage`), Resource
+//! Manager's storage accounts (`arm`) and Compute images and galleries
+//! (`compute`), and the Batch data plane (`batch`).
+
+pub mod arm;
+pub mod batch;
+pub mod compute;
+pub mod entra;
+pub mod http;
+pub mod storage;

@@ -1,0 +1,7 @@
+//! The command line: clap's types (`args`), one function per subcommand
+//! over the stages (`commands`), and the place errors become exit codes and
+//! JSON (`error`).
+
+pub mod args;
+pub mod commands;
+pub mod error;
