@@ -17,6 +17,7 @@ use md5::Digest as _;
 use serde::Serialize;
 
 use crate::azure::storage::{self, BlobRef, MAX_CHUNK, PAGE, Storage, StorageError};
+use crate::util::Category;
 use crate::util::redact::Secret;
 
 /// Ranges closer than this are copied as one (`storage::bridge`): 64 KiB of
@@ -111,21 +112,21 @@ pub enum ReplicateError {
 }
 
 impl ReplicateError {
-    pub fn exit_code(&self) -> i32 {
-        use crate::cli::error::exit;
+    /// What kind of failure this is; the CLI maps it to an exit code.
+    pub fn category(&self) -> Category {
         match self {
             ReplicateError::NotEnoughAccounts { .. } | ReplicateError::LocalVhd { .. } => {
-                exit::BAD_INPUT
+                Category::Input
             }
             ReplicateError::Storage(StorageError::BadUrl { .. } | StorageError::Setup { .. }) => {
-                exit::BAD_INPUT
+                Category::Input
             }
-            ReplicateError::Read { .. } => exit::BAD_INPUT,
+            ReplicateError::Read { .. } => Category::Input,
             ReplicateError::Misplaced { .. } | ReplicateError::RegionSettings { .. } => {
-                exit::BAD_INPUT
+                Category::Input
             }
-            ReplicateError::Cancelled => exit::CANCELLED,
-            _ => exit::FAILED,
+            ReplicateError::Cancelled => Category::Cancelled,
+            _ => Category::Failed,
         }
     }
 }

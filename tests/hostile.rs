@@ -259,14 +259,18 @@ fn endless_blob_server() -> SocketAddr {
 fn a_server_that_ignores_the_range_is_cut_off_at_what_was_asked() {
     let server = endless_blob_server();
     let started = Instant::now();
-    let r = run(imgforge()
-        .env_remove("ARM_CLIENT_ID")
-        .args(["validate", "--json", "--manifest"])
-        .arg(repo().join("contrib/gpu-ubuntu1604.toml"))
-        .arg(format!("http://{server}/acct/images/d.vhd")));
+    let (r, kib) = run_measured(
+        imgforge()
+            .env_remove("ARM_CLIENT_ID")
+            .args(["validate", "--json", "--manifest"])
+            .arg(repo().join("contrib/gpu-ubuntu1604.toml"))
+            .arg(format!("http://{server}/acct/images/d.vhd")),
+    );
     let took = started.elapsed();
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(took < Duration::from_secs(10), "took {took:?}");
+    // Before the bounded reads: 6 GB in ten seconds.
+    assert!(kib < 96 * 1024, "peak RSS {kib} KiB");
     assert!(r.all().contains("were asked for"), "{}", r.all());
 }
 
@@ -291,15 +295,19 @@ fn a_page_list_past_the_blobs_end_is_refused_before_anything_is_copied() {
         let _ = conn.write_all(reply.as_bytes());
     });
     let started = Instant::now();
-    let r = run(imgforge()
-        .env_remove("ARM_CLIENT_ID")
-        .env("IMGFORGE_STORAGE_KEY_DEST", "a2V5LWJ5dGVzLWZvci10ZXN0cw==")
-        .args(["replicate", "--no-validate", "--to", "dest", "--source"])
-        .arg(format!("http://{server}/acct/images/d.vhd"))
-        .arg("--blob-endpoint")
-        .arg(format!("http://{server}/{{account}}")));
+    let (r, kib) = run_measured(
+        imgforge()
+            .env_remove("ARM_CLIENT_ID")
+            .env("IMGFORGE_STORAGE_KEY_DEST", "a2V5LWJ5dGVzLWZvci10ZXN0cw==")
+            .args(["replicate", "--no-validate", "--to", "dest", "--source"])
+            .arg(format!("http://{server}/acct/images/d.vhd"))
+            .arg("--blob-endpoint")
+            .arg(format!("http://{server}/{{account}}")),
+    );
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(started.elapsed() < Duration::from_secs(10));
+    // 2⁴¹ chunks are never planned.
+    assert!(kib < 96 * 1024, "peak RSS {kib} KiB");
     assert!(r.stderr.contains("claims bytes"), "{}", r.stderr);
 }
 

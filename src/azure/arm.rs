@@ -13,8 +13,10 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::azure::entra::ServicePrincipal;
-use crate::azure::http::{encode_component, require_secure};
+use crate::azure::http::require_secure;
 use crate::util::redact::Secret;
+use crate::util::text::encode_component;
+use crate::util::text::normalize_region;
 
 /// The public cloud's Resource Manager; sovereign clouds name their own.
 pub const PUBLIC_ENDPOINT: &str = "https://management.azure.com";
@@ -442,15 +444,6 @@ pub fn endpoint_from_env() -> String {
         .ok()
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| PUBLIC_ENDPOINT.to_string())
-}
-
-/// Regions compare without case or spaces: "West US 2" is `westus2`.
-pub fn normalize_region(region: &str) -> String {
-    region
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .flat_map(char::to_lowercase)
-        .collect()
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::azure::arm::{Arm, ArmError, hint_for};
-use crate::azure::http::encode_component;
+use crate::util::text::encode_component;
 
 /// api-version of Microsoft.Compute/images.
 pub const IMAGES_API: &str = "2024-07-01";

@@ -1,8 +1,9 @@
 //! Entra ID (Azure AD) tokens for a service principal with a client secret:
 //! the one sign-in imgforge does itself, for Azure Storage and Resource Manager.
 
-use crate::azure::http::{encode_component, error_chain, require_secure};
+use crate::azure::http::{error_chain, require_secure};
 use crate::util::redact::Secret;
+use crate::util::text::encode_component;
 
 /// The public cloud's authority; sovereign clouds name their own.
 pub const PUBLIC_AUTHORITY: &str = "https://login.microsoftonline.com";

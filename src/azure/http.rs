@@ -50,48 +50,6 @@ pub async fn read_limited(mut resp: reqwest::Response, limit: u64) -> Result<Vec
     Ok(out)
 }
 
-/// Percent-encodes everything but RFC 3986 unreserved characters.
-pub fn encode_component(s: &str) -> String {
-    encode_except(s, b"-_.~")
-}
-
-/// As `encode_component`, keeping `/` (a URL path).
-pub fn encode_path(s: &str) -> String {
-    encode_except(s, b"-_.~/")
-}
-
-fn encode_except(s: &str, keep: &[u8]) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || keep.contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// `%XX` sequences to bytes; anything else is kept as it is.
-pub fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(v) = u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// An error and its causes on one line (reqwest keeps the useful part in sources).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

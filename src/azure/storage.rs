@@ -19,8 +19,9 @@ use md5::Digest as _;
 use reqwest::{Method, StatusCode};
 
 use crate::azure::entra::ServicePrincipal;
-use crate::azure::http::{encode_component, encode_path, error_chain, percent_decode};
+use crate::azure::http::error_chain;
 use crate::util::redact::Secret;
+use crate::util::text::{encode_component, encode_path, percent_decode};
 
 pub const DEFAULT_ENDPOINT: &str = "https://{account}.blob.core.windows.net";
 const API_VERSION: &str = "2021-08-06";

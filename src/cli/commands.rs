@@ -544,8 +544,8 @@ fn skus_online(
 }
 
 fn init(args: crate::cli::args::InitArgs) -> Result<i32, AppError> {
-    let text = crate::spec::init::manifest_text(&args, &args.file).map_err(|e| match e {
-        crate::spec::init::InitError::Invalid(m) => AppError::Manifest(*m),
+    let text = crate::cli::init::manifest_text(&args, &args.file).map_err(|e| match e {
+        crate::cli::init::InitError::Invalid(m) => AppError::Manifest(*m),
         other => AppError::Refused(other.to_string()),
     })?;
     if args.file == std::path::Path::new("-") {

@@ -14,6 +14,18 @@ pub mod exit {
     pub const CANCELLED: i32 = 130;
 }
 
+/// The one mapping from a failure's category to its exit code.
+pub fn exit_code(category: crate::util::Category) -> i32 {
+    use crate::util::Category;
+    match category {
+        Category::Failed => exit::FAILED,
+        Category::Input => exit::BAD_INPUT,
+        Category::Tool => exit::TOOL,
+        Category::Io => exit::IO,
+        Category::Cancelled => exit::CANCELLED,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -117,12 +129,12 @@ impl AppError {
             AppError::Render(_) => exit::BAD_INPUT,
             AppError::Packer(PackerError::Invalid { .. }) => exit::FAILED,
             AppError::Packer(_) => exit::TOOL,
-            AppError::Build(e) => e.exit_code(),
+            AppError::Build(e) => exit_code(e.category()),
             AppError::Pool(_) => exit::BAD_INPUT,
-            AppError::Replicate(e) => e.exit_code(),
+            AppError::Replicate(e) => exit_code(e.category()),
             AppError::Validate(_) => exit::BAD_INPUT,
-            AppError::Boot(e) => e.exit_code(),
-            AppError::Publish(e) => e.exit_code(),
+            AppError::Boot(e) => exit_code(e.category()),
+            AppError::Publish(e) => exit_code(e.category()),
             AppError::Storage(_) => exit::BAD_INPUT,
             AppError::Batch(crate::azure::batch::BatchError::Insecure(_)) => exit::BAD_INPUT,
             AppError::Batch(_) => exit::FAILED,

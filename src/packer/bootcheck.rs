@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::report::{Finding, Report};
+use crate::util::Category;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -57,13 +58,13 @@ pub enum BootError {
 }
 
 impl BootError {
-    pub fn exit_code(&self) -> i32 {
-        use crate::cli::error::exit;
+    /// What kind of failure this is; the CLI maps it to an exit code.
+    pub fn category(&self) -> Category {
         match self {
-            BootError::Missing { .. } => exit::TOOL,
-            BootError::Image { .. } => exit::BAD_INPUT,
-            BootError::Io { .. } => exit::IO,
-            BootError::Cancelled => exit::CANCELLED,
+            BootError::Missing { .. } => Category::Tool,
+            BootError::Image { .. } => Category::Input,
+            BootError::Io { .. } => Category::Io,
+            BootError::Cancelled => Category::Cancelled,
         }
     }
 }

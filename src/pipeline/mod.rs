@@ -13,7 +13,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::error::exit;
 use crate::packer::capture::{CaptureError, Captured};
 use crate::packer::{Packer, PackerError, RunEnd};
 use crate::render::templates::TemplateSet;
@@ -21,6 +20,7 @@ use crate::render::{PACKER_FILE, RenderError, RenderedFile};
 use crate::replicate::{CopyOutcome, ReplicateError};
 use crate::spec::manifest::{Manifest, Target};
 use crate::spec::plan::Plan;
+use crate::util::Category;
 
 pub const RECORD_FILE: &str = "build.json";
 pub const LOG_FILE: &str = "packer.log";
@@ -143,28 +143,31 @@ impl From<crate::publish::PublishError> for BuildError {
 }
 
 impl BuildError {
-    pub fn exit_code(&self) -> i32 {
+    /// What kind of failure this is; the CLI maps it to an exit code.
+    pub fn category(&self) -> Category {
         match self {
-            BuildError::Render(RenderError::Write { .. }) | BuildError::Write { .. } => exit::IO,
-            BuildError::Render(_) | BuildError::Resume { .. } | BuildError::Credentials { .. } => {
-                exit::BAD_INPUT
+            BuildError::Render(RenderError::Write { .. }) | BuildError::Write { .. } => {
+                Category::Io
             }
-            BuildError::Packer(PackerError::Invalid { .. }) => exit::FAILED,
-            BuildError::Packer(_) | BuildError::Local(_) => exit::TOOL,
-            BuildError::Boot(crate::packer::bootcheck::BootError::Cancelled) => exit::CANCELLED,
-            BuildError::Boot(crate::packer::bootcheck::BootError::Missing { .. }) => exit::TOOL,
-            BuildError::Boot(_) => exit::FAILED,
-            BuildError::Replicate(e) => match e.exit_code() {
-                exit::BAD_INPUT => exit::BAD_INPUT,
-                _ => exit::FAILED,
+            BuildError::Render(_) | BuildError::Resume { .. } | BuildError::Credentials { .. } => {
+                Category::Input
+            }
+            BuildError::Packer(PackerError::Invalid { .. }) => Category::Failed,
+            BuildError::Packer(_) | BuildError::Local(_) => Category::Tool,
+            BuildError::Boot(crate::packer::bootcheck::BootError::Cancelled) => Category::Cancelled,
+            BuildError::Boot(crate::packer::bootcheck::BootError::Missing { .. }) => Category::Tool,
+            BuildError::Boot(_) => Category::Failed,
+            BuildError::Replicate(e) => match e.category() {
+                Category::Input => Category::Input,
+                _ => Category::Failed,
             },
             BuildError::PackerFailed { .. }
             | BuildError::Capture(_)
             | BuildError::Validate(_)
-            | BuildError::Storage(_) => exit::FAILED,
-            BuildError::Cancelled => exit::CANCELLED,
-            BuildError::Publish(e) => e.exit_code(),
-            BuildError::Stage { source, .. } => source.exit_code(),
+            | BuildError::Storage(_) => Category::Failed,
+            BuildError::Cancelled => Category::Cancelled,
+            BuildError::Publish(e) => e.category(),
+            BuildError::Stage { source, .. } => source.category(),
         }
     }
 }
@@ -428,13 +431,13 @@ pub fn run(
         .iter()
         .map(|(path, bytes)| RenderedFile {
             path: path.clone(),
-            sha256: crate::render::sha256_hex(bytes),
+            sha256: crate::util::text::sha256_hex(bytes),
             bytes: bytes.len(),
         })
         .collect();
     let manifest_ref = ManifestRef {
         path: manifest.path.display().to_string(),
-        sha256: crate::render::sha256_hex(manifest.source.as_bytes()),
+        sha256: crate::util::text::sha256_hex(manifest.source.as_bytes()),
     };
 
     let resuming = opts.resume;

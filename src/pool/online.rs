@@ -6,10 +6,11 @@
 
 use super::credentials::ShipyardCredentials;
 use super::{PoolConfig, image_uris};
-use crate::azure::arm::{Arm, ArmError, Misplaced, normalize_region};
+use crate::azure::arm::{Arm, ArmError, Misplaced};
 use crate::azure::entra::ServicePrincipal;
 use crate::azure::storage::{BlobRef, Storage};
 use crate::report::Finding;
+use crate::util::text::normalize_region;
 
 const BLOBS: &str = "pool.online.blobs";
 const ACCOUNTS: &str = "pool.online.accounts";

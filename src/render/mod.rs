@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::util::text::{sha256_hex, shell_quote};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::render::templates::{Origin, TemplateSet};
 use crate::spec::manifest::Manifest;
@@ -212,13 +212,6 @@ fn set_executable(_: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn engine(set: &TemplateSet) -> Result<tera::Tera, RenderError> {
     let mut tera = tera::Tera::default();
     tera.autoescape_on(vec![]);
@@ -348,19 +341,6 @@ fn find_use(source: &str, var: &str) -> Option<usize> {
                 })
         })
         .map(|i| i + 1)
-}
-
-/// POSIX shell quoting: words made only of safe characters stay as they are;
-/// anything else is single-quoted, so no value can become a command.
-pub fn shell_quote(s: &str) -> String {
-    let safe = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c));
-    if safe {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
 }
 
 fn shell_quote_filter(

@@ -1307,7 +1307,7 @@ impl Checker<'_> {
         let (Some(batch), Some(location)) = (&m.replicate.region, &m.build.location) else {
             return Ok(());
         };
-        let norm = crate::azure::arm::normalize_region;
+        let norm = crate::util::text::normalize_region;
         let targets: Vec<&String> = match m.build.target {
             Target::Vhd => return Ok(()),
             Target::ManagedImage => vec![location],

@@ -1,10 +1,10 @@
 //! What is to be built, decided before anything runs: the manifest (parsed
 //! and checked), the catalog (distros, features, ports, checks — one table
 //! drives scripts, firewall rules and validation), the plan (the two
-//! combined), and `init` (a starting manifest). No I/O beyond reading the
+//! combined) and what it publishes (`publish`). No I/O beyond reading the
 //! manifest. A new distro or feature goes in `catalog`.
 
 pub mod catalog;
-pub mod init;
 pub mod manifest;
 pub mod plan;
+pub mod publish;

@@ -38,7 +38,7 @@ pub struct Plan {
     pub pool: PoolPlan,
     /// target = "managed_image" or "gallery": where and how the image is
     /// published, with the replica table.
-    pub publish: Option<crate::publish::PublishPlan>,
+    pub publish: Option<crate::spec::publish::PublishPlan>,
     pub warnings: Vec<String>,
 }
 
@@ -102,7 +102,7 @@ pub struct FileCheck {
 
 impl FileCheck {
     fn new(rule: catalog::FileRule) -> FileCheck {
-        let q = crate::render::shell_quote;
+        let q = crate::util::text::shell_quote;
         let test_command = rule
             .any_of
             .iter()
@@ -492,7 +492,7 @@ impl Plan {
                 outbound_tcp: outbound.into_iter().collect(),
             },
             scripts,
-            publish: crate::publish::PublishPlan::new(
+            publish: crate::spec::publish::PublishPlan::new(
                 raw,
                 match distro.os {
                     Os::Linux => "Linux",
@@ -723,7 +723,7 @@ fn local_plan(m: &Manifest, base: catalog::LocalBase, warnings: &mut Vec<String>
         base.keyring,
         packages.join(",")
     );
-    let cache_key = crate::render::sha256_hex(key_input.as_bytes())[..16].to_string();
+    let cache_key = crate::util::text::sha256_hex(key_input.as_bytes())[..16].to_string();
     let manifest_dir = m.path.parent().unwrap_or(std::path::Path::new("."));
     let cache_dir = match section.cache_dir {
         Some(d) if d.is_absolute() => d,

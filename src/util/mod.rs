@@ -1,7 +1,26 @@
 //! What every stage uses: bounded input reads and atomic writes (`fsutil`),
-//! the terminal (`term`), signals, and secret masking (`redact`).
+//! the terminal (`term`), signals, secret masking (`redact`), and the
+//! failure categories the CLI turns into exit codes.
+
+/// What kind of failure an error is. Stage errors say which; the CLI maps
+/// each to its documented exit code (`cli::error::exit`) in one place, so no
+/// stage depends on the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    /// Checked and found wanting (a failed check, a refused request): 1.
+    Failed,
+    /// Input that cannot work (a manifest, a setting, a missing file): 2.
+    Input,
+    /// A tool (Packer, QEMU) missing or failing to start: 3.
+    Tool,
+    /// Writing imgforge's own output failed: 4.
+    Io,
+    /// Interrupted (Ctrl-C, SIGTERM): 130.
+    Cancelled,
+}
 
 pub mod fsutil;
 pub mod redact;
 pub mod signals;
 pub mod term;
+pub mod text;

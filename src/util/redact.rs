@@ -64,7 +64,7 @@ fn encodings(secret: &str) -> Vec<String> {
     use base64::Engine as _;
     let json = serde_json::to_string(secret).unwrap_or_default();
     vec![
-        crate::azure::http::encode_component(secret),
+        crate::util::text::encode_component(secret),
         base64::engine::general_purpose::STANDARD.encode(secret),
         json.trim_matches('"').to_string(),
     ]
@@ -178,14 +178,14 @@ mod tests {
         let secret = "enc+oded/secret=1&x";
         register(secret);
         let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
-        let pct = crate::azure::http::encode_component(secret);
+        let pct = crate::util::text::encode_component(secret);
         for form in [secret.to_string(), b64, pct] {
             let out = redact(&format!("body: client_secret={form}; end"));
             assert_eq!(out, "body: client_secret=[REDACTED]; end", "{form}");
         }
         assert!(contains_secret(&format!(
             "x{}y",
-            crate::azure::http::encode_component(secret)
+            crate::util::text::encode_component(secret)
         )));
         assert!(!contains_secret("nothing here"));
     }

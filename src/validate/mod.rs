@@ -510,8 +510,8 @@ fn convert_command(subject: &str, format: Option<Format>, has_footer: bool) -> S
         } else {
             ""
         },
-        crate::render::shell_quote(&input),
-        crate::render::shell_quote(&output)
+        crate::util::text::shell_quote(&input),
+        crate::util::text::shell_quote(&output)
     )
 }
 

@@ -166,7 +166,7 @@ impl ArmReplay {
                     let form: std::collections::HashMap<String, String> = body
                         .split('&')
                         .filter_map(|kv| kv.split_once('='))
-                        .map(|(k, v)| (k.to_string(), imgforge::azure::http::percent_decode(v)))
+                        .map(|(k, v)| (k.to_string(), imgforge::util::text::percent_decode(v)))
                         .collect();
                     let token_path = format!("POST /{}/oauth2/v2.0/token ", expect.tenant);
                     let subscription = format!("GET /subscriptions/{ARM_SUBSCRIPTION}/");
@@ -347,7 +347,7 @@ impl ArmReplay {
             .filter_map(|(_, body)| {
                 body.split('&')
                     .find_map(|kv| kv.strip_prefix("scope="))
-                    .map(imgforge::azure::http::percent_decode)
+                    .map(imgforge::util::text::percent_decode)
             })
             .collect()
     }
