@@ -194,6 +194,20 @@ fn each_broken_variant_fails_its_own_check() {
             "hygiene.build-secrets",
         ),
         (
+            // The same secret base64-encoded: found too (the validator looks
+            // for every form `redact` masks).
+            "leaked-secret-base64",
+            Box::new(|t: &Path| {
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(CANARY);
+                write(
+                    &t.join("etc/profile.d/azure.sh"),
+                    &format!("export ARM_CLIENT_SECRET=$(echo {b64} | base64 -d)\n"),
+                )
+            }),
+            "hygiene.build-secrets",
+        ),
+        (
             "wrong-distro",
             Box::new(|t: &Path| {
                 write(

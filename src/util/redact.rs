@@ -20,6 +20,16 @@ fn is_secret_var(name: &str) -> bool {
         || name.starts_with("IMGFORGE_SECRET_")
 }
 
+/// The secret values in this process's environment (the build's own), at
+/// least 8 characters: what the validator searches images for. The same
+/// variables as every mask applies to, so the two lists cannot drift.
+pub fn environment_secrets() -> Vec<String> {
+    std::env::vars()
+        .filter(|(k, v)| is_secret_var(k) && v.len() >= 8)
+        .map(|(_, v)| v)
+        .collect()
+}
+
 /// Secrets read from files (e.g. a Batch Shipyard credentials file), masked
 /// like the environment's for the rest of the process.
 static REGISTERED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());

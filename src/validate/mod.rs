@@ -1343,15 +1343,9 @@ fn hygiene(files: &Files, f: &mut Vec<Finding>) {
         Finding::pass("hygiene.policy-rc", "no policy-rc.d left from provisioning")
     });
     // The build's secrets must not be anywhere a provisioner could have written them.
-    let secrets: Vec<String> = std::env::vars()
-        .filter(|(k, v)| {
-            v.len() >= 8
-                && (k == "ARM_CLIENT_SECRET"
-                    || k == "AZURE_STORAGE_KEY"
-                    || k.starts_with("IMGFORGE_STORAGE_KEY_"))
-        })
-        .map(|(_, v)| v)
-        .collect();
+    // The variables `redact` masks; found in any form it masks (as written,
+    // URL-encoded, base64, JSON-escaped).
+    let secrets = crate::util::redact::environment_secrets();
     if secrets.is_empty() {
         f.push(Finding::skip(
             "hygiene.build-secrets",
@@ -1376,7 +1370,7 @@ fn hygiene(files: &Files, f: &mut Vec<Finding>) {
         .filter(|p| {
             files
                 .text_prefix(p, MAX_SECRET_SCAN)
-                .is_some_and(|t| secrets.iter().any(|s| t.contains(s.as_str())))
+                .is_some_and(|t| crate::util::redact::contains_secret(&t))
         })
         .collect();
     f.push(if leaked.is_empty() {
