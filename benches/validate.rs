@@ -16,6 +16,28 @@ use common::*;
 
 const GIB: u64 = 1024 * 1024 * 1024;
 
+/// A sparse 30 GiB raw disk with one MBR partition (type 0x83) from 1 MiB.
+fn partitioned(raw: &std::path::Path) {
+    use std::io::Write as _;
+    std::fs::File::create(raw)
+        .unwrap()
+        .set_len(30 * GIB)
+        .unwrap();
+    let mut child = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(raw)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\nstart=2048, type=83\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let tree = tmp.path().join("tree");
@@ -35,24 +57,7 @@ fn main() {
 
     let t = Instant::now();
     let raw = tmp.path().join("big.raw");
-    std::fs::File::create(&raw)
-        .unwrap()
-        .set_len(30 * GIB)
-        .unwrap();
-    let mut sfdisk = Command::new("sfdisk");
-    sfdisk
-        .arg("--quiet")
-        .arg(&raw)
-        .stdin(std::process::Stdio::piped());
-    let mut child = sfdisk.spawn().unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"label: dos\nstart=2048, type=83\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    partitioned(&raw);
     let fs_size = (30 * GIB - 1024 * 1024) / 1024;
     let r = run(Command::new("fakeroot")
         .args([
@@ -89,23 +94,7 @@ fn main() {
         }
     }
     let xraw = tmp.path().join("xfs.raw");
-    std::fs::File::create(&xraw)
-        .unwrap()
-        .set_len(30 * GIB)
-        .unwrap();
-    let mut sfdisk = Command::new("sfdisk");
-    sfdisk
-        .arg("--quiet")
-        .arg(&xraw)
-        .stdin(std::process::Stdio::piped());
-    let mut child = sfdisk.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"label: dos\nstart=2048, type=83\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    partitioned(&xraw);
     let xfs = tmp.path().join("root.xfs");
     std::fs::File::create(&xfs)
         .unwrap()

@@ -813,6 +813,40 @@ pub async fn replicate(
     })
 }
 
+/// Copies the pool can use, step one: `source` to every destination, each
+/// verified, signed in for the `involved` accounts. The one entry point of
+/// `build`, `replicate` and `upload`.
+pub async fn copy_to(
+    involved: &[String],
+    source: Source,
+    destinations: Vec<BlobRef>,
+    opts: Options,
+) -> Result<Report, ReplicateError> {
+    let storage = Arc::new(Storage::new(involved).await?);
+    replicate(storage, Arc::new(source), destinations, opts).await
+}
+
+/// Copies the pool can use, step two: each copy validated where it lies
+/// (range reads, never a download) against the plan, as `build` and
+/// `replicate --manifest` do. `None` when `cancel` was set between copies.
+pub async fn validate_copies(
+    copies: &[CopyOutcome],
+    plan: &crate::spec::plan::Plan,
+    cancel: &AtomicBool,
+) -> Result<Option<Vec<crate::validate::Validation>>, crate::validate::ValidateError> {
+    let accounts: Vec<String> = copies.iter().map(|c| c.account.clone()).collect();
+    let storage = Arc::new(Storage::new(&accounts).await?);
+    let mut out = Vec::new();
+    for copy in copies {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let blob = BlobRef::parse(&copy.url)?;
+        out.push(crate::validate::validate_blob(storage.clone(), blob, plan.clone()).await?);
+    }
+    Ok(Some(out))
+}
+
 /// Whether the progress bars are drawn (stderr is a terminal).
 fn progress_visible() -> bool {
     use std::io::IsTerminal;

@@ -926,51 +926,23 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
     });
     check_region(&rt, &accounts, region.as_deref(), args.storage.json)?;
     let (cancel, _signals) = stop_on_interrupt();
-    let report = rt.block_on(async {
-        let storage = std::sync::Arc::new(
-            crate::azure::storage::Storage::new(&involved)
-                .await
-                .map_err(replicate::ReplicateError::from)?,
-        );
-        replicate::replicate(
-            storage,
-            std::sync::Arc::new(Source::Blob(source)),
-            destinations,
-            replicate::Options {
-                parallel: args.storage.parallel,
-                max_requests: args.storage.max_requests,
-                show_progress: !args.storage.json,
-                server_copy: !args.no_server_copy,
-                cancel: cancel.clone(),
-                verify: args.storage.verify,
-            },
-        )
-        .await
-    })?;
+    let report = rt.block_on(replicate::copy_to(
+        &involved,
+        Source::Blob(source),
+        destinations,
+        replicate::Options {
+            parallel: args.storage.parallel,
+            max_requests: args.storage.max_requests,
+            show_progress: !args.storage.json,
+            server_copy: !args.no_server_copy,
+            cancel: cancel.clone(),
+            verify: args.storage.verify,
+        },
+    ))?;
     // With a manifest, each copy is also checked remotely, as `build` does.
     let checks = match (&plan, args.no_validate) {
         (Some(plan), false) => {
-            let urls: Vec<String> = report.copies.iter().map(|c| c.url.clone()).collect();
-            let accounts: Vec<String> = report.copies.iter().map(|c| c.account.clone()).collect();
-            let plan = plan.clone();
-            let results = rt.block_on(async {
-                let storage = std::sync::Arc::new(
-                    crate::azure::storage::Storage::new(&accounts)
-                        .await
-                        .map_err(crate::validate::ValidateError::from)?,
-                );
-                let mut out = Vec::new();
-                for url in &urls {
-                    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                        return Ok(None);
-                    }
-                    let blob = BlobRef::parse(url).map_err(crate::validate::ValidateError::from)?;
-                    out.push(
-                        crate::validate::validate_blob(storage.clone(), blob, plan.clone()).await?,
-                    );
-                }
-                Ok::<_, crate::validate::ValidateError>(Some(out))
-            })?;
+            let results = rt.block_on(replicate::validate_copies(&report.copies, plan, &cancel))?;
             // Copies are verified; only their validation was cut short.
             Some(results.ok_or(replicate::ReplicateError::Cancelled)?)
         }
@@ -1082,25 +1054,19 @@ fn upload(args: UploadArgs) -> Result<i32, AppError> {
         args.storage.json,
     )?;
     let (cancel, _signals) = stop_on_interrupt();
-    let report = rt.block_on(async {
-        let storage = std::sync::Arc::new(
-            crate::azure::storage::Storage::new(std::slice::from_ref(&args.to)).await?,
-        );
-        replicate::replicate(
-            storage,
-            std::sync::Arc::new(source),
-            vec![dest],
-            replicate::Options {
-                parallel: args.storage.parallel,
-                max_requests: args.storage.max_requests,
-                show_progress: !args.storage.json,
-                server_copy: false,
-                cancel,
-                verify: args.storage.verify,
-            },
-        )
-        .await
-    })?;
+    let report = rt.block_on(replicate::copy_to(
+        std::slice::from_ref(&args.to),
+        source,
+        vec![dest],
+        replicate::Options {
+            parallel: args.storage.parallel,
+            max_requests: args.storage.max_requests,
+            show_progress: !args.storage.json,
+            server_copy: false,
+            cancel,
+            verify: args.storage.verify,
+        },
+    ))?;
     print_replication(
         &report,
         args.storage.json,

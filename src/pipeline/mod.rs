@@ -1037,7 +1037,7 @@ impl Run<'_> {
     }
 
     fn replicate(&mut self) -> Result<String, BuildError> {
-        use crate::azure::storage::{BlobRef, Storage};
+        use crate::azure::storage::BlobRef;
         use crate::replicate::{Options, Source};
         let plan = self.plan;
         self.check_region()?;
@@ -1091,10 +1091,12 @@ impl Run<'_> {
             verify: self.opts.verify,
         };
         let report = rt
-            .block_on(async {
-                let storage = Arc::new(Storage::new(&involved).await?);
-                crate::replicate::replicate(storage, Arc::new(source), destinations, opts).await
-            })
+            .block_on(crate::replicate::copy_to(
+                &involved,
+                source,
+                destinations,
+                opts,
+            ))
             .map_err(|e| match e {
                 ReplicateError::Cancelled => BuildError::Cancelled,
                 other => other.into(),
@@ -1128,37 +1130,16 @@ impl Run<'_> {
     }
 
     fn validate_copies(&mut self) -> Result<String, BuildError> {
-        use crate::azure::storage::{BlobRef, Storage};
-        let accounts: Vec<String> = self
-            .record
-            .copies
-            .iter()
-            .map(|c| c.copy.account.clone())
-            .collect();
         let rt = runtime()?;
-        let plan = self.plan.clone();
-        let cancel = self.cancel.clone();
-        let urls: Vec<String> = self
-            .record
-            .copies
-            .iter()
-            .map(|c| c.copy.url.clone())
-            .collect();
-        let results = rt.block_on(async {
-            let storage = Arc::new(Storage::new(&accounts).await?);
-            let mut out = Vec::new();
-            for url in &urls {
-                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Err(BuildError::Cancelled);
-                }
-                let blob = BlobRef::parse(url)?;
-                let v = crate::validate::validate_blob(storage.clone(), blob, plan.clone())
-                    .await
-                    .map_err(|e| BuildError::Validate(e.to_string()))?;
-                out.push(v);
-            }
-            Ok::<_, BuildError>(out)
-        })?;
+        let copies: Vec<_> = self.record.copies.iter().map(|c| c.copy.clone()).collect();
+        let results = rt
+            .block_on(crate::replicate::validate_copies(
+                &copies,
+                self.plan,
+                &self.cancel,
+            ))
+            .map_err(|e| BuildError::Validate(e.to_string()))?
+            .ok_or(BuildError::Cancelled)?;
         let mut failures = Vec::new();
         for (copy, v) in self.record.copies.iter_mut().zip(&results) {
             let failed = failed_lines(&v.report);

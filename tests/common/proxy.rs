@@ -90,22 +90,7 @@ impl FaultProxy {
                         }
                         return;
                     }
-                    let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
-                        return;
-                    };
-                    let mut new_head: Vec<String> = head
-                        .trim_end()
-                        .lines()
-                        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-                        .map(str::to_string)
-                        .collect();
-                    new_head.push("connection: close".into());
-                    let mut out = (new_head.join("\r\n") + "\r\n\r\n").into_bytes();
-                    out.extend_from_slice(&body);
-                    if up.write_all(&out).is_err() {
-                        return;
-                    }
-                    let _ = std::io::copy(&mut up, &mut client);
+                    forward(upstream, &head, &body, &mut client);
                 });
             }
         });
