@@ -155,22 +155,16 @@ fn main() {
     let local = local_of(&manifest, &vhd);
     let xlocal = local_of(&alma_manifest, &xvhd);
     // Peak RSS of one local validation of each (GNU time's %M, in KiB).
-    let rss = |manifest: &std::path::Path, vhd: &std::path::Path| -> Option<u64> {
-        let out = Command::new("/usr/bin/time")
-            .args(["-f", "%M"])
-            .arg(env!("CARGO_BIN_EXE_imgforge"))
-            .args(["validate", "--quiet", "--manifest"])
-            .arg(manifest)
-            .arg(vhd)
-            .env_remove("ARM_CLIENT_ID")
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .last()?
-            .trim()
-            .parse()
-            .ok()
+    let rss = |manifest: &std::path::Path, vhd: &std::path::Path| -> u64 {
+        let (r, kib) = run_measured(
+            imgforge()
+                .env_remove("ARM_CLIENT_ID")
+                .args(["validate", "--quiet", "--manifest"])
+                .arg(manifest)
+                .arg(vhd),
+        );
+        assert_eq!(r.code, 0, "{}", r.all());
+        kib
     };
     let (rss_ext4, rss_xfs) = (rss(&manifest, &vhd), rss(&alma_manifest, &xvhd));
 
@@ -264,11 +258,7 @@ fn main() {
         "XFS fixture {xfs_fixture_s:.1} s; XFS summary: {}",
         xlocal[0].3
     );
-    let kib = |v: Option<u64>| {
-        v.map_or("n/a (no /usr/bin/time)".to_string(), |k| {
-            format!("{:.1} MiB", k as f64 / 1024.0)
-        })
-    };
+    let kib = |k: u64| format!("{:.1} MiB", k as f64 / 1024.0);
     println!(
         "peak RSS of one local validation: ext4 {}, XFS {}",
         kib(rss_ext4),

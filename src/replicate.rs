@@ -1201,17 +1201,10 @@ async fn verify(
     if mode == VerifyMode::Sample {
         return verify_sample(ctx, blob, bar).await;
     }
-    let picked: Vec<usize> = (0..chunks.len()).collect();
-    bar.set_length(
-        picked
-            .iter()
-            .map(|&c| chunks[c].end - chunks[c].start)
-            .sum(),
-    );
+    bar.set_length(chunks.iter().map(|c| c.end - c.start).sum());
     let semaphore = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    for &c in &picked {
-        let chunk = &chunks[c];
+    for (c, chunk) in chunks.iter().enumerate() {
         let permit = ctx.permit(&semaphore).await?;
         let (storage, source, blob, chunk, known, bar) = (
             storage.clone(),

@@ -89,13 +89,6 @@ fn finding<'a>(doc: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("no {id} in {doc:#}"))
 }
 
-/// Writes `bytes` at `offset` of the file at `path`.
-fn poke(path: &Path, offset: u64, bytes: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all_at(bytes, offset).unwrap();
-}
-
 #[test]
 fn input_sized_allocations_stay_within_budget() {
     let tmp = tempfile::tempdir().unwrap();

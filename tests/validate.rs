@@ -525,13 +525,6 @@ fn persisted_iptables_rules_that_admit_the_batch_ports_pass() {
     assert_eq!(status(&doc, "batch.firewall"), "pass");
 }
 
-/// Overwrites `bytes` at `offset` of a file.
-fn poke(path: &Path, offset: u64, bytes: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all_at(bytes, offset).unwrap();
-}
-
 #[test]
 fn an_image_whose_partition_table_cannot_be_read_never_passes() {
     let tmp = tempfile::tempdir().unwrap();

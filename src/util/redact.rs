@@ -24,8 +24,13 @@ fn is_secret_var(name: &str) -> bool {
 /// least 8 characters: what the validator searches images for. The same
 /// variables as every mask applies to, so the two lists cannot drift.
 pub fn environment_secrets() -> Vec<String> {
+    environment_values(8)
+}
+
+/// Values of the secret variables at least `min` characters long.
+fn environment_values(min: usize) -> Vec<String> {
     std::env::vars()
-        .filter(|(k, v)| is_secret_var(k) && v.len() >= 8)
+        .filter(|(k, v)| is_secret_var(k) && v.len() >= min)
         .map(|(_, v)| v)
         .collect()
 }
@@ -45,10 +50,7 @@ pub fn register(secret: &str) {
 }
 
 fn secret_values() -> Vec<String> {
-    let mut values: Vec<String> = std::env::vars()
-        .filter(|(k, v)| is_secret_var(k) && v.len() >= 4)
-        .map(|(_, v)| v)
-        .collect();
+    let mut values = environment_values(4);
     values.extend(
         REGISTERED
             .lock()

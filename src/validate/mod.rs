@@ -173,29 +173,34 @@ impl Disk for RemoteDisk {
 
 type SharedDisk = Rc<RefCell<Box<dyn Disk>>>;
 
-/// A partition of the shared disk, for ext4-view.
+/// A partition of the shared disk, for ext4-view and lamxfs.
 struct PartitionReader {
     disk: SharedDisk,
     offset: u64,
+}
+
+impl PartitionReader {
+    /// `offset` within the partition; the sum is checked, as every offset is.
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BoxedError> {
+        let at = self
+            .offset
+            .checked_add(offset)
+            .ok_or("a filesystem read past 2⁶⁴ bytes")?;
+        self.disk.borrow_mut().read_at(at, buf)
+    }
 }
 
 impl lamxfs::BlockRead for PartitionReader {
     type Error = BoxedError;
 
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), BoxedError> {
-        let at = self
-            .offset
-            .checked_add(offset)
-            .ok_or("an XFS read past 2⁶⁴ bytes")?;
-        self.disk.borrow_mut().read_at(at, buf)
+        PartitionReader::read_at(self, offset, buf)
     }
 }
 
 impl ext4_view::Ext4Read for PartitionReader {
     fn read(&mut self, start_byte: u64, dst: &mut [u8]) -> Result<(), BoxedError> {
-        self.disk
-            .borrow_mut()
-            .read_at(self.offset + start_byte, dst)
+        self.read_at(start_byte, dst)
     }
 }
 

@@ -52,9 +52,6 @@ fn random_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// `Azurite::start_sized`'s limit for the next start (0: Azurite's default).
-static EXTENT_LIMIT_MIB: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 impl Azurite {
     /// The emulator's process id (benchmarks read its CPU time).
     pub fn pid(&self) -> u32 {
@@ -62,26 +59,28 @@ impl Azurite {
     }
 
     pub fn start(accounts: &[&str]) -> Azurite {
-        Azurite::start_with(accounts, None)
+        Azurite::start_with(accounts, None, None)
     }
 
     /// With room for `mib` MiB of blob data (the in-memory store's default
     /// limit is half the machine's memory): the fan-out benchmark's 50 copies.
     pub fn start_sized(accounts: &[&str], mib: u64) -> Azurite {
-        EXTENT_LIMIT_MIB.store(mib, std::sync::atomic::Ordering::SeqCst);
-        let az = Azurite::start_with(accounts, None);
-        EXTENT_LIMIT_MIB.store(0, std::sync::atomic::Ordering::SeqCst);
-        az
+        Azurite::start_with(accounts, None, Some(mib))
     }
 
     /// Over https with `--oauth basic`: Entra ID bearer tokens are accepted
     /// (their audience, issuer and lifetime checked; not their signature).
     pub fn start_oauth(accounts: &[&str], cert: &Path, key: &Path) -> Azurite {
-        Azurite::start_with(accounts, Some((cert, key)))
+        Azurite::start_with(accounts, Some((cert, key)), None)
     }
 
-    fn start_with(accounts: &[&str], tls: Option<(&Path, &Path)>) -> Azurite {
-        let extent_limit = EXTENT_LIMIT_MIB.load(std::sync::atomic::Ordering::SeqCst);
+    /// `extent_limit`: MiB of blob data the in-memory store may hold
+    /// (Azurite's default: half the machine's memory).
+    fn start_with(
+        accounts: &[&str],
+        tls: Option<(&Path, &Path)>,
+        extent_limit: Option<u64>,
+    ) -> Azurite {
         use std::io::BufRead;
         let bin = repo().join("node_modules/.bin/azurite-blob");
         assert!(
@@ -110,8 +109,8 @@ impl Azurite {
             "--loose",
             "--disableTelemetry",
         ]);
-        if extent_limit > 0 {
-            cmd.arg("--extentMemoryLimit").arg(extent_limit.to_string());
+        if let Some(mib) = extent_limit {
+            cmd.arg("--extentMemoryLimit").arg(mib.to_string());
         }
         if let Some((cert, key)) = tls {
             cmd.args(["--oauth", "basic", "--cert"])

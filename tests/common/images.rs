@@ -327,3 +327,10 @@ pub fn raw_to_fixed_vhd(raw: &Path, vhd: &Path) {
         .arg(vhd));
     assert_eq!(r.code, 0, "qemu-img: {}", r.all());
 }
+
+/// Writes `bytes` at `offset` of the file at `path` (a damaged fixture).
+pub fn poke(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, offset).unwrap();
+}
