@@ -507,12 +507,14 @@ fn windows_images_get_container_and_disk_checks_and_an_honest_skip() {
 }
 
 #[test]
-fn persisted_iptables_rules_that_admit_the_batch_ports_pass() {
+fn persisted_iptables_rules_that_admit_the_plans_ports_pass() {
     let tmp = tempfile::tempdir().unwrap();
     let vhd = image(tmp.path(), "iptables-ok", Layout::Mbr, |t: &Path| {
         write(&t.join("etc/ufw/ufw.conf"), "ENABLED=no\n");
         let mut rules = String::from("*filter\n:INPUT DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n");
-        for port in [22, 29876, 29877] {
+        // Batch's three and the manifest's TensorBoard port: the plan's ports,
+        // which the firewall script opens (without 6006 the check names it).
+        for port in [22, 29876, 29877, 6006] {
             rules.push_str(&format!(
                 "-A INPUT -p tcp -m tcp --dport {port} -j ACCEPT\n"
             ));

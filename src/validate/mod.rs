@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::azure::storage::{BlobRef, Storage};
 use crate::report::{Finding, Report};
-use crate::spec::catalog::{self, AtBoot, HostFirewall, Os, PackageFamily};
+use crate::spec::catalog::{Os, PackageFamily};
 use crate::spec::plan::Plan;
 
 pub mod rootfs;
@@ -868,10 +868,71 @@ fn key_value(text: &str, key: &str) -> Option<String> {
     })
 }
 
-fn check_files(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
-    let d = plan.distro;
+/// One check of the root's files: the findings it reports (by id prefix, for
+/// the reader), when it applies to the plan, and the rule itself. Every rule
+/// reads the image through `Files` and decides from the plan, never from the
+/// catalog again: what the plan says was built is what is checked.
+struct Check {
+    /// Read by the test that every finding belongs to a row.
+    #[cfg_attr(not(test), allow(dead_code))]
+    ids: &'static str,
+    applies: fn(&Plan) -> bool,
+    run: fn(&Files, &Plan, &mut Vec<Finding>),
+}
 
-    // Distro.
+/// Every check of the image's files, in report order. A new check is a row
+/// here, a function below, and a unit test over a directory (`tests` below).
+const CHECKS: &[Check] = &[
+    Check {
+        ids: "distro.os-release",
+        applies: |_| true,
+        run: distro,
+    },
+    Check {
+        ids: "batch.waagent, batch.resource-disk",
+        applies: |_| true,
+        run: waagent,
+    },
+    Check {
+        ids: "feature.NAME.file*, feature.NAME.boot",
+        applies: |_| true,
+        run: features,
+    },
+    Check {
+        ids: "batch.ssh-port",
+        applies: |p| p.distro.os == Os::Linux,
+        run: ssh_port,
+    },
+    Check {
+        ids: "batch.firewall",
+        applies: |p| p.distro.os == Os::Linux,
+        run: firewall,
+    },
+    Check {
+        ids: "feature.gpu.module",
+        applies: |p| p.gpu.is_some(),
+        run: gpu_modules,
+    },
+    Check {
+        ids: "feature.gpu.kernel-held",
+        applies: |p| p.gpu.is_some(),
+        run: kernel_held,
+    },
+    Check {
+        ids: "hygiene.*",
+        applies: |_| true,
+        run: hygiene,
+    },
+];
+
+fn check_files(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
+    for check in CHECKS.iter().filter(|c| (c.applies)(plan)) {
+        (check.run)(files, plan, f);
+    }
+}
+
+fn distro(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
+    let d = plan.distro;
     match files.text("/etc/os-release") {
         None => f.push(
             Finding::fail("distro.os-release", "/etc/os-release is missing")
@@ -900,8 +961,11 @@ fn check_files(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
             });
         }
     }
+}
 
-    // The Azure agent and the resource disk.
+/// The Azure agent and the resource disk.
+fn waagent(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
+    let d = plan.distro;
     match files.text("/etc/waagent.conf") {
         None => f.push(
             Finding::fail(
@@ -944,11 +1008,13 @@ fn check_files(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
             });
         }
     }
+}
 
-    // Every enabled feature, straight from the catalog.
-    let docker_on_ephemeral = d.docker_data_root.starts_with(d.ephemeral_mount);
+/// Every enabled feature: the files it leaves and the services it enables (or
+/// leaves off) at boot, as the plan resolved them.
+fn features(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
+    let d = plan.distro;
     for feature in &plan.features {
-        let spec = catalog::feature(feature.id);
         let name = serde_json::to_value(feature.id)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
@@ -986,14 +1052,11 @@ fn check_files(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
             };
             f.push(finding);
         }
-        for s in spec.services {
-            let unit = s.unit.unwrap_or(d.ssh_service);
+        for service in &feature.services {
+            let unit = service.unit;
             let id = format!("feature.{name}.boot");
             let enabled = files.unit_enabled(unit);
-            let want = match s.at_boot {
-                AtBoot::Enabled => true,
-                AtBoot::DisabledWhenOnEphemeralDisk => !docker_on_ephemeral,
-            };
+            let want = service.enabled_at_boot;
             f.push(match (want, enabled) {
                 (true, Some(p)) => Finding::pass(&id, format!("{unit} is enabled at boot")).evidence(p),
                 (true, None) => Finding::fail(&id, format!("{unit} is not enabled at boot"))
@@ -1005,26 +1068,16 @@ fn check_files(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
                 ),
                 (false, Some(p)) => Finding::fail(
                     &id,
-                    format!("{unit} is enabled at boot although its data-root is on the ephemeral disk ({})", d.docker_data_root),
+                    format!("{unit} is enabled at boot although its data-root is on the ephemeral disk ({})", plan.docker.data_root),
                 )
                 .evidence(p)
                 .hint(format!("systemctl disable {unit}: Batch Shipyard starts it once {} is mounted", d.ephemeral_mount)),
             });
         }
     }
-
-    if plan.distro.os == Os::Linux {
-        ssh_port(files, f);
-        firewall(files, plan, f);
-    }
-    if plan.gpu.is_some() {
-        gpu_modules(files, f);
-        kernel_held(files, plan, f);
-    }
-    hygiene(files, f);
 }
 
-fn ssh_port(files: &Files, f: &mut Vec<Finding>) {
+fn ssh_port(files: &Files, _plan: &Plan, f: &mut Vec<Finding>) {
     let Some(conf) = files.text("/etc/ssh/sshd_config") else {
         f.push(Finding::pass(
             "batch.ssh-port",
@@ -1049,11 +1102,18 @@ fn ssh_port(files: &Files, f: &mut Vec<Finding>) {
 }
 
 fn firewall(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
-    let inbound: Vec<u16> = catalog::required_inbound_tcp(Os::Linux).to_vec();
+    // The ports the plan opens (Batch's, the features', the manifest's), as
+    // the firewall script renders them.
+    let inbound = &plan.firewall.inbound_tcp;
+    let outbound = &plan.firewall.outbound_tcp;
+    let list = |ports: &[u16]| {
+        ports
+            .iter()
+            .map(|p| format!("{p}/tcp"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let id = "batch.firewall";
-    match plan.distro.firewall {
-        HostFirewall::Ufw | HostFirewall::Firewalld | HostFirewall::Windows => {}
-    }
     // ufw
     if let Some(conf) = files.text("/etc/ufw/ufw.conf")
         && key_value(&conf, "ENABLED").as_deref() == Some("yes")
@@ -1084,11 +1144,19 @@ fn firewall(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
                 .filter(|p| !allowed(*p, "in"))
                 .collect()
         };
-        let blocked_out = output != "ACCEPT" && !allowed(443, "out");
-        f.push(if blocked_in.is_empty() && !blocked_out {
+        let blocked_out: Vec<u16> = if output == "ACCEPT" {
+            Vec::new()
+        } else {
+            outbound
+                .iter()
+                .copied()
+                .filter(|p| !allowed(*p, "out"))
+                .collect()
+        };
+        f.push(if blocked_in.is_empty() && blocked_out.is_empty() {
             Finding::pass(
                 id,
-                format!("ufw is enabled and allows inbound {inbound:?} and outbound 443"),
+                format!("ufw is enabled and allows inbound {inbound:?} and outbound {outbound:?}"),
             )
             .evidence("/etc/ufw/user.rules")
         } else {
@@ -1096,12 +1164,17 @@ fn firewall(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
             if !blocked_in.is_empty() {
                 what.push(format!("inbound TCP {blocked_in:?} (default {input})"));
             }
-            if blocked_out {
-                what.push(format!("outbound TCP 443 (default {output})"));
+            if !blocked_out.is_empty() {
+                what.push(format!("outbound TCP {blocked_out:?} (default {output})"));
             }
+            let mut fix: Vec<String> = blocked_in
+                .iter()
+                .map(|p| format!("ufw allow in {p}/tcp"))
+                .collect();
+            fix.extend(blocked_out.iter().map(|p| format!("ufw allow out {p}/tcp")));
             Finding::fail(id, format!("ufw blocks {}", what.join(" and ")))
                 .evidence("/etc/ufw/user.rules")
-                .hint("ufw allow in 22/tcp, 29876/tcp, 29877/tcp and ufw allow out 443/tcp")
+                .hint(fix.join("; "))
         });
         return;
     }
@@ -1118,13 +1191,19 @@ fn firewall(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
         f.push(if blocked.is_empty() {
             Finding::pass(
                 id,
-                "firewalld is enabled and its public zone allows the Batch ports",
+                format!("firewalld is enabled and its public zone allows inbound {inbound:?}"),
             )
             .evidence("/etc/firewalld/zones/public.xml")
         } else {
             Finding::fail(id, format!("firewalld blocks inbound TCP {blocked:?}"))
                 .evidence("/etc/firewalld/zones/public.xml")
-                .hint("firewall-offline-cmd --add-port=29876/tcp (and 29877, 22)")
+                .hint(
+                    blocked
+                        .iter()
+                        .map(|p| format!("firewall-offline-cmd --add-port={p}/tcp"))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
         });
         return;
     }
@@ -1149,11 +1228,17 @@ fn firewall(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
             Vec::new()
         };
         f.push(if blocked.is_empty() {
-            Finding::pass(id, "persisted iptables rules admit the Batch ports")
+            Finding::pass(
+                id,
+                format!("persisted iptables rules admit inbound {inbound:?}"),
+            )
         } else {
             Finding::fail(id, format!("iptables drops inbound TCP {blocked:?}"))
                 .evidence("/etc/iptables/rules.v4")
-                .hint("add -A INPUT -p tcp --dport PORT -j ACCEPT for 22, 29876, 29877")
+                .hint(format!(
+                    "add -A INPUT -p tcp --dport PORT -j ACCEPT for {}",
+                    list(&blocked)
+                ))
         });
         return;
     }
@@ -1165,7 +1250,7 @@ fn firewall(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
 
 /// NVIDIA modules are looked up where DKMS and the packages put them, never by
 /// walking /lib/modules (thousands of files, 60× the bytes read).
-fn gpu_modules(files: &Files, f: &mut Vec<Finding>) {
+fn gpu_modules(files: &Files, _plan: &Plan, f: &mut Vec<Finding>) {
     let kernels = files.list("/lib/modules");
     if kernels.is_empty() {
         f.push(
@@ -1280,7 +1365,7 @@ fn kernel_held(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
     }
 }
 
-fn hygiene(files: &Files, f: &mut Vec<Finding>) {
+fn hygiene(files: &Files, _plan: &Plan, f: &mut Vec<Finding>) {
     let keys: Vec<String> = files
         .list("/etc/ssh")
         .into_iter()
@@ -1451,6 +1536,27 @@ mod tests {
         (dir, fs)
     }
 
+    /// A contrib manifest's plan: the plan a rule is checked against.
+    fn plan(manifest: &str) -> Plan {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("contrib")
+            .join(manifest);
+        let m = crate::spec::manifest::Manifest::load(&path).unwrap();
+        Plan::new(&m)
+    }
+
+    /// The findings of one rule over a directory holding `files`.
+    fn run(
+        rule: fn(&Files, &Plan, &mut Vec<Finding>),
+        plan: &Plan,
+        files: &[(&str, &str)],
+    ) -> Vec<Finding> {
+        let (_dir, fs) = root(files);
+        let mut f = Vec::new();
+        rule(&fs, plan, &mut f);
+        f
+    }
+
     fn status_of(f: &[Finding], id: &str) -> crate::report::Status {
         f.iter()
             .find(|x| x.id == id)
@@ -1473,7 +1579,7 @@ mod tests {
                 .collect();
             let (_dir, fs) = root(&files);
             let mut f = Vec::new();
-            ssh_port(&fs, &mut f);
+            ssh_port(&fs, &plan("base-ubuntu2204.toml"), &mut f);
             assert_eq!(status_of(&f, "batch.ssh-port"), want, "{conf:?}: {f:?}");
         }
     }
@@ -1483,7 +1589,7 @@ mod tests {
         use crate::report::Status;
         let (_dir, clean) = root(&[("etc/ssh/sshd_config", "")]);
         let mut f = Vec::new();
-        hygiene(&clean, &mut f);
+        hygiene(&clean, &plan("base-ubuntu2204.toml"), &mut f);
         for id in [
             "hygiene.ssh-host-keys",
             "hygiene.provisioning-user",
@@ -1497,7 +1603,7 @@ mod tests {
             ("usr/sbin/policy-rc.d", "exit 101"),
         ]);
         let mut f = Vec::new();
-        hygiene(&dirty, &mut f);
+        hygiene(&dirty, &plan("base-ubuntu2204.toml"), &mut f);
         for id in [
             "hygiene.ssh-host-keys",
             "hygiene.provisioning-user",
@@ -1507,6 +1613,283 @@ mod tests {
         }
         let keys = f.iter().find(|x| x.id == "hygiene.ssh-host-keys").unwrap();
         assert!(keys.message.contains("ssh_host_rsa_key"), "{keys:?}");
+    }
+
+    /// `feature.NAME.file*` matches `feature.gpu.file-2`: NAME one word, `*` any tail.
+    fn matches(pattern: &str, id: &str) -> bool {
+        let (p, i): (Vec<&str>, Vec<&str>) =
+            (pattern.split('.').collect(), id.split('.').collect());
+        p.len() == i.len()
+            && p.iter().zip(&i).all(|(p, i)| {
+                *p == "NAME"
+                    || *p == "*"
+                    || p == i
+                    || p.strip_suffix('*').is_some_and(|s| i.starts_with(s))
+            })
+    }
+
+    #[test]
+    fn the_table_runs_what_the_plan_needs_and_every_finding_belongs_to_a_row() {
+        for (manifest, want, not) in [
+            (
+                "gpu-ubuntu1604.toml",
+                &[
+                    "feature.gpu.module",
+                    "feature.gpu.kernel-held",
+                    "batch.firewall",
+                ][..],
+                &[][..],
+            ),
+            (
+                "base-ubuntu2204.toml",
+                &["batch.ssh-port", "batch.firewall"][..],
+                &["feature.gpu.module"][..],
+            ),
+            (
+                "windows-2019.toml",
+                &[][..],
+                &["batch.ssh-port", "batch.firewall", "feature.gpu.module"][..],
+            ),
+        ] {
+            let plan = plan(manifest);
+            let (_dir, fs) = root(&[]);
+            let mut f = Vec::new();
+            check_files(&fs, &plan, &mut f);
+            let ids: Vec<&str> = f.iter().map(|x| x.id.as_str()).collect();
+            for id in want {
+                assert!(ids.contains(id), "{manifest}: {id} in {ids:?}");
+            }
+            for id in not {
+                assert!(!ids.contains(id), "{manifest}: {id} not in {ids:?}");
+            }
+            for id in &ids {
+                assert!(
+                    CHECKS
+                        .iter()
+                        .any(|c| c.ids.split(", ").any(|p| matches(p, id))),
+                    "{manifest}: {id} belongs to no row of CHECKS"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_distro_is_the_manifests() {
+        use crate::report::Status;
+        let plan = plan("base-ubuntu2204.toml");
+        for (text, want) in [
+            ("ID=ubuntu\nVERSION_ID=\"22.04\"\n", Status::Pass),
+            ("ID=debian\nVERSION_ID=\"12\"\n", Status::Fail),
+            ("ID=ubuntu\nVERSION_ID=\"20.04\"\n", Status::Fail),
+        ] {
+            let f = run(distro, &plan, &[("etc/os-release", text)]);
+            assert_eq!(status_of(&f, "distro.os-release"), want, "{text:?}: {f:?}");
+        }
+        let f = run(distro, &plan, &[]);
+        assert_eq!(status_of(&f, "distro.os-release"), Status::Fail, "{f:?}");
+    }
+
+    #[test]
+    fn the_resource_disk_is_where_batch_mounts_it() {
+        use crate::report::Status;
+        let plan = plan("base-ubuntu2204.toml");
+        let right = format!(
+            "ResourceDisk.Format=y\nResourceDisk.MountPoint={}\n",
+            plan.distro.ephemeral_mount
+        );
+        let f = run(waagent, &plan, &[("etc/waagent.conf", &right)]);
+        assert_eq!(status_of(&f, "batch.waagent"), Status::Pass, "{f:?}");
+        assert_eq!(status_of(&f, "batch.resource-disk"), Status::Pass, "{f:?}");
+        let f = run(
+            waagent,
+            &plan,
+            &[("etc/waagent.conf", "ResourceDisk.MountPoint=/data\n")],
+        );
+        assert_eq!(status_of(&f, "batch.resource-disk"), Status::Fail, "{f:?}");
+        let wrong = f.iter().find(|x| x.id == "batch.resource-disk").unwrap();
+        assert_eq!(
+            wrong.evidence.as_deref(),
+            Some("/etc/waagent.conf:1"),
+            "{wrong:?}"
+        );
+        let f = run(waagent, &plan, &[]);
+        assert_eq!(status_of(&f, "batch.waagent"), Status::Fail, "{f:?}");
+    }
+
+    #[test]
+    fn services_are_enabled_or_left_off_as_the_plan_says() {
+        use crate::report::Status;
+        let plan = plan("gpu-ubuntu1604.toml");
+        let services: Vec<&crate::spec::plan::ServicePlan> =
+            plan.features.iter().flat_map(|f| &f.services).collect();
+        assert!(services.iter().any(|s| s.enabled_at_boot), "{services:?}");
+        assert!(
+            services.iter().any(|s| !s.enabled_at_boot),
+            "docker stays off: {services:?}"
+        );
+        let wants = |s: &crate::spec::plan::ServicePlan| {
+            let unit = if s.unit.contains('.') {
+                s.unit.to_string()
+            } else {
+                format!("{}.service", s.unit)
+            };
+            format!("etc/systemd/system/multi-user.target.wants/{unit}")
+        };
+        let boot = |f: &[Finding]| -> Vec<(String, Status)> {
+            f.iter()
+                .filter(|x| x.id.ends_with(".boot"))
+                .map(|x| (x.message.clone(), x.status))
+                .collect()
+        };
+        // As planned: every boot finding passes.
+        let planned: Vec<(String, &str)> = services
+            .iter()
+            .filter(|s| s.enabled_at_boot)
+            .map(|s| (wants(s), ""))
+            .collect();
+        let planned: Vec<(&str, &str)> = planned.iter().map(|(p, t)| (p.as_str(), *t)).collect();
+        let f = run(features, &plan, &planned);
+        let got = boot(&f);
+        assert_eq!(got.len(), services.len(), "{got:?}");
+        assert!(got.iter().all(|(_, s)| *s == Status::Pass), "{got:?}");
+        // Everything enabled: exactly the services the plan leaves off fail.
+        let all: Vec<String> = services.iter().map(|s| wants(s)).collect();
+        let all: Vec<(&str, &str)> = all.iter().map(|p| (p.as_str(), "")).collect();
+        let f = run(features, &plan, &all);
+        let failed = boot(&f)
+            .into_iter()
+            .filter(|(_, s)| *s == Status::Fail)
+            .count();
+        assert_eq!(
+            failed,
+            services.iter().filter(|s| !s.enabled_at_boot).count(),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn the_firewall_must_admit_every_port_the_plan_opens() {
+        use crate::report::Status;
+        let plan = plan("glusterfs-ubuntu1804.toml");
+        assert!(
+            plan.firewall.inbound_tcp.contains(&24007),
+            "{:?}",
+            plan.firewall
+        );
+        let rules = |ports: &[u16]| -> String {
+            ports
+                .iter()
+                .map(|p| format!("### tuple ### allow tcp {p} 0.0.0.0/0 any 0.0.0.0/0 in\n"))
+                .collect()
+        };
+        let batch_only = rules(&[22, 29876, 29877]);
+        let all = rules(&plan.firewall.inbound_tcp);
+        for (user_rules, want) in [(&batch_only, Status::Fail), (&all, Status::Pass)] {
+            let f = run(
+                firewall,
+                &plan,
+                &[
+                    ("etc/ufw/ufw.conf", "ENABLED=yes\n"),
+                    (
+                        "etc/default/ufw",
+                        "DEFAULT_INPUT_POLICY=\"DROP\"\nDEFAULT_OUTPUT_POLICY=\"ACCEPT\"\n",
+                    ),
+                    ("etc/ufw/user.rules", user_rules),
+                ],
+            );
+            assert_eq!(status_of(&f, "batch.firewall"), want, "{f:?}");
+            if want == Status::Fail {
+                let x = &f[0];
+                assert!(x.message.contains("24007"), "{x:?}");
+                assert!(
+                    x.hint
+                        .as_deref()
+                        .unwrap_or("")
+                        .contains("ufw allow in 24007/tcp"),
+                    "{x:?}"
+                );
+                assert!(!x.message.contains("29876"), "{x:?}");
+            }
+        }
+        // Outbound: a deny-by-default policy must allow the plan's outbound ports.
+        let f = run(
+            firewall,
+            &plan,
+            &[
+                ("etc/ufw/ufw.conf", "ENABLED=yes\n"),
+                (
+                    "etc/default/ufw",
+                    "DEFAULT_INPUT_POLICY=\"ACCEPT\"\nDEFAULT_OUTPUT_POLICY=\"DROP\"\n",
+                ),
+            ],
+        );
+        assert_eq!(status_of(&f, "batch.firewall"), Status::Fail, "{f:?}");
+        assert!(f[0].message.contains("outbound TCP [443]"), "{f:?}");
+        // firewalld and persisted iptables rules, the same ports.
+        let zone = "<zone><port protocol=\"tcp\" port=\"29876\"/><port protocol=\"tcp\" port=\"29877\"/><service name=\"ssh\"/></zone>";
+        let f = run(
+            firewall,
+            &plan,
+            &[
+                (
+                    "etc/systemd/system/multi-user.target.wants/firewalld.service",
+                    "",
+                ),
+                ("etc/firewalld/zones/public.xml", zone),
+            ],
+        );
+        assert_eq!(status_of(&f, "batch.firewall"), Status::Fail, "{f:?}");
+        assert!(f[0].message.contains("24007"), "{f:?}");
+        let f = run(
+            firewall,
+            &plan,
+            &[(
+                "etc/iptables/rules.v4",
+                ":INPUT DROP [0:0]\n-A INPUT -p tcp --dport 22 -j ACCEPT\n",
+            )],
+        );
+        assert_eq!(status_of(&f, "batch.firewall"), Status::Fail, "{f:?}");
+        let f = run(firewall, &plan, &[]);
+        assert_eq!(
+            status_of(&f, "batch.firewall"),
+            Status::Pass,
+            "no firewall: {f:?}"
+        );
+    }
+
+    #[test]
+    fn every_kernel_needs_an_nvidia_module_and_a_hold() {
+        use crate::report::Status;
+        let plan = plan("gpu-ubuntu1604.toml");
+        let one = [("lib/modules/4.15.0-1/updates/dkms/nvidia.ko", "")];
+        assert_eq!(
+            status_of(&run(gpu_modules, &plan, &one), "feature.gpu.module"),
+            Status::Pass
+        );
+        let two = [
+            ("lib/modules/4.15.0-1/updates/dkms/nvidia.ko", ""),
+            ("lib/modules/4.15.0-2/kernel/fs/ext4.ko", ""),
+        ];
+        let f = run(gpu_modules, &plan, &two);
+        assert_eq!(status_of(&f, "feature.gpu.module"), Status::Fail, "{f:?}");
+        assert!(
+            f[0].message.contains("4.15.0-2") && !f[0].message.contains("4.15.0-1,"),
+            "{f:?}"
+        );
+        let held = "Package: linux-image-4.15.0-1\nStatus: hold ok installed\n\nPackage: bash\nStatus: install ok installed\n";
+        let loose = "Package: linux-image-4.15.0-1\nStatus: install ok installed\n";
+        let f = run(kernel_held, &plan, &[("var/lib/dpkg/status", held)]);
+        assert_eq!(
+            status_of(&f, "feature.gpu.kernel-held"),
+            Status::Pass,
+            "{f:?}"
+        );
+        let f = run(kernel_held, &plan, &[("var/lib/dpkg/status", loose)]);
+        assert_eq!(
+            status_of(&f, "feature.gpu.kernel-held"),
+            Status::Fail,
+            "{f:?}"
+        );
     }
 
     #[test]
