@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use imgforge::cli::{self, commands};
-use imgforge::util::{redact, term};
+use imgforge::util::term;
 
 fn main() {
     let cli = cli::args::Cli::parse();
@@ -10,7 +10,7 @@ fn main() {
     let code = match commands::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            let message = redact::redact(&e.to_string());
+            let message = e.to_text();
             if json && !commands::JSON_SENT.load(std::sync::atomic::Ordering::Relaxed) {
                 // A pipeline that asked for JSON gets JSON on stdout, failure included.
                 println!(

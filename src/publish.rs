@@ -72,9 +72,8 @@ pub struct RegionState {
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error(
-        "publish: {} not set: the image is published with a service principal\n  hint: export {} (the variables Packer's azure-arm builder reads; the principal needs Contributor on the resource group)",
-        .0.join(", "),
-        .0.iter().map(|v| format!("{v}=…")).collect::<Vec<_>>().join(" ")
+        "publish: {} not set: the image is published with a service principal",
+        .0.join(", ")
     )]
     Credentials(Vec<&'static str>),
     #[error("publish: {0}")]
@@ -83,10 +82,29 @@ pub enum PublishError {
     Replicate(#[from] crate::replicate::ReplicateError),
     #[error("publish: {0}")]
     Storage(#[from] crate::azure::storage::StorageError),
-    #[error("publish: {message}\n  hint: {hint}")]
+    #[error("publish: {message}")]
     Refused { message: String, hint: String },
     #[error("publish: interrupted; rerun the same command to go on")]
     Cancelled,
+}
+
+impl crate::util::Hint for PublishError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            PublishError::Credentials(vars) => Some(format!(
+                "export {} (the variables Packer's azure-arm builder reads; the principal needs Contributor on the resource group)",
+                vars.iter()
+                    .map(|v| format!("{v}=…"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )),
+            PublishError::Arm(e) => e.hint(),
+            PublishError::Replicate(e) => e.hint(),
+            PublishError::Storage(e) => e.hint(),
+            PublishError::Refused { hint, .. } => Some(hint.clone()),
+            PublishError::Cancelled => None,
+        }
+    }
 }
 
 impl From<ArmError> for PublishError {

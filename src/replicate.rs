@@ -33,7 +33,7 @@ const META_VERIFY_MODE: &str = "imgforge_verify";
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicateError {
     #[error(
-        "the pool needs {needed} VHD copies ({max_nodes} nodes at {per_vhd} VMs per VHD) but only {have} distinct storage account(s) were given: {accounts}\n  hint: add accounts with --to or [replicate] storage_accounts; nothing was copied"
+        "the pool needs {needed} VHD copies ({max_nodes} nodes at {per_vhd} VMs per VHD) but only {have} distinct storage account(s) were given: {accounts}; nothing was copied"
     )]
     NotEnoughAccounts {
         needed: u32,
@@ -46,7 +46,7 @@ pub enum ReplicateError {
     Storage(#[from] StorageError),
     /// Some destinations failed while the others were copied and verified.
     #[error(
-        "{} of {} copies failed ({} verified and kept):\n{}\n  hint: rerun the same command: verified copies are skipped and the failed ones resume where they stopped",
+        "{} of {} copies failed ({} verified and kept):\n{}",
         .failed.len(),
         .failed.len() + .verified,
         .verified,
@@ -58,7 +58,7 @@ pub enum ReplicateError {
         verified: usize,
     },
     #[error(
-        "the copies' storage accounts must be in {region} (the Batch account's region) and in subscription {subscription}: {}\n  hint: choose accounts there ([replicate] storage_accounts or --to), or correct [replicate] region / --region; nothing was copied",
+        "the copies' storage accounts must be in {region} (the Batch account's region) and in subscription {subscription}: {}; nothing was copied",
         .problems.join("; ")
     )]
     Misplaced {
@@ -67,7 +67,7 @@ pub enum ReplicateError {
         problems: Vec<String>,
     },
     #[error(
-        "[replicate] region / --region `{region}` is set, so the destination accounts are looked up in Resource Manager first, but {missing}\n  hint: {hint}"
+        "[replicate] region / --region `{region}` is set, so the destination accounts are looked up in Resource Manager first, but {missing}"
     )]
     RegionSettings {
         region: String,
@@ -109,6 +109,22 @@ pub enum ReplicateError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl crate::util::Hint for ReplicateError {
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            ReplicateError::NotEnoughAccounts { .. } => {
+                "add accounts with --to or [replicate] storage_accounts".into()
+            }
+            ReplicateError::Destinations { .. } => "rerun the same command: verified copies are skipped and the failed ones resume where they stopped".into(),
+            ReplicateError::Misplaced { .. } => "choose accounts there ([replicate] storage_accounts or --to), or correct [replicate] region / --region".into(),
+            ReplicateError::RegionSettings { hint, .. } => hint.clone(),
+            ReplicateError::Storage(e) => return e.hint(),
+            ReplicateError::RegionCheck { source, .. } => return source.hint(),
+            _ => return None,
+        })
+    }
 }
 
 impl ReplicateError {
@@ -159,8 +175,57 @@ pub struct CopyOutcome {
     pub verify: VerifyMode,
 }
 
+/// What `replicate --json` and `upload --json` print (in the schema-1
+/// envelope): the copy plan, what came of it, and with a manifest each copy's
+/// validation where it lies.
+#[derive(Debug, Serialize)]
+pub struct ReplicationDoc<'a> {
+    pub plan: CopyPlan,
+    pub result: &'a Replication,
+    /// Absent without a manifest or with `--no-validate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Vec<CopyCheck>>,
+}
+
+/// How many copies the pool needs and where they go.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct CopyPlan {
+    /// The pool's most nodes (0: no manifest said).
+    pub max_nodes: u32,
+    pub vms_per_vhd: u32,
+    pub copies_needed: u32,
+    pub accounts: Vec<String>,
+    pub container: String,
+    pub name: String,
+}
+
+/// One copy's remote validation, summed up.
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyCheck {
+    pub url: String,
+    pub summary: crate::report::Summary,
+    pub failed_checks: Vec<String>,
+}
+
+impl CopyCheck {
+    pub fn of(v: &crate::validate::Validation) -> CopyCheck {
+        CopyCheck {
+            url: v.report.subject.clone(),
+            summary: v.report.summary.clone(),
+            failed_checks: v
+                .report
+                .findings
+                .iter()
+                .filter(|f| f.status == crate::report::Status::Fail)
+                .map(|f| f.id.clone())
+                .collect(),
+        }
+    }
+}
+
+/// What one copy operation did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Replication {
     pub source: String,
     pub source_length: u64,
     pub valid_bytes: u64,
@@ -602,7 +667,7 @@ pub async fn replicate(
     source: Arc<Source>,
     destinations: Vec<BlobRef>,
     opts: Options,
-) -> Result<Report, ReplicateError> {
+) -> Result<Replication, ReplicateError> {
     let clock = Instant::now();
     let info = source.info(&storage).await?;
     let spans = storage::bridge(&info.ranges, MAX_GAP);
@@ -788,7 +853,7 @@ pub async fn replicate(
     }
 
     let c = &storage.counters;
-    Ok(Report {
+    Ok(Replication {
         source: info.display.clone(),
         source_length: info.length,
         valid_bytes,
@@ -821,7 +886,7 @@ pub async fn copy_to(
     source: Source,
     destinations: Vec<BlobRef>,
     opts: Options,
-) -> Result<Report, ReplicateError> {
+) -> Result<Replication, ReplicateError> {
     let storage = Arc::new(Storage::new(involved).await?);
     replicate(storage, Arc::new(source), destinations, opts).await
 }
@@ -1128,7 +1193,10 @@ async fn copy_chunks(
                             .lock()
                             .expect("not poisoned")
                             .entry(i)
-                            .or_insert_with(|| e.to_string());
+                            .or_insert_with(|| match crate::util::Hint::hint(&e) {
+                                Some(h) => format!("{e} ({h})"),
+                                None => e.to_string(),
+                            });
                     }
                 }
             }

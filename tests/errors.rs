@@ -462,3 +462,80 @@ fn a_huge_rejected_value_is_named_not_echoed_whole() {
     assert!(r.stderr.contains("build.location"), "{}", r.stderr);
     assert!(r.stderr.contains("(1000000 characters)"), "{}", r.stderr);
 }
+
+/// A hint is a field of the error, written once: the last line on a terminal
+/// (`  hint: …`), `error.hint` in JSON, never inside `error.message`.
+#[test]
+fn a_hint_is_written_once_on_a_terminal_and_is_its_own_json_field() {
+    // Through two layers: a stage's failure wrapping the credentials check.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("b");
+    let mut cmd = imgforge();
+    for v in [
+        "ARM_CLIENT_ID",
+        "ARM_CLIENT_SECRET",
+        "ARM_SUBSCRIPTION_ID",
+        "ARM_TENANT_ID",
+    ] {
+        cmd.env_remove(v);
+    }
+    let r = run(cmd
+        .args(["build", "--dry-run", "--out"])
+        .arg(&out)
+        .arg(repo().join("contrib/gpu-ubuntu1604.toml")));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert_eq!(r.stderr.matches("hint:").count(), 1, "{}", r.stderr);
+    let last = r.stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("  hint: export ARM_CLIENT_ID=…"),
+        "{}",
+        r.stderr
+    );
+    let error = r
+        .stderr
+        .find("error: stage `packer validate` failed")
+        .expect("the message");
+    let resume = r
+        .stderr
+        .find("  resume with: imgforge build")
+        .expect("how to go on");
+    assert!(
+        error < resume && resume < r.stderr.find("  hint:").unwrap(),
+        "{}",
+        r.stderr
+    );
+    // The record keeps the error as a person reads it, hint included.
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("build.json")).unwrap()).unwrap();
+    let hint = last.trim_start();
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("\n  {hint}")),
+        "{record:#}"
+    );
+
+    // A --json caller gets the hint as a field.
+    let r = run(imgforge()
+        .args([
+            "replicate",
+            "--json",
+            "--source",
+            "https://src.blob.core.windows.net/c/x.vhd",
+            "--to",
+            "rep1",
+        ])
+        .arg(repo().join("contrib/gpu-ubuntu1604.toml")));
+    assert_eq!(r.code, 2, "{}", r.all());
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
+    let message = doc["error"]["message"].as_str().unwrap();
+    let hint = doc["error"]["hint"].as_str().unwrap_or_default();
+    assert!(message.contains("the pool needs 2 VHD copies"), "{doc:#}");
+    assert!(
+        !message.contains("hint"),
+        "the hint is not in the message: {doc:#}"
+    );
+    assert!(hint.starts_with("add accounts with --to"), "{doc:#}");
+    assert_eq!(r.stderr.matches("hint:").count(), 1, "{}", r.stderr);
+}

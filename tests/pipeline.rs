@@ -128,6 +128,15 @@ fn the_whole_pipeline_runs_end_to_end() {
     let ci = &doc["pool_specification"]["vm_configuration"]["custom_image"];
     assert_eq!(ci["node_agent"], "batch.node.ubuntu 16.04");
     assert_eq!(ci["image_uris"].as_array().unwrap().len(), 2);
+    // `pool snippet --from` reads the record with the type `build` wrote it
+    // with, and gives the same snippet (the build directory will do).
+    let again = run(imgforge()
+        .args(["pool", "snippet"])
+        .arg(repo().join(MANIFEST))
+        .arg("--from")
+        .arg(&dir));
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert_eq!(again.stdout, snippet);
 
     assert_eq!(
         std::fs::read_to_string(&counter).unwrap().lines().count(),

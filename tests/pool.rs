@@ -276,6 +276,31 @@ fn unreadable_configs_are_exit_2() {
     assert!(r.stderr.contains("pool_specification"), "{}", r.stderr);
 }
 
+/// A real build record (tests/fixtures/build/README.md) with `changes` put
+/// over its top-level fields.
+fn record(changes: serde_json::Value) -> serde_json::Value {
+    let mut r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/build/vhd-copies.json")).unwrap(),
+    )
+    .unwrap();
+    for (k, v) in changes.as_object().unwrap() {
+        r[k] = v.clone();
+    }
+    r
+}
+
+/// `pool snippet MANIFEST --from RECORD`, the record written to a temporary file.
+fn snippet_from(manifest: &str, record: &serde_json::Value) -> Run {
+    let tmp = tempfile::tempdir().unwrap();
+    let build_json = tmp.path().join("build.json");
+    write(&build_json, &record.to_string());
+    run(imgforge()
+        .args(["pool", "snippet"])
+        .arg(repo().join(manifest))
+        .arg("--from")
+        .arg(&build_json))
+}
+
 fn snippet_roundtrip(manifest: &str, record: serde_json::Value) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let build_json = tmp.path().join("build.json");
@@ -358,17 +383,7 @@ fn a_retired_node_agent_is_a_warning_with_its_date_and_what_to_use() {
 
 #[test]
 fn vhd_snippet_round_trips_through_pool_check() {
-    let text = snippet_roundtrip(
-        "contrib/gpu-ubuntu1604.toml",
-        serde_json::json!({
-            "status": "succeeded",
-            "artifact": {"kind": "azure_vhd", "os_disk_uri": "https://imgforgebuild.blob.core.windows.net/system/Microsoft.Compute/Images/images/gpu-ubuntu1604-osDisk.1.vhd"},
-            "copies": [
-                {"url": "https://imgforgerep1.blob.core.windows.net/images/gpu-ubuntu1604.vhd"},
-                {"url": "https://imgforgerep2.blob.core.windows.net/images/gpu-ubuntu1604.vhd"}
-            ]
-        }),
-    );
+    let text = snippet_roundtrip("contrib/gpu-ubuntu1604.toml", record(serde_json::json!({})));
     let doc: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
     let ci = &doc["pool_specification"]["vm_configuration"]["custom_image"];
     assert_eq!(ci["node_agent"], "batch.node.ubuntu 16.04");
@@ -388,10 +403,12 @@ fn vhd_snippet_round_trips_through_pool_check() {
 fn managed_image_snippet_round_trips_through_pool_check() {
     let text = snippet_roundtrip(
         "contrib/managed-image-almalinux8.toml",
-        serde_json::json!({
-            "status": "succeeded",
-            "artifact": {"kind": "managed_image", "id": "/subscriptions/s1/resourceGroups/imgforge-images/providers/Microsoft.Compute/images/managed-almalinux8"}
-        }),
+        record(serde_json::json!({
+            "image": "managed-almalinux8",
+            "target": "managed_image",
+            "artifact": {"kind": "managed_image", "id": "/subscriptions/s1/resourceGroups/imgforge-images/providers/Microsoft.Compute/images/managed-almalinux8"},
+            "copies": [],
+        })),
     );
     assert!(text.contains("arm_image_id: /subscriptions/s1/"), "{text}");
     assert!(!text.contains("image_uris"), "{text}");
@@ -399,19 +416,46 @@ fn managed_image_snippet_round_trips_through_pool_check() {
 
 #[test]
 fn a_vhd_build_without_copies_has_no_snippet_yet() {
-    let tmp = tempfile::tempdir().unwrap();
-    let build_json = tmp.path().join("build.json");
-    write(
-        &build_json,
-        &serde_json::json!({"status": "succeeded", "artifact": {"kind": "azure_vhd", "os_disk_uri": "https://a.blob.core.windows.net/system/x.vhd"}}).to_string(),
+    let r = snippet_from(
+        "contrib/gpu-ubuntu1604.toml",
+        &record(serde_json::json!({
+            "artifact": {"kind": "azure_vhd", "os_disk_uri": "https://imgforgebuild.blob.core.windows.net/system/Microsoft.Compute/Images/images/gpu-ubuntu1604-osDisk.1.vhd", "os_type": "Linux", "storage_account_location": "eastus"},
+            "copies": [],
+        })),
     );
-    let r = run(imgforge()
-        .args(["pool", "snippet"])
-        .arg(repo().join("contrib/gpu-ubuntu1604.toml"))
-        .arg("--from")
-        .arg(&build_json));
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("imgforge replicate"), "{}", r.stderr);
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+}
+
+#[test]
+fn only_a_succeeded_build_record_gives_a_snippet() {
+    // A failed build's copies may be unverified or fail validation.
+    let r = snippet_from(
+        "contrib/gpu-ubuntu1604.toml",
+        &record(serde_json::json!({"status": "failed", "failed_stage": "validate"})),
+    );
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("did not succeed (status failed, at stage `validate`)"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("build.json"), "{}", r.stderr);
+    // Not a build record (a partial one, or another tool's JSON): refused, naming the file.
+    let r = snippet_from(
+        "contrib/gpu-ubuntu1604.toml",
+        &serde_json::json!({"status": "succeeded", "copies": [{"url": "https://a.blob.core.windows.net/c/x.vhd"}]}),
+    );
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("build.json: not a build record this imgforge reads"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("hint:"), "{}", r.stderr);
 }
 
 #[test]

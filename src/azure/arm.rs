@@ -30,7 +30,7 @@ pub enum ArmError {
     Token(String),
     #[error("Resource Manager: {0}")]
     Insecure(String),
-    #[error("Resource Manager: {op} failed: HTTP {status}{code}: {message}\n  hint: {hint}")]
+    #[error("Resource Manager: {op} failed: HTTP {status}{code}: {message}")]
     Status {
         op: &'static str,
         status: u16,
@@ -46,7 +46,7 @@ pub enum ArmError {
     },
     #[error("Resource Manager: unexpected response to {op}: {message}")]
     Protocol { op: &'static str, message: String },
-    #[error("Resource Manager: {op} ended {state}{code}: {message}\n  hint: {hint}")]
+    #[error("Resource Manager: {op} ended {state}{code}: {message}")]
     Operation {
         op: &'static str,
         state: String,
@@ -54,9 +54,7 @@ pub enum ArmError {
         message: String,
         hint: String,
     },
-    #[error(
-        "Resource Manager: {op} did not finish within {after_s} s (last state: {state})\n  hint: Azure keeps working on it; rerun the same command later to pick it up (or raise --publish-timeout)"
-    )]
+    #[error("Resource Manager: {op} did not finish within {after_s} s (last state: {state})")]
     Timeout {
         op: &'static str,
         after_s: u64,
@@ -64,6 +62,19 @@ pub enum ArmError {
     },
     #[error("Resource Manager: {op}: interrupted")]
     Cancelled { op: &'static str },
+}
+
+impl crate::util::Hint for ArmError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            ArmError::Status { hint, .. } | ArmError::Operation { hint, .. } => Some(hint.clone()),
+            ArmError::Timeout { .. } => Some(
+                "Azure keeps working on it; rerun the same command later to pick it up (or raise --publish-timeout)"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// A storage account as Resource Manager describes it.
@@ -478,9 +489,15 @@ mod tests {
             "List Storage Accounts",
             StatusCode::FORBIDDEN,
             r#"{"error":{"code":"AuthorizationFailed","message":"The client 'x' does not have authorization"}}"#,
-        )
-        .to_string();
-        assert!(e.contains("HTTP 403 AuthorizationFailed"), "{e}");
-        assert!(e.contains("Reader role"), "{e}");
+        );
+        use crate::util::Hint;
+        let (message, hint) = (e.to_string(), e.hint().unwrap_or_default());
+        assert!(
+            message.contains("HTTP 403 AuthorizationFailed"),
+            "{message}"
+        );
+        // The hint is a field, not part of the message.
+        assert!(hint.contains("Reader role"), "{hint}");
+        assert!(!message.contains("Reader role"), "{message}");
     }
 }

@@ -40,7 +40,7 @@ pub enum BatchError {
     Token { resource: String, message: String },
     #[error("Batch: {0}")]
     Insecure(String),
-    #[error("Batch: {op} failed: HTTP {status}{code}: {message}\n  hint: {hint}")]
+    #[error("Batch: {op} failed: HTTP {status}{code}: {message}")]
     Status {
         op: &'static str,
         status: u16,
@@ -56,6 +56,15 @@ pub enum BatchError {
     },
     #[error("Batch: unexpected response to {op}: {message}")]
     Protocol { op: &'static str, message: String },
+}
+
+impl crate::util::Hint for BatchError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            BatchError::Status { hint, .. } => Some(hint.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// One entry of the account's supported images.
@@ -367,11 +376,15 @@ mod tests {
     #[test]
     fn error_envelopes_become_hints() {
         let body = r#"{"odata.metadata":"https://a.westus2.batch.azure.com/$metadata#Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element","code":"AuthenticationFailed","message":{"lang":"en-US","value":"Server failed to authenticate the request.\nRequestId:1"},"values":[{"key":"AuthenticationErrorDetail","value":"The specified type of authentication SharedKey is not allowed when external resources of type Compute are linked."}]}"#;
-        let e = status_error("List Supported Images", StatusCode::FORBIDDEN, body).to_string();
+        let e = crate::util::with_hint(&status_error(
+            "List Supported Images",
+            StatusCode::FORBIDDEN,
+            body,
+        ));
         assert!(e.contains("HTTP 403 AuthenticationFailed"), "{e}");
         assert!(e.contains("SharedKey is not allowed"), "{e}");
-        assert!(e.contains("hint: Batch refused the token"), "{e}");
-        let e = status_error("x", StatusCode::NOT_FOUND, "not json").to_string();
+        assert!(e.contains("\n  hint: Batch refused the token"), "{e}");
+        let e = crate::util::with_hint(&status_error("x", StatusCode::NOT_FOUND, "not json"));
         assert!(
             e.contains("HTTP 404: not json") && e.contains("accountEndpoint"),
             "{e}"

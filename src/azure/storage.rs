@@ -38,7 +38,7 @@ pub enum StorageError {
         url: String,
         why: String,
     },
-    #[error("{account}/{path}: {op} failed: HTTP {status}{code}\n  hint: {hint}")]
+    #[error("{account}/{path}: {op} failed: HTTP {status}{code}")]
     Status {
         op: &'static str,
         account: String,
@@ -58,7 +58,7 @@ pub enum StorageError {
     #[error("{account}: cannot get an Entra ID token for Azure Storage: {message}")]
     Token { account: String, message: String },
     /// Settings that cannot work, found before any request.
-    #[error("{message}\n  hint: {hint}")]
+    #[error("{message}")]
     Setup { message: String, hint: String },
     #[error("{account}/{path}: unexpected response to {op}: {message}")]
     Protocol {
@@ -67,6 +67,17 @@ pub enum StorageError {
         path: String,
         message: String,
     },
+}
+
+impl crate::util::Hint for StorageError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            StorageError::Status { hint, .. } | StorageError::Setup { hint, .. } => {
+                Some(hint.clone())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A blob, located. The SAS, if any, stays secret.
@@ -246,7 +257,7 @@ struct Request<'a> {
 
 /// Where a request goes and how it is authorised.
 #[derive(Clone, Copy)]
-struct Target<'a> {
+struct Addressed<'a> {
     account: &'a str,
     /// `scheme://host[:port]`.
     origin: &'a str,
@@ -405,7 +416,7 @@ impl Storage {
     /// error unless the request lists it in `pass_through`.
     async fn send(
         &self,
-        to: &Target<'_>,
+        to: &Addressed<'_>,
         req: Request<'_>,
     ) -> Result<reqwest::Response, StorageError> {
         let Request {
@@ -416,7 +427,7 @@ impl Storage {
             body,
             pass_through,
         } = req;
-        let Target {
+        let Addressed {
             account,
             origin: base,
             url_path,
@@ -549,7 +560,7 @@ impl Storage {
         } else {
             blob.sas.as_ref()
         };
-        let target = Target {
+        let target = Addressed {
             account: &blob.account,
             origin: &blob.origin(),
             url_path: &blob.url_path(),
@@ -707,7 +718,7 @@ impl Storage {
     /// Creates the blob's container; one that exists already is fine.
     pub async fn create_container(&self, blob: &BlobRef) -> Result<(), StorageError> {
         let url_path = format!("{}/{}", blob.endpoint_path(), blob.container);
-        let target = Target {
+        let target = Addressed {
             account: &blob.account,
             origin: &blob.origin(),
             url_path: &url_path,

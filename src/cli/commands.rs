@@ -8,7 +8,7 @@ use crate::cli::args::{
 };
 use crate::cli::error::{AppError, exit};
 use crate::packer::Packer;
-use crate::pipeline::{self, BuildOptions, Status};
+use crate::pipeline::{self, BuildOptions, BuildStatus};
 use crate::render::templates::{self, TemplateSet};
 use crate::spec::manifest::Manifest;
 use crate::spec::plan::Plan;
@@ -155,12 +155,17 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
         && !args.dry_run
         && !args.allow_retired
     {
-        return Err(AppError::Refused(format!(
-            "{}: node agent `{}` is retired for new pools since {date} ({source}); Azure Batch would refuse a new pool with this image\n  hint: for a pool created today build {}; pass --allow-retired to build it anyway (existing pools can still scale)",
-            manifest.path.display(),
-            plan.node_agent,
-            crate::spec::catalog::CURRENT_LINUX
-        )));
+        return Err(AppError::refused(
+            format!(
+                "{}: node agent `{}` is retired for new pools since {date} ({source}); Azure Batch would refuse a new pool with this image",
+                manifest.path.display(),
+                plan.node_agent,
+            ),
+            format!(
+                "for a pool created today build {}; pass --allow-retired to build it anyway (existing pools can still scale)",
+                crate::spec::catalog::CURRENT_LINUX
+            ),
+        ));
     }
     let packer = Packer::locate(args.packer.as_deref())?;
     let dir = match (&args.resume, &args.out) {
@@ -201,7 +206,7 @@ fn build(args: BuildArgs) -> Result<i32, AppError> {
                     print_stdout(&text)?;
                 }
                 let what = match record.status {
-                    Status::Validated => {
+                    BuildStatus::Validated => {
                         "dry run: rendered and validated; nothing was created in Azure".to_string()
                     }
                     _ => format!(
@@ -242,9 +247,9 @@ fn status(dir: &std::path::Path, json: bool) -> Result<i32, AppError> {
         print_stdout(&pipeline::status_text(&record))?;
     }
     Ok(match record.status {
-        Status::Succeeded | Status::Validated => exit::OK,
-        Status::Cancelled => exit::CANCELLED,
-        Status::Running | Status::Failed => exit::FAILED,
+        BuildStatus::Succeeded | BuildStatus::Validated => exit::OK,
+        BuildStatus::Cancelled => exit::CANCELLED,
+        BuildStatus::Running | BuildStatus::Failed => exit::FAILED,
     })
 }
 
@@ -283,7 +288,26 @@ fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
         } => {
             let manifest = Manifest::load(&manifest)?;
             let plan = Plan::new(&manifest);
-            let image = crate::pool::image_from_record(&from)?;
+            let record = pipeline::BuildRecord::read(&from)?;
+            let refused = |why: &str, hint: &str| pipeline::BuildError::Record {
+                path: from.clone(),
+                why: why.to_string(),
+                hint: hint.to_string(),
+            };
+            if record.status != BuildStatus::Succeeded {
+                return Err(refused(
+                    &format!(
+                        "the build did not succeed (status {}{}): its image is not one to give a pool",
+                        format!("{:?}", record.status).to_lowercase(),
+                        record.failed_stage.map(|s| format!(", at stage `{}`", s.name())).unwrap_or_default()
+                    ),
+                    "finish it (`imgforge build MANIFEST --resume DIR`), or pass a succeeded build's record",
+                )
+                .into());
+            }
+            let image = record
+                .pool_image()
+                .map_err(|no| refused(no.message(), no.hint()))?;
             let text = crate::pool::snippet(&plan, &image);
             if let Some(out) = out {
                 crate::util::fsutil::write_atomic(&out, text.as_bytes()).map_err(|source| {
@@ -427,7 +451,7 @@ fn skus_online(
         .map(crate::pool::credentials::ShipyardCredentials::load)
         .transpose()?;
     let access = crate::pool::online::batch_access(credentials.as_ref(), account_url)
-        .map_err(|(message, hint)| AppError::Refused(format!("{message}\n  hint: {hint}")))?;
+        .map_err(|(message, hint)| AppError::refused(message, hint))?;
     let images = runtime()?.block_on(crate::azure::batch::supported_images(
         &access.url,
         &access.principal,
@@ -546,17 +570,17 @@ fn skus_online(
 fn init(args: crate::cli::args::InitArgs) -> Result<i32, AppError> {
     let text = crate::cli::init::manifest_text(&args, &args.file).map_err(|e| match e {
         crate::cli::init::InitError::Invalid(m) => AppError::Manifest(*m),
-        other => AppError::Refused(other.to_string()),
+        other => AppError::refused_by(&other),
     })?;
     if args.file == std::path::Path::new("-") {
         print_stdout(&text)?;
         return Ok(exit::OK);
     }
     if args.file.exists() && !args.force {
-        return Err(AppError::Refused(format!(
-            "{}: already exists\n  hint: pass --force to replace it, or name another file",
-            args.file.display()
-        )));
+        return Err(AppError::refused(
+            format!("{}: already exists", args.file.display()),
+            "pass --force to replace it, or name another file",
+        ));
     }
     crate::util::fsutil::write_atomic(&args.file, text.as_bytes()).map_err(|source| {
         AppError::Io {
@@ -689,7 +713,7 @@ fn clean(
     json: bool,
 ) -> Result<i32, AppError> {
     use crate::pipeline::clean::{remove, scan, select};
-    let builds = scan(dir).map_err(|e| AppError::Refused(e.to_string()))?;
+    let builds = scan(dir).map_err(|e| AppError::refused_by(&e))?;
     let decisions = select(
         builds,
         keep,
@@ -829,12 +853,17 @@ fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
 }
 
 fn print_replication(
-    report: &crate::replicate::Report,
+    report: &crate::replicate::Replication,
     json: bool,
-    plan: serde_json::Value,
+    plan: crate::replicate::CopyPlan,
+    validation: Option<Vec<crate::replicate::CopyCheck>>,
 ) -> Result<(), AppError> {
     if json {
-        let doc = serde_json::json!({ "plan": plan, "result": report });
+        let doc = crate::replicate::ReplicationDoc {
+            plan,
+            result: report,
+            validation,
+        };
         print_stdout(&to_json(&doc))?;
         return Ok(());
     }
@@ -905,14 +934,14 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
         .iter()
         .map(|a| BlobRef::at(&template, a, &container, &name))
         .collect();
-    let plan_json = serde_json::json!({
-        "max_nodes": max_nodes,
-        "vms_per_vhd": per_vhd,
-        "copies_needed": needed,
-        "accounts": accounts,
-        "container": container,
-        "name": name,
-    });
+    let copy_plan = replicate::CopyPlan {
+        max_nodes,
+        vms_per_vhd: per_vhd,
+        copies_needed: needed,
+        accounts: accounts.clone(),
+        container: container.clone(),
+        name: name.clone(),
+    };
     // A source with its own SAS needs no credentials for its account.
     let mut involved = accounts.clone();
     if source.sas.is_none() && !involved.contains(&source.account) {
@@ -948,23 +977,10 @@ fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
         }
         _ => None,
     };
-    let validation_json = checks.as_ref().map(|v| {
-        v.iter()
-            .map(|v| {
-                serde_json::json!({
-                    "url": v.report.subject,
-                    "summary": v.report.summary,
-                    "failed_checks": v.report.findings.iter()
-                        .filter(|f| f.status == crate::report::Status::Fail)
-                        .map(|f| &f.id)
-                        .collect::<Vec<_>>(),
-                })
-            })
-            .collect::<Vec<_>>()
-    });
-    let mut plan_json = plan_json;
-    plan_json["validation"] = serde_json::json!(validation_json);
-    print_replication(&report, args.storage.json, plan_json)?;
+    let validation = checks
+        .as_ref()
+        .map(|v| v.iter().map(replicate::CopyCheck::of).collect());
+    print_replication(&report, args.storage.json, copy_plan, validation)?;
     let failed: Vec<&crate::validate::Validation> = checks
         .iter()
         .flatten()
@@ -1067,11 +1083,15 @@ fn upload(args: UploadArgs) -> Result<i32, AppError> {
             verify: args.storage.verify,
         },
     ))?;
-    print_replication(
-        &report,
-        args.storage.json,
-        serde_json::json!({"copies_needed": 1, "accounts": [args.to]}),
-    )?;
+    let copy_plan = replicate::CopyPlan {
+        max_nodes: 0,
+        vms_per_vhd: crate::spec::catalog::Os::Linux.vms_per_vhd(),
+        copies_needed: 1,
+        accounts: vec![args.to.clone()],
+        container: args.container.clone(),
+        name,
+    };
+    print_replication(&report, args.storage.json, copy_plan, None)?;
     Ok(exit::OK)
 }
 
@@ -1080,10 +1100,13 @@ fn publish(args: crate::cli::args::PublishArgs) -> Result<i32, AppError> {
     let manifest = Manifest::load(&args.manifest)?;
     let plan = Plan::new(&manifest);
     let Some(publish) = plan.publish.as_ref() else {
-        return Err(AppError::Refused(format!(
-            "{}: target = \"vhd\": there is nothing to publish\n  hint: set [build] target = \"managed_image\" or \"gallery\" (with location, resource_group, storage_account)",
-            args.manifest.display()
-        )));
+        return Err(AppError::refused(
+            format!(
+                "{}: target = \"vhd\": there is nothing to publish",
+                args.manifest.display()
+            ),
+            "set [build] target = \"managed_image\" or \"gallery\" (with location, resource_group, storage_account)",
+        ));
     };
     // Named before the image is read: that may take a while, this not.
     let missing = crate::publish::missing_variables();
@@ -1115,13 +1138,18 @@ fn publish(args: crate::cli::args::PublishArgs) -> Result<i32, AppError> {
                         crate::util::redact::redact(&format!("  FAIL {}: {}", f.id, f.message))
                     })
                     .collect();
-                return Err(AppError::Rejected(format!(
-                    "{}: the image does not meet the manifest's checks, nothing was uploaded or published:\n{}\n  hint: fix the image (`imgforge validate {} --manifest {}` shows every check), or pass --no-validate to publish it anyway",
-                    path.display(),
-                    failed.join("\n"),
-                    path.display(),
-                    args.manifest.display()
-                )));
+                return Err(AppError::Rejected {
+                    message: format!(
+                        "{}: the image does not meet the manifest's checks, nothing was uploaded or published:\n{}",
+                        path.display(),
+                        failed.join("\n"),
+                    ),
+                    hint: Some(format!(
+                        "fix the image (`imgforge validate {} --manifest {}` shows every check), or pass --no-validate to publish it anyway",
+                        path.display(),
+                        args.manifest.display()
+                    )),
+                });
             }
         }
         Source::File { path, blob_name }

@@ -52,11 +52,18 @@ pub enum AppError {
     Storage(#[from] crate::azure::storage::StorageError),
     #[error(transparent)]
     Batch(#[from] crate::azure::batch::BatchError),
-    #[error("{0}")]
-    Refused(String),
+    /// Input that cannot work (exit 2).
+    #[error("{message}")]
+    Refused {
+        message: String,
+        hint: Option<String>,
+    },
     /// Input that was read and checked, and failed its checks (exit 1).
-    #[error("{0}")]
-    Rejected(String),
+    #[error("{message}")]
+    Rejected {
+        message: String,
+        hint: Option<String>,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -76,16 +83,55 @@ impl From<crate::publish::PublishError> for AppError {
     }
 }
 
+impl crate::util::Hint for AppError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            AppError::Manifest(e) => e.hint(),
+            AppError::Template(e) => e.hint(),
+            AppError::Render(e) => e.hint(),
+            AppError::Packer(e) => e.hint(),
+            AppError::Build(e) => e.hint(),
+            AppError::Pool(e) => e.hint(),
+            AppError::Replicate(e) => e.hint(),
+            AppError::Validate(_) | AppError::Io { .. } => None,
+            AppError::Boot(e) => e.hint(),
+            AppError::Publish(e) => e.hint(),
+            AppError::Storage(e) => e.hint(),
+            AppError::Batch(e) => e.hint(),
+            AppError::Refused { hint, .. } | AppError::Rejected { hint, .. } => hint.clone(),
+        }
+    }
+}
+
 impl AppError {
+    /// Input that cannot work, and what to do about it (exit 2).
+    pub fn refused(message: impl Into<String>, hint: impl Into<String>) -> AppError {
+        AppError::Refused {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+
+    /// Another stage's error as a refusal, its hint kept.
+    pub fn refused_by(e: &(impl std::fmt::Display + crate::util::Hint)) -> AppError {
+        AppError::Refused {
+            message: e.to_string(),
+            hint: e.hint(),
+        }
+    }
+
+    /// What a terminal shows: the message, then the hint on its own line.
+    pub fn to_text(&self) -> String {
+        crate::util::redact::redact(&crate::util::with_hint(self))
+    }
+
     /// The error as the JSON document a `--json` caller gets on stdout:
     /// `{"schema": 1, "error": {"message", "hint", "exit_code", "problems"?}}`,
     /// `problems` listing each located manifest problem.
     pub fn to_json(&self) -> serde_json::Value {
-        let text = crate::util::redact::redact(&self.to_string());
-        let (message, hint) = match text.split_once("\n  hint: ") {
-            Some((m, h)) => (m.to_string(), Some(h.to_string())),
-            None => (text.clone(), None),
-        };
+        use crate::util::Hint as _;
+        let message = crate::util::redact::redact(&self.to_string());
+        let hint = self.hint().map(|h| crate::util::redact::redact(&h));
         let located = |l: &crate::spec::manifest::Located| {
             serde_json::json!({
                 "file": l.path, "line": l.line, "column": l.column, "key": l.key,
@@ -139,8 +185,8 @@ impl AppError {
             AppError::Batch(crate::azure::batch::BatchError::Insecure(_)) => exit::BAD_INPUT,
             AppError::Batch(_) => exit::FAILED,
             AppError::Io { .. } => exit::IO,
-            AppError::Refused(_) => exit::BAD_INPUT,
-            AppError::Rejected(_) => exit::FAILED,
+            AppError::Refused { .. } => exit::BAD_INPUT,
+            AppError::Rejected { .. } => exit::FAILED,
         }
     }
 }

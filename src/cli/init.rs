@@ -13,10 +13,19 @@ use crate::spec::manifest::{Manifest, ManifestError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
-    #[error("init: {message}\n  hint: {hint}")]
+    #[error("init: {message}")]
     Refused { message: String, hint: String },
     #[error("init: the manifest it would write is refused by imgforge's own checks:\n{0}")]
     Invalid(Box<ManifestError>),
+}
+
+impl crate::util::Hint for InitError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            InitError::Refused { hint, .. } => Some(hint.clone()),
+            InitError::Invalid(e) => e.hint(),
+        }
+    }
 }
 
 /// An image name from a file name: lowercase letters, digits and '-'.

@@ -38,16 +38,18 @@ use crate::util::Category;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error(
-        "{what} not found ({searched})\n  hint: install it: apt-get install {package} (Debian/Ubuntu)"
-    )]
+    #[error("{what} not found ({searched})")]
     Missing {
         what: &'static str,
         searched: String,
         package: &'static str,
     },
     #[error("{path}: cannot boot this image: {why}")]
-    Image { path: PathBuf, why: String },
+    Image {
+        path: PathBuf,
+        why: String,
+        hint: Option<String>,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -55,6 +57,18 @@ pub enum BootError {
     },
     #[error("boot check cancelled; QEMU was stopped")]
     Cancelled,
+}
+
+impl crate::util::Hint for BootError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            BootError::Missing { package, .. } => Some(format!(
+                "install it: apt-get install {package} (Debian/Ubuntu)"
+            )),
+            BootError::Image { hint, .. } => hint.clone(),
+            _ => None,
+        }
+    }
 }
 
 impl BootError {
@@ -258,6 +272,7 @@ fn check_image(image: &Path) -> Result<(), BootError> {
     let bad = |why: String| BootError::Image {
         path: image.to_path_buf(),
         why,
+        hint: None,
     };
     let meta = std::fs::metadata(image).map_err(|e| bad(e.to_string()))?;
     if !meta.is_file() {
@@ -277,15 +292,21 @@ fn check_image(image: &Path) -> Result<(), BootError> {
             .iter()
             .any(|p| matches!(p, crate::validate::vhd::FooterProblem::NotFixed(_)))
     {
-        return Err(bad(format!(
-            "not a fixed VHD ({})\n  hint: qemu-img convert -f raw -O vpc -o subformat=fixed,force_size=on {} out.vhd",
-            problems
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join("; "),
-            image.display()
-        )));
+        return Err(BootError::Image {
+            path: image.to_path_buf(),
+            why: format!(
+                "not a fixed VHD ({})",
+                problems
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            hint: Some(format!(
+                "qemu-img convert -f raw -O vpc -o subformat=fixed,force_size=on {} out.vhd",
+                crate::util::text::shell_quote(&image.display().to_string())
+            )),
+        });
     }
     Ok(())
 }

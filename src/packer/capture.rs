@@ -60,14 +60,24 @@ impl Captured {
 pub enum CaptureError {
     #[error("Packer reported no artifact, so there is no image to capture")]
     NoArtifact,
-    #[error(
-        "Packer's artifacts hold no image imgforge can use (builders: {builders})\n  hint: a custom builder must produce a local .vhd file, or use the azure-arm builder"
-    )]
+    #[error("Packer's artifacts hold no image imgforge can use (builders: {builders})")]
     Unrecognised { builders: String },
     #[error(
         "the azure-arm artifact has none of OSDiskUri, ManagedImageId or ManagedImageSharedImageGalleryId:\n{string}"
     )]
     AzureFieldsMissing { string: String },
+}
+
+impl crate::util::Hint for CaptureError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            CaptureError::Unrecognised { .. } => Some(
+                "a custom builder must produce a local .vhd file, or use the azure-arm builder"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// Picks the image out of a build's artifacts. `build_dir` resolves relative

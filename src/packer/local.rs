@@ -10,14 +10,26 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalError {
-    #[error(
-        "the local builder needs {missing}\n  hint: apt-get install {packages} (Debian/Ubuntu), or build with builder = \"azure-arm\""
-    )]
+    #[error("the local builder needs {missing}")]
     Tools { missing: String, packages: String },
     #[error(
-        "the local builder needs root: it runs the scripts in a chroot with its own mount and PID namespaces, and writes root-owned files into the image\n  hint: run imgforge as root (no sudo is assumed), or build with builder = \"azure-arm\""
+        "the local builder needs root: it runs the scripts in a chroot with its own mount and PID namespaces, and writes root-owned files into the image"
     )]
     NotRoot,
+}
+
+impl crate::util::Hint for LocalError {
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            LocalError::Tools { packages, .. } => format!(
+                "apt-get install {packages} (Debian/Ubuntu), or build with builder = \"azure-arm\""
+            ),
+            LocalError::NotRoot => {
+                "run imgforge as root (no sudo is assumed), or build with builder = \"azure-arm\""
+                    .into()
+            }
+        })
+    }
 }
 
 /// Host tools the steps run, with the Debian package that has each.

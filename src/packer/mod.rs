@@ -9,9 +9,7 @@ use crate::spec::manifest::Target;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackerError {
-    #[error(
-        "Packer not found: {searched}\n  hint: install it (`apt-get install packer` on Debian, or https://developer.hashicorp.com/packer/install), or point --packer / IMGFORGE_PACKER at the binary"
-    )]
+    #[error("Packer not found: {searched}")]
     NotFound { searched: String },
     #[error("{path}: cannot run Packer: {source}")]
     Spawn {
@@ -22,12 +20,20 @@ pub enum PackerError {
         "{path}: could not read Packer's version from `packer -machine-readable version`: {output}"
     )]
     Version { path: PathBuf, output: String },
-    #[error(
-        "Packer {version} is too old: imgforge needs {minimum} or newer\n  hint: install a newer Packer and pass it with --packer"
-    )]
+    #[error("Packer {version} is too old: imgforge needs {minimum} or newer")]
     TooOld { version: String, minimum: String },
     #[error("`packer validate` rejected {template}:\n{output}")]
     Invalid { template: PathBuf, output: String },
+}
+
+impl crate::util::Hint for PackerError {
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            PackerError::NotFound { .. } => "install it (`apt-get install packer` on Debian, or https://developer.hashicorp.com/packer/install), or point --packer / IMGFORGE_PACKER at the binary".into(),
+            PackerError::TooOld { .. } => "install a newer Packer and pass it with --packer".into(),
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]

@@ -40,9 +40,7 @@ pub struct Decision {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanError {
-    #[error(
-        "{dir}: cannot read: {source}\n  hint: pass --dir with the builds' directory (default .imgforge/builds)"
-    )]
+    #[error("{dir}: cannot read: {source}")]
     Read {
         dir: PathBuf,
         source: std::io::Error,
@@ -52,6 +50,17 @@ pub enum CleanError {
         dir: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl crate::util::Hint for CleanError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            CleanError::Read { .. } => {
+                Some("pass --dir with the builds' directory (default .imgforge/builds)".into())
+            }
+            CleanError::Remove { .. } => None,
+        }
+    }
 }
 
 /// Every build directory directly under `dir`, oldest first.

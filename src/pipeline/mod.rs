@@ -86,6 +86,8 @@ pub enum BuildError {
         status: String,
         log: PathBuf,
         details: String,
+        /// For the errors people hit most (`hint_for`).
+        hint: Option<&'static str>,
     },
     #[error("build cancelled; Packer cleaned up and exited")]
     Cancelled,
@@ -93,8 +95,11 @@ pub enum BuildError {
     Capture(#[from] CaptureError),
     #[error("{0}")]
     Replicate(#[from] ReplicateError),
-    #[error("{0}")]
-    Validate(String),
+    #[error("{message}")]
+    Validate {
+        message: String,
+        hint: Option<String>,
+    },
     #[error("{0}")]
     Local(#[from] crate::packer::local::LocalError),
     #[error("{0}")]
@@ -104,10 +109,9 @@ pub enum BuildError {
     #[error("{0}")]
     Publish(Box<crate::publish::PublishError>),
     #[error(
-        "{template} reads {} from the environment and {} not set: Packer would start and fail with an unrelated authentication error\n  hint: export {} (a service principal with Contributor on the resource group: `az ad sp create-for-rbac`); nothing was built",
+        "{template} reads {} from the environment and {} not set: Packer would start and fail with an unrelated authentication error; nothing was built",
         .missing.join(", "),
-        if .missing.len() == 1 { "it is" } else { "they are" },
-        .missing.iter().map(|v| format!("{v}=…")).collect::<Vec<_>>().join(" ")
+        if .missing.len() == 1 { "it is" } else { "they are" }
     )]
     Credentials {
         template: PathBuf,
@@ -118,7 +122,14 @@ pub enum BuildError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{dir}: cannot resume: {why}\n  hint: {hint}")]
+    /// A build record that cannot be read, or does not name what was asked.
+    #[error("{path}: {why}")]
+    Record {
+        path: PathBuf,
+        why: String,
+        hint: String,
+    },
+    #[error("{dir}: cannot resume: {why}")]
     Resume {
         dir: PathBuf,
         why: String,
@@ -142,6 +153,34 @@ impl From<crate::publish::PublishError> for BuildError {
     }
 }
 
+impl crate::util::Hint for BuildError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            BuildError::Render(e) => e.hint(),
+            BuildError::Packer(e) => e.hint(),
+            BuildError::PackerFailed { hint, .. } => hint.map(str::to_string),
+            BuildError::Cancelled | BuildError::Write { .. } => None,
+            BuildError::Capture(e) => e.hint(),
+            BuildError::Replicate(e) => e.hint(),
+            BuildError::Validate { hint, .. } => hint.clone(),
+            BuildError::Local(e) => e.hint(),
+            BuildError::Boot(e) => e.hint(),
+            BuildError::Storage(e) => e.hint(),
+            BuildError::Publish(e) => e.hint(),
+            BuildError::Credentials { missing, .. } => Some(format!(
+                "export {} (a service principal with Contributor on the resource group: `az ad sp create-for-rbac`)",
+                missing
+                    .iter()
+                    .map(|v| format!("{v}=…"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )),
+            BuildError::Record { hint, .. } | BuildError::Resume { hint, .. } => Some(hint.clone()),
+            BuildError::Stage { source, .. } => source.hint(),
+        }
+    }
+}
+
 impl BuildError {
     /// What kind of failure this is; the CLI maps it to an exit code.
     pub fn category(&self) -> Category {
@@ -149,9 +188,10 @@ impl BuildError {
             BuildError::Render(RenderError::Write { .. }) | BuildError::Write { .. } => {
                 Category::Io
             }
-            BuildError::Render(_) | BuildError::Resume { .. } | BuildError::Credentials { .. } => {
-                Category::Input
-            }
+            BuildError::Render(_)
+            | BuildError::Record { .. }
+            | BuildError::Resume { .. }
+            | BuildError::Credentials { .. } => Category::Input,
             BuildError::Packer(PackerError::Invalid { .. }) => Category::Failed,
             BuildError::Packer(_) | BuildError::Local(_) => Category::Tool,
             BuildError::Boot(crate::packer::bootcheck::BootError::Cancelled) => Category::Cancelled,
@@ -163,7 +203,7 @@ impl BuildError {
             },
             BuildError::PackerFailed { .. }
             | BuildError::Capture(_)
-            | BuildError::Validate(_)
+            | BuildError::Validate { .. }
             | BuildError::Storage(_) => Category::Failed,
             BuildError::Cancelled => Category::Cancelled,
             BuildError::Publish(e) => e.category(),
@@ -174,7 +214,7 @@ impl BuildError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub enum BuildStatus {
     /// `--dry-run`: rendered and accepted by `packer validate`.
     Validated,
     Running,
@@ -283,7 +323,7 @@ pub struct ReplicationSummary {
 pub struct BuildRecord {
     pub schema: u32,
     pub image: String,
-    pub status: Status,
+    pub status: BuildStatus,
     pub build_dir: String,
     pub manifest: ManifestRef,
     pub target: Target,
@@ -312,23 +352,100 @@ pub struct BuildRecord {
     pub warnings: Vec<String>,
 }
 
+/// Why a build record names no image a pool can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPoolImage {
+    /// A VHD that was not replicated: Batch cannot use Packer's capture path
+    /// or a local file.
+    NotReplicated,
+    /// target = "managed_image" / "gallery", and the VHD was not published.
+    NotPublished,
+    /// The build ended before it captured an image.
+    NoArtifact,
+}
+
+impl NoPoolImage {
+    pub fn message(self) -> &'static str {
+        match self {
+            NoPoolImage::NotReplicated => {
+                "the build produced a VHD but the record lists no replicated copies; Batch cannot use \
+                 Packer's capture path (system/Microsoft.Compute/Images/…) or a local file"
+            }
+            NoPoolImage::NotPublished => {
+                "the build produced a VHD but did not publish it (target = \"managed_image\" or \"gallery\")"
+            }
+            NoPoolImage::NoArtifact => {
+                "the record has no artifact (the build did not capture an image)"
+            }
+        }
+    }
+
+    pub fn hint(self) -> &'static str {
+        match self {
+            NoPoolImage::NotReplicated => {
+                "run `imgforge replicate` (target = \"vhd\") or `imgforge publish` (managed image / gallery) for this build first"
+            }
+            NoPoolImage::NotPublished => "run `imgforge publish` for this build first",
+            NoPoolImage::NoArtifact => {
+                "check `status` and `error` in the record (`imgforge status DIR`)"
+            }
+        }
+    }
+}
+
 impl BuildRecord {
+    /// The record of the build in `dir`.
     pub fn load(dir: &Path) -> Result<BuildRecord, BuildError> {
-        let path = dir.join(RECORD_FILE);
-        let text =
-            crate::util::fsutil::read_input_string(&path).map_err(|e| BuildError::Resume {
-                dir: dir.to_path_buf(),
-                why: format!("cannot read {}: {e}", path.display()),
-                hint: "pass the build directory that holds build.json".into(),
-            })?;
-        serde_json::from_str(&text).map_err(|e| BuildError::Resume {
-            dir: dir.to_path_buf(),
-            why: format!(
-                "{} is not a build record this imgforge reads: {e}",
-                path.display()
-            ),
-            hint: "start a new build".into(),
+        BuildRecord::read(&dir.join(RECORD_FILE))
+    }
+
+    /// A build record: `build.json`, or the build directory that holds it.
+    /// The one reader of the schema, for `--resume`, `status` and `pool
+    /// snippet --from`.
+    pub fn read(path: &Path) -> Result<BuildRecord, BuildError> {
+        let path = if path.is_dir() {
+            path.join(RECORD_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let err = |why: String, hint: &str| BuildError::Record {
+            path: path.clone(),
+            why,
+            hint: hint.into(),
+        };
+        let text = crate::util::fsutil::read_input_string(&path).map_err(|e| {
+            err(
+                format!("cannot read the build record: {e}"),
+                "pass the build directory that holds build.json, or the file itself",
+            )
+        })?;
+        serde_json::from_str(&text).map_err(|e| {
+            err(
+                format!("not a build record this imgforge reads: {e}"),
+                "pass a build.json written by `imgforge build` (schema 2)",
+            )
         })
+    }
+
+    /// The image a pool uses after this build: the published image's id, the
+    /// managed image or gallery version Packer made, or the VHD copies —
+    /// the same answer for the build's own snippet and `pool snippet --from`.
+    pub fn pool_image(&self) -> Result<crate::pool::PoolImage, NoPoolImage> {
+        use crate::pool::PoolImage;
+        if let Some(p) = self.publish.as_ref().filter(|p| !p.arm_image_id.is_empty()) {
+            return Ok(PoolImage::ArmImageId(p.arm_image_id.clone()));
+        }
+        match &self.artifact {
+            Some(Captured::ManagedImage { id, .. } | Captured::GalleryImageVersion { id, .. }) => {
+                Ok(PoolImage::ArmImageId(id.clone()))
+            }
+            _ if !self.copies.is_empty() => Ok(PoolImage::Vhds(
+                self.copies.iter().map(|c| c.copy.url.clone()).collect(),
+            )),
+            Some(_) if self.target != Target::Vhd => Err(NoPoolImage::NotPublished),
+            Some(_) => Err(NoPoolImage::NotReplicated),
+            None => Err(NoPoolImage::NoArtifact),
+        }
     }
 
     fn done(&self, stage: Stage) -> bool {
@@ -444,7 +561,7 @@ pub fn run(
     let record = if opts.resume {
         let mut old = BuildRecord::load(&dir)?;
         check_same_inputs(&dir, &old, &manifest_ref, &listing)?;
-        old.status = Status::Running;
+        old.status = BuildStatus::Running;
         old.error = None;
         old.failed_stage = None;
         old.stages
@@ -465,7 +582,7 @@ pub fn run(
         BuildRecord {
             schema: SCHEMA,
             image: plan.image.clone(),
-            status: Status::Running,
+            status: BuildStatus::Running,
             build_dir: dir.display().to_string(),
             manifest: manifest_ref,
             target: plan.target,
@@ -572,15 +689,15 @@ pub fn run(
                     },
                     started_at,
                     duration_s,
-                    detail: Some(e.to_string()),
+                    detail: Some(crate::util::with_hint(&e)),
                 });
                 run.record.status = if cancelled {
-                    Status::Cancelled
+                    BuildStatus::Cancelled
                 } else {
-                    Status::Failed
+                    BuildStatus::Failed
                 };
                 run.record.failed_stage = Some(stage);
-                run.record.error = Some(e.to_string());
+                run.record.error = Some(crate::util::with_hint(&e));
                 if stage == Stage::PackerBuild
                     && run.plan.local.is_some()
                     && let Some(cleaned) = crate::packer::local::clean_work(&run.dir)
@@ -606,9 +723,9 @@ pub fn run(
         }
     }
     run.record.status = if run.opts.dry_run {
-        Status::Validated
+        BuildStatus::Validated
     } else {
-        Status::Succeeded
+        BuildStatus::Succeeded
     };
     run.record.finished_at = now_string();
     run.record.duration_s = previous_duration + seconds(run.clock.elapsed());
@@ -834,6 +951,7 @@ impl Run<'_> {
                 log: log_path,
                 details: failure_details(&outcome.errors)
                     + &display.failure_context().unwrap_or_default(),
+                hint: hint_for(&outcome.errors.join("\n")),
             }),
             RunEnd::Succeeded => {
                 let n = outcome.artifacts.len();
@@ -874,17 +992,25 @@ impl Run<'_> {
 
     fn validate_image(&mut self) -> Result<String, BuildError> {
         let path = self.local_image();
-        let v = crate::validate::validate_file(&path, self.plan)
-            .map_err(|e| BuildError::Validate(e.to_string()))?;
+        let v =
+            crate::validate::validate_file(&path, self.plan).map_err(|e| BuildError::Validate {
+                message: e.to_string(),
+                hint: None,
+            })?;
         self.record.image_validation = Some(ValidationSummary::of(&v));
         if v.report.failed() {
-            return Err(BuildError::Validate(format!(
-                "{} failed validation:\n  {}\n  hint: `imgforge validate {} --manifest {}` shows every check",
-                path.display(),
-                failed_lines(&v.report).join("\n  "),
-                path.display(),
-                self.manifest.path.display()
-            )));
+            return Err(BuildError::Validate {
+                message: format!(
+                    "{} failed validation:\n  {}",
+                    path.display(),
+                    failed_lines(&v.report).join("\n  "),
+                ),
+                hint: Some(format!(
+                    "`imgforge validate {} --manifest {}` shows every check",
+                    path.display(),
+                    self.manifest.path.display()
+                )),
+            });
         }
         let msg = format!(
             "{}: {} passed, {} warnings, {} skipped ({} bytes read)",
@@ -971,11 +1097,14 @@ impl Run<'_> {
                     tail.push_str(l);
                 }
             }
-            return Err(BuildError::Validate(format!(
-                "the boot check failed ({}):\n  {}{tail}",
-                times.join(", "),
-                failed_lines(r).join("\n  ")
-            )));
+            return Err(BuildError::Validate {
+                message: format!(
+                    "the boot check failed ({}):\n  {}{tail}",
+                    times.join(", "),
+                    failed_lines(r).join("\n  ")
+                ),
+                hint: None,
+            });
         }
         let msg = format!("{} checks passed: {}", r.summary.pass, times.join(", "));
         crate::util::term::status("Booted", &msg);
@@ -1138,7 +1267,10 @@ impl Run<'_> {
                 self.plan,
                 &self.cancel,
             ))
-            .map_err(|e| BuildError::Validate(e.to_string()))?
+            .map_err(|e| BuildError::Validate {
+                message: e.to_string(),
+                hint: None,
+            })?
             .ok_or(BuildError::Cancelled)?;
         let mut failures = Vec::new();
         for (copy, v) in self.record.copies.iter_mut().zip(&results) {
@@ -1149,12 +1281,15 @@ impl Run<'_> {
             copy.validation = Some(ValidationSummary::of(v));
         }
         if !failures.is_empty() {
-            return Err(BuildError::Validate(format!(
-                "{} cop{} failed validation:\n  {}\n  hint: `imgforge validate URL --manifest M` shows every check",
-                failures.len(),
-                if failures.len() == 1 { "y" } else { "ies" },
-                failures.join("\n  ")
-            )));
+            return Err(BuildError::Validate {
+                message: format!(
+                    "{} cop{} failed validation:\n  {}",
+                    failures.len(),
+                    if failures.len() == 1 { "y" } else { "ies" },
+                    failures.join("\n  ")
+                ),
+                hint: Some("`imgforge validate URL --manifest M` shows every check".into()),
+            });
         }
         let msg = format!(
             "{} cop{} passed every check",
@@ -1166,30 +1301,12 @@ impl Run<'_> {
     }
 
     fn snippet(&mut self) -> Result<String, BuildError> {
-        use crate::pool::PoolImage;
-        let image = match (&self.record.artifact, self.record.copies.is_empty()) {
-            (Some(Captured::ManagedImage { id, .. }), _)
-            | (Some(Captured::GalleryImageVersion { id, .. }), _) => {
-                PoolImage::ArmImageId(id.clone())
-            }
-            _ if self.record.publish.is_some() => PoolImage::ArmImageId(
-                self.record
-                    .publish
-                    .as_ref()
-                    .map(|p| p.arm_image_id.clone())
-                    .unwrap_or_default(),
-            ),
-            (_, false) => PoolImage::Vhds(
-                self.record
-                    .copies
-                    .iter()
-                    .map(|c| c.copy.url.clone())
-                    .collect(),
-            ),
-            _ if self.plan.publish.is_some() => {
+        let image = match self.record.pool_image() {
+            Ok(image) => image,
+            Err(NoPoolImage::NotPublished) => {
                 return Ok("no snippet: the VHD was not published (--no-publish)".into());
             }
-            _ => return Ok("no snippet: the VHD was not replicated (--no-replicate)".into()),
+            Err(_) => return Ok("no snippet: the VHD was not replicated (--no-replicate)".into()),
         };
         let path = self.dir.join(crate::pool::SNIPPET_FILE);
         let text = crate::pool::snippet(self.plan, &image);
@@ -1234,11 +1351,6 @@ fn failure_details(errors: &[String]) -> String {
             out.push_str("\n  ");
             out.push_str(line.trim_end());
         }
-    }
-    let all = errors.join("\n");
-    if let Some(hint) = hint_for(&all) {
-        out.push_str("\n  hint: ");
-        out.push_str(hint);
     }
     out
 }
@@ -1354,7 +1466,7 @@ pub fn status_text(record: &BuildRecord) -> String {
     }
     if let Some(e) = &record.error {
         let _ = writeln!(s, "error     {}", e.lines().next().unwrap_or(""));
-        if record.status != Status::Succeeded {
+        if record.status != BuildStatus::Succeeded {
             let _ = writeln!(
                 s,
                 "resume    imgforge build {} --resume {}",

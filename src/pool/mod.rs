@@ -28,12 +28,21 @@ pub enum PoolError {
         format: &'static str,
         message: String,
     },
-    #[error("{path}: {message}\n  hint: {hint}")]
+    #[error("{path}: {message}")]
     Record {
         path: PathBuf,
         message: String,
         hint: String,
     },
+}
+
+impl crate::util::Hint for PoolError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            PoolError::Record { hint, .. } => Some(hint.clone()),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -69,61 +78,6 @@ pub enum PoolImage {
     Vhds(Vec<String>),
     /// A managed image or gallery image version.
     ArmImageId(String),
-}
-
-/// Reads what a build produced from its `build.json`.
-pub fn image_from_record(path: &Path) -> Result<PoolImage, PoolError> {
-    let text = crate::util::fsutil::read_input_string(path).map_err(|source| PoolError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let record: Value = serde_json::from_str(&text).map_err(|e| PoolError::Parse {
-        path: path.to_path_buf(),
-        format: "JSON",
-        message: e.to_string(),
-    })?;
-    let err = |message: &str, hint: &str| PoolError::Record {
-        path: path.to_path_buf(),
-        message: message.to_string(),
-        hint: hint.to_string(),
-    };
-    let copies: Vec<String> = record["copies"]
-        .as_array()
-        .map(|c| {
-            c.iter()
-                .filter_map(|c| c["url"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(id) = record["publish"]["arm_image_id"]
-        .as_str()
-        .filter(|id| !id.is_empty())
-    {
-        return Ok(PoolImage::ArmImageId(id.to_string()));
-    }
-    if !copies.is_empty() {
-        return Ok(PoolImage::Vhds(copies));
-    }
-    match record["artifact"]["kind"].as_str() {
-        Some("managed_image") | Some("gallery_image_version") => record["artifact"]["id"]
-            .as_str()
-            .map(|id| PoolImage::ArmImageId(id.to_string()))
-            .ok_or_else(|| {
-                err(
-                    "the artifact has no id",
-                    "rebuild; the record is incomplete",
-                )
-            }),
-        Some("azure_vhd") | Some("local_vhd") => Err(err(
-            "the build produced a VHD but the record lists no replicated copies; Batch cannot use \
-             Packer's capture path (system/Microsoft.Compute/Images/…) or a local file",
-            "run `imgforge replicate` (target = \"vhd\") or `imgforge publish` (managed image / gallery) for this build first",
-        )),
-        _ => Err(err(
-            "the record has no artifact (the build did not succeed)",
-            "check `status` and `error` in the record",
-        )),
-    }
 }
 
 /// The `pool_specification` block for Batch Shipyard, as YAML with comments.

@@ -491,47 +491,23 @@ struct Unavailable {
     hint: Option<String>,
 }
 
+/// A service error's hint goes where findings keep hints, not into the message.
+fn unavailable(e: &(impl std::fmt::Display + crate::util::Hint)) -> Unavailable {
+    Unavailable {
+        message: e.to_string(),
+        hint: e.hint(),
+    }
+}
+
 impl From<ArmError> for Unavailable {
     fn from(e: ArmError) -> Unavailable {
-        match e {
-            // The hint goes where findings keep hints, not into the message.
-            ArmError::Status {
-                op,
-                status,
-                code,
-                message,
-                hint,
-            } => Unavailable {
-                message: format!("Resource Manager: {op} failed: HTTP {status}{code}: {message}"),
-                hint: Some(hint),
-            },
-            other => Unavailable {
-                message: other.to_string(),
-                hint: None,
-            },
-        }
+        unavailable(&e)
     }
 }
 
 impl From<crate::azure::batch::BatchError> for Unavailable {
     fn from(e: crate::azure::batch::BatchError) -> Unavailable {
-        match e {
-            // As for Resource Manager: the hint where findings keep hints.
-            crate::azure::batch::BatchError::Status {
-                op,
-                status,
-                code,
-                message,
-                hint,
-            } => Unavailable {
-                message: format!("Batch: {op} failed: HTTP {status}{code}: {message}"),
-                hint: Some(hint),
-            },
-            other => Unavailable {
-                message: other.to_string(),
-                hint: None,
-            },
-        }
+        unavailable(&e)
     }
 }
 
@@ -605,7 +581,14 @@ async fn check_blobs(
         .unwrap_or_default();
     let storage = match Storage::with_keys(accounts, &keys).await {
         Ok(s) => s,
-        Err(e) => return Finding::fail(BLOBS, e.to_string()),
+        Err(e) => {
+            let u = unavailable(&e);
+            let f = Finding::fail(BLOBS, u.message);
+            return match u.hint {
+                Some(h) => f.hint(h),
+                None => f,
+            };
+        }
     };
     let mut problems = Vec::new();
     for b in blobs {

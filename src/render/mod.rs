@@ -18,7 +18,7 @@ pub const PLAN_FILE: &str = "imgforge-plan.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    #[error("{location}: {message}\n  hint: {hint}")]
+    #[error("{location}: {message}")]
     Template {
         location: String,
         message: String,
@@ -36,6 +36,15 @@ pub enum RenderError {
     },
     #[error("{0}")]
     OutputExists(String),
+}
+
+impl crate::util::Hint for RenderError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            RenderError::Template { hint, .. } => Some(hint.clone()),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]

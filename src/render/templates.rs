@@ -47,9 +47,7 @@ pub enum TemplateError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "{path}: `{name}` is not a built-in template, so it would never be used\n  hint: overrides use the same relative path as a built-in; `imgforge templates list` shows them: {known}"
-    )]
+    #[error("{path}: `{name}` is not a built-in template, so it would never be used")]
     Unknown {
         path: PathBuf,
         name: String,
@@ -62,20 +60,33 @@ pub enum TemplateError {
     },
     #[error("{dir} already holds templates; choose an empty directory or pass --force")]
     ExportNotEmpty { dir: PathBuf },
-    #[error(
-        "{path}: {what} never ends: {cycle}\n  hint: Tera would recurse until the stack overflows; break the cycle"
-    )]
+    #[error("{path}: {what} never ends: {cycle}")]
     Recursion {
         path: PathBuf,
         what: &'static str,
         cycle: String,
     },
-    #[error("{path}: {why}\n  hint: {hint}")]
+    #[error("{path}: {why}")]
     Refused {
         path: PathBuf,
         why: String,
         hint: String,
     },
+}
+
+impl crate::util::Hint for TemplateError {
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            TemplateError::Unknown { known, .. } => format!(
+                "overrides use the same relative path as a built-in; `imgforge templates list` shows them: {known}"
+            ),
+            TemplateError::Recursion { .. } => {
+                "Tera would recurse until the stack overflows; break the cycle".into()
+            }
+            TemplateError::Refused { hint, .. } => hint.clone(),
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -21,9 +21,25 @@ pub enum ManifestError {
     },
     #[error("{0}")]
     Invalid(Box<Located>),
-    /// More than one problem, each located, in file order.
-    #[error("{}\n{} problems in {}", .0.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("\nerror: "), .0.len(), .0[0].path.display())]
+    /// More than one problem, each located, in file order, each with its own
+    /// hint under it (the list has no hint of its own).
+    #[error("{}\n{} problems in {}", .0.iter().map(crate::util::with_hint).collect::<Vec<_>>().join("\nerror: "), .0.len(), .0[0].path.display())]
     Several(Vec<Located>),
+}
+
+impl crate::util::Hint for ManifestError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            ManifestError::Invalid(l) => l.hint.clone(),
+            ManifestError::Read { .. } | ManifestError::Several(_) => None,
+        }
+    }
+}
+
+impl crate::util::Hint for Located {
+    fn hint(&self) -> Option<String> {
+        self.hint.clone()
+    }
 }
 
 impl ManifestError {
@@ -68,11 +84,7 @@ impl fmt::Display for Located {
             self.column,
             self.key,
             self.message
-        )?;
-        if let Some(hint) = &self.hint {
-            write!(f, "\n  hint: {hint}")?;
-        }
-        Ok(())
+        )
     }
 }
 

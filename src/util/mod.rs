@@ -19,6 +19,23 @@ pub enum Category {
     Cancelled,
 }
 
+/// What to do about a failure, kept apart from its message. Errors leave the
+/// hint out of `Display`; it is written once, where the failure is shown: a
+/// `  hint:` line under the message on a terminal (`with_hint`), the `hint`
+/// field of a `--json` error, a finding's own `hint`. An error that wraps
+/// another passes the inner one's hint on.
+pub trait Hint {
+    fn hint(&self) -> Option<String>;
+}
+
+/// A failure as one text: its message, then its hint on a line of its own.
+pub fn with_hint<E: std::fmt::Display + Hint + ?Sized>(e: &E) -> String {
+    match e.hint() {
+        Some(h) => format!("{e}\n  hint: {h}"),
+        None => e.to_string(),
+    }
+}
+
 pub mod fsutil;
 pub mod redact;
 pub mod signals;
