@@ -22,7 +22,6 @@ use crate::util::text::normalize_region;
 pub const PUBLIC_ENDPOINT: &str = "https://management.azure.com";
 const STORAGE_API_VERSION: &str = "2023-05-01";
 const BATCH_API_VERSION: &str = "2024-07-01";
-const ATTEMPTS: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArmError {
@@ -221,7 +220,7 @@ impl Arm {
         let token = self.token.expose();
         let http = &self.http;
         let tries = std::cell::Cell::new(0u32);
-        let reply = crate::azure::http::send_retrying(ATTEMPTS, &|| {
+        let reply = crate::azure::http::send_retrying(crate::azure::http::Retry::JSON, &|| {
             tries.set(tries.get() + 1);
             let mut req = http
                 .request(method.clone(), url)

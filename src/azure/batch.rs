@@ -29,7 +29,6 @@ pub const API_VERSION: &str = "2024-07-01.20.0";
 /// Batch's Entra resource in the public cloud; Batch Shipyard's
 /// `credentials.batch.aad.endpoint` names a sovereign cloud's.
 pub const PUBLIC_RESOURCE: &str = "https://batch.core.windows.net/";
-const ATTEMPTS: u32 = 4;
 /// Far more than the few dozen entries (one page) Batch lists today; a
 /// server that pages forever is stopped here.
 const MAX_PAGES: usize = 100;
@@ -243,7 +242,7 @@ async fn get_json(
     url: &str,
     token: &str,
 ) -> Result<Value, BatchError> {
-    let reply = crate::azure::http::send_retrying(ATTEMPTS, &|| {
+    let reply = crate::azure::http::send_retrying(crate::azure::http::Retry::JSON, &|| {
         http.get(url)
             .bearer_auth(token)
             .header("accept", "application/json")

@@ -75,15 +75,78 @@ pub struct NoReply {
     pub message: String,
 }
 
-/// One request to a JSON service (Resource Manager, Batch), retried on 429,
-/// 5xx and transport errors: `Retry-After` honoured up to 30 s, else 2, 4, 8 s
-/// (0.5, 1, 2 s after a transport error), at most `attempts` tries. The
-/// answer that ends the retries is returned as it is, success or not; its
-/// body is bounded by `MAX_BODY`. `build` makes the request afresh each time.
+/// The one retry policy of the Azure clients: which answers are worth
+/// another try, how many tries, and how long to wait before each. The
+/// services differ only in the numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Tries in all, the first included.
+    pub attempts: u32,
+    /// The wait after the first failure, doubled after each one after it.
+    pub first_wait: Duration,
+    /// No wait is longer, a server's `Retry-After` included.
+    pub cap: Duration,
+}
+
+impl Retry {
+    /// Blob requests: a copy makes thousands, so failures are retried soon
+    /// (0.1, 0.2, 0.4, 0.8, 1.6 s), six tries in all.
+    pub const STORAGE: Retry = Retry {
+        attempts: 6,
+        first_wait: Duration::from_millis(100),
+        cap: Duration::from_secs(3),
+    };
+    /// JSON services (Resource Manager, Batch): 2, 4, 8 s, or the server's
+    /// `Retry-After` up to 30 s; four tries.
+    pub const JSON: Retry = Retry {
+        attempts: 4,
+        first_wait: Duration::from_secs(2),
+        cap: Duration::from_secs(30),
+    };
+
+    /// Timeouts, throttling and the server errors another try can cure; not
+    /// 501 (never implemented) or 505, and no 4xx but 408 and 429.
+    pub fn retryable(status: reqwest::StatusCode) -> bool {
+        matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+    }
+
+    /// The wait after failed try `attempt` (1-based): the server's
+    /// `Retry-After` (seconds) when it sent one, else the doubling wait.
+    pub fn wait(&self, attempt: u32, retry_after: Option<u64>) -> Duration {
+        let doubled = self
+            .first_wait
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16));
+        retry_after
+            .map(Duration::from_secs)
+            .unwrap_or(doubled)
+            .min(self.cap)
+    }
+
+    /// A transport error (a refused or dropped connection) is retried at a
+    /// quarter of the wait: nothing was answered, so nothing asked us to slow down.
+    pub fn transport_wait(&self, attempt: u32) -> Duration {
+        self.wait(attempt, None) / 4
+    }
+}
+
+/// A `Retry-After` in seconds (the HTTP-date form is not used by Azure).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// One request to a JSON service (Resource Manager, Batch) under `retry`
+/// (`Retry::JSON`): retried on the statuses `Retry::retryable` names and on
+/// transport errors. The answer that ends the retries is returned as it is,
+/// success or not; its body is bounded by `MAX_BODY`. `build` makes the
+/// request afresh each time.
 pub async fn send_retrying(
-    attempts: u32,
+    retry: Retry,
     build: &dyn Fn() -> reqwest::RequestBuilder,
 ) -> Result<Reply, NoReply> {
+    let attempts = retry.attempts;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -91,26 +154,21 @@ pub async fn send_retrying(
             Ok(resp) => {
                 let status = resp.status();
                 let headers = resp.headers().clone();
-                let retry_after = headers
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok());
+                let retry_after = retry_after(&headers);
                 let body = read_limited(resp, MAX_BODY)
                     .await
                     .map_err(|message| NoReply {
                         attempts: attempt,
                         message: crate::util::redact::redact(&message),
                     })?;
-                let retryable =
-                    status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-                if !retryable || attempt >= attempts {
+                if !Retry::retryable(status) || attempt >= attempts {
                     return Ok(Reply {
                         status,
                         headers,
                         body,
                     });
                 }
-                Duration::from_secs(retry_after.unwrap_or(1 << attempt).min(30))
+                retry.wait(attempt, retry_after)
             }
             Err(e) => {
                 if attempt >= attempts {
@@ -119,7 +177,7 @@ pub async fn send_retrying(
                         message: crate::util::redact::redact(&error_chain(&e)),
                     });
                 }
-                Duration::from_millis(250 << attempt)
+                retry.transport_wait(attempt)
             }
         };
         tokio::time::sleep(wait).await;
@@ -147,22 +205,28 @@ pub fn next_page(
 }
 
 /// Refuses to send a secret or a token in clear text anywhere but this machine.
+/// The URL is read as reqwest will read it (the `url` crate), so what is
+/// checked is the host the request goes to.
 pub fn require_secure(url: &str) -> Result<(), String> {
-    if url.starts_with("https://") {
-        return Ok(());
-    }
-    let host = url
-        .strip_prefix("http://")
-        .map(|rest| rest.split(['/', '?']).next().unwrap_or(""))
-        .map(|authority| match authority.rsplit_once(':') {
-            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-            _ => authority,
-        });
-    match host {
-        Some("127.0.0.1" | "localhost" | "[::1]") => Ok(()),
-        _ => Err(format!(
+    let parsed = url::Url::parse(url).ok();
+    let secure = parsed.as_ref().is_some_and(|u| match u.scheme() {
+        "https" => true,
+        // Exactly these three: another loopback address (127.0.0.2) may be
+        // a different listener, and is not on the list.
+        "http" => match u.host() {
+            Some(url::Host::Ipv4(ip)) => ip == std::net::Ipv4Addr::LOCALHOST,
+            Some(url::Host::Ipv6(ip)) => ip == std::net::Ipv6Addr::LOCALHOST,
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        },
+        _ => false,
+    });
+    if secure {
+        Ok(())
+    } else {
+        Err(format!(
             "`{url}` is not an https URL; credentials are only sent over https (or to this machine)"
-        )),
+        ))
     }
 }
 
@@ -197,12 +261,46 @@ mod tests {
         (url, count)
     }
 
+    /// `Retry::JSON`'s statuses with `n` tries and no wait.
+    fn tries(n: u32) -> Retry {
+        Retry {
+            attempts: n,
+            first_wait: Duration::ZERO,
+            cap: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn one_policy_with_each_services_numbers() {
+        let secs = |r: Retry, after: Option<u64>| -> Vec<f64> {
+            (1..r.attempts)
+                .map(|a| r.wait(a, after).as_secs_f64())
+                .collect()
+        };
+        assert_eq!(secs(Retry::STORAGE, None), [0.1, 0.2, 0.4, 0.8, 1.6]);
+        assert_eq!(secs(Retry::JSON, None), [2.0, 4.0, 8.0]);
+        // A server's Retry-After wins, up to the cap.
+        assert_eq!(secs(Retry::JSON, Some(5)), [5.0, 5.0, 5.0]);
+        assert_eq!(secs(Retry::JSON, Some(3600)), [30.0, 30.0, 30.0]);
+        assert_eq!(secs(Retry::STORAGE, Some(60))[0], 3.0);
+        assert_eq!(Retry::JSON.transport_wait(1), Duration::from_millis(500));
+        // Long runs of failures neither overflow nor pass the cap.
+        assert_eq!(Retry::JSON.wait(200, None), Duration::from_secs(30));
+        let retried: Vec<u16> = (100..600)
+            .filter(|s| Retry::retryable(reqwest::StatusCode::from_u16(*s).unwrap()))
+            .collect();
+        assert_eq!(retried, [408, 429, 500, 502, 503, 504]);
+    }
+
     #[tokio::test]
     async fn throttling_and_server_errors_are_retried_and_the_rest_returned_as_they_are() {
         let http = client_builder(Duration::from_secs(5)).build().unwrap();
         // 429 and 503 are retried (Retry-After: 0), the third answer is kept.
         let (url, count) = server(&[429, 503]);
-        let r = send_retrying(4, &|| http.get(&url)).await.ok().unwrap();
+        let r = send_retrying(tries(4), &|| http.get(&url))
+            .await
+            .ok()
+            .unwrap();
         assert_eq!(
             (r.status.as_u16(), r.body.as_slice()),
             (200, &b"{\"n\":2}"[..])
@@ -210,16 +308,22 @@ mod tests {
         assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
         // A 403 is an answer, not a reason to ask again.
         let (url, count) = server(&[403]);
-        let r = send_retrying(4, &|| http.get(&url)).await.ok().unwrap();
+        let r = send_retrying(tries(4), &|| http.get(&url))
+            .await
+            .ok()
+            .unwrap();
         assert_eq!(r.status.as_u16(), 403);
         assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
         // After the last attempt the 5xx itself is returned.
         let (url, count) = server(&[500, 500, 500]);
-        let r = send_retrying(3, &|| http.get(&url)).await.ok().unwrap();
+        let r = send_retrying(tries(3), &|| http.get(&url))
+            .await
+            .ok()
+            .unwrap();
         assert_eq!(r.status.as_u16(), 500);
         assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
         // Nobody listening: the transport error, after every attempt.
-        let e = send_retrying(2, &|| http.get("http://127.0.0.1:9/x"))
+        let e = send_retrying(tries(2), &|| http.get("http://127.0.0.1:9/x"))
             .await
             .err()
             .unwrap();
@@ -236,5 +340,9 @@ mod tests {
         assert!(require_secure("http://login.example.com/t").is_err());
         assert!(require_secure("http://127.0.0.1.evil.example/t").is_err());
         assert!(require_secure("http://localhost@evil.example/t").is_err());
+        assert!(require_secure("http://127.0.0.1:80@evil.example/t").is_err());
+        assert!(require_secure("http://evil.example\\@127.0.0.1/t").is_err());
+        assert!(require_secure("http://127.0.0.2:10000/x").is_err());
+        assert!(require_secure("not a url").is_err());
     }
 }

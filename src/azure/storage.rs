@@ -19,7 +19,7 @@ use md5::Digest as _;
 use reqwest::{Method, StatusCode};
 
 use crate::azure::entra::ServicePrincipal;
-use crate::azure::http::error_chain;
+use crate::azure::http::{Retry, error_chain};
 use crate::util::redact::Secret;
 use crate::util::text::{encode_component, encode_path, percent_decode};
 
@@ -100,28 +100,29 @@ impl BlobRef {
             url: crate::util::redact::redact(url),
             why: why.to_string(),
         };
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        // Read as reqwest will read it: the host is the one the request goes
+        // to, whatever `user@` or `\\` tricks the text holds.
+        let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+        let scheme = parsed.scheme();
         if scheme != "https" && scheme != "http" {
             return Err(bad("only http and https are supported"));
         }
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, Some(q)),
-            None => (rest, None),
-        };
-        let (host, path) = rest.split_once('/').ok_or_else(|| bad("no container"))?;
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(bad("a blob URL has no user name or password"));
+        }
+        let host = parsed.host_str().ok_or_else(|| bad("no host"))?;
+        let origin = parsed.origin().ascii_serialization();
+        let path = parsed.path().strip_prefix('/').unwrap_or(parsed.path());
+        let query = parsed.query();
         let host_style = host.contains(".blob.");
         let (account, endpoint, path) = if host_style {
             let account = host.split('.').next().unwrap_or("").to_string();
-            (account, format!("{scheme}://{host}"), path)
+            (account, origin, path)
         } else {
             let (account, path) = path
                 .split_once('/')
                 .ok_or_else(|| bad("no account in the path"))?;
-            (
-                account.to_string(),
-                format!("{scheme}://{host}/{account}"),
-                path,
-            )
+            (account.to_string(), format!("{origin}/{account}"), path)
         };
         let (container, blob) = path.split_once('/').ok_or_else(|| bad("no blob name"))?;
         if account.is_empty() || container.is_empty() || blob.is_empty() {
@@ -164,18 +165,16 @@ impl BlobRef {
 
     /// `scheme://host[:port]` of the endpoint.
     fn origin(&self) -> String {
-        match self.endpoint.split_once("://") {
-            Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or("")),
-            None => String::new(),
-        }
+        url::Url::parse(&self.endpoint)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default()
     }
 
     /// The endpoint's own path: empty for host-style, `/account` for path-style.
     fn endpoint_path(&self) -> String {
-        let after_scheme = self.endpoint.split_once("://").map_or("", |(_, r)| r);
-        after_scheme
-            .split_once('/')
-            .map_or(String::new(), |(_, p)| format!("/{p}"))
+        url::Url::parse(&self.endpoint)
+            .map(|u| u.path().trim_end_matches('/').to_string())
+            .unwrap_or_default()
     }
 
     fn url_path(&self) -> String {
@@ -271,7 +270,7 @@ pub struct Storage {
     http: reqwest::Client,
     auths: BTreeMap<String, Auth>,
     pub counters: Arc<Counters>,
-    attempts: u32,
+    retry: Retry,
 }
 
 impl Storage {
@@ -345,7 +344,7 @@ impl Storage {
             http,
             auths,
             counters: Arc::new(Counters::default()),
-            attempts: 6,
+            retry: Retry::STORAGE,
         })
     }
 
@@ -501,7 +500,7 @@ impl Storage {
                 .bytes_up
                 .fetch_add(content_length as u64, Ordering::Relaxed);
             let result = req.body(body.clone()).send().await;
-            let transient = match result {
+            let wait = match result {
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_success() || pass_through.contains(&status) {
@@ -513,8 +512,7 @@ impl Storage {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("")
                         .to_string();
-                    let retryable = matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504);
-                    if !retryable || attempt >= self.attempts {
+                    if !Retry::retryable(status) || attempt >= self.retry.attempts {
                         return Err(StorageError::Status {
                             op,
                             account: account.to_string(),
@@ -528,10 +526,11 @@ impl Storage {
                             hint: status_hint(status.as_u16(), account),
                         });
                     }
-                    format!("HTTP {status}")
+                    self.retry
+                        .wait(attempt, crate::azure::http::retry_after(resp.headers()))
                 }
                 Err(e) => {
-                    if attempt >= self.attempts {
+                    if attempt >= self.retry.attempts {
                         return Err(StorageError::Transport {
                             op,
                             account: account.to_string(),
@@ -540,13 +539,13 @@ impl Storage {
                             message: crate::util::redact::redact(&error_chain(&e)),
                         });
                     }
-                    error_chain(&e)
+                    // Blob requests retry a dropped connection as soon as a
+                    // refused one: a copy's connections drop under load.
+                    self.retry.wait(attempt, None)
                 }
             };
-            let _ = transient;
             self.counters.retries.fetch_add(1, Ordering::Relaxed);
-            let backoff = Duration::from_millis(100 * (1 << (attempt - 1).min(5)));
-            tokio::time::sleep(backoff.min(Duration::from_secs(3))).await;
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -910,7 +909,7 @@ impl Storage {
                 .await?;
             match self.body("Get Blob", blob, resp, want).await {
                 Ok(b) if b.len() as u64 == want => return Ok(b),
-                Ok(b) if attempt >= self.attempts => {
+                Ok(b) if attempt >= self.retry.attempts => {
                     return Err(StorageError::Protocol {
                         op: "Get Blob",
                         account: blob.account.clone(),
@@ -918,10 +917,10 @@ impl Storage {
                         message: format!("asked for {want} bytes, got {}", b.len()),
                     });
                 }
-                Err(e) if attempt >= self.attempts => return Err(e),
+                Err(e) if attempt >= self.retry.attempts => return Err(e),
                 _ => {
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(100 * (1 << attempt.min(5)))).await;
+                    tokio::time::sleep(self.retry.wait(attempt, None)).await;
                 }
             }
         }
@@ -1239,6 +1238,22 @@ mod tests {
         assert_eq!(a.url(), "http://127.0.0.1:10000/acct1/images/a.vhd");
         assert!(BlobRef::parse("ftp://x/y/z").is_err());
         assert!(BlobRef::parse("https://acct.blob.core.windows.net/onlycontainer").is_err());
+        // Read as the HTTP client reads it: case, default ports and escapes
+        // normalised, and the host is the one a request would reach.
+        let n = BlobRef::parse("HTTPS://Acct.Blob.Core.Windows.Net:443/c/a%20b.vhd").unwrap();
+        assert_eq!(
+            (n.endpoint.as_str(), n.account.as_str(), n.blob.as_str()),
+            ("https://acct.blob.core.windows.net", "acct", "a b.vhd")
+        );
+        assert_eq!(n.url(), "https://acct.blob.core.windows.net/c/a%20b.vhd");
+        for trick in [
+            // The text says acct.blob…, the request would go to evil.example.
+            "https://acct.blob.core.windows.net@evil.example/c/b.vhd",
+            "https://user:pw@acct.blob.core.windows.net/c/b.vhd",
+        ] {
+            let e = BlobRef::parse(trick).err().map(|e| e.to_string());
+            assert!(e.is_some_and(|e| e.contains("no user name")), "{trick}");
+        }
     }
 
     #[test]

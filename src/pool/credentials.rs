@@ -141,10 +141,10 @@ impl ShipyardCredentials {
 /// `https://<account>.<region>.batch.azure.com/` (or a sovereign cloud's
 /// `batch.chinacloudapi.cn`, `batch.usgovcloudapi.net`) → (`<account>`, `<region>`).
 pub fn batch_account_url(url: &str) -> Option<(String, String)> {
-    let host = url
-        .strip_prefix("https://")?
-        .split(['/', ':', '?'])
-        .next()?;
+    let url = url::Url::parse(url)
+        .ok()
+        .filter(|u| u.scheme() == "https")?;
+    let host = url.host_str()?;
     let labels: Vec<&str> = host.split('.').collect();
     let valid = |l: &str| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric());
     (labels.len() >= 4 && labels[2] == "batch" && valid(labels[0]) && valid(labels[1])).then(|| {

@@ -603,7 +603,9 @@ fn check_uris(
     };
     for uri in uris {
         let at = at_of(uri);
-        let (scheme, rest) = uri.split_once("://").unwrap_or(("", uri));
+        // Read as Batch's HTTP client will read it.
+        let parsed = url::Url::parse(uri).ok();
+        let scheme = parsed.as_ref().map_or("", |u| u.scheme());
         if scheme != "https" {
             all_ok[0] = false;
             f.push(
@@ -615,8 +617,7 @@ fn check_uris(
                 .hint("Batch reads custom images over https"),
             );
         }
-        let (no_query, query) = rest.split_once('?').unwrap_or((rest, ""));
-        if !query.is_empty() || uri.contains('?') {
+        if parsed.as_ref().is_some_and(|u| u.query().is_some()) || uri.contains('?') {
             all_ok[1] = false;
             f.push(
                 Finding::fail(
@@ -630,9 +631,10 @@ fn check_uris(
                 .hint("use the bare URL: Batch Shipyard forbids SAS of any kind in image_uris"),
             );
         }
-        let mut parts = no_query.splitn(2, '/');
-        let host = parts.next().unwrap_or("");
-        let path = parts.next().unwrap_or("");
+        let host = parsed.as_ref().and_then(|u| u.host_str()).unwrap_or("");
+        let path = parsed
+            .as_ref()
+            .map_or("", |u| u.path().trim_start_matches('/'));
         let account = host.split('.').next().unwrap_or("").to_string();
         let (container, blob) = path.split_once('/').unwrap_or((path, ""));
         if container.is_empty() || blob.is_empty() || blob.contains('/') {

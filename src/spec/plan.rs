@@ -187,6 +187,161 @@ pub fn vhd_copies(max_nodes: u32, os: Os) -> u32 {
 
 const DEFAULT_VM_SIZE: &str = "Standard_D2s_v3";
 
+/// The features a manifest enables, in catalog order (GlusterFS server
+/// implies the client).
+fn feature_ids(m: &Manifest) -> Vec<FeatureId> {
+    let (raw, distro) = (&m.raw, m.distro);
+    let mut ids = Vec::new();
+    if distro.os == Os::Linux {
+        ids.extend([FeatureId::Ssh, FeatureId::Docker]);
+    }
+    if raw.features.gpu.is_some() {
+        ids.push(FeatureId::Gpu);
+    }
+    match raw.features.rdma {
+        Some(Rdma::Nd) => ids.push(FeatureId::RdmaNd),
+        Some(Rdma::Sriov) => ids.push(FeatureId::RdmaSriov),
+        None => {}
+    }
+    if raw.features.nfs {
+        ids.push(FeatureId::Nfs);
+    }
+    match raw.features.glusterfs {
+        Some(Glusterfs::Client) => ids.push(FeatureId::GlusterfsClient),
+        Some(Glusterfs::Server) => {
+            ids.extend([FeatureId::GlusterfsClient, FeatureId::GlusterfsServer])
+        }
+        None => {}
+    }
+    ids
+}
+
+/// Each enabled feature as the plan resolves it: packages for the distro's
+/// family, services on or off at boot, the files it must leave, and the
+/// in-VM checks the build VM can run.
+fn feature_plans(m: &Manifest) -> Vec<FeaturePlan> {
+    let raw = &m.raw;
+    let distro = m.distro;
+    let family = distro.family;
+    let docker_on_ephemeral = distro.docker_data_root.starts_with(distro.ephemeral_mount);
+    let build_vm_size = raw
+        .build
+        .vm_size
+        .clone()
+        .unwrap_or_else(|| DEFAULT_VM_SIZE.to_string());
+    let local_build = raw.build.builder == Builder::Local;
+    // A local build has no GPU or InfiniBand to check against.
+    let has_hardware = |id: FeatureId| match id {
+        FeatureId::Gpu => !local_build && is_gpu_size(&build_vm_size),
+        FeatureId::RdmaNd | FeatureId::RdmaSriov => !local_build && is_rdma_size(&build_vm_size),
+        _ => true,
+    };
+    let docker_source = raw.features.docker.source;
+    let gpu = raw.features.gpu.as_ref();
+    feature_ids(m)
+        .iter()
+        .map(|&id| {
+            let f = catalog::feature(id);
+            let packages = match id {
+                FeatureId::Docker if docker_source == PackageSource::Distro => {
+                    DOCKER_DISTRO_PACKAGES.to_vec()
+                }
+                _ => f.packages.for_family(family).to_vec(),
+            };
+            // Without the container toolkit there is no runtime to check for.
+            let files = f
+                .files
+                .iter()
+                .filter(|r| {
+                    id != FeatureId::Gpu
+                        || gpu.is_none_or(|g| g.container_toolkit)
+                        || !r.any_of.contains(&"/usr/bin/nvidia-container-cli")
+                })
+                .copied()
+                .map(FileCheck::new)
+                .collect();
+            let vm_checks_all: Vec<catalog::VmCheck> = f
+                .vm_checks
+                .iter()
+                .filter(|c| {
+                    id != FeatureId::Gpu
+                        || gpu.is_none_or(|g| g.container_toolkit)
+                        || !c.command.contains("nvidia-container-cli")
+                })
+                .copied()
+                .collect();
+            FeaturePlan {
+                id,
+                packages,
+                services: f
+                    .services
+                    .iter()
+                    .map(|s| ServicePlan {
+                        unit: s.unit.unwrap_or(distro.ssh_service),
+                        enabled_at_boot: match s.at_boot {
+                            AtBoot::Enabled => true,
+                            AtBoot::DisabledWhenOnEphemeralDisk => !docker_on_ephemeral,
+                        },
+                    })
+                    .collect(),
+                inbound_tcp: f.inbound_tcp.to_vec(),
+                files,
+                vm_checks: vm_checks_all
+                    .iter()
+                    .filter(|c| !c.needs_hardware || has_hardware(id))
+                    .copied()
+                    .collect(),
+                vm_checks_skipped: vm_checks_all
+                    .iter()
+                    .filter(|c| c.needs_hardware && !has_hardware(id))
+                    .copied()
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// The rendered scripts in the order Packer runs them: base, one per
+/// feature, firewall, packages, the user's, and the in-VM checks last.
+fn script_plans(m: &Manifest, features: &[FeaturePlan]) -> Vec<ScriptPlan> {
+    let raw = &m.raw;
+    let distro = m.distro;
+    let mut scripts = Vec::new();
+    if distro.os == Os::Linux {
+        let mut templates = vec![catalog::BASE_SCRIPT];
+        for f in features {
+            let t = catalog::feature(f.id).script;
+            if !templates.contains(&t) {
+                templates.push(t);
+            }
+        }
+        templates.push(catalog::FIREWALL_SCRIPT);
+        if !raw.provision.packages.is_empty() {
+            templates.push(catalog::PACKAGES_SCRIPT);
+        }
+        templates.sort();
+        scripts.extend(templates.into_iter().map(|t| ScriptPlan {
+            file: script_file_name(t),
+            template: Some(t),
+        }));
+        for (i, s) in m.user_scripts.iter().enumerate() {
+            let name = s
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            scripts.push(ScriptPlan {
+                file: format!("90-user-{:02}-{name}", i + 1),
+                template: None,
+            });
+        }
+        scripts.push(ScriptPlan {
+            file: script_file_name(catalog::VM_CHECKS_SCRIPT),
+            template: Some(catalog::VM_CHECKS_SCRIPT),
+        });
+    }
+    scripts
+}
+
 impl Plan {
     /// Drops the in-VM check script (`--no-vm-checks`).
     pub fn without_vm_checks(mut self) -> Plan {
@@ -198,110 +353,12 @@ impl Plan {
     pub fn new(m: &Manifest) -> Plan {
         let raw = &m.raw;
         let distro = m.distro;
-        let family = distro.family;
         let mut warnings = Vec::new();
-
-        let mut ids = Vec::new();
-        if distro.os == Os::Linux {
-            ids.extend([FeatureId::Ssh, FeatureId::Docker]);
-        }
-        if raw.features.gpu.is_some() {
-            ids.push(FeatureId::Gpu);
-        }
-        match raw.features.rdma {
-            Some(Rdma::Nd) => ids.push(FeatureId::RdmaNd),
-            Some(Rdma::Sriov) => ids.push(FeatureId::RdmaSriov),
-            None => {}
-        }
-        if raw.features.nfs {
-            ids.push(FeatureId::Nfs);
-        }
-        match raw.features.glusterfs {
-            Some(Glusterfs::Client) => ids.push(FeatureId::GlusterfsClient),
-            Some(Glusterfs::Server) => {
-                ids.extend([FeatureId::GlusterfsClient, FeatureId::GlusterfsServer])
-            }
-            None => {}
-        }
-
-        let docker_on_ephemeral = distro.docker_data_root.starts_with(distro.ephemeral_mount);
-        let build_vm_size = raw
-            .build
-            .vm_size
-            .clone()
-            .unwrap_or_else(|| DEFAULT_VM_SIZE.to_string());
         let local_build = raw.build.builder == Builder::Local;
-        // A local build has no GPU or InfiniBand to check against.
-        let has_hardware = |id: FeatureId| match id {
-            FeatureId::Gpu => !local_build && is_gpu_size(&build_vm_size),
-            FeatureId::RdmaNd | FeatureId::RdmaSriov => {
-                !local_build && is_rdma_size(&build_vm_size)
-            }
-            _ => true,
-        };
-        let docker_source = raw.features.docker.source;
+        let docker_on_ephemeral = distro.docker_data_root.starts_with(distro.ephemeral_mount);
         let gpu = raw.features.gpu.as_ref();
-        let features: Vec<FeaturePlan> = ids
-            .iter()
-            .map(|&id| {
-                let f = catalog::feature(id);
-                let packages = match id {
-                    FeatureId::Docker if docker_source == PackageSource::Distro => {
-                        DOCKER_DISTRO_PACKAGES.to_vec()
-                    }
-                    _ => f.packages.for_family(family).to_vec(),
-                };
-                // Without the container toolkit there is no runtime to check for.
-                let files = f
-                    .files
-                    .iter()
-                    .filter(|r| {
-                        id != FeatureId::Gpu
-                            || gpu.is_none_or(|g| g.container_toolkit)
-                            || !r.any_of.contains(&"/usr/bin/nvidia-container-cli")
-                    })
-                    .copied()
-                    .map(FileCheck::new)
-                    .collect();
-                let vm_checks_all: Vec<catalog::VmCheck> = f
-                    .vm_checks
-                    .iter()
-                    .filter(|c| {
-                        id != FeatureId::Gpu
-                            || gpu.is_none_or(|g| g.container_toolkit)
-                            || !c.command.contains("nvidia-container-cli")
-                    })
-                    .copied()
-                    .collect();
-                FeaturePlan {
-                    id,
-                    packages,
-                    services: f
-                        .services
-                        .iter()
-                        .map(|s| ServicePlan {
-                            unit: s.unit.unwrap_or(distro.ssh_service),
-                            enabled_at_boot: match s.at_boot {
-                                AtBoot::Enabled => true,
-                                AtBoot::DisabledWhenOnEphemeralDisk => !docker_on_ephemeral,
-                            },
-                        })
-                        .collect(),
-                    inbound_tcp: f.inbound_tcp.to_vec(),
-                    files,
-                    vm_checks: vm_checks_all
-                        .iter()
-                        .filter(|c| !c.needs_hardware || has_hardware(id))
-                        .copied()
-                        .collect(),
-                    vm_checks_skipped: vm_checks_all
-                        .iter()
-                        .filter(|c| c.needs_hardware && !has_hardware(id))
-                        .copied()
-                        .collect(),
-                }
-            })
-            .collect();
+
+        let features = feature_plans(m);
 
         let mut inbound: BTreeSet<u16> = catalog::required_inbound_tcp(distro.os)
             .iter()
@@ -312,39 +369,7 @@ impl Plan {
         let mut outbound: BTreeSet<u16> = catalog::REQUIRED_OUTBOUND_TCP.iter().copied().collect();
         outbound.extend(raw.firewall.outbound_tcp.iter().copied());
 
-        let mut scripts = Vec::new();
-        if distro.os == Os::Linux {
-            let mut templates = vec![catalog::BASE_SCRIPT];
-            for f in &features {
-                let t = catalog::feature(f.id).script;
-                if !templates.contains(&t) {
-                    templates.push(t);
-                }
-            }
-            templates.push(catalog::FIREWALL_SCRIPT);
-            if !raw.provision.packages.is_empty() {
-                templates.push(catalog::PACKAGES_SCRIPT);
-            }
-            templates.sort();
-            scripts.extend(templates.into_iter().map(|t| ScriptPlan {
-                file: script_file_name(t),
-                template: Some(t),
-            }));
-            for (i, s) in m.user_scripts.iter().enumerate() {
-                let name = s
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                scripts.push(ScriptPlan {
-                    file: format!("90-user-{:02}-{name}", i + 1),
-                    template: None,
-                });
-            }
-            scripts.push(ScriptPlan {
-                file: script_file_name(catalog::VM_CHECKS_SCRIPT),
-                template: Some(catalog::VM_CHECKS_SCRIPT),
-            });
-        }
+        let scripts = script_plans(m, &features);
 
         let vm_size = raw
             .build
@@ -469,7 +494,7 @@ impl Plan {
             },
             docker: DockerPlan {
                 version: raw.features.docker.version.clone(),
-                source: docker_source,
+                source: raw.features.docker.source,
                 data_root: distro.docker_data_root,
                 enabled_at_boot: !docker_on_ephemeral,
             },

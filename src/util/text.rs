@@ -1,7 +1,8 @@
 //! Text helpers the plan, the renderer and the validator share: POSIX shell
 //! quoting (every manifest value that reaches a shell goes through it) and
 //! SHA-256 in hex, percent-encoding for URLs (and for finding a secret in
-//! its encoded form), and Azure region names compared as Azure does.
+//! its encoded form; the `percent-encoding` crate, with the character sets
+//! Azure Storage signs), and Azure region names compared as Azure does.
 
 use sha2::{Digest as _, Sha256};
 
@@ -25,46 +26,30 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
+/// Everything but RFC 3986's unreserved characters.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+/// As `COMPONENT`, keeping `/` (a URL path).
+const PATH: &AsciiSet = &COMPONENT.remove(b'/');
+
 /// Percent-encodes everything but RFC 3986 unreserved characters.
 pub fn encode_component(s: &str) -> String {
-    encode_except(s, b"-_.~")
+    utf8_percent_encode(s, COMPONENT).to_string()
 }
 
 /// As `encode_component`, keeping `/` (a URL path).
 pub fn encode_path(s: &str) -> String {
-    encode_except(s, b"-_.~/")
-}
-
-fn encode_except(s: &str, keep: &[u8]) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || keep.contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, PATH).to_string()
 }
 
 /// `%XX` sequences to bytes; anything else is kept as it is.
 pub fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(v) = u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16)
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 /// Regions compare without case or spaces: "West US 2" is `westus2`.
