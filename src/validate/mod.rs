@@ -1101,20 +1101,29 @@ fn ssh_port(files: &Files, _plan: &Plan, f: &mut Vec<Finding>) {
     });
 }
 
+/// The first host firewall the image enables must admit every port the plan
+/// opens (Batch's, the features', the manifest's — as the firewall script
+/// renders them); none enabled passes.
 fn firewall(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
-    // The ports the plan opens (Batch's, the features', the manifest's), as
-    // the firewall script renders them.
     let inbound = &plan.firewall.inbound_tcp;
     let outbound = &plan.firewall.outbound_tcp;
-    let list = |ports: &[u16]| {
-        ports
-            .iter()
-            .map(|p| format!("{p}/tcp"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    f.push(
+        ufw(files, inbound, outbound)
+            .or_else(|| firewalld(files, inbound))
+            .or_else(|| iptables(files, inbound))
+            .unwrap_or_else(|| {
+                Finding::pass(
+                    "batch.firewall",
+                    "no host firewall is enabled: nothing blocks the Batch ports",
+                )
+            }),
+    );
+}
+
+/// ufw, when `ufw.conf` enables it: its default policies and the allow
+/// rules in `user.rules`.
+fn ufw(files: &Files, inbound: &[u16], outbound: &[u16]) -> Option<Finding> {
     let id = "batch.firewall";
-    // ufw
     if let Some(conf) = files.text("/etc/ufw/ufw.conf")
         && key_value(&conf, "ENABLED").as_deref() == Some("yes")
     {
@@ -1153,7 +1162,7 @@ fn firewall(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
                 .filter(|p| !allowed(*p, "out"))
                 .collect()
         };
-        f.push(if blocked_in.is_empty() && blocked_out.is_empty() {
+        Some(if blocked_in.is_empty() && blocked_out.is_empty() {
             Finding::pass(
                 id,
                 format!("ufw is enabled and allows inbound {inbound:?} and outbound {outbound:?}"),
@@ -1175,10 +1184,15 @@ fn firewall(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
             Finding::fail(id, format!("ufw blocks {}", what.join(" and ")))
                 .evidence("/etc/ufw/user.rules")
                 .hint(fix.join("; "))
-        });
-        return;
+        })
+    } else {
+        None
     }
-    // firewalld
+}
+
+/// firewalld, when enabled at boot: the ports its public zone opens.
+fn firewalld(files: &Files, inbound: &[u16]) -> Option<Finding> {
+    let id = "batch.firewall";
     if files.unit_enabled("firewalld").is_some() {
         let zone = files
             .text("/etc/firewalld/zones/public.xml")
@@ -1188,7 +1202,7 @@ fn firewall(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
                 || (port == 22 && zone.contains("service name=\"ssh\""))
         };
         let blocked: Vec<u16> = inbound.iter().copied().filter(|p| !open(*p)).collect();
-        f.push(if blocked.is_empty() {
+        Some(if blocked.is_empty() {
             Finding::pass(
                 id,
                 format!("firewalld is enabled and its public zone allows inbound {inbound:?}"),
@@ -1204,10 +1218,23 @@ fn firewall(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
                         .collect::<Vec<_>>()
                         .join("; "),
                 )
-        });
-        return;
+        })
+    } else {
+        None
     }
-    // Persisted iptables rules.
+}
+
+/// Persisted iptables rules (Debian's iptables-persistent, RHEL's
+/// iptables-services): a dropping INPUT policy and its ACCEPT rules.
+fn iptables(files: &Files, inbound: &[u16]) -> Option<Finding> {
+    let id = "batch.firewall";
+    let list = |ports: &[u16]| {
+        ports
+            .iter()
+            .map(|p| format!("{p}/tcp"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     if let Some(rules) = files
         .text("/etc/iptables/rules.v4")
         .or_else(|| files.text("/etc/sysconfig/iptables"))
@@ -1227,7 +1254,7 @@ fn firewall(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
         } else {
             Vec::new()
         };
-        f.push(if blocked.is_empty() {
+        Some(if blocked.is_empty() {
             Finding::pass(
                 id,
                 format!("persisted iptables rules admit inbound {inbound:?}"),
@@ -1239,13 +1266,10 @@ fn firewall(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
                     "add -A INPUT -p tcp --dport PORT -j ACCEPT for {}",
                     list(&blocked)
                 ))
-        });
-        return;
+        })
+    } else {
+        None
     }
-    f.push(Finding::pass(
-        id,
-        "no host firewall is enabled: nothing blocks the Batch ports",
-    ));
 }
 
 /// NVIDIA modules are looked up where DKMS and the packages put them, never by
