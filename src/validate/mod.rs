@@ -529,6 +529,24 @@ pub fn validate(
 ) -> Validation {
     let disk: SharedDisk = Rc::new(RefCell::new(disk));
     let mut f = Vec::new();
+    check_disk(subject, &disk, blob_length, plan, &mut f);
+    let stats = disk.borrow().stats();
+    Validation {
+        report: Report::new(subject, completeness(plan, f)),
+        read: stats,
+    }
+}
+
+/// Layer by layer, each failure ending the walk: the blob, the VHD
+/// container, the partition table, the root partition, its filesystem, then
+/// the file checks (`CHECKS`).
+fn check_disk(
+    subject: &str,
+    disk: &SharedDisk,
+    blob_length: Option<(String, u64)>,
+    plan: &Plan,
+    f: &mut Vec<Finding>,
+) {
     let len = disk.borrow().size();
 
     if let Some((blob_type, length)) = &blob_length {
@@ -542,7 +560,59 @@ pub fn validate(
         let _ = length;
     }
 
-    // The container: a fixed VHD.
+    if !container(subject, disk, f) {
+        return;
+    }
+
+    let Some((parts, kind)) = partitions(disk, f) else {
+        return;
+    };
+    if let Some(problem) = geometry_problem(&parts, len.saturating_sub(512)) {
+        f.push(
+            Finding::fail(
+                "disk.partition-table",
+                format!("{kind} partition table does not fit the disk: {problem}"),
+            )
+            .evidence(format!("{subject}: sector 0"))
+            .hint("rewrite the partition table for this disk size, then rebuild the VHD"),
+        );
+        return;
+    }
+    f.push(Finding::pass(
+        "disk.partition-table",
+        format!("{kind}, {} partition(s)", parts.len()),
+    ));
+
+    if plan.distro.os == Os::Windows {
+        f.push(
+            Finding::skip(
+                "disk.filesystem",
+                "a Windows image: NTFS is not read offline, so its files are not checked",
+            )
+            .hint("rely on the sysprep and firewall steps of the build, and on a test pool"),
+        );
+        return;
+    }
+
+    // The root: the labelled one, else the largest Linux partition.
+    let root = parts
+        .iter()
+        .find(|p| p.label == "cloudimg-rootfs")
+        .or_else(|| parts.iter().filter(|p| p.linux).max_by_key(|p| p.size));
+    let Some(root) = root.cloned() else {
+        f.push(
+            Finding::fail("disk.root", "no Linux root partition (MBR type 0x83, GPT Linux filesystem, or label cloudimg-rootfs)")
+                .hint("the image must contain the Linux root filesystem"),
+        );
+        return;
+    };
+    root_filesystem(disk, &root, plan, f);
+}
+
+/// The container: a fixed VHD (its footer, and what the file is when it is
+/// not one). False when the partitions cannot be read as a raw disk.
+fn container(subject: &str, disk: &SharedDisk, f: &mut Vec<Finding>) -> bool {
+    let len = disk.borrow().size();
     let mut footer = [0u8; 512];
     let footer_read = if len >= 512 {
         disk.borrow_mut().read_at(len - 512, &mut footer)
@@ -558,11 +628,7 @@ pub fn validate(
             )
             .evidence(subject),
         );
-        let stats = disk.borrow().stats();
-        return Validation {
-            report: Report::new(subject, completeness(plan, f)),
-            read: stats,
-        };
+        return false;
     }
     let footer_ok = len >= 512;
     let (parsed, problems) = crate::validate::vhd::check(&footer, if footer_ok { len } else { 0 });
@@ -634,73 +700,16 @@ pub fn validate(
             "disk.partition-table",
             "not read: the container is not a fixed VHD",
         ));
-        let stats = disk.borrow().stats();
-        return Validation {
-            report: Report::new(subject, completeness(plan, f)),
-            read: stats,
-        };
+        return false;
     }
+    true
+}
 
-    let Some((parts, kind)) = partitions(&disk, &mut f) else {
-        let stats = disk.borrow().stats();
-        return Validation {
-            report: Report::new(subject, completeness(plan, f)),
-            read: stats,
-        };
-    };
-    if let Some(problem) = geometry_problem(&parts, len.saturating_sub(512)) {
-        f.push(
-            Finding::fail(
-                "disk.partition-table",
-                format!("{kind} partition table does not fit the disk: {problem}"),
-            )
-            .evidence(format!("{subject}: sector 0"))
-            .hint("rewrite the partition table for this disk size, then rebuild the VHD"),
-        );
-        let stats = disk.borrow().stats();
-        return Validation {
-            report: Report::new(subject, completeness(plan, f)),
-            read: stats,
-        };
-    }
-    f.push(Finding::pass(
-        "disk.partition-table",
-        format!("{kind}, {} partition(s)", parts.len()),
-    ));
-
-    if plan.distro.os == Os::Windows {
-        f.push(
-            Finding::skip(
-                "disk.filesystem",
-                "a Windows image: NTFS is not read offline, so its files are not checked",
-            )
-            .hint("rely on the sysprep and firewall steps of the build, and on a test pool"),
-        );
-        let stats = disk.borrow().stats();
-        return Validation {
-            report: Report::new(subject, completeness(plan, f)),
-            read: stats,
-        };
-    }
-
-    // The root: the labelled one, else the largest Linux partition.
-    let root = parts
-        .iter()
-        .find(|p| p.label == "cloudimg-rootfs")
-        .or_else(|| parts.iter().filter(|p| p.linux).max_by_key(|p| p.size));
-    let Some(root) = root.cloned() else {
-        f.push(
-            Finding::fail("disk.root", "no Linux root partition (MBR type 0x83, GPT Linux filesystem, or label cloudimg-rootfs)")
-                .hint("the image must contain the Linux root filesystem"),
-        );
-        let stats = disk.borrow().stats();
-        return Validation {
-            report: Report::new(subject, completeness(plan, f)),
-            read: stats,
-        };
-    };
+/// The root filesystem, ext4 or XFS, opened through the partition's own
+/// reader; when it opens, the file checks run over it.
+fn root_filesystem(disk: &SharedDisk, root: &Partition, plan: &Plan, f: &mut Vec<Finding>) {
     let at = format!("partition at byte {}", root.start);
-    match fs_kind(&disk, root.start) {
+    match fs_kind(disk, root.start) {
         FsKind::Xfs => {
             f.push(Finding::pass("disk.root", format!("root {at}")));
             let reader = PartitionReader {
@@ -723,7 +732,7 @@ pub fn validate(
                     let files = Files {
                         fs: Box::new(rootfs::XfsRoot(RefCell::new(fs))),
                     };
-                    check_files(&files, plan, &mut f);
+                    check_files(&files, plan, f);
                 }
             }
         }
@@ -766,15 +775,10 @@ pub fn validate(
                     let files = Files {
                         fs: Box::new(rootfs::Ext4Root(fs)),
                     };
-                    check_files(&files, plan, &mut f);
+                    check_files(&files, plan, f);
                 }
             }
         }
-    }
-    let stats = disk.borrow().stats();
-    Validation {
-        report: Report::new(subject, completeness(plan, f)),
-        read: stats,
     }
 }
 
