@@ -176,9 +176,56 @@ pub async fn publish(
         .ok_or_else(|| PublishError::Credentials(missing_variables()))?;
     let mut arm = Arm::connect(&crate::azure::arm::endpoint_from_env(), &principal).await?;
 
+    let (account, account_id) = source_account(&mut arm, plan, &source, &subscription).await?;
+    let blob = source_blob(source, &account.name, plan, opts).await?;
+    let blob_url = blob.url();
+
+    let mut progress = |line: &str| crate::util::term::status("Publishing", line);
+    let mut wait = Wait {
+        timeout: opts.timeout,
+        cancel: &opts.cancel,
+        progress: &mut progress,
+        every: Duration::from_secs(30),
+    };
+    let mut record = PublishRecord {
+        subscription: subscription.clone(),
+        blob_url: blob_url.clone(),
+        hyper_v_generation: plan.hyper_v_generation.as_str().to_string(),
+        ..Default::default()
+    };
+
+    if let Some(name) = &plan.managed_image {
+        managed_image(&mut arm, plan, name, &subscription, &mut wait, &mut record).await?;
+    }
+    if let Some(g) = &plan.gallery {
+        gallery_version(
+            &mut arm,
+            plan,
+            g,
+            &subscription,
+            &account_id,
+            &mut wait,
+            &mut record,
+        )
+        .await?;
+    }
+    record.requests = arm.requests;
+    record.seconds = clock.elapsed().as_secs_f64();
+    Ok(record)
+}
+
+/// The storage account the image is made from (the staging account for a
+/// file, the blob's own otherwise), found in Resource Manager and in the
+/// image's region; with its resource id (the gallery wants it).
+async fn source_account(
+    arm: &mut Arm,
+    plan: &PublishPlan,
+    source: &Source,
+    subscription: &str,
+) -> Result<(crate::azure::arm::StorageAccount, String), PublishError> {
     // The blob's account: its id (the gallery wants it) and its region
     // (an image is made only from a blob in its own region).
-    let account_name = match &source {
+    let account_name = match source {
         Source::File { .. } => plan.staging_account.clone().ok_or_else(|| {
             refused(
                 "no staging storage account to upload the VHD to",
@@ -187,7 +234,7 @@ pub async fn publish(
         })?,
         Source::Blob(b) => b.account.clone(),
     };
-    let accounts = arm.storage_accounts(&subscription).await?;
+    let accounts = arm.storage_accounts(subscription).await?;
     let account = accounts
         .iter()
         .find(|a| a.name.eq_ignore_ascii_case(&account_name))
@@ -219,7 +266,18 @@ pub async fn publish(
         &account.name,
     );
 
-    let blob = match source {
+    Ok((account, account_id))
+}
+
+/// The blob to publish: the source blob, or the file uploaded to the staging
+/// container (read back whole: it is the only copy).
+async fn source_blob(
+    source: Source,
+    account: &str,
+    plan: &PublishPlan,
+    opts: &Options,
+) -> Result<crate::azure::storage::BlobRef, PublishError> {
+    Ok(match source {
         Source::Blob(b) => b,
         Source::File { path, blob_name } => {
             use crate::azure::storage::{BlobRef, Storage};
@@ -227,11 +285,11 @@ pub async fn publish(
             let local = replicate::Source::open_file(&path)?;
             let dest = BlobRef::at(
                 &opts.blob_endpoint,
-                &account.name,
+                account,
                 &plan.staging_container,
                 &blob_name,
             );
-            let storage = Arc::new(Storage::new(std::slice::from_ref(&account.name)).await?);
+            let storage = Arc::new(Storage::new(&[account.to_string()]).await?);
             crate::util::term::status(
                 "Uploading",
                 &format!("{} to {}", path.display(), dest.url()),
@@ -257,190 +315,194 @@ pub async fn publish(
             })?;
             dest
         }
-    };
-    let blob_url = blob.url();
+    })
+}
 
-    let mut progress = |line: &str| crate::util::term::status("Publishing", line);
-    let mut wait = Wait {
-        timeout: opts.timeout,
-        cancel: &opts.cancel,
-        progress: &mut progress,
-        every: Duration::from_secs(30),
-    };
-    let mut record = PublishRecord {
-        subscription: subscription.clone(),
-        blob_url: blob_url.clone(),
-        hyper_v_generation: plan.hyper_v_generation.as_str().to_string(),
-        ..Default::default()
-    };
-
-    if let Some(name) = &plan.managed_image {
-        let id = compute::image_id(&subscription, &plan.resource_group, name);
-        let body = json!({
-            "location": plan.location,
-            "properties": {
-                "hyperVGeneration": plan.hyper_v_generation.as_str(),
-                "storageProfile": {
-                    "osDisk": {
-                        "osType": plan.os_type,
-                        "osState": "Generalized",
-                        "blobUri": blob_url,
-                        "storageAccountType": "Standard_LRS",
-                    }
+/// The managed image from the blob (kept when it exists from the same blob).
+async fn managed_image(
+    arm: &mut Arm,
+    plan: &PublishPlan,
+    name: &str,
+    subscription: &str,
+    wait: &mut Wait<'_>,
+    record: &mut PublishRecord,
+) -> Result<(), PublishError> {
+    let blob_url = record.blob_url.clone();
+    let id = compute::image_id(subscription, &plan.resource_group, name);
+    let body = json!({
+        "location": plan.location,
+        "properties": {
+            "hyperVGeneration": plan.hyper_v_generation.as_str(),
+            "storageProfile": {
+                "osDisk": {
+                    "osType": plan.os_type,
+                    "osState": "Generalized",
+                    "blobUri": blob_url,
+                    "storageAccountType": "Standard_LRS",
                 }
             }
-        });
-        ensure(
-            &mut arm,
-            "Create Managed Image",
-            &id,
-            IMAGES_API,
-            &body,
-            |existing| {
-                let disk = &existing["properties"]["storageProfile"]["osDisk"];
-                let same_blob = disk["blobUri"].as_str() == Some(blob_url.as_str());
-                let same_gen = existing["properties"]["hyperVGeneration"]
-                    .as_str()
-                    .is_none_or(|g| g == plan.hyper_v_generation.as_str());
-                (same_blob && same_gen).then_some(()).ok_or_else(|| {
-                    refused(
-                        format!(
-                            "managed image `{name}` already exists from {} ({})",
-                            disk["blobUri"].as_str().unwrap_or("another source"),
-                            existing["properties"]["hyperVGeneration"]
-                                .as_str()
-                                .unwrap_or("?")
-                        ),
-                        "choose another build.managed_image_name, or delete the old image (`az image delete`)",
-                    )
-                })
-            },
-            &mut wait,
-            &mut record.reused,
-        )
-        .await?;
-        record.managed_image_id = Some(id.clone());
-        record.arm_image_id = id;
-    }
-
-    if let Some(g) = &plan.gallery {
-        let gid = compute::gallery_id(&subscription, &g.resource_group, &g.name);
-        if arm
-            .get_resource("Get Gallery", &gid, GALLERY_API, None)
-            .await?
-            .is_none()
-        {
-            return Err(refused(
-                format!(
-                    "gallery `{}` does not exist in resource group `{}`",
-                    g.name, g.resource_group
-                ),
-                format!(
-                    "create it: az sig create -g {} -r {} -l {} (imgforge creates image definitions and versions, not galleries)",
-                    g.resource_group, g.name, plan.location
-                ),
-            ));
         }
-        let did = compute::definition_id(&gid, &g.definition);
-        let definition = json!({
-            "location": plan.location,
-            "properties": {
-                "osType": plan.os_type,
-                "osState": "Generalized",
-                "hyperVGeneration": plan.hyper_v_generation.as_str(),
-                "identifier": {"publisher": g.publisher, "offer": g.offer, "sku": g.sku},
-            }
-        });
-        ensure(
-            &mut arm,
-            "Create Gallery Image Definition",
-            &did,
-            GALLERY_API,
-            &definition,
-            |existing| check_definition(existing, plan, &g.definition),
-            &mut wait,
-            &mut record.reused,
-        )
-        .await?;
-        let vid = compute::version_id(&did, &g.version);
-        let version = json!({
-            "location": plan.location,
-            "properties": {
-                "publishingProfile": {
-                    "targetRegions": g.regions.iter().map(|r| json!({
-                        "name": r.region,
-                        "regionalReplicaCount": r.replicas,
-                        "storageAccountType": "Standard_LRS",
-                    })).collect::<Vec<_>>(),
-                },
-                "storageProfile": {
-                    "osDiskImage": {
-                        "hostCaching": "ReadOnly",
-                        "source": {"uri": blob_url, "storageAccountId": account_id},
-                    }
+    });
+    ensure(
+        arm,
+        "Create Managed Image",
+        &id,
+        IMAGES_API,
+        &body,
+        |existing| {
+            let disk = &existing["properties"]["storageProfile"]["osDisk"];
+            let same_blob = disk["blobUri"].as_str() == Some(blob_url.as_str());
+            let same_gen = existing["properties"]["hyperVGeneration"]
+                .as_str()
+                .is_none_or(|g| g == plan.hyper_v_generation.as_str());
+            (same_blob && same_gen).then_some(()).ok_or_else(|| {
+                refused(
+                    format!(
+                        "managed image `{name}` already exists from {} ({})",
+                        disk["blobUri"].as_str().unwrap_or("another source"),
+                        existing["properties"]["hyperVGeneration"]
+                            .as_str()
+                            .unwrap_or("?")
+                    ),
+                    "choose another build.managed_image_name, or delete the old image (`az image delete`)",
+                )
+            })
+        },
+        wait,
+        &mut record.reused,
+    )
+    .await?;
+    record.managed_image_id = Some(id.clone());
+    record.arm_image_id = id;
+    Ok(())
+}
+
+/// The gallery image definition (made when missing, checked when present)
+/// and the version from the blob, with its replication per region.
+async fn gallery_version(
+    arm: &mut Arm,
+    plan: &PublishPlan,
+    g: &crate::spec::publish::GalleryPlan,
+    subscription: &str,
+    account_id: &str,
+    wait: &mut Wait<'_>,
+    record: &mut PublishRecord,
+) -> Result<(), PublishError> {
+    let blob_url = record.blob_url.clone();
+    let gid = compute::gallery_id(subscription, &g.resource_group, &g.name);
+    if arm
+        .get_resource("Get Gallery", &gid, GALLERY_API, None)
+        .await?
+        .is_none()
+    {
+        return Err(refused(
+            format!(
+                "gallery `{}` does not exist in resource group `{}`",
+                g.name, g.resource_group
+            ),
+            format!(
+                "create it: az sig create -g {} -r {} -l {} (imgforge creates image definitions and versions, not galleries)",
+                g.resource_group, g.name, plan.location
+            ),
+        ));
+    }
+    let did = compute::definition_id(&gid, &g.definition);
+    let definition = json!({
+        "location": plan.location,
+        "properties": {
+            "osType": plan.os_type,
+            "osState": "Generalized",
+            "hyperVGeneration": plan.hyper_v_generation.as_str(),
+            "identifier": {"publisher": g.publisher, "offer": g.offer, "sku": g.sku},
+        }
+    });
+    ensure(
+        arm,
+        "Create Gallery Image Definition",
+        &did,
+        GALLERY_API,
+        &definition,
+        |existing| check_definition(existing, plan, &g.definition),
+        wait,
+        &mut record.reused,
+    )
+    .await?;
+    let vid = compute::version_id(&did, &g.version);
+    let version = json!({
+        "location": plan.location,
+        "properties": {
+            "publishingProfile": {
+                "targetRegions": g.regions.iter().map(|r| json!({
+                    "name": r.region,
+                    "regionalReplicaCount": r.replicas,
+                    "storageAccountType": "Standard_LRS",
+                })).collect::<Vec<_>>(),
+            },
+            "storageProfile": {
+                "osDiskImage": {
+                    "hostCaching": "ReadOnly",
+                    "source": {"uri": blob_url, "storageAccountId": account_id},
                 }
             }
-        });
-        ensure(
-            &mut arm,
-            "Create Gallery Image Version",
+        }
+    });
+    ensure(
+        arm,
+        "Create Gallery Image Version",
+        &vid,
+        GALLERY_API,
+        &version,
+        |existing| {
+            let src = &existing["properties"]["storageProfile"]["osDiskImage"]["source"];
+            let uri = src["uri"].as_str();
+            if uri == Some(blob_url.as_str()) {
+                Ok(())
+            } else {
+                Err(refused(
+                    format!(
+                        "gallery image version {} of `{}` already exists from {}",
+                        g.version,
+                        g.definition,
+                        uri.or(src["id"].as_str()).unwrap_or("another source")
+                    ),
+                    "a published version never changes: raise build.gallery.version (e.g. from the build date)",
+                ))
+            }
+        },
+        wait,
+        &mut record.reused,
+    )
+    .await?;
+    let status = arm
+        .get_resource(
+            "Get Gallery Image Version",
             &vid,
             GALLERY_API,
-            &version,
-            |existing| {
-                let src = &existing["properties"]["storageProfile"]["osDiskImage"]["source"];
-                let uri = src["uri"].as_str();
-                if uri == Some(blob_url.as_str()) {
-                    Ok(())
-                } else {
-                    Err(refused(
-                        format!(
-                            "gallery image version {} of `{}` already exists from {}",
-                            g.version,
-                            g.definition,
-                            uri.or(src["id"].as_str()).unwrap_or("another source")
-                        ),
-                        "a published version never changes: raise build.gallery.version (e.g. from the build date)",
-                    ))
-                }
-            },
-            &mut wait,
-            &mut record.reused,
+            Some("ReplicationStatus"),
         )
-        .await?;
-        let status = arm
-            .get_resource(
-                "Get Gallery Image Version",
-                &vid,
-                GALLERY_API,
-                Some("ReplicationStatus"),
-            )
-            .await?
-            .unwrap_or(Value::Null);
-        let summary = compute::replication_summary(&status);
-        record.regions = g
-            .regions
-            .iter()
-            .map(|r| {
-                let (state, progress) = summary
-                    .iter()
-                    .find(|(region, _, _)| normalize_region(region) == normalize_region(&r.region))
-                    .map(|(_, s, p)| (s.clone(), *p))
-                    .unwrap_or(("Unknown".into(), 0));
-                RegionState {
-                    region: r.region.clone(),
-                    replicas: r.replicas,
-                    state,
-                    progress,
-                }
-            })
-            .collect();
-        record.gallery_image_version_id = Some(vid.clone());
-        record.arm_image_id = vid;
-    }
-    record.requests = arm.requests;
-    record.seconds = clock.elapsed().as_secs_f64();
-    Ok(record)
+        .await?
+        .unwrap_or(Value::Null);
+    let summary = compute::replication_summary(&status);
+    record.regions = g
+        .regions
+        .iter()
+        .map(|r| {
+            let (state, progress) = summary
+                .iter()
+                .find(|(region, _, _)| normalize_region(region) == normalize_region(&r.region))
+                .map(|(_, s, p)| (s.clone(), *p))
+                .unwrap_or(("Unknown".into(), 0));
+            RegionState {
+                region: r.region.clone(),
+                replicas: r.replicas,
+                state,
+                progress,
+            }
+        })
+        .collect();
+    record.gallery_image_version_id = Some(vid.clone());
+    record.arm_image_id = vid;
+    Ok(())
 }
 
 /// A gallery image definition that exists must fit the image: generalized,
