@@ -16,18 +16,23 @@
 //! - `cli` — clap types, one function per subcommand, exit codes
 //! - `util`, `report` — shared helpers and the findings every check reports
 //!
+//! Only what the binary, the integration tests and the benches use is
+//! public (`spec`, `validate`, `pool`, `report`, `azure::storage`, `cli`'s
+//! `args` and `commands`, `util`'s `term` and `text`); the stages and the
+//! other clients are `pub(crate)`, so the compiler finds what nothing uses.
+//!
 //! A new distro or feature: `spec/catalog.rs`. A new check: `validate` (or
 //! `pool` for pool configs). A new target: `spec` (manifest, plan), `render`
 //! (its template) and `pipeline`. A new stage: `pipeline`.
 
 pub mod azure;
 pub mod cli;
-pub mod packer;
-pub mod pipeline;
+pub(crate) mod packer;
+pub(crate) mod pipeline;
 pub mod pool;
-pub mod publish;
-pub mod render;
-pub mod replicate;
+pub(crate) mod publish;
+pub(crate) mod render;
+pub(crate) mod replicate;
 pub mod report;
 pub mod spec;
 pub mod util;

@@ -147,8 +147,6 @@ pub struct Access {
     /// Where `url` came from, for messages.
     pub url_from: String,
     pub principal: ServicePrincipal,
-    /// Where `principal` came from, for messages.
-    pub principal_from: String,
     pub resource: String,
 }
 

@@ -4,9 +4,9 @@
 //! Manager's storage accounts (`arm`) and Compute images and galleries
 //! (`compute`), and the Batch data plane (`batch`).
 
-pub mod arm;
-pub mod batch;
-pub mod compute;
-pub mod entra;
-pub mod http;
+pub(crate) mod arm;
+pub(crate) mod batch;
+pub(crate) mod compute;
+pub(crate) mod entra;
+pub(crate) mod http;
 pub mod storage;

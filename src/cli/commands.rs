@@ -843,13 +843,10 @@ fn man(out: Option<&std::path::Path>) -> Result<i32, AppError> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| AppError::Io {
-            context: "starting the async runtime".into(),
-            source,
-        })
+    crate::util::runtime().map_err(|source| AppError::Io {
+        context: "starting the async runtime".into(),
+        source,
+    })
 }
 
 fn print_replication(

@@ -4,5 +4,5 @@
 
 pub mod args;
 pub mod commands;
-pub mod error;
-pub mod init;
+pub(crate) mod error;
+pub(crate) mod init;

@@ -525,9 +525,22 @@ struct Run<'a> {
     /// `[replicate] region` was checked in this run (before Packer, so a
     /// misplaced account costs seconds, not a build).
     region_checked: bool,
+    /// The one async runtime of this run, made by the first stage that needs it.
+    rt: Option<std::rc::Rc<tokio::runtime::Runtime>>,
 }
 
 impl Run<'_> {
+    fn rt(&mut self) -> Result<std::rc::Rc<tokio::runtime::Runtime>, BuildError> {
+        if self.rt.is_none() {
+            let rt = crate::util::runtime().map_err(|source| BuildError::Write {
+                path: PathBuf::from("(async runtime)"),
+                source,
+            })?;
+            self.rt = Some(std::rc::Rc::new(rt));
+        }
+        Ok(self.rt.clone().expect("just made"))
+    }
+
     fn save(&self) -> Result<(), BuildError> {
         if self.owned {
             self.record.write(&self.dir)
@@ -617,6 +630,7 @@ pub fn run(
         cancel: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         packer_running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         region_checked: false,
+        rt: None,
     };
     let _signals = crate::util::signals::SignalWatch::start(
         run.cancel.clone(),
@@ -889,7 +903,9 @@ impl Run<'_> {
             return Ok(());
         }
         let accounts = self.replica_accounts()?;
-        let checked = runtime()?.block_on(crate::replicate::check_region(&accounts, region))?;
+        let checked = self
+            .rt()?
+            .block_on(crate::replicate::check_region(&accounts, region))?;
         crate::util::term::status("Checked", &checked);
         self.region_checked = true;
         Ok(())
@@ -1120,7 +1136,7 @@ impl Run<'_> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| self.plan.image.clone());
-        let rt = runtime()?;
+        let rt = self.rt()?;
         let record = rt
             .block_on(crate::publish::publish(
                 plan,
@@ -1188,7 +1204,7 @@ impl Run<'_> {
             .iter()
             .map(|a| BlobRef::at(&self.opts.blob_endpoint, a, &container, &name))
             .collect();
-        let rt = runtime()?;
+        let rt = self.rt()?;
         let mut involved = accounts.clone();
         let source = match self.record.artifact.as_ref().expect("skip_reason checked") {
             Captured::LocalVhd { path, .. } => Source::open_file(path)?,
@@ -1259,7 +1275,7 @@ impl Run<'_> {
     }
 
     fn validate_copies(&mut self) -> Result<String, BuildError> {
-        let rt = runtime()?;
+        let rt = self.rt()?;
         let copies: Vec<_> = self.record.copies.iter().map(|c| c.copy.clone()).collect();
         let results = rt
             .block_on(crate::replicate::validate_copies(
@@ -1319,16 +1335,6 @@ impl Run<'_> {
         self.record.snippet = Some(path.display().to_string());
         Ok(format!("wrote {}", path.display()))
     }
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, BuildError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| BuildError::Write {
-            path: PathBuf::from("(async runtime)"),
-            source,
-        })
 }
 
 fn uses_azure_arm(dir: &Path) -> bool {

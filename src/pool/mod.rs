@@ -10,8 +10,8 @@ use crate::report::{Finding, Report};
 use crate::spec::catalog::{self, Os};
 use crate::spec::plan::{Plan, is_gpu_size, is_rdma_size, vhd_copies};
 
-pub mod credentials;
-pub mod online;
+pub(crate) mod credentials;
+pub(crate) mod online;
 
 pub const SNIPPET_FILE: &str = "pool-snippet.yaml";
 

@@ -803,13 +803,9 @@ pub fn batch_access(
             ));
         }
     };
-    let file_principal = credentials.and_then(|c| {
-        c.batch_principal
-            .clone()
-            .map(|p| (p, format!("{} (batch.aad)", c.file.path.display())))
-    });
-    let env_principal = ServicePrincipal::from_env().map(|p| (p, "ARM_CLIENT_ID".to_string()));
-    let Some((principal, principal_from)) = file_principal.or(env_principal) else {
+    let file_principal = credentials.and_then(|c| c.batch_principal.clone());
+    let env_principal = ServicePrincipal::from_env();
+    let Some(principal) = file_principal.or(env_principal) else {
         let why = credentials
             .and_then(|c| c.batch_unusable.as_deref().map(|w| (c, w)))
             .map(|(c, w)| format!(" ({} {w})", c.file.path.display()))
@@ -826,7 +822,6 @@ pub fn batch_access(
         url,
         url_from,
         principal,
-        principal_from,
         resource: credentials
             .map(|c| c.batch_resource.clone())
             .unwrap_or_else(|| crate::azure::batch::PUBLIC_RESOURCE.to_string()),

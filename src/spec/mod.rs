@@ -7,4 +7,4 @@
 pub mod catalog;
 pub mod manifest;
 pub mod plan;
-pub mod publish;
+pub(crate) mod publish;

@@ -36,8 +36,16 @@ pub fn with_hint<E: std::fmt::Display + Hint + ?Sized>(e: &E) -> String {
     }
 }
 
-pub mod fsutil;
-pub mod redact;
-pub mod signals;
+/// The async runtime a command's network work runs on; a command makes one
+/// and keeps it (`imgforge build` one for all its stages).
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+pub(crate) mod fsutil;
+pub(crate) mod redact;
+pub(crate) mod signals;
 pub mod term;
 pub mod text;

@@ -18,7 +18,7 @@ use crate::report::{Finding, Report};
 use crate::spec::catalog::{Os, PackageFamily};
 use crate::spec::plan::Plan;
 
-pub mod rootfs;
+pub(crate) mod rootfs;
 pub mod vhd;
 use rootfs::RootFs;
 
