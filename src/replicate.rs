@@ -662,6 +662,73 @@ impl Ctx<'_> {
     }
 }
 
+/// One destination made ready: its container and page blob, the chunks it
+/// already holds from an earlier run of the same source, and whether it is a
+/// verified copy to leave alone (a sampled copy is not taken as read back
+/// in full when `verify` asks for that).
+async fn prepare(
+    storage: &Storage,
+    blob: BlobRef,
+    info: &SourceInfo,
+    chunks: &[Range<u64>],
+    spans: &[Range<u64>],
+    verify: VerifyMode,
+) -> Result<Destination, ReplicateError> {
+    storage.create_container(&blob).await?;
+    let existing = storage.properties(&blob).await?;
+    let same_source = existing.as_ref().is_some_and(|p| {
+        p.length == info.length
+            && p.blob_type == "PageBlob"
+            && p.metadata.get(META_SOURCE) == Some(&info.identity)
+    });
+    // A copy verified by sample is not taken as read back in full.
+    let verified = same_source
+        && existing.as_ref().is_some_and(|p| {
+            p.metadata.get(META_VERIFIED).map(String::as_str) == Some("true")
+                && (verify == VerifyMode::Sample
+                    || p.metadata.get(META_VERIFY_MODE).map(String::as_str) != Some("sample"))
+        });
+    let mut present = vec![false; chunks.len()];
+    if same_source {
+        let have = storage.page_ranges(&blob).await?;
+        for (i, c) in chunks.iter().enumerate() {
+            present[i] = have.iter().any(|r| r.start <= c.start && c.end <= r.end);
+        }
+        if verified && storage::covers(&have, &info.ranges, spans) {
+            let was_sampled = existing
+                .as_ref()
+                .and_then(|p| p.metadata.get(META_VERIFY_MODE))
+                .is_some_and(|m| m == "sample");
+            return Ok(Destination {
+                blob,
+                skip: true,
+                present,
+                strategy: Strategy::AlreadyVerified,
+                chunks_copied: 0,
+                bytes_copied: 0,
+                verify: if was_sampled {
+                    VerifyMode::Sample
+                } else {
+                    VerifyMode::Readback
+                },
+            });
+        }
+    } else {
+        storage
+            .create_page_blob(&blob, info.length, &unverified_metadata(info))
+            .await?;
+    }
+    Ok(Destination {
+        blob,
+        skip: false,
+        present,
+        strategy: Strategy::ClientStream,
+        chunks_copied: 0,
+        bytes_copied: 0,
+        verify,
+    })
+}
+
 pub async fn replicate(
     storage: Arc<Storage>,
     source: Arc<Source>,
@@ -694,60 +761,7 @@ pub async fn replicate(
     // Prepare every destination before moving a byte.
     let mut dests = Vec::new();
     for blob in destinations {
-        storage.create_container(&blob).await?;
-        let existing = storage.properties(&blob).await?;
-        let same_source = existing.as_ref().is_some_and(|p| {
-            p.length == info.length
-                && p.blob_type == "PageBlob"
-                && p.metadata.get(META_SOURCE) == Some(&info.identity)
-        });
-        // A copy verified by sample is not taken as read back in full.
-        let verified = same_source
-            && existing.as_ref().is_some_and(|p| {
-                p.metadata.get(META_VERIFIED).map(String::as_str) == Some("true")
-                    && (opts.verify == VerifyMode::Sample
-                        || p.metadata.get(META_VERIFY_MODE).map(String::as_str) != Some("sample"))
-            });
-        let mut present = vec![false; chunks.len()];
-        if same_source {
-            let have = storage.page_ranges(&blob).await?;
-            for (i, c) in chunks.iter().enumerate() {
-                present[i] = have.iter().any(|r| r.start <= c.start && c.end <= r.end);
-            }
-            if verified && storage::covers(&have, &info.ranges, &spans) {
-                let was_sampled = existing
-                    .as_ref()
-                    .and_then(|p| p.metadata.get(META_VERIFY_MODE))
-                    .is_some_and(|m| m == "sample");
-                dests.push(Destination {
-                    blob,
-                    skip: true,
-                    present,
-                    strategy: Strategy::AlreadyVerified,
-                    chunks_copied: 0,
-                    bytes_copied: 0,
-                    verify: if was_sampled {
-                        VerifyMode::Sample
-                    } else {
-                        VerifyMode::Readback
-                    },
-                });
-                continue;
-            }
-        } else {
-            storage
-                .create_page_blob(&blob, info.length, &unverified_metadata(&info))
-                .await?;
-        }
-        dests.push(Destination {
-            blob,
-            skip: false,
-            present,
-            strategy: Strategy::ClientStream,
-            chunks_copied: 0,
-            bytes_copied: 0,
-            verify: opts.verify,
-        });
+        dests.push(prepare(&storage, blob, &info, &chunks, &spans, opts.verify).await?);
     }
 
     let bars: Vec<indicatif::ProgressBar> = dests

@@ -108,11 +108,7 @@ impl Report {
                 Status::Fail => ("FAIL", "1;31"),
                 Status::Skip => ("skip", "2"),
             };
-            let label = if color {
-                format!("\x1b[{code}m{label}\x1b[0m")
-            } else {
-                label.to_string()
-            };
+            let label = crate::util::term::paint(code, label, color);
             let _ = writeln!(s, "  {label}  {:<34} {}", f.id, f.message);
             if let Some(e) = &f.evidence {
                 let _ = writeln!(s, "        {:<34} at {e}", "");

@@ -203,7 +203,7 @@ impl Display {
                 UiLevel::Error => {
                     self.remember(text, true);
                     for part in text.lines().filter(|l| !l.trim().is_empty()) {
-                        let prefix = if self.color { "\x1b[31m!\x1b[0m" } else { "!" };
+                        let prefix = crate::util::term::paint("31", "!", self.color);
                         let l = format!("{} {prefix} {}", self.stamp(), part.trim_end());
                         self.line(&l);
                     }

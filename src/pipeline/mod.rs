@@ -530,6 +530,60 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// A stage failed: recorded in the journal (and a failed local build's
+    /// work cleaned up); the error to report, with how to resume.
+    fn failed(
+        &mut self,
+        stage: Stage,
+        e: BuildError,
+        started_at: String,
+        duration_s: f64,
+        previous_duration: f64,
+    ) -> BuildError {
+        let cancelled = matches!(e, BuildError::Cancelled);
+        self.record.stages.push(StageRecord {
+            stage,
+            status: if cancelled {
+                StageStatus::Cancelled
+            } else {
+                StageStatus::Failed
+            },
+            started_at,
+            duration_s,
+            detail: Some(crate::util::with_hint(&e)),
+        });
+        self.record.status = if cancelled {
+            BuildStatus::Cancelled
+        } else {
+            BuildStatus::Failed
+        };
+        self.record.failed_stage = Some(stage);
+        self.record.error = Some(crate::util::with_hint(&e));
+        if stage == Stage::PackerBuild
+            && self.plan.local.is_some()
+            && let Some(cleaned) = crate::packer::local::clean_work(&self.dir)
+        {
+            self.record
+                .warnings
+                .push(format!("after the failed local build: {cleaned}"));
+        }
+        self.record.finished_at = now_string();
+        self.record.duration_s = previous_duration + seconds(self.clock.elapsed());
+        if let Err(write) = self.save() {
+            return write;
+        }
+        if !self.owned {
+            // Nothing of ours is on disk: report the error itself.
+            return e;
+        }
+        BuildError::Stage {
+            stage: stage.name(),
+            manifest: self.manifest.path.display().to_string(),
+            dir: self.dir.display().to_string(),
+            source: Box::new(e),
+        }
+    }
+
     fn rt(&mut self) -> Result<std::rc::Rc<tokio::runtime::Runtime>, BuildError> {
         if self.rt.is_none() {
             let rt = crate::util::runtime().map_err(|source| BuildError::Write {
@@ -571,52 +625,7 @@ pub fn run(
     };
 
     let resuming = opts.resume;
-    let record = if opts.resume {
-        let mut old = BuildRecord::load(&dir)?;
-        check_same_inputs(&dir, &old, &manifest_ref, &listing)?;
-        old.status = BuildStatus::Running;
-        old.error = None;
-        old.failed_stage = None;
-        old.stages
-            .retain(|s| matches!(s.status, StageStatus::Done | StageStatus::Skipped));
-        crate::util::term::status(
-            "Resuming",
-            &format!(
-                "{}: {} stage(s) already done",
-                dir.display(),
-                old.stages
-                    .iter()
-                    .filter(|s| s.status == StageStatus::Done)
-                    .count()
-            ),
-        );
-        old
-    } else {
-        BuildRecord {
-            schema: SCHEMA,
-            image: plan.image.clone(),
-            status: BuildStatus::Running,
-            build_dir: dir.display().to_string(),
-            manifest: manifest_ref,
-            target: plan.target,
-            templates: listing,
-            packer: opts.packer.clone(),
-            started_at: now_string(),
-            finished_at: String::new(),
-            duration_s: 0.0,
-            stages: Vec::new(),
-            artifact: None,
-            image_validation: None,
-            boot_check: None,
-            publish: None,
-            copies: Vec::new(),
-            replication: None,
-            snippet: None,
-            failed_stage: None,
-            error: None,
-            warnings: plan.warnings.clone(),
-        }
-    };
+    let record = starting_record(&dir, plan, &opts, manifest_ref, listing)?;
 
     let mut run = Run {
         manifest,
@@ -692,48 +701,7 @@ pub fn run(
                 run.record.duration_s = previous_duration + seconds(run.clock.elapsed());
                 run.save()?;
             }
-            Err(e) => {
-                let cancelled = matches!(e, BuildError::Cancelled);
-                run.record.stages.push(StageRecord {
-                    stage,
-                    status: if cancelled {
-                        StageStatus::Cancelled
-                    } else {
-                        StageStatus::Failed
-                    },
-                    started_at,
-                    duration_s,
-                    detail: Some(crate::util::with_hint(&e)),
-                });
-                run.record.status = if cancelled {
-                    BuildStatus::Cancelled
-                } else {
-                    BuildStatus::Failed
-                };
-                run.record.failed_stage = Some(stage);
-                run.record.error = Some(crate::util::with_hint(&e));
-                if stage == Stage::PackerBuild
-                    && run.plan.local.is_some()
-                    && let Some(cleaned) = crate::packer::local::clean_work(&run.dir)
-                {
-                    run.record
-                        .warnings
-                        .push(format!("after the failed local build: {cleaned}"));
-                }
-                run.record.finished_at = now_string();
-                run.record.duration_s = previous_duration + seconds(run.clock.elapsed());
-                run.save()?;
-                if !run.owned {
-                    // Nothing of ours is on disk: report the error itself.
-                    return Err(e);
-                }
-                return Err(BuildError::Stage {
-                    stage: stage.name(),
-                    manifest: run.manifest.path.display().to_string(),
-                    dir: run.dir.display().to_string(),
-                    source: Box::new(e),
-                });
-            }
+            Err(e) => return Err(run.failed(stage, e, started_at, duration_s, previous_duration)),
         }
     }
     run.record.status = if run.opts.dry_run {
@@ -745,6 +713,64 @@ pub fn run(
     run.record.duration_s = previous_duration + seconds(run.clock.elapsed());
     run.save()?;
     Ok(run.record)
+}
+
+/// The record a run starts from: the earlier run's, its finished stages kept,
+/// when resuming (after checking the inputs are the same); a new one
+/// otherwise.
+fn starting_record(
+    dir: &Path,
+    plan: &Plan,
+    opts: &BuildOptions<'_>,
+    manifest_ref: ManifestRef,
+    listing: Vec<RenderedFile>,
+) -> Result<BuildRecord, BuildError> {
+    Ok(if opts.resume {
+        let mut old = BuildRecord::load(dir)?;
+        check_same_inputs(dir, &old, &manifest_ref, &listing)?;
+        old.status = BuildStatus::Running;
+        old.error = None;
+        old.failed_stage = None;
+        old.stages
+            .retain(|s| matches!(s.status, StageStatus::Done | StageStatus::Skipped));
+        crate::util::term::status(
+            "Resuming",
+            &format!(
+                "{}: {} stage(s) already done",
+                dir.display(),
+                old.stages
+                    .iter()
+                    .filter(|s| s.status == StageStatus::Done)
+                    .count()
+            ),
+        );
+        old
+    } else {
+        BuildRecord {
+            schema: SCHEMA,
+            image: plan.image.clone(),
+            status: BuildStatus::Running,
+            build_dir: dir.display().to_string(),
+            manifest: manifest_ref,
+            target: plan.target,
+            templates: listing,
+            packer: opts.packer.clone(),
+            started_at: now_string(),
+            finished_at: String::new(),
+            duration_s: 0.0,
+            stages: Vec::new(),
+            artifact: None,
+            image_validation: None,
+            boot_check: None,
+            publish: None,
+            copies: Vec::new(),
+            replication: None,
+            snippet: None,
+            failed_stage: None,
+            error: None,
+            warnings: plan.warnings.clone(),
+        }
+    })
 }
 
 fn check_same_inputs(

@@ -41,7 +41,9 @@ pub fn color_enabled(stream_is_terminal: bool) -> bool {
     }
 }
 
-fn paint(code: &str, text: &str, on: bool) -> String {
+/// `text` in SGR colour `code` when `on`: the one place imgforge writes
+/// colour (status lines, reports, Packer's error lines).
+pub fn paint(code: &str, text: &str, on: bool) -> String {
     if on {
         format!("\x1b[{code}m{text}\x1b[0m")
     } else {
