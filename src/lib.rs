@@ -21,7 +21,7 @@
 //! `args` and `commands`, `util`'s `term` and `text`); the stages and the
 //! other clients are `pub(crate)`, so the compiler finds what nothing uses.
 //!
-//! A new distro or feature: `spec/catalog.rs`. A new check: `validate` (or
+//! A new distro or feature: `spec/catalog.rs`. A new check: a row of `validate/checks.rs` (or
 //! `pool` for pool configs). A new target: `spec` (manifest, plan), `render`
 //! (its template) and `pipeline`. A new stage: `pipeline`.
 
