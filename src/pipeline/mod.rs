@@ -17,7 +17,7 @@ use crate::packer::capture::{CaptureError, Captured};
 use crate::packer::{Packer, PackerError, RunEnd};
 use crate::render::templates::TemplateSet;
 use crate::render::{PACKER_FILE, RenderError, RenderedFile};
-use crate::replicate::{CopyOutcome, ReplicateError};
+use crate::replicate::ReplicateError;
 use crate::spec::manifest::{Manifest, Target};
 use crate::spec::plan::Plan;
 use crate::util::Category;
@@ -212,85 +212,6 @@ impl BuildError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BuildStatus {
-    /// `--dry-run`: rendered and accepted by `packer validate`.
-    Validated,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StageStatus {
-    Done,
-    Skipped,
-    Failed,
-    Cancelled,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StageRecord {
-    pub stage: Stage,
-    pub status: StageStatus,
-    pub started_at: String,
-    pub duration_s: f64,
-    /// What the stage did, or why it was skipped, or its error.
-    pub detail: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ManifestRef {
-    pub path: String,
-    pub sha256: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ValidationSummary {
-    pub pass: usize,
-    pub warn: usize,
-    pub fail: usize,
-    pub skip: usize,
-    pub failed_checks: Vec<String>,
-    pub bytes_read: u64,
-    pub requests: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BootRecord {
-    pub pass: usize,
-    pub warn: usize,
-    pub fail: usize,
-    pub failed_checks: Vec<String>,
-    pub runs: Vec<crate::packer::bootcheck::BootRun>,
-}
-
-impl ValidationSummary {
-    fn of(v: &crate::validate::Validation) -> ValidationSummary {
-        ValidationSummary {
-            pass: v.report.summary.pass,
-            warn: v.report.summary.warn,
-            fail: v.report.summary.fail,
-            skip: v.report.summary.skip,
-            failed_checks: failed_ids(&v.report),
-            bytes_read: v.read.bytes,
-            requests: v.read.requests,
-        }
-    }
-}
-
-fn failed_ids(report: &crate::report::Report) -> Vec<String> {
-    report
-        .findings
-        .iter()
-        .filter(|f| f.status == crate::report::Status::Fail)
-        .map(|f| f.id.clone())
-        .collect()
-}
-
 fn failed_lines(report: &crate::report::Report) -> Vec<String> {
     report
         .findings
@@ -298,169 +219,6 @@ fn failed_lines(report: &crate::report::Report) -> Vec<String> {
         .filter(|f| f.status == crate::report::Status::Fail)
         .map(|f| format!("{}: {}", f.id, f.message))
         .collect()
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CopyRecord {
-    #[serde(flatten)]
-    pub copy: CopyOutcome,
-    pub validation: Option<ValidationSummary>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReplicationSummary {
-    pub source: String,
-    pub source_length: u64,
-    pub valid_bytes: u64,
-    pub bytes_downloaded: u64,
-    pub bytes_uploaded: u64,
-    pub retries: u64,
-}
-
-/// `build.json`: the journal while the build runs, the result when it ends,
-/// and what `--json` prints. Its schema is documented in the README.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BuildRecord {
-    pub schema: u32,
-    pub image: String,
-    pub status: BuildStatus,
-    pub build_dir: String,
-    pub manifest: ManifestRef,
-    pub target: Target,
-    pub templates: Vec<RenderedFile>,
-    pub packer: Packer,
-    pub started_at: String,
-    pub finished_at: String,
-    pub duration_s: f64,
-    pub stages: Vec<StageRecord>,
-    pub artifact: Option<Captured>,
-    /// The captured image checked offline (local VHDs).
-    #[serde(default)]
-    pub image_validation: Option<ValidationSummary>,
-    /// The local VHD booted under QEMU.
-    #[serde(default)]
-    pub boot_check: Option<BootRecord>,
-    /// The managed image / gallery version imgforge published.
-    #[serde(default)]
-    pub publish: Option<crate::publish::PublishRecord>,
-    pub copies: Vec<CopyRecord>,
-    pub replication: Option<ReplicationSummary>,
-    /// The Batch Shipyard pool snippet written next to this record.
-    pub snippet: Option<String>,
-    pub failed_stage: Option<Stage>,
-    pub error: Option<String>,
-    pub warnings: Vec<String>,
-}
-
-/// Why a build record names no image a pool can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoPoolImage {
-    /// A VHD that was not replicated: Batch cannot use Packer's capture path
-    /// or a local file.
-    NotReplicated,
-    /// target = "managed_image" / "gallery", and the VHD was not published.
-    NotPublished,
-    /// The build ended before it captured an image.
-    NoArtifact,
-}
-
-impl NoPoolImage {
-    pub fn message(self) -> &'static str {
-        match self {
-            NoPoolImage::NotReplicated => {
-                "the build produced a VHD but the record lists no replicated copies; Batch cannot use \
-                 Packer's capture path (system/Microsoft.Compute/Images/…) or a local file"
-            }
-            NoPoolImage::NotPublished => {
-                "the build produced a VHD but did not publish it (target = \"managed_image\" or \"gallery\")"
-            }
-            NoPoolImage::NoArtifact => {
-                "the record has no artifact (the build did not capture an image)"
-            }
-        }
-    }
-
-    pub fn hint(self) -> &'static str {
-        match self {
-            NoPoolImage::NotReplicated => {
-                "run `imgforge replicate` (target = \"vhd\") or `imgforge publish` (managed image / gallery) for this build first"
-            }
-            NoPoolImage::NotPublished => "run `imgforge publish` for this build first",
-            NoPoolImage::NoArtifact => {
-                "check `status` and `error` in the record (`imgforge status DIR`)"
-            }
-        }
-    }
-}
-
-impl BuildRecord {
-    /// The record of the build in `dir`.
-    pub fn load(dir: &Path) -> Result<BuildRecord, BuildError> {
-        BuildRecord::read(&dir.join(RECORD_FILE))
-    }
-
-    /// A build record: `build.json`, or the build directory that holds it.
-    /// The one reader of the schema, for `--resume`, `status` and `pool
-    /// snippet --from`.
-    pub fn read(path: &Path) -> Result<BuildRecord, BuildError> {
-        let path = if path.is_dir() {
-            path.join(RECORD_FILE)
-        } else {
-            path.to_path_buf()
-        };
-        let err = |why: String, hint: &str| BuildError::Record {
-            path: path.clone(),
-            why,
-            hint: hint.into(),
-        };
-        let text = crate::util::fsutil::read_input_string(&path).map_err(|e| {
-            err(
-                format!("cannot read the build record: {e}"),
-                "pass the build directory that holds build.json, or the file itself",
-            )
-        })?;
-        serde_json::from_str(&text).map_err(|e| {
-            err(
-                format!("not a build record this imgforge reads: {e}"),
-                "pass a build.json written by `imgforge build` (schema 2)",
-            )
-        })
-    }
-
-    /// The image a pool uses after this build: the published image's id, the
-    /// managed image or gallery version Packer made, or the VHD copies —
-    /// the same answer for the build's own snippet and `pool snippet --from`.
-    pub fn pool_image(&self) -> Result<crate::pool::PoolImage, NoPoolImage> {
-        use crate::pool::PoolImage;
-        if let Some(p) = self.publish.as_ref().filter(|p| !p.arm_image_id.is_empty()) {
-            return Ok(PoolImage::ArmImageId(p.arm_image_id.clone()));
-        }
-        match &self.artifact {
-            Some(Captured::ManagedImage { id, .. } | Captured::GalleryImageVersion { id, .. }) => {
-                Ok(PoolImage::ArmImageId(id.clone()))
-            }
-            _ if !self.copies.is_empty() => Ok(PoolImage::Vhds(
-                self.copies.iter().map(|c| c.copy.url.clone()).collect(),
-            )),
-            Some(_) if self.target != Target::Vhd => Err(NoPoolImage::NotPublished),
-            Some(_) => Err(NoPoolImage::NotReplicated),
-            None => Err(NoPoolImage::NoArtifact),
-        }
-    }
-
-    fn done(&self, stage: Stage) -> bool {
-        self.stages.iter().any(|s| {
-            s.stage == stage && matches!(s.status, StageStatus::Done | StageStatus::Skipped)
-        })
-    }
-
-    fn write(&self, dir: &Path) -> Result<(), BuildError> {
-        let path = dir.join(RECORD_FILE);
-        let json = serde_json::to_string_pretty(self).expect("the record serializes");
-        let json = crate::util::redact::redact(&json) + "\n";
-        crate::util::fsutil::write_atomic(&path, json.as_bytes())
-            .map_err(|source| BuildError::Write { path, source })
-    }
 }
 
 pub struct BuildOptions<'a> {
@@ -1108,7 +866,7 @@ impl Run<'_> {
             pass: r.summary.pass,
             warn: r.summary.warn,
             fail: r.summary.fail,
-            failed_checks: failed_ids(r),
+            failed_checks: record::failed_ids(r),
             runs: result.runs.clone(),
         });
         let times: Vec<String> = result
@@ -1426,89 +1184,6 @@ pub fn hint_for(errors: &str) -> Option<&'static str> {
         .map(|(_, hint)| *hint)
 }
 
-/// The stage table `imgforge status` prints.
-pub fn status_text(record: &BuildRecord) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{} ({:?}) in {}",
-        record.image, record.status, record.build_dir
-    );
-    for stage in STAGES {
-        match record.stages.iter().rev().find(|r| r.stage == stage) {
-            Some(r) => {
-                let detail = r
-                    .detail
-                    .as_deref()
-                    .unwrap_or("")
-                    .lines()
-                    .next()
-                    .unwrap_or("");
-                let _ = writeln!(
-                    s,
-                    "  {:<16} {:<9} {:>8.1} s  {detail}",
-                    stage.name(),
-                    format!("{:?}", r.status).to_lowercase(),
-                    r.duration_s
-                );
-            }
-            None => {
-                let _ = writeln!(s, "  {:<16} {:<9}", stage.name(), "pending");
-            }
-        }
-    }
-    if let Some(a) = &record.artifact {
-        let _ = writeln!(s, "artifact  {}", a.describe());
-    }
-    if let Some(v) = &record.image_validation {
-        let _ = writeln!(
-            s,
-            "image     {} passed, {} failed, {} skipped (offline)",
-            v.pass, v.fail, v.skip
-        );
-    }
-    if let Some(b) = &record.boot_check {
-        let runs: Vec<String> = b
-            .runs
-            .iter()
-            .map(|r| match r.login_after_s {
-                Some(t) => format!("{} login in {t:.0} s ({})", r.firmware.name(), r.accel),
-                None => format!("{} no login", r.firmware.name()),
-            })
-            .collect();
-        let _ = writeln!(
-            s,
-            "boot      {} passed, {} failed: {}",
-            b.pass,
-            b.fail,
-            runs.join(", ")
-        );
-    }
-    for c in &record.copies {
-        let v = c
-            .validation
-            .as_ref()
-            .map(|v| format!("{} passed, {} failed", v.pass, v.fail))
-            .unwrap_or_else(|| "not validated".into());
-        let _ = writeln!(s, "copy      {} ({v})", c.copy.url);
-    }
-    if let Some(p) = &record.snippet {
-        let _ = writeln!(s, "snippet   {p}");
-    }
-    if let Some(e) = &record.error {
-        let _ = writeln!(s, "error     {}", e.lines().next().unwrap_or(""));
-        if record.status != BuildStatus::Succeeded {
-            let _ = writeln!(
-                s,
-                "resume    imgforge build {} --resume {}",
-                record.manifest.path, record.build_dir
-            );
-        }
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1548,3 +1223,9 @@ mod tests {
 }
 
 pub mod clean;
+mod record;
+
+pub use record::{
+    BootRecord, BuildRecord, BuildStatus, CopyRecord, ManifestRef, NoPoolImage, ReplicationSummary,
+    StageRecord, StageStatus, ValidationSummary, status_text,
+};
