@@ -1,0 +1,155 @@
+//! `plan`, `render`, `build` and `status`: the pipeline and its record.
+
+use super::*;
+
+pub(super) fn plan(args: PlanArgs) -> Result<i32, AppError> {
+    let manifest = Manifest::load(&args.manifest)?;
+    let plan = Plan::new(&manifest);
+    if args.json {
+        print_stdout(&to_json(&plan))?;
+    } else {
+        print_stdout(&plan.to_text())?;
+    }
+    Ok(exit::OK)
+}
+
+pub(super) fn render(args: RenderArgs) -> Result<i32, AppError> {
+    let manifest = Manifest::load(&args.manifest)?;
+    let set = TemplateSet::with_overrides(args.templates.templates.as_deref())?;
+    let plan = args.templates.plan(&manifest);
+    for w in &plan.warnings {
+        crate::util::term::warning(w);
+    }
+    let rendered = crate::render::render_to_dir(&plan, &manifest, &set, &args.out, args.force)?;
+    if args.json {
+        print_stdout(&to_json(&rendered))?;
+    } else {
+        let mut text = String::new();
+        for f in &rendered.files {
+            text.push_str(&format!("{}\n", rendered.dir.join(&f.path).display()));
+        }
+        print_stdout(&text)?;
+        crate::util::term::status(
+            "Rendered",
+            &format!(
+                "{} files into {}",
+                rendered.files.len(),
+                rendered.dir.display()
+            ),
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub(super) fn build(args: BuildArgs) -> Result<i32, AppError> {
+    let manifest = Manifest::load(&args.manifest)?;
+    let set = TemplateSet::with_overrides(args.templates.templates.as_deref())?;
+    let plan = args.templates.plan(&manifest);
+    if args.json {
+        for w in &plan.warnings {
+            crate::util::term::warning(w);
+        }
+    } else {
+        eprint!("{}", plan.to_text());
+    }
+    if let crate::spec::catalog::AgentStatus::Retired { date, source } = plan.node_agent_status
+        && !args.dry_run
+        && !args.allow_retired
+    {
+        return Err(AppError::refused(
+            format!(
+                "{}: node agent `{}` is retired for new pools since {date} ({source}); Azure Batch would refuse a new pool with this image",
+                manifest.path.display(),
+                plan.node_agent,
+            ),
+            format!(
+                "for a pool created today build {}; pass --allow-retired to build it anyway (existing pools can still scale)",
+                crate::spec::catalog::CURRENT_LINUX
+            ),
+        ));
+    }
+    let packer = Packer::locate(args.packer.as_deref())?;
+    let dir = match (&args.resume, &args.out) {
+        (Some(dir), _) | (None, Some(dir)) => dir.clone(),
+        (None, None) => pipeline::default_build_dir(&plan.image, std::time::SystemTime::now()),
+    };
+    let result = pipeline::run(
+        &manifest,
+        &plan,
+        BuildOptions {
+            dir: dir.clone(),
+            force: args.force,
+            dry_run: args.dry_run,
+            resume: args.resume.is_some(),
+            templates: &set,
+            packer,
+            verbose: args.verbose,
+            replicate: !args.no_replicate,
+            validate: !args.no_validate,
+            boot_check: !args.no_boot_check,
+            blob_endpoint: crate::azure::storage::endpoint_template(args.blob_endpoint.as_deref())?,
+            parallel: args.parallel,
+            max_requests: args.max_requests,
+            verify: args.verify,
+            show_progress: !args.json,
+            publish: !args.no_publish,
+            publish_timeout: std::time::Duration::from_secs(args.publish_timeout),
+        },
+    );
+    match result {
+        Ok(record) => {
+            if args.json {
+                print_stdout(&to_json(&record))?;
+            } else {
+                if let Some(path) = &record.snippet
+                    && let Ok(text) = std::fs::read_to_string(path)
+                {
+                    print_stdout(&text)?;
+                }
+                let what = match record.status {
+                    BuildStatus::Validated => {
+                        "dry run: rendered and validated; nothing was created in Azure".to_string()
+                    }
+                    _ => format!(
+                        "build of {} succeeded in {:.1} s",
+                        record.image, record.duration_s
+                    ),
+                };
+                crate::util::term::status(
+                    "Finished",
+                    &format!(
+                        "{what}\n{:>12} {}/{}",
+                        "Record",
+                        record.build_dir,
+                        pipeline::RECORD_FILE
+                    ),
+                );
+            }
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            if args.json {
+                // Pipelines get the record even on failure; it was written before the error.
+                if let Ok(text) = std::fs::read_to_string(dir.join(pipeline::RECORD_FILE)) {
+                    print_stdout(&text)?;
+                    JSON_SENT.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Err(e.into())
+        }
+    }
+}
+
+pub(super) fn status(dir: &std::path::Path, json: bool) -> Result<i32, AppError> {
+    let record = pipeline::BuildRecord::load(dir)?;
+    if json {
+        print_stdout(&to_json(&record))?;
+    } else {
+        print_stdout(&pipeline::status_text(&record))?;
+    }
+    Ok(match record.status {
+        BuildStatus::Succeeded | BuildStatus::Validated => exit::OK,
+        BuildStatus::Cancelled => exit::CANCELLED,
+        BuildStatus::Running | BuildStatus::Failed => exit::FAILED,
+    })
+}

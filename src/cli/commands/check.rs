@@ -1,0 +1,133 @@
+//! `validate` and `boot-check`: the image checked offline and booted.
+
+use super::*;
+
+pub(super) fn validate(args: ValidateArgs) -> Result<i32, AppError> {
+    use crate::validate::{ValidateError, validate_blob, validate_file};
+    let manifest = Manifest::load(&args.manifest)?;
+    let plan = Plan::new(&manifest);
+    let is_url = args.image.starts_with("https://") || args.image.starts_with("http://");
+    let validation = if is_url {
+        let blob =
+            crate::azure::storage::BlobRef::parse(&args.image).map_err(ValidateError::from)?;
+        let rt = runtime()?;
+        rt.block_on(async {
+            let storage = crate::azure::storage::Storage::for_blobs(
+                std::slice::from_ref(&blob.account),
+                &[&blob],
+            )
+            .await?;
+            validate_blob(std::sync::Arc::new(storage), blob, plan).await
+        })?
+    } else {
+        validate_file(std::path::Path::new(&args.image), &plan)?
+    };
+    let code = emit_report(
+        &validation.report,
+        false,
+        args.junit.as_deref(),
+        "imgforge validate",
+        args.json.then_some(&validation as &dyn erased_json::Json),
+    )?;
+    if !args.json {
+        crate::util::term::status(
+            "Read",
+            &format!(
+                "{} bytes in {} request(s)",
+                validation.read.bytes, validation.read.requests
+            ),
+        );
+    }
+    Ok(code)
+}
+
+pub(super) fn boot_check(args: crate::cli::args::BootCheckArgs) -> Result<i32, AppError> {
+    use crate::packer::bootcheck::{BATCH_PORTS, BootOptions, Firmware, closed_port};
+    let plan = match &args.manifest {
+        Some(m) => Some(Plan::new(&Manifest::load(m)?)),
+        None => None,
+    };
+    let inbound = match &plan {
+        Some(p) => p.firewall.inbound_tcp.clone(),
+        None => {
+            crate::spec::catalog::required_inbound_tcp(crate::spec::catalog::Os::Linux).to_vec()
+        }
+    };
+    let temp = match &args.logs {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("imgforge-boot-")
+                .tempdir()
+                .map_err(|source| AppError::Io {
+                    context: "a temporary directory for the console logs".into(),
+                    source,
+                })?,
+        ),
+    };
+    let log_dir = match (&args.logs, &temp) {
+        (Some(d), _) => d.clone(),
+        (None, Some(t)) => t.path().to_path_buf(),
+        (None, None) => unreachable!("a temporary directory when --logs is absent"),
+    };
+    use std::sync::Arc;
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _signals = crate::util::signals::SignalWatch::start(
+        cancel.clone(),
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        "interrupted: stopping QEMU",
+    );
+    let mut firmwares = vec![Firmware::Bios];
+    if args.uefi {
+        firmwares.push(Firmware::Uefi);
+    }
+    crate::util::term::status(
+        "Booting",
+        &format!(
+            "{} ({}) under QEMU, up to {} s each",
+            args.image.display(),
+            firmwares
+                .iter()
+                .map(|f| f.name())
+                .collect::<Vec<_>>()
+                .join(" and "),
+            args.timeout
+        ),
+    );
+    let result = crate::packer::bootcheck::boot_check(
+        &args.image,
+        &BootOptions {
+            firmwares,
+            timeout: std::time::Duration::from_secs(args.timeout),
+            must_answer: BATCH_PORTS.to_vec(),
+            must_be_dropped: closed_port(&inbound),
+            log_dir: log_dir.clone(),
+            needs_hardware: plan
+                .as_ref()
+                .map(crate::packer::bootcheck::hardware_units)
+                .unwrap_or_default(),
+            cancel,
+        },
+    )?;
+    if result.report.failed()
+        && let Some(t) = temp
+    {
+        // Keep the console logs the report points at.
+        crate::util::term::warning(&format!("console logs kept in {}", t.keep().display()));
+    }
+    if !args.json {
+        for run in result.runs.iter().filter(|r| !r.tail.is_empty()) {
+            eprintln!("last console lines ({}):", run.firmware.name());
+            for l in &run.tail {
+                eprintln!("    {l}");
+            }
+        }
+    }
+    emit_report(
+        &result.report,
+        false,
+        None,
+        "imgforge boot-check",
+        args.json.then_some(&result as &dyn erased_json::Json),
+    )
+}

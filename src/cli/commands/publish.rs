@@ -1,0 +1,94 @@
+//! `publish`: a managed image or gallery version from a VHD.
+
+use super::*;
+
+pub(super) fn publish(args: crate::cli::args::PublishArgs) -> Result<i32, AppError> {
+    use crate::publish::{Options, Source};
+    let manifest = Manifest::load(&args.manifest)?;
+    let plan = Plan::new(&manifest);
+    let Some(publish) = plan.publish.as_ref() else {
+        return Err(AppError::refused(
+            format!(
+                "{}: target = \"vhd\": there is nothing to publish",
+                args.manifest.display()
+            ),
+            "set [build] target = \"managed_image\" or \"gallery\" (with location, resource_group, storage_account)",
+        ));
+    };
+    // Named before the image is read: that may take a while, this not.
+    let missing = crate::publish::missing_variables();
+    if !missing.is_empty() {
+        return Err(crate::publish::PublishError::Credentials(missing).into());
+    }
+    let is_url = args.image.starts_with("https://") || args.image.starts_with("http://");
+    let source = if is_url {
+        Source::Blob(crate::azure::storage::BlobRef::parse(&args.image)?)
+    } else {
+        let path = std::path::PathBuf::from(&args.image);
+        let blob_name = args.name.clone().unwrap_or_else(|| {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "image.vhd".into())
+        });
+        // What Azure would accept but Batch could not boot (not generalized,
+        // no agent, a GPU image without its driver) is caught here, before
+        // an upload and an hour of replication.
+        if !args.no_validate {
+            let validation = crate::validate::validate_file(&path, &plan)?;
+            if validation.report.failed() {
+                let failed: Vec<String> = validation
+                    .report
+                    .findings
+                    .iter()
+                    .filter(|f| f.status == crate::report::Status::Fail)
+                    .map(|f| {
+                        crate::util::redact::redact(&format!("  FAIL {}: {}", f.id, f.message))
+                    })
+                    .collect();
+                return Err(AppError::Rejected {
+                    message: format!(
+                        "{}: the image does not meet the manifest's checks, nothing was uploaded or published:\n{}",
+                        path.display(),
+                        failed.join("\n"),
+                    ),
+                    hint: Some(format!(
+                        "fix the image (`imgforge validate {} --manifest {}` shows every check), or pass --no-validate to publish it anyway",
+                        path.display(),
+                        args.manifest.display()
+                    )),
+                });
+            }
+        }
+        Source::File { path, blob_name }
+    };
+    let rt = runtime()?;
+    let (cancel, _signals) = stop_on_interrupt();
+    let record = rt.block_on(crate::publish::publish(
+        publish,
+        source,
+        &Options {
+            blob_endpoint: crate::azure::storage::endpoint_template(args.blob_endpoint.as_deref())?,
+            parallel: args.parallel,
+            show_progress: !args.json,
+            cancel,
+            timeout: std::time::Duration::from_secs(args.timeout),
+        },
+    ))?;
+    if args.json {
+        print_stdout(&to_json(&record))?;
+    } else {
+        let snippet = crate::pool::snippet(
+            &plan,
+            &crate::pool::PoolImage::ArmImageId(record.arm_image_id.clone()),
+        );
+        print_stdout(&snippet)?;
+        crate::util::term::status(
+            "Published",
+            &format!(
+                "{} in {:.1} s ({} Resource Manager requests)",
+                record.arm_image_id, record.seconds, record.requests
+            ),
+        );
+    }
+    Ok(exit::OK)
+}
