@@ -55,6 +55,15 @@ pub enum StorageError {
         attempts: u32,
         message: String,
     },
+    /// A credential that would have gone over plain http: not sent, and
+    /// not worth another try.
+    #[error("{account}/{path}: {op} not sent: {message}")]
+    Insecure {
+        op: &'static str,
+        account: String,
+        path: String,
+        message: String,
+    },
     #[error("{account}: cannot get an Entra ID token for Azure Storage: {message}")]
     Token { account: String, message: String },
     /// Settings that cannot work, found before any request.
@@ -67,6 +76,20 @@ pub enum StorageError {
         path: String,
         message: String,
     },
+}
+
+impl StorageError {
+    /// Worth another try: a retryable status (`Retry::retryable`) or no
+    /// answer at all.
+    fn transient(&self) -> bool {
+        match self {
+            StorageError::Status { status, .. } => {
+                reqwest::StatusCode::from_u16(*status).is_ok_and(Retry::retryable)
+            }
+            StorageError::Transport { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 impl crate::util::Hint for StorageError {
@@ -418,6 +441,17 @@ impl Storage {
         to: &Addressed<'_>,
         req: Request<'_>,
     ) -> Result<reqwest::Response, StorageError> {
+        self.send_with(to, req, self.retry).await
+    }
+
+    /// `send` under `retry` (one try: the caller retries, as `get_range` does
+    /// for a body that breaks off).
+    async fn send_with(
+        &self,
+        to: &Addressed<'_>,
+        req: Request<'_>,
+        retry: Retry,
+    ) -> Result<reqwest::Response, StorageError> {
         let Request {
             op,
             method,
@@ -461,11 +495,10 @@ impl Storage {
                 || !matches!(self.auth(account), Auth::Anonymous)
                 || all.iter().any(|(k, _)| k == "x-ms-copy-source");
             if carries_credential && let Err(why) = crate::azure::http::require_secure(base) {
-                return Err(StorageError::Transport {
+                return Err(StorageError::Insecure {
                     op,
                     account: account.to_string(),
                     path: display_path.to_string(),
-                    attempts: attempt,
                     message: why,
                 });
             }
@@ -512,7 +545,7 @@ impl Storage {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("")
                         .to_string();
-                    if !Retry::retryable(status) || attempt >= self.retry.attempts {
+                    if !Retry::retryable(status) || attempt >= retry.attempts {
                         return Err(StorageError::Status {
                             op,
                             account: account.to_string(),
@@ -526,11 +559,10 @@ impl Storage {
                             hint: status_hint(status.as_u16(), account),
                         });
                     }
-                    self.retry
-                        .wait(attempt, crate::azure::http::retry_after(resp.headers()))
+                    retry.wait(attempt, crate::azure::http::retry_after(resp.headers()))
                 }
                 Err(e) => {
-                    if attempt >= self.retry.attempts {
+                    if attempt >= retry.attempts {
                         return Err(StorageError::Transport {
                             op,
                             account: account.to_string(),
@@ -541,7 +573,7 @@ impl Storage {
                     }
                     // Blob requests retry a dropped connection as soon as a
                     // refused one: a copy's connections drop under load.
-                    self.retry.wait(attempt, None)
+                    retry.wait(attempt, None)
                 }
             };
             self.counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -553,6 +585,15 @@ impl Storage {
         &self,
         blob: &BlobRef,
         req: Request<'_>,
+    ) -> Result<reqwest::Response, StorageError> {
+        self.blob_request_with(blob, req, self.retry).await
+    }
+
+    async fn blob_request_with(
+        &self,
+        blob: &BlobRef,
+        req: Request<'_>,
+        retry: Retry,
     ) -> Result<reqwest::Response, StorageError> {
         let sas = if matches!(self.auth(&blob.account), Auth::Key(_)) {
             None
@@ -566,7 +607,7 @@ impl Storage {
             display_path: &blob.path(),
             sas,
         };
-        self.send(&target, req).await
+        self.send_with(&target, req, retry).await
     }
 
     /// Reads a response body of at most `limit` bytes: a server that sends
@@ -890,24 +931,31 @@ impl Storage {
             "x-ms-range",
             format!("bytes={}-{}", range.start, range.end - 1),
         )];
-        // A body that breaks off mid-way is retried like a failed request.
+        // A body that breaks off mid-way is retried like a failed request,
+        // within the same budget: each try is one request (before, the
+        // request's own retries ran inside these, 6 × 6 tries in all).
+        let once = Retry {
+            attempts: 1,
+            ..self.retry
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let resp = self
-                .blob_request(
-                    blob,
-                    Request {
-                        op: "Get Blob",
-                        method: Method::GET,
-                        query: &[],
-                        headers: &headers,
-                        body: Bytes::new(),
-                        pass_through: &[],
-                    },
-                )
-                .await?;
-            match self.body("Get Blob", blob, resp, want).await {
+            let req = Request {
+                op: "Get Blob",
+                method: Method::GET,
+                query: &[],
+                headers: &headers,
+                body: Bytes::new(),
+                pass_through: &[],
+            };
+            let got = match self.blob_request_with(blob, req, once).await {
+                Ok(resp) => self.body("Get Blob", blob, resp, want).await,
+                // A refusal (403, 404, …) is an answer: no other try.
+                Err(e) if !e.transient() => return Err(e),
+                Err(e) => Err(e),
+            };
+            match got {
                 Ok(b) if b.len() as u64 == want => return Ok(b),
                 Ok(b) if attempt >= self.retry.attempts => {
                     return Err(StorageError::Protocol {
@@ -1196,6 +1244,72 @@ pub fn chunks(ranges: &[Range<u64>], max: u64) -> Vec<Range<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server answering each request with the next of `answers` (the last
+    /// one repeated): `(status, body bytes sent, content-length claimed)`.
+    fn server(
+        answers: &'static [(u16, usize, usize)],
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/acct/c/d.vhd", listener.local_addr().unwrap());
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let _ = c.read(&mut [0u8; 4096]);
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let (status, sent, claimed) = answers[n.min(answers.len() - 1)];
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {status} X\r\ncontent-length: {claimed}\r\nconnection: close\r\n\r\n"
+                );
+                let _ = c.write_all(&vec![7u8; sent]);
+            }
+        });
+        (url, count)
+    }
+
+    #[tokio::test]
+    async fn a_ranged_read_has_one_budget_of_tries_whatever_fails() {
+        let storage = Storage {
+            http: crate::azure::http::client_builder(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+            auths: BTreeMap::new(),
+            counters: Arc::new(Counters::default()),
+            retry: Retry {
+                attempts: 6,
+                first_wait: Duration::ZERO,
+                cap: Duration::ZERO,
+            },
+        };
+        let get = |url: String| {
+            let storage = &storage;
+            async move {
+                let blob = BlobRef::parse(&url).unwrap();
+                storage.get_range(&blob, 0..1024).await
+            }
+        };
+        // A body that always breaks off: six requests in all (it was 6 × 6).
+        let (url, count) = server(&[(206, 10, 1024)]);
+        assert!(get(url).await.is_err());
+        assert_eq!(count.load(Ordering::SeqCst), 6);
+        // Nothing but 503s: six requests, not six tries of six.
+        let (url, count) = server(&[(503, 0, 0)]);
+        assert!(get(url).await.unwrap_err().to_string().contains("HTTP 503"));
+        assert_eq!(count.load(Ordering::SeqCst), 6);
+        // 503s and a cut body share the budget, then the range arrives.
+        let (url, count) = server(&[(503, 0, 0), (206, 10, 1024), (206, 1024, 1024)]);
+        assert_eq!(get(url).await.unwrap().len(), 1024);
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+        // A refusal is an answer: one request.
+        let (url, count) = server(&[(403, 0, 0)]);
+        let e = get(url).await.unwrap_err();
+        assert!(e.to_string().contains("HTTP 403"), "{e}");
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn nearby_ranges_are_bridged_and_a_bridged_copy_still_covers_its_source() {
