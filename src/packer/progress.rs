@@ -117,10 +117,26 @@ impl Display {
                 "Some builds didn't complete",
                 "Builds finished",
             ];
-            if SUMMARY.iter().any(|s| line.contains(s)) {
+            let summary = SUMMARY.iter().any(|s| line.contains(s));
+            if summary {
                 self.frozen = true;
             }
             if self.frozen {
+                // The script's stderr is copied by its own goroutine and can
+                // reach Packer's output after the summary began (seen on a
+                // loaded CI machine): kept with its error output. Packer's
+                // recap (the summary, `--> builder: …`) is not the script's.
+                let late = without_builder_prefix(line);
+                if is_error
+                    && !summary
+                    && !line.trim_start().starts_with("-->")
+                    && !self.stderr_tail.iter().any(|l| l == late)
+                {
+                    if self.stderr_tail.len() == STDERR_LINES {
+                        self.stderr_tail.pop_front();
+                    }
+                    self.stderr_tail.push_back(late.to_string());
+                }
                 continue;
             }
             let named = line
@@ -245,5 +261,56 @@ impl Display {
             let _ = write!(std::io::stderr(), "\r\x1b[K");
             self.transient = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fed(lines: &[(&str, bool)]) -> String {
+        let mut d = Display::new(false, Instant::now());
+        for (text, is_error) in lines {
+            d.remember(text, *is_error);
+        }
+        d.failure_context().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_scripts_error_line_that_arrives_after_packers_summary_is_still_shown() {
+        let mut lines: Vec<(String, bool)> = vec![(
+            "==> imgforge 30-gpu.sh: installing the NVIDIA driver".into(),
+            false,
+        )];
+        lines.extend((1..=40).map(|i| (format!("    null: apt line {i}"), false)));
+        lines.push(("Build 'null' errored after 43 milliseconds: Script exited with non-zero exit status: 100".into(), true));
+        // Late: the script's stderr, after Packer began its recap.
+        lines.push((
+            "==> null: E: Unable to locate package nvidia-driver-999".into(),
+            true,
+        ));
+        lines.push((
+            "==> Some builds didn't complete successfully and had errors:".into(),
+            true,
+        ));
+        lines.push((
+            "--> null: Script exited with non-zero exit status: 100".into(),
+            true,
+        ));
+        let lines: Vec<(&str, bool)> = lines.iter().map(|(l, e)| (l.as_str(), *e)).collect();
+        let c = fed(&lines);
+        assert!(
+            c.contains("its last 30 line(s)") && c.contains("| apt line 40"),
+            "{c}"
+        );
+        assert!(
+            c.contains("! E: Unable to locate package nvidia-driver-999"),
+            "{c}"
+        );
+        // Packer's own recap is not the script's output.
+        assert!(
+            !c.contains("Script exited") && !c.contains("Some builds"),
+            "{c}"
+        );
     }
 }
