@@ -212,13 +212,7 @@ impl CopyCheck {
         CopyCheck {
             url: v.report.subject.clone(),
             summary: v.report.summary.clone(),
-            failed_checks: v
-                .report
-                .findings
-                .iter()
-                .filter(|f| f.status == crate::report::Status::Fail)
-                .map(|f| f.id.clone())
-                .collect(),
+            failed_checks: v.report.failed_ids(),
         }
     }
 }

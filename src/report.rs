@@ -98,6 +98,16 @@ impl Report {
         self.summary.fail > 0
     }
 
+    /// The failed findings, in report order.
+    pub fn failures(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.status == Status::Fail)
+    }
+
+    /// The ids of the failed checks (`failed_checks` in every summary).
+    pub fn failed_ids(&self) -> Vec<String> {
+        self.failures().map(|f| f.id.clone()).collect()
+    }
+
     pub fn to_text(&self, color: bool) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "{}", self.subject);

@@ -298,11 +298,7 @@ fn status_error(op: &'static str, status: StatusCode, body: &str) -> ArmError {
     ArmError::Status {
         op,
         status: status.as_u16(),
-        code: if code.is_empty() {
-            String::new()
-        } else {
-            format!(" {code}")
-        },
+        code: crate::azure::http::code_suffix(&code),
         message: crate::util::redact::redact(&message),
         hint: hint.to_string(),
     }

@@ -190,11 +190,7 @@ impl Arm {
                         op,
                         state,
                         hint: hint_for(op, &code, 400).to_string(),
-                        code: if code.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" {code}")
-                        },
+                        code: crate::azure::http::code_suffix(&code),
                         message: crate::util::redact::redact(
                             error["message"].as_str().unwrap_or("no message"),
                         ),

@@ -129,6 +129,16 @@ impl Retry {
     }
 }
 
+/// A service's error code as the error messages show it after the status:
+/// ` AuthorizationFailed`, or nothing when the service named none.
+pub fn code_suffix(code: &str) -> String {
+    if code.is_empty() {
+        String::new()
+    } else {
+        format!(" {code}")
+    }
+}
+
 /// A `Retry-After` in seconds (the HTTP-date form is not used by Azure).
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<u64> {
     headers

@@ -551,11 +551,7 @@ impl Storage {
                             account: account.to_string(),
                             path: display_path.to_string(),
                             status: status.as_u16(),
-                            code: if code.is_empty() {
-                                String::new()
-                            } else {
-                                format!(" {code}")
-                            },
+                            code: crate::azure::http::code_suffix(&code),
                             hint: status_hint(status.as_u16(), account),
                         });
                     }

@@ -53,6 +53,14 @@ fn without_builder_prefix(line: &str) -> &str {
 /// How many of a failing script's last stderr lines the error always shows.
 pub const STDERR_LINES: usize = 10;
 
+/// The latest `cap` lines: the oldest goes when a new one comes.
+fn push_capped(lines: &mut std::collections::VecDeque<String>, line: String, cap: usize) {
+    if lines.len() == cap {
+        lines.pop_front();
+    }
+    lines.push_back(line);
+}
+
 /// How many of a failing script's last lines the error shows.
 pub const TAIL_LINES: usize = 30;
 
@@ -132,10 +140,7 @@ impl Display {
                     && !line.trim_start().starts_with("-->")
                     && !self.stderr_tail.iter().any(|l| l == late)
                 {
-                    if self.stderr_tail.len() == STDERR_LINES {
-                        self.stderr_tail.pop_front();
-                    }
-                    self.stderr_tail.push_back(late.to_string());
+                    push_capped(&mut self.stderr_tail, late.to_string(), STDERR_LINES);
                 }
                 continue;
             }
@@ -156,15 +161,9 @@ impl Display {
             }
             let line = without_builder_prefix(line).to_string();
             if is_error {
-                if self.stderr_tail.len() == STDERR_LINES {
-                    self.stderr_tail.pop_front();
-                }
-                self.stderr_tail.push_back(line.clone());
+                push_capped(&mut self.stderr_tail, line.clone(), STDERR_LINES);
             }
-            if self.tail.len() == TAIL_LINES {
-                self.tail.pop_front();
-            }
-            self.tail.push_back(line);
+            push_capped(&mut self.tail, line, TAIL_LINES);
         }
     }
 

@@ -214,9 +214,7 @@ impl BuildError {
 
 fn failed_lines(report: &crate::report::Report) -> Vec<String> {
     report
-        .findings
-        .iter()
-        .filter(|f| f.status == crate::report::Status::Fail)
+        .failures()
         .map(|f| format!("{}: {}", f.id, f.message))
         .collect()
 }
@@ -866,7 +864,7 @@ impl Run<'_> {
             pass: r.summary.pass,
             warn: r.summary.warn,
             fail: r.summary.fail,
-            failed_checks: record::failed_ids(r),
+            failed_checks: r.failed_ids(),
             runs: result.runs.clone(),
         });
         let times: Vec<String> = result

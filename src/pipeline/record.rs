@@ -76,20 +76,11 @@ impl ValidationSummary {
             warn: v.report.summary.warn,
             fail: v.report.summary.fail,
             skip: v.report.summary.skip,
-            failed_checks: failed_ids(&v.report),
+            failed_checks: v.report.failed_ids(),
             bytes_read: v.read.bytes,
             requests: v.read.requests,
         }
     }
-}
-
-pub(super) fn failed_ids(report: &crate::report::Report) -> Vec<String> {
-    report
-        .findings
-        .iter()
-        .filter(|f| f.status == crate::report::Status::Fail)
-        .map(|f| f.id.clone())
-        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -154,9 +154,7 @@ pub(super) fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
             "{} failed validation: {}",
             v.report.subject,
             v.report
-                .findings
-                .iter()
-                .filter(|f| f.status == crate::report::Status::Fail)
+                .failures()
                 .map(|f| format!("{} ({})", f.id, f.message))
                 .collect::<Vec<_>>()
                 .join("; ")

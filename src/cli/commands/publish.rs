@@ -38,9 +38,7 @@ pub(super) fn publish(args: crate::cli::args::PublishArgs) -> Result<i32, AppErr
             if validation.report.failed() {
                 let failed: Vec<String> = validation
                     .report
-                    .findings
-                    .iter()
-                    .filter(|f| f.status == crate::report::Status::Fail)
+                    .failures()
                     .map(|f| {
                         crate::util::redact::redact(&format!("  FAIL {}: {}", f.id, f.message))
                     })
