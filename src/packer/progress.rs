@@ -144,20 +144,28 @@ impl Display {
                 }
                 continue;
             }
-            let named = line
+            let marked = line
                 .split_once("==> imgforge ")
                 .and_then(|(_, rest)| rest.split_once(": "))
-                .map(|(script, _)| script.to_string())
-                .or_else(|| {
-                    line.split_once("Provisioning with shell script: ")
-                        .map(|(_, p)| p.trim().to_string())
-                });
+                .map(|(script, _)| script.to_string());
+            let marker = marked.is_some();
+            let named = marked.or_else(|| {
+                line.split_once("Provisioning with shell script: ")
+                    .map(|(_, p)| p.trim().to_string())
+            });
             if let Some(script) = named
                 && self.script.as_deref() != Some(script.as_str())
             {
                 self.script = Some(script);
                 self.tail.clear();
-                self.stderr_tail.clear();
+                // A new provisioner process starts its error output afresh.
+                // An imgforge marker does not: scripts under one process share
+                // its stderr, which Packer copies apart from stdout, so an
+                // error line can arrive before the marker of the script that
+                // wrote it (seen on a loaded CI machine).
+                if !marker {
+                    self.stderr_tail.clear();
+                }
             }
             let line = without_builder_prefix(line).to_string();
             if is_error {
@@ -273,6 +281,45 @@ mod tests {
             d.remember(text, *is_error);
         }
         d.failure_context().unwrap_or_default()
+    }
+
+    #[test]
+    fn a_scripts_error_line_that_overtakes_its_first_output_line_is_still_shown() {
+        // One process printed both markers and 40 lines, then the error;
+        // stderr reached Packer first, before even the previous script's
+        // last line.
+        let mut lines: Vec<(String, bool)> = vec![
+            ("==> imgforge 20-docker.sh: installing Docker".into(), false),
+            ("    null: docker done".into(), false),
+            (
+                "==> null: E: Unable to locate package nvidia-driver-999".into(),
+                true,
+            ),
+            (
+                "==> imgforge 30-gpu.sh: installing the NVIDIA driver".into(),
+                false,
+            ),
+        ];
+        lines.extend((1..=40).map(|i| (format!("    null: apt line {i}"), false)));
+        let lines: Vec<(&str, bool)> = lines.iter().map(|(l, e)| (l.as_str(), *e)).collect();
+        let c = fed(&lines);
+        assert!(
+            c.contains("was 30-gpu.sh") && c.contains("| apt line 40"),
+            "{c}"
+        );
+        assert!(
+            c.contains("! E: Unable to locate package nvidia-driver-999"),
+            "{c}"
+        );
+        assert!(!c.contains("docker done"), "{c}");
+        // A new provisioner process starts afresh.
+        let c = fed(&[
+            ("==> null: Provisioning with shell script: /tmp/a.sh", false),
+            ("==> null: W: an earlier script's warning", true),
+            ("==> null: Provisioning with shell script: /tmp/b.sh", false),
+            ("    null: b line", false),
+        ]);
+        assert!(c.contains("was /tmp/b.sh") && !c.contains("warning"), "{c}");
     }
 
     #[test]
