@@ -420,3 +420,88 @@ fn a_failing_script_is_named_with_its_last_lines_in_the_error_even_in_a_pipe() {
     assert_eq!(err.matches("\n    | ").count(), 30, "{err}");
     assert!(err.matches("\n    ! ").count() <= 1, "{err}");
 }
+
+#[test]
+fn a_running_build_locks_its_directory_against_force_resume_and_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let go = tmp.path().join("go");
+    // The provisioner waits (at most 60 s) until the test lets it finish.
+    let wait = format!(
+        "echo provisioning-started; for i in $(seq 600); do [ -e '{}' ] && break; sleep 0.1; done",
+        go.display()
+    );
+    let t = overrides(tmp.path(), &null_build(&[&wait]));
+    let mut first = build_cmd(tmp.path(), &t, &["--verbose"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = first.id();
+    let stderr = first.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the first build reached its provisioner");
+        if line.contains("provisioning-started") {
+            break;
+        }
+    }
+    let build_dir = tmp.path().join("build");
+
+    // --force over it: refused, naming the process; nothing of it is touched.
+    let r = run(&mut build_cmd(tmp.path(), &t, &["--force"]));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("a build is running in this directory")
+            && r.stderr.contains(&format!("pid {pid} ")),
+        "{}",
+        r.stderr
+    );
+    // --resume: the same.
+    let r = run(imgforge()
+        .arg("build")
+        .arg(tmp.path().join("m.toml"))
+        .arg("--resume")
+        .arg(&build_dir)
+        .arg("--templates")
+        .arg(&t));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains(&format!("pid {pid} ")), "{}", r.stderr);
+    // clean: kept, whatever the rules.
+    let r = run(imgforge()
+        .args(["clean", "--keep", "0", "--older-than", "0s", "--dir"])
+        .arg(tmp.path()));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("a build is running in it (pid"),
+        "{}",
+        r.stdout
+    );
+    assert!(build_dir.join("build.json").exists());
+
+    std::fs::write(&go, "").unwrap();
+    let status = first.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(record(tmp.path())["status"], "succeeded");
+
+    // Once it has ended, --force replaces the directory and leaves nothing aside.
+    let r = run(&mut build_cmd(tmp.path(), &t, &["--force"]));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let hidden: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".imgforge"))
+        .collect();
+    assert!(hidden.is_empty(), "left beside the build: {hidden:?}");
+}

@@ -247,16 +247,22 @@ fn catalog_lists_distros_with_their_node_agents_and_features() {
     }
 }
 
-/// A build directory as `build` leaves it, started `days` ago, with a sparse
-/// file of `mib` MiB holding 1 MiB of data.
-fn fake_build(root: &std::path::Path, name: &str, status: &str, days: u64) -> std::path::PathBuf {
+/// A build directory as `build` leaves it, of image `image`, started
+/// `hours` ago, with a sparse 64 MiB file holding 1 MiB of data.
+fn fake_build(
+    root: &std::path::Path,
+    name: &str,
+    image: &str,
+    status: &str,
+    hours: u64,
+) -> std::path::PathBuf {
     let dir = root.join(name);
     std::fs::create_dir_all(dir.join("output")).unwrap();
-    let started = std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86400);
+    let started = std::time::SystemTime::now() - std::time::Duration::from_secs(hours * 3600);
     write(
         &dir.join("build.json"),
         &serde_json::json!({
-            "schema": 1, "image": name, "status": status,
+            "schema": 1, "image": image, "status": status,
             "started_at": humantime::format_rfc3339_seconds(started).to_string()
         })
         .to_string(),
@@ -271,43 +277,148 @@ fn fake_build(root: &std::path::Path, name: &str, status: &str, days: u64) -> st
 }
 
 #[test]
-fn clean_removes_old_builds_and_never_a_running_one() {
+fn clean_keeps_built_images_before_stubs_and_never_touches_a_running_build() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("builds");
-    let old = fake_build(&root, "old", "succeeded", 30);
-    let failed = fake_build(&root, "failed", "failed", 3);
-    let running = fake_build(&root, "running", "running", 0);
-    let recent = fake_build(&root, "recent", "succeeded", 1);
+    // The reported loss: three succeeded images and a newer cancelled stub;
+    // `--keep 1` kept the stub and deleted the images.
+    let img1 = fake_build(&root, "img-1", "img", "succeeded", 30 * 24);
+    let img2 = fake_build(&root, "img-2", "img", "succeeded", 5 * 24);
+    let img3 = fake_build(&root, "img-3", "img", "succeeded", 3 * 24);
+    let stub = fake_build(&root, "img-4", "img", "cancelled", 2 * 24);
+    let other = fake_build(&root, "other-1", "other", "succeeded", 40 * 24);
+    let running = fake_build(&root, "img-5", "img", "running", 0);
+    // A build whose record says failed long ago, but whose directory a live
+    // process holds locked (a `--resume` under way): running.
+    let resumed = fake_build(&root, "other-2", "other", "failed", 20 * 24);
+    // One process holds the lock's open file and ends with it (flock(1)
+    // locks fd 9, then the shell becomes `sleep`).
+    let mut holder = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("exec 9>\"$1\"; flock 9; exec sleep 60")
+        .arg("sh")
+        .arg(resumed.join(".lock"))
+        .spawn()
+        .expect("sh and flock (util-linux)");
     std::fs::create_dir_all(root.join("not-a-build")).unwrap();
+    // A `--force` that was killed half way left its old directory aside.
+    let leftover = root.join(".imgforge-old-x1y2z3");
+    std::fs::create_dir_all(leftover.join("old/output")).unwrap();
+    let ten_minutes_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(11 * 60);
+    std::fs::File::open(&leftover)
+        .unwrap()
+        .set_modified(ten_minutes_ago)
+        .unwrap();
+    // Wait until the lock is held (`flock -n` then exits 99).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let held = std::process::Command::new("flock")
+            .args(["-n", "-E", "99"])
+            .arg(resumed.join(".lock"))
+            .arg("true")
+            .status()
+            .unwrap();
+        if held.code() == Some(99) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was never taken"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 
     let dry = run(imgforge()
         .args(["clean", "--keep", "1", "--dry-run", "--json", "--dir"])
         .arg(&root));
     assert_eq!(dry.code, 0, "{}", dry.all());
     let doc: serde_json::Value = serde_json::from_str(&dry.stdout).unwrap();
-    assert_eq!(doc["removed"], 2, "{doc:#}");
+    let gone: Vec<String> = doc["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["remove"] == true)
+        .map(|b| {
+            b["build"]["path"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        gone,
+        vec!["img-1", "img-2", ".imgforge-old-x1y2z3"],
+        "{doc:#}"
+    );
     // Allocated bytes, not the sparse files' length: 2 × (1 MiB + the record).
     let freed = doc["freed_bytes"].as_u64().unwrap();
     assert!((2 << 20..3 << 20).contains(&freed), "{freed}");
-    assert!(old.exists() && failed.exists(), "a dry run removes nothing");
+    assert!(img1.exists() && img2.exists(), "a dry run removes nothing");
+    let why = |name: &str| {
+        doc["builds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["build"]["path"].as_str().unwrap().ends_with(name))
+            .map(|b| b["why"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert!(
+        why("img-3").contains("newest succeeded builds of img"),
+        "{}",
+        why("img-3")
+    );
+    assert!(why("img-4").contains("--resume"), "{}", why("img-4"));
+    assert!(
+        why("other-2").contains("a build is running in it ("),
+        "{}",
+        why("other-2")
+    );
 
     let r = run(imgforge()
         .args(["clean", "--older-than", "7d", "--dir"])
         .arg(&root));
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(!old.exists() && failed.exists() && recent.exists() && running.exists());
+    assert!(!img1.exists() && !other.exists() && img2.exists() && img3.exists());
+    assert!(
+        resumed.exists(),
+        "a locked build is never removed, whatever its age"
+    );
+    assert!(
+        !leftover.exists(),
+        "the hidden leftover is seen and removed"
+    );
     assert!(r.stderr.contains("Freed"), "{}", r.stderr);
 
     let r = run(imgforge()
         .args(["clean", "--keep", "0", "--dir"])
         .arg(&root));
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(!failed.exists() && !recent.exists());
-    assert!(running.exists(), "a running build is kept");
+    assert!(!img2.exists() && !img3.exists());
+    assert!(stub.exists(), "the newest attempt stays for --resume");
+    assert!(
+        running.exists() && resumed.exists(),
+        "running builds are kept"
+    );
     assert!(r.stdout.contains("still running"), "{}", r.stdout);
     assert!(
         root.join("not-a-build").exists(),
         "only build directories are touched"
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    // The lock died with its holder: the failed build is no longer running,
+    // and as the newest attempt at `other` it stays for --resume.
+    let r = run(imgforge()
+        .args(["clean", "--keep", "0", "--json", "--dir"])
+        .arg(&root));
+    assert!(
+        resumed.exists() && r.stdout.contains("newest attempt at other"),
+        "{}",
+        r.all()
     );
 
     let r = run(imgforge()

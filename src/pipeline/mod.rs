@@ -103,6 +103,10 @@ pub enum BuildError {
     #[error("{0}")]
     Local(#[from] crate::packer::local::LocalError),
     #[error("{0}")]
+    Lock(#[from] crate::util::lock::LockError),
+    #[error("{dir}: a file system is mounted under it; --force would delete its files")]
+    Mounted { dir: PathBuf },
+    #[error("{0}")]
     Boot(#[from] crate::packer::bootcheck::BootError),
     #[error("{0}")]
     Storage(#[from] crate::azure::storage::StorageError),
@@ -164,6 +168,10 @@ impl crate::util::Hint for BuildError {
             BuildError::Replicate(e) => e.hint(),
             BuildError::Validate { hint, .. } => hint.clone(),
             BuildError::Local(e) => e.hint(),
+            BuildError::Lock(e) => e.hint(),
+            BuildError::Mounted { .. } => Some(
+                "unmount it first (`findmnt -R DIR` lists what is mounted), or build into another directory with --out".into(),
+            ),
             BuildError::Boot(e) => e.hint(),
             BuildError::Storage(e) => e.hint(),
             BuildError::Publish(e) => e.hint(),
@@ -188,7 +196,9 @@ impl BuildError {
             BuildError::Render(RenderError::Write { .. }) | BuildError::Write { .. } => {
                 Category::Io
             }
+            BuildError::Lock(e) => e.category(),
             BuildError::Render(_)
+            | BuildError::Mounted { .. }
             | BuildError::Record { .. }
             | BuildError::Resume { .. }
             | BuildError::Credentials { .. } => Category::Input,
@@ -283,6 +293,9 @@ struct Run<'a> {
     region_checked: bool,
     /// The one async runtime of this run, made by the first stage that needs it.
     rt: Option<std::rc::Rc<tokio::runtime::Runtime>>,
+    /// The build directory's lock, held while this run goes on: a second
+    /// build, `--resume` or `--force` on it, or `clean`, is refused meanwhile.
+    lock: Option<crate::util::lock::DirLock>,
 }
 
 impl Run<'_> {
@@ -381,6 +394,16 @@ pub fn run(
     };
 
     let resuming = opts.resume;
+    // A build running in the directory is never disturbed: resuming it, or
+    // replacing it with --force, waits for its lock (and is refused now).
+    let lock = if resuming || (opts.force && dir.is_dir()) {
+        Some(crate::util::lock::try_lock(&dir)?)
+    } else {
+        None
+    };
+    if opts.force && !resuming && dir.is_dir() && clean::has_mount_under(&dir) {
+        return Err(BuildError::Mounted { dir });
+    }
     let record = starting_record(&dir, plan, &opts, manifest_ref, listing)?;
 
     let mut run = Run {
@@ -396,6 +419,7 @@ pub fn run(
         packer_running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         region_checked: false,
         rt: None,
+        lock,
     };
     let _signals = crate::util::signals::SignalWatch::start(
         run.cancel.clone(),
@@ -624,6 +648,9 @@ impl Run<'_> {
         files: &std::collections::BTreeMap<String, Vec<u8>>,
     ) -> Result<String, BuildError> {
         let rendered = crate::render::write_dir(files, &self.dir, self.opts.force)?;
+        // The directory is new (any old one, and its lock, went with --force):
+        // lock it before the first word of the journal.
+        self.lock = Some(crate::util::lock::try_lock(&self.dir)?);
         // The directory exists now: record the journal there from here on.
         self.owned = true;
         self.save()?;

@@ -37,11 +37,24 @@ pub fn install_dir(staged: &Path, dest: &Path, replace: bool) -> std::io::Result
                 } else {
                     parent
                 })?;
-            let old = aside.path().join("old");
+            let aside = aside.keep();
+            let old = aside.join("old");
             std::fs::rename(dest, &old)?;
-            std::fs::rename(staged, dest)?;
-            drop(aside);
-            return Ok(());
+            if let Err(e) = std::fs::rename(staged, dest) {
+                // Put the old one back: nothing was replaced.
+                let _ = std::fs::rename(&old, dest);
+                let _ = std::fs::remove_dir(&aside);
+                return Err(e);
+            }
+            // Removed now, and a failure said: a hidden leftover would hold
+            // a whole build's disk unseen.
+            return remove_tree(&aside).map_err(|e| {
+                std::io::Error::other(format!(
+                    "{} replaced, but the old one, moved to {}, could not be removed: {e} (`imgforge clean` removes it)",
+                    dest.display(),
+                    aside.display()
+                ))
+            });
         } else {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -53,6 +66,40 @@ pub fn install_dir(staged: &Path, dest: &Path, replace: bool) -> std::io::Result
         }
     }
     std::fs::rename(staged, dest)
+}
+
+/// `remove_dir_all` that stays on `dir`'s device and never follows links.
+pub(crate) fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::symlink_metadata(dir)?;
+    if !root.is_dir() {
+        return Err(std::io::Error::other("not a directory"));
+    }
+    // Depth first: a directory is removed once it is empty.
+    let mut stack = vec![(dir.to_path_buf(), false)];
+    while let Some((d, emptied)) = stack.pop() {
+        if emptied {
+            std::fs::remove_dir(&d)?;
+            continue;
+        }
+        stack.push((d.clone(), true));
+        for e in std::fs::read_dir(&d)? {
+            let path = e?.path();
+            let m = std::fs::symlink_metadata(&path)?;
+            if m.is_dir() {
+                if m.dev() != root.dev() {
+                    return Err(std::io::Error::other(format!(
+                        "{} is on another file system (a mount point): unmount it first",
+                        path.display()
+                    )));
+                }
+                stack.push((path, false));
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Input files are at most this big: manifests, pool configs, credentials,

@@ -45,6 +45,7 @@ pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 pub(crate) mod fsutil;
+pub(crate) mod lock;
 pub(crate) mod redact;
 pub(crate) mod signals;
 pub mod term;

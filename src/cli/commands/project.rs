@@ -177,8 +177,7 @@ pub(super) fn clean(
     let builds = scan(dir).map_err(|e| AppError::refused_by(&e))?;
     let decisions = select(
         builds,
-        keep,
-        older_than,
+        crate::pipeline::clean::Rules { keep, older_than },
         std::time::SystemTime::now(),
         &crate::pipeline::clean::has_mount_under,
     );
