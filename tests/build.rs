@@ -300,17 +300,20 @@ fn a_real_azure_arm_build_without_azure_fails_fast_with_a_hint() {
         "{}",
         r.stderr
     );
+    // imgforge signs in first, as Packer would: no answer is a network
+    // problem by its kind, and Packer never starts.
     assert!(
         r.stderr
-            .contains("adal: Failed to execute the refresh request"),
+            .contains("signing in as ARM_CLIENT_ID before starting Packer"),
         "{}",
         r.stderr
     );
     assert!(
-        r.stderr.contains("hint: Packer could not reach Azure"),
+        r.stderr.contains("hint: Entra ID could not be reached"),
         "{}",
         r.stderr
     );
+    assert!(!r.stderr.contains("with packer build"), "{}", r.stderr);
     assert!(!r.all().contains(CANARY));
     assert_no_canary(&dir);
     let rec = record(tmp.path());
@@ -377,6 +380,29 @@ fn missing_azure_variables_are_all_named_before_packer_runs() {
     assert!(
         !called.contains("validate") && !called.contains("build"),
         "Packer ran: {called}"
+    );
+    // A dry run needs none of them: Packer validates the template, and the
+    // missing variables are a warning for the real build.
+    let r = run(imgforge()
+        .env_remove("ARM_CLIENT_SECRET")
+        .env("ARM_TENANT_ID", "")
+        .env("IMGFORGE_PACKER", &wrapper)
+        .arg("build")
+        .arg(repo().join("contrib/managed-image-almalinux8.toml"))
+        .arg("--dry-run")
+        .arg("--out")
+        .arg(tmp.path().join("dry")));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("ARM_CLIENT_SECRET, ARM_TENANT_ID")
+            && r.stderr.contains("a real build needs them"),
+        "{}",
+        r.stderr
+    );
+    let called = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(
+        called.contains("validate"),
+        "Packer did not validate: {called}"
     );
 }
 
@@ -504,4 +530,33 @@ fn a_running_build_locks_its_directory_against_force_resume_and_clean() {
         .filter(|n| n.starts_with(".imgforge"))
         .collect();
     assert!(hidden.is_empty(), "left beside the build: {hidden:?}");
+}
+
+#[test]
+fn a_refused_sign_in_stops_an_azure_build_before_packer_with_the_credentials_hint() {
+    // The Entra stand-in expects another secret than the environment's: it
+    // answers 401 invalid_client, as Entra does for a wrong secret.
+    let mut expect = ArmExpect::env_principal();
+    expect.secret = "the-real-secret".into();
+    let arm = ArmReplay::start(expect);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("build");
+    let r = run(imgforge()
+        .env("AZURE_AUTHORITY_HOST", arm.endpoint())
+        .env("IMGFORGE_ARM_ENDPOINT", arm.endpoint())
+        .arg("build")
+        .arg(repo().join("contrib/managed-image-almalinux8.toml"))
+        .arg("--out")
+        .arg(&dir));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("hint: Entra ID refused the service principal"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("with packer build"), "{}", r.stderr);
+    assert!(!r.all().contains(CANARY));
+    assert_no_canary(&dir);
+    assert_eq!(record(tmp.path())["failed_stage"], "packer_build");
 }

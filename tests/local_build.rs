@@ -427,6 +427,24 @@ fn boot_check_refuses_what_is_not_a_fixed_vhd() {
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("not a fixed VHD"), "{}", r.stderr);
     assert!(r.stderr.contains("qemu-img convert"), "{}", r.stderr);
+    // A qcow2 is named as one, and the command reads it as one (it said
+    // `-f raw`, which would have copied the qcow2 container byte for byte).
+    let qcow = tmp.path().join("disk.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let r = run(imgforge().arg("boot-check").arg(&qcow));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("it is a qcow2 image"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("qemu-img convert -f qcow2 -O vpc"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

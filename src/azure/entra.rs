@@ -32,6 +32,44 @@ impl ServicePrincipal {
     }
 }
 
+/// Why no token came, by kind: the kind decides the hint, never the words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// No answer: DNS, connection, TLS, proxy or a timeout.
+    Unreachable(String),
+    /// Entra answered and refused the sign-in (HTTP 4xx: an unknown tenant or
+    /// application, a wrong or expired secret).
+    Refused(String),
+    /// Anything else: a redirect, a server error, an answer that is no token.
+    Other(String),
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenError::Unreachable(m) | TokenError::Refused(m) | TokenError::Other(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+impl crate::util::Hint for TokenError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            TokenError::Unreachable(_) => Some(
+                "Entra ID could not be reached: check the network, DNS and proxy settings (HTTPS_PROXY, NO_PROXY) — Packer signs in the same way"
+                    .into(),
+            ),
+            TokenError::Refused(_) => Some(
+                "Entra ID refused the service principal: check ARM_TENANT_ID, ARM_CLIENT_ID and ARM_CLIENT_SECRET (the secret may have expired: `az ad app credential list --id $ARM_CLIENT_ID`)"
+                    .into(),
+            ),
+            TokenError::Other(_) => None,
+        }
+    }
+}
+
 /// A client-credentials token for `scope` (e.g. `https://storage.azure.com/.default`).
 /// Error messages are redacted.
 pub async fn token(
@@ -39,12 +77,23 @@ pub async fn token(
     principal: &ServicePrincipal,
     scope: &str,
 ) -> Result<Secret, String> {
+    token_or_why(http, principal, scope)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// As `token`, with the failure's kind.
+pub async fn token_or_why(
+    http: &reqwest::Client,
+    principal: &ServicePrincipal,
+    scope: &str,
+) -> Result<Secret, TokenError> {
     let url = format!(
         "{}/{}/oauth2/v2.0/token",
         principal.authority.trim_end_matches('/'),
         encode_component(&principal.tenant)
     );
-    require_secure(&url)?;
+    require_secure(&url).map_err(TokenError::Other)?;
     let body = format!(
         "client_id={}&client_secret={}&grant_type=client_credentials&scope={}",
         encode_component(&principal.client_id),
@@ -62,17 +111,17 @@ pub async fn token(
         .body(body)
         .send()
         .await
-        .map_err(|e| clean(error_chain(&e)))?;
+        .map_err(|e| TokenError::Unreachable(clean(error_chain(&e))))?;
     let status = resp.status();
     if status.is_redirection() {
-        return Err(format!(
+        return Err(TokenError::Other(format!(
             "{url}: HTTP {status}: the token endpoint answered with a redirect, which is never followed with a client secret; set the authority (AZURE_AUTHORITY_HOST or authority_url) to the final address"
-        ));
+        )));
     }
     // A token answer is a few KiB; 1 MiB bounds a server that never stops.
     let bytes = crate::azure::http::read_limited(resp, 1024 * 1024)
         .await
-        .map_err(clean)?;
+        .map_err(|e| TokenError::Other(clean(e)))?;
     let text = String::from_utf8_lossy(&bytes);
     if !status.is_success() {
         // Entra's answer names the problem (AADSTS7000215: invalid client
@@ -83,12 +132,17 @@ pub async fn token(
             .and_then(|d| d.lines().next())
             .map(str::to_string)
             .unwrap_or_else(|| text.chars().take(300).collect());
-        return Err(clean(format!("{url}: HTTP {status}: {detail}")));
+        let message = clean(format!("{url}: HTTP {status}: {detail}"));
+        return Err(if status.is_client_error() {
+            TokenError::Refused(message)
+        } else {
+            TokenError::Other(message)
+        });
     }
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{url}: not JSON: {e}"))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TokenError::Other(format!("{url}: not JSON: {e}")))?;
     json["access_token"]
         .as_str()
         .map(|t| Secret::new(t.to_string()))
-        .ok_or_else(|| format!("{url}: no access_token in the response"))
+        .ok_or_else(|| TokenError::Other(format!("{url}: no access_token in the response")))
 }

@@ -292,19 +292,35 @@ fn check_image(image: &Path) -> Result<(), BootError> {
             .iter()
             .any(|p| matches!(p, crate::validate::vhd::FooterProblem::NotFixed(_)))
     {
-        return Err(BootError::Image {
-            path: image.to_path_buf(),
-            why: format!(
-                "not a fixed VHD ({})",
+        // What the file is, from its first bytes: the fix is one exact
+        // qemu-img command reading it as what it is.
+        let mut head = [0u8; 512];
+        let n = (len.min(512)) as usize;
+        let read_head = {
+            use std::os::unix::fs::FileExt;
+            std::fs::File::open(image).and_then(|f| f.read_exact_at(&mut head[..n], 0))
+        };
+        let format = match read_head {
+            Ok(()) if n > 0 => crate::validate::detect_format(&head[..n], parsed.as_ref()),
+            _ => None,
+        };
+        let what = format.map_or_else(
+            || {
                 problems
                     .iter()
                     .map(|p| p.to_string())
                     .collect::<Vec<_>>()
                     .join("; ")
-            ),
-            hint: Some(format!(
-                "qemu-img convert -f raw -O vpc -o subformat=fixed,force_size=on {} out.vhd",
-                crate::util::text::shell_quote(&image.display().to_string())
+            },
+            |f| format!("it is a {}", f.name),
+        );
+        return Err(BootError::Image {
+            path: image.to_path_buf(),
+            why: format!("not a fixed VHD ({what})"),
+            hint: Some(crate::validate::convert_command(
+                &image.display().to_string(),
+                format,
+                parsed.is_some(),
             )),
         });
     }

@@ -117,8 +117,20 @@ impl Packer {
 
     /// Runs `packer validate` from the template's directory, since Packer
     /// resolves relative script paths against the current directory.
-    pub fn validate(&self, dir: &Path, template: &str) -> Result<(), PackerError> {
-        let output = Command::new(&self.path)
+    /// `packer validate` with the variables `unset` removed from Packer's
+    /// environment (a dry run without credentials: azure-arm then validates
+    /// as it would for a Managed Identity, which needs none).
+    pub fn validate_without(
+        &self,
+        dir: &Path,
+        template: &str,
+        unset: &[String],
+    ) -> Result<(), PackerError> {
+        let mut cmd = Command::new(&self.path);
+        for v in unset {
+            cmd.env_remove(v);
+        }
+        let output = cmd
             .arg("validate")
             .arg(template)
             .current_dir(dir)

@@ -20,6 +20,7 @@ pub struct Display {
     /// The provisioner script running now (its `==> imgforge SCRIPT:` lines,
     /// or Packer's "Provisioning with shell script: …").
     script: Option<String>,
+    on_azure: bool,
     /// Its latest output lines, for the error when it fails.
     tail: std::collections::VecDeque<String>,
     /// Packer has started summing up a failure: nothing more is a script's.
@@ -65,9 +66,12 @@ fn push_capped(lines: &mut std::collections::VecDeque<String>, line: String, cap
 pub const TAIL_LINES: usize = 30;
 
 impl Display {
-    pub fn new(verbose: bool, started: Instant) -> Display {
+    /// `on_azure`: Packer's cleanup deletes Azure resources (azure-arm), not
+    /// a local build's mounts and work files; the cancel lines say which.
+    pub fn new(verbose: bool, started: Instant, on_azure: bool) -> Display {
         let tty = std::io::stderr().is_terminal();
         Display {
+            on_azure,
             verbose,
             started,
             tty,
@@ -175,6 +179,11 @@ impl Display {
         }
     }
 
+    /// The provisioner script that ran last (a failed build's culprit).
+    pub fn failed_script(&self) -> Option<&str> {
+        self.script.as_deref()
+    }
+
     /// "in SCRIPT, whose last lines were: …", for a failed build's error.
     pub fn failure_context(&self) -> Option<String> {
         let script = self.script.as_ref()?;
@@ -241,9 +250,13 @@ impl Display {
             }
             Progress::Cancelling => {
                 let l = format!(
-                    "{} cancelling: interrupt forwarded to Packer; waiting for it to clean up \
-                     (it deletes the Azure resources it created)",
-                    self.stamp()
+                    "{} cancelling: interrupt forwarded to Packer; waiting for it to clean up ({})",
+                    self.stamp(),
+                    if self.on_azure {
+                        "it deletes the Azure resources it created"
+                    } else {
+                        "the local build's scripts stop; its work files are removed after"
+                    }
                 );
                 self.line(&l);
             }
@@ -255,8 +268,13 @@ impl Display {
                 };
                 let l = format!(
                     "{} still waiting for Packer's cleanup (last step: {step}); imgforge does not \
-                     abandon it, so no Azure VM is left running",
-                    self.stamp()
+                     abandon it, so {}",
+                    self.stamp(),
+                    if self.on_azure {
+                        "no Azure VM is left running"
+                    } else {
+                        "no process or mount is left behind"
+                    }
                 );
                 self.line(&l);
             }
@@ -276,7 +294,7 @@ mod tests {
     use super::*;
 
     fn fed(lines: &[(&str, bool)]) -> String {
-        let mut d = Display::new(false, Instant::now());
+        let mut d = Display::new(false, Instant::now(), true);
         for (text, is_error) in lines {
             d.remember(text, *is_error);
         }

@@ -86,8 +86,8 @@ pub enum BuildError {
         status: String,
         log: PathBuf,
         details: String,
-        /// For the errors people hit most (`hint_for`).
-        hint: Option<&'static str>,
+        /// From the builder, the last script and the room left (`packer_failure_hint`).
+        hint: String,
     },
     #[error("build cancelled; Packer cleaned up and exited")]
     Cancelled,
@@ -104,6 +104,9 @@ pub enum BuildError {
     Local(#[from] crate::packer::local::LocalError),
     #[error("{0}")]
     Lock(#[from] crate::util::lock::LockError),
+    /// The sign-in Packer's azure-arm builder is about to make, tried first.
+    #[error("signing in as ARM_CLIENT_ID before starting Packer: {0}")]
+    SignIn(crate::azure::entra::TokenError),
     #[error("{dir}: a file system is mounted under it; --force would delete its files")]
     Mounted { dir: PathBuf },
     #[error("{0}")]
@@ -162,13 +165,14 @@ impl crate::util::Hint for BuildError {
         match self {
             BuildError::Render(e) => e.hint(),
             BuildError::Packer(e) => e.hint(),
-            BuildError::PackerFailed { hint, .. } => hint.map(str::to_string),
+            BuildError::PackerFailed { hint, .. } => Some(hint.clone()),
             BuildError::Cancelled | BuildError::Write { .. } => None,
             BuildError::Capture(e) => e.hint(),
             BuildError::Replicate(e) => e.hint(),
             BuildError::Validate { hint, .. } => hint.clone(),
             BuildError::Local(e) => e.hint(),
             BuildError::Lock(e) => e.hint(),
+            BuildError::SignIn(e) => e.hint(),
             BuildError::Mounted { .. } => Some(
                 "unmount it first (`findmnt -R DIR` lists what is mounted), or build into another directory with --out".into(),
             ),
@@ -197,6 +201,8 @@ impl BuildError {
                 Category::Io
             }
             BuildError::Lock(e) => e.category(),
+            BuildError::SignIn(crate::azure::entra::TokenError::Refused(_)) => Category::Input,
+            BuildError::SignIn(_) => Category::Failed,
             BuildError::Render(_)
             | BuildError::Mounted { .. }
             | BuildError::Record { .. }
@@ -669,19 +675,34 @@ impl Run<'_> {
         // Packer reads its credentials from the environment where the
         // template says so; an unset one surfaces as an unrelated Managed
         // Identity error minutes later. Every missing one is named now.
+        let mut unset = Vec::new();
         if self.plan.local.is_none() {
             let template = self.dir.join(PACKER_FILE);
             let text = std::fs::read_to_string(&template).unwrap_or_default();
-            let missing: Vec<String> = crate::packer::env_references(&text)
-                .into_iter()
+            let wanted = crate::packer::env_references(&text);
+            let missing: Vec<String> = wanted
+                .iter()
                 .filter(|v| std::env::var(v).map_or(true, |x| x.is_empty()))
+                .cloned()
                 .collect();
             if !missing.is_empty() {
-                return Err(BuildError::Credentials { template, missing });
+                let e = BuildError::Credentials { template, missing };
+                if !self.opts.dry_run {
+                    return Err(e);
+                }
+                // A dry run needs none: Packer validates the template with
+                // none of them set (as for a Managed Identity), and the
+                // warning says what a real build will need.
+                let note = format!("{e} (a dry run goes on: a real build needs them)");
+                crate::util::term::warning(&note);
+                self.record.warnings.push(note);
+                unset = wanted;
             }
         }
         let clock = Instant::now();
-        self.opts.packer.validate(&self.dir, PACKER_FILE)?;
+        self.opts
+            .packer
+            .validate_without(&self.dir, PACKER_FILE, &unset)?;
         let msg = format!(
             "{PACKER_FILE} accepted by Packer {} in {:.2} s",
             self.opts.packer.version,
@@ -741,13 +762,20 @@ impl Run<'_> {
         if self.plan.target == crate::spec::manifest::Target::Vhd {
             self.check_region()?;
         }
+        if self.plan.local.is_none() && uses_azure_arm(&self.dir) {
+            self.sign_in()?;
+        }
         let log_path = self.dir.join(LOG_FILE);
         let mut log_file =
             std::fs::File::create(&log_path).map_err(|source| BuildError::Write {
                 path: log_path.clone(),
                 source,
             })?;
-        let mut display = crate::packer::progress::Display::new(self.opts.verbose, Instant::now());
+        let mut display = crate::packer::progress::Display::new(
+            self.opts.verbose,
+            Instant::now(),
+            self.plan.local.is_none(),
+        );
         crate::util::term::status(
             "Building",
             &format!("{} with packer build", self.plan.image),
@@ -776,7 +804,11 @@ impl Run<'_> {
                 log: log_path,
                 details: failure_details(&outcome.errors)
                     + &display.failure_context().unwrap_or_default(),
-                hint: hint_for(&outcome.errors.join("\n")),
+                hint: packer_failure_hint(
+                    self.plan.local.is_some(),
+                    display.failed_script(),
+                    crate::util::fsutil::free_bytes(&self.dir),
+                ),
             }),
             RunEnd::Succeeded => {
                 let n = outcome.artifacts.len();
@@ -784,6 +816,35 @@ impl Run<'_> {
                 Ok(format!("packer build succeeded with {n} artifact(s)"))
             }
         }
+    }
+
+    /// Signs the ARM_* principal in, as Packer's azure-arm builder is about
+    /// to: a network or credentials problem is then known by its kind (no
+    /// answer, a refusal) with its own hint, seconds in, instead of inferred
+    /// from the words of Packer's error.
+    fn sign_in(&mut self) -> Result<(), BuildError> {
+        let Some(principal) = crate::azure::entra::ServicePrincipal::from_env() else {
+            return Err(BuildError::Credentials {
+                template: self.dir.join(PACKER_FILE),
+                missing: crate::publish::missing_variables()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
+            });
+        };
+        let endpoint = crate::azure::arm::endpoint_from_env();
+        let scope = format!("{}/.default", endpoint.trim_end_matches('/'));
+        let http = crate::azure::http::client_builder(Duration::from_secs(30))
+            .build()
+            .expect("the HTTP client builds");
+        self.rt()?
+            .block_on(crate::azure::entra::token_or_why(&http, &principal, &scope))
+            .map_err(BuildError::SignIn)?;
+        crate::util::term::status(
+            "Signed in",
+            &format!("as {} (the principal Packer uses)", principal.client_id),
+        );
+        Ok(())
     }
 
     fn capture(&mut self) -> Result<String, BuildError> {
@@ -1170,43 +1231,24 @@ fn failure_details(errors: &[String]) -> String {
     out
 }
 
-pub fn hint_for(errors: &str) -> Option<&'static str> {
-    const HINTS: &[(&[&str], &str)] = &[
-        (
-            &["dial tcp", "no such host", "i/o timeout", "proxyconnect"],
-            "Packer could not reach Azure (login.microsoftonline.com, management.azure.com): \
-             check the network, DNS and proxy settings (HTTPS_PROXY, NO_PROXY)",
+/// What to do after `packer build` failed, from what is known of the
+/// failure — the builder, the script that ran last, the room left on the
+/// build directory's file system — never from words in Packer's output (a
+/// kernel file named `quota` once sent a full disk to "request a quota
+/// increase").
+fn packer_failure_hint(local: bool, script: Option<&str>, free: Option<u64>) -> String {
+    const LOW: u64 = 1 << 30;
+    match (local, free, script) {
+        (true, Some(free), _) if free < LOW => format!(
+            "the build directory's file system has {} free; a local build needs a few GiB (the root, then the VHD's allocated data): free space, or build elsewhere with --out",
+            indicatif::HumanBytes(free)
         ),
-        (
-            &[
-                "adal: Failed to execute the refresh request",
-                "AADSTS",
-                "invalid_client",
-            ],
-            "Azure rejected the credentials: check ARM_CLIENT_ID, ARM_CLIENT_SECRET, ARM_TENANT_ID \
-             and ARM_SUBSCRIPTION_ID (the service principal's secret may have expired)",
+        (_, _, Some(script)) => format!(
+            "`{script}` failed (its last lines are above): fix it — a user script of the manifest, or a template (`imgforge templates export` shows the built-in one) — then run the resume command, which rebuilds from `render`"
         ),
-        (
-            &["OperationNotAllowed"],
-            "Azure refused the operation; with target = \"vhd\" on Packer 1.6.x this is usually \
-             the retired unmanaged-disk VM: use a Packer with the external Azure plugin, or \
-             target = \"managed_image\" or \"gallery\"",
-        ),
-        (
-            &["QuotaExceeded", "exceeding approved", "quota"],
-            "the subscription's core quota for this VM family and region is exhausted: request an \
-             increase, or choose another build.vm_size or build.location",
-        ),
-        (
-            &["SkuNotAvailable", "is not available in location"],
-            "build.vm_size is not offered in build.location for this subscription: choose another \
-             size or region (`az vm list-skus -l LOCATION`)",
-        ),
-    ];
-    HINTS
-        .iter()
-        .find(|(needles, _)| needles.iter().any(|n| errors.contains(n)))
-        .map(|(_, hint)| *hint)
+        (true, _, None) => "Packer stopped before a provisioner script ran: the lines above are its own, and packer.log has the whole stream".into(),
+        (false, _, None) => "the lines above are Azure's answer as Packer relayed it (its `Code=` value names the cause: credentials, quota, a size or region); packer.log has the whole stream".into(),
+    }
 }
 
 #[cfg(test)]
@@ -1214,24 +1256,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn known_errors_get_hints() {
-        assert!(hint_for("adal: Failed to execute the refresh request. Error = 'Post \"https://login.microsoftonline.com/t/oauth2/token\": dial tcp: lookup login.microsoftonline.com: no such host'").unwrap().contains("network"));
+    fn a_packer_failures_hint_follows_what_is_known_not_what_was_printed() {
+        let low = Some(200 << 20);
+        let roomy = Some(50 << 30);
+        assert!(packer_failure_hint(true, Some("20-docker.sh"), low).contains("200.00 MiB free"));
+        let h = packer_failure_hint(true, Some("20-docker.sh"), roomy);
         assert!(
-            hint_for("adal: Failed to execute the refresh request. Status: 400")
-                .unwrap()
-                .contains("ARM_CLIENT_SECRET")
+            h.contains("`20-docker.sh` failed") && h.contains("resume"),
+            "{h}"
         );
-        assert!(
-            hint_for("Code=\"OperationNotAllowed\"")
-                .unwrap()
-                .contains("unmanaged")
-        );
-        assert!(
-            hint_for("Code=\"SkuNotAvailable\"")
-                .unwrap()
-                .contains("vm_size")
-        );
-        assert_eq!(hint_for("something else"), None);
+        // An Azure build's free space on this machine is not the cause.
+        assert!(packer_failure_hint(false, None, low).contains("Azure's answer"));
+        assert!(packer_failure_hint(true, None, None).contains("before a provisioner script"));
     }
 
     #[test]

@@ -102,6 +102,20 @@ pub(crate) fn remove_tree(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Bytes available to this user on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statvfs the call fills in.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::useless_conversion)] // u32 on some targets
+    let (avail, size) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+    Some(avail.saturating_mul(size))
+}
+
 /// Input files are at most this big: manifests, pool configs, credentials,
 /// templates, build records and user scripts are kilobytes.
 pub const MAX_INPUT: u64 = 64 * 1024 * 1024;

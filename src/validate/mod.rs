@@ -483,7 +483,7 @@ pub fn detect_format(head: &[u8], footer: Option<&crate::validate::vhd::Footer>)
 
 /// `qemu-img convert … IN OUT` for `subject` (a local path; a URL is
 /// downloaded first, so it gets placeholder names).
-fn convert_command(subject: &str, format: Option<Format>, has_footer: bool) -> String {
+pub(crate) fn convert_command(subject: &str, format: Option<Format>, has_footer: bool) -> String {
     // A file with a (faulty) VHD footer is read as a VHD, anything else as raw.
     let fmt = format.map_or(if has_footer { "vpc" } else { "raw" }, |f| f.qemu);
     let remote = subject.starts_with("https://") || subject.starts_with("http://");
