@@ -560,3 +560,69 @@ fn a_refused_sign_in_stops_an_azure_build_before_packer_with_the_credentials_hin
     assert_no_canary(&dir);
     assert_eq!(record(tmp.path())["failed_stage"], "packer_build");
 }
+
+#[test]
+fn a_resume_reuses_the_recorded_options_and_reruns_a_fixed_script() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = overrides(tmp.path(), &null_build(&["echo broken-step; exit 3"]));
+    let r = run(&mut build_cmd(tmp.path(), &t, &[]));
+    assert_eq!(r.code, 1, "{}", r.all());
+    let resume_line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("resume with: "))
+        .unwrap_or_else(|| panic!("{}", r.stderr))
+        .to_string();
+    let rec = record(tmp.path());
+    assert_eq!(rec["options"]["replicate"], false, "{rec:#}");
+    assert_eq!(rec["options"]["validate"], false);
+    assert!(
+        rec["options"]["templates"]
+            .as_str()
+            .unwrap()
+            .ends_with("templates")
+    );
+
+    // The fix: the script now succeeds. The printed command, run as printed
+    // (no --templates, no --no-replicate/--no-validate), picks it all up.
+    overrides(tmp.path(), &null_build(&["echo fixed-step"]));
+    let args: Vec<&str> = resume_line
+        .split("resume with: imgforge ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .collect();
+    let r = run(imgforge().args(&args));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("packer.json changed since this build started, before its image was built: render, packer validate and packer build run again"),
+        "{}",
+        r.stderr
+    );
+    let rec = record(tmp.path());
+    assert_eq!(rec["status"], "succeeded", "{rec:#}");
+    let skipped: Vec<&str> = rec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "skipped")
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert!(skipped.contains(&"replicate"), "{skipped:?}");
+    let log = std::fs::read_to_string(tmp.path().join("build/packer.log")).unwrap();
+    assert!(
+        log.contains("fixed-step") && !log.contains("broken-step"),
+        "{log}"
+    );
+
+    // Once the image is built, scripts that render differently need a new build.
+    overrides(tmp.path(), &null_build(&["echo another-step"]));
+    let r = run(imgforge().args(&args));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("the image was built from the scripts as they were"),
+        "{}",
+        r.stderr
+    );
+}

@@ -144,7 +144,9 @@ pub enum BuildError {
     },
     /// A stage failed: which one, and how to go on.
     #[error(
-        "stage `{stage}` failed: {source}\n  resume with: imgforge build {manifest} --resume {dir}"
+        "stage `{stage}` failed: {source}\n  resume with: imgforge build {} --resume {}",
+        crate::util::text::shell_quote(.manifest),
+        crate::util::text::shell_quote(.dir)
     )]
     Stage {
         stage: &'static str,
@@ -259,6 +261,8 @@ pub struct BuildOptions<'a> {
     pub publish: bool,
     /// How long each publishing operation may take.
     pub publish_timeout: Duration,
+    /// The options as `build.json` keeps them for `--resume`.
+    pub recorded: RecordedOptions,
 }
 
 pub fn default_build_dir(image: &str, now: SystemTime) -> PathBuf {
@@ -411,6 +415,15 @@ pub fn run(
         return Err(BuildError::Mounted { dir });
     }
     let record = starting_record(&dir, plan, &opts, manifest_ref, listing)?;
+    if resuming
+        && record.done(Stage::Render)
+        && let Some(bytes) = rendered.get(crate::render::PLAN_FILE)
+    {
+        // The plan as it is now (a resume after a manifest change).
+        let path = dir.join(crate::render::PLAN_FILE);
+        crate::util::fsutil::write_atomic(&path, bytes)
+            .map_err(|source| BuildError::Write { path, source })?;
+    }
 
     let mut run = Run {
         manifest,
@@ -513,7 +526,11 @@ fn starting_record(
 ) -> Result<BuildRecord, BuildError> {
     Ok(if opts.resume {
         let mut old = BuildRecord::load(dir)?;
-        check_same_inputs(dir, &old, &manifest_ref, &listing)?;
+        if let Some(what) = reconcile_inputs(dir, &mut old, &manifest_ref, &listing)? {
+            crate::util::term::status("Changed", &what);
+            old.warnings.push(what);
+        }
+        old.options = Some(opts.recorded.clone());
         old.status = BuildStatus::Running;
         old.error = None;
         old.failed_stage = None;
@@ -555,49 +572,86 @@ fn starting_record(
             failed_stage: None,
             error: None,
             warnings: plan.warnings.clone(),
+            options: Some(opts.recorded.clone()),
         }
     })
 }
 
-fn check_same_inputs(
+/// A resume whose manifest or rendered files changed since the build
+/// started: what still stands, and what runs again (said on stderr and kept
+/// in the record's warnings).
+/// - The same rendered files from a changed manifest: every finished stage
+///   stands (its inputs did not change); the stages left read the manifest
+///   as it is now — the fix of a failed `replicate` or `publish` setting.
+/// - Changed rendered files before the image was built: the build restarts
+///   at `render` in the same directory (its record and log kept) — the fix
+///   of a failed script.
+/// - Changed rendered files after the image was built: refused; the image
+///   holds the old scripts, and only a new build makes one with the new.
+fn reconcile_inputs(
     dir: &Path,
-    old: &BuildRecord,
+    old: &mut BuildRecord,
     manifest: &ManifestRef,
     listing: &[RenderedFile],
-) -> Result<(), BuildError> {
-    let refuse = |why: String| {
-        BuildError::Resume {
-        dir: dir.to_path_buf(),
-        why,
-        hint: "start a new build (without --resume): finished stages only carry over with the same inputs".into(),
-    }
-    };
-    if old.manifest.sha256 != manifest.sha256 {
-        return Err(refuse(format!(
-            "the manifest changed since this build started ({} now has sha256 {}, the build used {})",
-            manifest.path,
-            &manifest.sha256[..12],
-            &old.manifest.sha256[..12]
-        )));
-    }
-    for f in listing {
-        match old.templates.iter().find(|o| o.path == f.path) {
-            Some(o) if o.sha256 == f.sha256 => {}
-            _ => {
-                return Err(refuse(format!(
-                    "the templates changed since this build started: {} renders differently",
-                    f.path
-                )));
-            }
+) -> Result<Option<String>, BuildError> {
+    let mut changed: Vec<&str> = listing
+        .iter()
+        .filter(|f| {
+            !old.templates
+                .iter()
+                .any(|o| o.path == f.path && o.sha256 == f.sha256)
+        })
+        .map(|f| f.path.as_str())
+        .collect();
+    changed.extend(
+        old.templates
+            .iter()
+            .filter(|o| !listing.iter().any(|f| f.path == o.path))
+            .map(|o| o.path.as_str()),
+    );
+    let manifest_changed = old.manifest.sha256 != manifest.sha256;
+    // The plan file records the plan for people and tools; Packer and the
+    // scripts never read it, so it changes nothing that was built.
+    let plan_changed = changed.contains(&crate::render::PLAN_FILE);
+    changed.retain(|f| *f != crate::render::PLAN_FILE);
+    if changed.is_empty() {
+        if plan_changed
+            && let Some(new) = listing.iter().find(|f| f.path == crate::render::PLAN_FILE)
+        {
+            // Rewritten in place by `run` with the files rendered now.
+            old.templates.retain(|f| f.path != crate::render::PLAN_FILE);
+            old.templates.push(new.clone());
         }
+        old.manifest = manifest.clone();
+        return Ok(manifest_changed.then(|| {
+            format!(
+                "{} changed since this build started but renders the same scripts and template: the finished stages stand, the rest use the manifest as it is now",
+                manifest.path
+            )
+        }));
     }
-    if old.templates.len() != listing.len() {
-        return Err(refuse(
-            "the templates changed since this build started: a different set of files renders"
+    let built = old
+        .stages
+        .iter()
+        .any(|s| s.stage == Stage::PackerBuild && s.status == StageStatus::Done);
+    let files = changed.join(", ");
+    if built {
+        return Err(BuildError::Resume {
+            dir: dir.to_path_buf(),
+            why: format!(
+                "the image was built from the scripts as they were, and {files} render{} differently now",
+                if changed.len() == 1 { "s" } else { "" }
+            ),
+            hint: "start a new build (without --resume) to build an image with the changed scripts"
                 .into(),
-        ));
+        });
     }
-    Ok(())
+    old.manifest = manifest.clone();
+    old.stages.clear();
+    old.artifact = None;
+    Ok(Some(format!(
+        "{files} changed since this build started, before its image was built: render, packer validate and packer build run again"
+    )))
 }
 
 impl Run<'_> {
@@ -653,10 +707,19 @@ impl Run<'_> {
         &mut self,
         files: &std::collections::BTreeMap<String, Vec<u8>>,
     ) -> Result<String, BuildError> {
-        let rendered = crate::render::write_dir(files, &self.dir, self.opts.force)?;
-        // The directory is new (any old one, and its lock, went with --force):
-        // lock it before the first word of the journal.
-        self.lock = Some(crate::util::lock::try_lock(&self.dir)?);
+        let rendered = if self.opts.resume {
+            // A resume that renders again (its scripts changed before the
+            // image was built): the files in place, the record and lock kept.
+            let r = crate::render::refresh_dir(files, &self.dir, &self.record.templates)?;
+            self.record.templates = r.files.clone();
+            r
+        } else {
+            let r = crate::render::write_dir(files, &self.dir, self.opts.force)?;
+            // The directory is new (any old one, and its lock, went with
+            // --force): lock it before the first word of the journal.
+            self.lock = Some(crate::util::lock::try_lock(&self.dir)?);
+            r
+        };
         // The directory exists now: record the journal there from here on.
         self.owned = true;
         self.save()?;
@@ -1287,6 +1350,6 @@ pub mod clean;
 mod record;
 
 pub use record::{
-    BootRecord, BuildRecord, BuildStatus, CopyRecord, ManifestRef, NoPoolImage, ReplicationSummary,
-    StageRecord, StageStatus, ValidationSummary, status_text,
+    BootRecord, BuildRecord, BuildStatus, CopyRecord, ManifestRef, NoPoolImage, RecordedOptions,
+    ReplicationSummary, StageRecord, StageStatus, ValidationSummary, status_text,
 };

@@ -100,6 +100,51 @@ pub struct ReplicationSummary {
     pub retries: u64,
 }
 
+/// The options a build ran with, so `--resume` carries on the same way
+/// without the user repeating them (flags given with `--resume` add to
+/// these). Paths are absolute, so a resume from another directory works.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedOptions {
+    pub replicate: bool,
+    pub validate: bool,
+    pub boot_check: bool,
+    pub publish: bool,
+    pub vm_checks: bool,
+    pub allow_retired: bool,
+    /// `--templates`: the override directory.
+    pub templates: Option<String>,
+    pub verify: crate::replicate::VerifyMode,
+    pub parallel: usize,
+    pub max_requests: usize,
+    pub publish_timeout_s: u64,
+    /// `--blob-endpoint` as given (a template, never a credential).
+    pub blob_endpoint: Option<String>,
+}
+
+impl RecordedOptions {
+    /// The flags that repeat these options, for a printed command line.
+    pub fn flags(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (off, flag) in [
+            (!self.replicate, "--no-replicate"),
+            (!self.validate, "--no-validate"),
+            (!self.boot_check, "--no-boot-check"),
+            (!self.publish, "--no-publish"),
+            (!self.vm_checks, "--no-vm-checks"),
+            (self.allow_retired, "--allow-retired"),
+        ] {
+            if off {
+                out.push(flag.to_string());
+            }
+        }
+        if let Some(t) = &self.templates {
+            out.push("--templates".into());
+            out.push(t.clone());
+        }
+        out
+    }
+}
+
 /// `build.json`: the journal while the build runs, the result when it ends,
 /// and what `--json` prints. Its schema is documented in the README.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +178,9 @@ pub struct BuildRecord {
     pub failed_stage: Option<Stage>,
     pub error: Option<String>,
     pub warnings: Vec<String>,
+    /// What the build ran with (absent in records of imgforge before 0.1.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<RecordedOptions>,
 }
 
 /// Why a build record names no image a pool can use.
@@ -250,11 +298,11 @@ impl BuildRecord {
 pub fn status_text(record: &BuildRecord) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{} ({:?}) in {}",
-        record.image, record.status, record.build_dir
-    );
+    let status = serde_json::to_value(record.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let _ = writeln!(s, "{} ({status}) in {}", record.image, record.build_dir);
     for stage in STAGES {
         match record.stages.iter().rev().find(|r| r.stage == stage) {
             Some(r) => {
@@ -284,8 +332,8 @@ pub fn status_text(record: &BuildRecord) -> String {
     if let Some(v) = &record.image_validation {
         let _ = writeln!(
             s,
-            "image     {} passed, {} failed, {} skipped (offline)",
-            v.pass, v.fail, v.skip
+            "image     {} passed, {} warned, {} failed, {} skipped (offline)",
+            v.pass, v.warn, v.fail, v.skip
         );
     }
     if let Some(b) = &record.boot_check {
@@ -299,8 +347,9 @@ pub fn status_text(record: &BuildRecord) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "boot      {} passed, {} failed: {}",
+            "boot      {} passed, {} warned, {} failed: {}",
             b.pass,
+            b.warn,
             b.fail,
             runs.join(", ")
         );
@@ -309,7 +358,7 @@ pub fn status_text(record: &BuildRecord) -> String {
         let v = c
             .validation
             .as_ref()
-            .map(|v| format!("{} passed, {} failed", v.pass, v.fail))
+            .map(|v| format!("{} passed, {} warned, {} failed", v.pass, v.warn, v.fail))
             .unwrap_or_else(|| "not validated".into());
         let _ = writeln!(s, "copy      {} ({v})", c.copy.url);
     }
@@ -322,7 +371,22 @@ pub fn status_text(record: &BuildRecord) -> String {
             let _ = writeln!(
                 s,
                 "resume    imgforge build {} --resume {}",
-                record.manifest.path, record.build_dir
+                crate::util::text::shell_quote(&record.manifest.path),
+                crate::util::text::shell_quote(&record.build_dir)
+            );
+        }
+    }
+    if let Some(o) = &record.options {
+        let flags = o.flags();
+        if !flags.is_empty() {
+            let quoted: Vec<String> = flags
+                .iter()
+                .map(|f| crate::util::text::shell_quote(f))
+                .collect();
+            let _ = writeln!(
+                s,
+                "options   {} (a resume uses them again)",
+                quoted.join(" ")
             );
         }
     }

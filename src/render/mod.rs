@@ -210,6 +210,47 @@ pub fn write_dir(
     })
 }
 
+/// Rewrites the rendered files of an existing build directory in place (a
+/// resume whose templates changed before the image was built): each file
+/// written atomically, and files of `old` that no longer render removed.
+/// Everything else in the directory (its record, its lock, logs) stays.
+pub fn refresh_dir(
+    files: &BTreeMap<String, Vec<u8>>,
+    dir: &Path,
+    old: &[RenderedFile],
+) -> Result<Rendered, RenderError> {
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RenderError::Write { path, source }
+    };
+    let mut listing = Vec::new();
+    for (rel, bytes) in files {
+        let path = dir.join(rel);
+        crate::util::fsutil::write_atomic(&path, bytes).map_err(write_err(&path))?;
+        if rel.ends_with(".sh") || rel.starts_with("scripts/") {
+            set_executable(&path).map_err(write_err(&path))?;
+        }
+        listing.push(RenderedFile {
+            path: rel.clone(),
+            sha256: sha256_hex(bytes),
+            bytes: bytes.len(),
+        });
+    }
+    for gone in old.iter().filter(|o| !files.contains_key(&o.path)) {
+        let path = dir.join(&gone.path);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(RenderError::Write { path, source: e });
+            }
+            _ => {}
+        }
+    }
+    Ok(Rendered {
+        dir: dir.to_path_buf(),
+        files: listing,
+    })
+}
+
 #[cfg(unix)]
 fn set_executable(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;

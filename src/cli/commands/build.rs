@@ -41,7 +41,57 @@ pub(super) fn render(args: RenderArgs) -> Result<i32, AppError> {
     Ok(exit::OK)
 }
 
-pub(super) fn build(args: BuildArgs) -> Result<i32, AppError> {
+/// `--resume DIR`: the options the build started with, recorded in its
+/// `build.json`, apply again; flags given now add to them.
+fn with_recorded_options(args: &mut BuildArgs) {
+    let Some(dir) = &args.resume else { return };
+    let Ok(record) = pipeline::BuildRecord::load(dir) else {
+        // The pipeline reads the record again and reports what is wrong.
+        return;
+    };
+    let Some(o) = record.options else { return };
+    args.no_replicate |= !o.replicate;
+    args.no_validate |= !o.validate;
+    args.no_boot_check |= !o.boot_check;
+    args.no_publish |= !o.publish;
+    args.templates.no_vm_checks |= !o.vm_checks;
+    args.allow_retired |= o.allow_retired;
+    if args.templates.templates.is_none() {
+        args.templates.templates = o.templates.map(std::path::PathBuf::from);
+    }
+    if args.blob_endpoint.is_none() {
+        args.blob_endpoint = o.blob_endpoint;
+    }
+    args.verify = o.verify;
+    args.parallel = o.parallel;
+    args.max_requests = o.max_requests;
+    args.publish_timeout = o.publish_timeout_s;
+}
+
+fn recorded_options(args: &BuildArgs) -> pipeline::RecordedOptions {
+    pipeline::RecordedOptions {
+        replicate: !args.no_replicate,
+        validate: !args.no_validate,
+        boot_check: !args.no_boot_check,
+        publish: !args.no_publish,
+        vm_checks: !args.templates.no_vm_checks,
+        allow_retired: args.allow_retired,
+        templates: args.templates.templates.as_ref().map(|t| {
+            std::path::absolute(t)
+                .unwrap_or_else(|_| t.clone())
+                .display()
+                .to_string()
+        }),
+        verify: args.verify,
+        parallel: args.parallel,
+        max_requests: args.max_requests,
+        publish_timeout_s: args.publish_timeout,
+        blob_endpoint: args.blob_endpoint.clone(),
+    }
+}
+
+pub(super) fn build(mut args: BuildArgs) -> Result<i32, AppError> {
+    with_recorded_options(&mut args);
     let manifest = Manifest::load(&args.manifest)?;
     let set = TemplateSet::with_overrides(args.templates.templates.as_deref())?;
     let plan = args.templates.plan(&manifest);
@@ -94,6 +144,7 @@ pub(super) fn build(args: BuildArgs) -> Result<i32, AppError> {
             show_progress: !args.json,
             publish: !args.no_publish,
             publish_timeout: std::time::Duration::from_secs(args.publish_timeout),
+            recorded: recorded_options(&args),
         },
     );
     match result {
