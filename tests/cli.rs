@@ -228,9 +228,27 @@ fn init_writes_manifests_that_plan_accepts() {
     let r = run(imgforge().args(["init", "-", "--distro", "ubuntu-99.04"]));
     assert_eq!(r.code, 2);
     assert!(
-        r.stderr.contains("use one of: ubuntu-16.04"),
+        r.stderr.contains("possible values: ubuntu-16.04"),
         "{}",
         r.stderr
+    );
+    // --builder local alone is Debian 12 (the archive this machine reaches),
+    // with Debian's docker.io, not Docker's repository; a printed manifest
+    // does not suggest `plan -`.
+    let r = run(imgforge().args(["init", "-", "--builder", "local"]));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("distro = \"debian-12\""), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("docker = { source = \"distro\" }"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("plan -"), "{}", r.stdout);
+    // `--distro` completes the catalog's distros, not file names.
+    let r = run(imgforge().args(["completions", "bash"]));
+    assert!(
+        r.stdout.contains("ubuntu-24.04") && r.stdout.contains("almalinux-9"),
+        "bash completion has no distro list"
     );
 }
 
@@ -546,4 +564,38 @@ fn every_json_document_carries_a_schema_version() {
             &r.stdout[..60.min(r.stdout.len())]
         );
     }
+}
+
+#[test]
+fn status_without_a_directory_shows_the_newest_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = run(imgforge().current_dir(tmp.path()).arg("status"));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("no build under .imgforge/builds"),
+        "{}",
+        r.stderr
+    );
+    let builds = tmp.path().join(".imgforge/builds");
+    // Older than the fixture's build, whatever today is.
+    fake_build(&builds, "a-old", "a", "succeeded", 20 * 365 * 24);
+    let newest = fake_build(&builds, "b-new", "b", "failed", 1);
+    // A whole record, as `build` writes it (the fixture's image name).
+    std::fs::copy(
+        repo().join("tests/fixtures/build/vhd-copies.json"),
+        newest.join("build.json"),
+    )
+    .unwrap();
+    let fixture: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo().join("tests/fixtures/build/vhd-copies.json")).unwrap(),
+    )
+    .unwrap();
+    let r = run(imgforge()
+        .current_dir(tmp.path())
+        .args(["status", "--json"]));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let doc: serde_json::Value =
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.all()));
+    assert_eq!(doc["image"], fixture["image"], "{doc:#}");
+    assert_eq!(doc["started_at"], fixture["started_at"], "{doc:#}");
 }

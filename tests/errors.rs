@@ -539,3 +539,49 @@ fn a_hint_is_written_once_on_a_terminal_and_is_its_own_json_field() {
     assert!(hint.starts_with("add accounts with --to"), "{doc:#}");
     assert_eq!(r.stderr.matches("hint:").count(), 1, "{}", r.stderr);
 }
+
+#[test]
+fn a_user_script_bash_cannot_parse_is_refused_at_plan_by_its_manifest_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("site")).unwrap();
+    write(
+        &tmp.path().join("site/setup.sh"),
+        "#!/bin/bash\nset -e\necho setting up\nif [ -d /opt ]; then\n  echo opt\nfi fi\necho done\n",
+    );
+    let m = tmp.path().join("m.toml");
+    write(
+        &m,
+        &format!("{MINIMAL}\n[provision]\nscripts = [\"site/setup.sh\"]\n"),
+    );
+    for cmd in ["plan", "build"] {
+        let mut c = imgforge();
+        c.arg(cmd).arg(&m);
+        if cmd == "build" {
+            c.arg("--dry-run").arg("--out").arg(tmp.path().join("out"));
+        }
+        let r = run(&mut c);
+        assert_eq!(r.code, 2, "{cmd}: {}", r.all());
+        assert!(
+            r.stderr.contains("provision.scripts.0")
+                && r.stderr.contains("user script `site/setup.sh` is not valid shell: site/setup.sh: line 6: syntax error"),
+            "{cmd}: {}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("bash -n"), "{}", r.stderr);
+        assert!(!tmp.path().join("out").exists());
+    }
+    // A script that parses: shellcheck's warnings become plan warnings, named
+    // by the manifest's path and the line.
+    write(
+        &tmp.path().join("site/setup.sh"),
+        "#!/bin/bash\nset -e\ncd /opt/app\nrm -rf \"$STAGE\"/*\n",
+    );
+    let r = run(imgforge().arg("plan").arg(&m));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("shellcheck: site/setup.sh:4:8: warning:")
+            && r.stdout.contains("[SC2115]"),
+        "{}",
+        r.stdout
+    );
+}

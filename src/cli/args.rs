@@ -172,11 +172,12 @@ ports reach it.")]
     /// What happened in a build, stage by stage (from its build.json).
     #[command(after_help = "\
 Examples:
+  imgforge status                                      the newest build under .imgforge/builds
   imgforge status .imgforge/builds/<dir>
   imgforge status .imgforge/builds/<dir> --json | jq .failed_stage")]
     Status {
-        /// The build directory.
-        dir: PathBuf,
+        /// The build directory [default: the newest build under .imgforge/builds].
+        dir: Option<PathBuf>,
         /// Print the build record as JSON.
         #[arg(long)]
         json: bool,
@@ -287,9 +288,9 @@ pub struct InitArgs {
     /// Where to write the manifest; `-` prints it.
     #[arg(default_value = "imgforge.toml")]
     pub file: PathBuf,
-    /// The distro (`imgforge catalog`).
-    #[arg(long, default_value = "ubuntu-24.04")]
-    pub distro: String,
+    /// The distro (`imgforge catalog`) [default: ubuntu-24.04; debian-12 with --builder local].
+    #[arg(long, value_parser = distro_keys())]
+    pub distro: Option<String>,
     /// The image name [default: from the file name, else the distro].
     #[arg(long)]
     pub name: Option<String>,
@@ -314,6 +315,11 @@ pub struct InitArgs {
     /// Replace an existing file.
     #[arg(long)]
     pub force: bool,
+}
+
+/// The catalog's distro keys: what `--distro` accepts and completes.
+fn distro_keys() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(crate::spec::catalog::DISTROS.iter().map(|d| d.key))
 }
 
 #[derive(Debug, Subcommand)]

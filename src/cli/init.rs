@@ -53,14 +53,19 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let local = args.builder == "local";
+    // The local builder reaches Debian's archive only: its natural distro.
+    let key = args
+        .distro
+        .as_deref()
+        .unwrap_or(if local { "debian-12" } else { "ubuntu-24.04" });
     let distro = catalog::DISTROS
         .iter()
-        .find(|d| d.key == args.distro)
+        .find(|d| d.key == key)
         .ok_or_else(|| InitError::Refused {
-            message: format!("`{}` is not a distro imgforge knows", args.distro),
+            message: format!("`{key}` is not a distro imgforge knows"),
             hint: format!("use one of: {} (`imgforge catalog`)", keys()),
         })?;
-    let local = args.builder == "local";
     if local && distro.local.is_none() {
         let local_ones: Vec<&str> = catalog::DISTROS
             .iter()
@@ -104,13 +109,18 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
     let gpu_size = args.gpu || args.rdma.is_some();
 
     let mut t = String::new();
+    let shown = if path == Path::new("-") {
+        // Printed, not written: `plan` reads a file, not standard input.
+        "FILE.toml".to_string()
+    } else {
+        crate::util::text::shell_quote(&path.display().to_string())
+    };
     let _ = writeln!(
         t,
         "# A Batch image manifest written by `imgforge init` (imgforge {}).\n\
-         # See what it builds with `imgforge plan {}`; build it with `imgforge build`.\n\
+         # See what it builds with `imgforge plan {shown}`; build it with `imgforge build`.\n\
          # The README's \"The manifest\" section describes every key.\n",
         env!("CARGO_PKG_VERSION"),
-        path.display()
     );
     let _ = writeln!(t, "[image]");
     let _ = writeln!(t, "name = \"{name}\"");
@@ -204,10 +214,18 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
         );
     }
     let _ = writeln!(t, "\n[features]");
-    let _ = writeln!(
-        t,
-        "# SSH and Docker are always built in; docker = {{ version = \"…\" }} pins Docker."
-    );
+    if local {
+        // The local builder's root reaches Debian's archive, not Docker's.
+        let _ = writeln!(
+            t,
+            "# SSH and Docker are always built in.\ndocker = {{ source = \"distro\" }}   # Debian's docker.io: this machine reaches Debian's archive, not Docker's"
+        );
+    } else {
+        let _ = writeln!(
+            t,
+            "# SSH and Docker are always built in; docker = {{ version = \"…\" }} pins Docker."
+        );
+    }
     if args.gpu {
         // Debian's own non-free driver (DKMS) builds offline from its archive;
         // elsewhere NVIDIA's repository is the source.

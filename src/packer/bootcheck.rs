@@ -327,6 +327,28 @@ fn check_image(image: &Path) -> Result<(), BootError> {
     Ok(())
 }
 
+/// What the console shows of a boot, in order (`boot_phase` indexes it).
+const PHASES: [&str; 4] = [
+    "firmware running",
+    "boot loader started",
+    "kernel started",
+    "systemd started",
+];
+
+/// How far a boot got, from its console lines.
+fn boot_phase(lines: &[String]) -> usize {
+    let has = |needles: &[&str]| lines.iter().any(|l| needles.iter().any(|n| l.contains(n)));
+    if has(&["systemd[1]:", "Welcome to "]) {
+        3
+    } else if has(&["Linux version"]) {
+        2
+    } else if has(&["GRUB", "Booting `", "Loading Linux"]) {
+        1
+    } else {
+        0
+    }
+}
+
 struct Ports {
     ssh: u16,
     answer: Vec<(u16, u16)>,
@@ -514,6 +536,10 @@ fn boot_once(
     let mut vm = spawn(qemu, image, fw, accel, &log, &vars, &ports)?;
     let mut login_after = None;
     let mut qemu_exit = None;
+    // A line per phase as the console shows it, and one every 30 s while
+    // nothing new appears: a TCG boot takes a minute or more.
+    let mut phase = 0usize;
+    let mut said_at = Instant::now();
     while started.elapsed() < opts.timeout {
         if opts.cancel.load(Ordering::Relaxed) {
             return Err(BootError::Cancelled);
@@ -550,6 +576,31 @@ fn boot_once(
         if lines.iter().any(|l| l.contains(" login:")) {
             login_after = Some(started.elapsed().as_secs_f64());
             break;
+        }
+        let reached = boot_phase(&lines);
+        if reached > phase || said_at.elapsed() >= Duration::from_secs(30) {
+            let what = if reached > phase {
+                PHASES[reached].to_string()
+            } else {
+                format!(
+                    "still {} (last console line: {})",
+                    PHASES[reached],
+                    lines
+                        .last()
+                        .map(|l| l.chars().take(80).collect::<String>())
+                        .unwrap_or_default()
+                )
+            };
+            crate::util::term::status(
+                "Booting",
+                &format!(
+                    "{}: {what} after {} s ({accel})",
+                    fw.name(),
+                    started.elapsed().as_secs()
+                ),
+            );
+            phase = phase.max(reached);
+            said_at = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(500));
     }

@@ -869,7 +869,10 @@ impl Run<'_> {
                     + &display.failure_context().unwrap_or_default(),
                 hint: packer_failure_hint(
                     self.plan.local.is_some(),
-                    display.failed_script(),
+                    display
+                        .failed_script()
+                        .map(|f| self.plan.script_name(f))
+                        .as_deref(),
                     crate::util::fsutil::free_bytes(&self.dir),
                 ),
             }),
@@ -1055,8 +1058,22 @@ impl Run<'_> {
                 hint: None,
             });
         }
-        let msg = format!("{} checks passed: {}", r.summary.pass, times.join(", "));
+        let warned: Vec<String> = r
+            .findings
+            .iter()
+            .filter(|f| f.status == crate::report::Status::Warn)
+            .map(|f| format!("{}: {}", f.id, f.message))
+            .collect();
+        let msg = format!(
+            "{} checks passed, {} warned: {}",
+            r.summary.pass,
+            r.summary.warn,
+            times.join(", ")
+        );
         crate::util::term::status("Booted", &msg);
+        for w in &warned {
+            crate::util::term::warning(&format!("boot check: {w}"));
+        }
         Ok(msg)
     }
 
@@ -1307,7 +1324,7 @@ fn packer_failure_hint(local: bool, script: Option<&str>, free: Option<u64>) -> 
             indicatif::HumanBytes(free)
         ),
         (_, _, Some(script)) => format!(
-            "`{script}` failed (its last lines are above): fix it — a user script of the manifest, or a template (`imgforge templates export` shows the built-in one) — then run the resume command, which rebuilds from `render`"
+            "{script} failed (its last lines are above): fix it — a user script of the manifest, or a template (`imgforge templates export` shows the built-in one) — then run the resume command, which rebuilds from `render`"
         ),
         (true, _, None) => "Packer stopped before a provisioner script ran: the lines above are its own, and packer.log has the whole stream".into(),
         (false, _, None) => "the lines above are Azure's answer as Packer relayed it (its `Code=` value names the cause: credentials, quota, a size or region); packer.log has the whole stream".into(),
@@ -1325,7 +1342,7 @@ mod tests {
         assert!(packer_failure_hint(true, Some("20-docker.sh"), low).contains("200.00 MiB free"));
         let h = packer_failure_hint(true, Some("20-docker.sh"), roomy);
         assert!(
-            h.contains("`20-docker.sh` failed") && h.contains("resume"),
+            h.contains("20-docker.sh failed") && h.contains("resume"),
             "{h}"
         );
         // An Azure build's free space on this machine is not the cause.

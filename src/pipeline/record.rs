@@ -298,10 +298,7 @@ impl BuildRecord {
 pub fn status_text(record: &BuildRecord) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let status = serde_json::to_value(record.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
+    let status = crate::util::text::name_of(&record.status);
     let _ = writeln!(s, "{} ({status}) in {}", record.image, record.build_dir);
     for stage in STAGES {
         match record.stages.iter().rev().find(|r| r.stage == stage) {
@@ -317,7 +314,7 @@ pub fn status_text(record: &BuildRecord) -> String {
                     s,
                     "  {:<16} {:<9} {:>8.1} s  {detail}",
                     stage.name(),
-                    format!("{:?}", r.status).to_lowercase(),
+                    crate::util::text::name_of(&r.status),
                     r.duration_s
                 );
             }

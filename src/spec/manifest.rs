@@ -365,6 +365,9 @@ pub struct Manifest {
     pub raw: RawManifest,
     /// User scripts, resolved against the manifest's directory.
     pub user_scripts: Vec<PathBuf>,
+    /// shellcheck's findings on the user scripts, named as the manifest
+    /// names them (plan warnings; empty where shellcheck is absent).
+    pub script_findings: Vec<String>,
 }
 
 impl Manifest {
@@ -384,10 +387,20 @@ impl Manifest {
             source: &source,
         };
         let (distro, user_scripts) = checker.check(&raw)?;
+        let script_findings = raw
+            .provision
+            .scripts
+            .iter()
+            .zip(&user_scripts)
+            .flat_map(|(shown, full)| {
+                crate::spec::scripts::lint(full, &shown.display().to_string())
+            })
+            .collect();
         Ok(Manifest {
             path: path.to_path_buf(),
             distro,
             user_scripts,
+            script_findings,
             raw,
             source,
         })
@@ -1282,6 +1295,22 @@ impl Checker<'_> {
                     ),
                     "copy the script next to the manifest, or set `allow_outside = true` under \
                      [provision] to take scripts from elsewhere",
+                ));
+            }
+            // A script bash cannot parse fails the build seconds (locally)
+            // or minutes (on a paid Azure VM) in: refused now, by its name here.
+            let shown = s.display().to_string();
+            if let Some(why) = crate::spec::scripts::syntax_error(&full, &shown) {
+                return Err(self.fail(
+                    &key,
+                    format!(
+                        "user script `{}` is not valid shell: {why}",
+                        printable(&shown)
+                    ),
+                    format!(
+                        "fix the script (`bash -n {}` shows the same); nothing was built",
+                        crate::util::text::shell_quote(&full.display().to_string())
+                    ),
                 ));
             }
             resolved.push(full);

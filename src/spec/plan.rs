@@ -165,6 +165,10 @@ pub struct ScriptPlan {
     pub file: String,
     /// Built-in template it comes from; `None` for a user script.
     pub template: Option<&'static str>,
+    /// A user script's path as the manifest gives it (`provision.scripts`),
+    /// so a failure names the file the user edits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -323,8 +327,14 @@ fn script_plans(m: &Manifest, features: &[FeaturePlan]) -> Vec<ScriptPlan> {
         scripts.extend(templates.into_iter().map(|t| ScriptPlan {
             file: script_file_name(t),
             template: Some(t),
+            source: None,
         }));
-        for (i, s) in m.user_scripts.iter().enumerate() {
+        for (i, (s, shown)) in m
+            .user_scripts
+            .iter()
+            .zip(&raw.provision.scripts)
+            .enumerate()
+        {
             let name = s
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -332,17 +342,32 @@ fn script_plans(m: &Manifest, features: &[FeaturePlan]) -> Vec<ScriptPlan> {
             scripts.push(ScriptPlan {
                 file: format!("90-user-{:02}-{name}", i + 1),
                 template: None,
+                source: Some(shown.display().to_string()),
             });
         }
         scripts.push(ScriptPlan {
             file: script_file_name(catalog::VM_CHECKS_SCRIPT),
             template: Some(catalog::VM_CHECKS_SCRIPT),
+            source: None,
         });
     }
     scripts
 }
 
 impl Plan {
+    /// A rendered script's name as a person knows it: a user script with the
+    /// manifest's path for it (`90-user-01-setup.sh (site/setup.sh in the
+    /// manifest)`), anything else as it is. `file` may be a path in the image.
+    pub fn script_name(&self, file: &str) -> String {
+        let base = file.rsplit('/').next().unwrap_or(file);
+        match self.scripts.iter().find(|s| s.file == base) {
+            Some(ScriptPlan {
+                source: Some(src), ..
+            }) => format!("{base} ({src} in the manifest)"),
+            _ => file.to_string(),
+        }
+    }
+
     /// Drops the in-VM check script (`--no-vm-checks`).
     pub fn without_vm_checks(mut self) -> Plan {
         self.scripts
@@ -353,7 +378,11 @@ impl Plan {
     pub fn new(m: &Manifest) -> Plan {
         let raw = &m.raw;
         let distro = m.distro;
-        let mut warnings = Vec::new();
+        let mut warnings: Vec<String> = m
+            .script_findings
+            .iter()
+            .map(|f| format!("shellcheck: {f}"))
+            .collect();
         let local_build = raw.build.builder == Builder::Local;
         let docker_on_ephemeral = distro.docker_data_root.starts_with(distro.ephemeral_mount);
         let gpu = raw.features.gpu.as_ref();
@@ -580,12 +609,12 @@ impl Plan {
             Some(l) => {
                 let _ = writeln!(
                     s,
-                    "builder    local: mmdebstrap {} from {} ({}), {} GiB sparse disk, boot check {:?}, root cache {}/{}.tar",
+                    "builder    local: mmdebstrap {} from {} ({}), {} GiB sparse disk, boot check {}, root cache {}/{}.tar",
                     l.suite,
                     l.mirror,
                     l.components.join(", "),
                     l.disk_mib / 1024,
-                    l.boot_check,
+                    crate::util::text::name_of(&l.boot_check),
                     l.cache_dir,
                     l.cache_key
                 );
@@ -638,8 +667,8 @@ impl Plan {
         let ports = |p: &[u16]| p.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
         let _ = writeln!(
             s,
-            "firewall   {:?}: inbound tcp {}; outbound tcp {}",
-            self.firewall.kind,
+            "firewall   {}: inbound tcp {}; outbound tcp {}",
+            crate::util::text::name_of(&self.firewall.kind),
             ports(&self.firewall.inbound_tcp),
             ports(&self.firewall.outbound_tcp)
         );

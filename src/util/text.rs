@@ -6,6 +6,15 @@
 
 use sha2::{Digest as _, Sha256};
 
+/// A unit enum value as its serialized name (`both`, `ufw`, `succeeded`):
+/// what people read is what the files and JSON say, never a Rust name.
+pub fn name_of<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "?".to_string(),
+    }
+}
+
 /// POSIX shell quoting: words made only of safe characters stay as they are;
 /// anything else is single-quoted, so no value can become a command.
 pub fn shell_quote(s: &str) -> String {

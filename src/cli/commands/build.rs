@@ -191,7 +191,25 @@ pub(super) fn build(mut args: BuildArgs) -> Result<i32, AppError> {
     }
 }
 
-pub(super) fn status(dir: &std::path::Path, json: bool) -> Result<i32, AppError> {
+pub(super) fn status(dir: Option<&std::path::Path>, json: bool) -> Result<i32, AppError> {
+    let newest;
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            let builds = std::path::Path::new(".imgforge/builds");
+            let found = pipeline::clean::scan(builds)
+                .ok()
+                .and_then(|b| b.into_iter().rfind(|b| !b.leftover));
+            let Some(found) = found else {
+                return Err(AppError::refused(
+                    format!("no build under {}", builds.display()),
+                    "name the build directory (`imgforge status DIR`), or run `imgforge build` here first",
+                ));
+            };
+            newest = found.path;
+            &newest
+        }
+    };
     let record = pipeline::BuildRecord::load(dir)?;
     if json {
         print_stdout(&to_json(&record))?;

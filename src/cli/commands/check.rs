@@ -109,11 +109,10 @@ pub(super) fn boot_check(args: crate::cli::args::BootCheckArgs) -> Result<i32, A
             cancel,
         },
     )?;
-    if result.report.failed()
-        && let Some(t) = temp
-    {
-        // Keep the console logs the report points at.
-        crate::util::term::warning(&format!("console logs kept in {}", t.keep().display()));
+    if let Some(t) = temp {
+        // The report names the console logs: they stay, pass or fail
+        // (--logs DIR chooses where).
+        crate::util::term::status("Logs", &format!("console logs in {}", t.keep().display()));
     }
     if !args.json {
         for run in result.runs.iter().filter(|r| !r.tail.is_empty()) {

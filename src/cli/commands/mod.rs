@@ -62,7 +62,7 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
             account_url,
         } => skus_online(json, credentials.as_deref(), account_url.as_deref()),
         Command::Skus { json, .. } => skus(json),
-        Command::Status { dir, json } => status(&dir, json),
+        Command::Status { dir, json } => status(dir.as_deref(), json),
         Command::Replicate(args) => replicate(args),
         Command::Upload(args) => upload(args),
         Command::Publish(args) => publish(args),

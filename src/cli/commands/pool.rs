@@ -21,7 +21,7 @@ pub(super) fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
                 return Err(refused(
                     &format!(
                         "the build did not succeed (status {}{}): its image is not one to give a pool",
-                        format!("{:?}", record.status).to_lowercase(),
+                        crate::util::text::name_of(&record.status),
                         record.failed_stage.map(|s| format!(", at stage `{}`", s.name())).unwrap_or_default()
                     ),
                     "finish it (`imgforge build MANIFEST --resume DIR`), or pass a succeeded build's record",
