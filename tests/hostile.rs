@@ -591,3 +591,103 @@ fn a_page_list_of_a_hundred_thousand_single_pages_is_copied_in_spans() {
     assert_eq!(differ, None);
     assert_eq!(az.ranges(&url), vec![(0, 99_999 * 2048 + 512)]);
 }
+
+/// A URL with `.blob.` in a host that is not Azure's: the account's key is
+/// never sent there (it used to be, SharedKey-signed, to whatever host the
+/// URL named). The refusal comes before any connection: the host does not
+/// even resolve here, and the error is not a DNS one.
+#[test]
+fn a_storage_key_is_never_sent_to_a_lookalike_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m.toml");
+    write(&m, MINIMAL);
+    for url in [
+        "https://imgcopy0.blob.attacker.example/images/x.vhd",
+        "https://imgcopy0.blob.core.windows.net.attacker.example/images/x.vhd",
+    ] {
+        let r = run(imgforge()
+            .env(
+                "IMGFORGE_STORAGE_KEY_IMGCOPY0",
+                "a2V5IGZvciBhIGxvb2stYWxpa2UgaG9zdCB0ZXN0IQ==",
+            )
+            .arg("validate")
+            .arg(url)
+            .arg("--manifest")
+            .arg(&m));
+        assert_ne!(r.code, 0, "{}", r.all());
+        assert!(
+            r.all().contains("no key or token is sent there"),
+            "{url}: {}",
+            r.all()
+        );
+        assert!(!r.all().contains("a2V5IGZvciBhIGxvb2st"), "{}", r.all());
+    }
+}
+
+/// A Resource Manager that never ends the storage-account list (each page
+/// links to the next, or to itself): the list stops at its page cap with an
+/// error, instead of running until killed with a growing RSS.
+#[test]
+fn a_storage_account_list_that_never_ends_is_cut_at_its_page_cap() {
+    for self_link in [false, true] {
+        let pages = Arc::new(AtomicUsize::new(0));
+        let counter = pages.clone();
+        let addr = Arc::new(std::sync::OnceLock::<SocketAddr>::new());
+        let me = addr.clone();
+        let served = serve(60, move |mut conn, head| {
+            let body = if head.starts_with("POST ") {
+                r#"{"token_type":"Bearer","expires_in":3600,"access_token":"t0k3n"}"#.to_string()
+            } else {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                let next = if self_link {
+                    head.split_whitespace().nth(1).unwrap_or("/").to_string()
+                } else {
+                    format!(
+                        "/subscriptions/s/providers/Microsoft.Storage/storageAccounts?page={}",
+                        n + 1
+                    )
+                };
+                format!(
+                    r#"{{"value":[],"nextLink":"http://{}{next}"}}"#,
+                    me.get().unwrap()
+                )
+            };
+            let _ = conn.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        });
+        addr.set(served).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let m = tmp.path().join("m.toml");
+        write(&m, MINIMAL);
+        let endpoint = format!("http://{served}");
+        let started = Instant::now();
+        let r = run(imgforge()
+            .env("IMGFORGE_ARM_ENDPOINT", &endpoint)
+            .env("AZURE_AUTHORITY_HOST", &endpoint)
+            .args([
+                "replicate",
+                "--no-validate",
+                "--region",
+                "westus2",
+                "--source",
+                "https://build.blob.core.windows.net/c/x.vhd",
+                "--to",
+                "imgcopy0",
+            ])
+            .arg(&m));
+        assert_ne!(r.code, 0, "{}", r.all());
+        assert!(r.stderr.contains("a list that never ends"), "{}", r.stderr);
+        let n = pages.load(Ordering::SeqCst);
+        assert!(n <= 100, "{n} pages asked for");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}

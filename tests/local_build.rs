@@ -304,14 +304,37 @@ fn a_local_build_is_published_as_a_managed_image_and_a_gallery_version() {
 }
 
 #[test]
-fn docker_enabled_at_boot_fails_exactly_that_check() {
+fn links_planted_in_the_image_never_reach_the_host_and_docker_at_boot_fails_its_check() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    // A user script that re-enables Docker, against Batch Shipyard's rule.
-    let (_, out) = failing_build(
-        tmp.path(),
-        "#!/bin/sh\nset -e\nsystemctl enable docker.service\n",
-        &["--no-boot-check", "--no-vm-checks"],
+    // Host files the image points at with absolute links. Before the
+    // generalization and disk steps ran inside the root, `rm -rf
+    // "$root"/var/lib/cloud/*` emptied the host's directory and `cat >
+    // "$root/etc/fstab"` overwrote the host's file.
+    let canary = tmp.path().join("host-canary");
+    std::fs::create_dir_all(canary.join("cloud")).unwrap();
+    write(&canary.join("cloud/keep"), "host data\n");
+    write(&canary.join("fstab"), "host fstab\n");
+    let c = canary.display();
+    // A user script that plants the links (the same directory made inside
+    // the image, so the links resolve there) and re-enables Docker, against
+    // Batch Shipyard's rule.
+    let script = format!(
+        "#!/bin/sh\nset -e\nmkdir -p '{c}'\nrm -rf /var/lib/cloud\nln -s '{c}/cloud' /var/lib/cloud\n\
+         ln -sf '{c}/fstab' /etc/fstab\nsystemctl enable docker.service\n"
+    );
+    let (_, out) = failing_build(tmp.path(), &script, &["--no-boot-check", "--no-vm-checks"]);
+    assert_eq!(
+        std::fs::read_to_string(canary.join("cloud/keep"))
+            .ok()
+            .as_deref(),
+        Some("host data\n"),
+        "the build deleted a host file through the image's /var/lib/cloud link"
+    );
+    assert_eq!(
+        std::fs::read_to_string(canary.join("fstab")).unwrap(),
+        "host fstab\n",
+        "the build wrote a host file through the image's /etc/fstab link"
     );
     let rec = record(&out);
     assert_eq!(rec["failed_stage"], "validate_image", "{rec:#}");

@@ -54,6 +54,7 @@ fn each_rule_passes_and_fails_on_real_configs() {
                 ("pool.image-uris.no-sas", "pass"),
                 ("pool.image-uris.container-root", "pass"),
                 ("pool.image-uris.vhd", "pass"),
+                ("pool.image-uris.host", "pass"),
                 ("pool.image-uris.distinct-accounts", "pass"),
                 ("pool.image-uris.count", "pass"),
                 ("pool.node-agent.known", "pass"),
@@ -131,6 +132,15 @@ fn each_rule_passes_and_fails_on_real_configs() {
             None,
             1,
             &[("pool.image-uris.distinct-accounts", "fail")],
+        ),
+        (
+            "lookalike-host.yaml",
+            None,
+            1,
+            &[
+                ("pool.image-uris.host", "fail"),
+                ("pool.image-uris.https", "pass"),
+            ],
         ),
         (
             "too-few-autoscale.yaml",

@@ -133,7 +133,13 @@ impl Arm {
             encode_component(subscription)
         );
         let mut accounts = Vec::new();
-        loop {
+        // A subscription holds at most 250 storage accounts per region (500
+        // on request) and Resource Manager pages them by the hundred: a list
+        // longer than this is a server that never ends it (one that links
+        // to itself ran to a 5 GiB RSS).
+        const MAX_PAGES: usize = 100;
+        const MAX_ACCOUNTS: usize = 50_000;
+        for _ in 0..MAX_PAGES {
             let page = self.get_json(OP, &url).await?;
             let values = page["value"].as_array().ok_or_else(|| ArmError::Protocol {
                 op: OP,
@@ -145,13 +151,29 @@ impl Arm {
                     message: format!("an entry without name, location or id: {v}"),
                 })?);
             }
+            if accounts.len() > MAX_ACCOUNTS {
+                return Err(ArmError::Protocol {
+                    op: OP,
+                    message: format!("more than {MAX_ACCOUNTS} storage accounts listed"),
+                });
+            }
             match crate::azure::http::next_page(&page, "nextLink", &self.endpoint)
                 .map_err(|message| ArmError::Protocol { op: OP, message })?
             {
+                Some(next) if next == url => {
+                    return Err(ArmError::Protocol {
+                        op: OP,
+                        message: "nextLink names the page it is on: a list that never ends".into(),
+                    });
+                }
                 Some(next) => url = next,
                 None => return Ok(accounts),
             }
         }
+        Err(ArmError::Protocol {
+            op: OP,
+            message: format!("more than {MAX_PAGES} pages: a list that never ends"),
+        })
     }
 
     pub async fn batch_account(

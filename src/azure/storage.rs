@@ -234,6 +234,63 @@ pub fn endpoint_template(given: Option<&str>) -> Result<String, StorageError> {
     Ok(t.to_string())
 }
 
+/// The blob endpoint suffixes of Azure's clouds (public, China, US
+/// Government): an account's key or token goes to `ACCOUNT.blob.SUFFIX`.
+pub const STORAGE_SUFFIXES: [&str; 3] = [
+    "core.windows.net",
+    "core.chinacloudapi.cn",
+    "core.usgovcloudapi.net",
+];
+
+/// Whether `host` is `account`'s blob endpoint in one of Azure's clouds
+/// (`ACCOUNT.blob.core.windows.net`, or an Azure DNS zone endpoint
+/// `ACCOUNT.zNN.blob.storage.azure.net`).
+pub fn is_azure_blob_host(host: &str, account: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    let account = account.to_ascii_lowercase();
+    let Some(rest) = host.strip_prefix(&format!("{account}.")) else {
+        return false;
+    };
+    if let Some(suffix) = rest.strip_prefix("blob.") {
+        return STORAGE_SUFFIXES.contains(&suffix);
+    }
+    rest.strip_suffix(".blob.storage.azure.net")
+        .is_some_and(|zone| {
+            zone.len() == 3
+                && zone.starts_with('z')
+                && zone[1..].chars().all(|c| c.is_ascii_digit())
+        })
+}
+
+/// Whether `account`'s key or token may be sent to `base` (the origin a
+/// request goes to, with the account for path-style endpoints): Azure's
+/// blob endpoint for that account, an emulator on this machine, or the
+/// endpoint `IMGFORGE_BLOB_ENDPOINT` names for it. A URL that merely has
+/// `.blob.` in its host (`acct.blob.attacker.example`) gets none.
+pub fn credential_may_go(base: &str, account: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(base).map_err(|e| format!("`{base}`: {e}"))?;
+    let host = parsed.host_str().unwrap_or("");
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    let configured = std::env::var("IMGFORGE_BLOB_ENDPOINT")
+        .ok()
+        .filter(|t| t.contains("{account}"))
+        .and_then(|t| url::Url::parse(&endpoint(&t, account)).ok())
+        .is_some_and(|u| u.origin() == parsed.origin());
+    if is_azure_blob_host(host, account) || loopback || configured {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{host}` is not account `{account}`'s Azure Storage endpoint ({account}.blob.{}, or another Azure cloud's) nor an emulator on this machine: no key or token is sent there",
+            STORAGE_SUFFIXES[0]
+        ))
+    }
+}
+
 pub fn endpoint(template: &str, account: &str) -> String {
     template
         .replace("{account}", account)
@@ -402,6 +459,11 @@ impl Storage {
         let Auth::Key(key) = self.auth(&blob.account) else {
             return None;
         };
+        // A SAS signed with the key is as good as the key for reading: only
+        // for the account's own endpoint.
+        if credential_may_go(&blob.endpoint, &blob.account).is_err() {
+            return None;
+        }
         let now = SystemTime::now();
         let start = humantime::format_rfc3339_seconds(now - Duration::from_secs(300)).to_string();
         let expiry = humantime::format_rfc3339_seconds(now + ttl).to_string();
@@ -495,6 +557,19 @@ impl Storage {
                 || !matches!(self.auth(account), Auth::Anonymous)
                 || all.iter().any(|(k, _)| k == "x-ms-copy-source");
             if carries_credential && let Err(why) = crate::azure::http::require_secure(base) {
+                return Err(StorageError::Insecure {
+                    op,
+                    account: account.to_string(),
+                    path: display_path.to_string(),
+                    message: why,
+                });
+            }
+            // The account's own key or token goes only to its endpoint (a SAS
+            // in the URL is the URL's own, sent where the URL says).
+            if sas.is_none()
+                && !matches!(self.auth(account), Auth::Anonymous)
+                && let Err(why) = credential_may_go(base, account)
+            {
                 return Err(StorageError::Insecure {
                     op,
                     account: account.to_string(),
@@ -1240,6 +1315,29 @@ pub fn chunks(ranges: &[Range<u64>], max: u64) -> Vec<Range<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_credential_goes_only_to_the_accounts_own_endpoint() {
+        for ok in [
+            "https://imgcopy0.blob.core.windows.net",
+            "https://IMGCOPY0.blob.core.chinacloudapi.cn",
+            "https://imgcopy0.z12.blob.storage.azure.net",
+            "http://127.0.0.1:10000",
+            "http://localhost:10000",
+        ] {
+            assert!(credential_may_go(ok, "imgcopy0").is_ok(), "{ok}");
+        }
+        for bad in [
+            "https://imgcopy0.blob.attacker.example",
+            "https://imgcopy0.blob.core.windows.net.attacker.example",
+            "https://other.blob.core.windows.net",
+            "https://imgcopy0.zz1.blob.storage.azure.net",
+            "https://attacker.example",
+        ] {
+            let e = credential_may_go(bad, "imgcopy0").unwrap_err();
+            assert!(e.contains("no key or token is sent there"), "{bad}: {e}");
+        }
+    }
 
     /// A server answering each request with the next of `answers` (the last
     /// one repeated): `(status, body bytes sent, content-length claimed)`.

@@ -584,7 +584,7 @@ fn check_uris(
     f: &mut Vec<Finding>,
 ) {
     let mut accounts: Vec<String> = Vec::new();
-    let mut all_ok = [true; 4];
+    let mut all_ok = [true; 5];
     // Each URI's line, from one pass over the file: `config.at` per URI would
     // rescan it each time (30,000 URIs took 101 s that way).
     let mut line_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
@@ -656,6 +656,20 @@ fn check_uris(
                 .hint("image_uris point at page-blob VHDs"),
             );
         }
+        if !crate::azure::storage::is_azure_blob_host(host, &account) {
+            all_ok[4] = false;
+            f.push(
+                Finding::fail(
+                    "pool.image-uris.host",
+                    format!("`{host}` is not an Azure Storage blob endpoint"),
+                )
+                .evidence(at.clone())
+                .hint(format!(
+                    "Batch reads image blobs from ACCOUNT.blob.{} (or another Azure cloud's suffix); a look-alike host is not one, and imgforge sends it no credential",
+                    crate::azure::storage::STORAGE_SUFFIXES[0]
+                )),
+            );
+        }
         accounts.push(account);
     }
     let labels = [
@@ -666,6 +680,10 @@ fn check_uris(
             "every image blob is at a container root",
         ),
         ("pool.image-uris.vhd", "every image URI names a .vhd"),
+        (
+            "pool.image-uris.host",
+            "every image URI is on an Azure Storage blob endpoint",
+        ),
     ];
     for (ok, (id, msg)) in all_ok.iter().zip(labels) {
         if *ok {

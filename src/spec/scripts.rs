@@ -25,6 +25,10 @@ const MAX_FINDINGS: usize = 20;
 /// naming sh, bash or dash (directly or through env), or no `#!` at all
 /// (Packer's shell provisioner then runs it with /bin/sh).
 pub fn is_shell(head: &[u8]) -> bool {
+    // NUL bytes: a binary (an ELF program runs as a user script too).
+    if head.contains(&0) {
+        return false;
+    }
     let Some(line) = head.strip_prefix(b"#!") else {
         return true;
     };
@@ -93,9 +97,11 @@ fn run(mut cmd: Command) -> Option<(bool, String)> {
     ))
 }
 
-/// Replaces the path a tool printed with the one the manifest gives.
+/// Replaces the path a tool printed with the one the manifest gives, and
+/// masks secrets: bash quotes the offending line, which a script could share
+/// with a build secret.
 fn shown_as(text: &str, full: &Path, shown: &str) -> String {
-    text.replace(&full.display().to_string(), shown)
+    crate::util::redact::redact(&text.replace(&full.display().to_string(), shown))
 }
 
 /// bash's complaint about `full` (named `shown`), when it cannot parse it.
@@ -169,6 +175,7 @@ mod tests {
         assert!(is_shell(b"echo no shebang\n"));
         assert!(!is_shell(b"#!/usr/bin/env python3\n"));
         assert!(!is_shell(b"#!/usr/bin/perl -w\n"));
+        assert!(!is_shell(b"\x7fELF\x02\x01\x01\x00"));
     }
 
     #[test]
