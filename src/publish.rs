@@ -86,6 +86,13 @@ pub enum PublishError {
     Refused { message: String, hint: String },
     #[error("publish: interrupted; rerun the same command to go on")]
     Cancelled,
+    /// The version exists, but Azure could not replicate it to a region:
+    /// pools there cannot use it.
+    #[error("publish: gallery image version {version} failed to replicate to {}", .regions.join(", "))]
+    ReplicationFailed {
+        version: String,
+        regions: Vec<String>,
+    },
 }
 
 impl crate::util::Hint for PublishError {
@@ -103,6 +110,9 @@ impl crate::util::Hint for PublishError {
             PublishError::Storage(e) => e.hint(),
             PublishError::Refused { hint, .. } => Some(hint.clone()),
             PublishError::Cancelled => None,
+            PublishError::ReplicationFailed { version, .. } => Some(format!(
+                "`az sig image-version show --ids {version} --expand ReplicationStatus` shows Azure's reason; delete the version and publish again (a version never changes)"
+            )),
         }
     }
 }
@@ -500,8 +510,22 @@ async fn gallery_version(
             }
         })
         .collect();
+    // A region whose replication failed has no image for its pools: the
+    // publish failed there, whatever the version's own state.
+    let failed: Vec<String> = record
+        .regions
+        .iter()
+        .filter(|r| r.state.eq_ignore_ascii_case("Failed"))
+        .map(|r| r.region.clone())
+        .collect();
     record.gallery_image_version_id = Some(vid.clone());
-    record.arm_image_id = vid;
+    record.arm_image_id = vid.clone();
+    if !failed.is_empty() {
+        return Err(PublishError::ReplicationFailed {
+            version: vid,
+            regions: failed,
+        });
+    }
     Ok(())
 }
 

@@ -626,3 +626,27 @@ fn a_resume_reuses_the_recorded_options_and_reruns_a_fixed_script() {
         r.stderr
     );
 }
+
+#[test]
+fn a_resume_never_writes_through_a_link_planted_in_the_build_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = overrides(tmp.path(), &null_build(&["exit 3"]));
+    let r = run(&mut build_cmd(tmp.path(), &t, &[]));
+    assert_eq!(r.code, 1, "{}", r.all());
+    // packer.log replaced by a link to a file outside the build.
+    let outside = tmp.path().join("outside.txt");
+    std::fs::write(&outside, "keep me\n").unwrap();
+    let log = tmp.path().join("build/packer.log");
+    std::fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink(&outside, &log).unwrap();
+    overrides(tmp.path(), &null_build(&["echo fixed"]));
+    let r = run(imgforge()
+        .arg("build")
+        .arg(tmp.path().join("m.toml"))
+        .arg("--resume")
+        .arg(tmp.path().join("build")));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me\n");
+    let meta = std::fs::symlink_metadata(&log).unwrap();
+    assert!(meta.is_file(), "packer.log is the build's own file again");
+}

@@ -765,3 +765,54 @@ fn a_vhd_that_fails_the_manifests_checks_is_not_uploaded_or_published() {
             .is_null()
     );
 }
+
+/// `publish` exits 0 only for a version Azure made and replicated: a version
+/// left Failed or Creating after its operation said Succeeded, a region whose
+/// replication failed, or an operation document without a status are failures.
+#[test]
+fn publish_fails_unless_azure_really_made_and_replicated_the_version() {
+    let cases: Vec<(Knobs, &str)> = vec![
+        (
+            Knobs {
+                version_state_after: Some("Failed".into()),
+                polls: 0,
+                ..Knobs::default()
+            },
+            "ended Failed",
+        ),
+        (
+            Knobs {
+                version_state_after: Some("Creating".into()),
+                polls: 0,
+                ..Knobs::default()
+            },
+            "ended Creating",
+        ),
+        (
+            Knobs {
+                failed_replication: vec!["eastus".into()],
+                polls: 0,
+                ..Knobs::default()
+            },
+            "failed to replicate to eastus",
+        ),
+        (
+            Knobs {
+                status_missing: true,
+                polls: 0,
+                ..Knobs::default()
+            },
+            "has no `status` string",
+        ),
+    ];
+    for (knobs, says) in cases {
+        let az = Azurite::start(&["imgcopy0"]);
+        let arm = ArmReplay::start_with(ArmExpect::env_principal(), knobs);
+        let tmp = tempfile::tempdir().unwrap();
+        let vhd = sparse_vhd(tmp.path(), "d12", 16, &[(0, 4096)]);
+        let m = manifest(tmp.path(), "", "dedicated = 10");
+        let r = publish_cmd(&az, &arm, &m, &vhd);
+        assert_eq!(r.code, 1, "{says}: {}", r.all());
+        assert!(r.stderr.contains(says), "{says}: {}", r.stderr);
+    }
+}

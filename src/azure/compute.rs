@@ -146,11 +146,23 @@ impl Arm {
                         .send(op, reqwest::Method::GET, poll_url, None, false)
                         .await?
                         .expect("404 is an error here");
-                    // Azure-AsyncOperation: {"status"}; Location: 202 while
-                    // running, then the resource (or nothing) with 200.
+                    // Azure-AsyncOperation: {"status"} always, a string;
+                    // Location: 202 while running, then the resource (or
+                    // nothing) with 200. A status document without a status
+                    // says nothing, and is never taken for success.
+                    let from_async = answer.async_operation.is_some();
                     let state = match a.body["status"].as_str() {
                         Some(s) => s.to_string(),
                         None if a.status == 202 => "InProgress".to_string(),
+                        None if from_async => {
+                            return Err(ArmError::Protocol {
+                                op,
+                                message: format!(
+                                    "the operation's status document has no `status` string: {}",
+                                    a.body.to_string().chars().take(200).collect::<String>()
+                                ),
+                            });
+                        }
                         None => "Succeeded".to_string(),
                     };
                     (state, a.body["error"].clone(), a.retry_after)
@@ -182,6 +194,18 @@ impl Arm {
                             message: "the operation succeeded but the resource is absent".into(),
                         }
                     })?;
+                    // The resource itself must agree: one left Failed or still
+                    // Creating is no image, whatever the operation said.
+                    let resource_state = provisioning_state(&body);
+                    if resource_state != "Succeeded" {
+                        return Err(ArmError::Operation {
+                            op,
+                            state: resource_state,
+                            code: String::new(),
+                            message: "the operation reported Succeeded, but the resource's provisioningState is not".into(),
+                            hint: hint_for(op, "", 400).to_string(),
+                        });
+                    }
                     return Ok(body);
                 }
                 "Failed" | "Canceled" => {

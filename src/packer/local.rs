@@ -88,17 +88,52 @@ pub fn preflight(boot_check: bool, uefi: bool) -> Result<(), LocalError> {
 /// disk (a GiB or more) go; the step logs stay for reading.
 pub fn clean_work(build_dir: &Path) -> Option<String> {
     let work = build_dir.join("work");
+    // Only the build's own directory: a `work` that is a link (planted in
+    // the build directory) is not followed into whatever it names.
+    if !std::fs::symlink_metadata(&work).is_ok_and(|m| m.is_dir()) {
+        return None;
+    }
     let mut removed = Vec::new();
     for name in ["root", "disk.raw", "tmp", "base-root.tar"] {
         let p = work.join(name);
-        let gone = if p.is_dir() {
-            std::fs::remove_dir_all(&p).is_ok()
-        } else {
-            p.exists() && std::fs::remove_file(&p).is_ok()
+        let gone = match std::fs::symlink_metadata(&p) {
+            // Never across a file system boundary (a mount left in the root).
+            Ok(m) if m.is_dir() => crate::util::fsutil::remove_tree(&p).is_ok(),
+            Ok(_) => std::fs::remove_file(&p).is_ok(),
+            Err(_) => false,
         };
         if gone {
             removed.push(p.display().to_string());
         }
     }
     (!removed.is_empty()).then(|| format!("removed {}", removed.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleaning_a_failed_build_follows_no_link_planted_in_its_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir_all(elsewhere.join("root")).unwrap();
+        std::fs::write(elsewhere.join("root/keep"), "x").unwrap();
+        std::fs::write(elsewhere.join("disk.raw"), "x").unwrap();
+        let build = tmp.path().join("build");
+        std::fs::create_dir_all(&build).unwrap();
+        // `work` itself a link: nothing is removed.
+        std::os::unix::fs::symlink(&elsewhere, build.join("work")).unwrap();
+        assert_eq!(clean_work(&build), None);
+        assert!(elsewhere.join("root/keep").exists() && elsewhere.join("disk.raw").exists());
+        // Links inside a real `work`: the links go, not what they name.
+        std::fs::remove_file(build.join("work")).unwrap();
+        std::fs::create_dir_all(build.join("work")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("root"), build.join("work/root")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.join("disk.raw"), build.join("work/disk.raw"))
+            .unwrap();
+        assert!(clean_work(&build).is_some());
+        assert!(elsewhere.join("root/keep").exists() && elsewhere.join("disk.raw").exists());
+        assert!(std::fs::symlink_metadata(build.join("work/root")).is_err());
+    }
 }

@@ -829,11 +829,10 @@ impl Run<'_> {
             self.sign_in()?;
         }
         let log_path = self.dir.join(LOG_FILE);
-        let mut log_file =
-            std::fs::File::create(&log_path).map_err(|source| BuildError::Write {
-                path: log_path.clone(),
-                source,
-            })?;
+        let mut log_file = create_no_follow(&log_path).map_err(|source| BuildError::Write {
+            path: log_path.clone(),
+            source,
+        })?;
         let mut display = crate::packer::progress::Display::new(
             self.opts.verbose,
             Instant::now(),
@@ -1285,6 +1284,21 @@ impl Run<'_> {
         self.record.snippet = Some(path.display().to_string());
         Ok(format!("wrote {}", path.display()))
     }
+}
+
+/// A new, empty file at `path`; a link there (planted in the build
+/// directory) is replaced, never written through.
+fn create_no_follow(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        std::fs::remove_file(path)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 fn uses_azure_arm(dir: &Path) -> bool {

@@ -33,6 +33,13 @@ pub struct Knobs {
     pub batch_link_elsewhere: bool,
     /// Target regions whose replication is still running after the version succeeded.
     pub still_replicating: Vec<String>,
+    /// Target regions whose replication ended `Failed`.
+    pub failed_replication: Vec<String>,
+    /// After its operation says `Succeeded`, a version's own
+    /// `provisioningState` (`Failed`, `Creating`) instead of `Succeeded`.
+    pub version_state_after: Option<String>,
+    /// The succeeded operation's document carries no `status`.
+    pub status_missing: bool,
 }
 
 impl Default for Knobs {
@@ -46,6 +53,9 @@ impl Default for Knobs {
             forbid_writes: false,
             batch_link_elsewhere: false,
             still_replicating: Vec::new(),
+            failed_replication: Vec::new(),
+            version_state_after: None,
+            status_missing: false,
         }
     }
 }
@@ -273,17 +283,17 @@ impl ComputeRp {
                 .unwrap_or_default()
                 .iter()
                 .map(|r| {
-                    let running = !done
-                        || self
-                            .knobs
-                            .still_replicating
-                            .iter()
-                            .any(|s| norm(s) == norm(r["name"].as_str().unwrap_or("")));
+                    let here = |list: &Vec<String>| {
+                        list.iter()
+                            .any(|s| norm(s) == norm(r["name"].as_str().unwrap_or("")))
+                    };
+                    let failed = done && here(&self.knobs.failed_replication);
+                    let running = !done || here(&self.knobs.still_replicating);
                     json!({
                         "region": r["name"],
-                        "state": if running { "Replicating" } else { "Completed" },
-                        "details": "",
-                        "progress": if running { 40 } else { 100 },
+                        "state": if failed { "Failed" } else if running { "Replicating" } else { "Completed" },
+                        "details": if failed { "Replication failed: the source blob could not be read." } else { "" },
+                        "progress": if failed { 0 } else if running { 40 } else { 100 },
                     })
                 })
                 .collect();
@@ -602,11 +612,19 @@ impl ComputeRp {
                 }
             }
             None => {
-                r["properties"]["provisioningState"] = "Succeeded".into();
+                let state = match &self.knobs.version_state_after {
+                    Some(s) if o.resource.contains("/versions/") => s.clone(),
+                    _ => "Succeeded".to_string(),
+                };
+                r["properties"]["provisioningState"] = state.into();
                 Answer {
                     status: "200 OK",
                     headers: Vec::new(),
-                    body: text("operation-succeeded.json"),
+                    body: if self.knobs.status_missing {
+                        "{}".to_string()
+                    } else {
+                        text("operation-succeeded.json")
+                    },
                 }
             }
         }
