@@ -599,3 +599,25 @@ fn status_without_a_directory_shows_the_newest_build() {
     assert_eq!(doc["image"], fixture["image"], "{doc:#}");
     assert_eq!(doc["started_at"], fixture["started_at"], "{doc:#}");
 }
+
+#[test]
+fn status_never_prints_a_records_terminal_escapes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("b");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo().join("tests/fixtures/build/vhd-copies.json")).unwrap(),
+    )
+    .unwrap();
+    rec["status"] = "failed".into();
+    rec["error"] = "\u{1b}]0;owned\u{7}\u{1b}[2Jboom".into();
+    write(&dir.join("build.json"), &rec.to_string());
+    let r = run(imgforge().arg("status").arg(&dir));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        !r.stdout.contains('\u{1b}') && !r.stdout.contains('\u{7}'),
+        "{:?}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("boom"), "{}", r.stdout);
+}

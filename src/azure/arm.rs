@@ -68,7 +68,7 @@ impl crate::util::Hint for ArmError {
         match self {
             ArmError::Status { hint, .. } | ArmError::Operation { hint, .. } => Some(hint.clone()),
             ArmError::Timeout { .. } => Some(
-                "Azure keeps working on it; rerun the same command later to pick it up (or raise --publish-timeout)"
+                "Azure keeps working on it; rerun the same command later to pick it up (or allow more time: `publish --timeout SECONDS`, `build --publish-timeout SECONDS`)"
                     .into(),
             ),
             _ => None,

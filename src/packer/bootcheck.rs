@@ -349,6 +349,13 @@ fn boot_phase(lines: &[String]) -> usize {
     }
 }
 
+/// A value inside a QEMU `-drive` option list: a comma ends the value
+/// unless doubled (`/data/a,b.vhd` would otherwise open `/data/a` with an
+/// option `b.vhd`).
+fn qemu_option_value(v: &str) -> String {
+    v.replace(',', ",,")
+}
+
 struct Ports {
     ssh: u16,
     answer: Vec<(u16, u16)>,
@@ -378,7 +385,7 @@ fn spawn(
     .arg("-drive")
     .arg(format!(
         "file={},format=vpc,if=virtio,snapshot=on,readonly=off",
-        image.display()
+        qemu_option_value(&image.display().to_string())
     ))
     .arg("-nic")
     .arg(format!("user,model=virtio-net-pci,restrict=on,{forwards}"));
@@ -392,12 +399,12 @@ fn spawn(
             .arg("-drive")
             .arg(format!(
                 "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                code.display()
+                qemu_option_value(&code.display().to_string())
             ))
             .arg("-drive")
             .arg(format!(
                 "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
+                qemu_option_value(&vars.display().to_string())
             ));
     }
     let child = cmd
@@ -762,6 +769,24 @@ fn join(units: &[&String]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_comma_in_a_path_stays_in_the_qemu_option_value() {
+        assert_eq!(qemu_option_value("/data/a,b.vhd"), "/data/a,,b.vhd");
+        assert_eq!(qemu_option_value("/plain.vhd"), "/plain.vhd");
+    }
+
+    #[test]
+    fn boot_phases_follow_the_console() {
+        let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(boot_phase(&l(&["SeaBIOS (version 1.16)"])), 0);
+        assert_eq!(boot_phase(&l(&["Booting `debian-12 (x)'"])), 1);
+        assert_eq!(boot_phase(&l(&["[    0.000000] Linux version 6.1.0"])), 2);
+        assert_eq!(
+            boot_phase(&l(&["Welcome to Debian GNU/Linux 12 (bookworm)!"])),
+            3
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -387,5 +387,9 @@ pub fn status_text(record: &BuildRecord) -> String {
             );
         }
     }
-    s
+    // A record is a file anyone with the directory could have written: its
+    // text reaches the terminal without escape sequences or other controls.
+    s.chars()
+        .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
+        .collect()
 }
