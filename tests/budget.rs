@@ -163,11 +163,26 @@ fn input_sized_allocations_stay_within_budget() {
         validate_cmd(&vhd).env("ARM_CLIENT_SECRET", "ABCDEFGHIJKLMNOP"),
     );
     let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    // The configuration is read as far as a check needs (its first 32 MiB
-    // hold every key), and the secret search reads 1 MiB of each file.
-    assert_eq!(finding(&doc, "batch.waagent")["status"], "pass", "{doc:#}");
-    assert_eq!(finding(&doc, "hygiene.build-secrets")["status"], "pass");
-    assert_eq!(r.code, 0, "{}", r.all());
+    // The configuration is read up to its bound (32 MiB) and, being longer,
+    // is not judged from its start: waagent would read a setting past the
+    // bound. It fails, and says why (it passed, exit 0, before). The secret
+    // search reads 1 MiB of each file, and says it did: a warning, not a pass.
+    assert_eq!(finding(&doc, "batch.waagent")["status"], "fail", "{doc:#}");
+    let whole = finding(&doc, "read.whole");
+    assert_eq!(whole["status"], "fail", "{doc:#}");
+    assert!(
+        whole["message"]
+            .as_str()
+            .unwrap()
+            .contains("/etc/waagent.conf is longer than the 32 MiB"),
+        "{whole}"
+    );
+    assert_eq!(
+        finding(&doc, "hygiene.build-secrets")["status"],
+        "warn",
+        "{doc:#}"
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
     let read = doc["read"]["bytes"].as_u64().unwrap();
     assert!(
         read < 64 * MIB,

@@ -11,6 +11,10 @@ use crate::spec::plan::Plan;
 /// The image's root as the checks read it: bounded reads through a `RootFs`.
 pub(super) struct Files {
     fs: Box<dyn RootFs>,
+    /// Files longer than a check may read: each becomes a failed
+    /// `read.whole` finding, so a check that judged a cut file (or took it
+    /// for missing) never lets the image pass.
+    cut: std::cell::RefCell<Vec<(String, u64)>>,
 }
 
 /// Every file read is bounded by what a check needs, never by the size the
@@ -22,13 +26,55 @@ const MAX_SECRET_SCAN: u64 = 1024 * 1024;
 
 impl Files {
     pub(super) fn new(fs: Box<dyn RootFs>) -> Files {
-        Files { fs }
+        Files {
+            fs,
+            cut: std::cell::RefCell::new(Vec::new()),
+        }
     }
 
+    /// A whole configuration file, or `None` when it is missing or longer
+    /// than `MAX_TEXT` — then it is also noted as cut (`cut_findings`): a
+    /// setting past the bound (waagent reads the whole file) is never seen,
+    /// so nothing that read the file may pass.
     fn text(&self, path: &str) -> Option<String> {
-        self.text_prefix(path, MAX_TEXT)
+        let t = self.text_prefix(path, MAX_TEXT + 1)?;
+        if t.len() as u64 > MAX_TEXT {
+            let mut cut = self.cut.borrow_mut();
+            if !cut.iter().any(|(p, _)| p == path) {
+                cut.push((path.to_string(), MAX_TEXT));
+            }
+            return None;
+        }
+        Some(t)
     }
 
+    /// Whether `path` was too long to read whole (a `text` of it was `None`
+    /// for that reason, not because it is missing).
+    fn was_cut(&self, path: &str) -> bool {
+        self.cut.borrow().iter().any(|(p, _)| p == path)
+    }
+
+    /// A failed finding per file read only in part.
+    pub(super) fn cut_findings(&self) -> Vec<Finding> {
+        self.cut
+            .borrow()
+            .iter()
+            .map(|(path, limit)| {
+                Finding::fail(
+                    "read.whole",
+                    format!(
+                        "{path} is longer than the {} MiB a check reads: not read whole, so it could not be checked",
+                        limit / (1024 * 1024)
+                    ),
+                )
+                .evidence(format!("{path}: more than {limit} bytes"))
+                .hint("a configuration file this large is not one the image's tools wrote: look at how it was made")
+            })
+            .collect()
+    }
+
+    /// The first `limit` bytes (or fewer): for searches that say they
+    /// look at a file's start only.
     fn text_prefix(&self, path: &str, limit: u64) -> Option<String> {
         let bytes = self.fs.read_prefix(path, limit)?;
         // Valid UTF-8 (nearly always) is taken as it is, not copied: a 32 MiB
@@ -133,6 +179,13 @@ const CHECKS: &[Check] = &[
         applies: |_| true,
         run: hygiene,
     },
+    // Last: the files the rows above could not read whole (reported only
+    // when there are any).
+    Check {
+        ids: "read.whole",
+        applies: |_| true,
+        run: |files, _, f| f.extend(files.cut_findings()),
+    },
 ];
 
 pub(super) fn check_files(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
@@ -144,6 +197,13 @@ pub(super) fn check_files(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
 fn distro(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
     let d = plan.distro;
     match files.text("/etc/os-release") {
+        None if files.was_cut("/etc/os-release") => f.push(
+            Finding::fail(
+                "distro.os-release",
+                "/etc/os-release could not be read whole: the distro is unknown",
+            )
+            .evidence("/etc/os-release"),
+        ),
         None => f.push(
             Finding::fail("distro.os-release", "/etc/os-release is missing")
                 .evidence("/etc/os-release"),
@@ -177,6 +237,13 @@ fn distro(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
 fn waagent(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
     let d = plan.distro;
     match files.text("/etc/waagent.conf") {
+        None if files.was_cut("/etc/waagent.conf") => f.push(
+            Finding::fail(
+                "batch.waagent",
+                "/etc/waagent.conf could not be read whole: its settings (ResourceDisk.MountPoint) are unknown",
+            )
+            .evidence("/etc/waagent.conf"),
+        ),
         None => f.push(
             Finding::fail(
                 "batch.waagent",
@@ -689,15 +756,33 @@ fn hygiene(files: &Files, _plan: &Plan, f: &mut Vec<Finding>) {
             .map(|n| format!("/etc/profile.d/{n}")),
     );
     places.extend(files.list("/tmp").into_iter().map(|n| format!("/tmp/{n}")));
+    let mut partly = Vec::new();
     let leaked: Vec<String> = places
         .into_iter()
         .filter(|p| {
-            files
-                .text_prefix(p, MAX_SECRET_SCAN)
-                .is_some_and(|t| crate::util::redact::contains_secret(&t))
+            let Some(t) = files.text_prefix(p, MAX_SECRET_SCAN + 1) else {
+                return false;
+            };
+            if t.len() as u64 > MAX_SECRET_SCAN {
+                partly.push(p.clone());
+            }
+            crate::util::redact::contains_secret(&t)
         })
         .collect();
-    f.push(if leaked.is_empty() {
+    f.push(if leaked.is_empty() && !partly.is_empty() {
+        // Not a pass: what was not read may hold one.
+        Finding::warn(
+            "hygiene.build-secrets",
+            format!(
+                "no build secret in what was searched, but {} file(s) were searched in their first {} MiB only: {}",
+                partly.len(),
+                MAX_SECRET_SCAN / (1024 * 1024),
+                partly.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )
+        .evidence(partly[0].clone())
+        .hint("large files in /tmp or /etc/profile.d are not left by provisioning as a rule: remove them before capture")
+    } else if leaked.is_empty() {
         Finding::pass(
             "hygiene.build-secrets",
             "no build secret found in the places provisioning writes to",
@@ -751,6 +836,32 @@ mod tests {
         let mut f = Vec::new();
         rule(&fs, plan, &mut f);
         f
+    }
+
+    #[test]
+    fn a_file_too_long_to_read_whole_never_lets_a_check_pass() {
+        let p = plan("local-debian12.toml");
+        // A setting past the bound, where waagent would still read it.
+        let (dir, fs) = root(&[("etc/os-release", "ID=debian\nVERSION_ID=\"12\"\n")]);
+        let conf = dir.path().join("etc/waagent.conf");
+        let file = std::fs::File::create(&conf).unwrap();
+        file.set_len(MAX_TEXT + 10).unwrap();
+        use std::io::Write as _;
+        let mut file = file;
+        use std::io::Seek as _;
+        file.seek(std::io::SeekFrom::End(0)).unwrap();
+        file.write_all(b"\nResourceDisk.MountPoint=/mnt\n").unwrap();
+        let mut f = Vec::new();
+        check_files(&fs, &p, &mut f);
+        assert_eq!(status_of(&f, "batch.waagent"), crate::report::Status::Fail);
+        assert_eq!(status_of(&f, "read.whole"), crate::report::Status::Fail);
+        let whole = f.iter().find(|x| x.id == "read.whole").unwrap();
+        assert!(whole.message.contains("/etc/waagent.conf"), "{whole:?}");
+        // A file that fits is read and judged as before: no read.whole.
+        let (_d2, fs2) = root(&[("etc/waagent.conf", "ResourceDisk.MountPoint=/mnt\n")]);
+        let mut f2 = Vec::new();
+        waagent(&fs2, &p, &mut f2);
+        assert!(fs2.cut_findings().is_empty());
     }
 
     fn status_of(f: &[Finding], id: &str) -> crate::report::Status {
