@@ -468,6 +468,17 @@ fn boot_check_refuses_what_is_not_a_fixed_vhd() {
         "{}",
         r.stderr
     );
+    // A manifest given by mistake is no disk to convert.
+    let r = run(imgforge()
+        .arg("boot-check")
+        .arg(repo().join("contrib/local-debian12.toml")));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("pass the VHD a build wrote"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("-f raw"), "{}", r.stderr);
 }
 
 #[test]

@@ -100,6 +100,10 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
         Os::Windows => "windows",
     };
     let agent = match distro.agent_status(&crate::spec::plan::today()) {
+        // Only what a primary source confirms is called supported.
+        AgentStatus::Supported if !distro.node_agent_verified => {
+            "no Batch node agent confirmed for it: a development image; set node_agent to what `imgforge skus --online` lists".to_string()
+        }
         AgentStatus::Supported => "supported".to_string(),
         AgentStatus::Ends { date, .. } => format!("new pools until {date}"),
         AgentStatus::Retired { date, .. } => {

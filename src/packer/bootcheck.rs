@@ -314,35 +314,40 @@ fn check_image(image: &Path) -> Result<(), BootError> {
             },
             |f| format!("it is a {}", f.name),
         );
+        // Not a disk image at all (a manifest, a log): no conversion helps.
+        let hint = if format.is_none() && parsed.is_none() {
+            "boot-check boots a disk image: pass the VHD a build wrote (output/NAME.vhd in its build directory), or convert a disk image with `qemu-img convert -O vpc -o subformat=fixed,force_size=on`".to_string()
+        } else {
+            crate::validate::convert_command(&image.display().to_string(), format, parsed.is_some())
+        };
         return Err(BootError::Image {
             path: image.to_path_buf(),
             why: format!("not a fixed VHD ({what})"),
-            hint: Some(crate::validate::convert_command(
-                &image.display().to_string(),
-                format,
-                parsed.is_some(),
-            )),
+            hint: Some(hint),
         });
     }
     Ok(())
 }
 
-/// What the console shows of a boot, in order (`boot_phase` indexes it).
-const PHASES: [&str; 4] = [
-    "firmware running",
-    "boot loader started",
-    "kernel started",
-    "systemd started",
+/// What the console shows of a boot, in order (`boot_phase` indexes it):
+/// the line when a phase is reached, and the one while it lasts.
+const PHASES: [(&str, &str); 4] = [
+    ("firmware running", "still in the firmware"),
+    ("boot loader started", "still in the boot loader"),
+    ("kernel started", "the kernel is still starting"),
+    ("systemd started", "systemd is still starting units"),
 ];
 
 /// How far a boot got, from its console lines.
 fn boot_phase(lines: &[String]) -> usize {
-    let has = |needles: &[&str]| lines.iter().any(|l| needles.iter().any(|n| l.contains(n)));
-    if has(&["systemd[1]:", "Welcome to "]) {
+    let has = |pred: &dyn Fn(&str) -> bool| lines.iter().any(|l| pred(l));
+    // GRUB greets with "Welcome to GRUB!"; systemd with "Welcome to <OS>!".
+    if has(&|l| l.contains("systemd[1]:") || (l.contains("Welcome to ") && !l.contains("GRUB"))) {
         3
-    } else if has(&["Linux version"]) {
+    } else if has(&|l| l.contains("Linux version")) {
         2
-    } else if has(&["GRUB", "Booting `", "Loading Linux"]) {
+    } else if has(&|l| l.contains("GRUB") || l.contains("Booting `") || l.contains("Loading Linux"))
+    {
         1
     } else {
         0
@@ -587,14 +592,18 @@ fn boot_once(
         let reached = boot_phase(&lines);
         if reached > phase || said_at.elapsed() >= Duration::from_secs(30) {
             let what = if reached > phase {
-                PHASES[reached].to_string()
+                PHASES[reached].0.to_string()
             } else {
                 format!(
-                    "still {} (last console line: {})",
-                    PHASES[reached],
+                    "{} (last console line: {})",
+                    PHASES[reached].1,
                     lines
                         .last()
-                        .map(|l| l.chars().take(80).collect::<String>())
+                        .map(|l| l
+                            .chars()
+                            .filter(|c| !c.is_control())
+                            .take(80)
+                            .collect::<String>())
                         .unwrap_or_default()
                 )
             };
@@ -780,6 +789,7 @@ mod tests {
         let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(boot_phase(&l(&["SeaBIOS (version 1.16)"])), 0);
         assert_eq!(boot_phase(&l(&["Booting `debian-12 (x)'"])), 1);
+        assert_eq!(boot_phase(&l(&["Welcome to GRUB!"])), 1);
         assert_eq!(boot_phase(&l(&["[    0.000000] Linux version 6.1.0"])), 2);
         assert_eq!(
             boot_phase(&l(&["Welcome to Debian GNU/Linux 12 (bookworm)!"])),
