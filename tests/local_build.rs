@@ -563,3 +563,74 @@ fn a_local_gpu_build_has_the_real_nvidia_module() {
         .unwrap();
     assert_eq!(held["status"], "pass", "{held}");
 }
+
+/// The cached base root is unpacked and run as root: a tarball planted at
+/// its predictable name (or changed since it was made), or a cache where
+/// others can write, is never used — the build stops in `10-root` first.
+#[test]
+fn a_root_cache_entry_changed_since_it_was_made_or_writable_by_others_is_never_unpacked() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let shared = repo().join("target/imgforge-root-cache");
+    let m = manifest(tmp.path(), |t| {
+        t.replace(
+            &format!("cache_dir = {:?}", shared.display().to_string()),
+            &format!("cache_dir = {:?}", cache.display().to_string()),
+        )
+    });
+    let plan = run(imgforge().args(["plan", "--json"]).arg(&m));
+    let doc: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert_eq!(
+        doc["local"]["cache_dir"],
+        cache.display().to_string(),
+        "{doc:#}"
+    );
+    let key = doc["local"]["cache_key"].as_str().unwrap();
+    // A "root" whose payload would run as root.
+    let payload = tmp.path().join("payload");
+    std::fs::create_dir_all(payload.join("usr/bin")).unwrap();
+    write(
+        &payload.join("usr/bin/pwned"),
+        "#!/bin/sh\ntouch /tmp/pwned\n",
+    );
+    let tarball = cache.join(format!("{key}.tar"));
+    let made = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&payload)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    write(
+        &cache.join(format!("{key}.tar.sha256")),
+        &format!("{}\n", "0".repeat(64)),
+    );
+    let out = tmp.path().join("build");
+    let r = run(&mut build(&m, &out, &["--no-boot-check"]));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("does not match the SHA-256 recorded when it was made"),
+        "{}",
+        r.stderr
+    );
+    // A cache directory others may write to: refused whatever it holds.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let r = run(&mut build(
+        &m,
+        &tmp.path().join("build2"),
+        &["--no-boot-check"],
+    ));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("can be written by users other than root"),
+        "{}",
+        r.stderr
+    );
+    assert!(!std::path::Path::new("/tmp/pwned").exists());
+}
