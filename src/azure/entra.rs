@@ -126,12 +126,14 @@ pub async fn token_or_why(
     if !status.is_success() {
         // Entra's answer names the problem (AADSTS7000215: invalid client
         // secret, AADSTS700016: unknown application, …) in error_description.
+        // Masked before it is cut: a secret the answer reflects must not
+        // survive as a prefix too short to be recognised.
         let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         let detail = json["error_description"]
             .as_str()
             .and_then(|d| d.lines().next())
-            .map(str::to_string)
-            .unwrap_or_else(|| text.chars().take(300).collect());
+            .map(|d| clean(d.to_string()))
+            .unwrap_or_else(|| clean(text.to_string()).chars().take(300).collect());
         let message = clean(format!("{url}: HTTP {status}: {detail}"));
         return Err(if status.is_client_error() {
             TokenError::Refused(message)

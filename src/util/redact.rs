@@ -71,20 +71,79 @@ fn secret_values() -> Vec<String> {
     all
 }
 
-/// The forms a secret takes on the wire and in documents.
+/// The forms a secret takes on the wire, in documents and in files a
+/// provisioner may leave: percent-encoded, base64 (standard and URL-safe, and
+/// inside a longer encoded text at each of the three byte alignments — an
+/// `Authorization: Basic` header encodes `user:SECRET`), JSON-escaped, every
+/// character `\u`-escaped, hex, and shell-escaped (`printf %q`, quoted).
+/// The longer forms only for secrets of 8 characters or more, so a short
+/// value cannot mask ordinary text.
 fn encodings(secret: &str) -> Vec<String> {
     use base64::Engine as _;
     let json = serde_json::to_string(secret).unwrap_or_default();
-    vec![
+    let mut out = vec![
         crate::util::text::encode_component(secret),
         base64::engine::general_purpose::STANDARD.encode(secret),
         json.trim_matches('"').to_string(),
-    ]
+    ];
+    if secret.len() < 8 {
+        return out;
+    }
+    for engine in [
+        &base64::engine::general_purpose::STANDARD,
+        &base64::engine::general_purpose::URL_SAFE,
+    ] {
+        out.extend(base64_cores(secret.as_bytes(), engine));
+    }
+    let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+    out.push(hex.to_ascii_uppercase());
+    out.push(hex);
+    let unicode: String = secret
+        .chars()
+        .map(|c| format!("\\u{:04x}", c as u32))
+        .collect();
+    out.push(unicode.to_ascii_uppercase().replace("\\U", "\\u"));
+    out.push(unicode);
+    let backslashed: String = secret
+        .chars()
+        .flat_map(|c| {
+            let escape = !(c.is_ascii_alphanumeric() || "_-./:@%+=,".contains(c));
+            escape.then_some('\\').into_iter().chain(std::iter::once(c))
+        })
+        .collect();
+    out.push(backslashed);
+    out.push(crate::util::text::shell_quote(secret));
+    out
 }
 
-/// Whether `text` holds any secret this process knows, in any of its forms.
+/// The part of base64(PREFIX + secret + SUFFIX) that depends on the secret
+/// alone, for a PREFIX of each length modulo 3: what is found whatever text
+/// surrounds the secret before it was encoded.
+fn base64_cores(secret: &[u8], engine: &base64::engine::GeneralPurpose) -> Vec<String> {
+    use base64::Engine as _;
+    (0..3usize)
+        .filter_map(|k| {
+            let mut bytes = vec![0u8; k];
+            bytes.extend_from_slice(secret);
+            let enc = engine.encode(&bytes);
+            // Characters holding bits of the prefix, and those after the
+            // last whole 6 bits of the secret (they hold what follows).
+            let skip = (k * 8).div_ceil(6);
+            let whole = bytes.len() * 8 / 6;
+            (whole > skip + 8).then(|| enc[skip..whole].to_string())
+        })
+        .collect()
+}
+
+/// Whether `text` holds any secret this process knows, in any of its forms
+/// — also base64 wrapped over lines (PEM, `base64` without `-w0`).
 pub fn contains_secret(text: &str) -> bool {
-    secret_values().iter().any(|s| text.contains(s.as_str()))
+    let values = secret_values();
+    if values.iter().any(|s| text.contains(s.as_str())) {
+        return true;
+    }
+    let unwrapped: String = text.chars().filter(|c| !matches!(c, '\n' | '\r')).collect();
+    unwrapped.len() != text.len() && values.iter().any(|s| unwrapped.contains(s.as_str()))
 }
 
 pub fn redact(text: &str) -> String {
@@ -200,6 +259,43 @@ mod tests {
             crate::util::text::encode_component(secret)
         )));
         assert!(!contains_secret("nothing here"));
+    }
+
+    #[test]
+    fn a_secret_is_found_in_every_form_a_provisioner_could_leave_it_in() {
+        use base64::Engine as _;
+        let secret = "s3cr3t-V4lue+with$chars&more";
+        register(secret);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let basic = b64.encode(format!("builder:{secret}"));
+        let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+        let wrapped = {
+            let long = b64.encode(format!("-----{secret}-----{secret}"));
+            let (a, b) = long.split_at(20);
+            format!("{a}\n{b}\n")
+        };
+        let unicode: String = secret
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        for (what, text) in [
+            ("basic auth", format!("Authorization: Basic {basic}")),
+            ("hex", format!("key={hex}")),
+            ("hex upper", format!("key={}", hex.to_ascii_uppercase())),
+            ("wrapped base64", wrapped),
+            ("unicode-escaped", format!("{{\"s\":\"{unicode}\"}}")),
+            (
+                "shell-escaped",
+                "export K=s3cr3t-V4lue+with\\$chars\\&more".to_string(),
+            ),
+            ("shell-quoted", format!("export K='{secret}'")),
+        ] {
+            assert!(contains_secret(&text), "{what}: {text}");
+        }
+        // What is printed is masked in those forms too (one line each).
+        let out = redact(&format!("Authorization: Basic {basic}"));
+        assert!(!out.contains(&basic[4..20]), "{out}");
+        assert!(!contains_secret("nothing here at all, 0123456789abcdef"));
     }
 
     #[test]

@@ -748,7 +748,16 @@ fn hygiene(files: &Files, _plan: &Plan, f: &mut Vec<Finding>) {
         "/etc/environment".to_string(),
         "/root/.bash_history".to_string(),
         "/var/log/cloud-init-output.log".to_string(),
+        // Where credentials for registries and archives are written.
+        "/root/.docker/config.json".to_string(),
+        "/etc/apt/auth.conf".to_string(),
     ];
+    places.extend(
+        files
+            .list("/etc/apt/auth.conf.d")
+            .into_iter()
+            .map(|n| format!("/etc/apt/auth.conf.d/{n}")),
+    );
     places.extend(
         files
             .list("/etc/profile.d")
