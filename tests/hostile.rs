@@ -691,3 +691,35 @@ fn a_storage_account_list_that_never_ends_is_cut_at_its_page_cap() {
         );
     }
 }
+
+/// A storage server that drips its answer one byte a second: each byte
+/// restarts an idle timeout, so only a bound on the whole command ends it.
+/// `validate --timeout 4` ends in about 4 s with a failure that says so,
+/// and judges nothing.
+#[test]
+fn a_server_that_drips_cannot_stretch_validate_past_its_timeout() {
+    let served = serve(60, |mut conn, _head| {
+        let reply =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\nx-ms-blob-type: PageBlob\r\n\r\n";
+        for b in reply.iter().cycle().take(200) {
+            if conn.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let m = tmp.path().join("m.toml");
+    write(&m, MINIMAL);
+    let started = Instant::now();
+    let r = run(imgforge()
+        .env_remove("ARM_CLIENT_ID")
+        .arg("validate")
+        .arg(format!("http://{served}/imgcopy0/images/x.vhd"))
+        .args(["--timeout", "4", "--manifest"])
+        .arg(&m));
+    let took = started.elapsed();
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("no result within 4 s"), "{}", r.stderr);
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+}

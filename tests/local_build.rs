@@ -517,6 +517,66 @@ fn boot_check_of_a_disk_without_a_bootloader_fails_with_the_console() {
     assert!(leftover_processes(vhd.to_str().unwrap()).is_empty());
 }
 
+/// A 512-byte boot sector that prints `localhost login: ` on the serial port
+/// and halts: a console that says "login:" is not a boot. It used to pass the
+/// login, units and firewall rows (the guest, with no network at all, left
+/// the closed port silent).
+#[test]
+fn a_boot_sector_printing_login_is_not_a_boot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let raw = tmp.path().join("fake.raw");
+    // cld; xor ax,ax; mov ds,ax; mov dx,0x3f8; mov si,msg
+    // next: lodsb; test al,al; jz halt; out dx,al; jmp next
+    // halt: hlt; jmp halt
+    let mut sector = vec![
+        0xFC, 0x31, 0xC0, 0x8E, 0xD8, 0xBA, 0xF8, 0x03, 0xBE, 0x16, 0x7C, 0xAC, 0x84, 0xC0, 0x74,
+        0x03, 0xEE, 0xEB, 0xF8, 0xF4, 0xEB, 0xFD,
+    ];
+    assert_eq!(sector.len(), 0x16);
+    sector.extend_from_slice(b"\r\nlocalhost login: \0");
+    sector.resize(510, 0);
+    sector.extend_from_slice(&[0x55, 0xAA]);
+    let mut disk = sector;
+    disk.resize(16 * 1024 * 1024, 0);
+    std::fs::write(&raw, &disk).unwrap();
+    let vhd = tmp.path().join("fake.vhd");
+    raw_to_fixed_vhd(&raw, &vhd);
+    let logs = tmp.path().join("logs");
+    let r = run(imgforge()
+        .env("IMGFORGE_QEMU_ACCEL", "tcg")
+        .args(["boot-check", "--json", "--timeout", "30", "--logs"])
+        .arg(&logs)
+        .arg(&vhd));
+    assert_eq!(r.code, 1, "{}", r.all());
+    let console = std::fs::read_to_string(logs.join("boot-bios.log")).unwrap_or_default();
+    assert!(
+        console.contains("login:"),
+        "the boot sector did not print: {console:?}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let passed: Vec<&str> = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["status"] == "pass")
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert!(passed.is_empty(), "passed: {passed:?}\n{doc:#}");
+    let login = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "boot.bios.login")
+        .unwrap();
+    assert!(
+        login["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a Linux boot"),
+        "{login}"
+    );
+}
+
 /// A GPU image from Debian's non-free driver. DKMS compiles the NVIDIA module
 /// for the image's kernel, which takes minutes on two cores, so CI leaves it
 /// out: `cargo test --test local_build -- --ignored gpu`. The README gives the

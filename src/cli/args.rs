@@ -686,4 +686,8 @@ pub struct ValidateArgs {
     /// Blob endpoint template, for account-only URLs and Azurite (see `replicate --help`).
     #[arg(long, value_name = "TEMPLATE", env = "IMGFORGE_BLOB_ENDPOINT")]
     pub blob_endpoint: Option<String>,
+    /// Seconds a blob URL's whole validation may take, however slowly the
+    /// server answers (each request is bounded too); a local file is not limited.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub timeout: u64,
 }

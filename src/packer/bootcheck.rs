@@ -548,6 +548,9 @@ fn boot_once(
     let mut vm = spawn(qemu, image, fw, accel, &log, &vars, &ports)?;
     let mut login_after = None;
     let mut qemu_exit = None;
+    // A login prompt without a kernel and systemd before it (a boot sector
+    // that prints "login:") is no boot.
+    let mut bare_prompt = false;
     // A line per phase as the console shows it, and one every 30 s while
     // nothing new appears: a TCG boot takes a minute or more.
     let mut phase = 0usize;
@@ -586,7 +589,11 @@ fn boot_once(
         }
         let lines = console(&log);
         if lines.iter().any(|l| l.contains(" login:")) {
-            login_after = Some(started.elapsed().as_secs_f64());
+            if boot_phase(&lines) == 3 && lines.iter().any(|l| l.contains("Linux version")) {
+                login_after = Some(started.elapsed().as_secs_f64());
+            } else {
+                bare_prompt = true;
+            }
             break;
         }
         let reached = boot_phase(&lines);
@@ -635,6 +642,7 @@ fn boot_once(
         None => {
             failed = true;
             let why = match (&qemu_exit, kernel) {
+                _ if bare_prompt => "the console printed a login prompt, but no Linux kernel and systemd started before it: not a Linux boot".to_string(),
                 (Some(e), _) => format!("QEMU exited before a login prompt: {e}"),
                 (None, false) => format!(
                     "no kernel started within {timeout_s} s: the firmware found no bootloader, or GRUB failed"
@@ -727,7 +735,16 @@ fn boot_once(
             .hint("Azure Batch's node agent needs inbound TCP 29876 and 29877")
         });
         let (host, guest) = ports.dropped;
+        let answered = blocked.is_empty();
         f.push(match probe(host, Duration::from_secs(3)) {
+            // Silence proves a firewall only where the guest answers at all.
+            Probe::Silent if !answered => {
+                failed = true;
+                Finding::fail(
+                    &id("firewall"),
+                    format!("TCP {guest} got no answer, but neither did the ports the image opens: the guest's network is not up, so the firewall cannot be told"),
+                )
+            }
             Probe::Silent => Finding::pass(
                 &id("firewall"),
                 format!("the host firewall is active: TCP {guest}, which the image does not open, got no answer"),

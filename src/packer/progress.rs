@@ -21,6 +21,8 @@ pub struct Display {
     /// or Packer's "Provisioning with shell script: …").
     script: Option<String>,
     on_azure: bool,
+    /// Error lines shown so far (bounded), so Packer's recap is not shown twice.
+    errors_shown: std::collections::VecDeque<String>,
     /// Its latest output lines, for the error when it fails.
     tail: std::collections::VecDeque<String>,
     /// Packer has started summing up a failure: nothing more is a script's.
@@ -72,6 +74,7 @@ impl Display {
         let tty = std::io::stderr().is_terminal();
         Display {
             on_azure,
+            errors_shown: std::collections::VecDeque::new(),
             verbose,
             started,
             tty,
@@ -155,6 +158,7 @@ impl Display {
             let marker = marked.is_some();
             let named = marked.or_else(|| {
                 line.split_once("Provisioning with shell script: ")
+                    .or_else(|| line.split_once("Running local shell script: "))
                     .map(|(_, p)| p.trim().to_string())
             });
             if let Some(script) = named
@@ -235,6 +239,23 @@ impl Display {
                 UiLevel::Error => {
                     self.remember(text, true);
                     for part in text.lines().filter(|l| !l.trim().is_empty()) {
+                        // Packer's closing recap (`--> BUILDER: MESSAGE`)
+                        // repeats an error already shown: once is enough.
+                        let message = part.trim().split_once(": ").map(|(_, m)| m.to_string());
+                        let recap = part.contains("Some builds didn't complete successfully");
+                        if recap
+                            || (part.trim_start().starts_with("--> ")
+                                && message.as_ref().is_some_and(|m| {
+                                    self.errors_shown.iter().any(|e| e.ends_with(m.as_str()))
+                                }))
+                        {
+                            continue;
+                        }
+                        push_capped(
+                            &mut self.errors_shown,
+                            part.trim().to_string(),
+                            STDERR_LINES,
+                        );
                         let prefix = crate::util::term::paint("31", "!", self.color);
                         let l = format!("{} {prefix} {}", self.stamp(), part.trim_end());
                         self.line(&l);

@@ -836,7 +836,7 @@ impl Run<'_> {
         let mut display = crate::packer::progress::Display::new(
             self.opts.verbose,
             Instant::now(),
-            self.plan.local.is_none(),
+            uses_azure_arm(&self.dir),
         );
         crate::util::term::status(
             "Building",
@@ -867,7 +867,7 @@ impl Run<'_> {
                 details: failure_details(&outcome.errors)
                     + &display.failure_context().unwrap_or_default(),
                 hint: packer_failure_hint(
-                    self.plan.local.is_some(),
+                    !uses_azure_arm(&self.dir),
                     display
                         .failed_script()
                         .map(|f| self.plan.script_name(f))
@@ -1313,13 +1313,38 @@ fn uses_azure_arm(dir: &Path) -> bool {
         .is_some_and(|b| b.iter().any(|b| b["type"] == "azure-arm"))
 }
 
-/// Packer's error lines, plainly, with a hint for the errors people hit most.
+/// Packer's error lines, plainly, each once: Packer ends a failed build by
+/// repeating each builder's error under "Some builds didn't complete
+/// successfully" (`--> BUILDER: MESSAGE`), which adds nothing to the
+/// `Build 'BUILDER' errored after T: MESSAGE` line before it.
 fn failure_details(errors: &[String]) -> String {
     let mut out = String::new();
+    let mut said: Vec<String> = Vec::new();
     for e in errors {
-        for line in e.lines().filter(|l| !l.trim().is_empty()) {
+        for line in e
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.trim().is_empty())
+        {
+            if line.contains("Some builds didn't complete successfully") {
+                continue;
+            }
+            let message = line
+                .trim_start()
+                .strip_prefix("--> ")
+                .and_then(|r| r.split_once(": ").map(|(_, m)| m))
+                .or_else(|| {
+                    line.split_once(" errored after ")
+                        .and_then(|(_, r)| r.split_once(": ").map(|(_, m)| m))
+                });
+            if let Some(m) = message {
+                if said.iter().any(|s| s == m) {
+                    continue;
+                }
+                said.push(m.to_string());
+            }
             out.push_str("\n  ");
-            out.push_str(line.trim_end());
+            out.push_str(line);
         }
     }
     out
@@ -1362,6 +1387,21 @@ mod tests {
         // An Azure build's free space on this machine is not the cause.
         assert!(packer_failure_hint(false, None, low).contains("Azure's answer"));
         assert!(packer_failure_hint(true, None, None).contains("before a provisioner script"));
+    }
+
+    #[test]
+    fn packers_recap_of_an_error_is_not_shown_twice() {
+        let errors = vec![
+            "==> null: oops".to_string(),
+            "Build 'null' errored after 9 milliseconds: Script exited with non-zero exit status: 3.".to_string(),
+            "==> Some builds didn't complete successfully and had errors:\n--> null: Script exited with non-zero exit status: 3.".to_string(),
+        ];
+        let d = failure_details(&errors);
+        assert_eq!(d.matches("non-zero exit status: 3").count(), 1, "{d}");
+        assert!(
+            d.contains("==> null: oops") && !d.contains("Some builds"),
+            "{d}"
+        );
     }
 
     #[test]

@@ -183,14 +183,7 @@ pub fn write_dir(
             std::fs::create_dir_all(dir).map_err(write_err(dir))?;
         }
         std::fs::write(&path, bytes).map_err(write_err(&path))?;
-        if rel.ends_with(".sh") || rel.starts_with("scripts/") {
-            set_executable(&path).map_err(write_err(&path))?;
-        }
-        listing.push(RenderedFile {
-            path: rel.clone(),
-            sha256: sha256_hex(bytes),
-            bytes: bytes.len(),
-        });
+        listing.push(rendered_file(&path, rel, bytes)?);
     }
     let staged = staging.keep();
     if let Err(e) = crate::util::fsutil::install_dir(&staged, out, force) {
@@ -227,14 +220,7 @@ pub fn refresh_dir(
     for (rel, bytes) in files {
         let path = dir.join(rel);
         crate::util::fsutil::write_atomic(&path, bytes).map_err(write_err(&path))?;
-        if rel.ends_with(".sh") || rel.starts_with("scripts/") {
-            set_executable(&path).map_err(write_err(&path))?;
-        }
-        listing.push(RenderedFile {
-            path: rel.clone(),
-            sha256: sha256_hex(bytes),
-            bytes: bytes.len(),
-        });
+        listing.push(rendered_file(&path, rel, bytes)?);
     }
     for gone in old.iter().filter(|o| !files.contains_key(&o.path)) {
         let path = dir.join(&gone.path);
@@ -248,6 +234,22 @@ pub fn refresh_dir(
     Ok(Rendered {
         dir: dir.to_path_buf(),
         files: listing,
+    })
+}
+
+/// A rendered file written at `path`: scripts made executable, and its
+/// entry in the listing.
+fn rendered_file(path: &Path, rel: &str, bytes: &[u8]) -> Result<RenderedFile, RenderError> {
+    if rel.ends_with(".sh") || rel.starts_with("scripts/") {
+        set_executable(path).map_err(|source| RenderError::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(RenderedFile {
+        path: rel.to_string(),
+        sha256: sha256_hex(bytes),
+        bytes: bytes.len(),
     })
 }
 
