@@ -650,3 +650,52 @@ fn a_resume_never_writes_through_a_link_planted_in_the_build_directory() {
     let meta = std::fs::symlink_metadata(&log).unwrap();
     assert!(meta.is_file(), "packer.log is the build's own file again");
 }
+
+#[test]
+fn a_resume_refuses_a_record_that_names_an_image_outside_the_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = overrides(tmp.path(), &null_build(&["echo built"]));
+    let r = run(&mut build_cmd(tmp.path(), &t, &[]));
+    assert_eq!(r.code, 0, "{}", r.all());
+    // A forged record: the image is a file elsewhere on the machine.
+    let outside = tmp.path().join("not-an-image.vhd");
+    std::fs::write(&outside, "secret host data").unwrap();
+    let mut rec = record(tmp.path());
+    rec["artifact"]["path"] = outside.display().to_string().into();
+    rec["status"] = "failed".into();
+    let stages: Vec<serde_json::Value> = rec["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["stage"] != "snippet")
+        .cloned()
+        .collect();
+    rec["stages"] = stages.into();
+    write(&tmp.path().join("build/build.json"), &rec.to_string());
+    let r = run(imgforge()
+        .arg("build")
+        .arg(tmp.path().join("m.toml"))
+        .arg("--resume")
+        .arg(tmp.path().join("build")));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("which is not a file inside the build directory"),
+        "{}",
+        r.stderr
+    );
+    // And a record far larger than any build's is refused unread.
+    let big = tmp.path().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    std::fs::File::create(big.join("build.json"))
+        .unwrap()
+        .set_len(60 * 1024 * 1024)
+        .unwrap();
+    let r = run(imgforge().arg("status").arg(&big));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("more than a build record is"),
+        "{}",
+        r.stderr
+    );
+}

@@ -30,6 +30,13 @@ fn replace(from: &str, to: &str) -> String {
 fn cases() -> Vec<Case> {
     vec![
         Case {
+            what: "credentials in the mirror URL",
+            manifest: format!(
+                "{LOCAL}\n[build.local]\nmirror = \"http://builder:hunter2pass@deb.example.org/debian\"\n"
+            ),
+            expect: &["build.local.mirror", "user name or password"],
+        },
+        Case {
             what: "unknown key",
             manifest: replace("os = \"linux\"", "os = \"linux\"\ncolour = \"blue\""),
             expect: &["m.toml:5:1", "colour", "distro"],

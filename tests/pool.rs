@@ -1160,3 +1160,19 @@ fn a_platform_image_pool_says_what_it_is_and_checks_what_applies() {
     assert_eq!(size["status"], "fail", "{size}");
     assert_eq!(finding(&r, "pool.node-agent.retired")["status"], "skip");
 }
+
+#[test]
+fn a_snippet_from_a_record_whose_copy_carries_a_sas_holds_only_the_bare_url() {
+    let mut rec = record(serde_json::json!({}));
+    rec["copies"][0]["url"] = "https://imgforgerep1.blob.core.windows.net/images/gpu-ubuntu1604.vhd?sv=2024-08-04&sr=b&sp=r&sig=c2VjcmV0LXNpZ25hdHVyZQ%3D%3D".into();
+    let r = snippet_from("contrib/gpu-ubuntu1604.toml", &rec);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.stdout.contains("sig="), "{}", r.stdout);
+    assert!(!r.all().contains("c2VjcmV0LXNpZ25hdHVyZQ"), "{}", r.all());
+    assert!(
+        r.stdout
+            .contains("- https://imgforgerep1.blob.core.windows.net/images/gpu-ubuntu1604.vhd\n"),
+        "{}",
+        r.stdout
+    );
+}

@@ -816,3 +816,41 @@ fn publish_fails_unless_azure_really_made_and_replicated_the_version() {
         assert!(r.stderr.contains(says), "{says}: {}", r.stderr);
     }
 }
+
+/// A Retry-After far beyond the time limit does not stretch it: publish
+/// --timeout 3 ends in seconds (it waited 60 s, the Retry-After cap).
+#[test]
+fn a_long_retry_after_never_outlasts_the_publish_timeout() {
+    let az = Azurite::start(&["imgcopy0"]);
+    let arm = ArmReplay::start_with(
+        ArmExpect::env_principal(),
+        Knobs {
+            polls: 5,
+            retry_after: 999_999,
+            ..Knobs::default()
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "d12", 16, &[(0, 4096)]);
+    let m = manifest(tmp.path(), "", "dedicated = 10");
+    let started = std::time::Instant::now();
+    let mut cmd = imgforge();
+    cmd.env("ARM_SUBSCRIPTION_ID", ARM_SUBSCRIPTION)
+        .env("IMGFORGE_ARM_ENDPOINT", arm.endpoint())
+        .env("AZURE_AUTHORITY_HOST", arm.endpoint())
+        .arg("publish")
+        .arg(&vhd)
+        .arg("--manifest")
+        .arg(&m)
+        .args(["--no-validate", "--timeout", "3"]);
+    let r = run(az.env(&mut cmd));
+    let took = started.elapsed();
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("did not finish within 3 s"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("publish --timeout"), "{}", r.stderr);
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+}

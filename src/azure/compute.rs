@@ -127,13 +127,14 @@ impl Arm {
             }
         }
         loop {
-            sleep_or_cancel(
-                Duration::from_secs(retry_after.unwrap_or(15).clamp(1, 60)),
-                wait.cancel,
-            )
-            .await
-            .map_err(|_| ArmError::Cancelled { op })?;
-            if started.elapsed() > wait.timeout {
+            // The server's Retry-After is honoured within 1–60 s, and never
+            // past the operation's own time limit.
+            let asked = Duration::from_secs(retry_after.unwrap_or(15).clamp(1, 60));
+            let left = wait.timeout.saturating_sub(started.elapsed());
+            sleep_or_cancel(asked.min(left), wait.cancel)
+                .await
+                .map_err(|_| ArmError::Cancelled { op })?;
+            if started.elapsed() >= wait.timeout {
                 return Err(ArmError::Timeout {
                     op,
                     after_s: wait.timeout.as_secs(),

@@ -526,6 +526,27 @@ fn starting_record(
 ) -> Result<BuildRecord, BuildError> {
     Ok(if opts.resume {
         let mut old = BuildRecord::load(dir)?;
+        // The record is a file in the directory, not proof: a local image it
+        // names must be a regular file inside this build directory, or a
+        // forged record could have any file on the machine validated,
+        // uploaded and published.
+        if let Some(Captured::LocalVhd { path, .. }) = &old.artifact {
+            let inside = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+                && match (path.canonicalize(), dir.canonicalize()) {
+                    (Ok(p), Ok(d)) => p.starts_with(d),
+                    _ => false,
+                };
+            if !inside {
+                return Err(BuildError::Resume {
+                    dir: dir.to_path_buf(),
+                    why: format!(
+                        "the record names the image {}, which is not a file inside the build directory",
+                        path.display()
+                    ),
+                    hint: "start a new build (without --resume); a record edited by hand is not resumed".into(),
+                });
+            }
+        }
         if let Some(what) = reconcile_inputs(dir, &mut old, &manifest_ref, &listing)? {
             crate::util::term::status("Changed", &what);
             old.warnings.push(what);

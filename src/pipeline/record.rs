@@ -244,6 +244,21 @@ impl BuildRecord {
             why,
             hint: hint.into(),
         };
+        // A record is kilobytes (a build with a hundred copies, tens of KiB):
+        // one far larger is not imgforge's, and is refused before it is read.
+        const MAX_RECORD: u64 = 4 * 1024 * 1024;
+        if let Ok(m) = std::fs::metadata(&path)
+            && m.len() > MAX_RECORD
+        {
+            return Err(err(
+                format!(
+                    "{} bytes is more than a build record is ({} MiB at most)",
+                    m.len(),
+                    MAX_RECORD / (1024 * 1024)
+                ),
+                "pass a build.json written by `imgforge build`",
+            ));
+        }
         let text = crate::util::fsutil::read_input_string(&path).map_err(|e| {
             err(
                 format!("cannot read the build record: {e}"),

@@ -82,8 +82,11 @@ pub enum PoolImage {
 
 /// The `pool_specification` block for Batch Shipyard, as YAML with comments.
 pub fn snippet(plan: &Plan, image: &PoolImage) -> String {
+    // Bare URLs only: a SAS never goes into a pool file (Batch Shipyard
+    // refuses one; a record could carry one).
+    let bare = |u: &String| u.split('?').next().unwrap_or(u).to_string();
     let (arm_image_id, image_uris) = match image {
-        PoolImage::Vhds(urls) => (None, urls.clone()),
+        PoolImage::Vhds(urls) => (None, urls.iter().map(bare).collect()),
         PoolImage::ArmImageId(id) => (Some(id.clone()), Vec::new()),
     };
     let doc = PoolDocument {
@@ -134,7 +137,7 @@ pub fn snippet(plan: &Plan, image: &PoolImage) -> String {
         }
     }
     out.push_str(&serde_yaml_ng::to_string(&doc).expect("the snippet serializes"));
-    out
+    crate::util::redact::redact(&out)
 }
 
 /// A Batch Shipyard configuration file (YAML or JSON), parsed, with its source

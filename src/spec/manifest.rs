@@ -818,6 +818,18 @@ impl Checker<'_> {
                 "an archive URL",
                 "use an http(s):// or file:/ URL without quotes or shell characters, e.g. \"http://deb.debian.org/debian\"",
             )?;
+            // A user name or password in the URL would be printed by `plan`,
+            // rendered into the scripts and left in the image's sources.list.
+            let userinfo = url::Url::parse(m)
+                .map(|u| !u.username().is_empty() || u.password().is_some())
+                .unwrap_or(false);
+            if userinfo {
+                return Err(self.fail(
+                    "build.local.mirror",
+                    "the mirror URL carries a user name or password (`user:password@`)",
+                    "give the mirror without credentials: they would be printed, rendered and left in the image's sources.list; an archive that needs them takes them from apt's auth.conf, which this build does not write",
+                ));
+            }
         }
         if let Some(cs) = &l.components {
             if cs.is_empty() {
