@@ -854,3 +854,36 @@ fn a_long_retry_after_never_outlasts_the_publish_timeout() {
     assert!(r.stderr.contains("publish --timeout"), "{}", r.stderr);
     assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
 }
+
+/// A publish outlives its Resource Manager token (the stand-in expires it
+/// after a few requests, as an hour would): imgforge signs in again once
+/// and carries on, where it used to fail with a 401 and a hint about the
+/// tenant.
+#[test]
+fn a_publish_that_outlives_its_token_signs_in_again() {
+    let az = Azurite::start(&["imgcopy0"]);
+    let arm = ArmReplay::start_with(
+        ArmExpect::env_principal(),
+        Knobs {
+            token_expires_after: Some(4),
+            polls: 0,
+            ..Knobs::default()
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "d12", 16, &[(0, 4096)]);
+    let m = manifest(tmp.path(), "", "dedicated = 10");
+    let r = publish_cmd(&az, &arm, &m, &vhd);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let token_posts = arm
+        .request_lines()
+        .iter()
+        .filter(|l| l.starts_with("POST ") && l.contains("/oauth2/v2.0/token"))
+        .count();
+    let requests = arm.request_lines().len();
+    assert!(
+        token_posts >= 3,
+        "{token_posts} sign-ins in {requests} requests"
+    );
+    assert!(!r.all().contains(CANARY));
+}

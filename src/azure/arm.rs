@@ -98,8 +98,15 @@ pub struct Arm {
     http: reqwest::Client,
     endpoint: String,
     token: Secret,
+    /// Who signed in, to sign in again: a token lives about an hour, and a
+    /// publish (gallery replication to several regions) can take longer.
+    principal: ServicePrincipal,
+    signed_in: std::time::Instant,
     pub requests: u32,
 }
+
+/// A token is renewed before it is this old (Entra's last about an hour).
+const TOKEN_RENEW_AFTER: Duration = Duration::from_secs(45 * 60);
 
 impl Arm {
     /// Signs `principal` in for `endpoint` (e.g. `https://management.azure.com/`).
@@ -116,8 +123,23 @@ impl Arm {
             http,
             endpoint,
             token,
+            principal: principal.clone(),
+            signed_in: std::time::Instant::now(),
             requests: 0,
         })
+    }
+
+    /// A new token for the same principal.
+    async fn sign_in_again(&mut self) -> Result<(), ArmError> {
+        self.token = crate::azure::entra::token(
+            &self.http,
+            &self.principal,
+            &format!("{}/.default", self.endpoint),
+        )
+        .await
+        .map_err(ArmError::Token)?;
+        self.signed_in = std::time::Instant::now();
+        Ok(())
     }
 
     /// Every storage account in `subscription` that the principal may read,
@@ -239,6 +261,28 @@ impl Arm {
                 message: format!("`{url}` is not on {}", self.endpoint),
             });
         }
+        if self.signed_in.elapsed() > TOKEN_RENEW_AFTER {
+            self.sign_in_again().await?;
+        }
+        match self.send_once(op, &method, url, body, allow_404).await {
+            // 401: the token was refused (expired, or revoked): one new
+            // sign-in and one more try; a second 401 is the answer.
+            Err(ArmError::Status { status: 401, .. }) => {
+                self.sign_in_again().await?;
+                self.send_once(op, &method, url, body, allow_404).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send_once(
+        &mut self,
+        op: &'static str,
+        method: &reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+        allow_404: bool,
+    ) -> Result<Option<Answer>, ArmError> {
         let token = self.token.expose();
         let http = &self.http;
         let tries = std::cell::Cell::new(0u32);

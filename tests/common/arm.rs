@@ -187,6 +187,25 @@ impl ArmReplay {
                             )
                         });
                     let authorized = header("authorization") == Some(format!("Bearer {token}"));
+                    // Resource Manager's answer to an expired token (the shape
+                    // of its ExpiredAuthenticationToken error).
+                    if authorized
+                        && line
+                            .split(' ')
+                            .nth(1)
+                            .is_some_and(|t| t.starts_with("/subscriptions/"))
+                        && compute_rp.token_expired()
+                    {
+                        let doc = r#"{"error":{"code":"ExpiredAuthenticationToken","message":"The access token expiry UTC time '12/3/2026 9:00:00 AM' is earlier than current UTC time '12/3/2026 9:00:05 AM'."}}"#;
+                        let _ = client.write_all(
+                            format!(
+                                "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{doc}",
+                                doc.len()
+                            )
+                            .as_bytes(),
+                        );
+                        return;
+                    }
                     let (method, target) = {
                         let mut it = line.split(' ');
                         (it.next().unwrap_or(""), it.next().unwrap_or(""))
@@ -272,6 +291,7 @@ impl ArmReplay {
                         } else if good && batch_scope {
                             ("200 OK", "batch-token")
                         } else if good {
+                            compute_rp.token_renewed();
                             ("200 OK", "token.json")
                         } else {
                             ("401 Unauthorized", "invalid-client-secret.json")

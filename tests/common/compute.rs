@@ -40,6 +40,10 @@ pub struct Knobs {
     pub version_state_after: Option<String>,
     /// The succeeded operation's document carries no `status`.
     pub status_missing: bool,
+    /// Resource Manager takes a token for this many requests, then answers
+    /// 401 ExpiredAuthenticationToken until the client signs in again (a
+    /// token's hour, in requests).
+    pub token_expires_after: Option<u32>,
 }
 
 impl Default for Knobs {
@@ -56,6 +60,7 @@ impl Default for Knobs {
             failed_replication: Vec::new(),
             version_state_after: None,
             status_missing: false,
+            token_expires_after: None,
         }
     }
 }
@@ -72,6 +77,8 @@ pub struct ComputeRp {
     ops: Mutex<HashMap<String, Op>>,
     version_failed: Mutex<bool>,
     fixtures: HashMap<&'static str, String>,
+    /// Requests made with the current Resource Manager token.
+    token_uses: Mutex<u32>,
 }
 
 pub struct Answer {
@@ -147,6 +154,7 @@ impl ComputeRp {
             ops: Mutex::new(HashMap::new()),
             version_failed: Mutex::new(false),
             fixtures,
+            token_uses: Mutex::new(0),
         };
         let prefix = format!("/subscriptions/{subscription}/resourceGroups");
         for (rg, g) in &knobs.galleries {
@@ -628,6 +636,19 @@ impl ComputeRp {
                 }
             }
         }
+    }
+
+    /// A request with the Resource Manager token: whether the token has
+    /// expired (`token_expires_after`).
+    pub fn token_expired(&self) -> bool {
+        let mut uses = self.token_uses.lock().unwrap();
+        *uses += 1;
+        self.knobs.token_expires_after.is_some_and(|n| *uses > n)
+    }
+
+    /// A new Resource Manager token was issued.
+    pub fn token_renewed(&self) {
+        *self.token_uses.lock().unwrap() = 0;
     }
 
     /// The resource as stored, for assertions.
