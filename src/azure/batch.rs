@@ -32,6 +32,8 @@ pub const PUBLIC_RESOURCE: &str = "https://batch.core.windows.net/";
 /// Far more than the few dozen entries (one page) Batch lists today; a
 /// server that pages forever is stopped here.
 const MAX_PAGES: usize = 100;
+/// A Batch account lists a few hundred supported images.
+const MAX_IMAGES: usize = 50_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
@@ -100,13 +102,14 @@ pub struct AgentSupport {
 /// The node agents in `images`, in the order first listed, as of `today` (YYYY-MM-DD).
 pub fn agents(images: &[SupportedImage], today: &str) -> Vec<AgentSupport> {
     let mut out: Vec<AgentSupport> = Vec::new();
+    // One look-up per image (a scan of `out` per image was quadratic:
+    // 300,000 agents took 119 s).
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for img in images {
-        let i = match out
-            .iter()
-            .position(|a| a.node_agent.eq_ignore_ascii_case(&img.node_agent))
-        {
-            Some(i) => i,
+        let i = match index.get(&img.node_agent.to_ascii_lowercase()) {
+            Some(&i) => i,
             None => {
+                index.insert(img.node_agent.to_ascii_lowercase(), out.len());
                 out.push(AgentSupport {
                     node_agent: img.node_agent.clone(),
                     os_type: img.os_type.clone(),
@@ -190,8 +193,17 @@ pub async fn supported_images(
         for v in values {
             images.push(parse_image(v).ok_or_else(|| BatchError::Protocol {
                 op: OP,
-                message: format!("an entry without nodeAgentSKUId or imageReference: {v}"),
+                message: format!(
+                    "an entry without nodeAgentSKUId or imageReference, or with fields longer than {MAX_FIELD} characters: {}",
+                    v.to_string().chars().take(200).collect::<String>()
+                ),
             })?);
+        }
+        if images.len() > MAX_IMAGES {
+            return Err(BatchError::Protocol {
+                op: OP,
+                message: format!("more than {MAX_IMAGES} supported images listed"),
+            });
         }
         match crate::azure::http::next_page(&page, "odata.nextLink", &base)
             .map_err(|message| BatchError::Protocol { op: OP, message })?
@@ -206,9 +218,31 @@ pub async fn supported_images(
     })
 }
 
+/// The longest field of a supported image kept (a real one is tens of
+/// characters), and the most capabilities: an entry beyond them is not
+/// Batch's, and is refused rather than kept.
+const MAX_FIELD: usize = 256;
+const MAX_CAPABILITIES: usize = 64;
+
 fn parse_image(v: &Value) -> Option<SupportedImage> {
     let text = |v: &Value| v.as_str().unwrap_or("").to_string();
     let r = &v["imageReference"];
+    let too_long = [
+        &v["nodeAgentSKUId"],
+        &r["publisher"],
+        &r["offer"],
+        &r["sku"],
+        &r["version"],
+        &v["osType"],
+        &v["verificationType"],
+        &v["batchSupportEndOfLife"],
+    ]
+    .iter()
+    .any(|f| f.as_str().is_some_and(|t| t.len() > MAX_FIELD));
+    let capabilities = v["capabilities"].as_array().map_or(0, Vec::len);
+    if too_long || capabilities > MAX_CAPABILITIES {
+        return None;
+    }
     let image = SupportedImage {
         node_agent: v["nodeAgentSKUId"].as_str()?.to_string(),
         publisher: text(&r["publisher"]),
@@ -318,6 +352,39 @@ mod tests {
             capabilities: vec![],
             end_of_life: eol.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn agents_are_counted_case_insensitively_in_first_seen_order() {
+        let list = [
+            image("batch.node.ubuntu 22.04", None),
+            image("batch.node.el 9", None),
+            image("BATCH.NODE.UBUNTU 22.04", None),
+        ];
+        let a = agents(&list, "2026-12-03");
+        assert_eq!(a.len(), 2);
+        assert_eq!(
+            (a[0].node_agent.as_str(), a[0].images),
+            ("batch.node.ubuntu 22.04", 2)
+        );
+        assert_eq!(
+            (a[1].node_agent.as_str(), a[1].images),
+            ("batch.node.el 9", 1)
+        );
+    }
+
+    #[test]
+    fn an_entry_with_an_oversized_field_is_refused_not_kept() {
+        let ok = serde_json::json!({"nodeAgentSKUId": "batch.node.el 9",
+            "imageReference": {"publisher": "almalinux", "offer": "almalinux-x86_64", "sku": "9-gen2", "version": "latest"},
+            "osType": "linux", "verificationType": "verified", "capabilities": []});
+        assert!(parse_image(&ok).is_some());
+        let mut big = ok.clone();
+        big["imageReference"]["sku"] = "x".repeat(MAX_FIELD + 1).into();
+        assert!(parse_image(&big).is_none());
+        let mut many = ok;
+        many["capabilities"] = vec!["c"; MAX_CAPABILITIES + 1].into();
+        assert!(parse_image(&many).is_none());
     }
 
     #[test]
