@@ -363,6 +363,16 @@ fn a_failing_user_script_names_itself_and_its_last_lines() {
         err.contains("licence server unreachable"),
         "its last lines are not shown:\n{err}"
     );
+    // Named by itself, not by the local builder's step that ran it (it was
+    // "the last script to run was 20-provision"), and by the manifest's path.
+    assert!(
+        err.contains("the last script to run was 90-user-01-site-setup.sh;"),
+        "{err}"
+    );
+    assert!(
+        err.contains("90-user-01-site-setup.sh (site-setup.sh in the manifest) failed"),
+        "{err}"
+    );
     let rec = record(&out);
     assert_eq!(rec["failed_stage"], "packer_build");
     assert!(!out.join("work/root").exists(), "the root is left behind");
