@@ -633,7 +633,13 @@ impl Plan {
             .map(|f| match f.id {
                 FeatureId::Docker => format!(
                     "docker {} (data-root {}, {} at boot)",
-                    self.docker.version.as_deref().unwrap_or("latest"),
+                    match (self.docker.source, self.docker.version.as_deref()) {
+                        (crate::spec::manifest::PackageSource::Distro, _) => {
+                            "from the distro's archive (docker.io)"
+                        }
+                        (_, Some(v)) => v,
+                        (_, None) => "latest",
+                    },
                     self.docker.data_root,
                     if self.docker.enabled_at_boot {
                         "enabled"
