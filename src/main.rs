@@ -11,7 +11,7 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             let message = e.to_text();
-            if json && !commands::JSON_SENT.load(std::sync::atomic::Ordering::Relaxed) {
+            if json && e.needs_json_document() {
                 // A pipeline that asked for JSON gets JSON on stdout, failure included.
                 println!(
                     "{}",

@@ -64,6 +64,11 @@ pub enum AppError {
         message: String,
         hint: Option<String>,
     },
+    /// A failure whose `--json` document (a build's record) is already on
+    /// stdout: the error goes to stderr only, so stdout stays one document
+    /// (as cargo's "already reported" errors).
+    #[error(transparent)]
+    Reported(Box<AppError>),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -99,6 +104,7 @@ impl crate::util::Hint for AppError {
             AppError::Storage(e) => e.hint(),
             AppError::Batch(e) => e.hint(),
             AppError::Refused { hint, .. } | AppError::Rejected { hint, .. } => hint.clone(),
+            AppError::Reported(e) => e.hint(),
         }
     }
 }
@@ -187,6 +193,12 @@ impl AppError {
             AppError::Io { .. } => exit::IO,
             AppError::Refused { .. } => exit::BAD_INPUT,
             AppError::Rejected { .. } => exit::FAILED,
+            AppError::Reported(e) => e.exit_code(),
         }
+    }
+
+    /// Whether a `--json` caller still needs this error as a JSON document.
+    pub fn needs_json_document(&self) -> bool {
+        !matches!(self, AppError::Reported(_))
     }
 }

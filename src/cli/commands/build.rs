@@ -183,7 +183,7 @@ pub(super) fn build(mut args: BuildArgs) -> Result<i32, AppError> {
                 // Pipelines get the record even on failure; it was written before the error.
                 if let Ok(text) = std::fs::read_to_string(dir.join(pipeline::RECORD_FILE)) {
                     print_stdout(&text)?;
-                    JSON_SENT.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(AppError::Reported(Box::new(e.into())));
                 }
             }
             Err(e.into())

@@ -71,10 +71,6 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
     }
 }
 
-/// Set when a failing command already printed its JSON document (a build's
-/// record): the error then goes to stderr only, so stdout stays one document.
-pub static JSON_SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 pub(super) fn print_stdout(text: &str) -> Result<(), AppError> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
