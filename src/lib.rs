@@ -37,3 +37,45 @@ pub mod report;
 pub mod spec;
 pub mod util;
 pub mod validate;
+
+/// The readers of untrusted documents that are crate-private to everything
+/// else — a build record, a Batch supported-images page, a Resource Manager
+/// storage-account list — opened to `tests/fuzz.rs` alone, so mutated inputs
+/// reach the same code the commands run.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    /// Reads a build record as `status`, `--resume` and `pool snippet --from`
+    /// do, and renders what they would.
+    pub fn build_record(path: &Path) {
+        if let Ok(r) = crate::pipeline::BuildRecord::read(path) {
+            let _ = crate::pipeline::status_text(&r);
+            let _ = r.pool_image();
+        }
+    }
+
+    /// One page of Batch's supported images, read as `skus --online` does,
+    /// and the node agents counted.
+    pub fn supported_images_page(page: &serde_json::Value) {
+        let images: Vec<_> = page["value"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(crate::azure::batch::parse_image)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let _ = crate::azure::batch::agents(&images, "2026-12-03");
+    }
+
+    /// One page of Resource Manager's storage-account list.
+    pub fn storage_accounts_page(page: &serde_json::Value) {
+        if let Some(a) = page["value"].as_array() {
+            for v in a {
+                let _ = crate::azure::arm::parse_account(v);
+            }
+        }
+        let _ = crate::azure::http::next_page(page, "nextLink", "https://management.azure.com");
+    }
+}

@@ -260,6 +260,11 @@ enum Target {
     Manifest(Vec<(String, String)>),
     Pool(String, imgforge::spec::plan::Plan, tempfile::TempDir),
     PageList(String),
+    /// A real build record, written mutated to a file and read back.
+    Record(String, tempfile::TempDir),
+    /// A recorded service answer (Batch supported images, Resource Manager
+    /// storage accounts), mutated as text and parsed as JSON first.
+    Json(String, fn(&serde_json::Value)),
 }
 
 const TARGETS: &[&str] = &[
@@ -270,6 +275,9 @@ const TARGETS: &[&str] = &[
     "manifest",
     "pool",
     "page-list",
+    "build-record",
+    "batch-images",
+    "arm-accounts",
 ];
 
 fn setup(name: &str, dir: &Path) -> Target {
@@ -326,6 +334,20 @@ fn setup(name: &str, dir: &Path) -> Target {
         "page-list" => Target::PageList(
             "<?xml version=\"1.0\" encoding=\"utf-8\"?><PageList><PageRange><Start>0</Start><End>511</End></PageRange><PageRange><Start>4096</Start><End>8191</End></PageRange><ClearRange><Start>8192</Start><End>9215</End></ClearRange><NextMarker>2!abc</NextMarker></PageList>".into(),
         ),
+        "build-record" => Target::Record(
+            std::fs::read_to_string(repo().join("tests/fixtures/build/vhd-copies.json")).unwrap(),
+            tempfile::tempdir().unwrap(),
+        ),
+        "batch-images" => Target::Json(
+            std::fs::read_to_string(repo().join("tests/fixtures/batch/supported-images-page-1.json"))
+                .unwrap(),
+            imgforge::fuzzing::supported_images_page,
+        ),
+        "arm-accounts" => Target::Json(
+            std::fs::read_to_string(repo().join("tests/fixtures/arm/storage-accounts-page-1.json"))
+                .unwrap(),
+            imgforge::fuzzing::storage_accounts_page,
+        ),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -372,6 +394,17 @@ fn run_case(target: &Target, rng: &mut Rng) {
         Target::PageList(xml) => {
             let bytes = mutate_text(rng, xml);
             let _ = imgforge::azure::storage::parse_page_list(&String::from_utf8_lossy(&bytes));
+        }
+        Target::Record(text, dir) => {
+            let path = dir.path().join("build.json");
+            std::fs::write(&path, mutate_text(rng, text)).unwrap();
+            imgforge::fuzzing::build_record(&path);
+        }
+        Target::Json(text, read) => {
+            let bytes = mutate_text(rng, text);
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                read(&v);
+            }
         }
     }
 }

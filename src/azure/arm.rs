@@ -412,7 +412,7 @@ pub(crate) fn hint_for(op: &str, code: &str, status: u16) -> &'static str {
     }
 }
 
-fn parse_account(v: &Value) -> Option<StorageAccount> {
+pub(crate) fn parse_account(v: &Value) -> Option<StorageAccount> {
     let id = v["id"].as_str()?;
     // /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Storage/storageAccounts/{name}
     let parts: Vec<&str> = id.split('/').collect();

@@ -224,7 +224,7 @@ pub async fn supported_images(
 const MAX_FIELD: usize = 256;
 const MAX_CAPABILITIES: usize = 64;
 
-fn parse_image(v: &Value) -> Option<SupportedImage> {
+pub(crate) fn parse_image(v: &Value) -> Option<SupportedImage> {
     let text = |v: &Value| v.as_str().unwrap_or("").to_string();
     let r = &v["imageReference"];
     let too_long = [
