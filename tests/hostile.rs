@@ -723,3 +723,51 @@ fn a_server_that_drips_cannot_stretch_validate_past_its_timeout() {
     assert!(r.stderr.contains("no result within 4 s"), "{}", r.stderr);
     assert!(took < Duration::from_secs(15), "took {took:?}");
 }
+
+/// Entra, Resource Manager and Batch all drip: `pool check --online` and
+/// `skus --online` end at their --timeout, whatever each request's own
+/// deadline would allow.
+#[test]
+fn online_checks_that_meet_a_dripping_service_end_at_their_timeout() {
+    let served = serve(60, |mut conn, _head| {
+        for b in b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"
+            .iter()
+            .cycle()
+            .take(200)
+        {
+            if conn.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let endpoint = format!("http://{served}");
+    for args in [
+        vec![
+            "pool".to_string(),
+            "check".into(),
+            repo()
+                .join("tests/fixtures/pool/good-arm.json")
+                .display()
+                .to_string(),
+            "--online".into(),
+        ],
+        vec!["skus".into(), "--online".into()],
+    ] {
+        let started = Instant::now();
+        let r = run(imgforge()
+            .env("AZURE_AUTHORITY_HOST", &endpoint)
+            .env("IMGFORGE_ARM_ENDPOINT", &endpoint)
+            .env("IMGFORGE_BATCH_URL", &endpoint)
+            .args(&args)
+            .args(["--timeout", "3"]));
+        let took = started.elapsed();
+        assert_eq!(r.code, 1, "{args:?}: {}", r.all());
+        assert!(
+            r.stderr.contains("no result within 3 s"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(took < Duration::from_secs(15), "{args:?} took {took:?}");
+    }
+}

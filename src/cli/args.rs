@@ -214,6 +214,9 @@ AZURE_AUTHORITY_HOST (a sovereign cloud's Entra ID).")]
         /// [default: the credentials file's batch.account_service_url].
         #[arg(long, value_name = "URL", env = "IMGFORGE_BATCH_URL")]
         account_url: Option<String>,
+        /// Seconds --online may take, every page included.
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        timeout: u64,
     },
     /// Write a commented starter manifest that `imgforge plan` accepts.
     #[command(after_help = "\
@@ -388,6 +391,10 @@ IMGFORGE_STORAGE_KEY_<ACCOUNT> for the blobs.")]
         /// Also write the report as JUnit XML.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// Seconds the --online checks may take together, however slowly
+        /// Azure answers (each request is bounded too).
+        #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+        timeout: u64,
     },
 }
 

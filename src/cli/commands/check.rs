@@ -10,36 +10,20 @@ pub(super) fn validate(args: ValidateArgs) -> Result<i32, AppError> {
     let validation = if is_url {
         let blob =
             crate::azure::storage::BlobRef::parse(&args.image).map_err(ValidateError::from)?;
-        let rt = runtime()?;
         // One bound for the whole command: a server that drips its answers
         // byte by byte cannot stretch it past --timeout.
-        let limit = std::time::Duration::from_secs(args.timeout);
-        let outcome = rt.block_on(async {
-            tokio::time::timeout(limit, async {
+        bounded(
+            args.timeout,
+            &crate::util::redact::redact(&args.image),
+            async {
                 let storage = crate::azure::storage::Storage::for_blobs(
                     std::slice::from_ref(&blob.account),
                     &[&blob],
                 )
                 .await?;
                 validate_blob(std::sync::Arc::new(storage), blob, plan).await
-            })
-            .await
-        });
-        match outcome {
-            Ok(v) => v?,
-            Err(_) => {
-                // The reading thread may be inside a request: not waited for.
-                rt.shutdown_background();
-                return Err(AppError::Rejected {
-                    message: format!(
-                        "{}: no result within {} s: the storage service answered too slowly; nothing was judged",
-                        crate::util::redact::redact(&args.image),
-                        args.timeout
-                    ),
-                    hint: Some("raise --timeout if the service is slow but working".into()),
-                });
-            }
-        }
+            },
+        )??
     } else {
         validate_file(std::path::Path::new(&args.image), &plan)?
     };

@@ -60,7 +60,13 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
             online: true,
             credentials,
             account_url,
-        } => skus_online(json, credentials.as_deref(), account_url.as_deref()),
+            timeout,
+        } => skus_online(
+            json,
+            credentials.as_deref(),
+            account_url.as_deref(),
+            timeout,
+        ),
         Command::Skus { json, .. } => skus(json),
         Command::Status { dir, json } => status(dir.as_deref(), json),
         Command::Replicate(args) => replicate(args),
@@ -108,6 +114,30 @@ pub(super) fn with_schema(pretty: &str) -> String {
         _ => pretty.to_string(),
     };
     crate::util::redact::redact(&text) + "\n"
+}
+
+/// Runs `work` on a runtime of its own, bounded as a whole by `seconds`:
+/// a service that answers slowly, each request within its own deadline,
+/// cannot stretch a command past what the user allowed.
+pub(super) fn bounded<T>(
+    seconds: u64,
+    what: &str,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, AppError> {
+    let rt = runtime()?;
+    // The timer is made inside the runtime (it needs its reactor).
+    let limit = std::time::Duration::from_secs(seconds);
+    match rt.block_on(async { tokio::time::timeout(limit, work).await }) {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            // A request may be in flight on a blocking thread: not waited for.
+            rt.shutdown_background();
+            Err(AppError::Rejected {
+                message: format!("{what}: no result within {seconds} s; nothing was judged"),
+                hint: Some("raise --timeout if the service is slow but working".into()),
+            })
+        }
+    }
 }
 
 pub(super) fn runtime() -> Result<tokio::runtime::Runtime, AppError> {

@@ -53,6 +53,7 @@ pub(super) fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
             account_url,
             json,
             junit,
+            timeout,
         } => {
             let plan = match &manifest {
                 Some(m) => Some(Plan::new(&Manifest::load(m)?)),
@@ -71,7 +72,11 @@ pub(super) fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
                     subscription,
                     account_url,
                 };
-                let findings = runtime()?.block_on(crate::pool::online::check(&config, &online));
+                let findings = bounded(
+                    timeout,
+                    "pool check --online",
+                    crate::pool::online::check(&config, &online),
+                )?;
                 report.findings.extend(findings);
                 report = crate::report::Report::new(report.subject, report.findings);
             }
@@ -169,17 +174,18 @@ pub(super) fn skus_online(
     json: bool,
     credentials: Option<&std::path::Path>,
     account_url: Option<&str>,
+    timeout: u64,
 ) -> Result<i32, AppError> {
     let credentials = credentials
         .map(crate::pool::credentials::ShipyardCredentials::load)
         .transpose()?;
     let access = crate::pool::online::batch_access(credentials.as_ref(), account_url)
         .map_err(|(message, hint)| AppError::refused(message, hint))?;
-    let images = runtime()?.block_on(crate::azure::batch::supported_images(
-        &access.url,
-        &access.principal,
-        &access.resource,
-    ))?;
+    let images = bounded(
+        timeout,
+        "skus --online",
+        crate::azure::batch::supported_images(&access.url, &access.principal, &access.resource),
+    )??;
     let today = crate::spec::plan::today();
     let agents = crate::azure::batch::agents(&images, &today);
     #[derive(serde::Serialize)]
