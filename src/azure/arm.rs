@@ -244,7 +244,7 @@ impl Arm {
 
     /// One Resource Manager request with the bearer token, retried on 429,
     /// 5xx and transport errors (Retry-After honoured, at most 30 s); the
-    /// body is read up to `http::MAX_BODY`. `Ok(None)` for a 404 when
+    /// body is read up to `http::MAX_JSON`. `Ok(None)` for a 404 when
     /// `allow_404`, for "does it exist yet" questions.
     pub(crate) async fn send(
         &mut self,

@@ -14,6 +14,12 @@ use std::time::Duration;
 /// range (page lists, JSON documents): far above what Azure sends.
 pub const MAX_BODY: u64 = 16 * 1024 * 1024;
 
+/// A JSON service's answer (Resource Manager, Batch, Entra) is read up to
+/// this: their largest pages are a few hundred KiB, and a JSON document
+/// parses to `serde_json::Value` at ten or more times its size (a 16 MiB
+/// answer of small values took 200–284 MiB of RSS).
+pub const MAX_JSON: u64 = 4 * 1024 * 1024;
+
 /// The one way the Azure clients build their HTTP client: bounded connect and
 /// request times, our user agent, and no redirects.
 pub fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
@@ -150,7 +156,7 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<u64> {
 /// One request to a JSON service (Resource Manager, Batch) under `retry`
 /// (`Retry::JSON`): retried on the statuses `Retry::retryable` names and on
 /// transport errors. The answer that ends the retries is returned as it is,
-/// success or not; its body is bounded by `MAX_BODY`. `build` makes the
+/// success or not; its body is bounded by `MAX_JSON`. `build` makes the
 /// request afresh each time.
 pub async fn send_retrying(
     retry: Retry,
@@ -165,7 +171,7 @@ pub async fn send_retrying(
                 let status = resp.status();
                 let headers = resp.headers().clone();
                 let retry_after = retry_after(&headers);
-                let body = read_limited(resp, MAX_BODY)
+                let body = read_limited(resp, MAX_JSON)
                     .await
                     .map_err(|message| NoReply {
                         attempts: attempt,
