@@ -277,3 +277,53 @@ fn twenty_thousand_home_directories_are_counted_not_each_searched() {
     let read = doc["read"]["bytes"].as_u64().unwrap();
     assert!(read < 16 * MIB, "{read} bytes read");
 }
+
+/// A service answering with a 4 MiB JSON page of two million tiny values:
+/// refused from its separators before it is parsed (a 16 MiB one parsed to
+/// `serde_json::Value` took 200–284 MiB).
+#[test]
+fn a_json_answer_of_millions_of_values_stays_within_budget() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let page = format!("{{\"value\":[{}1]}}", "1,".repeat(2_000_000));
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(8) {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = [0u8; 65536];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let body = if buf[..n].starts_with(b"POST") {
+                r#"{"token_type":"Bearer","expires_in":3600,"access_token":"t0k3n"}"#.to_string()
+            } else {
+                page.clone()
+            };
+            let _ = c.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    let base = {
+        let (r, kib) = run_measured(imgforge().arg("skus"));
+        assert_eq!(r.code, 0, "{}", r.all());
+        kib
+    };
+    let endpoint = format!("http://{addr}");
+    let r = within_budget(
+        "a 4 MiB JSON page of 2,000,000 values",
+        base,
+        imgforge()
+            .env("AZURE_AUTHORITY_HOST", &endpoint)
+            .env("IMGFORGE_BATCH_URL", &endpoint)
+            .args(["skus", "--online"]),
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("JSON values, more than the"),
+        "{}",
+        r.stderr
+    );
+}

@@ -20,6 +20,28 @@ pub const MAX_BODY: u64 = 16 * 1024 * 1024;
 /// answer of small values took 200–284 MiB of RSS).
 pub const MAX_JSON: u64 = 4 * 1024 * 1024;
 
+/// How many values a JSON answer may hold before it is parsed: a Resource
+/// Manager page of 1,000 storage accounts holds about 60,000, a Batch page
+/// of supported images fewer. A 4 MiB document of `1,1,1,…` holds two
+/// million, which `serde_json::Value` would hold in about 70 MiB.
+pub const MAX_JSON_VALUES: usize = 400_000;
+
+/// Refuses a JSON document with more than `MAX_JSON_VALUES` values, counted
+/// from its separators before anything is parsed (a comma or colon inside a
+/// string counts too: the bound only errs towards refusing).
+pub fn json_values_bounded(body: &[u8]) -> Result<(), String> {
+    let values = body
+        .iter()
+        .filter(|&&b| matches!(b, b',' | b'[' | b'{'))
+        .count();
+    if values > MAX_JSON_VALUES {
+        return Err(format!(
+            "the answer holds about {values} JSON values, more than the {MAX_JSON_VALUES} a service's page has"
+        ));
+    }
+    Ok(())
+}
+
 /// The one way the Azure clients build their HTTP client: bounded connect and
 /// request times, our user agent, and no redirects.
 pub fn client_builder(timeout: Duration) -> reqwest::ClientBuilder {
@@ -173,6 +195,7 @@ pub async fn send_retrying(
                 let retry_after = retry_after(&headers);
                 let body = read_limited(resp, MAX_JSON)
                     .await
+                    .and_then(|b| json_values_bounded(&b).map(|()| b))
                     .map_err(|message| NoReply {
                         attempts: attempt,
                         message: crate::util::redact::redact(&message),
@@ -249,6 +272,19 @@ pub fn require_secure(url: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_answer_of_too_many_values_is_refused_before_it_is_parsed() {
+        let page = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/arm/storage-accounts-page-1.json"
+        ))
+        .unwrap();
+        assert!(json_values_bounded(&page).is_ok());
+        let hostile = format!("{{\"value\":[{}1]}}", "1,".repeat(MAX_JSON_VALUES));
+        let e = json_values_bounded(hostile.as_bytes()).unwrap_err();
+        assert!(e.contains("more than the 400000"), "{e}");
+    }
 
     /// A server answering `statuses` in turn (then 200), counting requests.
     fn server(
