@@ -1032,3 +1032,40 @@ fn a_page_damaged_on_the_way_is_accepted_by_azurite_and_refused_by_verification(
         assert_eq!(az.props(&url)["metadata"]["imgforge_verified"], "false");
     }
 }
+
+/// `--timeout` bounds a whole copy: when it runs out the copy stops at its
+/// next safe point, as Ctrl-C does, exits 1 saying so, and a rerun with
+/// time to spare finishes it. (`--timeout 0`: the time is out before the
+/// first chunk, so the case is the same on a fast or a loaded machine.)
+#[test]
+fn a_copy_stops_at_its_timeout_and_a_rerun_finishes_it() {
+    let az = Azurite::start(&["acct1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = sparse_vhd(tmp.path(), "disk", 64, ISLANDS);
+    let upload = |timeout: &str| {
+        run(imgforge_for(&az)
+            .args([
+                "upload",
+                "--to",
+                "acct1",
+                "--container",
+                "images",
+                "--timeout",
+                timeout,
+            ])
+            .arg(&vhd))
+    };
+    let r = upload("0");
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("stopped after --timeout 0 s at a safe point"),
+        "{}",
+        r.stderr
+    );
+    let url = az.url("acct1", "images", "disk.vhd");
+    assert_ne!(az.props(&url)["metadata"]["imgforge_verified"], "true");
+    let r = upload("600");
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(az.props(&url)["metadata"]["imgforge_verified"], "true");
+}

@@ -537,6 +537,10 @@ pub struct StorageOptions {
     /// 'http://127.0.0.1:10000/{account}' for Azurite.
     #[arg(long, value_name = "TEMPLATE", env = "IMGFORGE_BLOB_ENDPOINT")]
     pub blob_endpoint: Option<String>,
+    /// Seconds the whole command may take: then it stops at the next safe
+    /// point, as Ctrl-C does, and a rerun finishes the copies.
+    #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
+    pub timeout: u64,
     /// 4 MiB chunks in flight: memory holds at most N chunks whatever the
     /// number of destinations, and each account sees at most N requests at once.
     #[arg(long, default_value_t = 8, value_name = "N")]

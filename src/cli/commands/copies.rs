@@ -105,25 +105,34 @@ pub(super) fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
     });
     check_region(&rt, &accounts, region.as_deref(), args.storage.json)?;
     let (cancel, _signals) = stop_on_interrupt();
-    let report = rt.block_on(replicate::copy_to(
-        &involved,
-        Source::Blob(source),
-        destinations,
-        replicate::Options {
-            parallel: args.storage.parallel,
-            max_requests: args.storage.max_requests,
-            show_progress: !args.storage.json,
-            server_copy: !args.no_server_copy,
-            cancel: cancel.clone(),
-            verify: args.storage.verify,
-        },
-    ))?;
+    let timed_out = stop_after(&cancel, args.storage.timeout);
+    let report = rt
+        .block_on(replicate::copy_to(
+            &involved,
+            Source::Blob(source),
+            destinations,
+            replicate::Options {
+                parallel: args.storage.parallel,
+                max_requests: args.storage.max_requests,
+                show_progress: !args.storage.json,
+                server_copy: !args.no_server_copy,
+                cancel: cancel.clone(),
+                verify: args.storage.verify,
+            },
+        ))
+        .map_err(|e| timed_out_or(e, &timed_out, args.storage.timeout))?;
     // With a manifest, each copy is also checked remotely, as `build` does.
     let checks = match (&plan, args.no_validate) {
         (Some(plan), false) => {
             let results = rt.block_on(replicate::validate_copies(&report.copies, plan, &cancel))?;
             // Copies are verified; only their validation was cut short.
-            Some(results.ok_or(replicate::ReplicateError::Cancelled)?)
+            Some(results.ok_or_else(|| {
+                timed_out_or(
+                    replicate::ReplicateError::Cancelled,
+                    &timed_out,
+                    args.storage.timeout,
+                )
+            })?)
         }
         _ => None,
     };
@@ -203,19 +212,22 @@ pub(super) fn upload(args: UploadArgs) -> Result<i32, AppError> {
         args.storage.json,
     )?;
     let (cancel, _signals) = stop_on_interrupt();
-    let report = rt.block_on(replicate::copy_to(
-        std::slice::from_ref(&args.to),
-        source,
-        vec![dest],
-        replicate::Options {
-            parallel: args.storage.parallel,
-            max_requests: args.storage.max_requests,
-            show_progress: !args.storage.json,
-            server_copy: false,
-            cancel,
-            verify: args.storage.verify,
-        },
-    ))?;
+    let timed_out = stop_after(&cancel, args.storage.timeout);
+    let report = rt
+        .block_on(replicate::copy_to(
+            std::slice::from_ref(&args.to),
+            source,
+            vec![dest],
+            replicate::Options {
+                parallel: args.storage.parallel,
+                max_requests: args.storage.max_requests,
+                show_progress: !args.storage.json,
+                server_copy: false,
+                cancel,
+                verify: args.storage.verify,
+            },
+        ))
+        .map_err(|e| timed_out_or(e, &timed_out, args.storage.timeout))?;
     let copy_plan = replicate::CopyPlan {
         max_nodes: 0,
         vms_per_vhd: crate::spec::catalog::Os::Linux.vms_per_vhd(),
@@ -226,4 +238,44 @@ pub(super) fn upload(args: UploadArgs) -> Result<i32, AppError> {
     };
     print_replication(&report, args.storage.json, copy_plan, None)?;
     Ok(exit::OK)
+}
+
+/// `--timeout`: after `seconds`, the copy stops at its next safe point (the
+/// same flag Ctrl-C sets); the returned flag says the time ran out.
+fn stop_after(
+    cancel: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seconds: u64,
+) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use std::sync::atomic::Ordering;
+    let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (cancel, flag) = (cancel.clone(), timed_out.clone());
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(seconds));
+        flag.store(true, Ordering::Relaxed);
+        cancel.store(true, Ordering::Relaxed);
+    });
+    timed_out
+}
+
+/// A stop that came from `--timeout`, not Ctrl-C, is a failure (exit 1)
+/// that says so; anything else is as it was.
+fn timed_out_or(
+    e: crate::replicate::ReplicateError,
+    timed_out: &std::sync::atomic::AtomicBool,
+    seconds: u64,
+) -> AppError {
+    if matches!(e, crate::replicate::ReplicateError::Cancelled)
+        && timed_out.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        AppError::Rejected {
+            message: format!(
+                "stopped after --timeout {seconds} s at a safe point; the copies made so far are kept"
+            ),
+            hint: Some(
+                "rerun the same command to finish them (raise --timeout for a long copy)".into(),
+            ),
+        }
+    } else {
+        e.into()
+    }
 }
