@@ -2,7 +2,8 @@
 //!
 //! Data flows one way, and the folders follow it:
 //!
-//! - `spec` — manifest → catalog → plan (pure: what is to be built)
+//! - `spec` — manifest → catalog → plan (what is to be built; the only I/O
+//!   is reading the manifest and checking its user scripts)
 //! - `render` — plan + templates → `packer.json` and provisioner scripts
 //! - `packer` — run Packer (azure-arm or the local builder), its events,
 //!   the captured VHD, the boot check
