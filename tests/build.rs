@@ -699,3 +699,28 @@ fn a_resume_refuses_a_record_that_names_an_image_outside_the_build() {
         r.stderr
     );
 }
+
+#[test]
+fn a_build_stops_at_its_timeout_as_ctrl_c_stops_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = overrides(
+        tmp.path(),
+        &null_build(&["echo provisioning-started; sleep 60; echo never"]),
+    );
+    let started = Instant::now();
+    let r = run(&mut build_cmd(tmp.path(), &t, &["--timeout", "3"]));
+    let took = started.elapsed();
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("build stopped after --timeout 3 s, as Ctrl-C stops it"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--resume"), "{}", r.stderr);
+    assert!(!r.all().contains("never"), "{}", r.all());
+    assert!(took < Duration::from_secs(40), "took {took:?}");
+    assert_eq!(record(tmp.path())["status"], "cancelled");
+    let left = processes_in(&tmp.path().join("build"));
+    assert!(left.is_empty(), "processes left running: {left:?}");
+}

@@ -507,6 +507,11 @@ pub struct BuildArgs {
     /// How each copy is checked after replication: readback or sample (see `replicate --help`).
     #[arg(long, value_enum, default_value_t = crate::replicate::VerifyMode::Sample)]
     pub verify: crate::replicate::VerifyMode,
+    /// Seconds the whole build may take: then it stops as Ctrl-C stops it
+    /// (Packer cleans up, a copy stops at a safe point), exit 1, and
+    /// `--resume` continues it.
+    #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -123,6 +123,25 @@ pub(super) fn build(mut args: BuildArgs) -> Result<i32, AppError> {
         (Some(dir), _) | (None, Some(dir)) => dir.clone(),
         (None, None) => pipeline::default_build_dir(&plan.image, std::time::SystemTime::now()),
     };
+    // --timeout: the build is interrupted as Ctrl-C interrupts it, so every
+    // stage stops the way it already knows (Packer's clean-up included).
+    let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (timed_out, finished, seconds) = (timed_out.clone(), finished.clone(), args.timeout);
+        std::thread::spawn(move || {
+            use std::sync::atomic::Ordering::SeqCst;
+            std::thread::sleep(std::time::Duration::from_secs(seconds));
+            if !finished.load(SeqCst) {
+                timed_out.store(true, SeqCst);
+                // SAFETY: kill sends SIGINT to this process, whose handler
+                // (the build's signal watch) is installed for the whole run.
+                unsafe {
+                    libc::kill(libc::getpid(), libc::SIGINT);
+                }
+            }
+        });
+    }
     let result = pipeline::run(
         &manifest,
         &plan,
@@ -147,6 +166,26 @@ pub(super) fn build(mut args: BuildArgs) -> Result<i32, AppError> {
             recorded: recorded_options(&args),
         },
     );
+    finished.store(true, std::sync::atomic::Ordering::SeqCst);
+    let result = result.map_err(|e| {
+        if timed_out.load(std::sync::atomic::Ordering::SeqCst)
+            && e.category() == crate::util::Category::Cancelled
+        {
+            AppError::Rejected {
+                message: format!(
+                    "build stopped after --timeout {} s, as Ctrl-C stops it: {e}",
+                    args.timeout
+                ),
+                hint: Some(format!(
+                    "`imgforge build {} --resume {}` continues it (raise --timeout for a longer build)",
+                    crate::util::text::shell_quote(&args.manifest.display().to_string()),
+                    crate::util::text::shell_quote(&dir.display().to_string())
+                )),
+            }
+        } else {
+            e.into()
+        }
+    });
     match result {
         Ok(record) => {
             if args.json {
@@ -183,10 +222,10 @@ pub(super) fn build(mut args: BuildArgs) -> Result<i32, AppError> {
                 // Pipelines get the record even on failure; it was written before the error.
                 if let Ok(text) = std::fs::read_to_string(dir.join(pipeline::RECORD_FILE)) {
                     print_stdout(&text)?;
-                    return Err(AppError::Reported(Box::new(e.into())));
+                    return Err(AppError::Reported(Box::new(e)));
                 }
             }
-            Err(e.into())
+            Err(e)
         }
     }
 }
