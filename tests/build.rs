@@ -62,6 +62,17 @@ fn build_cmd(root: &Path, templates: &Path, extra: &[&str]) -> Command {
     cmd
 }
 
+/// `imgforge build m.toml --resume build` as a user types it after a
+/// failure: no other flag (the record holds the options).
+fn resume_cmd(root: &Path) -> Command {
+    let mut cmd = imgforge();
+    cmd.arg("build")
+        .arg(root.join("m.toml"))
+        .arg("--resume")
+        .arg(root.join("build"));
+    cmd
+}
+
 fn record(root: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(root.join("build/build.json")).unwrap()).unwrap()
 }
@@ -494,13 +505,7 @@ fn a_running_build_locks_its_directory_against_force_resume_and_clean() {
         r.stderr
     );
     // --resume: the same.
-    let r = run(imgforge()
-        .arg("build")
-        .arg(tmp.path().join("m.toml"))
-        .arg("--resume")
-        .arg(&build_dir)
-        .arg("--templates")
-        .arg(&t));
+    let r = run(resume_cmd(tmp.path()).arg("--templates").arg(&t));
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains(&format!("pid {pid} ")), "{}", r.stderr);
     // clean: kept, whatever the rules.
@@ -640,11 +645,7 @@ fn a_resume_never_writes_through_a_link_planted_in_the_build_directory() {
     std::fs::remove_file(&log).unwrap();
     std::os::unix::fs::symlink(&outside, &log).unwrap();
     overrides(tmp.path(), &null_build(&["echo fixed"]));
-    let r = run(imgforge()
-        .arg("build")
-        .arg(tmp.path().join("m.toml"))
-        .arg("--resume")
-        .arg(tmp.path().join("build")));
+    let r = run(&mut resume_cmd(tmp.path()));
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me\n");
     let meta = std::fs::symlink_metadata(&log).unwrap();
@@ -672,11 +673,7 @@ fn a_resume_refuses_a_record_that_names_an_image_outside_the_build() {
         .collect();
     rec["stages"] = stages.into();
     write(&tmp.path().join("build/build.json"), &rec.to_string());
-    let r = run(imgforge()
-        .arg("build")
-        .arg(tmp.path().join("m.toml"))
-        .arg("--resume")
-        .arg(tmp.path().join("build")));
+    let r = run(&mut resume_cmd(tmp.path()));
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(
         r.stderr
