@@ -1,5 +1,5 @@
 //! What imgforge costs around Packer, measured as whole processes:
-//! - `plan` and `render` of contrib/gpu-ubuntu1604.toml next to `packer validate`
+//! - `plan` and `render` of contrib/legacy/gpu-ubuntu1604.toml next to `packer validate`
 //!   of the same rendered template;
 //! - `imgforge build` with a null builder next to `packer build` alone on the
 //!   same template;
@@ -32,7 +32,7 @@ fn timed(cmd: &mut Command) -> f64 {
 
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
-    let manifest = repo().join("contrib/gpu-ubuntu1604.toml");
+    let manifest = repo().join("contrib/legacy/gpu-ubuntu1604.toml");
 
     let plan = median_of(15, || timed(imgforge().arg("plan").arg(&manifest)));
     let mut i = 0;
@@ -120,7 +120,7 @@ fn main() {
         imgforge_build - packer_build
     );
     println!(
-        "end-to-end pipeline (contrib/gpu-ubuntu1604.toml, on-prem builder, 2 copies on Azurite):"
+        "end-to-end pipeline (contrib/legacy/gpu-ubuntu1604.toml, on-prem builder, 2 copies on Azurite):"
     );
     let mut outside_packer = 0.0;
     for (stage, secs) in &e2e.stages {
@@ -158,7 +158,7 @@ fn end_to_end(root: &Path) -> E2e {
     let mut cmd = imgforge();
     cmd.env_remove("ARM_CLIENT_ID")
         .arg("build")
-        .arg(repo().join("contrib/gpu-ubuntu1604.toml"))
+        .arg(repo().join("contrib/legacy/gpu-ubuntu1604.toml"))
         .arg("--templates")
         .arg(&templates)
         .arg("--json")

@@ -124,8 +124,8 @@ fn main() {
     std::fs::remove_file(&xraw).unwrap();
     let xfs_fixture_s = t.elapsed().as_secs_f64();
 
-    let manifest = repo().join("contrib/gpu-ubuntu1604.toml");
-    let alma_manifest = repo().join("contrib/managed-image-almalinux8.toml");
+    let manifest = repo().join("contrib/legacy/gpu-ubuntu1604.toml");
+    let alma_manifest = repo().join("contrib/legacy/managed-image-almalinux8.toml");
     let validate = |cmd: &mut Command| {
         let t = Instant::now();
         let r = run(cmd);
@@ -225,7 +225,7 @@ fn main() {
     let (xlw, xlb, xlr) = median(&xlocal);
     let (xrw, xrb, xrr) = median(&xremote);
     println!(
-        "validation benchmark: 30 GiB fixed VHD, ext4 root with 6,000 kernel modules, contrib/gpu-ubuntu1604.toml checks"
+        "validation benchmark: 30 GiB fixed VHD, ext4 root with 6,000 kernel modules, contrib/legacy/gpu-ubuntu1604.toml checks"
     );
     println!(
         "setup: fixture {fixture_s:.1} s; upload to Azurite {upload_s:.1} s ({} valid bytes of {})",

@@ -424,6 +424,12 @@ async fn gallery_version(
             "osState": "Generalized",
             "hyperVGeneration": plan.hyper_v_generation.as_str(),
             "identifier": {"publisher": g.publisher, "offer": g.offer, "sku": g.sku},
+            // Said even when standard: definitions made with this API
+            // version are TrustedLaunchSupported unless told otherwise.
+            "features": [{
+                "name": "SecurityType",
+                "value": plan.security_type.feature_value().unwrap_or("Standard"),
+            }],
         }
     });
     ensure(
@@ -441,13 +447,7 @@ async fn gallery_version(
     let version = json!({
         "location": plan.location,
         "properties": {
-            "publishingProfile": {
-                "targetRegions": g.regions.iter().map(|r| json!({
-                    "name": r.region,
-                    "regionalReplicaCount": r.replicas,
-                    "storageAccountType": "Standard_LRS",
-                })).collect::<Vec<_>>(),
-            },
+            "publishingProfile": publishing_profile(g),
             "storageProfile": {
                 "osDiskImage": {
                     "hostCaching": "ReadOnly",
@@ -566,13 +566,49 @@ fn check_definition(existing: &Value, plan: &PublishPlan, name: &str) -> Result<
             fix,
         ));
     }
-    if crate::azure::compute::security_type(existing).is_some() {
-        return Err(refused(
-            format!("image definition `{name}` has security type Trusted Launch / Confidential VM"),
-            "Azure Batch pools cannot use Trusted Launch image definitions: use a definition with the Standard security type",
-        ));
+    use crate::azure::compute::{RunsOn, runs_on, security_type};
+    use crate::spec::manifest::SecurityType;
+    let have = security_type(existing);
+    let have_name = have.as_deref().unwrap_or("Standard");
+    match (runs_on(have.as_deref()), plan.security_type) {
+        (RunsOn::Standard, SecurityType::Standard | SecurityType::TrustedLaunchSupported)
+        | (RunsOn::TrustedLaunchOnly, SecurityType::TrustedLaunch) => Ok(()),
+        (RunsOn::Standard, SecurityType::TrustedLaunch) => Err(refused(
+            format!(
+                "image definition `{name}` has security type {have_name}, but build.gallery.security_type is \"trusted_launch\""
+            ),
+            "a definition's security type cannot change: use another build.gallery.image_definition, or remove security_type (a TrustedLaunchSupported definition runs Trusted Launch pools too)",
+        )),
+        (RunsOn::TrustedLaunchOnly, _) => Err(refused(
+            format!(
+                "image definition `{name}` has security type {have_name}: its versions run only on Trusted Launch VMs, and this image is published as {}",
+                plan.security_type.as_str()
+            ),
+            "set build.gallery.security_type = \"trusted_launch\" (the pool outputs then ask Batch for Trusted Launch nodes: securityProfile), or use a definition with security type TrustedLaunchSupported or Standard",
+        )),
+        (RunsOn::ConfidentialOnly, _) => Err(refused(
+            format!(
+                "image definition `{name}` has security type {have_name}: its versions run only on confidential VMs, which need a confidential OS disk imgforge does not build"
+            ),
+            "use a definition with security type TrustedLaunchSupported or Standard (another build.gallery.image_definition)",
+        )),
     }
-    Ok(())
+}
+
+/// Where and how the version is replicated, and its lifecycle labels.
+fn publishing_profile(g: &crate::spec::publish::GalleryPlan) -> Value {
+    let mut profile = json!({
+        "targetRegions": g.regions.iter().map(|r| json!({
+            "name": r.region,
+            "regionalReplicaCount": r.replicas,
+            "storageAccountType": r.storage_account_type,
+        })).collect::<Vec<_>>(),
+        "excludeFromLatest": g.exclude_from_latest,
+    });
+    if let Some(d) = &g.end_of_life_date {
+        profile["endOfLifeDate"] = json!(format!("{d}T00:00:00Z"));
+    }
+    profile
 }
 
 /// Create `id` unless it exists; an existing resource must pass `same`

@@ -55,7 +55,7 @@ fn validate_cmd(image: &Path) -> std::process::Command {
     let mut cmd = imgforge();
     cmd.env_remove("ARM_CLIENT_ID")
         .args(["validate", "--json", "--manifest"])
-        .arg(repo().join("contrib/gpu-ubuntu1604.toml"))
+        .arg(repo().join("contrib/legacy/gpu-ubuntu1604.toml"))
         .arg(image);
     cmd
 }
@@ -198,7 +198,7 @@ fn hostile_configs_stay_within_budget() {
         let (r, kib) = run_measured(
             imgforge()
                 .arg("plan")
-                .arg(repo().join("contrib/gpu-ubuntu1604.toml")),
+                .arg(repo().join("contrib/legacy/gpu-ubuntu1604.toml")),
         );
         assert_eq!(r.code, 0, "{}", r.all());
         kib
@@ -223,7 +223,7 @@ fn hostile_configs_stay_within_budget() {
 
     // A 10 MB value in a manifest: refused, quoted at most 100 characters;
     // a 100 MB manifest is refused by its size before a byte is read.
-    let body = std::fs::read_to_string(repo().join("contrib/gpu-ubuntu1604.toml")).unwrap();
+    let body = std::fs::read_to_string(repo().join("contrib/legacy/gpu-ubuntu1604.toml")).unwrap();
     for (name, len) in [("long.toml", 10_000_000), ("huge.toml", 100_000_000)] {
         let manifest = tmp.path().join(name);
         let text = body.replacen(

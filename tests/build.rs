@@ -302,7 +302,7 @@ fn a_real_azure_arm_build_without_azure_fails_fast_with_a_hint() {
         .env("HTTP_PROXY", "http://127.0.0.1:9")
         .env_remove("NO_PROXY")
         .arg("build")
-        .arg(repo().join("contrib/managed-image-almalinux8.toml"))
+        .arg(repo().join("contrib/legacy/managed-image-almalinux8.toml"))
         .arg("--out")
         .arg(&dir));
     assert_eq!(r.code, 1, "{}", r.all());
@@ -375,7 +375,7 @@ fn missing_azure_variables_are_all_named_before_packer_runs() {
         .env("ARM_TENANT_ID", "")
         .env("IMGFORGE_PACKER", &wrapper)
         .arg("build")
-        .arg(repo().join("contrib/managed-image-almalinux8.toml"))
+        .arg(repo().join("contrib/legacy/managed-image-almalinux8.toml"))
         .arg("--out")
         .arg(&dir));
     assert_eq!(r.code, 2, "{}", r.all());
@@ -399,7 +399,7 @@ fn missing_azure_variables_are_all_named_before_packer_runs() {
         .env("ARM_TENANT_ID", "")
         .env("IMGFORGE_PACKER", &wrapper)
         .arg("build")
-        .arg(repo().join("contrib/managed-image-almalinux8.toml"))
+        .arg(repo().join("contrib/legacy/managed-image-almalinux8.toml"))
         .arg("--dry-run")
         .arg("--out")
         .arg(tmp.path().join("dry")));
@@ -550,7 +550,7 @@ fn a_refused_sign_in_stops_an_azure_build_before_packer_with_the_credentials_hin
         .env("AZURE_AUTHORITY_HOST", arm.endpoint())
         .env("IMGFORGE_ARM_ENDPOINT", arm.endpoint())
         .arg("build")
-        .arg(repo().join("contrib/managed-image-almalinux8.toml"))
+        .arg(repo().join("contrib/legacy/managed-image-almalinux8.toml"))
         .arg("--out")
         .arg(&dir));
     assert_eq!(r.code, 2, "{}", r.all());

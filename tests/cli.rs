@@ -210,6 +210,16 @@ fn init_writes_manifests_that_plan_accepts() {
             plan.all()
         );
     }
+    // Every default leads to a pool Batch creates today: a gallery version,
+    // local builds included (they stop before publishing with --no-publish).
+    for (i, args) in cases.iter().enumerate() {
+        let text = std::fs::read_to_string(tmp.path().join(format!("m{i}.toml"))).unwrap();
+        let explicit = args.iter().any(|a| a == "--target");
+        if !explicit {
+            assert!(text.contains("target = \"gallery\""), "{args:?}:\n{text}");
+        }
+        assert!(!text.contains("29876"), "{args:?}:\n{text}");
+    }
     // An existing file is not replaced without --force.
     let file = tmp.path().join("m0.toml");
     let r = run(imgforge().arg("init").arg(&file));
@@ -221,7 +231,7 @@ fn init_writes_manifests_that_plan_accepts() {
         run(imgforge()
             .arg("init")
             .arg(&bad)
-            .args(["--distro", "almalinux-9", "--rdma", "sriov"]));
+            .args(["--distro", "debian-12", "--rdma", "sriov"]));
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("features.rdma"), "{}", r.stderr);
     assert!(!bad.exists());
@@ -515,7 +525,7 @@ fn with_json_an_error_is_a_json_document_too() {
 #[test]
 fn every_json_document_carries_a_schema_version() {
     let tmp = tempfile::tempdir().unwrap();
-    let m = repo().join("contrib/gpu-ubuntu1604.toml");
+    let m = repo().join("contrib/legacy/gpu-ubuntu1604.toml");
     let docs: Vec<(&str, Vec<std::ffi::OsString>)> = vec![
         (
             "plan",

@@ -20,6 +20,7 @@ distro = "debian-12"
 
 [build]
 builder = "local"
+target = "vhd"
 "#;
 
 fn replace(from: &str, to: &str) -> String {
@@ -45,7 +46,7 @@ fn cases() -> Vec<Case> {
             what: "wrong type",
             manifest: format!("{MINIMAL}\n[pool]\ndedicated = \"ten\"\n"),
             expect: &[
-                "m.toml:14:13",
+                "m.toml:15:13",
                 "dedicated",
                 "is the text \"ten\"; write a whole number from 0 to 4294967295",
             ],
@@ -71,22 +72,22 @@ fn cases() -> Vec<Case> {
             manifest: replace("os = \"linux\"", "os = \"windows\"")
                 .replace("ubuntu-22.04", "windows-2019")
                 + "\n[features]\ngpu = { driver = \"470\" }\n",
-            expect: &["m.toml:14:7", "features.gpu", "Windows"],
+            expect: &["m.toml:15:7", "features.gpu", "Windows"],
         },
         Case {
             what: "sriov without an HPC image",
             manifest: replace("ubuntu-22.04", "ubuntu-16.04") + "\n[features]\nrdma = \"sriov\"\n",
-            expect: &["m.toml:14:8", "features.rdma", "centos-7"],
+            expect: &["m.toml:15:8", "features.rdma", "centos-7"],
         },
         Case {
             what: "bad rdma value",
             manifest: format!("{MINIMAL}\n[features]\nrdma = \"roce\"\n"),
-            expect: &["m.toml:14", "roce", "nd", "sriov"],
+            expect: &["m.toml:15", "roce", "nd", "sriov"],
         },
         Case {
             what: "command in a package name",
             manifest: format!("{MINIMAL}\n[provision]\npackages = [\"htop\", \"x; rm -rf /\"]\n"),
-            expect: &["m.toml:14:21", "provision.packages.1", "not a package name"],
+            expect: &["m.toml:15:21", "provision.packages.1", "not a package name"],
         },
         Case {
             what: "command substitution in a package name",
@@ -123,7 +124,7 @@ fn cases() -> Vec<Case> {
         Case {
             what: "bad storage account name",
             manifest: replace("\"acct\"", "\"Acct_1\""),
-            expect: &["m.toml:10:19", "build.storage_account", "3-24 lowercase"],
+            expect: &["m.toml:11:19", "build.storage_account", "3-24 lowercase"],
         },
         Case {
             what: "duplicate replication account",
@@ -137,7 +138,7 @@ fn cases() -> Vec<Case> {
             manifest: format!(
                 "{MINIMAL}\n[replicate]\nstorage_accounts = [\"a1b\"]\nregion = \"West US 2\"\n"
             ),
-            expect: &["m.toml:15:10", "replicate.region", "westeurope"],
+            expect: &["m.toml:16:10", "replicate.region", "westeurope"],
         },
         Case {
             what: "missing user script",
@@ -151,16 +152,16 @@ fn cases() -> Vec<Case> {
         Case {
             what: "invalid TOML",
             manifest: replace("location = \"eastus\"", "location = eastus"),
-            expect: &["m.toml:8:12", "location", "quoted"],
+            expect: &["m.toml:9:12", "location", "quoted"],
         },
         Case {
             what: "a publishing setting with a local VHD build",
             manifest: LOCAL.replace(
-                "builder = \"local\"",
-                "builder = \"local\"\nlocation = \"eastus\"",
+                "builder = \"local\"\ntarget = \"vhd\"",
+                "builder = \"local\"\ntarget = \"vhd\"\nlocation = \"eastus\"",
             ),
             expect: &[
-                "m.toml:9:12",
+                "m.toml:10:12",
                 "build.location",
                 "for publishing",
                 "target = \"managed_image\" or \"gallery\"",
@@ -169,7 +170,7 @@ fn cases() -> Vec<Case> {
         Case {
             what: "a local build published without a staging account",
             manifest: LOCAL.replace(
-                "builder = \"local\"",
+                "builder = \"local\"\ntarget = \"vhd\"",
                 "builder = \"local\"\ntarget = \"managed_image\"\nlocation = \"westus2\"\nresource_group = \"img\"\nmanaged_image_name = \"d12\"",
             ),
             expect: &["needs build.storage_account", "storage_account = "],
@@ -179,26 +180,26 @@ fn cases() -> Vec<Case> {
             manifest: format!(
                 "{}\n[build.local]\nboot_check = \"bios\"\n",
                 LOCAL.replace(
-                    "builder = \"local\"",
+                    "builder = \"local\"\ntarget = \"vhd\"",
                     "builder = \"local\"\ntarget = \"managed_image\"\nlocation = \"westus2\"\nresource_group = \"img\"\nstorage_account = \"imgstage\"\nmanaged_image_name = \"d12\"\nhyper_v_generation = \"V2\"",
                 )
             ),
             expect: &["build.hyper_v_generation", "UEFI", "boot_check = \"uefi\""],
         },
         Case {
-            what: "a gallery that does not reach the Batch account's region",
+            what: "a managed image outside the Batch account's region",
             manifest: format!(
-                "{}\n[build.gallery]\nname = \"g\"\nimage_definition = \"d\"\nversion = \"1.0.0\"\nreplication_regions = [\"eastus\"]\n\n[replicate]\nregion = \"northeurope\"\n",
+                "{}\n[replicate]\nregion = \"northeurope\"\n",
                 LOCAL.replace(
-                    "builder = \"local\"",
-                    "builder = \"local\"\ntarget = \"gallery\"\nlocation = \"westus2\"\nresource_group = \"img\"\nstorage_account = \"imgstage\"",
+                    "builder = \"local\"\ntarget = \"vhd\"",
+                    "builder = \"local\"\ntarget = \"managed_image\"\nlocation = \"westus2\"\nresource_group = \"img\"\nstorage_account = \"imgstage\"\nmanaged_image_name = \"d12\"",
                 )
             ),
             expect: &[
                 "replicate.region",
                 "northeurope",
-                "westus2, eastus",
-                "add \"northeurope\" to build.gallery.replication_regions",
+                "the managed image is in westus2",
+                "set build.location = \"northeurope\"",
             ],
         },
         Case {
@@ -356,7 +357,7 @@ fn bad_command_lines_are_exit_2() {
 
 #[test]
 fn a_retired_node_agent_is_named_by_plan_and_build_needs_allow_retired() {
-    let manifest = repo().join("contrib/gpu-ubuntu1604.toml");
+    let manifest = repo().join("contrib/legacy/gpu-ubuntu1604.toml");
     let plan = run(imgforge().arg("plan").arg(&manifest));
     assert_eq!(plan.code, 0, "{}", plan.all());
     assert!(
@@ -437,7 +438,7 @@ fn every_problem_of_a_manifest_is_reported_in_one_run() {
         r.stderr
     );
     assert!(
-        located[1].contains("rules.toml:6:1: build: target = \"vhd\" needs build.resource_group"),
+        located[1].contains("rules.toml:6:1: build: target = \"gallery\" (the default: Azure Batch makes custom-image pools only from Compute Gallery image versions) needs build.resource_group"),
         "{}",
         r.stderr
     );
@@ -458,7 +459,7 @@ fn a_huge_rejected_value_is_named_not_echoed_whole() {
     write(
         &m,
         &format!(
-            "[image]\nname = \"x\"\nos = \"linux\"\ndistro = \"{huge}\"\n\n[build]\nlocation = \"{huge}\"\nresource_group = \"rg\"\nstorage_account = \"imgforgebuild\"\ncapture_container = \"images\"\n"
+            "[image]\nname = \"x\"\nos = \"linux\"\ndistro = \"{huge}\"\n\n[build]\ntarget = \"vhd\"\nlocation = \"{huge}\"\nresource_group = \"rg\"\nstorage_account = \"imgforgebuild\"\ncapture_container = \"images\"\n"
         ),
     );
     let r = run(imgforge().arg("plan").arg(&m));
@@ -490,7 +491,7 @@ fn a_hint_is_written_once_on_a_terminal_and_is_its_own_json_field() {
     let r = run(cmd
         .args(["build", "--allow-retired", "--out"])
         .arg(&out)
-        .arg(repo().join("contrib/gpu-ubuntu1604.toml")));
+        .arg(repo().join("contrib/legacy/gpu-ubuntu1604.toml")));
     assert_eq!(r.code, 2, "{}", r.all());
     assert_eq!(r.stderr.matches("hint:").count(), 1, "{}", r.stderr);
     let last = r.stderr.trim_end().lines().last().unwrap_or_default();
@@ -534,7 +535,7 @@ fn a_hint_is_written_once_on_a_terminal_and_is_its_own_json_field() {
             "--to",
             "rep1",
         ])
-        .arg(repo().join("contrib/gpu-ubuntu1604.toml")));
+        .arg(repo().join("contrib/legacy/gpu-ubuntu1604.toml")));
     assert_eq!(r.code, 2, "{}", r.all());
     let doc: serde_json::Value = serde_json::from_str(&r.stdout).expect("one JSON document");
     let message = doc["error"]["message"].as_str().unwrap();

@@ -300,7 +300,7 @@ fn setup(name: &str, dir: &Path) -> Target {
             Target::Disk {
                 base,
                 blocks,
-                plan: plan_of("contrib/gpu-ubuntu1604.toml"),
+                plan: plan_of("contrib/legacy/gpu-ubuntu1604.toml"),
             }
         }
         "xfs" => {
@@ -312,7 +312,7 @@ fn setup(name: &str, dir: &Path) -> Target {
             Target::Disk {
                 base,
                 blocks,
-                plan: plan_of("contrib/managed-image-almalinux8.toml"),
+                plan: plan_of("contrib/legacy/managed-image-almalinux8.toml"),
             }
         }
         "manifest" => {
@@ -328,7 +328,7 @@ fn setup(name: &str, dir: &Path) -> Target {
         }
         "pool" => Target::Pool(
             "pool_specification:\n  id: gpu\n  vm_configuration:\n    platform_image:\n      publisher: Canonical\n      offer: UbuntuServer\n      sku: 16.04-LTS\n      native: false\n  vm_size: STANDARD_NC6\n  vm_count:\n    dedicated: 40\n    low_priority: 0\n  inter_node_communication_enabled: false\n  ssh:\n    username: shipyard\n".into(),
-            plan_of("contrib/gpu-ubuntu1604.toml"),
+            plan_of("contrib/legacy/gpu-ubuntu1604.toml"),
             tempfile::tempdir().unwrap(),
         ),
         "page-list" => Target::PageList(
@@ -388,7 +388,7 @@ fn run_case(target: &Target, rng: &mut Rng) {
             let path = dir.path().join("pool.yaml");
             std::fs::write(&path, mutate_text(rng, text)).unwrap();
             if let Ok(config) = imgforge::pool::ShipyardFile::load_pool(&path) {
-                let _ = imgforge::pool::check(&config, Some(plan), false);
+                let _ = imgforge::pool::check(&config, Some(plan), false, false);
             }
         }
         Target::PageList(xml) => {

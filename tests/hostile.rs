@@ -150,7 +150,7 @@ fn a_sas_is_not_sent_in_clear_text_off_the_allow_list() {
     );
     let r = run(imgforge()
         .args(["validate", "--manifest"])
-        .arg(repo().join("contrib/gpu-ubuntu1604.toml"))
+        .arg(repo().join("contrib/legacy/gpu-ubuntu1604.toml"))
         .arg(&url));
     assert_ne!(r.code, 0, "{}", r.all());
     assert_eq!(witness.connections(), 0, "the SAS went over plain http");
@@ -167,7 +167,7 @@ fn fifos_devices_and_directories_are_refused_before_they_are_read() {
         .status()
         .unwrap();
     assert!(made.success());
-    let manifest = repo().join("contrib/gpu-ubuntu1604.toml");
+    let manifest = repo().join("contrib/legacy/gpu-ubuntu1604.toml");
     let cases: Vec<Vec<std::ffi::OsString>> = vec![
         vec!["plan".into(), fifo.clone().into()],
         vec!["plan".into(), "/dev/zero".into()],
@@ -263,7 +263,7 @@ fn a_server_that_ignores_the_range_is_cut_off_at_what_was_asked() {
         imgforge()
             .env_remove("ARM_CLIENT_ID")
             .args(["validate", "--json", "--manifest"])
-            .arg(repo().join("contrib/gpu-ubuntu1604.toml"))
+            .arg(repo().join("contrib/legacy/gpu-ubuntu1604.toml"))
             .arg(format!("http://{server}/acct/images/d.vhd")),
     );
     let took = started.elapsed();

@@ -243,8 +243,8 @@ fn a_local_build_is_published_as_a_managed_image_and_a_gallery_version() {
     let tmp = tempfile::tempdir().unwrap();
     let m = manifest(tmp.path(), |t| {
         t.replace(
-            "builder = \"local\"\n",
-            "builder = \"local\"\ntarget = \"gallery\"\nlocation = \"westus2\"\nresource_group = \"images-westus2\"\nstorage_account = \"imgcopy0\"\nmanaged_image_name = \"ci-debian12\"\n",
+            "target = \"vhd\"",
+            "# the default target\nlocation = \"westus2\"\nresource_group = \"images-westus2\"\nstorage_account = \"imgcopy0\"\nmanaged_image_name = \"ci-debian12\"\n",
         ) + "\n[build.gallery]\nname = \"imgforge_gallery\"\nimage_definition = \"ci-debian12\"\nversion = \"1.0.0\"\n\n[replicate]\nregion = \"westus2\"\n"
     });
     let out = tmp.path().join("build");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::*;
 
@@ -11,9 +11,13 @@ fn fixture(name: &str) -> PathBuf {
     repo().join("tests/fixtures/pool").join(name)
 }
 
+/// `pool check --legacy`: the fixtures are Batch Shipyard 2.x files (VHD
+/// image_uris, managed images), checked by the rules of their time; what
+/// today's rules say of them is `todays_rules_refuse_what_batch_and_shipyard_refuse`.
 fn check(name: &str, manifest: Option<&str>) -> (Run, serde_json::Value) {
     let mut cmd = imgforge();
-    cmd.args(["pool", "check", "--json"]).arg(fixture(name));
+    cmd.args(["pool", "check", "--json", "--legacy"])
+        .arg(fixture(name));
     if let Some(m) = manifest {
         cmd.arg("--manifest").arg(repo().join(m));
     }
@@ -46,7 +50,7 @@ fn each_rule_passes_and_fails_on_real_configs() {
     let cases: &[Case] = &[
         (
             "good-vhd.yaml",
-            Some("contrib/gpu-ubuntu1604.toml"),
+            Some("contrib/legacy/gpu-ubuntu1604.toml"),
             0,
             &[
                 ("pool.image.exactly-one", "pass"),
@@ -66,7 +70,7 @@ fn each_rule_passes_and_fails_on_real_configs() {
         ),
         (
             "good-arm.json",
-            Some("contrib/managed-image-almalinux8.toml"),
+            Some("contrib/legacy/managed-image-almalinux8.toml"),
             0,
             &[
                 ("pool.arm-image-id.format", "pass"),
@@ -94,7 +98,7 @@ fn each_rule_passes_and_fails_on_real_configs() {
         ),
         (
             "legacy-flat.yaml",
-            Some("contrib/gpu-ubuntu1604.toml"),
+            Some("contrib/legacy/gpu-ubuntu1604.toml"),
             0,
             &[
                 ("pool.image.exactly-one", "pass"),
@@ -177,7 +181,7 @@ fn each_rule_passes_and_fails_on_real_configs() {
         ),
         (
             "cpu-size-for-gpu-image.yaml",
-            Some("contrib/gpu-ubuntu1604.toml"),
+            Some("contrib/legacy/gpu-ubuntu1604.toml"),
             0,
             &[
                 ("pool.vm-size.gpu", "warn"),
@@ -186,7 +190,7 @@ fn each_rule_passes_and_fails_on_real_configs() {
         ),
         (
             "agent-mismatch.yaml",
-            Some("contrib/gpu-ubuntu1604.toml"),
+            Some("contrib/legacy/gpu-ubuntu1604.toml"),
             1,
             &[
                 ("pool.node-agent.matches-image", "fail"),
@@ -253,7 +257,7 @@ fn junit_report_lists_every_check() {
     let tmp = tempfile::tempdir().unwrap();
     let junit = tmp.path().join("report.xml");
     let r = run(imgforge()
-        .args(["pool", "check"])
+        .args(["pool", "check", "--legacy"])
         .arg(fixture("same-account.yaml"))
         .arg("--junit")
         .arg(&junit));
@@ -305,7 +309,7 @@ fn snippet_from(manifest: &str, record: &serde_json::Value) -> Run {
     let build_json = tmp.path().join("build.json");
     write(&build_json, &record.to_string());
     run(imgforge()
-        .args(["pool", "snippet"])
+        .args(["pool", "snippet", "--legacy"])
         .arg(repo().join(manifest))
         .arg("--from")
         .arg(&build_json))
@@ -316,8 +320,21 @@ fn snippet_roundtrip(manifest: &str, record: serde_json::Value) -> String {
     let build_json = tmp.path().join("build.json");
     write(&build_json, &record.to_string());
     let out = tmp.path().join("pool.yaml");
-    let r = run(imgforge()
+    // Without --legacy a VHD or managed image gets no pool: Batch retired both.
+    let refused = run(imgforge()
         .args(["pool", "snippet"])
+        .arg(repo().join(manifest))
+        .arg("--from")
+        .arg(&build_json));
+    assert_eq!(refused.code, 2, "{}", refused.all());
+    assert!(
+        refused.stderr.contains("since 2026-03-31"),
+        "{}",
+        refused.stderr
+    );
+    assert!(refused.stderr.contains("--legacy"), "{}", refused.stderr);
+    let r = run(imgforge()
+        .args(["pool", "snippet", "--legacy"])
         .arg(repo().join(manifest))
         .arg("--from")
         .arg(&build_json)
@@ -325,10 +342,17 @@ fn snippet_roundtrip(manifest: &str, record: serde_json::Value) -> String {
         .arg(&out));
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(std::fs::read_to_string(&out).unwrap(), r.stdout);
-    // The snippet alone is a valid pool config with no failure, and no warning
-    // but the one that tells the truth about a retired node agent.
+    assert!(r.stdout.starts_with("# Batch Shipyard"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("# LEGACY: Azure Batch creates no pool"),
+        "{}",
+        r.stdout
+    );
+    // The snippet alone is a valid pool config (by the rules of its time)
+    // with no failure, and no warning but the ones that tell the truth: the
+    // image source's retirement and a retired node agent's.
     let c = run(imgforge()
-        .args(["pool", "check", "--json", "--manifest"])
+        .args(["pool", "check", "--json", "--legacy", "--manifest"])
         .arg(repo().join(manifest))
         .arg(&out));
     assert_eq!(c.code, 0, "{}\n{}", r.stdout, c.all());
@@ -342,11 +366,14 @@ fn snippet_roundtrip(manifest: &str, record: serde_json::Value) -> String {
         .map(|f| f["id"].as_str().unwrap())
         .collect();
     let retired = text_of(manifest).contains("ubuntu-16.04");
-    let expected: &[&str] = if retired {
-        &["pool.node-agent.retired"]
-    } else {
-        &[]
-    };
+    let mut expected = vec![];
+    if r.stdout.contains("image_uris") {
+        expected.push("pool.schema.keys");
+    }
+    expected.push("pool.custom-image.gallery");
+    if retired {
+        expected.push("pool.node-agent.retired");
+    }
     assert_eq!(warned, expected, "{report:#}");
     r.stdout
 }
@@ -393,7 +420,10 @@ fn a_retired_node_agent_is_a_warning_with_its_date_and_what_to_use() {
 
 #[test]
 fn vhd_snippet_round_trips_through_pool_check() {
-    let text = snippet_roundtrip("contrib/gpu-ubuntu1604.toml", record(serde_json::json!({})));
+    let text = snippet_roundtrip(
+        "contrib/legacy/gpu-ubuntu1604.toml",
+        record(serde_json::json!({})),
+    );
     let doc: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
     let ci = &doc["pool_specification"]["vm_configuration"]["custom_image"];
     assert_eq!(ci["node_agent"], "batch.node.ubuntu 16.04");
@@ -412,7 +442,7 @@ fn vhd_snippet_round_trips_through_pool_check() {
 #[test]
 fn managed_image_snippet_round_trips_through_pool_check() {
     let text = snippet_roundtrip(
-        "contrib/managed-image-almalinux8.toml",
+        "contrib/legacy/managed-image-almalinux8.toml",
         record(serde_json::json!({
             "image": "managed-almalinux8",
             "target": "managed_image",
@@ -427,7 +457,7 @@ fn managed_image_snippet_round_trips_through_pool_check() {
 #[test]
 fn a_vhd_build_without_copies_has_no_snippet_yet() {
     let r = snippet_from(
-        "contrib/gpu-ubuntu1604.toml",
+        "contrib/legacy/gpu-ubuntu1604.toml",
         &record(serde_json::json!({
             "artifact": {"kind": "azure_vhd", "os_disk_uri": "https://imgforgebuild.blob.core.windows.net/system/Microsoft.Compute/Images/images/gpu-ubuntu1604-osDisk.1.vhd", "os_type": "Linux", "storage_account_location": "eastus"},
             "copies": [],
@@ -442,7 +472,7 @@ fn a_vhd_build_without_copies_has_no_snippet_yet() {
 fn only_a_succeeded_build_record_gives_a_snippet() {
     // A failed build's copies may be unverified or fail validation.
     let r = snippet_from(
-        "contrib/gpu-ubuntu1604.toml",
+        "contrib/legacy/gpu-ubuntu1604.toml",
         &record(serde_json::json!({"status": "failed", "failed_stage": "validate"})),
     );
     assert_eq!(r.code, 2, "{}", r.all());
@@ -455,7 +485,7 @@ fn only_a_succeeded_build_record_gives_a_snippet() {
     assert!(r.stderr.contains("build.json"), "{}", r.stderr);
     // Not a build record (a partial one, or another tool's JSON): refused, naming the file.
     let r = snippet_from(
-        "contrib/gpu-ubuntu1604.toml",
+        "contrib/legacy/gpu-ubuntu1604.toml",
         &serde_json::json!({"status": "succeeded", "copies": [{"url": "https://a.blob.core.windows.net/c/x.vhd"}]}),
     );
     assert_eq!(r.code, 2, "{}", r.all());
@@ -1136,11 +1166,11 @@ fn a_bad_credentials_file_is_named_with_its_key_and_fix() {
 #[test]
 fn a_platform_image_pool_says_what_it_is_and_checks_what_applies() {
     let r = run(imgforge()
-        .args(["pool", "check"])
+        .args(["pool", "check", "--legacy"])
         .arg(repo().join("tests/fixtures/pool/legacy-flat.yaml")));
     assert_eq!(r.code, 0, "{}", r.all());
     for want in [
-        "pool_specification (legacy flat form) names the marketplace image Canonical/ubuntu-24_04-lts/server-gen1",
+        "pool_specification (legacy flat form) names the marketplace image Canonical/ubuntu-24_04-lts/server",
         "the pool uses no custom image",
         "up to 12 nodes",
         "`batch.node.ubuntu 24.04` is not retired",
@@ -1165,7 +1195,7 @@ fn a_platform_image_pool_says_what_it_is_and_checks_what_applies() {
 fn a_snippet_from_a_record_whose_copy_carries_a_sas_holds_only_the_bare_url() {
     let mut rec = record(serde_json::json!({}));
     rec["copies"][0]["url"] = "https://imgforgerep1.blob.core.windows.net/images/gpu-ubuntu1604.vhd?sv=2024-08-04&sr=b&sp=r&sig=c2VjcmV0LXNpZ25hdHVyZQ%3D%3D".into();
-    let r = snippet_from("contrib/gpu-ubuntu1604.toml", &rec);
+    let r = snippet_from("contrib/legacy/gpu-ubuntu1604.toml", &rec);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(!r.stdout.contains("sig="), "{}", r.stdout);
     assert!(!r.all().contains("c2VjcmV0LXNpZ25hdHVyZQ"), "{}", r.all());
@@ -1175,4 +1205,277 @@ fn a_snippet_from_a_record_whose_copy_carries_a_sas_holds_only_the_bare_url() {
         "{}",
         r.stdout
     );
+}
+
+#[test]
+fn todays_rules_refuse_what_batch_and_shipyard_refuse() {
+    // The Shipyard 2.x fixtures, without --legacy: a VHD pool and a
+    // managed-image pool are what Batch retired on 2026-03-31; image_uris and
+    // the flat image form are keys Shipyard 3.0+'s schema refuses.
+    for (name, failed) in [
+        (
+            "good-vhd.yaml",
+            &["pool.custom-image.gallery", "pool.schema.keys"][..],
+        ),
+        ("good-arm.json", &["pool.custom-image.gallery"][..]),
+        ("legacy-flat.yaml", &["pool.schema.keys"][..]),
+    ] {
+        let r = run(imgforge()
+            .args(["pool", "check", "--json"])
+            .arg(fixture(name)));
+        assert_eq!(r.code, 1, "{name}: {}", r.all());
+        for id in failed {
+            let f = finding(&r, id);
+            assert_eq!(f["status"], "fail", "{name}: {f}");
+            assert!(f["hint"].as_str().unwrap().contains("--legacy"), "{f}");
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = tmp.path().join("pool.yaml");
+    let gallery =
+        "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/d";
+    let image = |id: &str| {
+        format!(
+            "  vm_configuration:\n    custom_image:\n      arm_image_id: {id}\n      node_agent: batch.node.ubuntu 24.04\n"
+        )
+    };
+    for (what, body, code, id, status) in [
+        (
+            "a gallery image version",
+            format!(
+                "pool_specification:\n  id: p\n{}  vm_size: Standard_D4ds_v5\n  vm_count:\n    dedicated: 4\n",
+                image(&format!("{gallery}/versions/1.0.0"))
+            ),
+            0,
+            "pool.custom-image.gallery",
+            "pass",
+        ),
+        (
+            "a gallery image definition (Batch takes its latest version)",
+            format!(
+                "pool_specification:\n  id: p\n{}  vm_size: Standard_D4ds_v5\n  vm_count:\n    dedicated: 4\n",
+                image(gallery)
+            ),
+            0,
+            "pool.arm-image-id.format",
+            "pass",
+        ),
+        (
+            "no id, no vm_count",
+            format!(
+                "pool_specification:\n{}  vm_size: Standard_D4ds_v5\n",
+                image(gallery)
+            ),
+            1,
+            "pool.schema.required",
+            "fail",
+        ),
+        (
+            "an integer vm_count",
+            format!(
+                "pool_specification:\n  id: p\n{}  vm_size: Standard_D4ds_v5\n  vm_count: 4\n",
+                image(gallery)
+            ),
+            1,
+            "pool.schema.types",
+            "fail",
+        ),
+        (
+            "an integer autoscale maximum",
+            format!(
+                "pool_specification:\n  id: p\n{}  vm_size: Standard_D4ds_v5\n  vm_count:\n    dedicated: 4\n  autoscale:\n    scenario:\n      name: pending_tasks\n      maximum_vm_count: 100\n",
+                image(gallery)
+            ),
+            1,
+            "pool.schema.types",
+            "fail",
+        ),
+        (
+            "a misspelt key",
+            format!(
+                "pool_specification:\n  id: p\n{}  vm_size: Standard_D4ds_v5\n  vm_count:\n    dedicated: 4\n  vm_sku: x\n",
+                image(gallery)
+            ),
+            1,
+            "pool.schema.keys",
+            "fail",
+        ),
+    ] {
+        write(&pool, &body);
+        let r = run(imgforge().args(["pool", "check", "--json"]).arg(&pool));
+        assert_eq!(r.code, code, "{what}: {}", r.all());
+        assert_eq!(finding(&r, id)["status"], status, "{what}: {}", r.stdout);
+    }
+}
+
+/// A succeeded gallery build of `manifest`, as its record says.
+fn gallery_record(image: &str) -> serde_json::Value {
+    let id = format!(
+        "/subscriptions/s1/resourceGroups/imgforge-images/providers/Microsoft.Compute/galleries/imgforge_gallery/images/{image}/versions/1.0.0"
+    );
+    record(serde_json::json!({
+        "image": image,
+        "target": "gallery",
+        "artifact": {"kind": "gallery_image_version", "id": id, "managed_image_id": null},
+        "copies": [],
+    }))
+}
+
+fn snippet_as(manifest: &Path, record: &serde_json::Value, format: &str) -> Run {
+    let tmp = tempfile::tempdir().unwrap();
+    let build_json = tmp.path().join("build.json");
+    write(&build_json, &record.to_string());
+    run(imgforge()
+        .args(["pool", "snippet", "--format", format])
+        .arg(manifest)
+        .arg("--from")
+        .arg(&build_json))
+}
+
+#[test]
+fn a_gallery_image_gets_a_pool_in_each_clients_form() {
+    let manifest = repo().join("contrib/gpu-ubuntu2404.toml");
+    let rec = gallery_record("gpu-ubuntu2404");
+    let id = rec["artifact"]["id"].as_str().unwrap().to_string();
+
+    // Batch Shipyard: the snippet alone passes today's rules, with no warning.
+    let r = snippet_as(&manifest, &rec, "shipyard");
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!r.stdout.contains("LEGACY"), "{}", r.stdout);
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = tmp.path().join("pool.yaml");
+    write(&pool, &r.stdout);
+    let c = run(imgforge()
+        .args(["pool", "check", "--json", "--manifest"])
+        .arg(&manifest)
+        .arg(&pool));
+    assert_eq!(c.code, 0, "{}\n{}", r.stdout, c.all());
+    let report: serde_json::Value = serde_json::from_str(&c.stdout).unwrap();
+    assert_eq!(report["summary"]["fail"], 0, "{report:#}");
+    assert_eq!(report["summary"]["warn"], 0, "{report:#}");
+
+    // Batch's REST body: only properties of the 2025-06-01 pool-add body
+    // (tests/fixtures/batch/pool-add-2025-06-01.json names them and its source).
+    let r = snippet_as(&manifest, &rec, "batch-json");
+    assert_eq!(r.code, 0, "{}", r.all());
+    let body: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/batch/pool-add-2025-06-01.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let known = |path: &str| spec["properties"][path].is_string();
+    let mut paths = Vec::new();
+    fn walk(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+        if let Some(m) = v.as_object() {
+            for (k, x) in m {
+                let p = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                out.push(p.clone());
+                walk(x, p, out);
+            }
+        }
+    }
+    walk(&body, String::new(), &mut paths);
+    for p in &paths {
+        assert!(
+            known(p),
+            "`{p}` is not a property of Batch's pool body: {body:#}"
+        );
+    }
+    for required in spec["required"].as_array().unwrap() {
+        let r = required.as_str().unwrap();
+        assert!(paths.iter().any(|p| p == r), "{r} missing: {body:#}");
+    }
+    assert_eq!(
+        body["virtualMachineConfiguration"]["imageReference"]["virtualMachineImageId"],
+        id.as_str()
+    );
+    assert_eq!(
+        body["virtualMachineConfiguration"]["nodeAgentSKUId"],
+        "batch.node.ubuntu 24.04"
+    );
+    assert_eq!(body["targetNodeCommunicationMode"], "simplified");
+    // 600 nodes at most: autoscale to that, and 15 minutes per 1,000 nodes.
+    assert_eq!(body["enableAutoScale"], true);
+    assert!(
+        body["autoScaleFormula"]
+            .as_str()
+            .unwrap()
+            .contains("min(600,"),
+        "{body:#}"
+    );
+    assert_eq!(body["resizeTimeout"], "PT15M");
+    assert!(body.get("securityProfile").is_none());
+
+    for (format, needles) in [
+        (
+            "bicep",
+            &[
+                "'Microsoft.Batch/batchAccounts/pools@2025-06-01'",
+                "nodeAgentSkuId: 'batch.node.ubuntu 24.04'",
+                "targetNodeCommunicationMode: 'Simplified'",
+                "autoScale: {",
+            ][..],
+        ),
+        (
+            "terraform",
+            &[
+                "resource \"azurerm_batch_pool\" \"pool_gpu_ubuntu2404\"",
+                "node_agent_sku_id              = \"batch.node.ubuntu 24.04\"",
+                "storage_image_reference {",
+                "auto_scale {",
+            ][..],
+        ),
+    ] {
+        let r = snippet_as(&manifest, &rec, format);
+        assert_eq!(r.code, 0, "{format}: {}", r.all());
+        assert!(r.stdout.contains(&id), "{format}: {}", r.stdout);
+        for n in needles {
+            assert!(r.stdout.contains(n), "{format}: {n}\n{}", r.stdout);
+        }
+    }
+
+    // A TrustedLaunch definition runs only Trusted Launch VMs: Batch's forms
+    // ask for them; Shipyard's pool.yaml cannot, so it is refused.
+    let tl = tmp.path().join("tl.toml");
+    write(
+        &tl,
+        &std::fs::read_to_string(&manifest).unwrap().replace(
+            "version = \"1.0.0\"\n",
+            "version = \"1.0.0\"\nsecurity_type = \"trusted_launch\"\n",
+        ),
+    );
+    let r = snippet_as(&tl, &rec, "shipyard");
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("no security profile"), "{}", r.stderr);
+    let r = snippet_as(&tl, &rec, "batch-json");
+    let body: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        body["virtualMachineConfiguration"]["securityProfile"]["securityType"],
+        "trustedLaunch"
+    );
+    let r = snippet_as(&tl, &rec, "terraform");
+    assert!(
+        r.stdout
+            .contains("security_type           = \"trustedLaunch\""),
+        "{}",
+        r.stdout
+    );
+
+    // A VHD build: Batch's own API has no VHD source at all, even with --legacy.
+    let r = run(imgforge()
+        .args(["pool", "snippet", "--legacy", "--format", "batch-json"])
+        .arg(repo().join("contrib/legacy/gpu-ubuntu1604.toml"))
+        .arg("--from")
+        .arg({
+            let f = tmp.path().join("vhd.json");
+            write(&f, &record(serde_json::json!({})).to_string());
+            f
+        }));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("osDisk.imageUris"), "{}", r.stderr);
 }

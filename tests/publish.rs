@@ -85,7 +85,8 @@ fn version_id() -> String {
 #[test]
 fn plan_shows_replicas_per_region_from_the_pool_size() {
     let tmp = tempfile::tempdir().unwrap();
-    for (nodes, replicas) in [(1, 3), (60, 3), (2000, 40), (10_000, 100)] {
+    // Batch's rule: one replica per 300 pool nodes, at least one, at most 100.
+    for (nodes, replicas) in [(1, 1), (60, 1), (3000, 10), (3001, 11), (40_000, 100)] {
         let m = manifest(tmp.path(), "", &format!("dedicated = {nodes}"));
         let r = run(imgforge().arg("plan").arg(&m).arg("--json"));
         assert_eq!(r.code, 0, "{}", r.all());
@@ -111,7 +112,9 @@ fn plan_shows_replicas_per_region_from_the_pool_size() {
     assert_eq!(text.code, 0, "{}", text.all());
     assert!(
         text.stdout.contains("REPLICAS")
-            && text.stdout.contains("1000 nodes / 50 per replica")
+            && text
+                .stdout
+                .contains("ceil(1000 nodes / 300 per replica) = 4")
             && text.stdout.contains("(the Batch account's region)")
             && text.stdout.contains("Hyper-V generation V2"),
         "{}",
@@ -161,7 +164,17 @@ fn a_vhd_becomes_a_managed_image_and_a_gallery_version_and_a_rerun_keeps_them() 
         json!({"publisher": "imgforge", "offer": "pub-debian12", "sku": "debian-12"})
     );
     assert_eq!(definition["properties"]["hyperVGeneration"], "V2");
+    // Said, not left to the API version's default.
+    assert_eq!(
+        definition["properties"]["features"],
+        json!([{"name": "SecurityType", "value": "TrustedLaunchSupported"}])
+    );
     let version = rp.resource(&version_id()).unwrap();
+    let profile = &version["properties"]["publishingProfile"];
+    assert_eq!(profile["excludeFromLatest"], false);
+    for r in profile["targetRegions"].as_array().unwrap() {
+        assert_eq!(r["storageAccountType"], "Standard_LRS", "{r}");
+    }
     let regions: Vec<(String, u64)> = version["properties"]["publishingProfile"]["targetRegions"]
         .as_array()
         .unwrap()
@@ -173,7 +186,8 @@ fn a_vhd_becomes_a_managed_image_and_a_gallery_version_and_a_rerun_keeps_them() 
             )
         })
         .collect();
-    assert_eq!(regions, vec![("westus2".into(), 40), ("eastus".into(), 40)]);
+    // 2,000 nodes: ceil(2000 / 300) = 7 per region.
+    assert_eq!(regions, vec![("westus2".into(), 7), ("eastus".into(), 7)]);
     assert_eq!(
         version["properties"]["storageProfile"]["osDiskImage"]["source"]["storageAccountId"],
         format!(
@@ -281,7 +295,30 @@ fn refusals_name_the_cause_and_the_fix() {
     );
     let r = publish_cmd(&az, &arm, &m, &vhd);
     assert_eq!(r.code, 2, "{}", r.all());
-    assert!(r.stderr.contains("Trusted Launch"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("its versions run only on Trusted Launch VMs")
+            && r.stderr.contains("security_type = \"trusted_launch\""),
+        "{}",
+        r.stderr
+    );
+
+    // TrustedLaunchSupported (what definitions made with gallery API
+    // 2025-03-03 default to) runs standard VMs too: it is used, not refused.
+    let arm = ArmReplay::start_with(
+        ArmExpect::env_principal(),
+        Knobs {
+            definitions: vec![(
+                GROUP.into(),
+                "imgforge_gallery".into(),
+                "debian12-batch".into(),
+                json!({"hyperVGeneration": "V2", "features": [{"name": "SecurityType", "value": "TrustedLaunchSupported"}]}),
+            )],
+            ..Knobs::default()
+        },
+    );
+    let r = publish_cmd(&az, &arm, &m, &vhd);
+    assert_eq!(r.code, 0, "{}", r.all());
 
     // A Generation 1 definition for a Generation 2 image.
     let arm = ArmReplay::start_with(
@@ -469,7 +506,7 @@ fn the_stand_in_checks_bodies_as_the_service_does() {
     assert!(a.headers.iter().any(|(k, _)| k == "Azure-AsyncOperation"));
 
     let version = format!(
-        "/subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Compute/galleries/imgforge_gallery/images/absent/versions/1.0.0?api-version=2024-03-03"
+        "/subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Compute/galleries/imgforge_gallery/images/absent/versions/1.0.0?api-version=2025-03-03"
     );
     let a = put(
         &version,
@@ -520,6 +557,11 @@ fn the_stand_in_checks_bodies_as_the_service_does() {
             "other",
             "does not match",
         ),
+        (
+            json!([{"name": "westus2", "regionalReplicaCount": 3, "storageAccountType": "Premium_ZRS"}]),
+            "imgcopy0",
+            "'Premium_ZRS' of parameter 'storageAccountType' is invalid",
+        ),
     ] {
         let a = put(&version, &version_body(regions, account));
         assert!(a.body.contains(says), "{}", a.body);
@@ -532,6 +574,35 @@ fn the_stand_in_checks_bodies_as_the_service_does() {
         ),
     );
     assert!(a.status.starts_with("201"), "{}", a.body);
+
+    // Gallery API 2025-03-03: a Generation 2 definition made without a
+    // SecurityType feature is TrustedLaunchSupported; Trusted Launch on a
+    // Generation 1 definition is refused.
+    let gen2 = definition.replace("/images/absent", "/images/gen2");
+    let a = put(
+        &gen2,
+        &json!({"location": "westus2", "properties": {"osType": "Linux", "osState": "Generalized",
+            "hyperVGeneration": "V2", "identifier": {"publisher": "p", "offer": "o", "sku": "s2"}}})
+        .to_string(),
+    );
+    assert!(a.status.starts_with("201"), "{}", a.body);
+    let made = rp.resource(gen2.split('?').next().unwrap()).unwrap();
+    assert_eq!(
+        made["properties"]["features"],
+        json!([{"name": "SecurityType", "value": "TrustedLaunchSupported"}])
+    );
+    let a = put(
+        &definition.replace("/images/absent", "/images/gen1tl"),
+        &json!({"location": "westus2", "properties": {"osType": "Linux", "osState": "Generalized",
+            "hyperVGeneration": "V1", "identifier": {"publisher": "p", "offer": "o", "sku": "s3"},
+            "features": [{"name": "SecurityType", "value": "TrustedLaunch"}]}})
+        .to_string(),
+    );
+    assert!(
+        a.status.starts_with("400") && a.body.contains("need HyperVGeneration V2"),
+        "{}",
+        a.body
+    );
 }
 
 /// A Batch Shipyard credentials file for the stand-ins: the Batch account
@@ -614,7 +685,7 @@ fn pool_check_online_follows_a_published_image_to_the_batch_accounts_region() {
         image["message"]
             .as_str()
             .unwrap()
-            .contains("is replicated to westus2: 3 replica(s), Completed"),
+            .contains("is replicated to westus2: 1 replica(s), Completed"),
         "{image}"
     );
     assert_eq!(f["pool.online.batch-auth"]["status"], "pass", "{f}");
@@ -650,12 +721,48 @@ fn pool_check_online_follows_a_published_image_to_the_batch_accounts_region() {
         "{image}"
     );
 
-    // The managed image lives in westus2 only.
+    // An image in another subscription than the Batch account's.
+    let elsewhere = arm_pool(
+        tmp.path(),
+        &version_id().replace(ARM_SUBSCRIPTION, "00000000-1111-2222-3333-444444444444"),
+        "batch.node.ubuntu 24.04",
+    );
+    let (r, f) = pool_check(&arm, &elsewhere, &creds, &[]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    let image = &f["pool.online.arm-image"];
+    assert!(
+        image["message"].as_str().unwrap().contains(
+            "is in subscription 00000000-1111-2222-3333-444444444444, the Batch account in"
+        ),
+        "{image}"
+    );
+    // The definition alone: Batch takes its latest version.
+    let definition = arm_pool(
+        tmp.path(),
+        version_id().rsplit_once("/versions/").unwrap().0,
+        "batch.node.ubuntu 24.04",
+    );
+    let (r, f) = pool_check(&arm, &definition, &creds, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let image = &f["pool.online.arm-image"];
+    assert_eq!(image["status"], "warn", "{image}");
+    assert!(
+        image["message"]
+            .as_str()
+            .unwrap()
+            .contains("latest version"),
+        "{image}"
+    );
+
+    // The managed image (legacy: no pool since 2026-03-31) lives in westus2 only.
     let managed = arm_pool(tmp.path(), &image_id, "batch.node.ubuntu 24.04");
     let (r, f) = pool_check(&arm, &managed, &creds, &[]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_eq!(f["pool.custom-image.gallery"]["status"], "fail", "{f}");
+    let (r, f) = pool_check(&arm, &managed, &creds, &["--legacy"]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(f["pool.online.arm-image"]["status"], "pass", "{f}");
-    let (_, f) = pool_check(&arm, &managed, &creds, &["--region", "eastus"]);
+    let (_, f) = pool_check(&arm, &managed, &creds, &["--legacy", "--region", "eastus"]);
     let image = &f["pool.online.arm-image"];
     assert_eq!(image["status"], "fail", "{image}");
     assert!(

@@ -50,6 +50,12 @@ fn with_target(manifest: &Path, target: &str, dir: &Path) -> std::path::PathBuf 
         }
         _ => unreachable!(),
     }
+    // A managed image serves only its own region's Batch account.
+    if target == "managed_image"
+        && let Some(r) = doc.get_mut("replicate").and_then(|r| r.as_table_mut())
+    {
+        r.remove("region");
+    }
     let path = dir.join(format!("{name}-{target}.toml"));
     write(&path, &toml::to_string(&doc).unwrap());
     path
@@ -167,7 +173,7 @@ fn every_contrib_manifest_and_target_renders_validates_and_passes_shellcheck() {
 #[test]
 fn rendering_is_deterministic() {
     let tmp = tempfile::tempdir().unwrap();
-    let m = repo().join("contrib/gpu-ubuntu1604.toml");
+    let m = repo().join("contrib/legacy/gpu-ubuntu1604.toml");
     for out in ["a", "b"] {
         let r = run(imgforge()
             .arg("render")
@@ -256,7 +262,7 @@ fn run_with_stubs(script: &Path, stubs: &[&str], cwd: &Path) -> (Run, String) {
 #[test]
 fn firewall_script_opens_the_batch_ports_and_the_manifest_extras() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = render_contrib("contrib/gpu-ubuntu1604.toml", tmp.path());
+    let out = render_contrib("contrib/legacy/gpu-ubuntu1604.toml", tmp.path());
     let (r, calls) = run_with_stubs(
         &out.join("scripts/70-firewall.sh"),
         &["ufw", "apt-get", "grep", "sed", "systemctl"],
@@ -292,26 +298,28 @@ fn firewall_script_opens_the_batch_ports_and_the_manifest_extras() {
 #[test]
 fn firewalld_script_opens_the_batch_ports() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = render_contrib("contrib/managed-image-almalinux8.toml", tmp.path());
+    let out = render_contrib("contrib/legacy/managed-image-almalinux8.toml", tmp.path());
     let (r, calls) = run_with_stubs(
         &out.join("scripts/70-firewall.sh"),
         &["firewall-offline-cmd", "dnf", "systemctl"],
         tmp.path(),
     );
     assert_eq!(r.code, 0, "{}", r.all());
-    for port in ["22", "29876", "29877", "8080"] {
+    for port in ["22", "8080"] {
         assert!(
             calls.contains(&format!("[--add-port={port}/tcp]")),
             "{port}:\n{calls}"
         );
     }
+    // The classic node communication ports only where a manifest lists them.
+    assert!(!calls.contains("29876"), "{calls}");
     assert!(calls.contains("systemctl [enable] [firewalld]"), "{calls}");
 }
 
 #[test]
 fn docker_stays_disabled_at_boot_when_its_data_root_is_ephemeral() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = render_contrib("contrib/gpu-ubuntu1604.toml", tmp.path());
+    let out = render_contrib("contrib/legacy/gpu-ubuntu1604.toml", tmp.path());
     let plan: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("imgforge-plan.json")).unwrap()).unwrap();
     assert_eq!(plan["docker"]["data_root"], "/mnt/docker");
@@ -365,7 +373,7 @@ fn glob_characters_in_a_package_pin_reach_the_package_manager_literally() {
 fn plan_json_is_the_template_context_and_holds_no_secret() {
     let r = run(imgforge()
         .args(["plan", "--json"])
-        .arg(repo().join("contrib/gpu-ubuntu1604.toml")));
+        .arg(repo().join("contrib/legacy/gpu-ubuntu1604.toml")));
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!r.all().contains(CANARY));
     let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
@@ -382,7 +390,7 @@ fn plan_json_is_the_template_context_and_holds_no_secret() {
 
     let text = run(imgforge()
         .arg("plan")
-        .arg(repo().join("contrib/gpu-ubuntu1604.toml")));
+        .arg(repo().join("contrib/legacy/gpu-ubuntu1604.toml")));
     assert_eq!(text.code, 0);
     assert!(text.stdout.contains("2 VHD copies"), "{}", text.stdout);
     assert!(text.stdout.contains("batch.node.ubuntu 16.04"));
@@ -392,13 +400,10 @@ fn plan_json_is_the_template_context_and_holds_no_secret() {
 fn windows_images_open_rdp_instead_of_ssh() {
     let r = run(imgforge()
         .args(["plan", "--json"])
-        .arg(repo().join("contrib/windows-2019.toml")));
+        .arg(repo().join("contrib/legacy/windows-2019.toml")));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
-    assert_eq!(
-        plan["firewall"]["inbound_tcp"],
-        serde_json::json!([3389, 29876, 29877])
-    );
+    assert_eq!(plan["firewall"]["inbound_tcp"], serde_json::json!([3389]));
     assert_eq!(plan["pool"]["vms_per_vhd"], 20);
     assert_eq!(plan["pool"]["vhd_copies"], 3);
 }
@@ -406,7 +411,7 @@ fn windows_images_open_rdp_instead_of_ssh() {
 #[test]
 fn in_vm_checks_run_last_before_deprovisioning_and_can_be_left_out() {
     let tmp = tempfile::tempdir().unwrap();
-    let m = repo().join("contrib/gpu-ubuntu1604.toml");
+    let m = repo().join("contrib/legacy/gpu-ubuntu1604.toml");
     let out = tmp.path().join("with");
     assert_eq!(
         run(imgforge().arg("render").arg(&m).arg("-o").arg(&out)).code,
@@ -432,7 +437,7 @@ fn in_vm_checks_run_last_before_deprovisioning_and_can_be_left_out() {
 #[test]
 fn in_vm_checks_fail_the_build_with_shipyards_messages() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = render_contrib("contrib/gpu-ubuntu1604.toml", tmp.path());
+    let out = render_contrib("contrib/legacy/gpu-ubuntu1604.toml", tmp.path());
     // This machine has no NVIDIA driver: the GPU checks must fail, and say so as
     // Batch Shipyard's node preparation would. Services are stubbed so nothing starts.
     let (r, calls) = run_with_stubs(
@@ -459,7 +464,7 @@ fn in_vm_checks_fail_the_build_with_shipyards_messages() {
 fn hardware_checks_are_skipped_on_a_build_vm_without_the_hardware() {
     let r = run(imgforge()
         .args(["plan", "--json"])
-        .arg(repo().join("contrib/glusterfs-ubuntu1804.toml")));
+        .arg(repo().join("contrib/legacy/glusterfs-ubuntu1804.toml")));
     let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert!(
         plan["features"]
@@ -495,7 +500,7 @@ fn hardware_checks_are_skipped_on_a_build_vm_without_the_hardware() {
 fn a_published_image_is_sized_by_gallery_replicas_not_vhd_copies() {
     let text = run(imgforge()
         .arg("plan")
-        .arg(repo().join("contrib/gallery-debian12.toml")));
+        .arg(repo().join("contrib/gpu-ubuntu2404.toml")));
     assert_eq!(text.code, 0, "{}", text.stderr);
     let pool = text
         .stdout
@@ -503,9 +508,36 @@ fn a_published_image_is_sized_by_gallery_replicas_not_vhd_copies() {
         .find(|l| l.starts_with("pool "))
         .unwrap_or_default();
     assert!(
-        pool.contains("up to 500 nodes")
-            && pool.contains("gallery replicas at 50 nodes per replica"),
+        pool.contains("up to 600 nodes") && pool.contains("gallery replicas, one per 300 nodes"),
         "{pool}"
+    );
+    // Batch's rule, the arithmetic shown, and the Batch account's region
+    // added to the target regions although the manifest lists it only in [replicate].
+    let row = |region: &str| {
+        text.stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(region))
+            .unwrap_or_default()
+            .to_string()
+    };
+    for region in ["eastus", "westus2"] {
+        let r = row(region);
+        assert!(
+            r.contains(" 2  Standard_LRS  ceil(600 nodes / 300 per replica) = 2"),
+            "{region}: {r}\n{}",
+            text.stdout
+        );
+    }
+    assert!(
+        row("westus2").contains("(the Batch account's region)"),
+        "{}",
+        text.stdout
+    );
+    assert!(
+        text.stdout
+            .contains("security type trusted_launch_supported"),
+        "{}",
+        text.stdout
     );
     assert!(!text.stdout.contains("VHD cop"), "{}", text.stdout);
 }

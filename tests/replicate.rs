@@ -404,7 +404,7 @@ fn with_a_manifest_each_copy_is_validated_remotely() {
         "Microsoft.Compute/Images/images/gpu-osDisk.9.vhd",
     );
     az.oracle(&["create", &source, vhd.to_str().unwrap()]);
-    let manifest = repo().join("contrib/gpu-ubuntu1604.toml");
+    let manifest = repo().join("contrib/legacy/gpu-ubuntu1604.toml");
     let r = run(imgforge_for(&az)
         .args(["replicate", "--json", "--source", &source])
         .arg(&manifest));

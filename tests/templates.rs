@@ -33,7 +33,7 @@ fn exported_templates_render_exactly_like_the_built_ins() {
     let again = run(imgforge().args(["templates", "export"]).arg(&exported));
     assert_eq!(again.code, 2, "{}", again.all());
 
-    let m = repo().join("contrib/gpu-ubuntu1604.toml");
+    let m = repo().join("contrib/legacy/gpu-ubuntu1604.toml");
     assert_eq!(render(&m, None, &tmp.path().join("a")).code, 0);
     let r = render(&m, Some(&exported), &tmp.path().join("b"));
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -48,7 +48,7 @@ fn an_override_replaces_only_its_own_file() {
         &overrides.join("scripts/50-nfs.sh.tera"),
         "#!/usr/bin/env bash\n{% include \"scripts/_common.sh.tera\" %}\nstep \"site NFS setup for \"{{ image | sh }}\n",
     );
-    let m = repo().join("contrib/gpu-ubuntu1604.toml");
+    let m = repo().join("contrib/legacy/gpu-ubuntu1604.toml");
     let r = render(&m, Some(&overrides), &tmp.path().join("out"));
     assert_eq!(r.code, 0, "{}", r.stderr);
     let nfs = std::fs::read_to_string(tmp.path().join("out/scripts/50-nfs.sh")).unwrap();
@@ -178,7 +178,7 @@ fn dry_run_renders_validates_with_real_packer_and_records_the_build() {
     let r = run(imgforge()
         .args(["build", "--dry-run", "--json", "--out"])
         .arg(&dir)
-        .arg(repo().join("contrib/gpu-ubuntu1604.toml")));
+        .arg(repo().join("contrib/legacy/gpu-ubuntu1604.toml")));
     assert_eq!(r.code, 0, "{}", r.all());
     let doc: serde_json::Value =
         serde_json::from_str(&r.stdout).expect("one JSON document on stdout");
@@ -211,12 +211,13 @@ fn dry_run_reports_packers_own_validation_error() {
     assert_eq!(builtin.code, 0);
     let path = overrides.join("packer/azure-arm.json.tera");
     let text = std::fs::read_to_string(&path).unwrap();
-    // Drop the capture container: Packer itself must reject the template.
-    let broken: String = text
-        .lines()
-        .filter(|l| !l.contains("capture_container_name"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    // Misspell the managed image's resource group key (Packer's step on the
+    // way to the gallery): Packer itself must reject the template.
+    let broken = text.replace(
+        "\"managed_image_resource_group_name\":",
+        "\"managed_image_resource_grp\":",
+    );
+    assert_ne!(broken, text);
     write(&path, &broken);
     let dir = tmp.path().join("build");
     let r = run(imgforge()
@@ -227,7 +228,11 @@ fn dry_run_reports_packers_own_validation_error() {
         .arg(repo().join("contrib/base-ubuntu2204.toml")));
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stderr.contains("packer validate"), "{}", r.stderr);
-    assert!(r.stderr.contains("capture_container_name"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("managed_image_resource_grp"),
+        "{}",
+        r.stderr
+    );
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("build.json")).unwrap()).unwrap();
     assert_eq!(record["status"], "failed");
@@ -235,7 +240,7 @@ fn dry_run_reports_packers_own_validation_error() {
         record["error"]
             .as_str()
             .unwrap()
-            .contains("capture_container_name")
+            .contains("managed_image_resource_grp")
     );
 }
 

@@ -21,7 +21,7 @@ use crate::util::text::normalize_region;
 /// The public cloud's Resource Manager; sovereign clouds name their own.
 pub const PUBLIC_ENDPOINT: &str = "https://management.azure.com";
 const STORAGE_API_VERSION: &str = "2023-05-01";
-const BATCH_API_VERSION: &str = "2024-07-01";
+const BATCH_API_VERSION: &str = "2025-06-01";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArmError {

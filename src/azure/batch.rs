@@ -24,8 +24,8 @@ use serde_json::Value;
 use crate::azure::entra::ServicePrincipal;
 use crate::azure::http::require_secure;
 
-/// Batch's data-plane API version (the stable 2024-07 one).
-pub const API_VERSION: &str = "2024-07-01.20.0";
+/// Batch's data-plane API version: 2025-06-01 (versions before it are on Batch's retirement list, Azure/Batch issue 140).
+pub const API_VERSION: &str = "2025-06-01";
 /// Batch's Entra resource in the public cloud; Batch Shipyard's
 /// `credentials.batch.aad.endpoint` names a sovereign cloud's.
 pub const PUBLIC_RESOURCE: &str = "https://batch.core.windows.net/";

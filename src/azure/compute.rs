@@ -6,8 +6,8 @@
 //! and takes minutes to compile; what imgforge needs is six calls.
 //!
 //! - `PUT …/providers/Microsoft.Compute/images/{name}?api-version=2024-07-01`
-//! - `PUT …/galleries/{g}/images/{def}?api-version=2024-03-03`
-//! - `PUT …/galleries/{g}/images/{def}/versions/{v}?api-version=2024-03-03`
+//! - `PUT …/galleries/{g}/images/{def}?api-version=2025-03-03`
+//! - `PUT …/galleries/{g}/images/{def}/versions/{v}?api-version=2025-03-03`
 //! - `GET` of each (404: absent), the version with `$expand=ReplicationStatus`
 //!
 //! A PUT answers 200/201 with `provisioningState` and, while Azure works,
@@ -26,7 +26,7 @@ use crate::util::text::encode_component;
 /// api-version of Microsoft.Compute/images.
 pub const IMAGES_API: &str = "2024-07-01";
 /// api-version of Microsoft.Compute/galleries (Compute Gallery RP).
-pub const GALLERY_API: &str = "2024-03-03";
+pub const GALLERY_API: &str = "2025-03-03";
 
 /// How long to wait for a long-running operation, and how to report it.
 pub struct Wait<'a> {
@@ -268,16 +268,40 @@ async fn sleep_or_cancel(d: Duration, cancel: &AtomicBool) -> Result<(), ()> {
     }
 }
 
-/// An image definition's security type when it is one Batch pools cannot
-/// use (Trusted Launch or Confidential VM), from `properties.features`.
+/// An image definition's security type, from its `SecurityType` feature in
+/// `properties.features` (`None`: no feature, a standard definition):
+/// `TrustedLaunchSupported`, `TrustedLaunch`, `ConfidentialVM`, …
 pub fn security_type(definition: &Value) -> Option<String> {
     definition["properties"]["features"]
         .as_array()?
         .iter()
         .filter(|f| f["name"].as_str() == Some("SecurityType"))
         .filter_map(|f| f["value"].as_str())
-        .find(|v| v.starts_with("TrustedLaunch") || v.starts_with("Confidential"))
+        .find(|v| !v.eq_ignore_ascii_case("Standard"))
         .map(str::to_string)
+}
+
+/// Which VMs an image definition's versions run, by security type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunsOn {
+    /// Standard VMs (and Trusted Launch VMs where `TrustedLaunchSupported`).
+    Standard,
+    /// Trusted Launch VMs only: the pool needs securityProfile trustedLaunch.
+    TrustedLaunchOnly,
+    /// Confidential VMs only.
+    ConfidentialOnly,
+}
+
+pub fn runs_on(security_type: Option<&str>) -> RunsOn {
+    match security_type {
+        None => RunsOn::Standard,
+        Some(t) if t.eq_ignore_ascii_case("TrustedLaunchSupported") => RunsOn::Standard,
+        Some(t) if t.eq_ignore_ascii_case("TrustedLaunchAndConfidentialVmSupported") => {
+            RunsOn::Standard
+        }
+        Some(t) if t.to_ascii_lowercase().starts_with("confidential") => RunsOn::ConfidentialOnly,
+        Some(_) => RunsOn::TrustedLaunchOnly,
+    }
 }
 
 /// Per region, how far a gallery version's replication got:

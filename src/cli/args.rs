@@ -6,9 +6,9 @@ use clap::{Args, Parser, Subcommand};
 
 const AFTER_HELP: &str = "\
 Examples:
-  imgforge plan contrib/gpu-ubuntu1604.toml             what will be built
-  imgforge build contrib/gpu-ubuntu1604.toml --dry-run  plan, render and `packer validate`
-  imgforge build contrib/gpu-ubuntu1604.toml --json     the whole pipeline, one JSON result
+  imgforge plan contrib/gpu-ubuntu2404.toml             what will be built
+  imgforge build contrib/gpu-ubuntu2404.toml --dry-run  plan, render and `packer validate`
+  imgforge build contrib/gpu-ubuntu2404.toml --json     the whole pipeline, one JSON result
   imgforge build M.toml --resume .imgforge/builds/<dir> continue after a failure or Ctrl-C
   imgforge status .imgforge/builds/<dir>                what happened, stage by stage
   imgforge validate disk.vhd --manifest M.toml          check an image without booting it
@@ -80,27 +80,28 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show what a manifest will build: distro, features, ports, scripts, VHD copies.
+    /// Show what a manifest will build: distro, features, ports, scripts, gallery replicas.
     #[command(after_help = "\
 Examples:
-  imgforge plan contrib/gpu-ubuntu1604.toml            distro, features, ports, scripts, pool, warnings
-  imgforge plan contrib/gallery-debian12.toml          with the replica table (REGION, REPLICAS, WHY)
-  imgforge plan m.toml --json | jq .firewall           the data the templates see")]
+  imgforge plan contrib/gpu-ubuntu2404.toml     distro, features, ports, scripts, pool, warnings,
+                                                the replica table (REGION, REPLICAS, STORAGE, WHY)
+  imgforge plan m.toml --json | jq .firewall    the data the templates see")]
     Plan(PlanArgs),
     /// Render packer.json and the provisioner scripts into a directory.
     #[command(after_help = "\
 Examples:
-  imgforge render contrib/gpu-ubuntu1604.toml -o out/             packer.json and scripts/
+  imgforge render contrib/gpu-ubuntu2404.toml -o out/               packer.json and scripts/
   imgforge render m.toml -o out/ --templates my-templates/ --force  with template overrides
 
 Environment: IMGFORGE_TEMPLATES (as --templates).")]
     Render(RenderArgs),
-    /// The whole pipeline: render, packer validate, packer build, capture, replicate,
-    /// validate the copies, pool snippet (--dry-run stops after packer validate).
+    /// The whole pipeline: render, packer validate, packer build, capture, validate,
+    /// (local builds) boot check, publish to the gallery (or the legacy VHD copies),
+    /// the pool files (--dry-run stops after packer validate).
     #[command(after_help = "\
 Examples:
-  imgforge build contrib/local-debian12.toml --no-replicate   a real image on this machine
-  imgforge build contrib/gpu-ubuntu1604.toml --dry-run --allow-retired   render + packer validate only
+  imgforge build contrib/local-debian12.toml --no-publish     a real image on this machine
+  imgforge build contrib/gpu-ubuntu2404.toml --dry-run        render + packer validate only
   imgforge build m.toml --json > result.json                   one JSON document (pipelines)
   imgforge build m.toml --resume .imgforge/builds/<dir>        continue after a failure or Ctrl-C
 
@@ -300,7 +301,7 @@ pub struct InitArgs {
     /// azure-arm (Packer builds on an Azure VM) or local (this machine; debian-12).
     #[arg(long, default_value = "azure-arm", value_parser = ["azure-arm", "local"])]
     pub builder: String,
-    /// gallery, managed_image or vhd [default: gallery, vhd for --builder local].
+    /// gallery (the default: what Batch pools use), or the legacy managed_image / vhd.
     #[arg(long, value_parser = ["gallery", "managed_image", "vhd"])]
     pub target: Option<String>,
     /// The NVIDIA driver and container toolkit.
@@ -328,16 +329,30 @@ fn distro_keys() -> clap::builder::PossibleValuesParser {
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
     /// Print the pool_specification.vm_configuration block that uses a build's image.
+    ///
+    /// The image is named by its gallery image version id. A build whose image
+    /// is a VHD or a managed image makes no pool (Azure Batch retired both
+    /// sources on 2026-03-31): refused unless --legacy.
     #[command(after_help = "\
 Examples:
   imgforge pool snippet m.toml --from .imgforge/builds/<dir>/build.json
-  imgforge pool snippet m.toml --from build.json -o pool-snippet.yaml")]
+  imgforge pool snippet m.toml --from build.json --format batch-json -o pool.json
+  az batch pool create --json-file pool.json
+  imgforge pool snippet m.toml --from build.json --format bicep -o pool.bicep
+  imgforge pool snippet m.toml --from build.json --format terraform -o pool.tf")]
     Snippet {
         /// The feature manifest the image was built from.
         manifest: PathBuf,
         /// The build record (build.json) of a finished build.
         #[arg(long, value_name = "BUILD_JSON")]
         from: PathBuf,
+        /// Which client the pool is for.
+        #[arg(long, value_enum, default_value = "shipyard")]
+        format: crate::pool::output::PoolFormat,
+        /// Write the pool for a VHD (image_uris, Batch Shipyard's form only) or
+        /// a managed image anyway: for pools made before 2026-03-31.
+        #[arg(long)]
+        legacy: bool,
         /// Also write the snippet to this file.
         #[arg(short, long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -385,6 +400,10 @@ IMGFORGE_STORAGE_KEY_<ACCOUNT> for the blobs.")]
         /// [default: the credentials file's batch.account_service_url].
         #[arg(long, value_name = "URL", env = "IMGFORGE_BATCH_URL")]
         account_url: Option<String>,
+        /// Check a file for a pool made before 2026-03-31: VHD image_uris, a
+        /// managed image and Batch Shipyard 2.x's flat form warn instead of failing.
+        #[arg(long)]
+        legacy: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,

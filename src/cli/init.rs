@@ -80,10 +80,10 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
             ),
         });
     }
-    let target = args
-        .target
-        .clone()
-        .unwrap_or_else(|| if local { "vhd" } else { "gallery" }.to_string());
+    // A gallery image version, local or not: the only custom image Batch
+    // makes pools from. A local build stops before publishing with
+    // `--no-publish`, so the default needs no Azure account to try.
+    let target = args.target.clone().unwrap_or_else(|| "gallery".to_string());
     let name = args
         .name
         .clone()
@@ -151,13 +151,13 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
         "managed_image" => {
             let _ = writeln!(
                 t,
-                "target = \"managed_image\"      # a managed image (older Batch API versions); \"gallery\" for current ones"
+                "target = \"managed_image\"      # LEGACY: no Batch pool is made from a managed image since 2026-03-31; \"gallery\" makes pools"
             );
         }
         _ => {
             let _ = writeln!(
                 t,
-                "target = \"vhd\"                # a page-blob VHD copied once per 40 nodes (image_uris)"
+                "target = \"vhd\"                # a VHD alone: transport to a gallery, or for other tools; it makes no Batch pool (since 2026-03-31)"
             );
         }
     }
@@ -181,7 +181,7 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
             } else if gpu_size {
                 "Standard_NC4as_T4_v3"
             } else {
-                "Standard_D2s_v3"
+                "Standard_D2s_v5"
             }
         );
     }
@@ -211,7 +211,7 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
             t,
             "\n[build.gallery]\nname = \"imgforge_gallery\"      # must exist: az sig create -g imgforge-images -r imgforge_gallery\nimage_definition = \"{name}\"   # {}\nversion = \"1.0.0\"\nreplication_regions = [\"westus2\"]",
             if local {
-                "created when absent (generalized, not Trusted Launch)"
+                "created when absent (generalized, Generation 2, TrustedLaunchSupported)"
             } else {
                 "must exist (az sig image-definition create …)"
             }
@@ -256,15 +256,15 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
     }
     let _ = writeln!(
         t,
-        "\n[firewall]\ninbound_tcp = []               # on top of SSH and Batch's 29876, 29877\n\n[pool]\ndedicated = 10                 # the pool's peak size decides VHD copies / gallery replicas\nlow_priority = 0\n# autoscale_max = 100"
+        "\n[firewall]\ninbound_tcp = []               # on top of SSH (22); Batch's simplified node communication needs no inbound port\n\n[pool]\ndedicated = 10                 # the pool's peak size decides gallery replicas (one per 300 nodes)\nlow_priority = 0\n# autoscale_max = 100"
     );
     let _ = writeln!(
         t,
         "\n[replicate]\nregion = \"westus2\"             # the Batch account's region{}",
         if target == "vhd" {
-            "\nstorage_accounts = [\"imgforgerep1\"]   # one per 40 nodes, all in that region\ncontainer = \"images\""
+            "\nstorage_accounts = [\"imgforgerep1\"]   # legacy copies: one per 40 nodes, all in that region\ncontainer = \"images\""
         } else {
-            ": the image must be replicated there"
+            ": always one of the gallery version's target regions"
         }
     );
     Manifest::parse(path, t.clone()).map_err(|e| InitError::Invalid(Box::new(e)))?;

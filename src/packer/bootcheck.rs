@@ -117,8 +117,13 @@ pub struct BootOptions {
     pub cancel: Arc<AtomicBool>,
 }
 
-/// Batch's node agent ports, which every Linux image's firewall must admit.
-pub const BATCH_PORTS: &[u16] = &[29876, 29877];
+/// The inbound ports a booted image must answer besides SSH (checked on its
+/// own): what the plan opens. Under Batch's simplified node communication
+/// model that may be none; the classic ports 29876/29877 are here only when
+/// the manifest opens them.
+pub fn must_answer(inbound: &[u16]) -> Vec<u16> {
+    inbound.iter().copied().filter(|&p| p != 22).collect()
+}
 
 /// Units that fail at boot on a VM without the plan's hardware: the NVIDIA
 /// module refuses to load without a GPU (so systemd-modules-load, "Load Kernel
@@ -694,11 +699,15 @@ fn boot_once(
         } else {
             Finding::pass(&id("units"), "no unit failed at boot")
         });
+        let mut ssh_answered = false;
         match probe(ports.ssh, Duration::from_secs(15)) {
-            Probe::Data(banner) if banner.starts_with("SSH-") => f.push(Finding::pass(
-                &id("ssh"),
-                format!("port 22 answers: {banner}"),
-            )),
+            Probe::Data(banner) if banner.starts_with("SSH-") => {
+                ssh_answered = true;
+                f.push(Finding::pass(
+                    &id("ssh"),
+                    format!("port 22 answers: {banner}"),
+                ));
+            }
             other => {
                 failed = true;
                 f.push(
@@ -714,11 +723,16 @@ fn boot_once(
                 other => blocked.push(format!("{guest} ({})", describe(&other))),
             }
         }
-        f.push(if blocked.is_empty() {
+        f.push(if opts.must_answer.is_empty() {
             Finding::pass(
-                &id("batch-ports"),
+                &id("inbound-ports"),
+                "the image opens no inbound port besides SSH (Batch's simplified node communication needs none)",
+            )
+        } else if blocked.is_empty() {
+            Finding::pass(
+                &id("inbound-ports"),
                 format!(
-                    "TCP {} answered (refused: no agent listens yet, the firewall admits them)",
+                    "TCP {} answered (refused where nothing listens yet: the firewall admits them)",
                     opts.must_answer
                         .iter()
                         .map(u16::to_string)
@@ -729,13 +743,15 @@ fn boot_once(
         } else {
             failed = true;
             Finding::fail(
-                &id("batch-ports"),
+                &id("inbound-ports"),
                 format!("the host firewall does not admit {}", blocked.join(", ")),
             )
-            .hint("Azure Batch's node agent needs inbound TCP 29876 and 29877")
+            .hint("the plan opens these ports (the features' and [firewall] inbound_tcp): the image's firewall rules do not admit them")
         });
         let (host, guest) = ports.dropped;
-        let answered = blocked.is_empty();
+        // Silence on the dropped port means something only where the guest
+        // answered elsewhere: on SSH, and on every port it opens.
+        let answered = blocked.is_empty() && ssh_answered;
         f.push(match probe(host, Duration::from_secs(3)) {
             // Silence proves a firewall only where the guest answers at all.
             Probe::Silent if !answered => {

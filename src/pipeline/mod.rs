@@ -997,7 +997,7 @@ impl Run<'_> {
     }
 
     fn boot_check(&mut self) -> Result<String, BuildError> {
-        use crate::packer::bootcheck::{BATCH_PORTS, BootOptions, Firmware, closed_port};
+        use crate::packer::bootcheck::{BootOptions, Firmware, closed_port};
         use crate::spec::manifest::BootCheck;
         let path = self.local_image();
         let firmwares = match self.plan.local.as_ref().map(|l| l.boot_check) {
@@ -1022,7 +1022,7 @@ impl Run<'_> {
             &BootOptions {
                 firmwares,
                 timeout: Duration::from_secs(300),
-                must_answer: BATCH_PORTS.to_vec(),
+                must_answer: crate::packer::bootcheck::must_answer(&self.plan.firewall.inbound_tcp),
                 must_be_dropped: closed_port(&self.plan.firewall.inbound_tcp),
                 log_dir: self.dir.clone(),
                 needs_hardware: crate::packer::bootcheck::hardware_units(self.plan),
@@ -1294,16 +1294,33 @@ impl Run<'_> {
             }
             Err(_) => return Ok("no snippet: the VHD was not replicated (--no-replicate)".into()),
         };
-        let path = self.dir.join(crate::pool::SNIPPET_FILE);
-        let text = crate::pool::snippet(self.plan, &image);
-        crate::util::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| {
-            BuildError::Write {
-                path: path.clone(),
-                source,
+        use crate::pool::output::{PoolFormat, render};
+        // Batch Shipyard's form (when it can say the pool) and Batch's own.
+        let mut wrote = Vec::new();
+        for (format, file) in [
+            (PoolFormat::Shipyard, crate::pool::SNIPPET_FILE),
+            (PoolFormat::BatchJson, crate::pool::BATCH_POOL_FILE),
+        ] {
+            let text = match render(self.plan, &image, format, false) {
+                Ok(text) => text,
+                Err(r) if wrote.is_empty() && format == PoolFormat::BatchJson => {
+                    return Ok(format!("no pool output: {} ({})", r.message, r.hint));
+                }
+                Err(_) => continue,
+            };
+            let path = self.dir.join(file);
+            crate::util::fsutil::write_atomic(&path, text.as_bytes()).map_err(|source| {
+                BuildError::Write {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            if format == PoolFormat::Shipyard {
+                self.record.snippet = Some(path.display().to_string());
             }
-        })?;
-        self.record.snippet = Some(path.display().to_string());
-        Ok(format!("wrote {}", path.display()))
+            wrote.push(path.display().to_string());
+        }
+        Ok(format!("wrote {}", wrote.join(" and ")))
     }
 }
 

@@ -12,8 +12,11 @@ use crate::spec::plan::{Plan, is_gpu_size, is_rdma_size, vhd_copies};
 
 pub(crate) mod credentials;
 pub(crate) mod online;
+pub mod output;
 
 pub const SNIPPET_FILE: &str = "pool-snippet.yaml";
+/// The Batch REST pool body a build writes beside the Shipyard snippet.
+pub const BATCH_POOL_FILE: &str = "pool.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -50,11 +53,34 @@ struct PoolDocument {
     pool_specification: PoolSpecification,
 }
 
+/// What Batch Shipyard's schema requires of a pool: an id, the image, the
+/// size and the node counts, and the autoscale scenario when one is set.
 #[derive(Debug, Serialize)]
 struct PoolSpecification {
+    id: String,
     vm_configuration: VmConfiguration,
+    vm_size: String,
+    vm_count: NodeCount,
     #[serde(skip_serializing_if = "Option::is_none")]
-    vm_size: Option<String>,
+    autoscale: Option<Autoscale>,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeCount {
+    dedicated: u32,
+    low_priority: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct Autoscale {
+    evaluation_interval: &'static str,
+    scenario: AutoscaleScenario,
+}
+
+#[derive(Debug, Serialize)]
+struct AutoscaleScenario {
+    name: &'static str,
+    maximum_vm_count: NodeCount,
 }
 
 #[derive(Debug, Serialize)]
@@ -91,6 +117,7 @@ pub fn snippet(plan: &Plan, image: &PoolImage) -> String {
     };
     let doc = PoolDocument {
         pool_specification: PoolSpecification {
+            id: plan.image.clone(),
             vm_configuration: VmConfiguration {
                 custom_image: CustomImage {
                     arm_image_id,
@@ -98,15 +125,35 @@ pub fn snippet(plan: &Plan, image: &PoolImage) -> String {
                     node_agent: plan.node_agent.clone(),
                 },
             },
-            vm_size: Some(plan.build.vm_size.clone()),
+            vm_size: plan.build.vm_size.clone(),
+            vm_count: NodeCount {
+                dedicated: plan.pool.dedicated,
+                low_priority: plan.pool.low_priority,
+            },
+            autoscale: plan.pool.autoscale_max.map(|max| Autoscale {
+                evaluation_interval: "00:05:00",
+                scenario: AutoscaleScenario {
+                    name: "pending_tasks",
+                    maximum_vm_count: NodeCount {
+                        dedicated: max,
+                        low_priority: 0,
+                    },
+                },
+            }),
         },
     };
     let mut out = format!(
         "# Batch Shipyard pool.yaml snippet for image {} ({}), written by imgforge.\n",
         plan.image, plan.distro.key
     );
+    let retired = catalog::NON_GALLERY_POOLS_RETIRED;
     match image {
         PoolImage::Vhds(urls) => {
+            out.push_str(&format!(
+                "# LEGACY: Azure Batch creates no pool from VHD blobs since {} ({}), and Batch \
+                 Shipyard 3.0+ refuses image_uris; this serves pools made before that date.\n",
+                retired.date, retired.source
+            ));
             let serves = urls.len() as u32 * plan.pool.vms_per_vhd;
             out.push_str(&format!(
                 "# {} VHD cop{} serve up to {serves} {} nodes ({} per copy); the manifest's pool needs up to {}.\n",
@@ -117,11 +164,27 @@ pub fn snippet(plan: &Plan, image: &PoolImage) -> String {
                 plan.pool.max_nodes,
             ));
         }
-        PoolImage::ArmImageId(_) => {
-            out.push_str(&format!(
-                "# Managed/gallery image: no VHD copies needed; the manifest's pool needs up to {} nodes.\n",
-                plan.pool.max_nodes
-            ));
+        PoolImage::ArmImageId(id) => {
+            if id
+                .to_ascii_lowercase()
+                .contains("/providers/microsoft.compute/galleries/")
+            {
+                out.push_str(&format!(
+                    "# Azure Compute Gallery image version: no VHD copies; the manifest's pool needs up to {} nodes.\n",
+                    plan.pool.max_nodes
+                ));
+            } else {
+                out.push_str(&format!(
+                    "# LEGACY: Azure Batch creates no pool from a managed image since {} ({}).\n",
+                    retired.date, retired.source
+                ));
+            }
+            if !plan.distro.node_agent_verified {
+                out.push_str(&format!(
+                    "# WARNING: no primary source names a Batch node agent for {}: check `{}` against your account's supported images.\n",
+                    plan.distro.key, plan.node_agent
+                ));
+            }
             if let Some(g) = plan.publish.as_ref().and_then(|p| p.gallery.as_ref()) {
                 let regions: Vec<String> = g
                     .regions
@@ -129,7 +192,7 @@ pub fn snippet(plan: &Plan, image: &PoolImage) -> String {
                     .map(|r| format!("{} x{}", r.region, r.replicas))
                     .collect();
                 out.push_str(&format!(
-                    "# Gallery replicas ({} nodes per replica): {}.\n",
+                    "# Gallery replicas (one per {} nodes, Batch's rule): {}.\n",
                     g.nodes_per_replica,
                     regions.join(", ")
                 ));
@@ -260,10 +323,197 @@ fn platform_image(spec: &Value) -> Option<(&Value, &'static str)> {
     }
 }
 
-pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool) -> Report {
+/// Keys Batch Shipyard 3.9.1's pool schema (`schemas/pool.yaml`) defines
+/// under `pool_specification`; its validator (pykwalify) refuses any other.
+const SHIPYARD_POOL_KEYS: &[&str] = &[
+    "id",
+    "vm_configuration",
+    "vm_size",
+    "vm_count",
+    "max_tasks_per_node",
+    "resize_timeout",
+    "node_fill_type",
+    "autoscale",
+    "inter_node_communication_enabled",
+    "reboot_on_start_task_failed",
+    "attempt_recovery_on_unusable",
+    "upload_diagnostics_logs_on_unusable",
+    "block_until_all_global_resources_loaded",
+    "transfer_files_on_pool_creation",
+    "input_data",
+    "resource_files",
+    "ssh",
+    "rdp",
+    "remote_access_control",
+    "virtual_network",
+    "certificates",
+    "gpu",
+    "additional_node_prep_commands",
+    "prometheus",
+    "container_runtimes",
+];
+
+/// Batch Shipyard's schema rules a pool file must meet before Shipyard
+/// sends anything to Batch: required keys, types, no unknown key. Files of
+/// Shipyard 2.x (VHD `image_uris`, the flat image form) fail unless
+/// `legacy`, where they warn.
+fn check_schema(config: &PoolConfig, legacy: bool, f: &mut Vec<Finding>) {
+    let spec = &config.value["pool_specification"];
+    let vm = &spec["vm_configuration"];
+    let ci = &vm["custom_image"];
+    let mut missing = Vec::new();
+    // The flat form has no vm_configuration: said once, as a legacy key.
+    let flat = spec["publisher"].is_string();
+    for key in ["id", "vm_configuration", "vm_size", "vm_count"] {
+        if spec[key].is_null() && !(flat && key == "vm_configuration") {
+            missing.push(format!("pool_specification.{key}"));
+        }
+    }
+    if ci.is_object() {
+        for key in ["arm_image_id", "node_agent"] {
+            if ci[key].is_null()
+                && !(key == "arm_image_id" && legacy && !ci["image_uris"].is_null())
+            {
+                missing.push(format!("custom_image.{key}"));
+            }
+        }
+    }
+    f.push(if missing.is_empty() {
+        Finding::pass("pool.schema.required", "every key Batch Shipyard requires is set")
+    } else {
+        Finding::fail(
+            "pool.schema.required",
+            format!("Batch Shipyard requires {}", missing.join(", ")),
+        )
+        .evidence(config.at("pool_specification"))
+        .hint("add them: `imgforge pool snippet` writes vm_configuration; id, vm_size and vm_count (dedicated, low_priority) are the pool's")
+    });
+
+    let mut wrong = Vec::new();
+    let is_count_map = |v: &Value| {
+        v.as_object().is_some_and(|m| {
+            m.iter().all(|(k, n)| {
+                matches!(k.as_str(), "dedicated" | "low_priority") && n.as_u64().is_some()
+            })
+        })
+    };
+    for key in ["id", "vm_size"] {
+        if !spec[key].is_null() && !spec[key].is_string() {
+            wrong.push(format!("`{key}` must be a string"));
+        }
+    }
+    if !spec["vm_count"].is_null() && !is_count_map(&spec["vm_count"]) {
+        wrong.push(
+            "`vm_count` must be a map of whole numbers (dedicated, low_priority), not a number"
+                .to_string(),
+        );
+    }
+    let scenario = &spec["autoscale"]["scenario"];
+    if !scenario["maximum_vm_count"].is_null() && !is_count_map(&scenario["maximum_vm_count"]) {
+        wrong.push(
+            "`autoscale.scenario.maximum_vm_count` must be a map (dedicated, low_priority), not a number"
+                .to_string(),
+        );
+    }
+    if scenario.is_object() && !scenario["name"].is_string() {
+        wrong.push("`autoscale.scenario.name` is required".to_string());
+    }
+    f.push(if wrong.is_empty() {
+        Finding::pass("pool.schema.types", "values have the types Batch Shipyard's schema gives them")
+    } else {
+        Finding::fail("pool.schema.types", wrong.join("; "))
+            .evidence(config.at("vm_count"))
+            .hint("write vm_count: {dedicated: N, low_priority: M} (and the same for maximum_vm_count)")
+    });
+
+    // Keys Shipyard 3.0+ refuses; the 2.x ones are legacy rather than unknown.
+    let legacy_keys: Vec<String> = ["publisher", "offer", "sku"]
+        .into_iter()
+        .filter(|k| !spec[*k].is_null())
+        .map(|k| format!("pool_specification.{k} (Shipyard 2.x's flat image form)"))
+        .chain((!ci["image_uris"].is_null()).then(|| {
+            "custom_image.image_uris (VHD images; Shipyard 3.0 replaced it with arm_image_id)"
+                .to_string()
+        }))
+        .collect();
+    let unknown: Vec<String> = spec
+        .as_object()
+        .map(|m| {
+            m.keys()
+                .filter(|k| {
+                    !SHIPYARD_POOL_KEYS.contains(&k.as_str())
+                        && !matches!(k.as_str(), "publisher" | "offer" | "sku")
+                })
+                .map(|k| format!("pool_specification.{k}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    f.push(match (unknown.is_empty(), legacy_keys.is_empty()) {
+        (true, true) => Finding::pass("pool.schema.keys", "no key Batch Shipyard's schema does not define"),
+        (false, _) => Finding::fail(
+            "pool.schema.keys",
+            format!("Batch Shipyard's schema does not define {}", unknown.join(", ")),
+        )
+        .evidence(config.at(unknown[0].trim_start_matches("pool_specification.")))
+        .hint("remove them, or fix their spelling (Shipyard refuses unknown keys)"),
+        (true, false) if legacy => Finding::warn(
+            "pool.schema.keys",
+            format!("legacy keys: {}", legacy_keys.join(", ")),
+        )
+        .evidence(config.at(if ci["image_uris"].is_null() { "publisher" } else { "image_uris" })),
+        (true, false) => Finding::fail(
+            "pool.schema.keys",
+            format!("Batch Shipyard 3.0+ refuses {}", legacy_keys.join(", ")),
+        )
+        .evidence(config.at(if ci["image_uris"].is_null() { "publisher" } else { "image_uris" }))
+        .hint("use vm_configuration.custom_image.arm_image_id with a gallery image version (`imgforge pool snippet`), or vm_configuration.platform_image; --legacy checks a file for a pool made before 2026-03-31"),
+    });
+}
+
+/// The image source Batch accepts today: a Compute Gallery image version
+/// (or definition, for its latest version). VHDs and managed images fail
+/// unless `legacy`, where they warn.
+fn check_gallery_source(config: &PoolConfig, legacy: bool, f: &mut Vec<Finding>) {
+    let ci = &config.value["pool_specification"]["vm_configuration"]["custom_image"];
+    let retired = catalog::NON_GALLERY_POOLS_RETIRED;
+    let what = if !ci["image_uris"].is_null() {
+        Some(("VHD blobs (image_uris)", "image_uris"))
+    } else {
+        ci["arm_image_id"]
+            .as_str()
+            .filter(|id| {
+                !id.to_ascii_lowercase()
+                    .contains("/providers/microsoft.compute/galleries/")
+            })
+            .filter(|id| arm_image_id_ok(id))
+            .map(|_| ("a managed image", "arm_image_id"))
+    };
+    f.push(match what {
+        None => Finding::pass(
+            "pool.custom-image.gallery",
+            "the image is a Compute Gallery image, the only custom image source Batch takes today",
+        ),
+        Some((kind, key)) => {
+            let message = format!(
+                "the pool's image is {kind}: Azure Batch creates no pool from it since {} ({})",
+                retired.date, retired.source
+            );
+            if legacy {
+                Finding::warn("pool.custom-image.gallery", message).evidence(config.at(key))
+            } else {
+                Finding::fail("pool.custom-image.gallery", message)
+                    .evidence(config.at(key))
+                    .hint("publish the image to a Compute Gallery (`imgforge publish`, target = \"gallery\") and name its version in arm_image_id; --legacy checks a file for a pool made before that date")
+            }
+        }
+    });
+}
+
+pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool, legacy: bool) -> Report {
     let spec = &config.value["pool_specification"];
     let vm = &spec["vm_configuration"];
     let mut f = Vec::new();
+    check_schema(config, legacy, &mut f);
 
     let platform = platform_image(spec);
     let custom = vm["custom_image"].is_object();
@@ -305,6 +555,7 @@ pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool) -> Report {
         .hint("add the custom_image block from `imgforge pool snippet`"),
     });
     if custom {
+        check_gallery_source(config, legacy, &mut f);
         check_custom(config, plan, &mut f);
     } else if let Some((image, key)) = platform {
         check_platform(config, image, key, &mut f);
@@ -390,7 +641,7 @@ fn check_platform(config: &PoolConfig, image: &Value, key: &str, f: &mut Vec<Fin
             ),
         )
         .evidence(config.at(key))
-        .hint(format!("for a new pool use {}", catalog::CURRENT_LINUX)),
+        .hint(format!("for a new pool use {}", catalog::current_linux(&crate::spec::plan::today()))),
         AgentStatus::Ends { date, source } => Finding::warn(
             "pool.node-agent.retired",
             format!("the image's node agent `{agent}` ends on {date} ({source}): no new pool after that"),
@@ -447,11 +698,11 @@ fn check_custom(config: &PoolConfig, plan: Option<&Plan>, f: &mut Vec<Finding>) 
     }
     if let Some(id) = arm_image_id {
         f.push(if arm_image_id_ok(id) {
-            Finding::pass("pool.arm-image-id.format", "a managed image or gallery image version id").evidence(config.at(id))
+            Finding::pass("pool.arm-image-id.format", "a gallery image version (or definition) id, or a managed image id").evidence(config.at(id))
         } else {
             Finding::fail("pool.arm-image-id.format", format!("`{id}` is not a managed image or gallery image version id"))
                 .evidence(config.at(id))
-                .hint("/subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Compute/images/NAME, or …/galleries/G/images/DEF/versions/X.Y.Z")
+                .hint("/subscriptions/SUB/resourceGroups/RG/providers/Microsoft.Compute/galleries/G/images/DEF/versions/X.Y.Z (or …/images/DEF for its latest version)")
         });
     }
 
@@ -503,7 +754,7 @@ fn check_custom(config: &PoolConfig, plan: Option<&Plan>, f: &mut Vec<Finding>) 
                 .evidence(config.at("node_agent"))
                 .hint(format!(
                     "for a new pool use an image of {}",
-                    catalog::CURRENT_LINUX
+                    catalog::current_linux(&crate::spec::plan::today())
                 )),
                 AgentStatus::Ends { date, source } => Finding::warn(
                     "pool.node-agent.retired",
@@ -766,13 +1017,13 @@ pub(crate) fn arm_image_id_ok(id: &str) -> bool {
         && is(5, "providers")
         && is(6, "Microsoft.Compute");
     let image = parts.len() == 9 && is(7, "images") && named(8);
-    let gallery = parts.len() == 13
+    // A version, or the definition alone: Batch then takes its latest version.
+    let gallery = (parts.len() == 13 || parts.len() == 11)
         && is(7, "galleries")
         && named(8)
         && is(9, "images")
         && named(10)
-        && is(11, "versions")
-        && named(12);
+        && (parts.len() == 11 || (is(11, "versions") && named(12)));
     base && (image || gallery)
 }
 
@@ -787,6 +1038,13 @@ mod tests {
         ));
         assert!(arm_image_id_ok(
             "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/d/versions/1.0.0"
+        ));
+        // The definition alone: Batch uses its latest version.
+        assert!(arm_image_id_ok(
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/d"
+        ));
+        assert!(!arm_image_id_ok(
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/galleries/g/images/d/versions"
         ));
         assert!(!arm_image_id_ok(
             "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d"

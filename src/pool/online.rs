@@ -280,7 +280,7 @@ async fn check_node_agent(config: &PoolConfig, agent: &str, online: &Online<'_>)
         .evidence(evidence)
         .hint(format!(
             "rebuild on a supported distro ({})",
-            crate::spec::catalog::CURRENT_LINUX
+            crate::spec::catalog::current_linux(&crate::spec::plan::today())
         )),
         ("ends", Some(date)) => Finding::warn(
             NODE_AGENT,
@@ -316,8 +316,33 @@ async fn check_arm_image(
     if !super::arm_image_id_ok(id) {
         return Finding::skip(ARM_IMAGE, "arm_image_id is not a resource id (see above)");
     }
+    // Batch reads the image as the account: in the account's subscription.
+    let image_sub = id.split('/').nth(2).unwrap_or("");
+    if let Some(sub) = online.subscription()
+        && !image_sub.eq_ignore_ascii_case(&sub.value)
+    {
+        return Finding::fail(
+            ARM_IMAGE,
+            format!(
+                "the image is in subscription {image_sub}, the Batch account in {} (from {})",
+                sub.value, sub.from
+            ),
+        )
+        .evidence(evidence)
+        .hint(
+            "publish the image into a gallery in the Batch account's subscription (Batch \
+             creates pools from gallery images of its own subscription)",
+        );
+    }
+    let definition_only = gallery && id.trim_end_matches('/').split('/').count() == 11;
     let region = online.region();
-    let (op, api, expand) = if gallery {
+    let (op, api, expand) = if definition_only {
+        (
+            "Get Gallery Image",
+            crate::azure::compute::GALLERY_API,
+            None,
+        )
+    } else if gallery {
         (
             "Get Gallery Image Version",
             crate::azure::compute::GALLERY_API,
@@ -353,6 +378,33 @@ async fn check_arm_image(
         )
         .evidence(evidence)
         .hint("wait for it to finish, or publish it again (`imgforge publish` resumes)");
+    }
+    if definition_only {
+        use crate::azure::compute::{RunsOn, runs_on, security_type};
+        let t = security_type(&resource);
+        return if runs_on(t.as_deref()) == RunsOn::Standard {
+            Finding::warn(
+                ARM_IMAGE,
+                format!(
+                    "the image definition {id} exists ({}): Batch takes its latest version not \
+                     excluded from latest, which this check does not pick for you",
+                    t.as_deref().unwrap_or("Standard")
+                ),
+            )
+            .evidence(evidence)
+            .hint("name the version (…/versions/X.Y.Z) to have its replication to the Batch account's region checked")
+        } else {
+            Finding::fail(
+                ARM_IMAGE,
+                format!(
+                    "the image definition {id} has security type {}: a Batch Shipyard pool.yaml \
+                     asks for standard VMs",
+                    t.as_deref().unwrap_or("?")
+                ),
+            )
+            .evidence(evidence)
+            .hint("publish into a definition with security type TrustedLaunchSupported or Standard")
+        };
     }
     let Some(region) = region else {
         return Finding::warn(
@@ -403,15 +455,28 @@ async fn check_arm_image(
     };
     match definition {
         Ok(Some(d)) => {
-            if let Some(t) = crate::azure::compute::security_type(&d) {
+            use crate::azure::compute::{RunsOn, runs_on, security_type};
+            let t = security_type(&d);
+            if runs_on(t.as_deref()) != RunsOn::Standard {
                 return Finding::fail(
                     ARM_IMAGE,
-                    format!("the image definition {definition_id} has security type {t}"),
+                    format!(
+                        "the image definition {definition_id} has security type {}: its versions \
+                         run only on {} VMs, and a Batch Shipyard pool.yaml asks for standard ones \
+                         (it has no security profile)",
+                        t.as_deref().unwrap_or("?"),
+                        if runs_on(t.as_deref()) == RunsOn::ConfidentialOnly {
+                            "confidential"
+                        } else {
+                            "Trusted Launch"
+                        }
+                    ),
                 )
                 .evidence(evidence)
                 .hint(
-                    "Azure Batch pools cannot use Trusted Launch or Confidential VM image \
-                     definitions: publish into a definition with the Standard security type",
+                    "publish into a definition with security type TrustedLaunchSupported (runs \
+                     standard and Trusted Launch pools) or Standard; or make the pool with Batch's \
+                     own API and securityProfile (`imgforge pool snippet --format batch-json`)",
                 );
             }
         }

@@ -48,6 +48,9 @@ pub struct MarketplaceImage {
     pub publisher: &'static str,
     pub offer: &'static str,
     pub sku: &'static str,
+    /// The SKU is a Generation 2 (UEFI) image: what an azure-arm build from
+    /// it publishes, and what most of today's Batch VM sizes boot.
+    pub gen2: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -135,8 +138,27 @@ pub fn distro_by_agent(agent: &str) -> Option<&'static Distro> {
         .find(|d| d.node_agent.eq_ignore_ascii_case(agent.trim()))
 }
 
-/// What to build for a pool created today, named in retirement warnings.
-pub const CURRENT_LINUX: &str = "ubuntu-24.04 (batch.node.ubuntu 24.04), ubuntu-22.04 (until 2027-06-30) or almalinux-9 (batch.node.el 9)";
+/// What to build for a pool created `today`, named in retirement warnings:
+/// the Linux distros whose node agent a primary source names and Batch has
+/// not retired, read from [`DISTROS`] (no hand-written copy of the dates).
+pub fn current_linux(today: &str) -> String {
+    let names: Vec<String> = DISTROS
+        .iter()
+        .filter(|d| d.os == Os::Linux && d.node_agent_verified)
+        .filter_map(|d| match d.agent_status(today) {
+            AgentStatus::Supported => Some(format!("{} ({})", d.key, d.node_agent)),
+            AgentStatus::Ends { date, .. } => {
+                Some(format!("{} ({}, until {date})", d.key, d.node_agent))
+            }
+            AgentStatus::Retired { .. } => None,
+        })
+        .collect();
+    match names.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => "a distro your Batch account lists (`imgforge skus --online`)".to_string(),
+    }
+}
 
 /// What the local builder needs to make a distro's root with mmdebstrap: the
 /// archive, its keyring, and the packages that stand in for what a
@@ -193,6 +215,7 @@ pub const DISTROS: &[Distro] = &[
             publisher: "Canonical",
             offer: "UbuntuServer",
             sku: "16.04-LTS",
+            gen2: false,
         },
         None,
         "batch.node.ubuntu 16.04",
@@ -210,6 +233,7 @@ pub const DISTROS: &[Distro] = &[
             publisher: "Canonical",
             offer: "UbuntuServer",
             sku: "18.04-LTS",
+            gen2: false,
         },
         None,
         "batch.node.ubuntu 18.04",
@@ -227,11 +251,13 @@ pub const DISTROS: &[Distro] = &[
             publisher: "Canonical",
             offer: "0001-com-ubuntu-server-focal",
             sku: "20_04-lts",
+            gen2: false,
         },
         Some(MarketplaceImage {
             publisher: "microsoft-dsvm",
             offer: "ubuntu-hpc",
             sku: "2004",
+            gen2: true,
         }),
         "batch.node.ubuntu 20.04",
         "20.04",
@@ -247,12 +273,14 @@ pub const DISTROS: &[Distro] = &[
         MarketplaceImage {
             publisher: "Canonical",
             offer: "0001-com-ubuntu-server-jammy",
-            sku: "22_04-lts",
+            sku: "22_04-lts-gen2",
+            gen2: true,
         },
         Some(MarketplaceImage {
             publisher: "microsoft-dsvm",
             offer: "ubuntu-hpc",
             sku: "2204",
+            gen2: true,
         }),
         "batch.node.ubuntu 22.04",
         "22.04",
@@ -268,12 +296,14 @@ pub const DISTROS: &[Distro] = &[
         MarketplaceImage {
             publisher: "Canonical",
             offer: "ubuntu-24_04-lts",
-            sku: "server-gen1",
+            sku: "server",
+            gen2: true,
         },
         Some(MarketplaceImage {
             publisher: "microsoft-dsvm",
             offer: "ubuntu-hpc",
             sku: "2404",
+            gen2: true,
         }),
         "batch.node.ubuntu 24.04",
         "24.04",
@@ -287,7 +317,8 @@ pub const DISTROS: &[Distro] = &[
         base_image: MarketplaceImage {
             publisher: "Debian",
             offer: "debian-12",
-            sku: "12",
+            sku: "12-gen2",
+            gen2: true,
         },
         hpc_base_image: None,
         // No primary source names a Debian 12 node agent (DOMAIN §6): set
@@ -325,11 +356,13 @@ pub const DISTROS: &[Distro] = &[
             publisher: "OpenLogic",
             offer: "CentOS",
             sku: "7_9",
+            gen2: false,
         },
         hpc_base_image: Some(MarketplaceImage {
             publisher: "OpenLogic",
             offer: "CentOS-HPC",
             sku: "7_9",
+            gen2: false,
         }),
         node_agent: "batch.node.centos 7",
         family: PackageFamily::Yum,
@@ -355,12 +388,14 @@ pub const DISTROS: &[Distro] = &[
         base_image: MarketplaceImage {
             publisher: "almalinux",
             offer: "almalinux-x86_64",
-            sku: "8-gen1",
+            sku: "8-gen2",
+            gen2: true,
         },
         hpc_base_image: Some(MarketplaceImage {
             publisher: "almalinux",
             offer: "almalinux-hpc",
-            sku: "8_7-hpc",
+            sku: "8_10-hpc-gen2",
+            gen2: true,
         }),
         node_agent: "batch.node.el 8",
         family: PackageFamily::Dnf,
@@ -383,9 +418,15 @@ pub const DISTROS: &[Distro] = &[
         base_image: MarketplaceImage {
             publisher: "almalinux",
             offer: "almalinux-x86_64",
-            sku: "9-gen1",
+            sku: "9-gen2",
+            gen2: true,
         },
-        hpc_base_image: None,
+        hpc_base_image: Some(MarketplaceImage {
+            publisher: "almalinux",
+            offer: "almalinux-hpc",
+            sku: "9-hpc-gen2",
+            gen2: true,
+        }),
         node_agent: "batch.node.el 9",
         family: PackageFamily::Dnf,
         firewall: HostFirewall::Firewalld,
@@ -408,6 +449,7 @@ pub const DISTROS: &[Distro] = &[
             publisher: "MicrosoftWindowsServer",
             offer: "WindowsServer",
             sku: "2019-datacenter-core",
+            gen2: false,
         },
         hpc_base_image: None,
         node_agent: "batch.node.windows amd64",
@@ -488,13 +530,41 @@ pub fn distro_keys() -> Vec<&'static str> {
     DISTROS.iter().map(|d| d.key).collect()
 }
 
-/// Inbound TCP ports Azure Batch needs open: the node agent's, and SSH (RDP on Windows).
+/// Inbound TCP ports every image opens: SSH (RDP on Windows), what users
+/// and Batch Shipyard reach nodes with. Batch's simplified node communication
+/// model needs no inbound port; the classic model's 29876/29877 (retired,
+/// [`CLASSIC_BATCH_PORTS`]) are opened only when a manifest lists them.
 pub fn required_inbound_tcp(os: Os) -> &'static [u16] {
     match os {
-        Os::Linux => &[22, 29876, 29877],
-        Os::Windows => &[3389, 29876, 29877],
+        Os::Linux => &[22],
+        Os::Windows => &[3389],
     }
 }
+
+/// The classic node communication model's inbound ports (Batch's node agent
+/// was reached on them until the model's retirement).
+pub const CLASSIC_BATCH_PORTS: &[u16] = &[29876, 29877];
+
+/// When the classic node communication model was retired, and where that is said.
+pub const CLASSIC_MODEL_RETIRED: Retirement = Retirement {
+    date: "2026-03-31",
+    source: "Learn: simplified-compute-node-communication (classic model retired 2026-03-31)",
+};
+
+/// A dated end of something Azure Batch accepted, with its source.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Retirement {
+    pub date: &'static str,
+    pub source: &'static str,
+}
+
+/// Pools from VHD blobs (`image_uris`, `osDisk.imageUris`) and from managed
+/// images: Batch makes custom-image pools only from Compute Gallery image
+/// versions since this date.
+pub const NON_GALLERY_POOLS_RETIRED: Retirement = Retirement {
+    date: "2026-03-31",
+    source: "Learn: batch-custom-image-pools-to-azure-compute-gallery-migration-guide (\"all custom image sources other than Azure Compute Gallery will be retired\")",
+};
 /// Outbound TCP ports every node needs (Azure Storage over HTTPS).
 pub const REQUIRED_OUTBOUND_TCP: &[u16] = &[443];
 

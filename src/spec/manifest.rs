@@ -88,12 +88,17 @@ impl fmt::Display for Located {
     }
 }
 
+/// What a build makes. The default is a Compute Gallery image version: Azure
+/// Batch makes custom-image pools only from those since 2026-03-31
+/// ([`crate::spec::catalog::NON_GALLERY_POOLS_RETIRED`]). A VHD is the
+/// transport to a gallery and an artefact for other tools; a managed image is
+/// an intermediate. Neither makes a pool today.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
-    #[default]
     Vhd,
     ManagedImage,
+    #[default]
     Gallery,
 }
 
@@ -103,6 +108,42 @@ impl Target {
             Target::Vhd => "vhd",
             Target::ManagedImage => "managed_image",
             Target::Gallery => "gallery",
+        }
+    }
+
+    /// Whether Azure Batch still creates pools from this target's output.
+    pub fn makes_pools(self) -> bool {
+        self == Target::Gallery
+    }
+}
+
+/// The security type of a gallery image definition (its `SecurityType`
+/// feature). `TrustedLaunchSupported` images run both standard and Trusted
+/// Launch VMs; it is what definitions created with the gallery API 2025-03-03
+/// default to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityType {
+    Standard,
+    TrustedLaunchSupported,
+    TrustedLaunch,
+}
+
+impl SecurityType {
+    /// The value of the definition's `SecurityType` feature (`None`: no feature, standard).
+    pub fn feature_value(self) -> Option<&'static str> {
+        match self {
+            SecurityType::Standard => None,
+            SecurityType::TrustedLaunchSupported => Some("TrustedLaunchSupported"),
+            SecurityType::TrustedLaunch => Some("TrustedLaunch"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityType::Standard => "standard",
+            SecurityType::TrustedLaunchSupported => "trusted_launch_supported",
+            SecurityType::TrustedLaunch => "trusted_launch",
         }
     }
 }
@@ -198,9 +239,25 @@ pub struct GallerySection {
     pub version: String,
     #[serde(default)]
     pub replication_regions: Vec<String>,
-    /// Pool nodes one replica serves, K in `max(3, ceil(nodes / K))` replicas
-    /// per region [default: 50].
+    /// Pool nodes one replica serves, K in `max(min_replicas, ceil(nodes / K))`
+    /// replicas per region [default: 300, Batch's rule for pools].
     pub nodes_per_replica: Option<u32>,
+    /// The fewest replicas per region [default: 1; Compute Gallery advises 3
+    /// for production].
+    pub min_replicas: Option<u32>,
+    /// Replica storage: Standard_LRS, Standard_ZRS or Premium_LRS [default: Standard_LRS].
+    pub storage_account_type: Option<String>,
+    /// Per region, overriding `storage_account_type`, e.g. `{ eastus = "Standard_ZRS" }`.
+    #[serde(default)]
+    pub region_storage: std::collections::BTreeMap<String, String>,
+    /// Keep this version out of `latest` (a pool naming the definition without a version).
+    #[serde(default)]
+    pub exclude_from_latest: bool,
+    /// YYYY-MM-DD after which the version is not to be used (Azure only labels it).
+    pub end_of_life_date: Option<String>,
+    /// The definition's security type [default: trusted_launch_supported for
+    /// Generation 2, standard for Generation 1].
+    pub security_type: Option<SecurityType>,
     /// The image definition's identifier, used when imgforge creates the
     /// definition [default: "imgforge", the image name, the distro].
     pub publisher: Option<String>,
@@ -888,8 +945,19 @@ impl Checker<'_> {
             if value.as_deref().is_none_or(str::is_empty) {
                 Err(self.fail(
                     "build",
-                    format!("target = \"{}\" needs build.{key}", b.target.as_str()),
-                    format!("add `{key} = \"…\"` under [build]"),
+                    format!(
+                        "target = \"{}\"{} needs build.{key}",
+                        b.target.as_str(),
+                        default_target_note(b.target)
+                    ),
+                    format!(
+                        "add `{key} = \"…\"` under [build]{}",
+                        if b.target == Target::Gallery {
+                            "; or set target = \"vhd\" for a VHD alone (it makes no pool until published to a gallery)"
+                        } else {
+                            ""
+                        }
+                    ),
                 ))
             } else {
                 Ok(())
@@ -900,9 +968,10 @@ impl Checker<'_> {
                 Err(self.fail(
                     &format!("build.{key}"),
                     format!(
-                        "`{key}` is only used with target = \"{}\", but target is \"{}\"",
+                        "`{key}` is only used with target = \"{}\", but target is \"{}\"{}",
                         target.as_str(),
-                        b.target.as_str()
+                        b.target.as_str(),
+                        default_target_note(b.target)
                     ),
                     format!("remove it, or set target = \"{}\"", target.as_str()),
                 ))
@@ -947,8 +1016,11 @@ impl Checker<'_> {
                 let Some(g) = &b.gallery else {
                     return Err(self.fail(
                         "build",
-                        "target = \"gallery\" needs a [build.gallery] table",
-                        "add [build.gallery] with name, image_definition and version",
+                        format!(
+                            "target = \"gallery\"{} needs a [build.gallery] table",
+                            default_target_note(b.target)
+                        ),
+                        "add [build.gallery] with name, image_definition and version; or set target = \"vhd\" for a VHD alone (it makes no pool until published to a gallery)",
                     ));
                 };
                 self.azure_name("build.gallery.name", &g.name, 80, "._")?;
@@ -981,7 +1053,75 @@ impl Checker<'_> {
                     return Err(self.fail(
                         "build.gallery.nodes_per_replica",
                         format!("{k} is not a number of nodes per replica"),
-                        "use a whole number from 1 to 1000: 50 is Azure's current guidance, 20 the conservative one",
+                        "use a whole number from 1 to 1000: 300 is Azure Batch's rule for pools, 50 Compute Gallery's for VMs created directly",
+                    ));
+                }
+                if let Some(n) = g.min_replicas
+                    && !(1..=crate::spec::publish::MAX_REPLICAS).contains(&n)
+                {
+                    return Err(self.fail(
+                        "build.gallery.min_replicas",
+                        format!("{n} is not a number of replicas"),
+                        format!(
+                            "use a whole number from 1 to {} (Azure's most per region); 3 is Compute Gallery's advice for production",
+                            crate::spec::publish::MAX_REPLICAS
+                        ),
+                    ));
+                }
+                let storage_types = ["Standard_LRS", "Standard_ZRS", "Premium_LRS"];
+                let storage = g
+                    .storage_account_type
+                    .iter()
+                    .map(|t| ("build.gallery.storage_account_type".to_string(), t))
+                    .chain(
+                        g.region_storage
+                            .iter()
+                            .map(|(r, t)| (format!("build.gallery.region_storage.{r}"), t)),
+                    );
+                for (key, t) in storage {
+                    if !storage_types.contains(&t.as_str()) {
+                        return Err(self.fail(
+                            &key,
+                            format!("`{}` is not a replica storage account type", printable(t)),
+                            format!("use one of {}", storage_types.join(", ")),
+                        ));
+                    }
+                }
+                let zone_or_premium = g
+                    .storage_account_type
+                    .iter()
+                    .chain(g.region_storage.values())
+                    .any(|t| t != "Standard_LRS");
+                if !local && zone_or_premium {
+                    return Err(self.fail(
+                        if g.storage_account_type.is_some() {
+                            "build.gallery.storage_account_type"
+                        } else {
+                            "build.gallery.region_storage"
+                        },
+                        "Packer 1.6.6's azure-arm builder replicates gallery versions as Standard_LRS only (it has no storage account type setting)",
+                        "remove it (Standard_LRS), or build with builder = \"local\", whose publish stage sets the type per region",
+                    ));
+                }
+                for r in g.region_storage.keys() {
+                    self.location(&format!("build.gallery.region_storage.{r}"), r)?;
+                }
+                if let Some(d) = &g.end_of_life_date
+                    && !is_iso_date(d)
+                {
+                    return Err(self.fail(
+                        "build.gallery.end_of_life_date",
+                        format!("`{}` is not a date", printable(d)),
+                        "write it as YYYY-MM-DD, e.g. \"2027-12-31\"",
+                    ));
+                }
+                if g.security_type == Some(SecurityType::TrustedLaunch)
+                    && b.hyper_v_generation == Some(HyperVGeneration::V1)
+                {
+                    return Err(self.fail(
+                        "build.gallery.security_type",
+                        "Trusted Launch needs a Generation 2 image, but hyper_v_generation = \"V1\"",
+                        "set hyper_v_generation = \"V2\", or security_type = \"standard\"",
                     ));
                 }
                 for (key, v) in [
@@ -1352,6 +1492,29 @@ impl Checker<'_> {
     }
 }
 
+/// " (the default)" when `target` is what a manifest without one gets.
+fn default_target_note(target: Target) -> &'static str {
+    if target == Target::default() {
+        " (the default: Azure Batch makes custom-image pools only from Compute Gallery image versions)"
+    } else {
+        ""
+    }
+}
+
+/// YYYY-MM-DD with a real month and day.
+fn is_iso_date(d: &str) -> bool {
+    let p: Vec<&str> = d.split('-').collect();
+    let num = |s: &str, len: usize| {
+        (s.len() == len && s.bytes().all(|c| c.is_ascii_digit())).then(|| s.parse::<u32>().ok())
+    };
+    matches!(
+        (p.as_slice(), p.first().and_then(|y| num(y, 4))),
+        ([_, m, dd], Some(Some(_)))
+            if num(m, 2).flatten().is_some_and(|m| (1..=12).contains(&m))
+                && num(dd, 2).flatten().is_some_and(|dd| (1..=31).contains(&dd))
+    )
+}
+
 impl Checker<'_> {
     /// A published image serves pools in the Batch account's region only if
     /// it is there: a managed image is in its `location`; a gallery version in
@@ -1362,11 +1525,10 @@ impl Checker<'_> {
         };
         let norm = crate::util::text::normalize_region;
         let targets: Vec<&String> = match m.build.target {
-            Target::Vhd => return Ok(()),
+            // A gallery version is always replicated to the Batch account's
+            // region: the plan adds it.
+            Target::Vhd | Target::Gallery => return Ok(()),
             Target::ManagedImage => vec![location],
-            Target::Gallery => std::iter::once(location)
-                .chain(m.build.gallery.iter().flat_map(|g| &g.replication_regions))
-                .collect(),
         };
         if targets.iter().any(|t| norm(t) == norm(batch)) {
             return Ok(());
@@ -1465,6 +1627,7 @@ os = "linux"
 distro = "ubuntu-22.04"
 
 [build]
+target = "vhd"
 location = "eastus"
 resource_group = "rg"
 storage_account = "acct"
@@ -1480,6 +1643,86 @@ capture_container = "images"
             Err(ManifestError::Invalid(l)) => *l,
             other => panic!("expected an invalid manifest, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_default_target_is_a_gallery_version_and_says_so_when_incomplete() {
+        // Without `target`, a manifest builds a gallery image version.
+        let e = err(&GOOD.replace("target = \"vhd\"\n", ""));
+        assert_eq!(e.key, "build.storage_account", "{e:?}");
+        assert!(e.message.contains("(the default: Azure Batch makes custom-image pools only from Compute Gallery image versions)"), "{e:?}");
+        let e = err(&GOOD
+            .replace("target = \"vhd\"\n", "managed_image_name = \"m\"\n")
+            .replace(
+                "storage_account = \"acct\"\ncapture_container = \"images\"\n",
+                "",
+            ));
+        assert!(e.message.contains("needs a [build.gallery] table"), "{e:?}");
+        assert!(
+            e.hint
+                .as_deref()
+                .unwrap_or("")
+                .contains("target = \"vhd\" for a VHD alone"),
+            "{e:?}"
+        );
+        let m = parse(&format!(
+            "{}\n[build.gallery]\nname = \"g\"\nimage_definition = \"d\"\nversion = \"1.0.0\"\n",
+            GOOD.replace("target = \"vhd\"\n", "managed_image_name = \"m\"\n")
+                .replace(
+                    "storage_account = \"acct\"\ncapture_container = \"images\"\n",
+                    ""
+                )
+        ))
+        .unwrap();
+        assert_eq!(m.raw.build.target, Target::Gallery);
+    }
+
+    #[test]
+    fn gallery_settings_are_checked_where_they_are_written() {
+        let base = GOOD
+            .replace("target = \"vhd\"\n", "managed_image_name = \"m\"\n")
+            .replace(
+                "storage_account = \"acct\"\ncapture_container = \"images\"\n",
+                "",
+            );
+        let with = |extra: &str| {
+            format!(
+                "{base}\n[build.gallery]\nname = \"g\"\nimage_definition = \"d\"\nversion = \"1.0.0\"\n{extra}"
+            )
+        };
+        for (extra, key) in [
+            (
+                "storage_account_type = \"Premium_ZRS\"\n",
+                "build.gallery.storage_account_type",
+            ),
+            (
+                "end_of_life_date = \"2027-13-01\"\n",
+                "build.gallery.end_of_life_date",
+            ),
+            (
+                "end_of_life_date = \"soon\"\n",
+                "build.gallery.end_of_life_date",
+            ),
+            ("min_replicas = 0\n", "build.gallery.min_replicas"),
+            ("min_replicas = 101\n", "build.gallery.min_replicas"),
+            // Packer 1.6.6's azure-arm builder has no storage type setting.
+            (
+                "storage_account_type = \"Standard_ZRS\"\n",
+                "build.gallery.storage_account_type",
+            ),
+            (
+                "[build.gallery.region_storage]\neastus = \"Premium_LRS\"\n",
+                "build.gallery.region_storage",
+            ),
+        ] {
+            let e = err(&with(extra));
+            assert_eq!(e.key, key, "{extra}: {e:?}");
+        }
+        let m = parse(&with("end_of_life_date = \"2027-12-31\"\nmin_replicas = 3\nexclude_from_latest = true\nsecurity_type = \"trusted_launch\"\n")).unwrap();
+        let g = m.raw.build.gallery.unwrap();
+        assert_eq!(g.min_replicas, Some(3));
+        assert_eq!(g.security_type, Some(SecurityType::TrustedLaunch));
+        assert!(g.exclude_from_latest);
     }
 
     #[test]
@@ -1511,7 +1754,7 @@ capture_container = "images"
         let src = GOOD.replace("ubuntu-22.04", "ubuntu-16.04") + "\n[features]\nrdma = \"sriov\"\n";
         let e = err(&src);
         assert_eq!(e.key, "features.rdma");
-        assert_eq!(e.line, 14);
+        assert_eq!(e.line, 15);
     }
 
     #[test]

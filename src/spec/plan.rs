@@ -443,7 +443,7 @@ impl Plan {
                 "node agent `{node_agent}` is retired: Azure Batch creates no new pool with it since {date} \
                  ({source}); existing pools can still scale. For a pool created today build {}; \
                  `build` needs --allow-retired for this image",
-                catalog::CURRENT_LINUX
+                catalog::current_linux(&today())
             )),
             catalog::AgentStatus::Ends { date, source } => warnings.push(format!(
                 "node agent `{node_agent}` ends on {date} ({source}): after that no new pool can use this image"
@@ -452,9 +452,13 @@ impl Plan {
         }
         if raw.image.node_agent.is_none() && !distro.node_agent_verified {
             warnings.push(format!(
-                "node agent `{}` for {} is not confirmed by any primary source: set [image] node_agent \
-                 to the id `imgforge skus` (or your Batch account's supported images) lists",
-                distro.node_agent, distro.key
+                "no primary source names a Batch node agent for {} (`{}` is a placeholder): Azure Batch \
+                 has no agent to run on it, so no pool can use this image; it is a local development \
+                 image. For a pool build {}, or set [image] node_agent to an id your Batch account's \
+                 supported images list (`imgforge skus --online`)",
+                distro.key,
+                distro.node_agent,
+                catalog::current_linux(&today())
             ));
         }
         if let Some(g) = gpu
@@ -480,6 +484,39 @@ impl Plan {
             vhd_copies: vhd_copies(raw.pool.max_nodes(), distro.os),
             batch_region: raw.replicate.region.clone(),
         };
+        if !raw.build.target.makes_pools() {
+            let r = catalog::NON_GALLERY_POOLS_RETIRED;
+            warnings.push(format!(
+                "target = \"{}\" makes no pool: Azure Batch creates custom-image pools only from \
+                 Compute Gallery image versions since {} ({}). {} For a pool, set target = \"gallery\" \
+                 with a [build.gallery] table",
+                raw.build.target.as_str(),
+                r.date,
+                r.source,
+                match raw.build.target {
+                    Target::Vhd => "The VHD is transport to a gallery and an artefact for other tools; its copies (one per 40 Linux / 20 Windows nodes) serve only pools made before that date.",
+                    _ => "A managed image is an intermediate (a gallery version can be made from it).",
+                }
+            ));
+        }
+        let classic: Vec<String> = raw
+            .firewall
+            .inbound_tcp
+            .iter()
+            .filter(|p| catalog::CLASSIC_BATCH_PORTS.contains(p))
+            .map(u16::to_string)
+            .collect();
+        if !classic.is_empty() {
+            let r = catalog::CLASSIC_MODEL_RETIRED;
+            warnings.push(format!(
+                "firewall.inbound_tcp opens {}, the classic node communication model's port(s), retired {} ({}): \
+                 pools today use the simplified model, which needs no inbound port (outbound 443 only); \
+                 they stay open as asked",
+                classic.join(" and "),
+                r.date,
+                r.source
+            ));
+        }
         if raw.build.target == Target::Vhd {
             let candidates = raw.replicate.storage_accounts.len() as u32;
             if candidates > 0 && candidates < pool.vhd_copies {
@@ -553,6 +590,7 @@ impl Plan {
                     Os::Windows => "Windows",
                 },
                 pool.max_nodes,
+                base_image.gen2,
             ),
             pool,
             warnings,
@@ -689,18 +727,18 @@ impl Plan {
             self.publish.as_ref().and_then(|p| p.gallery.as_ref()),
         ) {
             (Target::Vhd, _) => format!(
-                "{} VHD cop{} at {} VMs per VHD",
+                "{} VHD cop{} at {} VMs per VHD (legacy: no pool is made from VHDs today)",
                 p.vhd_copies,
                 if p.vhd_copies == 1 { "y" } else { "ies" },
                 p.vms_per_vhd
             ),
             (Target::Gallery, Some(g)) => format!(
-                "gallery replicas at {} nodes per replica (below)",
+                "gallery replicas, one per {} nodes (below)",
                 g.nodes_per_replica
             ),
             (Target::Gallery, None) => "a gallery image version".to_string(),
             (Target::ManagedImage, _) => {
-                "one managed image (no VHD copies; Batch reads it in its own region)".to_string()
+                "one managed image (legacy: no pool is made from managed images today)".to_string()
             }
         };
         let _ = writeln!(

@@ -1,18 +1,25 @@
 //! What a build publishes, decided from the manifest alone (pure; the I/O
-//! is the publish stage, `src/publish.rs`): the target, where, which Hyper-V generation, and
-//! how many gallery replicas per region — `max(3, ceil(peak_nodes / K))`,
-//! capped at 100 (one replica per 50 concurrent VM deployments by default:
-//! the modern form of the one-VHD-per-40-VMs rule).
+//! is the publish stage, `src/publish.rs`): the target, where, which Hyper-V
+//! generation and security type, and how many gallery replicas per region —
+//! `max(min_replicas, ceil(peak_nodes / K))`, capped at 100, with K = 300 by
+//! default: Azure Batch's rule for pools ("at least one replica per 300 pool
+//! instances", Learn: batch-sig-images). Compute Gallery's general 1-per-50
+//! is for VMs and scale sets created directly; a manifest can still ask for it.
+//! The Batch account's region is always a target region: a pool there reads
+//! the version from its own region's replicas.
 
 use serde::{Deserialize, Serialize};
 
 use crate::azure::compute;
-use crate::spec::manifest::{BootCheck, Builder, HyperVGeneration, RawManifest, Target};
+use crate::spec::manifest::{
+    BootCheck, Builder, HyperVGeneration, RawManifest, SecurityType, Target,
+};
 use crate::util::text::normalize_region;
 
-pub const DEFAULT_NODES_PER_REPLICA: u32 = 50;
-pub const MIN_REPLICAS: u32 = 3;
+pub const DEFAULT_NODES_PER_REPLICA: u32 = 300;
+pub const DEFAULT_MIN_REPLICAS: u32 = 1;
 pub const MAX_REPLICAS: u32 = 100;
+pub const DEFAULT_STORAGE_ACCOUNT_TYPE: &str = "Standard_LRS";
 /// What a build publishes, decided from the manifest alone.
 #[derive(Debug, Clone, Serialize)]
 pub struct PublishPlan {
@@ -25,6 +32,9 @@ pub struct PublishPlan {
     pub hyper_v_generation: HyperVGeneration,
     /// Why this generation (what the boot check proved, or the manifest).
     pub generation_why: String,
+    /// The gallery definition's security type (and the pool's security profile).
+    pub security_type: SecurityType,
+    pub security_why: String,
     /// Where the VHD is uploaded first (local builds).
     pub staging_account: Option<String>,
     pub staging_container: String,
@@ -44,7 +54,10 @@ pub struct GalleryPlan {
     pub offer: String,
     pub sku: String,
     pub nodes_per_replica: u32,
+    pub min_replicas: u32,
     pub regions: Vec<RegionReplicas>,
+    pub exclude_from_latest: bool,
+    pub end_of_life_date: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -52,30 +65,44 @@ pub struct RegionReplicas {
     pub region: String,
     pub replicas: u32,
     pub why: String,
+    /// Standard_LRS, Standard_ZRS or Premium_LRS.
+    #[serde(default = "default_storage")]
+    pub storage_account_type: String,
 }
 
-/// `max(3, ceil(nodes / k))`, at most 100, and the reason in words.
-pub fn replicas(peak_nodes: u32, k: u32) -> (u32, String) {
+fn default_storage() -> String {
+    DEFAULT_STORAGE_ACCOUNT_TYPE.to_string()
+}
+
+/// `max(min, ceil(nodes / k))`, at most 100, and the arithmetic in words.
+pub fn replicas(peak_nodes: u32, k: u32, min: u32) -> (u32, String) {
     let k = k.max(1);
+    let min = min.clamp(1, MAX_REPLICAS);
     let needed = peak_nodes.div_ceil(k);
-    let n = needed.clamp(MIN_REPLICAS, MAX_REPLICAS);
+    let n = needed.clamp(min, MAX_REPLICAS);
     let why = if needed > MAX_REPLICAS {
         format!(
-            "{peak_nodes} nodes / {k} per replica = {needed}, capped at Azure's {MAX_REPLICAS} per region"
+            "ceil({peak_nodes} nodes / {k} per replica) = {needed}, capped at Azure's {MAX_REPLICAS} per region"
         )
-    } else if needed < MIN_REPLICAS {
+    } else if needed < min {
         format!(
-            "{peak_nodes} nodes / {k} per replica = {needed}, raised to the minimum of {MIN_REPLICAS}"
+            "ceil({peak_nodes} nodes / {k} per replica) = {needed}, raised to the minimum of {min}"
         )
     } else {
-        format!("{peak_nodes} nodes / {k} per replica")
+        format!("ceil({peak_nodes} nodes / {k} per replica) = {needed}")
     };
     (n, why)
 }
 
 impl PublishPlan {
-    /// `None` for target = "vhd".
-    pub fn new(raw: &RawManifest, os_type: &'static str, peak_nodes: u32) -> Option<PublishPlan> {
+    /// `None` for target = "vhd". `base_gen2`: the azure-arm builder's
+    /// marketplace base is a Generation 2 image.
+    pub fn new(
+        raw: &RawManifest,
+        os_type: &'static str,
+        peak_nodes: u32,
+        base_gen2: bool,
+    ) -> Option<PublishPlan> {
         let b = &raw.build;
         if b.target == Target::Vhd {
             return None;
@@ -99,9 +126,27 @@ impl PublishPlan {
                         .to_string(),
                 ),
             },
+            (Builder::AzureArm, None) if base_gen2 => (
+                HyperVGeneration::V2,
+                "the marketplace base is Generation 2; Packer's azure-arm builder keeps it"
+                    .to_string(),
+            ),
             (Builder::AzureArm, None) => (
                 HyperVGeneration::V1,
-                "Packer's azure-arm builder keeps the marketplace image's generation".to_string(),
+                "the marketplace base is Generation 1; Packer's azure-arm builder keeps it"
+                    .to_string(),
+            ),
+        };
+        let asked = b.gallery.as_ref().and_then(|g| g.security_type);
+        let (security_type, security_why) = match (asked, hyper_v_generation) {
+            (Some(t), _) => (t, "build.gallery.security_type".to_string()),
+            (None, HyperVGeneration::V2) => (
+                SecurityType::TrustedLaunchSupported,
+                "a Generation 2 image: it runs standard and Trusted Launch VMs (Azure's default for new definitions since gallery API 2025-03-03)".to_string(),
+            ),
+            (None, HyperVGeneration::V1) => (
+                SecurityType::Standard,
+                "a Generation 1 image: Trusted Launch needs Generation 2".to_string(),
             ),
         };
         let gallery = (b.target == Target::Gallery)
@@ -109,9 +154,10 @@ impl PublishPlan {
             .flatten()
             .map(|g| {
                 let k = g.nodes_per_replica.unwrap_or(DEFAULT_NODES_PER_REPLICA);
-                let (n, why) = replicas(peak_nodes, k);
+                let min = g.min_replicas.unwrap_or(DEFAULT_MIN_REPLICAS);
+                let (n, why) = replicas(peak_nodes, k, min);
                 let mut regions: Vec<String> = vec![location.clone()];
-                for r in &g.replication_regions {
+                for r in g.replication_regions.iter().chain(&raw.replicate.region) {
                     if !regions
                         .iter()
                         .any(|x| normalize_region(x) == normalize_region(r))
@@ -119,6 +165,14 @@ impl PublishPlan {
                         regions.push(r.clone());
                     }
                 }
+                let storage_of = |region: &str| {
+                    g.region_storage
+                        .iter()
+                        .find(|(r, _)| normalize_region(r) == normalize_region(region))
+                        .map(|(_, t)| t.clone())
+                        .or(g.storage_account_type.clone())
+                        .unwrap_or_else(default_storage)
+                };
                 GalleryPlan {
                     name: g.name.clone(),
                     resource_group: g
@@ -132,14 +186,18 @@ impl PublishPlan {
                     offer: g.offer.clone().unwrap_or_else(|| raw.image.name.clone()),
                     sku: g.sku.clone().unwrap_or_else(|| raw.image.distro.clone()),
                     nodes_per_replica: k,
+                    min_replicas: min,
                     regions: regions
                         .into_iter()
                         .map(|region| RegionReplicas {
+                            storage_account_type: storage_of(&region),
                             region,
                             replicas: n,
                             why: why.clone(),
                         })
                         .collect(),
+                    exclude_from_latest: g.exclude_from_latest,
+                    end_of_life_date: g.end_of_life_date.clone(),
                 }
             });
         Some(PublishPlan {
@@ -154,6 +212,8 @@ impl PublishPlan {
             os_type,
             hyper_v_generation,
             generation_why,
+            security_type,
+            security_why,
             staging_account: (b.builder == Builder::Local)
                 .then(|| b.storage_account.clone())
                 .flatten(),
@@ -189,12 +249,30 @@ impl PublishPlan {
         }
         if let Some(g) = &self.gallery {
             s.push_str(&format!(
-                "           gallery `{}` image `{}` version {} ({} nodes per replica)\n",
-                g.name, g.definition, g.version, g.nodes_per_replica
+                "           gallery `{}` image `{}` version {}, security type {} ({})\n",
+                g.name,
+                g.definition,
+                g.version,
+                self.security_type.as_str(),
+                self.security_why
             ));
             s.push_str(&format!(
-                "           {:<18} {:>8}  WHY\n",
-                "REGION", "REPLICAS"
+                "           replicas: at least one per {} pool nodes (Azure Batch's rule), at least {} per region{}{}\n",
+                g.nodes_per_replica,
+                g.min_replicas,
+                if g.exclude_from_latest {
+                    "; excluded from `latest`"
+                } else {
+                    ""
+                },
+                g.end_of_life_date
+                    .as_ref()
+                    .map(|d| format!("; end of life {d}"))
+                    .unwrap_or_default()
+            ));
+            s.push_str(&format!(
+                "           {:<18} {:>8}  {:<12}  WHY\n",
+                "REGION", "REPLICAS", "STORAGE"
             ));
             for r in &g.regions {
                 let batch = self
@@ -202,9 +280,10 @@ impl PublishPlan {
                     .as_ref()
                     .is_some_and(|b| normalize_region(b) == normalize_region(&r.region));
                 s.push_str(&format!(
-                    "           {:<18} {:>8}  {}{}\n",
+                    "           {:<18} {:>8}  {:<12}  {}{}\n",
                     r.region,
                     r.replicas,
+                    r.storage_account_type,
                     r.why,
                     if batch {
                         " (the Batch account's region)"
@@ -237,22 +316,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn replicas_follow_the_pool_size() {
-        // 1 and 60 nodes: the minimum of 3; 2,000: 40; 10,000: capped at 100.
-        assert_eq!(replicas(1, 50).0, 3);
-        assert_eq!(replicas(60, 50).0, 3);
-        assert_eq!(replicas(0, 50).0, 3);
-        assert_eq!(replicas(2000, 50).0, 40);
-        assert_eq!(replicas(2001, 50).0, 41);
+    fn replicas_follow_batchs_rule() {
+        // One per 300 pool nodes (Batch): 3,000 nodes -> 10.
+        assert_eq!(replicas(3000, 300, 1).0, 10);
+        assert_eq!(replicas(3001, 300, 1).0, 11);
+        assert_eq!(replicas(1, 300, 1).0, 1);
+        assert_eq!(replicas(0, 300, 1).0, 1);
+        assert_eq!(replicas(60, 300, 3).0, 3);
+        assert!(
+            replicas(60, 300, 3)
+                .1
+                .contains("raised to the minimum of 3")
+        );
         assert_eq!(
-            replicas(10_000, 50),
+            replicas(40_000, 300, 1),
             (
                 100,
-                "10000 nodes / 50 per replica = 200, capped at Azure's 100 per region".to_string()
+                "ceil(40000 nodes / 300 per replica) = 134, capped at Azure's 100 per region"
+                    .to_string()
             )
         );
-        assert_eq!(replicas(2000, 20).0, 100);
-        assert_eq!(replicas(1000, 20).0, 50);
-        assert!(replicas(60, 50).1.contains("raised to the minimum of 3"));
+        // Compute Gallery's own 1 per 50, when a manifest asks for it.
+        assert_eq!(replicas(2001, 50, 1).0, 41);
+        assert_eq!(replicas(1000, 20, 1).0, 50);
     }
 }

@@ -948,7 +948,7 @@ mod tests {
     fn the_table_runs_what_the_plan_needs_and_every_finding_belongs_to_a_row() {
         for (manifest, want, not) in [
             (
-                "gpu-ubuntu1604.toml",
+                "legacy/gpu-ubuntu1604.toml",
                 &[
                     "feature.gpu.module",
                     "feature.gpu.kernel-held",
@@ -962,7 +962,7 @@ mod tests {
                 &["feature.gpu.module"][..],
             ),
             (
-                "windows-2019.toml",
+                "legacy/windows-2019.toml",
                 &[][..],
                 &["batch.ssh-port", "batch.firewall", "feature.gpu.module"][..],
             ),
@@ -1035,7 +1035,7 @@ mod tests {
     #[test]
     fn services_are_enabled_or_left_off_as_the_plan_says() {
         use crate::report::Status;
-        let plan = plan("gpu-ubuntu1604.toml");
+        let plan = plan("legacy/gpu-ubuntu1604.toml");
         let services: Vec<&crate::spec::plan::ServicePlan> =
             plan.features.iter().flat_map(|f| &f.services).collect();
         assert!(services.iter().any(|s| s.enabled_at_boot), "{services:?}");
@@ -1086,7 +1086,7 @@ mod tests {
     #[test]
     fn the_firewall_must_admit_every_port_the_plan_opens() {
         use crate::report::Status;
-        let plan = plan("glusterfs-ubuntu1804.toml");
+        let plan = plan("legacy/glusterfs-ubuntu1804.toml");
         assert!(
             plan.firewall.inbound_tcp.contains(&24007),
             "{:?}",
@@ -1176,7 +1176,7 @@ mod tests {
     #[test]
     fn every_kernel_needs_an_nvidia_module_and_a_hold() {
         use crate::report::Status;
-        let plan = plan("gpu-ubuntu1604.toml");
+        let plan = plan("legacy/gpu-ubuntu1604.toml");
         let one = [("lib/modules/4.15.0-1/updates/dkms/nvidia.ko", "")];
         assert_eq!(
             status_of(&run(gpu_modules, &plan, &one), "feature.gpu.module"),

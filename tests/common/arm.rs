@@ -221,10 +221,7 @@ impl ArmReplay {
                                 "401 Unauthorized",
                                 batch_answers["authentication-failed.json"].clone(),
                             )
-                        } else if !query
-                            .split('&')
-                            .any(|kv| kv == "api-version=2024-07-01.20.0")
-                        {
+                        } else if !query.split('&').any(|kv| kv == "api-version=2025-06-01") {
                             (
                                 "400 Bad Request",
                                 batch_answers["authentication-failed.json"]
@@ -237,10 +234,10 @@ impl ArmReplay {
                             )
                         } else {
                             let next = if compute_rp.knobs.batch_link_elsewhere {
-                                "https://elsewhere.example.com/supportedimages?api-version=2024-07-01.20.0&$skiptoken=page2".to_string()
+                                "https://elsewhere.example.com/supportedimages?api-version=2025-06-01&$skiptoken=page2".to_string()
                             } else {
                                 format!(
-                                    "{endpoint}/supportedimages?api-version=2024-07-01.20.0&$skiptoken=page2"
+                                    "{endpoint}/supportedimages?api-version=2025-06-01&$skiptoken=page2"
                                 )
                             };
                             (

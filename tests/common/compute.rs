@@ -219,7 +219,7 @@ impl ComputeRp {
         let want_api = if kind == "image" {
             "2024-07-01"
         } else {
-            "2024-03-03"
+            "2025-03-03"
         };
         if api.is_empty() {
             return Some(err(
@@ -436,7 +436,30 @@ impl ComputeRp {
                         );
                     }
                 }
+                // Gallery API 2025-03-03: a Generation 2 definition created
+                // without a SecurityType feature is TrustedLaunchSupported
+                // ("trusted launch as default"); Trusted Launch needs Gen2.
+                let features = p["features"].as_array().cloned().unwrap_or_default();
+                let security = features
+                    .iter()
+                    .find(|f| f["name"] == "SecurityType")
+                    .and_then(|f| f["value"].as_str())
+                    .map(str::to_string);
+                if generation == "V1"
+                    && security.as_deref().is_some_and(|t| {
+                        t.starts_with("TrustedLaunch") || t.starts_with("Confidential")
+                    })
+                {
+                    return bad(
+                        "The value of parameter 'features.SecurityType' is invalid: Trusted Launch and Confidential VM need HyperVGeneration V2.",
+                        "features",
+                    );
+                }
                 resource = self.fixture("gallery-image.json");
+                if security.is_none() && generation == "V2" {
+                    resource["properties"]["features"] =
+                        json!([{"name": "SecurityType", "value": "TrustedLaunchSupported"}]);
+                }
             }
             _ => {
                 let Some(definition) = self.parent(parts, 10) else {
@@ -503,6 +526,15 @@ impl ComputeRp {
                     );
                 }
                 for r in &regions {
+                    let t = r["storageAccountType"].as_str().unwrap_or("Standard_LRS");
+                    if !matches!(t, "Standard_LRS" | "Standard_ZRS" | "Premium_LRS") {
+                        return bad(
+                            &format!(
+                                "The value '{t}' of parameter 'storageAccountType' is invalid."
+                            ),
+                            "publishingProfile.targetRegions.storageAccountType",
+                        );
+                    }
                     let n = r["regionalReplicaCount"].as_u64().unwrap_or(1);
                     if !(1..=100).contains(&n) {
                         return bad(

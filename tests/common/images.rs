@@ -50,7 +50,7 @@ pub enum Layout {
 }
 
 /// The root tree of an AlmaLinux 8 image that meets every check for
-/// contrib/managed-image-almalinux8.toml, its firewalld zone admitting `zone_ports`.
+/// contrib/legacy/managed-image-almalinux8.toml, its firewalld zone admitting `zone_ports`.
 pub fn good_alma_tree(root: &Path, zone_ports: &[u16]) {
     let f = |p: &str, text: &str| write(&root.join(p), text);
     // As on AlmaLinux: /etc/os-release is a relative link into /usr/lib.
@@ -100,7 +100,7 @@ pub fn good_alma_tree(root: &Path, zone_ports: &[u16]) {
 }
 
 /// The root tree of an image that meets every check for
-/// contrib/gpu-ubuntu1604.toml (Ubuntu 16.04, Docker, GPU, NFS, ufw).
+/// contrib/legacy/gpu-ubuntu1604.toml (Ubuntu 16.04, Docker, GPU, NFS, ufw).
 pub fn good_ubuntu_tree(root: &Path) {
     let f = |p: &str, text: &str| write(&root.join(p), text);
     f(

@@ -114,7 +114,7 @@ pub(super) fn build(mut args: BuildArgs) -> Result<i32, AppError> {
             ),
             format!(
                 "for a pool created today build {}; pass --allow-retired to build it anyway (existing pools can still scale)",
-                crate::spec::catalog::CURRENT_LINUX
+                crate::spec::catalog::current_linux(&crate::spec::plan::today())
             ),
         ));
     }

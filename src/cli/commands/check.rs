@@ -47,7 +47,7 @@ pub(super) fn validate(args: ValidateArgs) -> Result<i32, AppError> {
 }
 
 pub(super) fn boot_check(args: crate::cli::args::BootCheckArgs) -> Result<i32, AppError> {
-    use crate::packer::bootcheck::{BATCH_PORTS, BootOptions, Firmware, closed_port};
+    use crate::packer::bootcheck::{BootOptions, Firmware, closed_port};
     let plan = match &args.manifest {
         Some(m) => Some(Plan::new(&Manifest::load(m)?)),
         None => None,
@@ -104,7 +104,7 @@ pub(super) fn boot_check(args: crate::cli::args::BootCheckArgs) -> Result<i32, A
         &BootOptions {
             firmwares,
             timeout: std::time::Duration::from_secs(args.timeout),
-            must_answer: BATCH_PORTS.to_vec(),
+            must_answer: crate::packer::bootcheck::must_answer(&inbound),
             must_be_dropped: closed_port(&inbound),
             log_dir: log_dir.clone(),
             needs_hardware: plan

@@ -7,6 +7,8 @@ pub(super) fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
         PoolCommand::Snippet {
             manifest,
             from,
+            format,
+            legacy,
             out,
         } => {
             let manifest = Manifest::load(&manifest)?;
@@ -31,7 +33,8 @@ pub(super) fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
             let image = record
                 .pool_image()
                 .map_err(|no| refused(no.message(), no.hint()))?;
-            let text = crate::pool::snippet(&plan, &image);
+            let text = crate::pool::output::render(&plan, &image, format, legacy)
+                .map_err(|r| refused(&r.message, &r.hint))?;
             if let Some(out) = out {
                 crate::util::fsutil::write_atomic(&out, text.as_bytes()).map_err(|source| {
                     AppError::Io {
@@ -51,6 +54,7 @@ pub(super) fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
             region,
             subscription,
             account_url,
+            legacy,
             json,
             junit,
             timeout,
@@ -64,7 +68,7 @@ pub(super) fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
                 .as_deref()
                 .map(crate::pool::credentials::ShipyardCredentials::load)
                 .transpose()?;
-            let mut report = crate::pool::check(&config, plan.as_ref(), online);
+            let mut report = crate::pool::check(&config, plan.as_ref(), online, legacy);
             if online {
                 let online = crate::pool::online::Online {
                     credentials: credentials.as_ref(),
@@ -150,7 +154,7 @@ pub(super) fn skus(json: bool) -> Result<i32, AppError> {
         for r in &rows {
             let state = match r.lifecycle {
                 crate::spec::catalog::AgentStatus::Supported if !r.verified => {
-                    "unverified: check your Batch account's supported images".to_string()
+                    "no Batch agent named by any primary source (check your account's supported images)".to_string()
                 }
                 crate::spec::catalog::AgentStatus::Supported => "supported".to_string(),
                 crate::spec::catalog::AgentStatus::Ends { date, .. } => format!("until {date}"),

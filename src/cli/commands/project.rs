@@ -57,6 +57,8 @@ pub(super) fn catalog(json: bool) -> Result<i32, AppError> {
         .iter()
         .map(|d| {
             let (new_pools, until) = match d.agent_status(&today) {
+                // Debian: no primary source names a Batch agent for it.
+                _ if !d.node_agent_verified => ("no agent", None),
                 AgentStatus::Supported => ("supported", None),
                 AgentStatus::Ends { date, .. } => ("ends", Some(date)),
                 AgentStatus::Retired { date, .. } => ("retired", Some(date)),
@@ -103,6 +105,7 @@ pub(super) fn catalog(json: bool) -> Result<i32, AppError> {
         let state = match (d.new_pools, d.until) {
             ("retired", Some(u)) => format!("retired {u}"),
             ("ends", Some(u)) => format!("until {u}"),
+            ("no agent", _) => "no Batch agent".into(),
             _ => "supported".into(),
         };
         t.push_str(&format!(

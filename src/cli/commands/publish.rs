@@ -75,11 +75,15 @@ pub(super) fn publish(args: crate::cli::args::PublishArgs) -> Result<i32, AppErr
     if args.json {
         print_stdout(&to_json(&record))?;
     } else {
-        let snippet = crate::pool::snippet(
-            &plan,
-            &crate::pool::PoolImage::ArmImageId(record.arm_image_id.clone()),
-        );
-        print_stdout(&snippet)?;
+        // The manifest asked for this target: a managed image's pool is
+        // written (labelled legacy) rather than refused.
+        use crate::pool::output::{PoolFormat, render};
+        let image = crate::pool::PoolImage::ArmImageId(record.arm_image_id.clone());
+        let snippet = render(&plan, &image, PoolFormat::Shipyard, true)
+            .or_else(|_| render(&plan, &image, PoolFormat::BatchJson, true));
+        if let Ok(snippet) = snippet {
+            print_stdout(&snippet)?;
+        }
         crate::util::term::status(
             "Published",
             &format!(
