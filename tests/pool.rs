@@ -1479,3 +1479,110 @@ fn a_gallery_image_gets_a_pool_in_each_clients_form() {
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("osDisk.imageUris"), "{}", r.stderr);
 }
+
+#[test]
+fn batchs_own_pool_body_is_checked_as_the_service_takes_it() {
+    // The list in the code is the recorded specification's.
+    let spec: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("tests/fixtures/batch/pool-add-2025-06-01.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut recorded: Vec<&str> = spec["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    recorded.sort();
+    let mut known = imgforge::pool::batch_form::KNOWN_PATHS.to_vec();
+    known.sort();
+    assert_eq!(known, recorded);
+
+    // `pool snippet --format batch-json` round-trips with no failure, no warning.
+    let manifest = repo().join("contrib/gpu-ubuntu2404.toml");
+    let r = snippet_as(&manifest, &gallery_record("gpu-ubuntu2404"), "batch-json");
+    assert_eq!(r.code, 0, "{}", r.all());
+    let tmp = tempfile::tempdir().unwrap();
+    let pool = tmp.path().join("pool.json");
+    write(&pool, &r.stdout);
+    let c = run(imgforge()
+        .args(["pool", "check", "--json", "--manifest"])
+        .arg(&manifest)
+        .arg(&pool));
+    assert_eq!(c.code, 0, "{}", c.all());
+    let report: serde_json::Value = serde_json::from_str(&c.stdout).unwrap();
+    assert_eq!(report["summary"]["fail"], 0, "{report:#}");
+    assert_eq!(report["summary"]["warn"], 0, "{report:#}");
+    assert_eq!(
+        finding(&c, "pool.node-agent.matches-image")["status"],
+        "pass"
+    );
+    assert_eq!(finding(&c, "pool.vm-size.gpu")["status"], "pass");
+
+    // What the service refuses, each named.
+    let body: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let mutate = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut b = body.clone();
+        f(&mut b);
+        b
+    };
+    for (what, b, id) in [
+        (
+            "no node agent",
+            mutate(&|b| {
+                b["virtualMachineConfiguration"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("nodeAgentSKUId");
+            }),
+            "pool.batch.required",
+        ),
+        (
+            "the classic communication model",
+            mutate(&|b| b["targetNodeCommunicationMode"] = "classic".into()),
+            "pool.batch.communication",
+        ),
+        (
+            "a VHD source the API no longer has",
+            mutate(&|b| {
+                b["virtualMachineConfiguration"]["osDisk"] = serde_json::json!({});
+                b["virtualMachineConfiguration"]["imageReference"]["imageUris"] =
+                    serde_json::json!(["https://a.blob.core.windows.net/c/x.vhd"]);
+            }),
+            "pool.batch.keys",
+        ),
+        (
+            "a managed image",
+            mutate(&|b| {
+                b["virtualMachineConfiguration"]["imageReference"]["virtualMachineImageId"] =
+                    "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/images/img"
+                        .into()
+            }),
+            "pool.custom-image.gallery",
+        ),
+        (
+            "a retired node agent's id that is not the image's",
+            mutate(&|b| {
+                b["virtualMachineConfiguration"]["nodeAgentSKUId"] =
+                    "batch.node.ubuntu 16.04".into()
+            }),
+            "pool.node-agent.matches-image",
+        ),
+    ] {
+        write(&pool, &b.to_string());
+        let c = run(imgforge()
+            .args(["pool", "check", "--json", "--manifest"])
+            .arg(&manifest)
+            .arg(&pool));
+        assert_eq!(c.code, 1, "{what}: {}", c.all());
+        let f = finding(&c, id);
+        assert_eq!(f["status"], "fail", "{what}: {f}");
+        assert!(f["hint"].is_string(), "{what}: {f}");
+    }
+    // Neither form: named as such.
+    write(&pool, "{\"pools\": []}");
+    let c = run(imgforge().args(["pool", "check"]).arg(&pool));
+    assert_eq!(c.code, 2, "{}", c.all());
+    assert!(c.stderr.contains("nor a Batch pool body"), "{}", c.stderr);
+}

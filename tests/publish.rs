@@ -280,18 +280,25 @@ fn refusals_name_the_cause_and_the_fix() {
         r.stderr
     );
 
+    // The stand-in with the image definition already there, as `properties`.
+    let with_definition = |properties: Value| {
+        ArmReplay::start_with(
+            ArmExpect::env_principal(),
+            Knobs {
+                definitions: vec![(
+                    GROUP.into(),
+                    "imgforge_gallery".into(),
+                    "debian12-batch".into(),
+                    properties,
+                )],
+                ..Knobs::default()
+            },
+        )
+    };
+
     // A Trusted Launch definition: Batch cannot use it.
-    let arm = ArmReplay::start_with(
-        ArmExpect::env_principal(),
-        Knobs {
-            definitions: vec![(
-                GROUP.into(),
-                "imgforge_gallery".into(),
-                "debian12-batch".into(),
-                json!({"hyperVGeneration": "V2", "features": [{"name": "SecurityType", "value": "TrustedLaunch"}]}),
-            )],
-            ..Knobs::default()
-        },
+    let arm = with_definition(
+        json!({"hyperVGeneration": "V2", "features": [{"name": "SecurityType", "value": "TrustedLaunch"}]}),
     );
     let r = publish_cmd(&az, &arm, &m, &vhd);
     assert_eq!(r.code, 2, "{}", r.all());
@@ -305,34 +312,14 @@ fn refusals_name_the_cause_and_the_fix() {
 
     // TrustedLaunchSupported (what definitions made with gallery API
     // 2025-03-03 default to) runs standard VMs too: it is used, not refused.
-    let arm = ArmReplay::start_with(
-        ArmExpect::env_principal(),
-        Knobs {
-            definitions: vec![(
-                GROUP.into(),
-                "imgforge_gallery".into(),
-                "debian12-batch".into(),
-                json!({"hyperVGeneration": "V2", "features": [{"name": "SecurityType", "value": "TrustedLaunchSupported"}]}),
-            )],
-            ..Knobs::default()
-        },
+    let arm = with_definition(
+        json!({"hyperVGeneration": "V2", "features": [{"name": "SecurityType", "value": "TrustedLaunchSupported"}]}),
     );
     let r = publish_cmd(&az, &arm, &m, &vhd);
     assert_eq!(r.code, 0, "{}", r.all());
 
     // A Generation 1 definition for a Generation 2 image.
-    let arm = ArmReplay::start_with(
-        ArmExpect::env_principal(),
-        Knobs {
-            definitions: vec![(
-                GROUP.into(),
-                "imgforge_gallery".into(),
-                "debian12-batch".into(),
-                json!({"hyperVGeneration": "V1"}),
-            )],
-            ..Knobs::default()
-        },
-    );
+    let arm = with_definition(json!({"hyperVGeneration": "V1"}));
     let r = publish_cmd(&az, &arm, &m, &vhd);
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(
@@ -449,10 +436,12 @@ fn a_local_build_to_publish_names_missing_credentials_before_it_builds() {
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(
         r.stderr
-            .contains("ARM_SUBSCRIPTION_ID, ARM_CLIENT_ID not set"),
+            .contains("but ARM_SUBSCRIPTION_ID, ARM_CLIENT_ID are not set; nothing was built"),
         "{}",
         r.stderr
     );
+    // The way on without Azure is named first.
+    assert!(r.stderr.contains("hint: pass --no-publish"), "{}", r.stderr);
     let rec: Value =
         serde_json::from_slice(&std::fs::read(out.join("build.json")).unwrap()).unwrap();
     assert_eq!(rec["failed_stage"], "packer_build", "{rec:#}");

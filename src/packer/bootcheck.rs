@@ -118,11 +118,25 @@ pub struct BootOptions {
 }
 
 /// The inbound ports a booted image must answer besides SSH (checked on its
-/// own): what the plan opens. Under Batch's simplified node communication
-/// model that may be none; the classic ports 29876/29877 are here only when
-/// the manifest opens them.
-pub fn must_answer(inbound: &[u16]) -> Vec<u16> {
-    inbound.iter().copied().filter(|&p| p != 22).collect()
+/// own): those the manifest's `[firewall] inbound_tcp` opens (the classic
+/// ports 29876/29877 only when listed there; Batch's simplified node
+/// communication needs none). Not the features' ports: their daemons
+/// (glusterd on 24007) listen without speaking first, and through QEMU's
+/// user network a silent listener cannot be told from a dropped port, so the
+/// offline check (`batch.firewall`) proves those rules instead.
+pub fn must_answer(plan: Option<&crate::spec::plan::Plan>) -> Vec<u16> {
+    let Some(plan) = plan else { return Vec::new() };
+    let features: std::collections::BTreeSet<u16> = plan
+        .features
+        .iter()
+        .flat_map(|f| f.inbound_tcp.iter().copied())
+        .collect();
+    plan.firewall
+        .inbound_tcp
+        .iter()
+        .copied()
+        .filter(|p| *p != 22 && !features.contains(p))
+        .collect()
 }
 
 /// Units that fail at boot on a VM without the plan's hardware: the NVIDIA
@@ -850,6 +864,24 @@ mod tests {
     #[test]
     fn the_dropped_probe_avoids_the_images_own_ports() {
         assert_eq!(closed_port(&[22, 29876]), 47_001);
+        // What the manifest opens, not SSH, not the features' listening daemons.
+        let plan = |rel: &str| {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+            crate::spec::plan::Plan::new(&crate::spec::manifest::Manifest::load(&path).unwrap())
+        };
+        let full = plan("tests/fixtures/local/full.toml");
+        assert!(
+            full.firewall.inbound_tcp.contains(&24007),
+            "{:?}",
+            full.firewall
+        );
+        assert_eq!(must_answer(Some(&full)), vec![6006]);
+        assert_eq!(
+            must_answer(Some(&plan("contrib/legacy/gpu-ubuntu1604.toml"))),
+            vec![6006, 29876, 29877]
+        );
+        assert!(must_answer(Some(&plan("contrib/local-debian12.toml"))).is_empty());
+        assert!(must_answer(None).is_empty());
         assert_eq!(closed_port(&[47_001, 47_002]), 47_003);
     }
 }

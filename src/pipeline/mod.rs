@@ -124,6 +124,16 @@ pub enum BuildError {
         template: PathBuf,
         missing: Vec<String>,
     },
+    /// A local build that is to publish, without the principal to publish with.
+    #[error(
+        "the manifest's target is {target}: the VHD is published once built, with a service principal, but {} {} not set; nothing was built",
+        .missing.join(", "),
+        if .missing.len() == 1 { "is" } else { "are" }
+    )]
+    PublishCredentials {
+        target: &'static str,
+        missing: Vec<&'static str>,
+    },
     #[error("{path}: cannot write: {source}")]
     Write {
         path: PathBuf,
@@ -162,6 +172,15 @@ impl From<crate::publish::PublishError> for BuildError {
     }
 }
 
+/// `A=… B=…`: the variables to export, for a hint.
+fn exports(missing: &[impl AsRef<str>]) -> String {
+    missing
+        .iter()
+        .map(|v| format!("{}=…", v.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl crate::util::Hint for BuildError {
     fn hint(&self) -> Option<String> {
         match self {
@@ -183,11 +202,11 @@ impl crate::util::Hint for BuildError {
             BuildError::Publish(e) => e.hint(),
             BuildError::Credentials { missing, .. } => Some(format!(
                 "export {} (a service principal with Contributor on the resource group: `az ad sp create-for-rbac`)",
-                missing
-                    .iter()
-                    .map(|v| format!("{v}=…"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                exports(missing)
+            )),
+            BuildError::PublishCredentials { missing, .. } => Some(format!(
+                "pass --no-publish to keep the VHD on this machine (`imgforge publish` takes it later), or export {} (a service principal with Contributor on the resource group)",
+                exports(missing)
             )),
             BuildError::Record { hint, .. } | BuildError::Resume { hint, .. } => Some(hint.clone()),
             BuildError::Stage { source, .. } => source.hint(),
@@ -209,7 +228,8 @@ impl BuildError {
             | BuildError::Mounted { .. }
             | BuildError::Record { .. }
             | BuildError::Resume { .. }
-            | BuildError::Credentials { .. } => Category::Input,
+            | BuildError::Credentials { .. }
+            | BuildError::PublishCredentials { .. } => Category::Input,
             BuildError::Packer(PackerError::Invalid { .. }) => Category::Failed,
             BuildError::Packer(_) | BuildError::Local(_) => Category::Tool,
             BuildError::Boot(crate::packer::bootcheck::BootError::Cancelled) => Category::Cancelled,
@@ -831,7 +851,13 @@ impl Run<'_> {
         if self.plan.local.is_some() && self.plan.publish.is_some() && self.opts.publish {
             let missing = crate::publish::missing_variables();
             if !missing.is_empty() {
-                return Err(crate::publish::PublishError::Credentials(missing).into());
+                return Err(BuildError::PublishCredentials {
+                    target: match self.plan.target {
+                        Target::Gallery => "a Compute Gallery image version",
+                        _ => "a managed image",
+                    },
+                    missing,
+                });
             }
         }
         if let Some(local) = &self.plan.local {
@@ -1022,7 +1048,7 @@ impl Run<'_> {
             &BootOptions {
                 firmwares,
                 timeout: Duration::from_secs(300),
-                must_answer: crate::packer::bootcheck::must_answer(&self.plan.firewall.inbound_tcp),
+                must_answer: crate::packer::bootcheck::must_answer(Some(self.plan)),
                 must_be_dropped: closed_port(&self.plan.firewall.inbound_tcp),
                 log_dir: self.dir.clone(),
                 needs_hardware: crate::packer::bootcheck::hardware_units(self.plan),

@@ -10,6 +10,7 @@ use crate::report::{Finding, Report};
 use crate::spec::catalog::{self, Os};
 use crate::spec::plan::{Plan, is_gpu_size, is_rdma_size, vhd_copies};
 
+pub mod batch_form;
 pub(crate) mod credentials;
 pub(crate) mod online;
 pub mod output;
@@ -215,13 +216,36 @@ pub struct ShipyardFile {
 pub type PoolConfig = ShipyardFile;
 
 impl ShipyardFile {
-    /// A pool configuration: `pool_specification` at the top level.
+    /// A pool configuration: Batch Shipyard's (`pool_specification` at the
+    /// top level) or Batch's own pool body (`id`, `vmSize`,
+    /// `virtualMachineConfiguration`: `az batch pool create --json-file`).
     pub fn load_pool(path: &Path) -> Result<ShipyardFile, PoolError> {
-        ShipyardFile::load(path, "pool_specification")
+        let (file, format) = ShipyardFile::read(path)?;
+        if file.value["pool_specification"].is_object() || batch_form::is_batch_body(&file.value) {
+            return Ok(file);
+        }
+        Err(PoolError::Parse {
+            path: path.to_path_buf(),
+            format,
+            message: "neither a Batch Shipyard pool (`pool_specification` at the top level) nor a Batch pool body (`vmSize`, `virtualMachineConfiguration`)".into(),
+        })
     }
 
     /// Reads `path` and requires the object `top` at its top level.
     pub fn load(path: &Path, top: &str) -> Result<ShipyardFile, PoolError> {
+        let (file, format) = ShipyardFile::read(path)?;
+        if !file.value[top].is_object() {
+            return Err(PoolError::Parse {
+                path: path.to_path_buf(),
+                format,
+                message: format!("no `{top}` object at the top level"),
+            });
+        }
+        Ok(file)
+    }
+
+    /// Reads and parses `path` (JSON or YAML), bounded as every input is.
+    fn read(path: &Path) -> Result<(ShipyardFile, &'static str), PoolError> {
         let text =
             crate::util::fsutil::read_input_string(path).map_err(|source| PoolError::Read {
                 path: path.to_path_buf(),
@@ -242,18 +266,14 @@ impl ShipyardFile {
             format,
             message,
         })?;
-        if !value[top].is_object() {
-            return Err(PoolError::Parse {
+        Ok((
+            ShipyardFile {
                 path: path.to_path_buf(),
-                format,
-                message: format!("no `{top}` object at the top level"),
-            });
-        }
-        Ok(ShipyardFile {
-            path: path.to_path_buf(),
-            text,
-            value,
-        })
+                text,
+                value,
+            },
+            format,
+        ))
     }
 
     /// `path:line` of the first line mentioning `needle`, or the path alone.
@@ -510,10 +530,23 @@ fn check_gallery_source(config: &PoolConfig, legacy: bool, f: &mut Vec<Finding>)
 }
 
 pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool, legacy: bool) -> Report {
+    let mut f = Vec::new();
+    if batch_form::is_batch_body(&config.value) {
+        batch_form::check(config, plan, legacy, &mut f);
+    } else {
+        check_shipyard(config, plan, legacy, &mut f);
+    }
+    if !online {
+        online_skipped(&mut f);
+    }
+    Report::new(config.path.display().to_string(), f)
+}
+
+/// A Batch Shipyard pool file: its schema, its image, its node agent and size.
+fn check_shipyard(config: &PoolConfig, plan: Option<&Plan>, legacy: bool, f: &mut Vec<Finding>) {
     let spec = &config.value["pool_specification"];
     let vm = &spec["vm_configuration"];
-    let mut f = Vec::new();
-    check_schema(config, legacy, &mut f);
+    check_schema(config, legacy, f);
 
     let platform = platform_image(spec);
     let custom = vm["custom_image"].is_object();
@@ -555,52 +588,58 @@ pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool, legacy: boo
         .hint("add the custom_image block from `imgforge pool snippet`"),
     });
     if custom {
-        check_gallery_source(config, legacy, &mut f);
-        check_custom(config, plan, &mut f);
+        check_gallery_source(config, legacy, f);
+        check_custom(config, plan, f);
     } else if let Some((image, key)) = platform {
-        check_platform(config, image, key, &mut f);
+        check_platform(config, image, key, f);
     }
     if let Some(plan) = plan
         && (custom || platform.is_some())
     {
-        check_vm_size(config, plan, &mut f);
+        check_vm_size(
+            config,
+            "vm_size",
+            spec["vm_size"].as_str().unwrap_or(""),
+            plan,
+            f,
+        );
     }
+}
 
-    // With --online the caller adds the answers of `online::check`.
-    if !online {
-        for (id, what) in [
-            (
-                "pool.online.batch-auth",
-                "Batch Shipyard signs in to Batch with Entra ID",
-            ),
-            (
-                "pool.online.node-agent",
-                "the Batch account supports the node agent",
-            ),
-            (
-                "pool.online.arm-image",
-                "the arm_image_id exists and is replicated to the Batch account's region",
-            ),
-            (
-                "pool.online.blobs",
-                "each image blob exists and is a page blob",
-            ),
-            (
-                "pool.online.accounts",
-                "each storage account is in the pool's region and subscription",
-            ),
-            (
-                "pool.online.batch-account",
-                "the Batch account allocates pools in the user's subscription",
-            ),
-        ] {
-            f.push(Finding::skip(
-                id,
-                format!("{what}: not checked without --online"),
-            ));
-        }
+/// The online rows, skipped: with --online the caller adds the answers of
+/// `online::check` instead.
+fn online_skipped(f: &mut Vec<Finding>) {
+    for (id, what) in [
+        (
+            "pool.online.batch-auth",
+            "Batch Shipyard signs in to Batch with Entra ID",
+        ),
+        (
+            "pool.online.node-agent",
+            "the Batch account supports the node agent",
+        ),
+        (
+            "pool.online.arm-image",
+            "the arm_image_id exists and is replicated to the Batch account's region",
+        ),
+        (
+            "pool.online.blobs",
+            "each image blob exists and is a page blob",
+        ),
+        (
+            "pool.online.accounts",
+            "each storage account is in the pool's region and subscription",
+        ),
+        (
+            "pool.online.batch-account",
+            "the Batch account allocates pools in the user's subscription",
+        ),
+    ] {
+        f.push(Finding::skip(
+            id,
+            format!("{what}: not checked without --online"),
+        ));
     }
-    Report::new(config.path.display().to_string(), f)
 }
 
 /// A platform-image pool: its size, and its node agent's lifecycle where the
@@ -706,26 +745,35 @@ fn check_custom(config: &PoolConfig, plan: Option<&Plan>, f: &mut Vec<Finding>) 
         });
     }
 
+    check_node_agent(config, node_agent, "node_agent", plan, f);
+}
+
+/// The node agent a pool names: set, known, not retired, and (with the
+/// manifest) the image's distro's. `key` is the key that names it in the file.
+fn check_node_agent(
+    config: &PoolConfig,
+    node_agent: &str,
+    key: &str,
+    plan: Option<&Plan>,
+    f: &mut Vec<Finding>,
+) {
     let known = known_node_agents();
     if node_agent.is_empty() {
         f.push(
-            Finding::fail(
-                "pool.node-agent.present",
-                "custom_image.node_agent is missing",
-            )
-            .evidence(config.at("custom_image"))
-            .hint(format!(
-                "set the node agent SKU id of the image's distro (`imgforge skus`): {}",
-                known.join(", ")
-            )),
+            Finding::fail("pool.node-agent.present", format!("{key} is missing"))
+                .evidence(config.at(key))
+                .hint(format!(
+                    "set the node agent SKU id of the image's distro (`imgforge skus`): {}",
+                    known.join(", ")
+                )),
         );
     } else {
         f.push(
             Finding::pass(
                 "pool.node-agent.present",
-                format!("node_agent is `{node_agent}`"),
+                format!("{key} is `{node_agent}`"),
             )
-            .evidence(config.at("node_agent")),
+            .evidence(config.at(key)),
         );
         f.push(
             if known.iter().any(|k| k.eq_ignore_ascii_case(node_agent)) {
@@ -738,7 +786,7 @@ fn check_custom(config: &PoolConfig, plan: Option<&Plan>, f: &mut Vec<Finding>) 
                     "pool.node-agent.known",
                     format!("`{node_agent}` is not a known node agent SKU id"),
                 )
-                .evidence(config.at("node_agent"))
+                .evidence(config.at(key))
                 .hint(format!("known: {}", known.join(", ")))
             },
         );
@@ -751,7 +799,7 @@ fn check_custom(config: &PoolConfig, plan: Option<&Plan>, f: &mut Vec<Finding>) 
                         "`{node_agent}` is retired: Azure Batch creates no new pool with it since {date} ({source}); an existing pool can still scale"
                     ),
                 )
-                .evidence(config.at("node_agent"))
+                .evidence(config.at(key))
                 .hint(format!(
                     "for a new pool use an image of {}",
                     catalog::current_linux(&crate::spec::plan::today())
@@ -760,7 +808,7 @@ fn check_custom(config: &PoolConfig, plan: Option<&Plan>, f: &mut Vec<Finding>) 
                     "pool.node-agent.retired",
                     format!("`{node_agent}` ends on {date} ({source}): no new pool after that"),
                 )
-                .evidence(config.at("node_agent")),
+                .evidence(config.at(key)),
                 AgentStatus::Supported => Finding::pass(
                     "pool.node-agent.retired",
                     "the node agent is not retired for new pools",
@@ -780,21 +828,19 @@ fn check_custom(config: &PoolConfig, plan: Option<&Plan>, f: &mut Vec<Finding>) 
             Finding::fail(
                 "pool.node-agent.matches-image",
                 format!(
-                    "node_agent `{node_agent}` does not match the image's distro {} (`{want}`)",
+                    "{key} `{node_agent}` does not match the image's distro {} (`{want}`)",
                     plan.distro.key
                 ),
             )
-            .evidence(config.at("node_agent"))
-            .hint(format!("set node_agent: {want}"))
+            .evidence(config.at(key))
+            .hint(format!("set {key}: {want}"))
         });
     }
 }
 
 /// The manifest's hardware features against the pool's VM size.
-fn check_vm_size(config: &PoolConfig, plan: &Plan, f: &mut Vec<Finding>) {
-    let spec = &config.value["pool_specification"];
+fn check_vm_size(config: &PoolConfig, key: &str, vm_size: &str, plan: &Plan, f: &mut Vec<Finding>) {
     {
-        let vm_size = spec["vm_size"].as_str().unwrap_or("");
         if plan.gpu.is_some() {
             f.push(if is_gpu_size(vm_size) {
                 Finding::pass(
@@ -806,7 +852,7 @@ fn check_vm_size(config: &PoolConfig, plan: &Plan, f: &mut Vec<Finding>) {
                     "pool.vm-size.gpu",
                     format!("the image has the GPU feature but vm_size `{vm_size}` has no GPU"),
                 )
-                .evidence(config.at("vm_size"))
+                .evidence(config.at(key))
                 .hint("use an N-series size (NC, ND, NV) or an image without the GPU feature")
             });
         }
@@ -823,7 +869,7 @@ fn check_vm_size(config: &PoolConfig, plan: &Plan, f: &mut Vec<Finding>) {
                         "the image has the RDMA feature but vm_size `{vm_size}` has no InfiniBand"
                     ),
                 )
-                .evidence(config.at("vm_size"))
+                .evidence(config.at(key))
                 .hint("use an H-series size or an N-series size with 'r'")
             });
         }

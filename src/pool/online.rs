@@ -86,7 +86,20 @@ impl Online<'_> {
 /// their accounts and the Batch account's allocation mode.
 pub async fn check(config: &PoolConfig, online: &Online<'_>) -> Vec<Finding> {
     let custom = &config.value["pool_specification"]["vm_configuration"]["custom_image"];
-    if !custom.is_object() {
+    // Batch's own pool body names the image and the agent elsewhere.
+    let batch = super::batch_form::is_batch_body(&config.value);
+    let (arm_image_id, node_agent) = if batch {
+        (
+            super::batch_form::image_id(&config.value),
+            super::batch_form::node_agent(&config.value),
+        )
+    } else {
+        (
+            custom["arm_image_id"].as_str(),
+            custom["node_agent"].as_str().unwrap_or(""),
+        )
+    };
+    if !(custom.is_object() || batch && arm_image_id.is_some()) {
         return [
             BATCH_AUTH,
             NODE_AGENT,
@@ -105,9 +118,9 @@ pub async fn check(config: &PoolConfig, online: &Online<'_>) -> Vec<Finding> {
     };
     let mut out = vec![
         check_batch_auth(online),
-        check_node_agent(config, custom["node_agent"].as_str().unwrap_or(""), online).await,
+        check_node_agent(config, node_agent, online).await,
     ];
-    out.push(match custom["arm_image_id"].as_str() {
+    out.push(match arm_image_id {
         Some(id) => check_arm_image(config, id, online, &mut arm).await,
         None => Finding::skip(ARM_IMAGE, "the pool names no arm_image_id"),
     });
@@ -457,13 +470,19 @@ async fn check_arm_image(
         Ok(Some(d)) => {
             use crate::azure::compute::{RunsOn, runs_on, security_type};
             let t = security_type(&d);
-            if runs_on(t.as_deref()) != RunsOn::Standard {
+            // Batch's own body can ask for Trusted Launch nodes.
+            let asks_trusted_launch = super::batch_form::trusted_launch(&config.value);
+            let runs = runs_on(t.as_deref());
+            if runs != RunsOn::Standard
+                && !(runs == RunsOn::TrustedLaunchOnly && asks_trusted_launch)
+            {
                 return Finding::fail(
                     ARM_IMAGE,
                     format!(
                         "the image definition {definition_id} has security type {}: its versions \
-                         run only on {} VMs, and a Batch Shipyard pool.yaml asks for standard ones \
-                         (it has no security profile)",
+                         run only on {} VMs, and this pool asks for standard ones (a Batch \
+                         Shipyard pool.yaml has no security profile; Batch's body needs \
+                         securityProfile.securityType trustedLaunch)",
                         t.as_deref().unwrap_or("?"),
                         if runs_on(t.as_deref()) == RunsOn::ConfidentialOnly {
                             "confidential"

@@ -121,7 +121,18 @@ pub(super) fn build(mut args: BuildArgs) -> Result<i32, AppError> {
     let packer = Packer::locate(args.packer.as_deref())?;
     let dir = match (&args.resume, &args.out) {
         (Some(dir), _) | (None, Some(dir)) => dir.clone(),
-        (None, None) => pipeline::default_build_dir(&plan.image, std::time::SystemTime::now()),
+        (None, None) => {
+            // Two builds started in the same second (a rerun after a quick
+            // refusal) get their own directories.
+            let base = pipeline::default_build_dir(&plan.image, std::time::SystemTime::now());
+            (1..100)
+                .map(|n| match n {
+                    1 => base.clone(),
+                    n => std::path::PathBuf::from(format!("{}-{n}", base.display())),
+                })
+                .find(|d| !d.exists())
+                .unwrap_or(base)
+        }
     };
     // --timeout: the build is interrupted as Ctrl-C interrupts it, so every
     // stage stops the way it already knows (Packer's clean-up included).

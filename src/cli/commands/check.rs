@@ -104,7 +104,7 @@ pub(super) fn boot_check(args: crate::cli::args::BootCheckArgs) -> Result<i32, A
         &BootOptions {
             firmwares,
             timeout: std::time::Duration::from_secs(args.timeout),
-            must_answer: crate::packer::bootcheck::must_answer(&inbound),
+            must_answer: crate::packer::bootcheck::must_answer(plan.as_ref()),
             must_be_dropped: closed_port(&inbound),
             log_dir: log_dir.clone(),
             needs_hardware: plan
