@@ -448,8 +448,58 @@ pub const DISTROS: &[Distro] = &[
         base_image: MarketplaceImage {
             publisher: "MicrosoftWindowsServer",
             offer: "WindowsServer",
-            sku: "2019-datacenter-core",
-            gen2: false,
+            sku: "2019-datacenter-core-g2",
+            gen2: true,
+        },
+        hpc_base_image: None,
+        node_agent: "batch.node.windows amd64",
+        family: PackageFamily::None,
+        firewall: HostFirewall::Windows,
+        ephemeral_mount: "D:\\",
+        docker_data_root: "",
+        os_release_id: "",
+        os_release_version: "",
+        ssh_service: "",
+        nvidia_repo: "",
+        kernel_packages: &[],
+        codename: "",
+        node_agent_verified: true,
+        agent_end: None,
+        local: None,
+    },
+    Distro {
+        key: "windows-2022",
+        os: Os::Windows,
+        base_image: MarketplaceImage {
+            publisher: "MicrosoftWindowsServer",
+            offer: "WindowsServer",
+            sku: "2022-datacenter-core-g2",
+            gen2: true,
+        },
+        hpc_base_image: None,
+        node_agent: "batch.node.windows amd64",
+        family: PackageFamily::None,
+        firewall: HostFirewall::Windows,
+        ephemeral_mount: "D:\\",
+        docker_data_root: "",
+        os_release_id: "",
+        os_release_version: "",
+        ssh_service: "",
+        nvidia_repo: "",
+        kernel_packages: &[],
+        codename: "",
+        node_agent_verified: true,
+        agent_end: None,
+        local: None,
+    },
+    Distro {
+        key: "windows-2025",
+        os: Os::Windows,
+        base_image: MarketplaceImage {
+            publisher: "MicrosoftWindowsServer",
+            offer: "WindowsServer",
+            sku: "2025-datacenter-core-g2",
+            gen2: true,
         },
         hpc_base_image: None,
         node_agent: "batch.node.windows amd64",
@@ -933,6 +983,36 @@ mod tests {
         for id in ids {
             assert_eq!(FEATURES.iter().filter(|f| f.id == id).count(), 1, "{id:?}");
         }
+    }
+
+    #[test]
+    fn todays_bases_are_generation_2_and_the_advice_comes_from_the_dates() {
+        // Every distro whose agent makes new pools builds from a Gen2 base
+        // (the HPC ones too): what Batch's current sizes boot.
+        for d in DISTROS {
+            if d.agent_status("2026-12-03") == AgentStatus::Supported && d.node_agent_verified {
+                assert!(d.base_image.gen2, "{}", d.key);
+                assert!(d.hpc_base_image.is_none_or(|h| h.gen2), "{}", d.key);
+            }
+        }
+        // The deprecated AlmaLinux 8 HPC SKU is gone.
+        assert!(
+            !DISTROS
+                .iter()
+                .any(|d| d.hpc_base_image.is_some_and(|h| h.sku == "8_7-hpc"))
+        );
+        let today = current_linux("2026-12-03");
+        assert_eq!(
+            today,
+            "ubuntu-22.04 (batch.node.ubuntu 22.04, until 2027-06-30), ubuntu-24.04 (batch.node.ubuntu 24.04), almalinux-8 (batch.node.el 8) or almalinux-9 (batch.node.el 9)"
+        );
+        // After 22.04's end it drops out by itself; Debian (no agent) never appears.
+        let later = current_linux("2027-07-01");
+        assert!(
+            !later.contains("22.04") && later.contains("ubuntu-24.04"),
+            "{later}"
+        );
+        assert!(!today.contains("debian"));
     }
 
     #[test]
