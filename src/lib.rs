@@ -9,25 +9,30 @@
 //!   the captured VHD, the boot check
 //! - `validate` — the offline validator: VHD footer, partitions, ext4 / XFS
 //!   root, the catalog's checks
-//! - `publish` (managed image / gallery) or `replicate` (VHD copies, one per
-//!   40 Linux nodes, each on its own account)
-//! - `pool` — the Batch Shipyard pool: snippet and checks (offline and online)
+//! - `inspect` — what is in an image, read through the validator's reader:
+//!   packages (dpkg), kernels, units, users; SBOMs (SPDX, CycloneDX); diffs
+//! - `publish` (gallery version; legacy managed image) or `replicate` (legacy
+//!   VHD copies, one per 40 Linux nodes, each on its own account)
+//! - `pool` — the pool that uses the image (Batch Shipyard, Batch REST, Bicep,
+//!   Terraform) and checks of pool files (offline and online)
 //! - `pipeline` — `imgforge build`: the stages in order, with a journal
 //! - `azure` — the service clients the stages use, knowing nothing of images
 //! - `cli` — clap types, one function per subcommand, exit codes
 //! - `util`, `report` — shared helpers and the findings every check reports
 //!
 //! Only what the binary, the integration tests and the benches use is
-//! public (`spec`, `validate`, `pool`, `report`, `azure::storage`, `cli`'s
+//! public (`spec`, `validate`, `inspect`, `pool`, `report`, `azure::storage`, `cli`'s
 //! `args` and `commands`, `util`'s `term` and `text`); the stages and the
 //! other clients are `pub(crate)`, so the compiler finds what nothing uses.
 //!
 //! A new distro or feature: `spec/catalog.rs`. A new check: a row of `validate/checks.rs` (or
 //! `pool` for pool configs). A new target: `spec` (manifest, plan), `render`
-//! (its template) and `pipeline`. A new stage: `pipeline`.
+//! (its template) and `pipeline`. A new stage: `pipeline`. A new pool output
+//! format: `pool/output.rs`; a new fact of an image or SBOM format: `inspect`.
 
 pub mod azure;
 pub mod cli;
+pub mod inspect;
 pub(crate) mod packer;
 pub(crate) mod pipeline;
 pub mod pool;

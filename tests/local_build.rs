@@ -221,15 +221,114 @@ fn a_local_debian_build_is_valid_bootable_and_leaves_the_host_alone() {
         "the unpacked root is removed"
     );
 
-    // A second build reuses the cached root.
+    // What is in the image, read from the VHD: the package list equals what
+    // dpkg-query said inside the same root during the build.
+    let inspect = run(imgforge().args(["inspect", "--json"]).arg(&vhd));
+    assert_eq!(inspect.code, 0, "{}", inspect.all());
+    let doc: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+    let mut from_disk: Vec<String> = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{}\t{}\t{}", p["name"], p["version"], p["arch"]).replace('"', ""))
+        .collect();
+    from_disk.sort();
+    let mut from_dpkg: Vec<String> = std::fs::read_to_string(out.join("work/packages.txt"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("installed\t").map(str::to_string))
+        .collect();
+    from_dpkg.sort();
+    assert!(from_dpkg.len() > 200, "{}", from_dpkg.len());
+    assert_eq!(from_disk, from_dpkg);
+    assert_eq!(doc["os"]["id"], "debian");
+    assert!(doc["components"]["docker"].is_string(), "{doc:#}");
+    assert!(doc["kernels"].as_array().unwrap().len() == 1, "{doc:#}");
+    // Both SBOMs list every package with its package URL.
+    for (format, list, purl) in [
+        ("spdx", "packages", "/externalRefs/0/referenceLocator"),
+        ("cyclonedx", "components", "/purl"),
+    ] {
+        let file = tmp.path().join(format!("sbom.{format}.json"));
+        let r = run(imgforge()
+            .args(["inspect", "--sbom", format, "-o"])
+            .arg(&file)
+            .arg(&vhd));
+        assert_eq!(r.code, 0, "{}", r.all());
+        let sbom: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        let items = sbom[list].as_array().unwrap();
+        let purls: Vec<&str> = items
+            .iter()
+            .filter_map(|p| p.pointer(purl))
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(purls.len(), from_dpkg.len(), "{format}");
+        assert!(
+            purls
+                .iter()
+                .all(|p| p.starts_with("pkg:deb/debian/") && p.contains("distro=debian-12")),
+            "{format}"
+        );
+    }
+
+    // A second build, one package more, reuses the cached root; the diff of
+    // the two images names that package and nothing else.
+    let second = tmp.path().join("second");
+    let m2 = manifest(&second, |t| {
+        t.replace("packages = [\"jq\"]", "packages = [\"jq\", \"tree\"]")
+    });
     let out2 = tmp.path().join("build2");
-    let r = run(&mut build(&m, &out2, &["--no-boot-check"]));
+    let r = run(&mut build(&m2, &out2, &["--no-boot-check"]));
     assert_eq!(r.code, 0, "{}", r.all());
     let log2 = std::fs::read_to_string(out2.join("packer.log")).unwrap();
     assert!(log2.contains("using the cached base root"), "no cache use");
     assert!(!log2.contains("making the base root"));
     let rec2 = record(&out2);
     assert_eq!(stage(&rec2, "boot_check")["status"], "skipped");
+    let vhd2 = PathBuf::from(rec2["artifact"]["path"].as_str().unwrap());
+    let d = run(imgforge().args(["diff", "--json"]).arg(&vhd).arg(&vhd2));
+    assert_eq!(d.code, 0, "{}", d.all());
+    let d: serde_json::Value = serde_json::from_str(&d.stdout).unwrap();
+    let added = d["packages_added"].as_array().unwrap();
+    assert_eq!(added.len(), 1, "{d:#}");
+    assert!(
+        added[0].as_str().unwrap().starts_with("tree:amd64 "),
+        "{d:#}"
+    );
+    for same in [
+        "packages_removed",
+        "packages_changed",
+        "kernels_added",
+        "users_added",
+        "units_disabled",
+        "ssh_ports_added",
+    ] {
+        assert_eq!(d[same], serde_json::json!([]), "{same}: {d:#}");
+    }
+    // As a gate: the rule that names it trips (exit 1), one that does not, passes.
+    let gate = run(imgforge()
+        .args(["diff", "--fail-on", "package:tre?", "--fail-on", "kernel"])
+        .arg(doc_file(&tmp, &inspect.stdout))
+        .arg(&vhd2));
+    assert_eq!(gate.code, 1, "{}", gate.all());
+    assert!(
+        gate.stdout.contains("FAIL package tree:amd64 "),
+        "{}",
+        gate.stdout
+    );
+    let pass = run(imgforge()
+        .args(["diff", "--fail-on", "kernel", "--fail-on", "new-user"])
+        .arg(&vhd)
+        .arg(&vhd2));
+    assert_eq!(pass.code, 0, "{}", pass.all());
+}
+
+/// `text` in a file of `dir`, for commands that take a document.
+fn doc_file(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+    let p = dir.path().join("inspect.json");
+    write(&p, text);
+    p
 }
 
 /// The whole of today's path on this machine: a local build, its VHD uploaded

@@ -771,3 +771,75 @@ fn an_xfs_root_in_azurite_gives_the_same_report_as_the_local_file() {
     let bytes = remote["read"]["bytes"].as_u64().unwrap();
     assert!(bytes <= 24 * 1024 * 1024, "{bytes} bytes read");
 }
+
+/// `inspect` reads through the validator's layers: a real ext4 disk with a
+/// dpkg database is listed; a damaged database is an error naming its line,
+/// never a partial package list or SBOM; a disk with no root says how far it got.
+#[test]
+fn inspect_lists_what_dpkg_recorded_and_never_half_of_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let status = "Package: jq\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.6-2.1\n\nPackage: docker.io\nStatus: install ok installed\nArchitecture: amd64\nVersion: 20.10.24+dfsg1-1+b3\nSource: docker.io (20.10.24+dfsg1-1)\n";
+    let good = image(tmp.path(), "inspect-good", Layout::Gpt, |t| {
+        write(&t.join("var/lib/dpkg/status"), status);
+    });
+    let r = run(imgforge().args(["inspect", "--json"]).arg(&good));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["os"]["id"], "ubuntu", "{doc:#}");
+    let names: Vec<&str> = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["docker.io", "jq"]);
+    assert_eq!(doc["components"]["docker"], "20.10.24+dfsg1-1+b3");
+    let r = run(imgforge()
+        .args(["inspect", "--sbom", "cyclonedx"])
+        .arg(&good));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let bom: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(bom["specVersion"], "1.5");
+    assert_eq!(
+        bom["components"][1]["purl"],
+        "pkg:deb/ubuntu/jq@1.6-2.1?arch=amd64&distro=ubuntu-16.04"
+    );
+
+    let damaged = image(tmp.path(), "inspect-damaged", Layout::Gpt, |t| {
+        write(
+            &t.join("var/lib/dpkg/status"),
+            &format!(
+                "{status}\nPackage: half\nStatus: install ok installed\nArchitecture: amd64\n"
+            ),
+        );
+    });
+    let r = run(imgforge().args(["inspect", "--sbom", "spdx"]).arg(&damaged));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("/var/lib/dpkg/status: line 12: package half has no Version"),
+        "{}",
+        r.stderr
+    );
+    // With --json the one document on stdout is the error, not a package list.
+    let r = run(imgforge().args(["inspect", "--json"]).arg(&damaged));
+    assert_eq!(r.code, 2, "{}", r.all());
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(doc.get("packages").is_none(), "{doc:#}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 12"),
+        "{doc:#}"
+    );
+    let no_root = sparse_vhd(tmp.path(), "blank", 16, &[]);
+    let r = run(imgforge().arg("inspect").arg(&no_root));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("the root filesystem could not be read"),
+        "{}",
+        r.stderr
+    );
+}

@@ -73,6 +73,8 @@ impl Cli {
             Some(Command::Publish(a)) => a.json,
             Some(Command::Validate(a)) => a.json,
             Some(Command::BootCheck(a)) => a.json,
+            Some(Command::Inspect(a)) => a.json,
+            Some(Command::Diff(a)) => a.json,
             _ => false,
         }
     }
@@ -170,6 +172,29 @@ QEMU uses KVM when /dev/kvm works, else software emulation (TCG, ~40 s a boot on
 The guest's network is restricted: it reaches nothing, only forwarded loopback
 ports reach it.")]
     BootCheck(BootCheckArgs),
+    /// What is in an image, read from its disk without booting it: OS, kernels,
+    /// packages, units at boot, users, sshd's ports; an SBOM with --sbom.
+    ///
+    /// Exit status: 0, or 2 when the image's root filesystem or package
+    /// database cannot be read whole (no partial package list is ever given).
+    #[command(after_help = "\
+Examples:
+  imgforge inspect out/disk.vhd                            a summary
+  imgforge inspect out/disk.vhd --json > inspect.json      every fact, for `imgforge diff`
+  imgforge inspect out/disk.vhd --sbom spdx -o sbom.spdx.json
+  imgforge inspect out/disk.vhd --sbom cyclonedx -o bom.cdx.json")]
+    Inspect(InspectArgs),
+    /// What changed between two images (or two `inspect --json` documents), and a
+    /// gate: exit 1 when a --fail-on rule trips.
+    #[command(after_help = "\
+Examples:
+  imgforge diff old.vhd new.vhd
+  imgforge diff old.json new.vhd --json
+  imgforge diff old.json new.json --fail-on kernel --fail-on new-user --fail-on 'package:nvidia-*'
+
+Rules: kernel, new-port (sshd), new-user (with a login shell), package-removed,
+unit-disabled (no longer started at boot), package:GLOB (added, removed or changed).")]
+    Diff(DiffArgs),
     /// What happened in a build, stage by stage (from its build.json).
     #[command(after_help = "\
 Examples:
@@ -701,6 +726,35 @@ pub struct BootCheckArgs {
     #[arg(long, value_name = "DIR")]
     pub logs: Option<PathBuf>,
     /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A local fixed VHD.
+    pub image: PathBuf,
+    /// Print every fact as JSON (what `imgforge diff` takes).
+    #[arg(long, conflicts_with = "sbom")]
+    pub json: bool,
+    /// Write a software bill of materials instead of the summary.
+    #[arg(long, value_enum)]
+    pub sbom: Option<crate::inspect::sbom::SbomFormat>,
+    /// Write the JSON or SBOM to this file (temp file, then rename) instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The earlier image (VHD) or its `inspect --json` document.
+    pub old: PathBuf,
+    /// The later image (VHD) or its `inspect --json` document.
+    pub new: PathBuf,
+    /// A rule whose hit fails the diff (exit 1); repeatable.
+    #[arg(long = "fail-on", value_name = "RULE")]
+    pub fail_on: Vec<crate::inspect::diff::Rule>,
+    /// Print the difference as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -40,7 +40,7 @@ pub trait Disk {
     fn stats(&self) -> ReadStats;
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
 pub struct ReadStats {
     /// Bytes fetched from the file or the storage service.
     pub bytes: u64,
@@ -529,12 +529,46 @@ pub fn validate(
 ) -> Validation {
     let disk: SharedDisk = Rc::new(RefCell::new(disk));
     let mut f = Vec::new();
-    check_disk(subject, &disk, blob_length, plan, &mut f);
+    check_disk(
+        subject,
+        &disk,
+        blob_length,
+        plan.distro.os == Os::Windows,
+        Box::new(|root, f| checks::check_files(&checks::Files::new(root), plan, f)),
+        &mut f,
+    );
     let stats = disk.borrow().stats();
     Validation {
         report: Report::new(subject, completeness(plan, f)),
         read: stats,
     }
+}
+
+/// What is done with a root filesystem once it opens: the file checks, or
+/// `inspect`'s reading.
+type OnRoot<'a> = Box<dyn FnOnce(Box<dyn rootfs::RootFs>, &mut Vec<Finding>) + 'a>;
+
+/// Opens `disk` layer by layer as `validate` does (container, partition
+/// table, root partition, ext4 or XFS) and hands the root filesystem to
+/// `read`. The findings say how far it got, and why not further.
+pub fn read_root<T>(
+    subject: &str,
+    disk: Box<dyn Disk>,
+    read: impl FnOnce(&dyn rootfs::RootFs) -> T,
+) -> (Option<T>, Vec<Finding>, ReadStats) {
+    let disk: SharedDisk = Rc::new(RefCell::new(disk));
+    let mut f = Vec::new();
+    let mut out = None;
+    check_disk(
+        subject,
+        &disk,
+        None,
+        false,
+        Box::new(|root, _| out = Some(read(root.as_ref()))),
+        &mut f,
+    );
+    let stats = disk.borrow().stats();
+    (out, f, stats)
 }
 
 /// Layer by layer, each failure ending the walk: the blob, the VHD
@@ -544,7 +578,8 @@ fn check_disk(
     subject: &str,
     disk: &SharedDisk,
     blob_length: Option<(String, u64)>,
-    plan: &Plan,
+    windows: bool,
+    on_root: OnRoot<'_>,
     f: &mut Vec<Finding>,
 ) {
     let len = disk.borrow().size();
@@ -583,7 +618,7 @@ fn check_disk(
         format!("{kind}, {} partition(s)", parts.len()),
     ));
 
-    if plan.distro.os == Os::Windows {
+    if windows {
         f.push(
             Finding::skip(
                 "disk.filesystem",
@@ -606,7 +641,7 @@ fn check_disk(
         );
         return;
     };
-    root_filesystem(disk, &root, plan, f);
+    root_filesystem(disk, &root, on_root, f);
 }
 
 /// The container: a fixed VHD (its footer, and what the file is when it is
@@ -707,7 +742,7 @@ fn container(subject: &str, disk: &SharedDisk, f: &mut Vec<Finding>) -> bool {
 
 /// The root filesystem, ext4 or XFS, opened through the partition's own
 /// reader; when it opens, the file checks run over it.
-fn root_filesystem(disk: &SharedDisk, root: &Partition, plan: &Plan, f: &mut Vec<Finding>) {
+fn root_filesystem(disk: &SharedDisk, root: &Partition, on_root: OnRoot<'_>, f: &mut Vec<Finding>) {
     let at = format!("partition at byte {}", root.start);
     match fs_kind(disk, root.start) {
         FsKind::Xfs => {
@@ -729,8 +764,7 @@ fn root_filesystem(disk: &SharedDisk, root: &Partition, plan: &Plan, f: &mut Vec
                 ),
                 Ok(fs) => {
                     f.push(Finding::pass("disk.filesystem", "XFS, readable"));
-                    let files = checks::Files::new(Box::new(rootfs::XfsRoot(RefCell::new(fs))));
-                    checks::check_files(&files, plan, f);
+                    on_root(Box::new(rootfs::XfsRoot(RefCell::new(fs))), f);
                 }
             }
         }
@@ -770,8 +804,7 @@ fn root_filesystem(disk: &SharedDisk, root: &Partition, plan: &Plan, f: &mut Vec
                     } else {
                         Finding::pass("disk.filesystem", "ext4, cleanly unmounted")
                     });
-                    let files = checks::Files::new(Box::new(rootfs::Ext4Root(fs)));
-                    checks::check_files(&files, plan, f);
+                    on_root(Box::new(rootfs::Ext4Root(fs)), f);
                 }
             }
         }

@@ -21,10 +21,11 @@ use crate::spec::plan::Plan;
 mod build;
 mod check;
 mod copies;
+mod inspect;
 mod pool;
 mod project;
 mod publish;
-use self::{build::*, check::*, copies::*, pool::*, project::*, publish::*};
+use self::{build::*, check::*, copies::*, inspect::*, pool::*, project::*, publish::*};
 
 pub fn run(cli: Cli) -> Result<i32, AppError> {
     crate::util::term::configure(cli.color, cli.quiet);
@@ -74,6 +75,8 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
         Command::Publish(args) => publish(args),
         Command::Validate(args) => validate(args),
         Command::BootCheck(args) => boot_check(args),
+        Command::Inspect(args) => inspect(args),
+        Command::Diff(args) => diff(args),
     }
 }
 

@@ -1,0 +1,453 @@
+//! What is in an image, read from the disk without booting it: the OS
+//! release, kernels, installed packages (dpkg's status database), units
+//! enabled at boot, users with a login shell, sshd's ports — the facts a
+//! release pipeline diffs between two builds and turns into an SBOM.
+//!
+//! It opens the disk exactly as the validator does (`validate::read_root`:
+//! the VHD container, the partition table, ext4 or XFS) and reads only the
+//! files it needs, each bounded. A package database that cannot be read
+//! whole, or that is malformed, is an error naming the line: never a partial
+//! package list presented as the image's. RPM's database is not read yet
+//! (EL 9 keeps it in SQLite, EL 8 in Berkeley DB): such an image's
+//! inspection says so and has no SBOM.
+
+use serde::{Deserialize, Serialize};
+
+use crate::report::{Finding, Status};
+use crate::validate::rootfs::RootFs;
+use crate::validate::{Disk, ReadStats};
+
+pub mod diff;
+pub mod dpkg;
+pub mod sbom;
+
+/// The most a package database may take: Debian's with 3,000 packages is
+/// about 3 MiB.
+pub const MAX_PACKAGE_DB: u64 = 64 << 20;
+/// The most a small text file (`/etc/passwd`, `os-release`, sshd's config) may take.
+const MAX_SMALL: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("{subject}: the root filesystem could not be read: {why}")]
+    NoRoot { subject: String, why: String },
+    #[error("{subject}: {path}: {why}")]
+    PackageDb {
+        subject: String,
+        path: String,
+        why: String,
+    },
+    #[error("{0}")]
+    Validate(#[from] crate::validate::ValidateError),
+    #[error("{path}: not an inspection document imgforge reads: {why}")]
+    Document { path: String, why: String },
+}
+
+impl crate::util::Hint for InspectError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            InspectError::NoRoot { .. } => Some(
+                "`imgforge validate IMAGE --manifest M` shows each layer it read and where it stopped"
+                    .into(),
+            ),
+            InspectError::PackageDb { .. } => Some(
+                "no SBOM is made from a package database read in part; rebuild the image, or check it with `dpkg --audit` in the build"
+                    .into(),
+            ),
+            InspectError::Validate(_) => None,
+            InspectError::Document { .. } => Some(
+                "pass an image (VHD) or a document `imgforge inspect --json` wrote".into(),
+            ),
+        }
+    }
+}
+
+impl InspectError {
+    pub fn category(&self) -> crate::util::Category {
+        use crate::util::Category;
+        match self {
+            InspectError::Validate(_) => Category::Io,
+            _ => Category::Input,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OsRelease {
+    pub id: String,
+    pub version_id: String,
+    pub pretty_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    /// The source package (dpkg's `Source:`, else the package's own name).
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub shell: String,
+}
+
+/// What `imgforge inspect` reports about one image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Inspection {
+    pub schema: u32,
+    pub subject: String,
+    pub os: OsRelease,
+    /// `dpkg`, or why no package database was read.
+    pub package_db: String,
+    pub packages: Vec<Package>,
+    /// Kernel versions with modules (`/lib/modules/*`).
+    pub kernels: Vec<String>,
+    /// `TARGET.wants/UNIT` links under /etc/systemd/system: what starts at boot.
+    pub units_enabled: Vec<String>,
+    pub users_with_shell: Vec<User>,
+    /// sshd's `Port` lines (sshd_config and its .d), 22 when none.
+    pub ssh_ports: Vec<u16>,
+    /// What a Batch image cares about, from the package list: name → version.
+    pub components: std::collections::BTreeMap<String, String>,
+    /// Bytes and reads it took.
+    #[serde(default)]
+    pub read: ReadStats,
+}
+
+pub const SCHEMA: u32 = 1;
+
+/// Components a Batch image cares about: (what, package names that are it).
+const COMPONENTS: &[(&str, &[&str])] = &[
+    ("docker", &["docker-ce", "docker.io", "moby-engine"]),
+    ("containerd", &["containerd.io", "containerd"]),
+    (
+        "nvidia-driver",
+        &["nvidia-driver", "cuda-drivers", "nvidia-kernel-dkms"],
+    ),
+    (
+        "nvidia-container-toolkit",
+        &["nvidia-container-toolkit", "libnvidia-container-tools"],
+    ),
+    ("ofed", &["mlnx-ofed-all", "rdma-core"]),
+    ("nfs-client", &["nfs-common", "nfs-utils"]),
+    ("glusterfs-client", &["glusterfs-client"]),
+    ("glusterfs-server", &["glusterfs-server"]),
+    ("azure-agent", &["waagent", "walinuxagent", "WALinuxAgent"]),
+    ("cloud-init", &["cloud-init"]),
+];
+
+fn text(root: &dyn RootFs, path: &str) -> Option<String> {
+    root.read_prefix(path, MAX_SMALL)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+fn os_release(root: &dyn RootFs) -> OsRelease {
+    let t = text(root, "/etc/os-release")
+        .or_else(|| text(root, "/usr/lib/os-release"))
+        .unwrap_or_default();
+    let field = |k: &str| {
+        t.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(|v| v.trim().trim_matches('"').to_string())
+            .unwrap_or_default()
+    };
+    OsRelease {
+        id: field("ID"),
+        version_id: field("VERSION_ID"),
+        pretty_name: field("PRETTY_NAME"),
+    }
+}
+
+fn users(root: &dyn RootFs) -> Vec<User> {
+    let no_login = [
+        "/usr/sbin/nologin",
+        "/sbin/nologin",
+        "/bin/false",
+        "/usr/bin/false",
+        "/bin/sync",
+        "",
+    ];
+    let mut out: Vec<User> = text(root, "/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() == 7 && !no_login.contains(&f[6])).then(|| User {
+                name: f[0].to_string(),
+                uid: f[2].parse().unwrap_or(u32::MAX),
+                shell: f[6].to_string(),
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn ssh_ports(root: &dyn RootFs) -> Vec<u16> {
+    let mut files = vec!["/etc/ssh/sshd_config".to_string()];
+    let mut dropins: Vec<String> = root
+        .list("/etc/ssh/sshd_config.d")
+        .into_iter()
+        .filter(|n| n.ends_with(".conf"))
+        .map(|n| format!("/etc/ssh/sshd_config.d/{n}"))
+        .collect();
+    dropins.sort();
+    files.extend(dropins);
+    let mut ports: Vec<u16> = files
+        .iter()
+        .filter_map(|f| text(root, f))
+        .flat_map(|t| {
+            t.lines()
+                .filter_map(|l| {
+                    let mut w = l.split_whitespace();
+                    match (w.next(), w.next()) {
+                        (Some(k), Some(v)) if k.eq_ignore_ascii_case("port") => v.parse().ok(),
+                        _ => None,
+                    }
+                })
+                .collect::<Vec<u16>>()
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.is_empty() {
+        ports.push(22);
+    }
+    ports
+}
+
+fn kernels(root: &dyn RootFs) -> Vec<String> {
+    let mut k = root.list("/lib/modules");
+    if k.is_empty() {
+        k = root.list("/usr/lib/modules");
+    }
+    k.sort();
+    k
+}
+
+fn units_enabled(root: &dyn RootFs) -> Vec<String> {
+    let base = "/etc/systemd/system";
+    let mut out: Vec<String> = root
+        .list(base)
+        .into_iter()
+        .filter(|d| d.ends_with(".wants"))
+        .flat_map(|d| {
+            let target = d.trim_end_matches(".wants").to_string();
+            root.list(&format!("{base}/{d}"))
+                .into_iter()
+                .map(move |u| format!("{target}/{u}"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Reads everything `Inspection` holds from a root filesystem.
+pub fn inspect_root(subject: &str, root: &dyn RootFs) -> Result<Inspection, InspectError> {
+    let (package_db, packages) = if root.exists(dpkg::STATUS) {
+        let bytes = root
+            .read_prefix(dpkg::STATUS, MAX_PACKAGE_DB + 1)
+            .ok_or_else(|| InspectError::PackageDb {
+                subject: subject.into(),
+                path: dpkg::STATUS.into(),
+                why: "present but not readable".into(),
+            })?;
+        if bytes.len() as u64 > MAX_PACKAGE_DB {
+            return Err(InspectError::PackageDb {
+                subject: subject.into(),
+                path: dpkg::STATUS.into(),
+                why: format!(
+                    "longer than the {} MiB imgforge reads: not read in part",
+                    MAX_PACKAGE_DB >> 20
+                ),
+            });
+        }
+        let packages = dpkg::parse(&bytes).map_err(|why| InspectError::PackageDb {
+            subject: subject.into(),
+            path: dpkg::STATUS.into(),
+            why,
+        })?;
+        ("dpkg".to_string(), packages)
+    } else if root.exists("/var/lib/rpm/rpmdb.sqlite") {
+        (
+            "not read: RPM's SQLite database (/var/lib/rpm/rpmdb.sqlite) is not read yet".into(),
+            Vec::new(),
+        )
+    } else if root.exists("/var/lib/rpm/Packages") {
+        (
+            "not read: RPM's Berkeley DB (/var/lib/rpm/Packages, EL 8) is not read".into(),
+            Vec::new(),
+        )
+    } else {
+        ("none found".to_string(), Vec::new())
+    };
+    let components = COMPONENTS
+        .iter()
+        .filter_map(|(what, names)| {
+            packages
+                .iter()
+                .find(|p| names.contains(&p.name.as_str()))
+                .map(|p| (what.to_string(), p.version.clone()))
+        })
+        .collect();
+    Ok(Inspection {
+        schema: SCHEMA,
+        subject: subject.to_string(),
+        os: os_release(root),
+        package_db,
+        packages,
+        kernels: kernels(root),
+        units_enabled: units_enabled(root),
+        users_with_shell: users(root),
+        ssh_ports: ssh_ports(root),
+        components,
+        read: ReadStats::default(),
+    })
+}
+
+/// Inspects a disk image (a local fixed VHD or a blob through range reads).
+pub fn inspect_disk(subject: &str, disk: Box<dyn Disk>) -> Result<Inspection, InspectError> {
+    let (result, findings, stats) =
+        crate::validate::read_root(subject, disk, |root| inspect_root(subject, root));
+    match result {
+        Some(r) => r.map(|mut i| {
+            i.read = stats;
+            i
+        }),
+        None => Err(InspectError::NoRoot {
+            subject: subject.into(),
+            why: findings
+                .iter()
+                .rev()
+                .find(|f| matches!(f.status, Status::Fail | Status::Skip))
+                .map(|f: &Finding| format!("{} ({})", f.message, f.id))
+                .unwrap_or_else(|| "no Linux root filesystem".into()),
+        }),
+    }
+}
+
+impl Inspection {
+    /// The lines `imgforge inspect` prints.
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(s, "image       {}", self.subject);
+        let _ = writeln!(
+            s,
+            "os          {} ({} {})",
+            self.os.pretty_name, self.os.id, self.os.version_id
+        );
+        let _ = writeln!(s, "kernels     {}", self.kernels.join(", "));
+        let _ = writeln!(
+            s,
+            "packages    {} ({})",
+            self.packages.len(),
+            self.package_db
+        );
+        for (what, version) in &self.components {
+            let _ = writeln!(s, "  {what:<24} {version}");
+        }
+        let _ = writeln!(s, "at boot     {} unit(s)", self.units_enabled.len());
+        let _ = writeln!(
+            s,
+            "users       {}",
+            self.users_with_shell
+                .iter()
+                .map(|u| format!("{} ({})", u.name, u.shell))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "sshd        port {}",
+            self.ssh_ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "read        {} bytes in {} read(s)",
+            self.read.bytes, self.read.requests
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::rootfs::DirRoot;
+
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (p, t) in files {
+            let path = dir.path().join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, t).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn a_root_is_read_into_facts() {
+        let dir = tree(&[
+            (
+                "/etc/os-release",
+                "ID=debian\nVERSION_ID=\"12\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n",
+            ),
+            (
+                "/etc/passwd",
+                "root:x:0:0:root:/root:/bin/bash\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\nops:x:1000:1000::/home/ops:/bin/sh\n",
+            ),
+            ("/etc/ssh/sshd_config", "Port 22\n# Port 2222\n"),
+            ("/etc/ssh/sshd_config.d/50-extra.conf", "Port 2200\n"),
+            ("/lib/modules/6.1.0-28-cloud-amd64/modules.dep", ""),
+            (
+                "/etc/systemd/system/multi-user.target.wants/ssh.service",
+                "",
+            ),
+            (
+                dpkg::STATUS,
+                "Package: docker.io\nStatus: install ok installed\nArchitecture: amd64\nVersion: 20.10.24+dfsg1-1+b3\nSource: docker.io (20.10.24+dfsg1-1)\n\nPackage: jq\nStatus: deinstall ok config-files\nArchitecture: amd64\nVersion: 1.6-2.1\n",
+            ),
+        ]);
+        let root = DirRoot(dir.path().to_path_buf());
+        let i = inspect_root("t", &root).unwrap();
+        assert_eq!(i.os.id, "debian");
+        assert_eq!(i.os.version_id, "12");
+        assert_eq!(i.kernels, ["6.1.0-28-cloud-amd64"]);
+        assert_eq!(
+            i.packages.len(),
+            1,
+            "only installed packages: {:?}",
+            i.packages
+        );
+        assert_eq!(i.packages[0].source, "docker.io");
+        assert_eq!(i.components["docker"], "20.10.24+dfsg1-1+b3");
+        assert_eq!(i.ssh_ports, [22, 2200]);
+        assert_eq!(i.units_enabled, ["multi-user.target/ssh.service"]);
+        let names: Vec<&str> = i.users_with_shell.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["ops", "root"]);
+        assert_eq!(i.package_db, "dpkg");
+    }
+
+    #[test]
+    fn a_malformed_or_missing_package_database_is_said_never_half_read() {
+        let dir = tree(&[(
+            dpkg::STATUS,
+            "Package: a\nStatus: install ok installed\nArchitecture: amd64\n\n",
+        )]);
+        let e = inspect_root("t", &DirRoot(dir.path().to_path_buf())).unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
+        let dir = tree(&[("/var/lib/rpm/rpmdb.sqlite", "SQLite format 3\0")]);
+        let i = inspect_root("t", &DirRoot(dir.path().to_path_buf())).unwrap();
+        assert!(i.package_db.starts_with("not read"), "{}", i.package_db);
+        assert!(i.packages.is_empty());
+    }
+}
