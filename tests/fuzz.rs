@@ -144,6 +144,7 @@ impl Sparse {
     }
 }
 
+#[derive(Clone)]
 struct Patched {
     base: Arc<Sparse>,
     patch: HashMap<u64, Vec<u8>>,
@@ -223,6 +224,8 @@ fn disk_case(base: &Arc<Sparse>, blocks: &[u64], rng: &mut Rng, plan: &imgforge:
         mutate(rng, &mut block, |r| r.below(BLOCK) as usize);
         disk.patch.insert(b, block);
     }
+    // `inspect` walks the same damaged disk through its own reads.
+    let _ = imgforge::inspect::inspect_disk("fuzz", Box::new(disk.clone()));
     let v = imgforge::validate::validate("fuzz", Box::new(disk), None, plan);
     // What the case reached, for the run's tally: how far the readers went.
     let failed: Vec<&str> = v
@@ -265,6 +268,8 @@ enum Target {
     /// A recorded service answer (Batch supported images, Resource Manager
     /// storage accounts), mutated as text and parsed as JSON first.
     Json(String, fn(&serde_json::Value)),
+    /// A text database read as bytes (dpkg's status).
+    Text(String, fn(&[u8])),
 }
 
 const TARGETS: &[&str] = &[
@@ -278,6 +283,7 @@ const TARGETS: &[&str] = &[
     "build-record",
     "batch-images",
     "arm-accounts",
+    "dpkg-status",
 ];
 
 fn setup(name: &str, dir: &Path) -> Target {
@@ -348,6 +354,12 @@ fn setup(name: &str, dir: &Path) -> Target {
                 .unwrap(),
             imgforge::fuzzing::storage_accounts_page,
         ),
+        "dpkg-status" => Target::Text(
+            "Package: libc6\nStatus: install ok installed\nPriority: optional\nArchitecture: amd64\nMulti-Arch: same\nSource: glibc\nVersion: 2.36-9+deb12u9\nDepends: libgcc-s1\nDescription: GNU C Library\n Contains the standard libraries.\n .\n More.\n\nPackage: jq\nStatus: hold ok installed\nArchitecture: amd64\nVersion: 1.6-2.1\nSource: jq (1.6-2.1)\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\n".into(),
+            |b| {
+                let _ = imgforge::inspect::dpkg::parse(b);
+            },
+        ),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -406,6 +418,7 @@ fn run_case(target: &Target, rng: &mut Rng) {
                 read(&v);
             }
         }
+        Target::Text(text, read) => read(&mutate_text(rng, text)),
     }
 }
 

@@ -286,6 +286,29 @@ fn a_local_debian_build_is_valid_bootable_and_leaves_the_host_alone() {
     assert!(!log2.contains("making the base root"));
     let rec2 = record(&out2);
     assert_eq!(stage(&rec2, "boot_check")["status"], "skipped");
+    // The build itself wrote what is in it, its SBOM, and (the first build
+    // beside it being of the same image) what changed since.
+    for f in ["inspect.json", "sbom.spdx.json"] {
+        assert!(out.join(f).is_file() && out2.join(f).is_file(), "{f}");
+    }
+    assert!(
+        !out.join("diff.json").exists(),
+        "the first build has nothing to diff against"
+    );
+    let built_diff: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out2.join("diff.json")).unwrap()).unwrap();
+    assert_eq!(
+        built_diff["packages_added"].as_array().unwrap().len(),
+        1,
+        "{built_diff:#}"
+    );
+    assert!(
+        stage(&rec2, "validate_image")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1 package(s) added, 0 removed, 0 changed"),
+        "{rec2:#}"
+    );
     let vhd2 = PathBuf::from(rec2["artifact"]["path"].as_str().unwrap());
     let d = run(imgforge().args(["diff", "--json"]).arg(&vhd).arg(&vhd2));
     assert_eq!(d.code, 0, "{}", d.all());

@@ -1019,7 +1019,86 @@ impl Run<'_> {
             v.read.bytes
         );
         crate::util::term::status("Validated", &msg);
-        Ok(msg)
+        let inspected = self.inspect_image(&path)?;
+        crate::util::term::status("Inspected", &inspected);
+        Ok(format!("{msg}; {inspected}"))
+    }
+
+    /// What is in the image (`inspect.json`), its SBOM (`sbom.spdx.json`) and,
+    /// when an earlier succeeded build of the same image left its
+    /// `inspect.json`, what changed since (`diff.json`).
+    fn inspect_image(&mut self, path: &Path) -> Result<String, BuildError> {
+        let fail = |e: String| BuildError::Validate {
+            message: e,
+            hint: Some("`imgforge inspect VHD` reads the image the same way".into()),
+        };
+        let disk = crate::validate::LocalDisk::open(path).map_err(|e| fail(e.to_string()))?;
+        let i = crate::inspect::inspect_disk(&path.display().to_string(), Box::new(disk))
+            .map_err(|e| fail(e.to_string()))?;
+        let write = |name: &str, value: &serde_json::Value| -> Result<(), BuildError> {
+            let file = self.dir.join(name);
+            let mut text = serde_json::to_string_pretty(value).expect("a JSON value serializes");
+            text.push('\n');
+            crate::util::fsutil::write_atomic(&file, text.as_bytes())
+                .map_err(|source| BuildError::Write { path: file, source })
+        };
+        write(
+            "inspect.json",
+            &serde_json::to_value(&i).expect("an inspection serializes"),
+        )?;
+        let mut said = format!(
+            "{} packages, kernel {}",
+            i.packages.len(),
+            i.kernels.join(", ")
+        );
+        if let Ok(sbom) = crate::inspect::sbom::render(
+            &i,
+            crate::inspect::sbom::SbomFormat::Spdx,
+            &self.plan.image,
+            &now_string(),
+        ) {
+            write("sbom.spdx.json", &sbom)?;
+            said.push_str(", sbom.spdx.json");
+        }
+        if let Some((dir, before)) = self.previous_inspection() {
+            let d = crate::inspect::diff::diff(&before, &i, &[]);
+            write(
+                "diff.json",
+                &serde_json::to_value(&d).expect("a diff serializes"),
+            )?;
+            said.push_str(&format!(
+                "; since {}: {} package(s) added, {} removed, {} changed{}",
+                dir.file_name().unwrap_or_default().to_string_lossy(),
+                d.packages_added.len(),
+                d.packages_removed.len(),
+                d.packages_changed.len(),
+                if d.kernels_added.is_empty() {
+                    String::new()
+                } else {
+                    format!(", kernel {}", d.kernels_added.join(", "))
+                }
+            ));
+        }
+        Ok(said)
+    }
+
+    /// The newest earlier succeeded build of this image beside this one, with
+    /// the inspection it wrote.
+    fn previous_inspection(&self) -> Option<(PathBuf, crate::inspect::Inspection)> {
+        let parent = self.dir.parent()?;
+        let here = std::fs::canonicalize(&self.dir).ok()?;
+        crate::pipeline::clean::scan(parent)
+            .ok()?
+            .into_iter()
+            .rev()
+            .filter(|b| b.image == self.plan.image && b.status == "succeeded")
+            .filter(|b| std::fs::canonicalize(&b.path).ok().as_ref() != Some(&here))
+            .find_map(|b| {
+                let text =
+                    crate::util::fsutil::read_input_string(&b.path.join("inspect.json")).ok()?;
+                let i: crate::inspect::Inspection = serde_json::from_str(&text).ok()?;
+                Some((b.path, i))
+            })
     }
 
     fn boot_check(&mut self) -> Result<String, BuildError> {

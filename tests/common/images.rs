@@ -155,7 +155,7 @@ pub fn good_ubuntu_tree(root: &Path) {
     }
     f(
         "var/lib/dpkg/status",
-        "Package: linux-image-4.15.0-1113-azure\nStatus: hold ok installed\n\nPackage: linux-image-4.15.0-1114-azure\nStatus: hold ok installed\n\nPackage: jq\nStatus: install ok installed\n",
+        "Package: linux-image-4.15.0-1113-azure\nStatus: hold ok installed\nArchitecture: amd64\nVersion: 4.15.0-1113.126\n\nPackage: linux-image-4.15.0-1114-azure\nStatus: hold ok installed\nArchitecture: amd64\nVersion: 4.15.0-1114.127\n\nPackage: jq\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.5+dfsg-2\n",
     );
     f("sbin/mount.nfs4", "ELF");
     std::fs::create_dir_all(root.join("home")).unwrap();
