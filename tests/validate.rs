@@ -843,3 +843,42 @@ fn inspect_lists_what_dpkg_recorded_and_never_half_of_it() {
         r.stderr
     );
 }
+
+/// A blob is inspected through range reads and gives the local file's
+/// facts; `diff` takes a blob on one side and the local file on the other.
+#[test]
+fn a_blob_in_azurite_inspects_as_the_local_file() {
+    let az = Azurite::start(&["acct1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = image(tmp.path(), "good", Layout::Gpt, |_| {});
+    let url = az.url("acct1", "images", "good.vhd");
+    az.oracle(&["create", &url, vhd.to_str().unwrap()]);
+    let local = run(imgforge().args(["inspect", "--json"]).arg(&vhd));
+    assert_eq!(local.code, 0, "{}", local.all());
+    let mut cmd = imgforge();
+    cmd.env_remove("ARM_CLIENT_ID")
+        .args(["inspect", "--json", &url]);
+    let remote = run(az.env(&mut cmd));
+    assert_eq!(remote.code, 0, "{}", remote.all());
+    let facts = |text: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("subject");
+        o.remove("read");
+        v
+    };
+    assert_eq!(facts(&local.stdout), facts(&remote.stdout));
+    assert_eq!(
+        facts(&remote.stdout)["packages"].as_array().unwrap().len(),
+        3
+    );
+    let read: serde_json::Value = serde_json::from_str(&remote.stdout).unwrap();
+    assert!(read["read"]["requests"].as_u64().unwrap() <= 24, "{read:#}");
+    let mut cmd = imgforge();
+    cmd.env_remove("ARM_CLIENT_ID")
+        .args(["diff", &url])
+        .arg(&vhd);
+    let d = run(az.env(&mut cmd));
+    assert_eq!(d.code, 0, "{}", d.all());
+    assert!(d.stdout.contains("no difference"), "{}", d.stdout);
+}

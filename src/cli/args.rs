@@ -182,7 +182,11 @@ Examples:
   imgforge inspect out/disk.vhd                            a summary
   imgforge inspect out/disk.vhd --json > inspect.json      every fact, for `imgforge diff`
   imgforge inspect out/disk.vhd --sbom spdx -o sbom.spdx.json
-  imgforge inspect out/disk.vhd --sbom cyclonedx -o bom.cdx.json")]
+  imgforge inspect out/disk.vhd --sbom cyclonedx -o bom.cdx.json
+  imgforge inspect https://acct.blob.core.windows.net/images/disk.vhd --json
+
+Environment (blob URLs): IMGFORGE_STORAGE_KEY_<ACCOUNT>, a SAS, or the ARM_* principal,
+as for `validate`.")]
     Inspect(InspectArgs),
     /// What changed between two images (or two `inspect --json` documents), and a
     /// gate: exit 1 when a --fail-on rule trips.
@@ -732,8 +736,11 @@ pub struct BootCheckArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// A local fixed VHD.
-    pub image: PathBuf,
+    /// A local fixed VHD, or a blob URL (read through range requests, never downloaded whole).
+    pub image: String,
+    /// Seconds a blob URL's whole inspection may take (each request is bounded too).
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub timeout: u64,
     /// Print every fact as JSON (what `imgforge diff` takes).
     #[arg(long, conflicts_with = "sbom")]
     pub json: bool,
@@ -747,10 +754,13 @@ pub struct InspectArgs {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The earlier image (VHD) or its `inspect --json` document.
-    pub old: PathBuf,
-    /// The later image (VHD) or its `inspect --json` document.
-    pub new: PathBuf,
+    /// The earlier image (a VHD file or blob URL) or its `inspect --json` document.
+    pub old: String,
+    /// The later image (a VHD file or blob URL) or its `inspect --json` document.
+    pub new: String,
+    /// Seconds each blob URL's inspection may take.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub timeout: u64,
     /// A rule whose hit fails the diff (exit 1); repeatable.
     #[arg(long = "fail-on", value_name = "RULE")]
     pub fail_on: Vec<crate::inspect::diff::Rule>,

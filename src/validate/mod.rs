@@ -853,6 +853,20 @@ pub async fn validate_blob(
     blob: BlobRef,
     plan: Plan,
 ) -> Result<Validation, ValidateError> {
+    let subject = blob.url();
+    with_blob_disk(storage, blob, move |disk, blob_type, length| {
+        validate(&subject, disk, Some((blob_type, length)), &plan)
+    })
+    .await
+}
+
+/// Runs `read` over a blob as a disk read through range requests (its type
+/// and length given too), on one blocking thread: ext4-view's handle is !Send.
+pub async fn with_blob_disk<T: Send + 'static>(
+    storage: Arc<Storage>,
+    blob: BlobRef,
+    read: impl FnOnce(Box<dyn Disk>, String, u64) -> T + Send + 'static,
+) -> Result<T, ValidateError> {
     let props = storage
         .properties(&blob)
         .await?
@@ -861,15 +875,12 @@ pub async fn validate_blob(
             message: "the blob does not exist".into(),
         })?;
     let handle = tokio::runtime::Handle::current();
-    let subject = blob.url();
     let length = props.length;
     let blob_type = props.blob_type.clone();
-    // ext4-view's handle is !Send: the whole read happens on one blocking thread.
-    let validation = tokio::task::spawn_blocking(move || {
+    Ok(tokio::task::spawn_blocking(move || {
         let disk = RemoteDisk::new(storage, blob, length, handle);
-        validate(&subject, Box::new(disk), Some((blob_type, length)), &plan)
+        read(Box::new(disk), blob_type, length)
     })
     .await
-    .expect("the validation thread does not panic");
-    Ok(validation)
+    .expect("the reading thread does not panic"))
 }

@@ -11,20 +11,46 @@ fn app(e: InspectError) -> AppError {
     }
 }
 
-fn inspect_image(path: &std::path::Path) -> Result<Inspection, AppError> {
-    let disk = crate::validate::LocalDisk::open(path)?;
-    crate::inspect::inspect_disk(&path.display().to_string(), Box::new(disk)).map_err(app)
+/// A local VHD, or a blob read through range requests, bounded by `timeout`
+/// seconds as `validate` is.
+fn inspect_image(image: &str, timeout: u64) -> Result<Inspection, AppError> {
+    let is_url = image.starts_with("https://") || image.starts_with("http://");
+    if !is_url {
+        let path = std::path::Path::new(image);
+        let disk = crate::validate::LocalDisk::open(path)?;
+        return crate::inspect::inspect_disk(&path.display().to_string(), Box::new(disk))
+            .map_err(app);
+    }
+    use crate::validate::ValidateError;
+    let blob = crate::azure::storage::BlobRef::parse(image).map_err(ValidateError::from)?;
+    let subject = blob.url();
+    bounded(timeout, &crate::util::redact::redact(image), async {
+        let storage = crate::azure::storage::Storage::for_blobs(
+            std::slice::from_ref(&blob.account),
+            &[&blob],
+        )
+        .await?;
+        crate::validate::with_blob_disk(std::sync::Arc::new(storage), blob, move |disk, _, _| {
+            crate::inspect::inspect_disk(&subject, disk)
+        })
+        .await
+    })??
+    .map_err(app)
 }
 
 /// An image, or a document `inspect --json` wrote (bounded read).
-fn load(path: &std::path::Path) -> Result<Inspection, AppError> {
+fn load(image: &str, timeout: u64) -> Result<Inspection, AppError> {
+    if image.starts_with("https://") || image.starts_with("http://") {
+        return inspect_image(image, timeout);
+    }
+    let path = std::path::Path::new(image);
     let mut head = [0u8; 1];
     let starts_json = std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
         .map(|n| n == 1 && head[0] == b'{')
         .unwrap_or(false);
     if !starts_json {
-        return inspect_image(path);
+        return inspect_image(image, timeout);
     }
     let text = crate::util::fsutil::read_input_string(path).map_err(|source| AppError::Io {
         context: path.display().to_string(),
@@ -66,12 +92,16 @@ fn emit(text: &str, out: Option<&std::path::Path>) -> Result<(), AppError> {
 }
 
 pub(super) fn inspect(args: InspectArgs) -> Result<i32, AppError> {
-    let i = inspect_image(&args.image)?;
+    let i = inspect_image(&args.image, args.timeout)?;
     let text = if let Some(format) = args.sbom {
+        // The file or blob name without `.vhd` (and without a SAS).
         let name = args
             .image
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
+            .split('?')
+            .next()
+            .and_then(|p| p.rsplit('/').next())
+            .map(|n| n.trim_end_matches(".vhd").to_string())
+            .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "image".into());
         let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let doc = crate::inspect::sbom::render(&i, format, &name, &created).map_err(|why| {
@@ -93,13 +123,13 @@ pub(super) fn inspect(args: InspectArgs) -> Result<i32, AppError> {
 }
 
 pub(super) fn diff(args: DiffArgs) -> Result<i32, AppError> {
-    let old = load(&args.old)?;
-    let new = load(&args.new)?;
-    for (i, path) in [(&old, &args.old), (&new, &args.new)] {
+    let old = load(&args.old, args.timeout)?;
+    let new = load(&args.new, args.timeout)?;
+    for i in [&old, &new] {
         if i.package_db != "dpkg" {
             crate::util::term::warning(&format!(
                 "{}: packages not compared: the package database was {}",
-                path.display(),
+                crate::util::redact::redact(&i.subject),
                 i.package_db
             ));
         }
