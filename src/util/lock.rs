@@ -86,17 +86,31 @@ pub fn try_lock(dir: &Path) -> Result<DirLock, LockError> {
         source,
     };
     let mut file = open(&path).map_err(io)?;
-    // SAFETY: flock on a file descriptor this function owns.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    // A lock this process released can still be held for a moment by a
+    // child another thread forked while the descriptor was open: the child
+    // shares it until it execs (O_CLOEXEC closes it then). So a refusal that
+    // names this very process is tried again for up to half a second.
+    let mine = format!("pid {} ", std::process::id());
+    let mut tries = 0;
+    loop {
+        // SAFETY: flock on a file descriptor this function owns.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            break;
+        }
         let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io(err));
+        }
+        let holder = read_holder(&mut file);
+        tries += 1;
+        if !holder.who.starts_with(&mine) || tries > 25 {
             return Err(LockError::Held {
                 dir: dir.to_path_buf(),
-                holder: read_holder(&mut file),
+                holder,
             });
         }
-        return Err(io(err));
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let me = format!(
         "pid {} since {}\n",
