@@ -842,6 +842,29 @@ fn inspect_lists_what_dpkg_recorded_and_never_half_of_it() {
         "{}",
         r.stderr
     );
+    // A disk in another format says which, with the validator's exact fix.
+    let qcow = tmp.path().join("disk.qcow2");
+    assert!(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&qcow)
+            .arg("64M")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let r = run(imgforge().arg("inspect").arg(&qcow));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("the file is a qcow2 image"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("hint: qemu-img convert -f qcow2 -O vpc"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// A blob is inspected through range reads and gives the local file's

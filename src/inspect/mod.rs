@@ -30,7 +30,12 @@ const MAX_SMALL: u64 = 4 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
     #[error("{subject}: the root filesystem could not be read: {why}")]
-    NoRoot { subject: String, why: String },
+    NoRoot {
+        subject: String,
+        why: String,
+        /// The failing layer's own fix (the qemu-img command for a qcow2, …).
+        hint: Option<String>,
+    },
     #[error("{subject}: {path}: {why}")]
     PackageDb {
         subject: String,
@@ -46,10 +51,12 @@ pub enum InspectError {
 impl crate::util::Hint for InspectError {
     fn hint(&self) -> Option<String> {
         match self {
-            InspectError::NoRoot { .. } => Some(
-                "`imgforge validate IMAGE --manifest M` shows each layer it read and where it stopped"
-                    .into(),
-            ),
+            InspectError::NoRoot { hint, .. } => hint.clone().or_else(|| {
+                Some(
+                    "`imgforge validate IMAGE --manifest M` shows each layer it read and where it stopped"
+                        .into(),
+                )
+            }),
             InspectError::PackageDb { .. } => Some(
                 "no SBOM is made from a package database read in part; rebuild the image, or check it with `dpkg --audit` in the build"
                     .into(),
@@ -318,15 +325,21 @@ pub fn inspect_disk(subject: &str, disk: Box<dyn Disk>) -> Result<Inspection, In
             i.read = stats;
             i
         }),
-        None => Err(InspectError::NoRoot {
-            subject: subject.into(),
-            why: findings
+        None => {
+            // The first failure says what the file is (a qcow2, no VHD
+            // footer, no partition table); else where the walk stopped.
+            let stop: Option<&Finding> = findings
                 .iter()
-                .rev()
-                .find(|f| matches!(f.status, Status::Fail | Status::Skip))
-                .map(|f: &Finding| format!("{} ({})", f.message, f.id))
-                .unwrap_or_else(|| "no Linux root filesystem".into()),
-        }),
+                .find(|f| f.status == Status::Fail)
+                .or_else(|| findings.iter().rev().find(|f| f.status == Status::Skip));
+            Err(InspectError::NoRoot {
+                subject: subject.into(),
+                why: stop
+                    .map(|f| format!("{} ({})", f.message, f.id))
+                    .unwrap_or_else(|| "no Linux root filesystem".into()),
+                hint: stop.and_then(|f| f.hint.clone()),
+            })
+        }
     }
 }
 
