@@ -721,3 +721,84 @@ fn a_build_stops_at_its_timeout_as_ctrl_c_stops_it() {
     let left = processes_in(&tmp.path().join("build"));
     assert!(left.is_empty(), "processes left running: {left:?}");
 }
+
+/// `--gallery-version`: a scheduled rebuild publishes a new version without
+/// editing the manifest; the version reaches Packer, the record keeps it, a
+/// resume uses it again, and what cannot be a gallery version is refused.
+#[test]
+fn gallery_version_names_this_builds_version_and_a_resume_keeps_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = repo().join("contrib/gpu-ubuntu2404.toml");
+    let dry = tmp.path().join("dry");
+    let r = run(imgforge()
+        .env_remove("ARM_CLIENT_SECRET")
+        .args(["build", "--dry-run", "--gallery-version", "1.0.42", "--out"])
+        .arg(&dry)
+        .arg(&m));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let packer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dry.join("packer.json")).unwrap()).unwrap();
+    assert_eq!(
+        packer["builders"][0]["shared_image_gallery_destination"]["image_version"],
+        "1.0.42"
+    );
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dry.join("build.json")).unwrap()).unwrap();
+    assert_eq!(rec["options"]["gallery_version"], "1.0.42", "{rec:#}");
+
+    // A real build stopped before Packer (no principal), then resumed: the
+    // resume renders the same version, so nothing it built is out of date.
+    let out = tmp.path().join("real");
+    let first = run(imgforge()
+        .env_remove("ARM_CLIENT_SECRET")
+        .args(["build", "--gallery-version", "1.0.43", "--out"])
+        .arg(&out)
+        .arg(&m));
+    assert_ne!(first.code, 0, "{}", first.all());
+    // The resume line needs no flags: the record keeps the option.
+    assert!(
+        first.stderr.contains("resume with: imgforge build"),
+        "{}",
+        first.stderr
+    );
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("build.json")).unwrap()).unwrap();
+    assert_eq!(rec["options"]["gallery_version"], "1.0.43", "{rec:#}");
+    let again = run(imgforge()
+        .env_remove("ARM_CLIENT_SECRET")
+        .args(["build", "--resume"])
+        .arg(&out)
+        .arg(&m));
+    assert_eq!(again.code, first.code, "{}", again.all());
+    let packer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("packer.json")).unwrap()).unwrap();
+    assert_eq!(
+        packer["builders"][0]["shared_image_gallery_destination"]["image_version"],
+        "1.0.43"
+    );
+    assert!(!again.stderr.contains("changed"), "{}", again.stderr);
+
+    for (args, says) in [
+        (
+            vec!["--gallery-version", "1.0"],
+            "not a gallery image version",
+        ),
+        (
+            vec!["--gallery-version", "1.0.x"],
+            "not a gallery image version",
+        ),
+    ] {
+        let r = run(imgforge().arg("build").args(&args).arg("--dry-run").arg(&m));
+        assert_eq!(r.code, 2, "{args:?}: {}", r.all());
+        assert!(r.stderr.contains(says), "{}", r.stderr);
+    }
+    let r = run(imgforge()
+        .args(["build", "--dry-run", "--gallery-version", "1.0.1"])
+        .arg(repo().join("contrib/legacy/gpu-ubuntu1604.toml")));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("is for target = \"gallery\""),
+        "{}",
+        r.stderr
+    );
+}

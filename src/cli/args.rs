@@ -535,6 +535,11 @@ pub struct BuildArgs {
     /// replication) may take before the build stops; a rerun picks it up.
     #[arg(long, default_value_t = 7200, value_name = "SECONDS")]
     pub publish_timeout: u64,
+    /// Publish this gallery image version instead of the manifest's
+    /// `[build.gallery] version` (a scheduled rebuild names a new one per run;
+    /// a resume keeps it).
+    #[arg(long, value_name = "X.Y.Z")]
+    pub gallery_version: Option<String>,
     /// Build an image whose Batch node agent is retired for new pools (for
     /// existing pools, and older API users); `plan` names the date.
     #[arg(long)]

@@ -119,6 +119,9 @@ pub struct RecordedOptions {
     pub publish_timeout_s: u64,
     /// `--blob-endpoint` as given (a template, never a credential).
     pub blob_endpoint: Option<String>,
+    /// `--gallery-version`.
+    #[serde(default)]
+    pub gallery_version: Option<String>,
 }
 
 impl RecordedOptions {
@@ -140,6 +143,10 @@ impl RecordedOptions {
         if let Some(t) = &self.templates {
             out.push("--templates".into());
             out.push(t.clone());
+        }
+        if let Some(v) = &self.gallery_version {
+            out.push("--gallery-version".into());
+            out.push(v.clone());
         }
         out
     }

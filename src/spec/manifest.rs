@@ -1033,11 +1033,7 @@ impl Checker<'_> {
                 if let Some(rg) = &g.resource_group {
                     self.azure_name("build.gallery.resource_group", rg, 90, "._-()")?;
                 }
-                let semver = g.version.split('.').count() == 3
-                    && g.version
-                        .split('.')
-                        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
-                if !semver {
+                if !is_gallery_version(&g.version) {
                     return Err(self.fail(
                         "build.gallery.version",
                         format!("`{}` is not a gallery image version", printable(&g.version)),
@@ -1489,6 +1485,38 @@ impl Checker<'_> {
             self.location("replicate.region", region)?;
         }
         Ok(())
+    }
+}
+
+/// MAJOR.MINOR.PATCH with digits only: what Compute Gallery takes as a version name.
+pub fn is_gallery_version(v: &str) -> bool {
+    v.split('.').count() == 3
+        && v.split('.')
+            .all(|p| !p.is_empty() && p.len() <= 10 && p.chars().all(|c| c.is_ascii_digit()))
+}
+
+impl Manifest {
+    /// `build --gallery-version`: this build publishes `version` instead of
+    /// the manifest's `[build.gallery] version` (a published version never
+    /// changes, so a scheduled rebuild names a new one each run).
+    pub fn set_gallery_version(&mut self, version: &str) -> Result<(), String> {
+        if !is_gallery_version(version) {
+            return Err(format!(
+                "--gallery-version {}: not a gallery image version; use MAJOR.MINOR.PATCH with digits only, e.g. 1.0.42",
+                version.chars().take(40).collect::<String>().escape_debug()
+            ));
+        }
+        match (self.raw.build.target, self.raw.build.gallery.as_mut()) {
+            (Target::Gallery, Some(g)) => {
+                g.version = version.to_string();
+                Ok(())
+            }
+            _ => Err(format!(
+                "--gallery-version is for target = \"gallery\"; {} builds target = \"{}\"",
+                self.path.display(),
+                self.raw.build.target.as_str()
+            )),
+        }
     }
 }
 

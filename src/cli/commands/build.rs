@@ -62,6 +62,9 @@ fn with_recorded_options(args: &mut BuildArgs) {
     if args.blob_endpoint.is_none() {
         args.blob_endpoint = o.blob_endpoint;
     }
+    if args.gallery_version.is_none() {
+        args.gallery_version = o.gallery_version;
+    }
     args.verify = o.verify;
     args.parallel = o.parallel;
     args.max_requests = o.max_requests;
@@ -87,12 +90,21 @@ fn recorded_options(args: &BuildArgs) -> pipeline::RecordedOptions {
         max_requests: args.max_requests,
         publish_timeout_s: args.publish_timeout,
         blob_endpoint: args.blob_endpoint.clone(),
+        gallery_version: args.gallery_version.clone(),
     }
 }
 
 pub(super) fn build(mut args: BuildArgs) -> Result<i32, AppError> {
     with_recorded_options(&mut args);
-    let manifest = Manifest::load(&args.manifest)?;
+    let mut manifest = Manifest::load(&args.manifest)?;
+    if let Some(v) = &args.gallery_version {
+        manifest.set_gallery_version(v).map_err(|why| {
+            AppError::refused(
+                why,
+                "pass a version like 1.0.42 with a manifest whose target is \"gallery\"",
+            )
+        })?;
+    }
     let set = TemplateSet::with_overrides(args.templates.templates.as_deref())?;
     let plan = args.templates.plan(&manifest);
     if args.json {
