@@ -194,9 +194,6 @@ pub fn check(config: &PoolConfig, plan: Option<&Plan>, legacy: bool, f: &mut Vec
     let reference = &v["virtualMachineConfiguration"]["imageReference"];
     match image_id(v) {
         Some(id) => {
-            let gallery = id
-                .to_ascii_lowercase()
-                .contains("/providers/microsoft.compute/galleries/");
             f.push(if !super::arm_image_id_ok(id) {
                 Finding::fail(
                     "pool.arm-image-id.format",
@@ -210,22 +207,9 @@ pub fn check(config: &PoolConfig, plan: Option<&Plan>, legacy: bool, f: &mut Vec
                     "virtualMachineImageId is a resource id",
                 )
             });
-            let r = catalog::NON_GALLERY_POOLS_RETIRED;
-            let message = format!(
-                "the pool's image is a managed image: Azure Batch creates no pool from it since {} ({})",
-                r.date, r.source
-            );
-            f.push(match (gallery, legacy) {
-                (true, _) => Finding::pass(
-                    "pool.custom-image.gallery",
-                    "the image is a Compute Gallery image, the only custom image source Batch takes today",
-                ),
-                (false, true) => Finding::warn("pool.custom-image.gallery", message)
-                    .evidence(config.at("virtualMachineImageId")),
-                (false, false) => Finding::fail("pool.custom-image.gallery", message)
-                    .evidence(config.at("virtualMachineImageId"))
-                    .hint("publish the image to a Compute Gallery (`imgforge publish`) and name its version; --legacy checks a file for a pool made before that date"),
-            });
+            let retired =
+                (!super::is_gallery_id(id)).then_some(("a managed image", "virtualMachineImageId"));
+            f.push(super::gallery_source(config, retired, legacy));
         }
         None if reference["publisher"].is_string() => f.push(Finding::pass(
             "pool.custom-image.gallery",

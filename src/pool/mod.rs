@@ -166,10 +166,7 @@ pub fn snippet(plan: &Plan, image: &PoolImage) -> String {
             ));
         }
         PoolImage::ArmImageId(id) => {
-            if id
-                .to_ascii_lowercase()
-                .contains("/providers/microsoft.compute/galleries/")
-            {
+            if is_gallery_id(id) {
                 out.push_str(&format!(
                     "# Azure Compute Gallery image version: no VHD copies; the manifest's pool needs up to {} nodes.\n",
                     plan.pool.max_nodes
@@ -490,43 +487,50 @@ fn check_schema(config: &PoolConfig, legacy: bool, f: &mut Vec<Finding>) {
     });
 }
 
+/// Whether a resource id names a Compute Gallery image (version or definition).
+pub(crate) fn is_gallery_id(id: &str) -> bool {
+    id.to_ascii_lowercase()
+        .contains("/providers/microsoft.compute/galleries/")
+}
+
+/// `pool.custom-image.gallery`: `retired` names a source Batch no longer
+/// makes pools from (VHD blobs, a managed image) and the key naming it in the
+/// file; it fails, or warns with `legacy`. Shared by both pool forms.
+fn gallery_source(config: &PoolConfig, retired: Option<(&str, &str)>, legacy: bool) -> Finding {
+    const ID: &str = "pool.custom-image.gallery";
+    let Some((kind, key)) = retired else {
+        return Finding::pass(
+            ID,
+            "the image is a Compute Gallery image, the only custom image source Batch takes today",
+        );
+    };
+    let r = catalog::NON_GALLERY_POOLS_RETIRED;
+    let message = format!(
+        "the pool's image is {kind}: Azure Batch creates no pool from it since {} ({})",
+        r.date, r.source
+    );
+    if legacy {
+        Finding::warn(ID, message).evidence(config.at(key))
+    } else {
+        Finding::fail(ID, message)
+            .evidence(config.at(key))
+            .hint("publish the image to a Compute Gallery (`imgforge publish`, target = \"gallery\") and name its version; --legacy checks a file for a pool made before that date")
+    }
+}
+
 /// The image source Batch accepts today: a Compute Gallery image version
-/// (or definition, for its latest version). VHDs and managed images fail
-/// unless `legacy`, where they warn.
+/// (or definition, for its latest version).
 fn check_gallery_source(config: &PoolConfig, legacy: bool, f: &mut Vec<Finding>) {
     let ci = &config.value["pool_specification"]["vm_configuration"]["custom_image"];
-    let retired = catalog::NON_GALLERY_POOLS_RETIRED;
-    let what = if !ci["image_uris"].is_null() {
+    let retired = if !ci["image_uris"].is_null() {
         Some(("VHD blobs (image_uris)", "image_uris"))
     } else {
         ci["arm_image_id"]
             .as_str()
-            .filter(|id| {
-                !id.to_ascii_lowercase()
-                    .contains("/providers/microsoft.compute/galleries/")
-            })
-            .filter(|id| arm_image_id_ok(id))
+            .filter(|id| !is_gallery_id(id) && arm_image_id_ok(id))
             .map(|_| ("a managed image", "arm_image_id"))
     };
-    f.push(match what {
-        None => Finding::pass(
-            "pool.custom-image.gallery",
-            "the image is a Compute Gallery image, the only custom image source Batch takes today",
-        ),
-        Some((kind, key)) => {
-            let message = format!(
-                "the pool's image is {kind}: Azure Batch creates no pool from it since {} ({})",
-                retired.date, retired.source
-            );
-            if legacy {
-                Finding::warn("pool.custom-image.gallery", message).evidence(config.at(key))
-            } else {
-                Finding::fail("pool.custom-image.gallery", message)
-                    .evidence(config.at(key))
-                    .hint("publish the image to a Compute Gallery (`imgforge publish`, target = \"gallery\") and name its version in arm_image_id; --legacy checks a file for a pool made before that date")
-            }
-        }
-    });
+    f.push(gallery_source(config, retired, legacy));
 }
 
 pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool, legacy: bool) -> Report {

@@ -323,9 +323,7 @@ async fn check_arm_image(
     arm: &mut ArmSession<'_>,
 ) -> Finding {
     let evidence = config.at("arm_image_id");
-    let gallery = id
-        .to_ascii_lowercase()
-        .contains("/providers/microsoft.compute/galleries/");
+    let gallery = super::is_gallery_id(id);
     if !super::arm_image_id_ok(id) {
         return Finding::skip(ARM_IMAGE, "arm_image_id is not a resource id (see above)");
     }

@@ -102,7 +102,7 @@ pub fn render(
     let retired = catalog::NON_GALLERY_POOLS_RETIRED;
     let kind = match image {
         PoolImage::Vhds(_) => Some("VHD blobs (image_uris)"),
-        PoolImage::ArmImageId(id) if !is_gallery_id(id) => Some("a managed image"),
+        PoolImage::ArmImageId(id) if !super::is_gallery_id(id) => Some("a managed image"),
         PoolImage::ArmImageId(_) => None,
     };
     if let Some(kind) = kind {
@@ -170,11 +170,6 @@ pub fn render(
     Ok(crate::util::redact::redact(&with_header(
         plan, format, text,
     )))
-}
-
-fn is_gallery_id(id: &str) -> bool {
-    id.to_ascii_lowercase()
-        .contains("/providers/microsoft.compute/galleries/")
 }
 
 /// A comment naming the image, for the forms that have comments.
