@@ -10,7 +10,8 @@
 # disk-image tools used to build fixture VHDs, openssl for the TLS
 # certificate of Azurite's OAuth mode, and the local builder's: mmdebstrap
 # (the Debian 12 root), mtools and dosfstools (the EFI partition), QEMU and
-# OVMF (the boot check), nftables and iptables (to prove the host's firewall
+# OVMF (the boot check), xorriso (its provisioning CD, as Azure attaches
+# ovf-env.xml) and OpenSSH's client (its look from inside), nftables and iptables (to prove the host's firewall
 # is untouched by a build), GNU time (the peak RSS in tests/budget.rs), and
 # bsdutils for `script` (the pseudo-terminal test of the progress bars;
 # Essential on Debian, named so nothing assumes it). Node.js and npm run
@@ -21,7 +22,7 @@ export DEBIAN_FRONTEND=noninteractive
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
-build=(packer shellcheck mmdebstrap fdisk e2fsprogs dosfstools mtools qemu-utils qemu-system-x86 ovmf)
+build=(packer shellcheck mmdebstrap fdisk e2fsprogs dosfstools mtools qemu-utils qemu-system-x86 ovmf xorriso openssh-client)
 tests=(fakeroot xfsprogs openssl nftables iptables bsdutils time nodejs npm)
 case "${1:-}" in
   --build) packages=("${build[@]}") ;;

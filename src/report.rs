@@ -120,8 +120,19 @@ impl Report {
             };
             let label = crate::util::term::paint(code, label, color);
             let _ = writeln!(s, "  {label}  {:<34} {}", f.id, f.message);
-            if let Some(e) = &f.evidence {
-                let _ = writeln!(s, "        {:<34} at {e}", "");
+            match &f.evidence {
+                // Lines seen in a booted node (its journal, lsblk): shown
+                // where the row did not pass; always in the JSON.
+                Some(e) if e.contains('\n') && f.status != Status::Pass => {
+                    for line in e.lines() {
+                        let _ = writeln!(s, "        {:<34} | {line}", "");
+                    }
+                }
+                Some(e) if e.contains('\n') => {}
+                Some(e) => {
+                    let _ = writeln!(s, "        {:<34} at {e}", "");
+                }
+                None => {}
             }
             if f.status != Status::Pass
                 && let Some(h) = &f.hint

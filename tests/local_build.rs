@@ -467,6 +467,47 @@ fn links_planted_in_the_image_never_reach_the_host_and_docker_at_boot_fails_its_
     );
 }
 
+/// What only a look from inside a provisioned node finds: a Docker
+/// configuration that is not JSON (the offline check greps it for
+/// `data-root` and passes) and a unit that fails 20 s after boot, past the
+/// login prompt where the boot check used to decide.
+#[test]
+fn the_node_seen_from_inside_names_a_broken_docker_config_and_a_unit_that_fails_after_boot() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let script = "#!/bin/sh\nset -e\n\
+        printf '{ \"data-root\": \"/mnt/resource/docker\",\\n' > /etc/docker/daemon.json\n\
+        printf '[Unit]\\nDescription=fails after boot\\n[Service]\\nExecStart=/bin/sh -c \"sleep 20; exit 3\"\\n[Install]\\nWantedBy=multi-user.target\\n' \
+          > /etc/systemd/system/imgforge-late.service\n\
+        systemctl enable imgforge-late.service\n";
+    let m = manifest(tmp.path(), |t| {
+        t.replace("cache_dir =", "boot_check = \"uefi\"\ncache_dir =")
+    });
+    write(&tmp.path().join("site-setup.sh"), script);
+    let out = tmp.path().join("build");
+    let before = host_state();
+    let r = run(&mut build(&m, &out, &[]));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_eq!(host_state(), before, "the build changed the host");
+    let rec = record(&out);
+    assert_eq!(rec["failed_stage"], "boot_check", "{rec:#}");
+    let failed = rec["boot_check"]["failed_checks"].as_array().unwrap();
+    let failed: Vec<&str> = failed.iter().filter_map(|v| v.as_str()).collect();
+    assert!(failed.contains(&"boot.uefi.docker"), "{failed:?}");
+    assert!(failed.contains(&"boot.uefi.units"), "{failed:?}");
+    // The provisioning itself worked: the failures are the image's.
+    assert!(!failed.contains(&"boot.uefi.provisioned"), "{failed:?}");
+    assert!(!failed.contains(&"boot.uefi.ssh-login"), "{failed:?}");
+    let text = r.all();
+    assert!(text.contains("imgforge-late.service"), "{text}");
+    assert!(text.contains("daemon.json is not valid JSON"), "{text}");
+    // The guest's journal and the stand-ins' record stay in the build directory.
+    assert!(out.join("boot-uefi/journal.txt").is_file());
+    let requests = std::fs::read_to_string(out.join("boot-uefi/requests.jsonl")).unwrap();
+    assert!(requests.contains("\"state\":\"Ready\""), "{requests}");
+    assert!(leftover_processes(out.to_str().unwrap()).is_empty());
+}
+
 #[test]
 fn a_failing_user_script_names_itself_and_its_last_lines() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

@@ -155,12 +155,16 @@ Examples:
 Only fixed VHDs are read; a qcow2, VMDK, VHDX or dynamic VHD gets the qemu-img command
 that converts it. Environment: IMGFORGE_BLOB_ENDPOINT, IMGFORGE_STORAGE_KEY_<ACCOUNT>.")]
     Validate(ValidateArgs),
-    /// Boot a fixed VHD under QEMU (snapshot mode: never written) and check what a
-    /// Batch node needs from a boot: login prompt, no failed unit, SSH on 22,
-    /// Batch's ports through the host firewall, the firewall active.
+    /// Boot a fixed VHD under QEMU (snapshot mode: never written), provisioned as
+    /// Azure provisions a VM (ovf-env.xml CD, wire server and IMDS stand-ins), and
+    /// check what a Batch node needs: login prompt, cloud-init's Ready report, then
+    /// from inside over SSH: boot settled, no failed unit, the agent, Docker, the
+    /// features' checks, outbound 443, the firewall's rules; from outside: SSH on
+    /// 22, the plan's ports admitted, a closed port dropped.
     ///
-    /// Exit status: 0 when every check passed (warnings allowed), 1 when one
-    /// failed, 2 when the image is not a fixed VHD, 3 when QEMU or OVMF is missing.
+    /// Exit status: 0 when every check passed (warnings and skips allowed), 1 when
+    /// one failed, 2 when the image is not a fixed VHD, 3 when QEMU, OVMF, xorriso
+    /// or OpenSSH's client is missing.
     #[command(after_help = "\
 Examples:
   imgforge boot-check disk.vhd                          BIOS boot (an Azure Generation 1 VM)
@@ -169,9 +173,20 @@ Examples:
 
 QEMU uses KVM when /dev/kvm works, else software emulation (TCG, ~40 s a boot on
 2 cores); IMGFORGE_QEMU_ACCEL=tcg forces software, IMGFORGE_QEMU names the binary.
-The guest's network is restricted: it reaches nothing, only forwarded loopback
-ports reach it.")]
+The guest's network is restricted: it reaches only the stand-ins for Azure's wire
+server (168.63.129.16) and IMDS (169.254.169.254) and a TCP 443 listener; only
+forwarded loopback ports reach it. Console logs, the provisioning files, the
+stand-ins' requests.jsonl and the guest's journal stay in --logs DIR.")]
     BootCheck(BootCheckArgs),
+    /// Serves one guest connection to Azure's wire server, IMDS or the egress
+    /// probe on standard input and output (QEMU runs it for the boot check).
+    #[command(hide = true)]
+    BootStandIn {
+        /// wire, imds or egress.
+        role: String,
+        /// The boot's provisioning directory (guest.json; requests.jsonl is appended).
+        dir: PathBuf,
+    },
     /// What is in an image, read from its disk without booting it: OS, kernels,
     /// packages, units at boot, users, sshd's ports; an SBOM with --sbom.
     ///

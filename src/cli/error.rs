@@ -45,7 +45,7 @@ pub enum AppError {
     #[error(transparent)]
     Validate(#[from] crate::validate::ValidateError),
     #[error(transparent)]
-    Boot(#[from] crate::packer::bootcheck::BootError),
+    Boot(#[from] crate::validate::boot::BootError),
     #[error(transparent)]
     Publish(Box<crate::publish::PublishError>),
     #[error(transparent)]

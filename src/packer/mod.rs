@@ -419,8 +419,8 @@ mod env_tests {
 
 // Running Packer and what it leaves: its event stream (`events`), progress
 // and failure context (`progress`), the captured VHD (`capture`), the local
-// builder's root filesystem (`local`) and the boot check (`bootcheck`).
-pub mod bootcheck;
+// builder's root filesystem (`local`). The boot check is validation: it
+// lives beside the validator (`crate::validate::boot`).
 pub mod capture;
 pub mod events;
 pub mod local;

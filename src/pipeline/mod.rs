@@ -110,7 +110,7 @@ pub enum BuildError {
     #[error("{dir}: a file system is mounted under it; --force would delete its files")]
     Mounted { dir: PathBuf },
     #[error("{0}")]
-    Boot(#[from] crate::packer::bootcheck::BootError),
+    Boot(#[from] crate::validate::boot::BootError),
     #[error("{0}")]
     Storage(#[from] crate::azure::storage::StorageError),
     #[error("{0}")]
@@ -232,8 +232,8 @@ impl BuildError {
             | BuildError::PublishCredentials { .. } => Category::Input,
             BuildError::Packer(PackerError::Invalid { .. }) => Category::Failed,
             BuildError::Packer(_) | BuildError::Local(_) => Category::Tool,
-            BuildError::Boot(crate::packer::bootcheck::BootError::Cancelled) => Category::Cancelled,
-            BuildError::Boot(crate::packer::bootcheck::BootError::Missing { .. }) => Category::Tool,
+            BuildError::Boot(crate::validate::boot::BootError::Cancelled) => Category::Cancelled,
+            BuildError::Boot(crate::validate::boot::BootError::Missing { .. }) => Category::Tool,
             BuildError::Boot(_) => Category::Failed,
             BuildError::Replicate(e) => match e.category() {
                 Category::Input => Category::Input,
@@ -1102,8 +1102,8 @@ impl Run<'_> {
     }
 
     fn boot_check(&mut self) -> Result<String, BuildError> {
-        use crate::packer::bootcheck::{BootOptions, Firmware, closed_port};
         use crate::spec::manifest::BootCheck;
+        use crate::validate::boot::{BootOptions, Firmware, closed_port};
         let path = self.local_image();
         let firmwares = match self.plan.local.as_ref().map(|l| l.boot_check) {
             Some(BootCheck::Bios) => vec![Firmware::Bios],
@@ -1122,20 +1122,22 @@ impl Run<'_> {
                     .join(" and ")
             ),
         );
-        let result = crate::packer::bootcheck::boot_check(
+        let result = crate::validate::boot::boot_check(
             &path,
             &BootOptions {
                 firmwares,
                 timeout: Duration::from_secs(300),
-                must_answer: crate::packer::bootcheck::must_answer(Some(self.plan)),
+                must_answer: crate::validate::boot::must_answer(Some(self.plan)),
                 must_be_dropped: closed_port(&self.plan.firewall.inbound_tcp),
                 log_dir: self.dir.clone(),
-                needs_hardware: crate::packer::bootcheck::hardware_units(self.plan),
+                needs_hardware: crate::validate::boot::hardware_units(self.plan),
+                node: crate::validate::boot::inside::NodeChecks::from_plan(Some(self.plan)),
+                stand_in: crate::validate::boot::stand_in_program()?,
                 cancel: self.cancel.clone(),
             },
         )
         .map_err(|e| match e {
-            crate::packer::bootcheck::BootError::Cancelled => BuildError::Cancelled,
+            crate::validate::boot::BootError::Cancelled => BuildError::Cancelled,
             other => other.into(),
         })?;
         let r = &result.report;
@@ -1150,15 +1152,20 @@ impl Run<'_> {
             .runs
             .iter()
             .map(|run| {
-                format!(
+                let mut t = format!(
                     "{} {}",
                     run.firmware.name(),
                     run.login_after_s
-                        .map_or("no login".to_string(), |s| format!(
-                            "login in {s:.0} s ({})",
-                            run.accel
-                        ))
-                )
+                        .map_or("no login".to_string(), |s| format!("login {s:.0} s"))
+                );
+                if let Some(s) = run.provisioned_after_s {
+                    t.push_str(&format!(", Ready {s:.0} s"));
+                }
+                if let Some(s) = run.checked_after_s {
+                    t.push_str(&format!(", checked {s:.0} s"));
+                }
+                t.push_str(&format!(" ({})", run.accel));
+                t
             })
             .collect();
         if r.failed() {
@@ -1190,10 +1197,11 @@ impl Run<'_> {
             .map(|f| format!("{}: {}", f.id, f.message))
             .collect();
         let msg = format!(
-            "{} checks passed, {} warned: {}",
+            "{} checks passed, {} warned, {} skipped (not testable under QEMU): {}",
             r.summary.pass,
             r.summary.warn,
-            times.join(", ")
+            r.summary.skip,
+            times.join("; ")
         );
         crate::util::term::status("Booted", &msg);
         for w in &warned {

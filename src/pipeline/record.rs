@@ -66,7 +66,7 @@ pub struct BootRecord {
     pub warn: usize,
     pub fail: usize,
     pub failed_checks: Vec<String>,
-    pub runs: Vec<crate::packer::bootcheck::BootRun>,
+    pub runs: Vec<crate::validate::boot::BootRun>,
 }
 
 impl ValidationSummary {

@@ -200,6 +200,9 @@ pub const LOCAL_BASE_PACKAGES: &[&str] = &[
     "netbase",
     "iproute2",
     "cloud-init",
+    // Azure's admin user becomes root through sudo (cloud-init grants it
+    // NOPASSWD); without it the provisioned user cannot administer the node.
+    "sudo",
     "e2fsprogs",
     "ca-certificates",
     // The local distros' host firewall, in the base as on Azure's images: the

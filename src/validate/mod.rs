@@ -18,6 +18,7 @@ use crate::report::{Finding, Report};
 use crate::spec::catalog::Os;
 use crate::spec::plan::Plan;
 
+pub mod boot;
 mod checks;
 pub(crate) mod rootfs;
 pub mod vhd;

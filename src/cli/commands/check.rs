@@ -46,8 +46,25 @@ pub(super) fn validate(args: ValidateArgs) -> Result<i32, AppError> {
     Ok(code)
 }
 
+/// One guest connection to a stand-in; its failures go to stderr, which QEMU
+/// joins to the guest's socket, so they are kept short.
+pub(super) fn boot_stand_in(role: &str, dir: &std::path::Path) -> Result<i32, AppError> {
+    use crate::validate::boot::standin;
+    let Some(role) = standin::Role::parse(role) else {
+        return Err(AppError::Refused {
+            message: format!("boot-stand-in: unknown role `{role}`"),
+            hint: Some("the roles are wire, imds and egress".into()),
+        });
+    };
+    standin::serve_stdio(role, dir).map_err(|source| AppError::Io {
+        context: format!("boot stand-in ({})", dir.display()),
+        source,
+    })?;
+    Ok(0)
+}
+
 pub(super) fn boot_check(args: crate::cli::args::BootCheckArgs) -> Result<i32, AppError> {
-    use crate::packer::bootcheck::{BootOptions, Firmware, closed_port};
+    use crate::validate::boot::{BootOptions, Firmware, closed_port};
     let plan = match &args.manifest {
         Some(m) => Some(Plan::new(&Manifest::load(m)?)),
         None => None,
@@ -99,18 +116,20 @@ pub(super) fn boot_check(args: crate::cli::args::BootCheckArgs) -> Result<i32, A
             args.timeout
         ),
     );
-    let result = crate::packer::bootcheck::boot_check(
+    let result = crate::validate::boot::boot_check(
         &args.image,
         &BootOptions {
             firmwares,
             timeout: std::time::Duration::from_secs(args.timeout),
-            must_answer: crate::packer::bootcheck::must_answer(plan.as_ref()),
+            must_answer: crate::validate::boot::must_answer(plan.as_ref()),
             must_be_dropped: closed_port(&inbound),
             log_dir: log_dir.clone(),
             needs_hardware: plan
                 .as_ref()
-                .map(crate::packer::bootcheck::hardware_units)
+                .map(crate::validate::boot::hardware_units)
                 .unwrap_or_default(),
+            node: crate::validate::boot::inside::NodeChecks::from_plan(plan.as_ref()),
+            stand_in: crate::validate::boot::stand_in_program()?,
             cancel,
         },
     )?;

@@ -75,6 +75,7 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
         Command::Publish(args) => publish(args),
         Command::Validate(args) => validate(args),
         Command::BootCheck(args) => boot_check(args),
+        Command::BootStandIn { role, dir } => boot_stand_in(&role, &dir),
         Command::Inspect(args) => inspect(args),
         Command::Diff(args) => diff(args),
     }
