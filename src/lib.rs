@@ -6,9 +6,10 @@
 //!   is reading the manifest and checking its user scripts)
 //! - `render` — plan + templates → `packer.json` and provisioner scripts
 //! - `packer` — run Packer (azure-arm or the local builder), its events,
-//!   the captured VHD, the boot check
+//!   the captured VHD
 //! - `validate` — the offline validator: VHD footer, partitions, ext4 / XFS
-//!   root, the catalog's checks
+//!   root, the catalog's checks; `validate::boot`, the boot check: the image
+//!   booted under QEMU as Azure provisions a VM, and checked from inside
 //! - `inspect` — what is in an image, read through the validator's reader:
 //!   packages (dpkg), kernels, units, users; SBOMs (SPDX, CycloneDX); diffs
 //! - `publish` (gallery version; legacy managed image) or `replicate` (legacy
@@ -26,7 +27,8 @@
 //! other clients are `pub(crate)`, so the compiler finds what nothing uses.
 //!
 //! A new distro or feature: `spec/catalog.rs`. A new check: a row of `validate/checks.rs` (or
-//! `pool` for pool configs). A new target: `spec` (manifest, plan), `render`
+//! `pool` for pool configs; a check in the booted node: a `row` of
+//! `validate/boot/inside.sh` and its name in `inside::KNOWN`). A new target: `spec` (manifest, plan), `render`
 //! (its template) and `pipeline`. A new stage: `pipeline`. A new pool output
 //! format: `pool/output.rs`; a new fact of an image or SBOM format: `inspect`.
 

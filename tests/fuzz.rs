@@ -284,7 +284,11 @@ const TARGETS: &[&str] = &[
     "batch-images",
     "arm-accounts",
     "dpkg-status",
+    "stand-in",
 ];
+
+/// cloud-init's health report (its template, a NotReady with details).
+const HEALTH: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?><Health><GoalStateIncarnation>1</GoalStateIncarnation><Container><ContainerId>c</ContainerId><RoleInstanceList><Role><InstanceId>i</InstanceId><Health><State>NotReady</State><Details><SubStatus>ProvisioningFailed</SubStatus><Description>x &amp; y</Description></Details></Health></Role></RoleInstanceList></Container></Health>";
 
 fn setup(name: &str, dir: &Path) -> Target {
     let tree = dir.join("tree");
@@ -358,6 +362,30 @@ fn setup(name: &str, dir: &Path) -> Target {
             "Package: libc6\nStatus: install ok installed\nPriority: optional\nArchitecture: amd64\nMulti-Arch: same\nSource: glibc\nVersion: 2.36-9+deb12u9\nDepends: libgcc-s1\nDescription: GNU C Library\n Contains the standard libraries.\n .\n More.\n\nPackage: jq\nStatus: hold ok installed\nArchitecture: amd64\nVersion: 1.6-2.1\nSource: jq (1.6-2.1)\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\n".into(),
             |b| {
                 let _ = imgforge::inspect::dpkg::parse(b);
+            },
+        ),
+        // What a hostile guest sends the boot check's wire server and IMDS.
+        "stand-in" => Target::Text(
+            format!(
+                "GET /metadata/instance/compute?api-version=2021-08-01&extended=true HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\n\r\n\
+                 GET /machine/?comp=goalstate HTTP/1.1\r\nx-ms-version: 2012-11-30\r\n\r\n\
+                 POST /machine?comp=health HTTP/1.1\r\nContent-Length: {}\r\n\r\n{HEALTH}",
+                HEALTH.len()
+            ),
+            |b| {
+                use imgforge::validate::boot::standin::{Role, read_request, respond};
+                let guest = serde_json::from_value(serde_json::json!({
+                    "user": "imgforge", "hostname": "h", "vm_id": "v", "container_id": "c",
+                    "instance_id": "i", "mac": "6045BD000001", "public_key": "ssh-ed25519 A",
+                    "location": "westus2", "vm_size": "Standard_D2s_v5"
+                }))
+                .unwrap();
+                let mut r = b;
+                while let Ok(Some(req)) = read_request(&mut r) {
+                    for role in [Role::Wire, Role::Imds, Role::Egress] {
+                        let _ = respond(role, &req, &guest);
+                    }
+                }
             },
         ),
         other => panic!("unknown fuzz target {other}"),

@@ -905,3 +905,66 @@ fn a_blob_in_azurite_inspects_as_the_local_file() {
     assert_eq!(d.code, 0, "{}", d.all());
     assert!(d.stdout.contains("no difference"), "{}", d.stdout);
 }
+
+/// `boot-check BLOB_URL`: only the written ranges are fetched (into a sparse
+/// file that lives as long as the check), the same image boots as the local
+/// file would, and the report names the blob without its SAS. The fixture
+/// has no boot loader, so the boot fails at once with the console.
+#[test]
+fn a_blob_is_fetched_sparse_and_boot_checked_as_the_local_file() {
+    let az = Azurite::start(&["acct1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = image(tmp.path(), "good", Layout::Gpt, |_| {});
+    let url = az.url("acct1", "images", "good.vhd");
+    az.oracle(&["create", &url, vhd.to_str().unwrap()]);
+    let logs = tmp.path().join("logs");
+    let mut cmd = imgforge();
+    cmd.env_remove("ARM_CLIENT_ID")
+        .env("IMGFORGE_QEMU_ACCEL", "tcg")
+        .env("TMPDIR", tmp.path())
+        .args(["boot-check", "--json", "--timeout", "15", "--logs"])
+        .arg(&logs)
+        .arg(&url);
+    let r = run(az.env(&mut cmd));
+    assert_eq!(r.code, 1, "{}", r.all());
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["subject"], url.split('?').next().unwrap(), "{doc:#}");
+    let login = doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "boot.bios.login")
+        .unwrap();
+    assert!(
+        login["message"]
+            .as_str()
+            .unwrap()
+            .contains("no kernel started"),
+        "{login}"
+    );
+    // Fetched: fewer bytes than the disk's length, all of what was written.
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("Fetched"))
+        .unwrap_or_else(|| panic!("{}", r.stderr));
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let len = std::fs::metadata(&vhd).unwrap().len();
+    assert_eq!(numbers[1], len, "{line}");
+    assert!(numbers[0] < len / 2, "{line}");
+    // The sparse copy went with the check; the provisioning files stayed.
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("imgforge-boot-image-")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(logs.join("boot-bios/cd/ovf-env.xml").is_file());
+}

@@ -169,7 +169,9 @@ that converts it. Environment: IMGFORGE_BLOB_ENDPOINT, IMGFORGE_STORAGE_KEY_<ACC
 Examples:
   imgforge boot-check disk.vhd                          BIOS boot (an Azure Generation 1 VM)
   imgforge boot-check disk.vhd --uefi --json            BIOS and UEFI (Generation 2), one JSON report
-  imgforge boot-check disk.vhd --manifest m.toml        the image's own extra ports are not probed as closed
+  imgforge boot-check disk.vhd --manifest m.toml        the plan's checks from inside; its ports not probed as closed
+  imgforge boot-check https://acct.blob.core.windows.net/images/gpu.vhd --uefi
+                                                        a VHD built on Azure: its written ranges fetched, then booted
 
 QEMU uses KVM when /dev/kvm works, else software emulation (TCG, ~40 s a boot on
 2 cores); IMGFORGE_QEMU_ACCEL=tcg forces software, IMGFORGE_QEMU names the binary.
@@ -734,11 +736,16 @@ pub struct UploadArgs {
 
 #[derive(Debug, Args)]
 pub struct BootCheckArgs {
-    /// A local fixed VHD.
+    /// A local fixed VHD, or a page blob's URL: its written ranges are fetched
+    /// into a sparse local file first (deleted after the check).
     pub image: PathBuf,
     /// Also boot in UEFI mode (OVMF, q35), as an Azure Generation 2 VM.
     #[arg(long)]
     pub uefi: bool,
+    /// Which boots: bios (Generation 1), uefi (Generation 2) or both
+    /// [default: bios, and uefi with --uefi].
+    #[arg(long, value_parser = ["bios", "uefi", "both"], conflicts_with = "uefi")]
+    pub firmware: Option<String>,
     /// The manifest the image was built from: its extra inbound ports are not
     /// used as the port that must get no answer.
     #[arg(long, value_name = "MANIFEST")]
@@ -749,6 +756,9 @@ pub struct BootCheckArgs {
     /// Keep the serial console logs in DIR [default: a temporary directory, kept when a check fails].
     #[arg(long, value_name = "DIR")]
     pub logs: Option<PathBuf>,
+    /// Seconds a blob URL's fetch may take (each request is bounded too).
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
+    pub fetch_timeout: u64,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

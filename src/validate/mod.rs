@@ -861,6 +861,87 @@ pub async fn validate_blob(
     .await
 }
 
+/// What a blob's download into a sparse local file read.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Fetched {
+    /// The blob's (and the file's) length.
+    pub length: u64,
+    /// Bytes read: the page blob's written ranges only.
+    pub bytes: u64,
+    pub requests: u64,
+}
+
+/// Copies a page blob's written ranges into `dest`, a sparse file of the
+/// blob's length (a fixed VHD of 30 GiB with 1.4 GiB written costs 1.4 GiB
+/// of reads and of disk), as the replicator reads a source: page ranges,
+/// then ranges of at most 4 MiB. Written to a temporary name beside `dest`,
+/// renamed when whole: a failure leaves no half image.
+pub async fn download_sparse(
+    storage: &Storage,
+    blob: &BlobRef,
+    dest: &std::path::Path,
+) -> Result<Fetched, ValidateError> {
+    use std::os::unix::fs::FileExt;
+    let props = storage
+        .properties(blob)
+        .await?
+        .ok_or_else(|| ValidateError::Unreadable {
+            subject: blob.url(),
+            message: "the blob does not exist".into(),
+        })?;
+    if props.blob_type != "PageBlob" {
+        return Err(ValidateError::Unreadable {
+            subject: blob.url(),
+            message: format!(
+                "a {} is not a disk Azure boots: a VHD is uploaded as a page blob",
+                props.blob_type
+            ),
+        });
+    }
+    let ranges = storage.page_ranges(blob).await?;
+    let io = |source: std::io::Error| ValidateError::Unreadable {
+        subject: dest.display().to_string(),
+        message: source.to_string(),
+    };
+    let partial = dest.with_extension("partial");
+    /// Removes the half-written file however the download ends early.
+    struct Partial<'a>(&'a std::path::Path, bool);
+    impl Drop for Partial<'_> {
+        fn drop(&mut self) {
+            if !self.1 {
+                let _ = std::fs::remove_file(self.0);
+            }
+        }
+    }
+    let mut guard = Partial(&partial, false);
+    let file = std::fs::File::create(&partial).map_err(io)?;
+    file.set_len(props.length).map_err(io)?;
+    let mut fetched = Fetched {
+        length: props.length,
+        bytes: 0,
+        requests: 1,
+    };
+    if let Some(r) = ranges.iter().find(|r| r.end > props.length) {
+        return Err(ValidateError::Unreadable {
+            subject: blob.url(),
+            message: format!(
+                "a written page range ({}..{}) ends past the blob's length {}",
+                r.start, r.end, props.length
+            ),
+        });
+    }
+    for range in crate::azure::storage::chunks(&ranges, 4 << 20) {
+        let bytes = storage.get_range(blob, range.clone()).await?;
+        file.write_all_at(&bytes, range.start).map_err(io)?;
+        fetched.bytes += bytes.len() as u64;
+        fetched.requests += 1;
+    }
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&partial, dest).map_err(io)?;
+    guard.1 = true;
+    Ok(fetched)
+}
+
 /// Runs `read` over a blob as a disk read through range requests (its type
 /// and length given too), on one blocking thread: ext4-view's handle is !Send.
 pub async fn with_blob_disk<T: Send + 'static>(

@@ -92,6 +92,44 @@ pub(super) fn boot_check(args: crate::cli::args::BootCheckArgs) -> Result<i32, A
         (None, Some(t)) => t.path().to_path_buf(),
         (None, None) => unreachable!("a temporary directory when --logs is absent"),
     };
+    // A blob is fetched (its written ranges only) into a sparse file that
+    // lives as long as the check.
+    let _fetched_dir;
+    let mut image = args.image.clone();
+    let url = args.image.to_string_lossy().into_owned();
+    if url.starts_with("https://") || url.starts_with("http://") {
+        use crate::validate::ValidateError;
+        let blob = crate::azure::storage::BlobRef::parse(&url).map_err(ValidateError::from)?;
+        _fetched_dir = tempfile::Builder::new()
+            .prefix("imgforge-boot-image-")
+            .tempdir()
+            .map_err(|source| AppError::Io {
+                context: "a temporary directory for the fetched image".into(),
+                source,
+            })?;
+        image = _fetched_dir.path().join("image.vhd");
+        crate::util::term::status("Fetching", &crate::util::redact::redact(&url));
+        let dest = image.clone();
+        let fetched = bounded(
+            args.fetch_timeout,
+            &crate::util::redact::redact(&url),
+            async {
+                let storage = crate::azure::storage::Storage::for_blobs(
+                    std::slice::from_ref(&blob.account),
+                    &[&blob],
+                )
+                .await?;
+                crate::validate::download_sparse(&storage, &blob, &dest).await
+            },
+        )??;
+        crate::util::term::status(
+            "Fetched",
+            &format!(
+                "{} of {} bytes written in the blob, in {} request(s)",
+                fetched.bytes, fetched.length, fetched.requests
+            ),
+        );
+    }
     use std::sync::Arc;
     let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _signals = crate::util::signals::SignalWatch::start(
@@ -99,15 +137,16 @@ pub(super) fn boot_check(args: crate::cli::args::BootCheckArgs) -> Result<i32, A
         Arc::new(std::sync::atomic::AtomicBool::new(false)),
         "interrupted: stopping QEMU",
     );
-    let mut firmwares = vec![Firmware::Bios];
-    if args.uefi {
-        firmwares.push(Firmware::Uefi);
-    }
+    let firmwares = match (args.firmware.as_deref(), args.uefi) {
+        (Some("uefi"), _) => vec![Firmware::Uefi],
+        (Some("both"), _) | (None, true) => vec![Firmware::Bios, Firmware::Uefi],
+        _ => vec![Firmware::Bios],
+    };
     crate::util::term::status(
         "Booting",
         &format!(
             "{} ({}) under QEMU, up to {} s each",
-            args.image.display(),
+            crate::util::redact::redact(&url),
             firmwares
                 .iter()
                 .map(|f| f.name())
@@ -116,8 +155,8 @@ pub(super) fn boot_check(args: crate::cli::args::BootCheckArgs) -> Result<i32, A
             args.timeout
         ),
     );
-    let result = crate::validate::boot::boot_check(
-        &args.image,
+    let mut result = crate::validate::boot::boot_check(
+        &image,
         &BootOptions {
             firmwares,
             timeout: std::time::Duration::from_secs(args.timeout),
@@ -133,6 +172,10 @@ pub(super) fn boot_check(args: crate::cli::args::BootCheckArgs) -> Result<i32, A
             cancel,
         },
     )?;
+    if image != args.image {
+        // A fetched blob is named by its URL (without its SAS), not the temporary file.
+        result.report.subject = crate::util::redact::redact(&url);
+    }
     if let Some(t) = temp {
         // The report names the console logs: they stay, pass or fail
         // (--logs DIR chooses where).

@@ -662,7 +662,7 @@ fn boot_once(
         prov: &prov,
         stand_in: &opts.stand_in,
     };
-    let mut accel = if try_kvm { "kvm" } else { "tcg" };
+    let mut accel: &'static str = if try_kvm { "kvm" } else { "tcg" };
     let started = Instant::now();
     let _ = std::fs::remove_file(&log);
     let mut vm = spawn(&vm_spec, accel)?;
@@ -671,15 +671,6 @@ fn boot_once(
         let _ = std::fs::remove_file(&prov.requests);
         spawn(&vm_spec, accel)
     };
-    let mut login_after = None;
-    let mut qemu_exit = None;
-    // A login prompt without a kernel and systemd before it (a boot sector
-    // that prints "login:") is no boot.
-    let mut bare_prompt = false;
-    // A line per phase as the console shows it, and one every 30 s while
-    // nothing new appears: a TCG boot takes a minute or more.
-    let mut phase = 0usize;
-    let mut said_at = Instant::now();
     let say = |what: &str| {
         crate::util::term::status(
             "Booting",
@@ -690,71 +681,11 @@ fn boot_once(
             ),
         )
     };
-    while started.elapsed() < opts.timeout {
-        if opts.cancel.load(Ordering::Relaxed) {
-            return Err(BootError::Cancelled);
-        }
-        if let Ok(Some(status)) = vm.0.try_wait() {
-            let mut stderr = String::new();
-            if let Some(mut e) = vm.0.stderr.take() {
-                let _ = e.by_ref().take(64 * 1024).read_to_string(&mut stderr);
-            }
-            // KVM that opens but cannot run (nested virtualization) aborts
-            // QEMU early: boot again in software.
-            if accel == "kvm" && started.elapsed() < Duration::from_secs(30) {
-                accel = "tcg";
-                vm = respawn(accel)?;
-                continue;
-            }
-            qemu_exit = Some(format!("{status}: {}", stderr.trim()));
-            break;
-        }
-        // KVM that opens but does not run the guest (seen on nested
-        // virtualization: QEMU spins, the console stays empty) is dropped
-        // for TCG; GRUB writes to the console within a second or two.
-        if accel == "kvm"
-            && started.elapsed() > KVM_SILENCE
-            && std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) == 0
-        {
-            drop(vm);
-            accel = "tcg";
-            vm = respawn(accel)?;
-            continue;
-        }
-        let lines = console(&log);
-        if lines.iter().any(|l| l.contains(" login:")) {
-            if boot_phase(&lines) == 3 && lines.iter().any(|l| l.contains("Linux version")) {
-                login_after = Some(started.elapsed().as_secs_f64());
-                say(&format!("login prompt ({accel})"));
-            } else {
-                bare_prompt = true;
-            }
-            break;
-        }
-        let reached = boot_phase(&lines);
-        if reached > phase || said_at.elapsed() >= Duration::from_secs(30) {
-            let what = if reached > phase {
-                PHASES[reached].0.to_string()
-            } else {
-                format!(
-                    "{} (last console line: {})",
-                    PHASES[reached].1,
-                    lines
-                        .last()
-                        .map(|l| l
-                            .chars()
-                            .filter(|c| !c.is_control())
-                            .take(80)
-                            .collect::<String>())
-                        .unwrap_or_default()
-                )
-            };
-            say(&format!("{what} ({accel})"));
-            phase = phase.max(reached);
-            said_at = Instant::now();
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let Prompt {
+        login_after,
+        qemu_exit,
+        bare_prompt,
+    } = wait_for_prompt(&mut vm, &mut accel, &respawn, &log, opts, started, &say)?;
     let mut failed = false;
     let timeout_s = opts.timeout.as_secs();
     let lines = console(&log);
@@ -799,115 +730,7 @@ fn boot_once(
         tail: Vec::new(),
     };
     if login_after.is_some() {
-        let cancel = || opts.cancel.load(Ordering::Relaxed);
-        let ssh = inside::Ssh {
-            port: ports.ssh,
-            key: prov.private_key.clone(),
-            user: prov.guest.user.clone(),
-        };
-        let login = ssh.wait_for_login(LOGIN_WAIT, &cancel)?;
-        let epoch = std::time::SystemTime::now() - started.elapsed();
-        let provisioned = provisioning_finding(&prov, epoch, &id);
-        run.provisioned_after_s = provisioned.1;
-        failed |= provisioned.0.status == crate::report::Status::Fail;
-        f.push(provisioned.0);
-        let mut inside_units = false;
-        match login {
-            Ok(_) => {
-                run.ssh_after_s = Some(round1(started.elapsed().as_secs_f64()));
-                say("logged in with the provisioned key; waiting for the boot to settle");
-                let script = opts.node.script(SETTLE_WAIT, provision::EGRESS);
-                match ssh.run_reconnecting(
-                    "sudo -n sh -s",
-                    &script,
-                    SETTLE_WAIT + Duration::from_secs(420),
-                    &cancel,
-                )? {
-                    Some((255, out)) if inside::parse(&out, &id).is_empty() => {
-                        failed = true;
-                        f.push(Finding::fail(
-                            &id("inside"),
-                            format!(
-                                "SSH connections with the provisioned key kept failing after the first login: {}",
-                                last_line(&out)
-                            ),
-                        ));
-                    }
-                    Some((_, out)) => {
-                        let rows = inside::parse(&out, &id);
-                        if rows.is_empty() {
-                            failed = true;
-                            f.push(
-                                Finding::fail(
-                                    &id("inside"),
-                                    format!(
-                                        "the in-VM checks did not run as root: {}",
-                                        last_line(&out)
-                                    ),
-                                )
-                                .hint("the provisioned admin user needs sudo without a password, as cloud-init grants it on Azure: is sudo in the image?"),
-                            );
-                        }
-                        inside_units = rows.iter().any(|r| r.id == id("units"));
-                        failed |= rows.iter().any(|r| r.status == crate::report::Status::Fail);
-                        f.extend(rows);
-                    }
-                    None => {
-                        failed = true;
-                        f.push(Finding::fail(
-                            &id("inside"),
-                            "the in-VM checks ran past their deadline; QEMU was stopped",
-                        ));
-                    }
-                }
-                run.checked_after_s = Some(round1(started.elapsed().as_secs_f64()));
-                let journal = prov.dir.join("journal.txt");
-                inside::save_journal(&ssh, &journal)?;
-                if journal.exists() {
-                    run.journal = Some(journal);
-                }
-                say("in-VM checks done");
-            }
-            Err(why) => {
-                failed = true;
-                f.push(
-                    Finding::fail(
-                        &id("ssh-login"),
-                        format!("no SSH login with the provisioned key within {} s of the login prompt: {why}", LOGIN_WAIT.as_secs()),
-                    )
-                    .evidence(prov.requests.display().to_string())
-                    .hint("cloud-init creates the admin user and installs its key from ovf-env.xml: read cloud-init's lines in the serial console log"),
-                );
-            }
-        }
-        if !inside_units {
-            // No look from inside: the console's failed units are all there is.
-            let (hardware, real): (Vec<&String>, Vec<&String>) = run
-                .failed_units
-                .iter()
-                .partition(|u| opts.needs_hardware.iter().any(|h| u.contains(h.as_str())));
-            f.push(if !real.is_empty() {
-                failed = true;
-                Finding::fail(
-                    &id("units"),
-                    format!("units failed at boot: {}", join(&real)),
-                )
-                .evidence(log.display().to_string())
-            } else if !hardware.is_empty() {
-                Finding::warn(
-                    &id("units"),
-                    format!(
-                        "only units that need hardware this VM lacks (GPU, InfiniBand) failed: {}",
-                        join(&hardware)
-                    ),
-                )
-            } else {
-                Finding::pass(
-                    &id("units"),
-                    "no unit failed on the console (not seen from inside)",
-                )
-            });
-        }
+        failed |= look_inside(&prov, ports.ssh, opts, started, &mut run, f)?;
         failed |= probe_ports(&ports, opts, &id, f);
     }
     drop(vm);
@@ -917,6 +740,241 @@ fn boot_once(
         run.tail = lines.iter().rev().take(30).rev().cloned().collect();
     }
     Ok(run)
+}
+
+/// What the console showed until the login prompt (or the end).
+struct Prompt {
+    login_after: Option<f64>,
+    qemu_exit: Option<String>,
+    /// A login prompt without a kernel and systemd before it (a boot sector
+    /// that prints "login:") is no boot.
+    bare_prompt: bool,
+}
+
+/// Watches the console until the login prompt, QEMU's exit or the timeout;
+/// drops KVM for TCG where KVM cannot run the guest.
+fn wait_for_prompt(
+    vm: &mut Running,
+    accel: &mut &'static str,
+    respawn: &dyn Fn(&str) -> Result<Running, BootError>,
+    log: &Path,
+    opts: &BootOptions,
+    started: Instant,
+    say: &dyn Fn(&str),
+) -> Result<Prompt, BootError> {
+    let mut login_after = None;
+    let mut qemu_exit = None;
+    let mut bare_prompt = false;
+    // A line per phase as the console shows it, and one every 30 s while
+    // nothing new appears: a TCG boot takes a minute or more.
+    let mut phase = 0usize;
+    let mut said_at = Instant::now();
+    while started.elapsed() < opts.timeout {
+        if opts.cancel.load(Ordering::Relaxed) {
+            return Err(BootError::Cancelled);
+        }
+        if let Ok(Some(status)) = vm.0.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut e) = vm.0.stderr.take() {
+                let _ = e.by_ref().take(64 * 1024).read_to_string(&mut stderr);
+            }
+            // KVM that opens but cannot run (nested virtualization) aborts
+            // QEMU early: boot again in software.
+            if *accel == "kvm" && started.elapsed() < Duration::from_secs(30) {
+                *accel = "tcg";
+                *vm = respawn(accel)?;
+                continue;
+            }
+            qemu_exit = Some(format!("{status}: {}", stderr.trim()));
+            break;
+        }
+        // KVM that opens but does not run the guest (seen on nested
+        // virtualization: QEMU spins, the console stays empty) is dropped
+        // for TCG; GRUB writes to the console within a second or two.
+        if *accel == "kvm"
+            && started.elapsed() > KVM_SILENCE
+            && std::fs::metadata(log).map(|m| m.len()).unwrap_or(0) == 0
+        {
+            // The new QEMU replaces (and so stops) the silent one.
+            *accel = "tcg";
+            *vm = respawn(accel)?;
+            continue;
+        }
+        let lines = console(log);
+        if lines.iter().any(|l| l.contains(" login:")) {
+            if boot_phase(&lines) == 3 && lines.iter().any(|l| l.contains("Linux version")) {
+                login_after = Some(started.elapsed().as_secs_f64());
+                say(&format!("login prompt ({accel})"));
+            } else {
+                bare_prompt = true;
+            }
+            break;
+        }
+        let reached = boot_phase(&lines);
+        if reached > phase || said_at.elapsed() >= Duration::from_secs(30) {
+            let what = if reached > phase {
+                PHASES[reached].0.to_string()
+            } else {
+                format!(
+                    "{} (last console line: {})",
+                    PHASES[reached].1,
+                    lines
+                        .last()
+                        .map(|l| l
+                            .chars()
+                            .filter(|c| !c.is_control())
+                            .take(80)
+                            .collect::<String>())
+                        .unwrap_or_default()
+                )
+            };
+            say(&format!("{what} ({accel})"));
+            phase = phase.max(reached);
+            said_at = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(Prompt {
+        login_after,
+        qemu_exit,
+        bare_prompt,
+    })
+}
+
+/// The look from inside: the Ready report, an SSH login with the provisioned
+/// key, the in-VM checks, the journal; and, without a look from inside, the
+/// console's failed units. True when a check failed.
+fn look_inside(
+    prov: &provision::Provisioning,
+    ssh_port: u16,
+    opts: &BootOptions,
+    started: Instant,
+    run: &mut BootRun,
+    f: &mut Vec<Finding>,
+) -> Result<bool, BootError> {
+    let fw = run.firmware;
+    let id = |check: &str| format!("boot.{}.{check}", fw.name());
+    let say = |what: &str| {
+        crate::util::term::status(
+            "Booting",
+            &format!(
+                "{}: {what} after {} s",
+                fw.name(),
+                started.elapsed().as_secs()
+            ),
+        )
+    };
+    let mut failed = false;
+    let cancel = || opts.cancel.load(Ordering::Relaxed);
+    let ssh = inside::Ssh {
+        port: ssh_port,
+        key: prov.private_key.clone(),
+        user: prov.guest.user.clone(),
+    };
+    let login = ssh.wait_for_login(LOGIN_WAIT, &cancel)?;
+    let epoch = std::time::SystemTime::now() - started.elapsed();
+    let provisioned = provisioning_finding(prov, epoch, &id);
+    run.provisioned_after_s = provisioned.1;
+    failed |= provisioned.0.status == crate::report::Status::Fail;
+    f.push(provisioned.0);
+    let mut inside_units = false;
+    match login {
+        Ok(_) => {
+            run.ssh_after_s = Some(round1(started.elapsed().as_secs_f64()));
+            say("logged in with the provisioned key; waiting for the boot to settle");
+            let script = opts.node.script(SETTLE_WAIT, provision::EGRESS);
+            match ssh.run_reconnecting(
+                "sudo -n sh -s",
+                &script,
+                SETTLE_WAIT + Duration::from_secs(420),
+                &cancel,
+            )? {
+                Some((255, out)) if inside::parse(&out, &id).is_empty() => {
+                    failed = true;
+                    f.push(Finding::fail(
+                        &id("inside"),
+                        format!(
+                            "SSH connections with the provisioned key kept failing after the first login: {}",
+                            last_line(&out)
+                        ),
+                    ));
+                }
+                Some((_, out)) => {
+                    let rows = inside::parse(&out, &id);
+                    if rows.is_empty() {
+                        failed = true;
+                        f.push(
+                            Finding::fail(
+                                &id("inside"),
+                                format!(
+                                    "the in-VM checks did not run as root: {}",
+                                    last_line(&out)
+                                ),
+                            )
+                            .hint("the provisioned admin user needs sudo without a password, as cloud-init grants it on Azure: is sudo in the image?"),
+                        );
+                    }
+                    inside_units = rows.iter().any(|r| r.id == id("units"));
+                    failed |= rows.iter().any(|r| r.status == crate::report::Status::Fail);
+                    f.extend(rows);
+                }
+                None => {
+                    failed = true;
+                    f.push(Finding::fail(
+                        &id("inside"),
+                        "the in-VM checks ran past their deadline; QEMU was stopped",
+                    ));
+                }
+            }
+            run.checked_after_s = Some(round1(started.elapsed().as_secs_f64()));
+            let journal = prov.dir.join("journal.txt");
+            inside::save_journal(&ssh, &journal)?;
+            if journal.exists() {
+                run.journal = Some(journal);
+            }
+            say("in-VM checks done");
+        }
+        Err(why) => {
+            failed = true;
+            f.push(
+                Finding::fail(
+                    &id("ssh-login"),
+                    format!("no SSH login with the provisioned key within {} s of the login prompt: {why}", LOGIN_WAIT.as_secs()),
+                )
+                .evidence(prov.requests.display().to_string())
+                .hint("cloud-init creates the admin user and installs its key from ovf-env.xml: read cloud-init's lines in the serial console log"),
+            );
+        }
+    }
+    if !inside_units {
+        // No look from inside: the console's failed units are all there is.
+        let (hardware, real): (Vec<&String>, Vec<&String>) = run
+            .failed_units
+            .iter()
+            .partition(|u| opts.needs_hardware.iter().any(|h| u.contains(h.as_str())));
+        f.push(if !real.is_empty() {
+            failed = true;
+            Finding::fail(
+                &id("units"),
+                format!("units failed at boot: {}", join(&real)),
+            )
+            .evidence(run.serial_log.display().to_string())
+        } else if !hardware.is_empty() {
+            Finding::warn(
+                &id("units"),
+                format!(
+                    "only units that need hardware this VM lacks (GPU, InfiniBand) failed: {}",
+                    join(&hardware)
+                ),
+            )
+        } else {
+            Finding::pass(
+                &id("units"),
+                "no unit failed on the console (not seen from inside)",
+            )
+        });
+    }
+    Ok(failed)
 }
 
 /// The last non-empty line of what a command printed, bounded.
