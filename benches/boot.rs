@@ -59,12 +59,13 @@ fn phases(doc: &serde_json::Value) -> Vec<String> {
             runs.iter()
                 .map(|r| {
                     format!(
-                        "{:<5} {:<4} login {:>4} s  Ready {:>4} s  ssh {:>4} s  checked {:>4} s  ({} passed, {} failed, {} skipped)",
+                        "{:<5} {:<4} login {:>4} s  Ready {:>4} s  ssh {:>4} s  settled {:>4} s  checked {:>4} s  ({} passed, {} failed, {} skipped)",
                         r["firmware"].as_str().unwrap_or("?"),
                         r["accel"].as_str().unwrap_or("?"),
                         s(&r["login_after_s"]),
                         s(&r["provisioned_after_s"]),
                         s(&r["ssh_after_s"]),
+                        s(&r["settled_after_s"]),
                         s(&r["checked_after_s"]),
                         doc["summary"]["pass"],
                         doc["summary"]["fail"],

@@ -20,9 +20,7 @@ use crate::azure::storage::{self, BlobRef, MAX_CHUNK, PAGE, Storage, StorageErro
 use crate::util::Category;
 use crate::util::redact::Secret;
 
-/// Ranges closer than this are copied as one (`storage::bridge`): 64 KiB of
-/// zeros cost less than a request.
-const MAX_GAP: u64 = 64 * 1024;
+use crate::azure::storage::MAX_GAP;
 
 const META_SOURCE: &str = "imgforge_source_etag";
 const META_LENGTH: &str = "imgforge_source_length";

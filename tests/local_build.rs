@@ -183,7 +183,11 @@ fn a_local_debian_build_is_valid_bootable_and_leaves_the_host_alone() {
         assert!(ids.contains(&id), "{id} not checked: {ids:?}");
     }
 
-    // Booted in both modes: login, SSH banner, Batch ports admitted, firewall on.
+    // Booted in both modes and provisioned as on Azure: login, the Ready
+    // report, a login with the provisioned key, boot settled, the in-VM rows
+    // (units, cloud-init, Docker, glusterd, each feature, outbound 443, the
+    // firewall's rules) and the probes from outside, none failed; the agent
+    // and the resource disk skipped with their reason (Hyper-V only).
     let boot = &rec["boot_check"];
     assert_eq!(boot["fail"], 0, "{boot:#}");
     let runs = boot["runs"].as_array().unwrap();
@@ -191,9 +195,69 @@ fn a_local_debian_build_is_valid_bootable_and_leaves_the_host_alone() {
     assert_eq!(runs[0]["firmware"], "bios");
     assert_eq!(runs[1]["firmware"], "uefi");
     for run in runs {
-        assert!(run["login_after_s"].as_f64().is_some(), "{run}");
+        for phase in [
+            "login_after_s",
+            "provisioned_after_s",
+            "ssh_after_s",
+            "settled_after_s",
+            "checked_after_s",
+        ] {
+            assert!(run[phase].as_f64().is_some(), "{phase}: {run}");
+        }
+        assert!(run["failed_units"].as_array().unwrap().is_empty(), "{run}");
+        let journal = run["journal"].as_str().unwrap();
+        assert!(
+            std::fs::read_to_string(journal)
+                .unwrap()
+                .contains("cloud-init"),
+            "{journal}"
+        );
     }
-    assert!(boot["pass"].as_u64().unwrap() >= 10, "{boot:#}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("boot-check.json")).unwrap()).unwrap();
+    let status = |id: &str| {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == id)
+            .map(|f| f["status"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{id} not in {report:#}"))
+    };
+    for fw in ["bios", "uefi"] {
+        for row in [
+            "login",
+            "provisioned",
+            "settled",
+            "units",
+            "cloud-init",
+            "docker",
+            "glusterd",
+            "feature.ssh",
+            "feature.docker",
+            "feature.nfs",
+            "feature.glusterfs_server",
+            "outbound",
+            "firewall-rules",
+            "ssh",
+            "inbound-ports",
+            "firewall",
+        ] {
+            assert_eq!(
+                status(&format!("boot.{fw}.{row}")),
+                "pass",
+                "boot.{fw}.{row}"
+            );
+        }
+        for row in ["agent", "resource-disk", "feature.rdma_nd"] {
+            assert_eq!(
+                status(&format!("boot.{fw}.{row}")),
+                "skip",
+                "boot.{fw}.{row}"
+            );
+        }
+    }
+    assert_eq!(boot["skip"], report["summary"]["skip"], "{boot:#}");
 
     // The scripts really ran in the root: the user script left its marker, the
     // RDMA script its MPI settings, and in-VM checks that need a booted system
@@ -340,11 +404,26 @@ fn a_local_debian_build_is_valid_bootable_and_leaves_the_host_alone() {
         "{}",
         gate.stdout
     );
+    // sshd's configuration is the same in both: the /etc gate passes. The
+    // files under /etc are read whole and hashed, links by their target.
     let pass = run(imgforge()
         .args(["diff", "--fail-on", "kernel", "--fail-on", "new-user"])
+        .args(["--fail-on", "etc:/etc/ssh/*"])
         .arg(&vhd)
         .arg(&vhd2));
     assert_eq!(pass.code, 0, "{}", pass.all());
+    let facts: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+    assert!(
+        facts["etc"]["/etc/ssh/sshd_config"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{facts:#}"
+    );
+    assert_eq!(
+        facts["etc"]["/etc/localtime"],
+        "link:/usr/share/zoneinfo/Etc/UTC"
+    );
 }
 
 /// `text` in a file of `dir`, for commands that take a document.

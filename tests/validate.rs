@@ -948,6 +948,7 @@ fn a_blob_is_fetched_sparse_and_boot_checked_as_the_local_file() {
         .lines()
         .find(|l| l.contains("Fetched"))
         .unwrap_or_else(|| panic!("{}", r.stderr));
+    eprintln!("{line}");
     let numbers: Vec<u64> = line
         .split_whitespace()
         .filter_map(|w| w.parse().ok())

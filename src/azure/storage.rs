@@ -1266,6 +1266,10 @@ pub fn coalesce(mut ranges: Vec<Range<u64>>) -> Vec<Range<u64>> {
 /// pages a page apart is 10⁵ reads and 10⁵ writes per copy otherwise. The
 /// gaps' bytes are copied too — zeros, as unwritten pages read — so a copy's
 /// valid ranges may be a superset of the source's, never other data.
+/// Ranges closer than this are read or copied as one (`bridge`): 64 KiB of
+/// zeros cost less than a request.
+pub const MAX_GAP: u64 = 64 * 1024;
+
 pub fn bridge(ranges: &[Range<u64>], max_gap: u64) -> Vec<Range<u64>> {
     let mut out: Vec<Range<u64>> = Vec::new();
     for r in ranges {

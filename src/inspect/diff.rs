@@ -2,8 +2,9 @@
 //! applies to it: `kernel` (a kernel added or removed), `new-port` (sshd
 //! listens on a port it did not), `new-user` (a user with a login shell
 //! appeared), `package-removed`, `unit-disabled` (a unit no longer started
-//! at boot), and `package:GLOB` (a package whose name matches changed,
-//! appeared or went; `*` and `?` as in the shell).
+//! at boot), `package:GLOB` (a package whose name matches changed,
+//! appeared or went; `*` and `?` as in the shell) and `etc:GLOB` (a file
+//! under /etc whose path matches changed, appeared or went).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -34,6 +35,13 @@ pub struct Diff {
     pub users_removed: Vec<String>,
     pub ssh_ports_added: Vec<u16>,
     pub ssh_ports_removed: Vec<u16>,
+    /// Files under /etc (by content hash, or link target).
+    #[serde(default)]
+    pub etc_added: Vec<String>,
+    #[serde(default)]
+    pub etc_removed: Vec<String>,
+    #[serde(default)]
+    pub etc_changed: Vec<String>,
     /// The `--fail-on` rules that tripped, each with what tripped it.
     pub tripped: Vec<String>,
 }
@@ -56,6 +64,7 @@ pub enum Rule {
     PackageRemoved,
     UnitDisabled,
     Package(String),
+    Etc(String),
 }
 
 impl std::str::FromStr for Rule {
@@ -67,11 +76,12 @@ impl std::str::FromStr for Rule {
             "new-user" => Rule::NewUser,
             "package-removed" => Rule::PackageRemoved,
             "unit-disabled" => Rule::UnitDisabled,
-            _ => match s.strip_prefix("package:") {
-                Some(g) if !g.is_empty() => Rule::Package(g.to_string()),
+            _ => match (s.strip_prefix("package:"), s.strip_prefix("etc:")) {
+                (Some(g), _) if !g.is_empty() => Rule::Package(g.to_string()),
+                (_, Some(g)) if !g.is_empty() => Rule::Etc(g.to_string()),
                 _ => {
                     return Err(format!(
-                        "`{s}` is not a rule: kernel, new-port, new-user, package-removed, unit-disabled or package:GLOB"
+                        "`{s}` is not a rule: kernel, new-port, new-user, package-removed, unit-disabled, package:GLOB or etc:GLOB"
                     ));
                 }
             },
@@ -138,6 +148,19 @@ pub fn diff(old: &Inspection, new: &Inspection, rules: &[Rule]) -> Diff {
     };
     (d.users_added, d.users_removed) = split(&names(old), &names(new));
     (d.ssh_ports_added, d.ssh_ports_removed) = split(&old.ssh_ports, &new.ssh_ports);
+    for (path, hash) in &new.etc {
+        match old.etc.get(path) {
+            None => d.etc_added.push(path.clone()),
+            Some(h) if h != hash => d.etc_changed.push(path.clone()),
+            _ => {}
+        }
+    }
+    d.etc_removed = old
+        .etc
+        .keys()
+        .filter(|p| !new.etc.contains_key(*p))
+        .cloned()
+        .collect();
 
     for rule in rules {
         let hit: Vec<String> = match rule {
@@ -191,6 +214,18 @@ pub fn diff(old: &Inspection, new: &Inspection, rules: &[Rule]) -> Diff {
                     )
                     .collect()
             }
+            Rule::Etc(g) => [
+                (&d.etc_added, "added"),
+                (&d.etc_removed, "removed"),
+                (&d.etc_changed, "changed"),
+            ]
+            .into_iter()
+            .flat_map(|(list, what)| {
+                list.iter()
+                    .filter(|p| glob(g, p))
+                    .map(move |p| format!("{p} {what}"))
+            })
+            .collect(),
         };
         d.tripped.extend(hit);
     }
@@ -211,6 +246,9 @@ impl Diff {
             && self.users_removed.is_empty()
             && self.ssh_ports_added.is_empty()
             && self.ssh_ports_removed.is_empty()
+            && self.etc_added.is_empty()
+            && self.etc_removed.is_empty()
+            && self.etc_changed.is_empty()
     }
 
     pub fn to_text(&self) -> String {
@@ -236,6 +274,9 @@ impl Diff {
             ("-", &self.units_disabled, "at boot"),
             ("+", &self.users_added, "user"),
             ("-", &self.users_removed, "user"),
+            ("+", &self.etc_added, "file"),
+            ("-", &self.etc_removed, "file"),
+            ("~", &self.etc_changed, "file"),
         ] {
             for x in list {
                 let _ = writeln!(s, "{sign} {what} {x}");
@@ -277,5 +318,44 @@ mod tests {
                 .unwrap_err()
                 .contains("kernel, new-port")
         );
+        assert_eq!("etc:/etc/ssh/*".parse(), Ok(Rule::Etc("/etc/ssh/*".into())));
+    }
+
+    #[test]
+    fn etc_files_added_removed_and_changed_trip_their_rule() {
+        let doc = |etc: &[(&str, &str)]| -> Inspection {
+            serde_json::from_value(serde_json::json!({
+                "schema": 1, "subject": "x",
+                "os": {"id": "debian", "version_id": "12", "pretty_name": ""},
+                "package_db": "dpkg", "packages": [], "kernels": [], "units_enabled": [],
+                "users_with_shell": [], "ssh_ports": [22], "components": {},
+                "etc": etc.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()
+            }))
+            .unwrap()
+        };
+        let old = doc(&[
+            ("/etc/ssh/sshd_config", "sha256:aa"),
+            ("/etc/motd", "sha256:bb"),
+            ("/etc/gone", "sha256:cc"),
+        ]);
+        let new = doc(&[
+            ("/etc/ssh/sshd_config", "sha256:ab"),
+            ("/etc/motd", "sha256:bb"),
+            ("/etc/ssh/sshd_config.d/50-x.conf", "sha256:dd"),
+        ]);
+        let d = diff(&old, &new, &[Rule::Etc("/etc/ssh/*".into())]);
+        assert_eq!(d.etc_changed, ["/etc/ssh/sshd_config"]);
+        assert_eq!(d.etc_added, ["/etc/ssh/sshd_config.d/50-x.conf"]);
+        assert_eq!(d.etc_removed, ["/etc/gone"]);
+        assert_eq!(
+            d.tripped,
+            [
+                "/etc/ssh/sshd_config.d/50-x.conf added",
+                "/etc/ssh/sshd_config changed"
+            ]
+        );
+        assert!(d.to_text().contains("~ file /etc/ssh/sshd_config"));
+        // A document written before /etc was inspected reads as no files.
+        assert!(diff(&old, &old, &[]).is_empty());
     }
 }

@@ -120,6 +120,10 @@ pub struct Inspection {
     pub ssh_ports: Vec<u16>,
     /// What a Batch image cares about, from the package list: name → version.
     pub components: std::collections::BTreeMap<String, String>,
+    /// Every file under /etc: `sha256:HEX` for a regular file, `link:TARGET`
+    /// for a symlink (not followed), `unread: WHY` for one past the bounds.
+    #[serde(default)]
+    pub etc: std::collections::BTreeMap<String, String>,
     /// Bytes and reads it took.
     #[serde(default)]
     pub read: ReadStats,
@@ -236,6 +240,55 @@ fn kernels(root: &dyn RootFs) -> Vec<String> {
     k
 }
 
+/// Bounds of the /etc walk: files read whole up to 4 MiB each, 20,000
+/// entries, 16 directories deep; past them an entry says so (`unread: …`),
+/// never a hash of part of a file.
+const MAX_ETC_FILE: u64 = 4 << 20;
+const MAX_ETC_ENTRIES: usize = 20_000;
+const MAX_ETC_DEPTH: usize = 16;
+
+/// SHA-256 of every regular file under /etc; symlinks by their target.
+fn etc_files(root: &dyn RootFs) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![("/etc".to_string(), 0usize)];
+    while let Some((dir, depth)) = todo.pop() {
+        let mut names = root.list(&dir);
+        names.sort();
+        for name in names {
+            if out.len() >= MAX_ETC_ENTRIES {
+                out.insert(
+                    format!("{dir}/…"),
+                    format!("unread: more than {MAX_ETC_ENTRIES} entries under /etc"),
+                );
+                return out;
+            }
+            let path = format!("{dir}/{name}");
+            if let Some(target) = root.read_link(&path) {
+                out.insert(path, format!("link:{target}"));
+            } else if root.is_dir(&path) {
+                if depth + 1 < MAX_ETC_DEPTH {
+                    todo.push((path, depth + 1));
+                } else {
+                    out.insert(
+                        path,
+                        format!("unread: deeper than {MAX_ETC_DEPTH} directories"),
+                    );
+                }
+            } else {
+                let v = match root.read_prefix(&path, MAX_ETC_FILE + 1) {
+                    Some(b) if b.len() as u64 > MAX_ETC_FILE => {
+                        format!("unread: over {} MiB", MAX_ETC_FILE >> 20)
+                    }
+                    Some(b) => format!("sha256:{}", crate::util::text::sha256_hex(&b)),
+                    None => "unread: not a regular file, or not readable".to_string(),
+                };
+                out.insert(path, v);
+            }
+        }
+    }
+    out
+}
+
 fn units_enabled(root: &dyn RootFs) -> Vec<String> {
     let base = "/etc/systemd/system";
     let mut out: Vec<String> = root
@@ -312,6 +365,7 @@ pub fn inspect_root(subject: &str, root: &dyn RootFs) -> Result<Inspection, Insp
         users_with_shell: users(root),
         ssh_ports: ssh_ports(root),
         components,
+        etc: etc_files(root),
         read: ReadStats::default(),
     })
 }
@@ -365,6 +419,14 @@ impl Inspection {
             let _ = writeln!(s, "  {what:<24} {version}");
         }
         let _ = writeln!(s, "at boot     {} unit(s)", self.units_enabled.len());
+        let count = |p: &str| self.etc.values().filter(|v| v.starts_with(p)).count();
+        let _ = writeln!(
+            s,
+            "/etc        {} file(s) hashed (SHA-256), {} link(s), {} unread",
+            count("sha256:"),
+            count("link:"),
+            count("unread:")
+        );
         let _ = writeln!(
             s,
             "users       {}",
@@ -448,6 +510,32 @@ mod tests {
         let names: Vec<&str> = i.users_with_shell.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["ops", "root"]);
         assert_eq!(i.package_db, "dpkg");
+    }
+
+    #[test]
+    fn every_file_under_etc_is_hashed_links_by_target_big_ones_said_unread() {
+        let dir = tree(&[
+            ("/etc/hostname", "node\n"),
+            ("/etc/ssh/sshd_config", "Port 22\n"),
+            ("/usr/bin/big", "not read"),
+        ]);
+        let etc = dir.path().join("etc");
+        std::os::unix::fs::symlink("/usr/bin/big", etc.join("alternative")).unwrap();
+        std::os::unix::fs::symlink("/etc", etc.join("loop")).unwrap();
+        std::fs::write(etc.join("huge"), vec![b'x'; (MAX_ETC_FILE + 1) as usize]).unwrap();
+        std::fs::create_dir_all(etc.join("empty.d")).unwrap();
+        let root = DirRoot(dir.path().to_path_buf());
+        let i = inspect_root("t", &root).unwrap();
+        assert_eq!(
+            i.etc["/etc/hostname"],
+            format!("sha256:{}", crate::util::text::sha256_hex(b"node\n"))
+        );
+        assert!(i.etc["/etc/ssh/sshd_config"].starts_with("sha256:"));
+        assert_eq!(i.etc["/etc/alternative"], "link:/usr/bin/big");
+        assert_eq!(i.etc["/etc/loop"], "link:/etc");
+        assert_eq!(i.etc["/etc/huge"], "unread: over 4 MiB");
+        assert!(!i.etc.contains_key("/etc/empty.d"));
+        assert!(!i.etc.keys().any(|k| k.starts_with("/usr")));
     }
 
     #[test]

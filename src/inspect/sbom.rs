@@ -207,6 +207,7 @@ mod tests {
             users_with_shell: vec![],
             ssh_ports: vec![],
             components: Default::default(),
+            etc: Default::default(),
             read: Default::default(),
         };
         let p = Package {

@@ -1141,10 +1141,23 @@ impl Run<'_> {
             other => other.into(),
         })?;
         let r = &result.report;
+        // Every row with its evidence, beside the serial logs.
+        let report_path = self.dir.join("boot-check.json");
+        crate::util::fsutil::write_atomic(
+            &report_path,
+            serde_json::to_string_pretty(&result)
+                .expect("plain data")
+                .as_bytes(),
+        )
+        .map_err(|source| BuildError::Write {
+            path: report_path.clone(),
+            source,
+        })?;
         self.record.boot_check = Some(BootRecord {
             pass: r.summary.pass,
             warn: r.summary.warn,
             fail: r.summary.fail,
+            skip: r.summary.skip,
             failed_checks: r.failed_ids(),
             runs: result.runs.clone(),
         });

@@ -65,6 +65,9 @@ pub struct BootRecord {
     pub pass: usize,
     pub warn: usize,
     pub fail: usize,
+    /// Rows that cannot be tested under QEMU (the agent, the resource disk).
+    #[serde(default)]
+    pub skip: usize,
     pub failed_checks: Vec<String>,
     pub runs: Vec<crate::validate::boot::BootRun>,
 }

@@ -29,6 +29,11 @@ pub trait RootFs {
     /// The names in the directory `dir` (not `.` and `..`); empty when it
     /// is missing or cannot be read.
     fn list(&self, dir: &str) -> Vec<String>;
+    /// The target of `path` when `path` itself is a symlink (its parents
+    /// resolved); `None` for anything else.
+    fn read_link(&self, path: &str) -> Option<String>;
+    /// Whether `path` is a directory (symlinks followed).
+    fn is_dir(&self, path: &str) -> bool;
 }
 
 /// Linux's limit on symlinks followed while resolving one path (ELOOP).
@@ -106,6 +111,18 @@ impl RootFs for Ext4Root {
         self.0.symlink_metadata(path).is_ok()
     }
 
+    fn read_link(&self, path: &str) -> Option<String> {
+        if !self.0.symlink_metadata(path).ok()?.is_symlink() {
+            return None;
+        }
+        let target = self.0.read_link(path).ok()?;
+        Some(target.to_str().ok()?.to_string())
+    }
+
+    fn is_dir(&self, path: &str) -> bool {
+        self.0.metadata(path).is_ok_and(|m| m.is_dir())
+    }
+
     fn list(&self, dir: &str) -> Vec<String> {
         match self.0.read_dir(dir) {
             Ok(rd) => rd
@@ -174,6 +191,25 @@ impl<R: lamxfs::BlockRead> RootFs for XfsRoot<R> {
         self.resolved(path, false).is_some()
     }
 
+    fn read_link(&self, path: &str) -> Option<String> {
+        let real = self.resolved(path, false)?;
+        match Self::lookup(&mut self.0.borrow_mut(), &real)? {
+            Kind::Link(target) => Some(target),
+            Kind::Other => None,
+        }
+    }
+
+    fn is_dir(&self, path: &str) -> bool {
+        let Some(real) = self.resolved(path, true) else {
+            return false;
+        };
+        let mut fs = self.0.borrow_mut();
+        fs.resolve(lamxfs::Path::new(real.as_bytes()))
+            .ok()
+            .and_then(|inode| fs.metadata(&inode).ok())
+            .is_some_and(|m| m.is_dir())
+    }
+
     fn list(&self, dir: &str) -> Vec<String> {
         let Some(real) = self.resolved(dir, true) else {
             return Vec::new();
@@ -238,6 +274,28 @@ impl RootFs for DirRoot {
 
     fn exists(&self, path: &str) -> bool {
         self.resolved(path, false).is_some()
+    }
+
+    fn read_link(&self, path: &str) -> Option<String> {
+        let host = self.resolved(path, false)?;
+        if !std::fs::symlink_metadata(&host)
+            .ok()?
+            .file_type()
+            .is_symlink()
+        {
+            return None;
+        }
+        Some(
+            std::fs::read_link(host)
+                .ok()?
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+
+    fn is_dir(&self, path: &str) -> bool {
+        self.resolved(path, true)
+            .is_some_and(|h| std::fs::symlink_metadata(h).is_ok_and(|m| m.is_dir()))
     }
 
     fn list(&self, dir: &str) -> Vec<String> {

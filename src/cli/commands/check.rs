@@ -125,7 +125,7 @@ pub(super) fn boot_check(args: crate::cli::args::BootCheckArgs) -> Result<i32, A
         crate::util::term::status(
             "Fetched",
             &format!(
-                "{} of {} bytes written in the blob, in {} request(s)",
+                "{} of {} bytes (the blob's written ranges, gaps under 64 KiB bridged) in {} request(s)",
                 fetched.bytes, fetched.length, fetched.requests
             ),
         );

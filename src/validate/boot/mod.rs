@@ -212,6 +212,9 @@ pub struct BootRun {
     /// Seconds from QEMU's start to the first SSH login with the provisioned key.
     #[serde(default)]
     pub ssh_after_s: Option<f64>,
+    /// Seconds from QEMU's start to systemd's settled state (running or not).
+    #[serde(default)]
+    pub settled_after_s: Option<f64>,
     /// Seconds from QEMU's start to the end of the in-VM checks.
     #[serde(default)]
     pub checked_after_s: Option<f64>,
@@ -723,6 +726,7 @@ fn boot_once(
         login_after_s: login_after.map(round1),
         provisioned_after_s: None,
         ssh_after_s: None,
+        settled_after_s: None,
         checked_after_s: None,
         journal: None,
         failed_units: failed_units(&lines),
@@ -875,6 +879,11 @@ fn look_inside(
     let epoch = std::time::SystemTime::now() - started.elapsed();
     let provisioned = provisioning_finding(prov, epoch, &id);
     run.provisioned_after_s = provisioned.1;
+    if let Some(s) = provisioned.1 {
+        say(&format!(
+            "provisioned: the node reported Ready {s:.0} s after power-on;"
+        ));
+    }
     failed |= provisioned.0.status == crate::report::Status::Fail;
     f.push(provisioned.0);
     let mut inside_units = false;
@@ -882,6 +891,23 @@ fn look_inside(
         Ok(_) => {
             run.ssh_after_s = Some(round1(started.elapsed().as_secs_f64()));
             say("logged in with the provisioned key; waiting for the boot to settle");
+            // Settling first, on its own (bounded): a progress line and a
+            // figure of its own; the script's own wait then returns at once.
+            if let Some((_, state)) = ssh.run_reconnecting(
+                &format!(
+                    "timeout {} systemctl is-system-running --wait",
+                    SETTLE_WAIT.as_secs()
+                ),
+                "",
+                SETTLE_WAIT + Duration::from_secs(30),
+                &cancel,
+            )? {
+                run.settled_after_s = Some(round1(started.elapsed().as_secs_f64()));
+                say(&format!(
+                    "settled ({}); running the in-VM checks",
+                    last_line(&state)
+                ));
+            }
             let script = opts.node.script(SETTLE_WAIT, provision::EGRESS);
             match ssh.run_reconnecting(
                 "sudo -n sh -s",
