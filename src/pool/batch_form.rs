@@ -12,7 +12,7 @@
 
 use serde_json::Value;
 
-use super::PoolConfig;
+use super::ShipyardFile;
 use crate::report::Finding;
 use crate::spec::catalog;
 use crate::spec::plan::Plan;
@@ -132,7 +132,7 @@ pub fn node_agent(v: &Value) -> &str {
         .unwrap_or("")
 }
 
-pub fn check(config: &PoolConfig, plan: Option<&Plan>, legacy: bool, f: &mut Vec<Finding>) {
+pub fn check(config: &ShipyardFile, plan: Option<&Plan>, legacy: bool, f: &mut Vec<Finding>) {
     let v = &config.value;
     let missing: Vec<&str> = REQUIRED
         .iter()

@@ -209,9 +209,6 @@ pub struct ShipyardFile {
     pub value: Value,
 }
 
-/// A pool configuration (`pool.yaml`).
-pub type PoolConfig = ShipyardFile;
-
 impl ShipyardFile {
     /// A pool configuration: Batch Shipyard's (`pool_specification` at the
     /// top level) or Batch's own pool body (`id`, `vmSize`,
@@ -311,7 +308,7 @@ pub fn max_nodes(spec: &Value) -> Result<u64, String> {
 }
 
 /// The image URIs of a pool configuration's custom image.
-pub fn image_uris(config: &PoolConfig) -> Vec<String> {
+pub fn image_uris(config: &ShipyardFile) -> Vec<String> {
     config.value["pool_specification"]["vm_configuration"]["custom_image"]["image_uris"]
         .as_array()
         .map(|a| {
@@ -374,7 +371,7 @@ const SHIPYARD_POOL_KEYS: &[&str] = &[
 /// sends anything to Batch: required keys, types, no unknown key. Files of
 /// Shipyard 2.x (VHD `image_uris`, the flat image form) fail unless
 /// `legacy`, where they warn.
-fn check_schema(config: &PoolConfig, legacy: bool, f: &mut Vec<Finding>) {
+fn check_schema(config: &ShipyardFile, legacy: bool, f: &mut Vec<Finding>) {
     let spec = &config.value["pool_specification"];
     let vm = &spec["vm_configuration"];
     let ci = &vm["custom_image"];
@@ -496,7 +493,7 @@ pub(crate) fn is_gallery_id(id: &str) -> bool {
 /// `pool.custom-image.gallery`: `retired` names a source Batch no longer
 /// makes pools from (VHD blobs, a managed image) and the key naming it in the
 /// file; it fails, or warns with `legacy`. Shared by both pool forms.
-fn gallery_source(config: &PoolConfig, retired: Option<(&str, &str)>, legacy: bool) -> Finding {
+fn gallery_source(config: &ShipyardFile, retired: Option<(&str, &str)>, legacy: bool) -> Finding {
     const ID: &str = "pool.custom-image.gallery";
     let Some((kind, key)) = retired else {
         return Finding::pass(
@@ -520,7 +517,7 @@ fn gallery_source(config: &PoolConfig, retired: Option<(&str, &str)>, legacy: bo
 
 /// The image source Batch accepts today: a Compute Gallery image version
 /// (or definition, for its latest version).
-fn check_gallery_source(config: &PoolConfig, legacy: bool, f: &mut Vec<Finding>) {
+fn check_gallery_source(config: &ShipyardFile, legacy: bool, f: &mut Vec<Finding>) {
     let ci = &config.value["pool_specification"]["vm_configuration"]["custom_image"];
     let retired = if !ci["image_uris"].is_null() {
         Some(("VHD blobs (image_uris)", "image_uris"))
@@ -533,7 +530,7 @@ fn check_gallery_source(config: &PoolConfig, legacy: bool, f: &mut Vec<Finding>)
     f.push(gallery_source(config, retired, legacy));
 }
 
-pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool, legacy: bool) -> Report {
+pub fn check(config: &ShipyardFile, plan: Option<&Plan>, online: bool, legacy: bool) -> Report {
     let mut f = Vec::new();
     if batch_form::is_batch_body(&config.value) {
         batch_form::check(config, plan, legacy, &mut f);
@@ -547,7 +544,7 @@ pub fn check(config: &PoolConfig, plan: Option<&Plan>, online: bool, legacy: boo
 }
 
 /// A Batch Shipyard pool file: its schema, its image, its node agent and size.
-fn check_shipyard(config: &PoolConfig, plan: Option<&Plan>, legacy: bool, f: &mut Vec<Finding>) {
+fn check_shipyard(config: &ShipyardFile, plan: Option<&Plan>, legacy: bool, f: &mut Vec<Finding>) {
     let spec = &config.value["pool_specification"];
     let vm = &spec["vm_configuration"];
     check_schema(config, legacy, f);
@@ -648,7 +645,7 @@ fn online_skipped(f: &mut Vec<Finding>) {
 
 /// A platform-image pool: its size, and its node agent's lifecycle where the
 /// catalog knows the image.
-fn check_platform(config: &PoolConfig, image: &Value, key: &str, f: &mut Vec<Finding>) {
+fn check_platform(config: &ShipyardFile, image: &Value, key: &str, f: &mut Vec<Finding>) {
     let spec = &config.value["pool_specification"];
     f.push(match max_nodes(spec) {
         Ok(n) => Finding::pass("pool.size", format!("up to {n} nodes")),
@@ -697,7 +694,7 @@ fn check_platform(config: &PoolConfig, image: &Value, key: &str, f: &mut Vec<Fin
     });
 }
 
-fn check_custom(config: &PoolConfig, plan: Option<&Plan>, f: &mut Vec<Finding>) {
+fn check_custom(config: &ShipyardFile, plan: Option<&Plan>, f: &mut Vec<Finding>) {
     let spec = &config.value["pool_specification"];
     let vm = &spec["vm_configuration"];
     let ci = &vm["custom_image"];
@@ -755,7 +752,7 @@ fn check_custom(config: &PoolConfig, plan: Option<&Plan>, f: &mut Vec<Finding>) 
 /// The node agent a pool names: set, known, not retired, and (with the
 /// manifest) the image's distro's. `key` is the key that names it in the file.
 fn check_node_agent(
-    config: &PoolConfig,
+    config: &ShipyardFile,
     node_agent: &str,
     key: &str,
     plan: Option<&Plan>,
@@ -843,7 +840,13 @@ fn check_node_agent(
 }
 
 /// The manifest's hardware features against the pool's VM size.
-fn check_vm_size(config: &PoolConfig, key: &str, vm_size: &str, plan: &Plan, f: &mut Vec<Finding>) {
+fn check_vm_size(
+    config: &ShipyardFile,
+    key: &str,
+    vm_size: &str,
+    plan: &Plan,
+    f: &mut Vec<Finding>,
+) {
     {
         if plan.gpu.is_some() {
             f.push(if is_gpu_size(vm_size) {
@@ -881,7 +884,7 @@ fn check_vm_size(config: &PoolConfig, key: &str, vm_size: &str, plan: &Plan, f: 
 }
 
 fn check_uris(
-    config: &PoolConfig,
+    config: &ShipyardFile,
     uris: &[String],
     windows: bool,
     spec: &Value,

@@ -5,7 +5,7 @@
 //! itself, which must allocate pools in the user's subscription for VHD images.
 
 use super::credentials::ShipyardCredentials;
-use super::{PoolConfig, image_uris};
+use super::{ShipyardFile, image_uris};
 use crate::azure::arm::{Arm, ArmError, Misplaced};
 use crate::azure::entra::ServicePrincipal;
 use crate::azure::storage::{BlobRef, Storage};
@@ -84,7 +84,7 @@ impl Online<'_> {
 /// Batch account supports the node agent, whether an `arm_image_id` exists
 /// and is replicated to the account's region, and for VHD pools the blobs,
 /// their accounts and the Batch account's allocation mode.
-pub async fn check(config: &PoolConfig, online: &Online<'_>) -> Vec<Finding> {
+pub async fn check(config: &ShipyardFile, online: &Online<'_>) -> Vec<Finding> {
     let custom = &config.value["pool_specification"]["vm_configuration"]["custom_image"];
     // Batch's own pool body names the image and the agent elsewhere.
     let batch = super::batch_form::is_batch_body(&config.value);
@@ -130,7 +130,7 @@ pub async fn check(config: &PoolConfig, online: &Online<'_>) -> Vec<Finding> {
 
 /// `pool.online.blobs`, `pool.online.accounts`, `pool.online.batch-account`.
 async fn check_vhds(
-    config: &PoolConfig,
+    config: &ShipyardFile,
     online: &Online<'_>,
     arm: &mut ArmSession<'_>,
 ) -> Vec<Finding> {
@@ -219,7 +219,7 @@ fn check_batch_auth(online: &Online<'_>) -> Finding {
 }
 
 /// The node agent against the Batch account's own supported images.
-async fn check_node_agent(config: &PoolConfig, agent: &str, online: &Online<'_>) -> Finding {
+async fn check_node_agent(config: &ShipyardFile, agent: &str, online: &Online<'_>) -> Finding {
     if agent.is_empty() {
         return Finding::skip(NODE_AGENT, "custom_image.node_agent is missing");
     }
@@ -317,7 +317,7 @@ async fn check_node_agent(config: &PoolConfig, agent: &str, online: &Online<'_>)
 /// A managed image or gallery image version: it exists, it finished, and
 /// Batch can read it in its own region.
 async fn check_arm_image(
-    config: &PoolConfig,
+    config: &ShipyardFile,
     id: &str,
     online: &Online<'_>,
     arm: &mut ArmSession<'_>,
@@ -652,7 +652,7 @@ async fn connect(online: &Online<'_>) -> Result<Arm, Unavailable> {
 }
 
 async fn check_blobs(
-    config: &PoolConfig,
+    config: &ShipyardFile,
     blobs: &[BlobRef],
     accounts: &[String],
     online: &Online<'_>,
@@ -708,7 +708,7 @@ async fn check_blobs(
 }
 
 async fn check_accounts(
-    config: &PoolConfig,
+    config: &ShipyardFile,
     blobs: &[BlobRef],
     accounts: &[String],
     online: &Online<'_>,

@@ -63,7 +63,7 @@ pub(super) fn pool(cmd: PoolCommand) -> Result<i32, AppError> {
                 Some(m) => Some(Plan::new(&Manifest::load(m)?)),
                 None => None,
             };
-            let config = crate::pool::PoolConfig::load_pool(&config)?;
+            let config = crate::pool::ShipyardFile::load_pool(&config)?;
             let credentials = credentials
                 .as_deref()
                 .map(crate::pool::credentials::ShipyardCredentials::load)

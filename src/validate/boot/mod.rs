@@ -881,7 +881,7 @@ fn look_inside(
     run.provisioned_after_s = provisioned.1;
     if let Some(s) = provisioned.1 {
         say(&format!(
-            "provisioned: the node reported Ready {s:.0} s after power-on;"
+            "provisioned (cloud-init reported Ready at {s:.0} s)"
         ));
     }
     failed |= provisioned.0.status == crate::report::Status::Fail;
