@@ -26,6 +26,11 @@ pub fn exit_code(category: crate::util::Category) -> i32 {
     }
 }
 
+/// The version of every `--json` document's layout, errors included; a
+/// document that has its own `schema` (build.json) keeps it. Here, below the
+/// commands that write the documents, so neither module imports the other back.
+pub const JSON_SCHEMA: u32 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
@@ -166,7 +171,7 @@ impl AppError {
         if let Some(p) = problems {
             error["problems"] = p.into();
         }
-        serde_json::json!({"schema": crate::cli::commands::JSON_SCHEMA, "error": error})
+        serde_json::json!({"schema": JSON_SCHEMA, "error": error})
     }
 
     pub fn exit_code(&self) -> i32 {

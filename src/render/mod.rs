@@ -114,7 +114,7 @@ pub fn render_files(
             .collect();
         context.insert("local_steps", &names);
     }
-    let packer_template = crate::spec::catalog::packer_template(plan.builder);
+    let packer_template = plan.builder.packer_template();
     let packer = render_one(&tera, set, packer_template, &context)?;
     if let Err(e) = serde_json::from_str::<serde_json::Value>(&packer) {
         return Err(RenderError::Template {

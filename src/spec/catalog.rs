@@ -575,6 +575,9 @@ pub const NON_GALLERY_POOLS_RETIRED: Retirement = Retirement {
     date: "2026-03-31",
     source: "Learn: batch-custom-image-pools-to-azure-compute-gallery-migration-guide (\"all custom image sources other than Azure Compute Gallery will be retired\")",
 };
+/// Replicas of one gallery image version in one region: Azure's limit.
+pub const MAX_REPLICAS: u32 = 100;
+
 /// Outbound TCP ports every node needs (Azure Storage over HTTPS).
 pub const REQUIRED_OUTBOUND_TCP: &[u16] = &[443];
 
@@ -916,13 +919,6 @@ pub const LOCAL_STEPS: &[&str] = &[
     "local/20-provision.sh.tera",
     "local/30-disk.sh.tera",
 ];
-
-pub fn packer_template(builder: crate::spec::manifest::Builder) -> &'static str {
-    match builder {
-        crate::spec::manifest::Builder::AzureArm => PACKER_TEMPLATE,
-        crate::spec::manifest::Builder::Local => PACKER_TEMPLATE_LOCAL,
-    }
-}
 
 #[cfg(test)]
 mod tests {

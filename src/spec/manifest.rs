@@ -165,6 +165,15 @@ impl Builder {
             Builder::Local => "local",
         }
     }
+
+    /// The Packer template this builder renders (here, not in the catalog,
+    /// so the catalog knows nothing of the manifest).
+    pub fn packer_template(self) -> &'static str {
+        match self {
+            Builder::AzureArm => catalog::PACKER_TEMPLATE,
+            Builder::Local => catalog::PACKER_TEMPLATE_LOCAL,
+        }
+    }
 }
 
 /// Boot modes the local builder's boot check runs.
@@ -1053,14 +1062,14 @@ impl Checker<'_> {
                     ));
                 }
                 if let Some(n) = g.min_replicas
-                    && !(1..=crate::spec::publish::MAX_REPLICAS).contains(&n)
+                    && !(1..=catalog::MAX_REPLICAS).contains(&n)
                 {
                     return Err(self.fail(
                         "build.gallery.min_replicas",
                         format!("{n} is not a number of replicas"),
                         format!(
                             "use a whole number from 1 to {} (Azure's most per region); 3 is Compute Gallery's advice for production",
-                            crate::spec::publish::MAX_REPLICAS
+                            catalog::MAX_REPLICAS
                         ),
                     ));
                 }

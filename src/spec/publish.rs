@@ -18,7 +18,8 @@ use crate::util::text::normalize_region;
 
 pub const DEFAULT_NODES_PER_REPLICA: u32 = 300;
 pub const DEFAULT_MIN_REPLICAS: u32 = 1;
-pub const MAX_REPLICAS: u32 = 100;
+/// Azure's limit of replicas per region (a service fact: in the catalog).
+pub use crate::spec::catalog::MAX_REPLICAS;
 pub const DEFAULT_STORAGE_ACCOUNT_TYPE: &str = "Standard_LRS";
 /// What a build publishes, decided from the manifest alone.
 #[derive(Debug, Clone, Serialize)]

@@ -94,9 +94,7 @@ pub(super) fn print_stdout(text: &str) -> Result<(), AppError> {
     }
 }
 
-/// The version of every `--json` document's layout; a document that has its
-/// own `schema` (build.json) keeps it.
-pub const JSON_SCHEMA: u32 = 1;
+pub use crate::cli::error::JSON_SCHEMA;
 
 pub(super) fn to_json<T: serde::Serialize>(value: &T) -> String {
     with_schema(&serde_json::to_string_pretty(value).expect("serializable"))

@@ -674,16 +674,7 @@ fn boot_once(
         let _ = std::fs::remove_file(&prov.requests);
         spawn(&vm_spec, accel)
     };
-    let say = |what: &str| {
-        crate::util::term::status(
-            "Booting",
-            &format!(
-                "{}: {what} after {} s",
-                fw.name(),
-                started.elapsed().as_secs()
-            ),
-        )
-    };
+    let say = |what: &str| say_phase(fw, started, what);
     let Prompt {
         login_after,
         qemu_exit,
@@ -858,16 +849,7 @@ fn look_inside(
 ) -> Result<bool, BootError> {
     let fw = run.firmware;
     let id = |check: &str| format!("boot.{}.{check}", fw.name());
-    let say = |what: &str| {
-        crate::util::term::status(
-            "Booting",
-            &format!(
-                "{}: {what} after {} s",
-                fw.name(),
-                started.elapsed().as_secs()
-            ),
-        )
-    };
+    let say = |what: &str| say_phase(fw, started, what);
     let mut failed = false;
     let cancel = || opts.cancel.load(Ordering::Relaxed);
     let ssh = inside::Ssh {
@@ -1001,6 +983,18 @@ fn look_inside(
         });
     }
     Ok(failed)
+}
+
+/// A progress line: the firmware, what happened, seconds since power-on.
+fn say_phase(fw: Firmware, started: Instant, what: &str) {
+    crate::util::term::status(
+        "Booting",
+        &format!(
+            "{}: {what} after {} s",
+            fw.name(),
+            started.elapsed().as_secs()
+        ),
+    )
 }
 
 /// The last non-empty line of what a command printed, bounded.
