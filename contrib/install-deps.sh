@@ -23,7 +23,7 @@ sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
 build=(packer shellcheck mmdebstrap fdisk e2fsprogs dosfstools mtools qemu-utils qemu-system-x86 ovmf xorriso openssh-client)
-tests=(fakeroot xfsprogs openssl nftables iptables bsdutils time nodejs npm)
+tests=(fakeroot xfsprogs openssl nftables iptables bsdutils time nodejs npm python3-venv)
 case "${1:-}" in
   --build) packages=("${build[@]}") ;;
   "") packages=("${build[@]}" "${tests[@]}") ;;
@@ -69,5 +69,18 @@ fi
 if [ "${#backports[@]}" -gt 0 ]; then
   echo "install-deps: installing ${backports[*]} from bookworm-backports"
   apt_install -t bookworm-backports "${backports[@]}"
+fi
+# The tests validate imgforge's SBOMs with the formats' own validators, from
+# PyPI into a virtual environment of their own (pinned; Debian packages
+# neither): spdx-tools (SPDX 2.3) and cyclonedx-python-lib with its bundled
+# CycloneDX 1.5 JSON schema. tests/sbom_validate.py runs them.
+if [ "${1:-}" != --build ]; then
+  venv=${IMGFORGE_SBOM_TOOLS:-/var/cache/imgforge/sbom-tools}
+  if ! "$venv/bin/python" -c 'import spdx_tools, cyclonedx.validation.json' 2>/dev/null; then
+    echo "install-deps: the SBOM validators into $venv"
+    $sudo mkdir -p "$(dirname "$venv")"
+    $sudo python3 -m venv "$venv"
+    $sudo "$venv/bin/pip" install -q 'spdx-tools==0.8.5' 'cyclonedx-python-lib[json-validation]==11.12.0'
+  fi
 fi
 echo "install-deps: all of ${packages[*]} present"

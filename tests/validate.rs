@@ -969,3 +969,45 @@ fn a_blob_is_fetched_sparse_and_boot_checked_as_the_local_file() {
     assert!(left.is_empty(), "{left:?}");
     assert!(logs.join("boot-bios/cd/ovf-env.xml").is_file());
 }
+
+/// Both SBOM formats pass their own validators (spdx-tools for SPDX 2.3,
+/// cyclonedx-python-lib's CycloneDX 1.5 JSON schema, strict), and those
+/// validators refuse a damaged copy, so a pass means something.
+#[test]
+fn both_sboms_pass_their_formats_validators_and_damage_does_not() {
+    let venv = std::env::var("IMGFORGE_SBOM_TOOLS")
+        .unwrap_or_else(|_| "/var/cache/imgforge/sbom-tools".into());
+    let python = Path::new(&venv).join("bin/python");
+    assert!(
+        python.is_file(),
+        "{} missing: run contrib/install-deps.sh (it makes the SBOM validators' environment)",
+        python.display()
+    );
+    let validate = |kind: &str, file: &Path| {
+        run(Command::new(&python)
+            .arg(repo().join("tests/sbom_validate.py"))
+            .arg(kind)
+            .arg(file))
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = image(tmp.path(), "good", Layout::Gpt, |_| {});
+    for (kind, damage) in [
+        ("spdx", ("\"SPDXRef-DOCUMENT\"", "\"not an id\"")),
+        ("cyclonedx", ("\"library\"", "\"no-such-type\"")),
+    ] {
+        let out = tmp.path().join(format!("sbom.{kind}.json"));
+        let r = run(imgforge()
+            .args(["inspect", "--sbom", kind, "-o"])
+            .arg(&out)
+            .arg(&vhd));
+        assert_eq!(r.code, 0, "{}", r.all());
+        let ok = validate(kind, &out);
+        assert_eq!(ok.code, 0, "{kind}: {}", ok.all());
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.contains(damage.0), "{kind}: {text}");
+        let bad = tmp.path().join(format!("bad.{kind}.json"));
+        write(&bad, &text.replacen(damage.0, damage.1, 1));
+        let refused = validate(kind, &bad);
+        assert_eq!(refused.code, 1, "{kind}: {}", refused.all());
+    }
+}
