@@ -424,6 +424,21 @@ fn a_local_debian_build_is_valid_bootable_and_leaves_the_host_alone() {
         facts["etc"]["/etc/localtime"],
         "link:/usr/share/zoneinfo/Etc/UTC"
     );
+    // The firewall the image starts with: ufw, on at boot, admitting SSH, the
+    // manifest's 6006 and glusterd's 24007 (read offline, as the boot check
+    // saw it from inside).
+    let fw = &facts["firewall"];
+    assert_eq!(
+        (fw["tool"].as_str(), fw["enabled"].as_bool()),
+        (Some("ufw"), Some(true)),
+        "{fw}"
+    );
+    for port in [22, 6006, 24007] {
+        assert!(
+            fw["inbound_tcp"].as_array().unwrap().contains(&port.into()),
+            "{port}: {fw}"
+        );
+    }
 }
 
 /// `text` in a file of `dir`, for commands that take a document.

@@ -213,7 +213,7 @@ Examples:
   imgforge diff old.json new.vhd --json
   imgforge diff old.json new.json --fail-on kernel --fail-on new-user --fail-on 'package:nvidia-*'
 
-Rules: kernel, new-port (sshd), new-user (with a login shell), package-removed,
+Rules: kernel, new-port (sshd or the firewall: a new TCP port), new-user (with a login shell), package-removed,
 unit-disabled (no longer started at boot), package:GLOB (added, removed or changed),
 etc:GLOB (a file under /etc added, removed or changed, e.g. 'etc:/etc/ssh/*').")]
     Diff(DiffArgs),

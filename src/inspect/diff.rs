@@ -1,6 +1,6 @@
 //! What changed between two inspections, and the rules a release gate
 //! applies to it: `kernel` (a kernel added or removed), `new-port` (sshd
-//! listens on a port it did not), `new-user` (a user with a login shell
+//! listens on, or the host firewall admits, a TCP port it did not), `new-user` (a user with a login shell
 //! appeared), `package-removed`, `unit-disabled` (a unit no longer started
 //! at boot), `package:GLOB` (a package whose name matches changed,
 //! appeared or went; `*` and `?` as in the shell) and `etc:GLOB` (a file
@@ -35,6 +35,11 @@ pub struct Diff {
     pub users_removed: Vec<String>,
     pub ssh_ports_added: Vec<u16>,
     pub ssh_ports_removed: Vec<u16>,
+    /// TCP ports the host firewall admits inbound.
+    #[serde(default)]
+    pub firewall_ports_added: Vec<u16>,
+    #[serde(default)]
+    pub firewall_ports_removed: Vec<u16>,
     /// Files under /etc (by content hash, or link target).
     #[serde(default)]
     pub etc_added: Vec<String>,
@@ -148,6 +153,8 @@ pub fn diff(old: &Inspection, new: &Inspection, rules: &[Rule]) -> Diff {
     };
     (d.users_added, d.users_removed) = split(&names(old), &names(new));
     (d.ssh_ports_added, d.ssh_ports_removed) = split(&old.ssh_ports, &new.ssh_ports);
+    (d.firewall_ports_added, d.firewall_ports_removed) =
+        split(&old.firewall.inbound_tcp, &new.firewall.inbound_tcp);
     for (path, hash) in &new.etc {
         match old.etc.get(path) {
             None => d.etc_added.push(path.clone()),
@@ -178,6 +185,11 @@ pub fn diff(old: &Inspection, new: &Inspection, rules: &[Rule]) -> Diff {
                 .ssh_ports_added
                 .iter()
                 .map(|p| format!("sshd port {p} added"))
+                .chain(
+                    d.firewall_ports_added
+                        .iter()
+                        .map(|p| format!("firewall admits inbound TCP {p}")),
+                )
                 .collect(),
             Rule::NewUser => d
                 .users_added
@@ -246,6 +258,8 @@ impl Diff {
             && self.users_removed.is_empty()
             && self.ssh_ports_added.is_empty()
             && self.ssh_ports_removed.is_empty()
+            && self.firewall_ports_added.is_empty()
+            && self.firewall_ports_removed.is_empty()
             && self.etc_added.is_empty()
             && self.etc_removed.is_empty()
             && self.etc_changed.is_empty()
@@ -287,6 +301,12 @@ impl Diff {
         }
         for p in &self.ssh_ports_removed {
             let _ = writeln!(s, "- sshd port {p}");
+        }
+        for p in &self.firewall_ports_added {
+            let _ = writeln!(s, "+ firewall inbound TCP {p}");
+        }
+        for p in &self.firewall_ports_removed {
+            let _ = writeln!(s, "- firewall inbound TCP {p}");
         }
         if self.is_empty() {
             let _ = writeln!(s, "no difference");
@@ -357,5 +377,14 @@ mod tests {
         assert!(d.to_text().contains("~ file /etc/ssh/sshd_config"));
         // A document written before /etc was inspected reads as no files.
         assert!(diff(&old, &old, &[]).is_empty());
+        // A port the firewall newly admits trips new-port, as a new sshd port does.
+        let mut opened = new.clone();
+        opened.firewall.inbound_tcp = vec![22, 6006];
+        let mut before = new.clone();
+        before.firewall.inbound_tcp = vec![22];
+        let d = diff(&before, &opened, &[Rule::NewPort]);
+        assert_eq!(d.firewall_ports_added, [6006]);
+        assert_eq!(d.tripped, ["firewall admits inbound TCP 6006"]);
+        assert!(d.to_text().contains("+ firewall inbound TCP 6006"));
     }
 }

@@ -19,6 +19,7 @@ use crate::validate::{Disk, ReadStats};
 
 pub mod diff;
 pub mod dpkg;
+pub mod firewall;
 pub mod sbom;
 
 /// The most a package database may take: Debian's with 3,000 packages is
@@ -120,6 +121,9 @@ pub struct Inspection {
     pub ssh_ports: Vec<u16>,
     /// What a Batch image cares about, from the package list: name → version.
     pub components: std::collections::BTreeMap<String, String>,
+    /// The host firewall the image starts with (from its configuration).
+    #[serde(default)]
+    pub firewall: firewall::Firewall,
     /// Every file under /etc: `sha256:HEX` for a regular file, `link:TARGET`
     /// for a symlink (not followed), `unread: WHY` for one past the bounds.
     #[serde(default)]
@@ -365,6 +369,7 @@ pub fn inspect_root(subject: &str, root: &dyn RootFs) -> Result<Inspection, Insp
         users_with_shell: users(root),
         ssh_ports: ssh_ports(root),
         components,
+        firewall: firewall::read(root),
         etc: etc_files(root),
         read: ReadStats::default(),
     })
@@ -419,6 +424,29 @@ impl Inspection {
             let _ = writeln!(s, "  {what:<24} {version}");
         }
         let _ = writeln!(s, "at boot     {} unit(s)", self.units_enabled.len());
+        let fw = &self.firewall;
+        let ports = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            s,
+            "firewall    {}{}, default inbound {}, admits inbound TCP {}{}",
+            fw.tool,
+            if fw.enabled {
+                " (enabled at boot)"
+            } else {
+                " (not enabled)"
+            },
+            fw.default_inbound,
+            if fw.inbound_tcp.is_empty() {
+                "-".to_string()
+            } else {
+                ports(&fw.inbound_tcp)
+            },
+            if fw.outbound_tcp.is_empty() {
+                String::new()
+            } else {
+                format!(", outbound TCP {}", ports(&fw.outbound_tcp))
+            }
+        );
         let count = |p: &str| self.etc.values().filter(|v| v.starts_with(p)).count();
         let _ = writeln!(
             s,

@@ -208,6 +208,7 @@ mod tests {
             ssh_ports: vec![],
             components: Default::default(),
             etc: Default::default(),
+            firewall: Default::default(),
             read: Default::default(),
         };
         let p = Package {
