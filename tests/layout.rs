@@ -169,42 +169,8 @@ fn files_import_each_other_without_cycles() {
 #[test]
 fn top_level_modules_import_each_other_without_cycles() {
     let g = graph();
-    // Depth-first search with colours: a grey module met again is a cycle.
-    fn visit(
-        m: &str,
-        g: &BTreeMap<String, BTreeSet<String>>,
-        state: &mut BTreeMap<String, u8>,
-        path: &mut Vec<String>,
-    ) -> Option<Vec<String>> {
-        match state.get(m) {
-            Some(2) => return None,
-            Some(1) => {
-                let from = path.iter().position(|p| p == m).unwrap();
-                let mut cycle = path[from..].to_vec();
-                cycle.push(m.to_string());
-                return Some(cycle);
-            }
-            _ => {}
-        }
-        state.insert(m.to_string(), 1);
-        path.push(m.to_string());
-        for d in g.get(m).into_iter().flatten() {
-            if let Some(c) = visit(d, g, state, path) {
-                return Some(c);
-            }
-        }
-        path.pop();
-        state.insert(m.to_string(), 2);
-        None
-    }
-    let mut state = BTreeMap::new();
-    for m in g.keys() {
-        let cycle = visit(m, &g, &mut state, &mut Vec::new());
-        assert!(
-            cycle.is_none(),
-            "import cycle: {}",
-            cycle.unwrap().join(" -> ")
-        );
+    if let Some(c) = cycle(&g) {
+        panic!("import cycle: {}", c.join(" -> "));
     }
     assert!(g.len() >= 10, "{g:?}");
 }

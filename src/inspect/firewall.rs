@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::validate::checks::key_value;
 use crate::validate::rootfs::RootFs;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -32,18 +33,6 @@ const MAX_FILE: u64 = 1 << 20;
 fn text(root: &dyn RootFs, path: &str) -> Option<String> {
     root.read_prefix(path, MAX_FILE)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
-}
-
-/// The last `KEY=value` line that sets `key` (quotes dropped).
-fn key_value(text: &str, key: &str) -> Option<String> {
-    text.lines().rev().find_map(|l| {
-        let l = l.trim();
-        if l.starts_with('#') {
-            return None;
-        }
-        let (k, v) = l.split_once('=')?;
-        (k.trim() == key).then(|| v.trim().trim_matches('"').to_string())
-    })
 }
 
 /// The TCP ports ufw's recorded rules allow in direction `dir` (`in`, `out`).

@@ -113,7 +113,7 @@ impl Files {
     }
 }
 
-fn key_value(text: &str, key: &str) -> Option<String> {
+pub(crate) fn key_value(text: &str, key: &str) -> Option<String> {
     text.lines().rev().find_map(|l| {
         let l = l.trim();
         if l.starts_with('#') {

@@ -19,7 +19,7 @@ use crate::spec::catalog::Os;
 use crate::spec::plan::Plan;
 
 pub mod boot;
-mod checks;
+pub(crate) mod checks;
 pub(crate) mod rootfs;
 pub mod vhd;
 
