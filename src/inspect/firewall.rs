@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::validate::checks::key_value;
+use crate::validate::checks::{key_value, ufw_allowed};
 use crate::validate::rootfs::RootFs;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -33,26 +33,6 @@ const MAX_FILE: u64 = 1 << 20;
 fn text(root: &dyn RootFs, path: &str) -> Option<String> {
     root.read_prefix(path, MAX_FILE)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
-}
-
-/// The TCP ports ufw's recorded rules allow in direction `dir` (`in`, `out`).
-pub fn ufw_allowed(rules: &str, dir: &str) -> Vec<u16> {
-    let mut ports: Vec<u16> = rules
-        .lines()
-        .filter_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            (w.len() >= 10
-                && w[..3] == ["###", "tuple", "###"]
-                && w[3] == "allow"
-                && (w[4] == "tcp" || w[4] == "any")
-                && w.last() == Some(&dir))
-            .then(|| w[5].parse::<u16>().ok())
-            .flatten()
-        })
-        .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    ports
 }
 
 /// The TCP ports a firewalld zone file admits (`<port protocol="tcp"

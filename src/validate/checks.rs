@@ -397,6 +397,26 @@ fn firewall(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
     );
 }
 
+/// The TCP ports ufw's recorded rules allow in direction `dir` (`in`, `out`).
+pub(crate) fn ufw_allowed(rules: &str, dir: &str) -> Vec<u16> {
+    let mut ports: Vec<u16> = rules
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() >= 10
+                && w[..3] == ["###", "tuple", "###"]
+                && w[3] == "allow"
+                && (w[4] == "tcp" || w[4] == "any")
+                && w.last() == Some(&dir))
+            .then(|| w[5].parse::<u16>().ok())
+            .flatten()
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 /// ufw, when `ufw.conf` enables it: its default policies and the allow
 /// rules in `user.rules`.
 fn ufw(files: &Files, inbound: &[u16], outbound: &[u16]) -> Option<Finding> {
@@ -409,18 +429,8 @@ fn ufw(files: &Files, inbound: &[u16], outbound: &[u16]) -> Option<Finding> {
         let output =
             key_value(&defaults, "DEFAULT_OUTPUT_POLICY").unwrap_or_else(|| "ACCEPT".into());
         let rules = files.text("/etc/ufw/user.rules").unwrap_or_default();
-        let allowed = |port: u16, dir: &str| {
-            rules.lines().any(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                // ### tuple ### allow tcp 29876 0.0.0.0/0 any 0.0.0.0/0 in
-                w.len() >= 10
-                    && w[..3] == ["###", "tuple", "###"]
-                    && w[3] == "allow"
-                    && (w[4] == "tcp" || w[4] == "any")
-                    && w[5] == port.to_string()
-                    && w.last() == Some(&dir)
-            })
-        };
+        // ### tuple ### allow tcp 29876 0.0.0.0/0 any 0.0.0.0/0 in
+        let allowed = |port: u16, dir: &str| ufw_allowed(&rules, dir).contains(&port);
         let blocked_in: Vec<u16> = if input == "ACCEPT" {
             Vec::new()
         } else {
