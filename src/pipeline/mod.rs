@@ -1130,7 +1130,6 @@ impl Run<'_> {
                 must_answer: crate::validate::boot::must_answer(Some(self.plan)),
                 must_be_dropped: closed_port(&self.plan.firewall.inbound_tcp),
                 log_dir: self.dir.clone(),
-                needs_hardware: crate::validate::boot::hardware_units(self.plan),
                 node: crate::validate::boot::inside::NodeChecks::from_plan(Some(self.plan)),
                 stand_in: crate::validate::boot::stand_in_program()?,
                 cancel: self.cancel.clone(),

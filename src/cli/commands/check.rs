@@ -163,10 +163,6 @@ pub(super) fn boot_check(args: crate::cli::args::BootCheckArgs) -> Result<i32, A
             must_answer: crate::validate::boot::must_answer(plan.as_ref()),
             must_be_dropped: closed_port(&inbound),
             log_dir: log_dir.clone(),
-            needs_hardware: plan
-                .as_ref()
-                .map(crate::validate::boot::hardware_units)
-                .unwrap_or_default(),
             node: crate::validate::boot::inside::NodeChecks::from_plan(plan.as_ref()),
             stand_in: crate::validate::boot::stand_in_program()?,
             cancel,

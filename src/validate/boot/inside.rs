@@ -47,7 +47,8 @@ pub struct NodeChecks {
     pub checks: Vec<(String, bool, String, String)>,
     /// Ports the host firewall must admit (22 and the plan's).
     pub inbound: Vec<u16>,
-    /// Unit-name patterns that fail without the plan's hardware.
+    /// Units (names, or words of systemd's console line) that fail without
+    /// the plan's hardware: a warning, not a failure.
     pub hardware_units: Vec<String>,
 }
 
@@ -96,10 +97,7 @@ impl NodeChecks {
             glusterd: has(FeatureId::GlusterfsServer),
             checks,
             inbound,
-            hardware_units: super::hardware_units(plan)
-                .into_iter()
-                .filter(|u| !u.contains(' '))
-                .collect(),
+            hardware_units: super::hardware_units(plan),
         }
     }
 
@@ -125,7 +123,16 @@ impl NodeChecks {
         for (k, v) in [
             ("SETTLE_S", settle.as_secs().to_string()),
             ("MOUNT", self.mount.clone()),
-            ("HARDWARE", self.hardware_units.join(" ")),
+            // Unit names only: the script splits on spaces.
+            (
+                "HARDWARE",
+                self.hardware_units
+                    .iter()
+                    .filter(|u| !u.contains(' '))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
             ("DOCKER_ROOT", self.docker_root.clone().unwrap_or_default()),
             (
                 "GLUSTERD",

@@ -130,10 +130,8 @@ pub struct BootOptions {
     pub must_be_dropped: u16,
     /// Serial console logs go here, one per firmware.
     pub log_dir: PathBuf,
-    /// Units (substrings of systemd's console line) that fail without hardware
-    /// the QEMU guest lacks: a warning, not a failure.
-    pub needs_hardware: Vec<String>,
-    /// What to check inside the booted node.
+    /// What to check inside the booted node (and which units may fail for
+    /// want of hardware, there and on the console).
     pub node: inside::NodeChecks,
     /// The program that serves Azure's endpoints to the guest, run by QEMU
     /// per connection as `PROGRAM boot-stand-in ROLE DIR`: the imgforge binary.
@@ -956,10 +954,13 @@ fn look_inside(
     }
     if !inside_units {
         // No look from inside: the console's failed units are all there is.
-        let (hardware, real): (Vec<&String>, Vec<&String>) = run
-            .failed_units
-            .iter()
-            .partition(|u| opts.needs_hardware.iter().any(|h| u.contains(h.as_str())));
+        let (hardware, real): (Vec<&String>, Vec<&String>) =
+            run.failed_units.iter().partition(|u| {
+                opts.node
+                    .hardware_units
+                    .iter()
+                    .any(|h| u.contains(h.as_str()))
+            });
         f.push(if !real.is_empty() {
             failed = true;
             Finding::fail(

@@ -217,6 +217,7 @@ pub fn respond(role: Role, req: &Request, g: &Guest) -> Response {
     match role {
         Role::Imds => imds(req, g),
         Role::Wire => wire(req, g),
+        // Served in `serve` (not HTTP); an HTTP request there gets the same line.
         Role::Egress => Response::new(200, "text/plain", "imgforge-egress\n"),
     }
 }
@@ -433,9 +434,7 @@ fn record(role: Role, req: &Request, resp: &Response) -> Exchange {
     let body = String::from_utf8_lossy(&req.body);
     let health = role == Role::Wire && req.query("comp").as_deref() == Some("health");
     Exchange {
-        at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64()),
+        at: now(),
         role: role.name().to_string(),
         method: req.method.chars().take(16).collect(),
         path: req.target.chars().take(256).collect(),
@@ -469,21 +468,11 @@ pub fn serve(
     if role == Role::Egress {
         // Not HTTP: whatever arrives first is answered with one line.
         let mut first = [0u8; 256];
-        let n = input.read(&mut first)?;
-        let resp = respond(
-            role,
-            &Request {
-                method: "TCP".into(),
-                target: "/".into(),
-                headers: Vec::new(),
-                body: first[..n].to_vec(),
-            },
-            &guest,
-        );
-        output.write_all(&resp.body)?;
+        let _ = input.read(&mut first)?;
+        output.write_all(b"imgforge-egress\n")?;
         let ex = Exchange {
             at: now(),
-            role: "egress".into(),
+            role: role.name().into(),
             method: "TCP".into(),
             path: ":443".into(),
             status: 200,
