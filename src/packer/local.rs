@@ -48,11 +48,20 @@ const TOOLS: &[(&str, &str)] = &[
 /// What the boot check runs (only needed when it is on).
 const BOOT_TOOLS: &[(&str, &str)] = &[("qemu-system-x86_64", "qemu-system-x86")];
 
+/// What a build from a base image runs instead of the mmdebstrap steps:
+/// QEMU under Packer, the provisioning CD and key (`packer::base`).
+const BASE_TOOLS: &[(&str, &str)] = &[
+    ("qemu-img", "qemu-utils"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("xorriso", "xorriso"),
+    ("ssh-keygen", "openssh-client"),
+];
+
 /// Every missing tool at once, then root.
-pub fn preflight(boot_check: bool, uefi: bool) -> Result<(), LocalError> {
+pub fn preflight(boot_check: bool, uefi: bool, from_base: bool) -> Result<(), LocalError> {
     let mut missing = Vec::new();
     let mut packages: Vec<&str> = Vec::new();
-    let wanted = TOOLS
+    let wanted = if from_base { BASE_TOOLS } else { TOOLS }
         .iter()
         .chain(if boot_check { BOOT_TOOLS } else { &[] });
     for (tool, package) in wanted {
@@ -77,15 +86,17 @@ pub fn preflight(boot_check: bool, uefi: bool) -> Result<(), LocalError> {
             packages: packages.join(" "),
         });
     }
+    // A build from a base image runs QEMU as any user: no chroot, no mount.
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !from_base && unsafe { libc::geteuid() } != 0 {
         return Err(LocalError::NotRoot);
     }
     Ok(())
 }
 
 /// After a failed or cancelled local build: the unpacked root and the raw
-/// disk (a GiB or more) go; the step logs stay for reading.
+/// disk, or the base image's copies (a GiB or more each) go; the step logs
+/// and the stand-ins' record stay for reading.
 pub fn clean_work(build_dir: &Path) -> Option<String> {
     let work = build_dir.join("work");
     // Only the build's own directory: a `work` that is a link (planted in
@@ -94,7 +105,24 @@ pub fn clean_work(build_dir: &Path) -> Option<String> {
         return None;
     }
     let mut removed = Vec::new();
-    for name in ["root", "disk.raw", "tmp", "base-root.tar"] {
+    for name in [
+        "root",
+        "disk.raw",
+        "tmp",
+        "base-root.tar",
+        // A build from a base image (`packer::base`).
+        "vm",
+        "base.qcow2",
+        "base.vhd",
+        "base.download",
+        "base.partial",
+        "base.unpacked0",
+        "base.unpacked1",
+        "base.unpacked2",
+        "base.unpacked0.partial",
+        "base.unpacked1.partial",
+        "base.unpacked2.partial",
+    ] {
         let p = work.join(name);
         let gone = match std::fs::symlink_metadata(&p) {
             // Never across a file system boundary (a mount left in the root).

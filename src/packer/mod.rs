@@ -225,6 +225,7 @@ impl Packer {
         &self,
         dir: &Path,
         template: &str,
+        env: &[(String, String)],
         log: &mut dyn FnMut(&str),
         progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<RunOutcome, PackerError> {
@@ -255,6 +256,7 @@ impl Packer {
             .args(["build", "-machine-readable", "-color=false", template])
             .current_dir(dir)
             .env("CHECKPOINT_DISABLE", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -421,6 +423,7 @@ mod env_tests {
 // and failure context (`progress`), the captured VHD (`capture`), the local
 // builder's root filesystem (`local`). The boot check is validation: it
 // lives beside the validator (`crate::validate::boot`).
+pub mod base;
 pub mod capture;
 pub mod events;
 pub mod local;

@@ -102,6 +102,9 @@ pub enum BuildError {
     },
     #[error("{0}")]
     Local(#[from] crate::packer::local::LocalError),
+    /// Preparing a base image for the local builder.
+    #[error("{0}")]
+    Base(Box<crate::packer::base::BaseError>),
     #[error("{0}")]
     Lock(#[from] crate::util::lock::LockError),
     /// The sign-in Packer's azure-arm builder is about to make, tried first.
@@ -173,6 +176,12 @@ impl From<crate::publish::PublishError> for BuildError {
 }
 
 /// `A=… B=…`: the variables to export, for a hint.
+impl From<crate::packer::base::BaseError> for BuildError {
+    fn from(e: crate::packer::base::BaseError) -> BuildError {
+        BuildError::Base(Box::new(e))
+    }
+}
+
 fn exports(missing: &[impl AsRef<str>]) -> String {
     missing
         .iter()
@@ -192,6 +201,7 @@ impl crate::util::Hint for BuildError {
             BuildError::Replicate(e) => e.hint(),
             BuildError::Validate { hint, .. } => hint.clone(),
             BuildError::Local(e) => e.hint(),
+            BuildError::Base(e) => e.hint(),
             BuildError::Lock(e) => e.hint(),
             BuildError::SignIn(e) => e.hint(),
             BuildError::Mounted { .. } => Some(
@@ -232,6 +242,7 @@ impl BuildError {
             | BuildError::PublishCredentials { .. } => Category::Input,
             BuildError::Packer(PackerError::Invalid { .. }) => Category::Failed,
             BuildError::Packer(_) | BuildError::Local(_) => Category::Tool,
+            BuildError::Base(e) => e.category(),
             BuildError::Boot(crate::validate::boot::BootError::Cancelled) => Category::Cancelled,
             BuildError::Boot(crate::validate::boot::BootError::Missing { .. }) => Category::Tool,
             BuildError::Boot(_) => Category::Failed,
@@ -867,7 +878,16 @@ impl Run<'_> {
                 local.boot_check,
                 crate::spec::manifest::BootCheck::Uefi | crate::spec::manifest::BootCheck::Both
             );
-            crate::packer::local::preflight(boot, uefi)?;
+            crate::packer::local::preflight(boot, uefi, local.base.is_some())?;
+        }
+        let mut packer_env = Vec::new();
+        let mut prepared_note = None;
+        if let Some(base) = self.plan.from_base_image() {
+            let stand_in = crate::validate::boot::stand_in_program()?;
+            let prepared = crate::packer::base::prepare(self.plan, base, &self.dir, &stand_in)?;
+            crate::util::term::status("Prepared", &prepared.summary);
+            packer_env = prepared.env;
+            prepared_note = Some(prepared.summary);
         }
         if self.plan.target == crate::spec::manifest::Target::Vhd {
             self.check_region()?;
@@ -894,6 +914,7 @@ impl Run<'_> {
         let outcome = self.opts.packer.build(
             &self.dir,
             PACKER_FILE,
+            &packer_env,
             &mut |line| {
                 use std::io::Write;
                 let _ = writeln!(log_file, "{line}");
@@ -923,9 +944,17 @@ impl Run<'_> {
                 ),
             }),
             RunEnd::Succeeded => {
+                if self.plan.from_base_image().is_some() {
+                    crate::packer::base::after_build(&self.dir);
+                }
                 let n = outcome.artifacts.len();
                 self.artifacts = Some(outcome.artifacts);
-                Ok(format!("packer build succeeded with {n} artifact(s)"))
+                Ok(match prepared_note {
+                    Some(base) => {
+                        format!("packer build succeeded with {n} artifact(s); base {base}")
+                    }
+                    None => format!("packer build succeeded with {n} artifact(s)"),
+                })
             }
         }
     }

@@ -100,7 +100,7 @@ pub fn render_files(
     }
     context.remove("script");
 
-    if plan.local.is_some() {
+    if plan.local.as_ref().is_some_and(|l| l.root.is_some()) {
         for step in crate::spec::catalog::LOCAL_STEPS {
             let text = render_one(&tera, set, step, &context)?;
             files.insert(
@@ -114,7 +114,7 @@ pub fn render_files(
             .collect();
         context.insert("local_steps", &names);
     }
-    let packer_template = plan.builder.packer_template();
+    let packer_template = plan.packer_template();
     let packer = render_one(&tera, set, packer_template, &context)?;
     if let Err(e) = serde_json::from_str::<serde_json::Value>(&packer) {
         return Err(RenderError::Template {

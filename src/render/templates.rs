@@ -18,6 +18,7 @@ macro_rules! builtin {
 pub const BUILTIN: &[(&str, &str)] = builtin![
     "packer/azure-arm.json.tera",
     "packer/local.json.tera",
+    "packer/local-base.json.tera",
     "local/_lib.sh.tera",
     "local/10-root.sh.tera",
     "local/20-provision.sh.tera",

@@ -86,6 +86,23 @@ pub struct Distro {
     /// How the local builder makes this distro's base root; `None` where no
     /// local build is possible (RPM distros: no mmdebstrap; Windows).
     pub local: Option<LocalBase>,
+    /// The distro's own Azure disk image, which the local builder boots and
+    /// provisions (`[build.local] base_image`); `None` where there is none.
+    pub azure_base: Option<AzureBase>,
+}
+
+/// Where a distro's Azure disk image comes from, for a local build from it.
+/// The OS the file must report is the distro's `os_release_*`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AzureBase {
+    /// Who publishes it and where a user downloads it.
+    pub download: &'static str,
+    /// The package archives the build VM may reach through the allow-listed
+    /// proxy when the manifest names no `allow_hosts`.
+    pub archive_hosts: &'static [&'static str],
+    /// Whether a build from this base ran in imgforge's CI (only Debian's
+    /// archive is reachable there).
+    pub tested: bool,
 }
 
 /// The end of a node agent's support for new pools.
@@ -115,6 +132,12 @@ pub enum AgentStatus {
 }
 
 impl Distro {
+    /// Where this distro's Azure disk image is downloaded, in words.
+    pub fn base_download(&self) -> Option<String> {
+        self.azure_base
+            .map(|b| b.download.replace("<codename>", self.codename))
+    }
+
     /// `today` is YYYY-MM-DD; ISO dates compare as strings.
     pub fn agent_status(&self, today: &str) -> AgentStatus {
         match self.agent_end {
@@ -351,6 +374,11 @@ pub const DISTROS: &[Distro] = &[
             security: "http://deb.debian.org/debian-security",
             tested: true,
         }),
+        azure_base: Some(AzureBase {
+            download: "Debian's Azure cloud image: https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-azure-amd64.tar.xz (a disk.raw inside), or a VHD imgforge built",
+            archive_hosts: &["deb.debian.org"],
+            tested: true,
+        }),
     },
     Distro {
         key: "centos-7",
@@ -384,6 +412,7 @@ pub const DISTROS: &[Distro] = &[
             source: "Azure/Batch issue 180 (final reminder: no new pools after 2024-12-31)",
         }),
         local: None,
+        azure_base: None,
     },
     Distro {
         key: "almalinux-8",
@@ -414,6 +443,11 @@ pub const DISTROS: &[Distro] = &[
         node_agent_verified: true,
         agent_end: None,
         local: None,
+        azure_base: Some(AzureBase {
+            download: "AlmaLinux's Azure image: https://repo.almalinux.org/almalinux/8/cloud/x86_64/images/ (the file named Azure), or a VHD exported from a managed disk made from the Marketplace image",
+            archive_hosts: &["repo.almalinux.org", "mirrors.almalinux.org"],
+            tested: false,
+        }),
     },
     Distro {
         key: "almalinux-9",
@@ -444,6 +478,11 @@ pub const DISTROS: &[Distro] = &[
         node_agent_verified: true,
         agent_end: None,
         local: None,
+        azure_base: Some(AzureBase {
+            download: "AlmaLinux's Azure image: https://repo.almalinux.org/almalinux/9/cloud/x86_64/images/ (the file named Azure), or a VHD exported from a managed disk made from the Marketplace image",
+            archive_hosts: &["repo.almalinux.org", "mirrors.almalinux.org"],
+            tested: false,
+        }),
     },
     windows("windows-2019", "2019-datacenter-core-g2"),
     windows("windows-2022", "2022-datacenter-core-g2"),
@@ -476,6 +515,7 @@ const fn windows(key: &'static str, sku: &'static str) -> Distro {
         node_agent_verified: true,
         agent_end: None,
         local: None,
+        azure_base: None,
     }
 }
 
@@ -522,6 +562,15 @@ const fn ubuntu(
             kernel_headers: "linux-headers-azure",
             agent: "walinuxagent",
             security: "http://security.ubuntu.com/ubuntu",
+            tested: false,
+        }),
+        azure_base: Some(AzureBase {
+            download: "Canonical's Azure cloud image: https://cloud-images.ubuntu.com/<codename>/current/<codename>-server-cloudimg-amd64-azure.vhd.tar.gz (a VHD inside)",
+            archive_hosts: &[
+                "azure.archive.ubuntu.com",
+                "archive.ubuntu.com",
+                "security.ubuntu.com",
+            ],
             tested: false,
         }),
     }
@@ -906,6 +955,11 @@ pub fn feature(id: FeatureId) -> &'static Feature {
         .expect("every FeatureId has a catalog entry")
 }
 
+/// The admin user an Azure-style first boot creates (`ovf-env.xml`), both in
+/// the boot check and in a build from a base image, where Packer logs in as
+/// it; `waagent -deprovision+user` removes it again.
+pub const PROVISIONED_USER: &str = "imgforge";
+
 /// Scripts rendered for every Linux image, whatever its features.
 pub const BASE_SCRIPT: &str = "scripts/00-base.sh.tera";
 pub const FIREWALL_SCRIPT: &str = "scripts/70-firewall.sh.tera";
@@ -913,6 +967,8 @@ pub const PACKAGES_SCRIPT: &str = "scripts/80-packages.sh.tera";
 pub const VM_CHECKS_SCRIPT: &str = "scripts/95-vm-checks.sh.tera";
 pub const PACKER_TEMPLATE: &str = "packer/azure-arm.json.tera";
 pub const PACKER_TEMPLATE_LOCAL: &str = "packer/local.json.tera";
+/// The local builder from a base image: Packer's qemu builder.
+pub const PACKER_TEMPLATE_LOCAL_BASE: &str = "packer/local-base.json.tera";
 /// The local builder's steps, in order: root, provisioning, disk.
 pub const LOCAL_STEPS: &[&str] = &[
     "local/10-root.sh.tera",

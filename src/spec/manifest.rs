@@ -202,6 +202,14 @@ pub struct LocalSection {
     /// Which firmware the boot check boots the VHD with [default: both].
     #[serde(default)]
     pub boot_check: BootCheck,
+    /// Build from this disk image instead of an mmdebstrap root: a file
+    /// relative to the manifest (VHD, VHDX, qcow2 or raw, or one of those in
+    /// a .gz/.xz/.zst file or a tar archive) or an https:// blob URL. QEMU
+    /// boots it under Packer, provisioned as Azure provisions a VM.
+    pub base_image: Option<String>,
+    /// Hosts (with an optional :port) the build VM may reach through the
+    /// build's proxy [default: the distro's package archives; [] = none].
+    pub allow_hosts: Option<Vec<String>>,
 }
 
 /// Where a feature's packages come from.
@@ -859,18 +867,34 @@ impl Checker<'_> {
                 "set boot_check = \"uefi\" or \"both\", or hyper_v_generation = \"V1\"",
             ));
         }
+        let base_image = b.local.as_ref().and_then(|l| l.base_image.as_deref());
+        if let Some(base) = base_image {
+            return self.base_image(distro, b.local.as_ref().expect("has a base image"), base);
+        }
         if distro.local.is_none() {
             let can = catalog::distro_keys_where(|d| d.local.is_some());
+            let from_base = catalog::distro_keys_where(|d| d.azure_base.is_some());
             return Err(self.fail(
                 "image.distro",
                 format!(
-                    "the local builder cannot make {} (it builds apt-based roots with mmdebstrap)",
+                    "the local builder cannot make {} from nothing (it builds apt-based roots with mmdebstrap)",
                     distro.key
                 ),
-                format!("use builder = \"azure-arm\", or one of: {}", can.join(", ")),
+                format!(
+                    "give [build.local] base_image = \"FILE\" (the distro's Azure disk image; known for {}), use builder = \"azure-arm\", or one of: {}",
+                    from_base.join(", "),
+                    can.join(", ")
+                ),
             ));
         }
         let Some(l) = &b.local else { return Ok(()) };
+        if l.allow_hosts.is_some() {
+            return Err(self.fail(
+                "build.local.allow_hosts",
+                "`allow_hosts` limits the network of a build VM booted from base_image; an mmdebstrap root has no VM",
+                "remove it, or give base_image",
+            ));
+        }
         if let Some(m) = &l.mirror {
             let ok =
                 (m.starts_with("http://") || m.starts_with("https://") || m.starts_with("file:/"))
@@ -926,6 +950,82 @@ impl Checker<'_> {
                 "build.local.disk_gib",
                 format!("{g} GiB is not a usable OS disk size"),
                 "use a whole number of GiB from 2 to 1023 (Azure's OS disk limit is 4095; Batch images are usually 30)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[build.local] base_image` and what goes with it.
+    fn base_image(&self, distro: &catalog::Distro, l: &LocalSection, base: &str) -> Check<()> {
+        if distro.azure_base.is_none() {
+            let with = catalog::distro_keys_where(|d| d.azure_base.is_some());
+            return Err(self.fail(
+                "build.local.base_image",
+                format!("imgforge knows no Azure disk image of {}", distro.key),
+                format!("use one of: {}", with.join(", ")),
+            ));
+        }
+        let download = distro.base_download().unwrap_or_default();
+        for (key, set) in [
+            ("mirror", l.mirror.is_some()),
+            ("components", l.components.is_some()),
+            ("cache_dir", l.cache_dir.is_some()),
+        ] {
+            if set {
+                return Err(self.fail(
+                    &format!("build.local.{key}"),
+                    format!("`{key}` is for an mmdebstrap root; a build from base_image keeps the image's own package sources"),
+                    "remove it (allow_hosts names what the build VM may reach)",
+                ));
+            }
+        }
+        let url = base.starts_with("https://") || base.starts_with("http://");
+        if url {
+            let ok = url::Url::parse(base).is_ok_and(|u| {
+                u.scheme() == "https"
+                    || u.host_str()
+                        .is_some_and(|h| h == "127.0.0.1" || h == "localhost")
+            });
+            self.require(
+                ok,
+                "build.local.base_image",
+                base,
+                "an https:// blob URL",
+                "give an https:// URL (a SAS token in it is never printed), or a file path",
+            )?;
+        } else {
+            let path = self.path.parent().unwrap_or(Path::new(".")).join(base);
+            if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                return Err(self.fail(
+                    "build.local.base_image",
+                    format!("no file at {} (relative to the manifest)", path.display()),
+                    format!("download it first — {download}"),
+                ));
+            }
+        }
+        for (i, h) in l.allow_hosts.iter().flatten().enumerate() {
+            let (host, port) = h.split_once(':').unwrap_or((h, "80"));
+            let ok = !host.is_empty()
+                && host.len() <= 253
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+                && port.parse::<u16>().is_ok_and(|p| p > 0);
+            self.require(
+                ok,
+                &format!("build.local.allow_hosts.{i}"),
+                h,
+                "a host name, optionally with :port",
+                "e.g. \"deb.debian.org\" or \"download.docker.com:443\" (no scheme, no path)",
+            )?;
+        }
+        if let Some(g) = l.disk_gib
+            && !(2..=1023).contains(&g)
+        {
+            return Err(self.fail(
+                "build.local.disk_gib",
+                format!("{g} GiB is not a usable OS disk size"),
+                "use a whole number of GiB from 2 to 1023 (the base image's own size is the least)",
             ));
         }
         Ok(())

@@ -57,6 +57,23 @@ pub struct BuildPlan {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LocalPlan {
+    /// The mmdebstrap root (a build from nothing); `None` for a build from a
+    /// base image. Flattened: the local steps read `local.suite` and so on.
+    #[serde(flatten)]
+    pub root: Option<RootPlan>,
+    /// The disk image booted and provisioned instead (`base_image`).
+    pub base: Option<BasePlan>,
+    /// Virtual size of the disk in MiB (a whole number, as Azure needs).
+    pub disk_mib: u64,
+    pub boot_check: BootCheck,
+    /// Whether this path ran in imgforge's CI (Debian's archive is the one
+    /// reachable there).
+    pub tested: bool,
+}
+
+/// How the local builder makes a root from nothing with mmdebstrap.
+#[derive(Debug, Clone, Serialize)]
+pub struct RootPlan {
     pub suite: &'static str,
     pub mirror: String,
     pub components: Vec<String>,
@@ -65,17 +82,50 @@ pub struct LocalPlan {
     /// The base root's packages (what a marketplace image already has).
     pub packages: Vec<String>,
     pub kernel_headers: &'static str,
-    /// Virtual size of the disk in MiB (a whole number, as Azure needs).
-    pub disk_mib: u64,
     /// Absolute directory of cached base roots.
     pub cache_dir: String,
     /// The cached root's name: SHA-256 of suite, mirror, components and packages.
     pub cache_key: String,
     /// apt source lines of the root (and of the image).
     pub sources: Vec<String>,
-    pub boot_check: BootCheck,
-    /// Whether this distro's archive is reachable from imgforge's CI.
-    pub tested: bool,
+}
+
+/// A build from the distro's Azure disk image: QEMU boots it under Packer,
+/// provisioned as Azure provisions a VM, and the plan's scripts run over SSH.
+#[derive(Debug, Clone, Serialize)]
+pub struct BasePlan {
+    /// Absolute path, or a URL (its query, a SAS token, never serialized).
+    #[serde(serialize_with = "without_query")]
+    pub source: String,
+    /// How the file is packed ("xz-compressed", "a tar archive", "a disk
+    /// image"); its disk format, OS and generation are read when the build
+    /// starts.
+    pub format: String,
+    /// Its size on disk, where it is a file here.
+    pub bytes: Option<u64>,
+    /// `ID` and `VERSION_ID` it must report in /etc/os-release (read from the
+    /// disk before it boots).
+    pub os_release_id: &'static str,
+    pub os_release_version: &'static str,
+    /// Where a user gets one.
+    pub download: String,
+    /// The user the first boot provisions and Packer logs in as.
+    pub admin_user: &'static str,
+    /// `host:port` the build VM may reach through the build's proxy; empty:
+    /// no network beyond the provisioning stand-ins.
+    pub allow_hosts: Vec<String>,
+}
+
+fn without_query<S: serde::Serializer>(source: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(redact_query(source))
+}
+
+/// A URL without its query (a SAS token is a secret); a path unchanged.
+pub fn redact_query(source: &str) -> &str {
+    match source.find('?') {
+        Some(i) if source.contains("://") => &source[..i],
+        _ => source,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -470,10 +520,7 @@ impl Plan {
                     .to_string(),
             );
         }
-        let local = distro
-            .local
-            .filter(|_| local_build)
-            .map(|base| local_plan(m, base, &mut warnings));
+        let local = local_build.then(|| local_plan(m, distro, &mut warnings));
 
         let pool = PoolPlan {
             dedicated: raw.pool.dedicated,
@@ -644,19 +691,59 @@ impl Plan {
         };
         let _ = writeln!(s, "target     {target}");
         match &self.local {
-            Some(l) => {
+            Some(LocalPlan {
+                root: Some(r),
+                disk_mib,
+                boot_check,
+                ..
+            }) => {
                 let _ = writeln!(
                     s,
                     "builder    local: mmdebstrap {} from {} ({}), {} GiB sparse disk, boot check {}, root cache {}/{}.tar",
-                    l.suite,
-                    l.mirror,
-                    l.components.join(", "),
-                    l.disk_mib / 1024,
-                    crate::util::text::name_of(&l.boot_check),
-                    l.cache_dir,
-                    l.cache_key
+                    r.suite,
+                    r.mirror,
+                    r.components.join(", "),
+                    disk_mib / 1024,
+                    crate::util::text::name_of(boot_check),
+                    r.cache_dir,
+                    r.cache_key
                 );
             }
+            Some(LocalPlan {
+                base: Some(b),
+                disk_mib,
+                boot_check,
+                ..
+            }) => {
+                let size = b
+                    .bytes
+                    .map(|n| format!(", {:.1} MiB", n as f64 / 1048576.0))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    s,
+                    "builder    local: QEMU boots the base image under Packer, provisioned as Azure does, the scripts run over SSH, then waagent deprovisions it; {} GiB disk, boot check {}",
+                    disk_mib / 1024,
+                    crate::util::text::name_of(boot_check),
+                );
+                let _ = writeln!(
+                    s,
+                    "base       {} ({}{size}); must report ID={} VERSION_ID={} (read from the disk before it boots)",
+                    redact_query(&b.source),
+                    b.format,
+                    b.os_release_id,
+                    b.os_release_version,
+                );
+                let reach = if b.allow_hosts.is_empty() {
+                    "nothing (offline: no proxy)".to_string()
+                } else {
+                    b.allow_hosts.join(", ")
+                };
+                let _ = writeln!(
+                    s,
+                    "network    the build VM reaches {reach}, through the build's proxy; nothing else"
+                );
+            }
+            Some(_) => {}
             None => {
                 let _ = writeln!(
                     s,
@@ -767,9 +854,46 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// The Packer template this plan renders.
+    pub fn packer_template(&self) -> &'static str {
+        match &self.local {
+            Some(LocalPlan { base: Some(_), .. }) => catalog::PACKER_TEMPLATE_LOCAL_BASE,
+            _ => self.builder.packer_template(),
+        }
+    }
+
+    /// A local build that boots a base image (Packer's qemu builder).
+    pub fn from_base_image(&self) -> Option<&BasePlan> {
+        self.local.as_ref().and_then(|l| l.base.as_ref())
+    }
+}
+
 /// The local builder's settings, with the distro's defaults filled in.
-fn local_plan(m: &Manifest, base: catalog::LocalBase, warnings: &mut Vec<String>) -> LocalPlan {
+fn local_plan(m: &Manifest, distro: &catalog::Distro, warnings: &mut Vec<String>) -> LocalPlan {
     let section = m.raw.build.local.clone().unwrap_or_default();
+    let disk_mib = u64::from(section.disk_gib.unwrap_or(30)) * 1024;
+    if let Some(source) = &section.base_image {
+        let base = base_plan(m, distro, source, section.allow_hosts.as_deref());
+        let tested = distro.azure_base.is_some_and(|b| b.tested);
+        if !tested {
+            warnings.push(format!(
+                "a local build from {}'s Azure image has not run in imgforge's CI (its archives are \
+                 out of reach there): this path is tested with a Debian 12 base only",
+                m.distro.key
+            ));
+        }
+        return LocalPlan {
+            root: None,
+            base: Some(base),
+            disk_mib,
+            boot_check: section.boot_check,
+            tested,
+        };
+    }
+    let base = distro
+        .local
+        .expect("the manifest check lets only distros with a local root through");
     let gpu_from_distro = m
         .raw
         .features
@@ -837,18 +961,77 @@ fn local_plan(m: &Manifest, base: catalog::LocalBase, warnings: &mut Vec<String>
         ));
     }
     LocalPlan {
-        suite: base.suite,
-        mirror,
-        components,
-        keyring: base.keyring,
-        packages,
-        kernel_headers: base.kernel_headers,
-        disk_mib: u64::from(section.disk_gib.unwrap_or(30)) * 1024,
-        cache_dir: cache_dir.display().to_string(),
-        cache_key,
-        sources,
+        root: Some(RootPlan {
+            suite: base.suite,
+            mirror,
+            components,
+            keyring: base.keyring,
+            packages,
+            kernel_headers: base.kernel_headers,
+            cache_dir: cache_dir.display().to_string(),
+            cache_key,
+            sources,
+        }),
+        base: None,
+        disk_mib,
         boot_check: section.boot_check,
         tested: base.tested,
+    }
+}
+
+/// A build from `source`, the distro's Azure disk image.
+fn base_plan(
+    m: &Manifest,
+    distro: &catalog::Distro,
+    source: &str,
+    allow_hosts: Option<&[String]>,
+) -> BasePlan {
+    let is_url = source.starts_with("https://") || source.starts_with("http://");
+    let (source, format, bytes) = if is_url {
+        (
+            source.to_string(),
+            "a URL (fetched when the build starts)".to_string(),
+            None,
+        )
+    } else {
+        let dir = m.path.parent().unwrap_or(std::path::Path::new("."));
+        let path = std::path::absolute(dir.join(source)).unwrap_or_else(|_| dir.join(source));
+        let format = crate::util::diskfmt::sniff(&path).map_or_else(
+            |e| format!("unreadable ({e})"),
+            |f| f.describe().to_string(),
+        );
+        let bytes = std::fs::metadata(&path).ok().map(|md| md.len());
+        (path.display().to_string(), format, bytes)
+    };
+    let known = distro
+        .azure_base
+        .expect("the manifest check lets only known bases through");
+    let allow_hosts = match allow_hosts {
+        Some(hosts) => hosts.iter().map(|h| with_port(h)).collect(),
+        None => known
+            .archive_hosts
+            .iter()
+            .flat_map(|h| [format!("{h}:80"), format!("{h}:443")])
+            .collect(),
+    };
+    BasePlan {
+        source,
+        format,
+        bytes,
+        os_release_id: distro.os_release_id,
+        os_release_version: distro.os_release_version,
+        download: distro.base_download().unwrap_or_default(),
+        admin_user: catalog::PROVISIONED_USER,
+        allow_hosts,
+    }
+}
+
+/// `host` as `host:80`; `host:port` unchanged.
+fn with_port(h: &str) -> String {
+    if h.contains(':') {
+        h.to_string()
+    } else {
+        format!("{h}:80")
     }
 }
 

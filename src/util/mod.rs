@@ -44,6 +44,7 @@ pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+pub(crate) mod diskfmt;
 pub(crate) mod fsutil;
 pub(crate) mod lock;
 pub(crate) mod redact;

@@ -194,6 +194,14 @@ pub(super) fn check_files(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
     }
 }
 
+/// Whether os-release's `ID` and `VERSION_ID` are the distro's (a point
+/// release counts: AlmaLinux 9.4 is almalinux-9).
+pub(crate) fn os_matches(d: &crate::spec::catalog::Distro, id: &str, version: &str) -> bool {
+    id == d.os_release_id
+        && (version == d.os_release_version
+            || version.split('.').next() == Some(d.os_release_version))
+}
+
 fn distro(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
     let d = plan.distro;
     match files.text("/etc/os-release") {
@@ -211,9 +219,7 @@ fn distro(files: &Files, plan: &Plan, f: &mut Vec<Finding>) {
         Some(text) => {
             let id = key_value(&text, "ID").unwrap_or_default();
             let version = key_value(&text, "VERSION_ID").unwrap_or_default();
-            let version_ok = version == d.os_release_version
-                || version.split('.').next() == Some(d.os_release_version);
-            f.push(if id == d.os_release_id && version_ok {
+            f.push(if os_matches(d, &id, &version) {
                 Finding::pass(
                     "distro.os-release",
                     format!("{id} {version}, as the manifest says ({})", d.key),

@@ -943,6 +943,14 @@ pub async fn download_sparse(
     Ok(fetched)
 }
 
+/// The page blob at `url` (a SAS in its query, or the environment's
+/// credentials) fetched sparsely to `dest`, as `download_sparse` does.
+pub async fn fetch_blob(url: &str, dest: &std::path::Path) -> Result<Fetched, ValidateError> {
+    let blob = BlobRef::parse(url)?;
+    let storage = Storage::for_blobs(std::slice::from_ref(&blob.account), &[&blob]).await?;
+    download_sparse(&storage, &blob, dest).await
+}
+
 /// Runs `read` over a blob as a disk read through range requests (its type
 /// and length given too), on one blocking thread: ext4-view's handle is !Send.
 pub async fn with_blob_disk<T: Send + 'static>(

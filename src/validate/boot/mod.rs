@@ -40,6 +40,7 @@
 
 pub mod inside;
 pub mod provision;
+pub mod proxy;
 pub mod standin;
 
 use std::io::Read;
@@ -315,6 +316,59 @@ fn kvm_usable() -> bool {
             .is_ok()
 }
 
+/// Whether KVM runs this machine's guests: `image` (qcow2) booted under KVM
+/// writes to its serial console within `KVM_SILENCE`. Where KVM opens but
+/// spins silently (nested virtualization), the answer is no, as the boot
+/// check decides it; `IMGFORGE_QEMU_ACCEL=tcg` says no without trying.
+pub fn kvm_runs(image: &Path, scratch: &Path) -> bool {
+    if !kvm_usable() {
+        return false;
+    }
+    let log = scratch.join("kvm-probe.log");
+    let _ = std::fs::remove_file(&log);
+    let Ok(mut child) = std::process::Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "kvm",
+            "-m",
+            "512",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+        ])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=qcow2,if=virtio,snapshot=on",
+            qemu_option_value(&image.display().to_string())
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let started = std::time::Instant::now();
+    let mut runs = false;
+    while started.elapsed() < KVM_SILENCE {
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        if std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) > 0 {
+            runs = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&log);
+    runs
+}
+
 /// Boots `image` once per firmware and reports.
 pub fn boot_check(image: &Path, opts: &BootOptions) -> Result<BootCheck, BootError> {
     check_image(image)?;
@@ -475,16 +529,7 @@ fn spawn(vm: &Vm, accel: &str) -> Result<Running, BootError> {
     .arg("-serial")
     .arg(format!("file:{}", log.display()))
     .args(["-uuid", &prov.guest.vm_id])
-    .arg("-smbios")
-    .arg(format!(
-        "type=1,manufacturer=Microsoft Corporation,product=Virtual Machine,uuid={}",
-        prov.guest.vm_id
-    ))
-    .arg("-smbios")
-    .arg(format!(
-        "type=3,manufacturer=Microsoft Corporation,asset={}",
-        provision::AZURE_ASSET_TAG
-    ))
+    .args(prov.smbios().iter().flat_map(|v| ["-smbios", v.as_str()]))
     .arg("-drive")
     .arg(format!(
         "file={},format=vpc,if=none,id=os,snapshot=on,readonly=off",
@@ -508,7 +553,7 @@ fn spawn(vm: &Vm, accel: &str) -> Result<Running, BootError> {
         "scsi-hd,drive=res,bus=scsi0.0,vendor=Msft,product=Virtual Disk",
     ])
     .arg("-netdev")
-    .arg(prov.netdev(stand_in, &forwards))
+    .arg(prov.netdev(stand_in, &forwards, false))
     .arg("-device")
     .arg(format!(
         "virtio-net-pci,netdev=n0,mac={}",

@@ -36,7 +36,7 @@ pub const GUEST_NET: &str = "net=160.0.0.0/4,host=160.0.0.2,dns=160.0.0.3,dhcpst
 /// datasource runs only where it reads this (`ChassisAssetTag.AZURE_CLOUD`).
 pub const AZURE_ASSET_TAG: &str = "7783-7084-3265-9085-8269-3286-77";
 /// The admin user the provisioning creates (the key is made per check).
-pub const ADMIN_USER: &str = "imgforge";
+pub const ADMIN_USER: &str = crate::spec::catalog::PROVISIONED_USER;
 /// Size of the blank resource disk (sparse: nothing is allocated).
 const RESOURCE_DISK_BYTES: u64 = 2 << 30;
 
@@ -172,10 +172,23 @@ impl Provisioning {
         })
     }
 
+    /// QEMU's two `-smbios` values: the system (Microsoft's Virtual Machine,
+    /// with this guest's UUID) and the chassis with Azure's asset tag.
+    pub fn smbios(&self) -> [String; 2] {
+        [
+            format!(
+                "type=1,manufacturer=Microsoft Corporation,product=Virtual Machine,uuid={}",
+                self.guest.vm_id
+            ),
+            format!("type=3,manufacturer=Microsoft Corporation,asset={AZURE_ASSET_TAG}"),
+        ]
+    }
+
     /// QEMU's `-netdev user,…` value: the guest network, SSH and the probed
     /// ports forwarded from loopback, and the Azure endpoints each served by
-    /// `stand_in ROLE DIR` per connection.
-    pub fn netdev(&self, stand_in: &Path, hostfwd: &[(u16, u16)]) -> String {
+    /// `stand_in ROLE DIR` per connection; with `proxy`, also the build's
+    /// allow-listed proxy (`super::proxy`).
+    pub fn netdev(&self, stand_in: &Path, hostfwd: &[(u16, u16)], proxy: bool) -> String {
         let mut v = format!("user,id=n0,restrict=on,{GUEST_NET}");
         for (host, guest) in hostfwd {
             v.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
@@ -190,11 +203,15 @@ impl Provisioning {
             )
             .replace(',', ",,")
         };
-        for (addr, port, role) in [
+        let mut routes = vec![
             (WIRE_SERVER, 80, "wire"),
             (IMDS, 80, "imds"),
             (EGRESS, 443, "egress"),
-        ] {
+        ];
+        if proxy {
+            routes.push((super::proxy::PROXY_ADDR, super::proxy::PROXY_PORT, "proxy"));
+        }
+        for (addr, port, role) in routes {
             v.push_str(&format!(",guestfwd=tcp:{addr}:{port}-cmd:{}", cmd(role)));
         }
         v
@@ -336,7 +353,7 @@ mod tests {
             resource_disk: PathBuf::new(),
             requests: PathBuf::new(),
         };
-        let v = p.netdev(Path::new("/opt/it's/imgforge"), &[(40022, 22)]);
+        let v = p.netdev(Path::new("/opt/it's/imgforge"), &[(40022, 22)], false);
         assert!(
             v.starts_with("user,id=n0,restrict=on,net=160.0.0.0/4,"),
             "{v}"
@@ -348,5 +365,13 @@ mod tests {
         );
         assert!(v.contains("guestfwd=tcp:169.254.169.254:80-cmd:"), "{v}");
         assert!(v.contains("guestfwd=tcp:160.0.0.50:443-cmd:"), "{v}");
+        // The boot check has no proxy; a base-image build has one more route.
+        assert!(!v.contains("boot-stand-in proxy"), "{v}");
+        let b = p.netdev(Path::new("/i"), &[], true);
+        assert!(
+            b.contains(",guestfwd=tcp:160.0.0.60:3128-cmd:'/i' boot-stand-in proxy '/b/x,,y'"),
+            "{b}"
+        );
+        assert!(!b.contains("hostfwd"), "{b}");
     }
 }

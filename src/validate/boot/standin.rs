@@ -55,6 +55,8 @@ pub enum Role {
     Wire,
     Imds,
     Egress,
+    /// The base-image build's allow-listed proxy (`proxy`).
+    Proxy,
 }
 
 impl Role {
@@ -63,6 +65,7 @@ impl Role {
             "wire" => Some(Role::Wire),
             "imds" => Some(Role::Imds),
             "egress" => Some(Role::Egress),
+            "proxy" => Some(Role::Proxy),
             _ => None,
         }
     }
@@ -71,6 +74,7 @@ impl Role {
             Role::Wire => "wire",
             Role::Imds => "imds",
             Role::Egress => "egress",
+            Role::Proxy => "proxy",
         }
     }
 }
@@ -219,6 +223,8 @@ pub fn respond(role: Role, req: &Request, g: &Guest) -> Response {
         Role::Wire => wire(req, g),
         // Served in `serve` (not HTTP); an HTTP request there gets the same line.
         Role::Egress => Response::new(200, "text/plain", "imgforge-egress\n"),
+        // Served by `proxy::serve`; reached here only through `serve`.
+        Role::Proxy => Response::new(405, "text/plain", "the proxy is served by proxy::serve\n"),
     }
 }
 
@@ -535,6 +541,10 @@ pub fn serve_stdio(role: Role, dir: &Path) -> std::io::Result<()> {
     let sock = unsafe { std::os::unix::net::UnixStream::from_raw_fd(0) };
     let _ = sock.set_read_timeout(Some(READ_DEADLINE));
     let _ = sock.set_write_timeout(Some(READ_DEADLINE));
+    if role == Role::Proxy {
+        // The relay owns the stream (and closes fd 0 when it ends).
+        return super::proxy::serve(dir, sock);
+    }
     let out = sock.try_clone()?;
     let result = serve(role, dir, &sock, out);
     std::mem::forget(sock);
