@@ -23,7 +23,11 @@ fn repo() -> PathBuf {
 /// Seconds at the first (or last) machine-readable line containing `needle`.
 fn at(log: &str, needle: &str, last: bool) -> f64 {
     let mut lines = log.lines().filter(|l| l.contains(needle));
-    let line = if last { lines.last() } else { lines.next() };
+    let line = if last {
+        lines.next_back()
+    } else {
+        lines.next()
+    };
     line.and_then(|l| l.split(',').next())
         .and_then(|t| t.parse::<f64>().ok())
         .unwrap_or(f64::NAN)

@@ -226,6 +226,55 @@ fn cases() -> Vec<Case> {
             expect: &["build.local.components", "non-free"],
         },
         Case {
+            what: "a base image that is not there",
+            manifest: format!("{LOCAL}\n[build.local]\nbase_image = \"debian-12-azure.raw\"\n"),
+            expect: &[
+                "build.local.base_image",
+                "no file at",
+                "debian-12-azure.raw",
+                "cloud.debian.org",
+            ],
+        },
+        Case {
+            what: "a base image of a distro imgforge knows no Azure disk image of",
+            manifest: format!(
+                "{}\n[build.local]\nbase_image = \"m.toml\"\n",
+                LOCAL.replace("debian-12", "centos-7")
+            ),
+            expect: &["build.local.base_image", "centos-7", "ubuntu-24.04", "almalinux-9"],
+        },
+        Case {
+            what: "a mirror beside a base image",
+            manifest: format!(
+                "{LOCAL}\n[build.local]\nbase_image = \"m.toml\"\nmirror = \"http://deb.debian.org/debian\"\n"
+            ),
+            expect: &["build.local.mirror", "mmdebstrap root", "allow_hosts"],
+        },
+        Case {
+            what: "an allowed host with a scheme",
+            manifest: format!(
+                "{LOCAL}\n[build.local]\nbase_image = \"m.toml\"\nallow_hosts = [\"https://deb.debian.org\"]\n"
+            ),
+            expect: &["build.local.allow_hosts.0", "no scheme"],
+        },
+        Case {
+            what: "allow_hosts without a base image",
+            manifest: format!("{LOCAL}\n[build.local]\nallow_hosts = [\"deb.debian.org\"]\n"),
+            expect: &["build.local.allow_hosts", "give base_image"],
+        },
+        Case {
+            what: "a base image over plain http to another machine",
+            manifest: format!(
+                "{LOCAL}\n[build.local]\nbase_image = \"http://example.com/disk.vhd\"\n"
+            ),
+            expect: &["build.local.base_image", "https://"],
+        },
+        Case {
+            what: "an AlmaLinux build with neither a root nor a base",
+            manifest: LOCAL.replace("debian-12", "almalinux-9"),
+            expect: &["image.distro", "base_image", "almalinux-9"],
+        },
+        Case {
             what: "a mirror with shell characters",
             manifest: format!("{LOCAL}\n[build.local]\nmirror = \"http://x/$(reboot)\"\n"),
             expect: &["build.local.mirror", "not an archive URL"],

@@ -541,3 +541,115 @@ fn a_published_image_is_sized_by_gallery_replicas_not_vhd_copies() {
     );
     assert!(!text.stdout.contains("VHD cop"), "{}", text.stdout);
 }
+
+/// A build from a base image renders Packer's qemu builder running the very
+/// scripts the azure-arm builder runs, Packer accepts it, and `plan` says
+/// what the base must be and what the build VM may reach.
+#[test]
+fn a_base_image_build_renders_the_qemu_builder_with_the_azure_arm_scripts() {
+    for (distro, id, reach) in [
+        (
+            "ubuntu-24.04",
+            "ID=ubuntu VERSION_ID=24.04",
+            "azure.archive.ubuntu.com:80",
+        ),
+        (
+            "almalinux-9",
+            "ID=almalinux VERSION_ID=9",
+            "repo.almalinux.org:443",
+        ),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        write(&tmp.path().join("base.vhd.tar.gz"), "not really");
+        let arm = tmp.path().join("arm.toml");
+        let head = format!(
+            "[image]\nname = \"b\"\nos = \"linux\"\ndistro = \"{distro}\"\n\n[features]\nnfs = true\n\n[provision]\npackages = [\"jq\"]\n"
+        );
+        write(
+            &arm,
+            &format!(
+                "{head}\n[build]\ntarget = \"vhd\"\nlocation = \"westus2\"\nresource_group = \"rg\"\nstorage_account = \"imgforgebuild\"\ncapture_container = \"images\"\n"
+            ),
+        );
+        let local = tmp.path().join("local.toml");
+        write(
+            &local,
+            &format!(
+                "{head}\n[build]\nbuilder = \"local\"\ntarget = \"vhd\"\n\n[build.local]\nbase_image = \"base.vhd.tar.gz\"\n"
+            ),
+        );
+        let plan = run(imgforge().arg("plan").arg(&local));
+        assert_eq!(plan.code, 0, "{}", plan.all());
+        for want in [
+            id,
+            reach,
+            "QEMU boots the base image under Packer",
+            "has not run in imgforge's CI",
+        ] {
+            assert!(
+                plan.stdout.contains(want),
+                "{distro}: {want} not in\n{}",
+                plan.stdout
+            );
+        }
+        let scripts = |m: &Path, out: &Path| {
+            let r = run(imgforge().arg("render").arg(m).arg("-o").arg(out));
+            assert_eq!(r.code, 0, "{}", r.all());
+            let v = packer_validate(out);
+            assert_eq!(v.code, 0, "{distro}: {}", v.all());
+            let doc: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(out.join("packer.json")).unwrap()).unwrap();
+            let b = doc["builders"][0].clone();
+            let list = doc["provisioners"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["scripts"].is_array())
+                .map(|p| p["scripts"].clone())
+                .unwrap();
+            (b, list)
+        };
+        let (arm_builder, arm_scripts) = scripts(&arm, &tmp.path().join("arm"));
+        let (qemu, qemu_scripts) = scripts(&local, &tmp.path().join("local"));
+        assert_eq!(arm_builder["type"], "azure-arm");
+        assert_eq!(qemu["type"], "qemu");
+        assert_eq!(qemu["disk_image"], true);
+        assert_eq!(qemu["ssh_username"], "imgforge");
+        assert_eq!(
+            qemu_scripts, arm_scripts,
+            "{distro}: the same scripts in the same order"
+        );
+        assert!(
+            !tmp.path().join("local/local").exists(),
+            "no mmdebstrap steps"
+        );
+        // The rendered scripts are byte for byte the azure-arm ones.
+        for s in qemu_scripts.as_array().unwrap() {
+            let s = s.as_str().unwrap();
+            assert_eq!(
+                std::fs::read(tmp.path().join("local").join(s)).unwrap(),
+                std::fs::read(tmp.path().join("arm").join(s)).unwrap(),
+                "{s}"
+            );
+        }
+        // Offline: no proxy is set up at all.
+        let offline = tmp.path().join("offline.toml");
+        write(
+            &offline,
+            &std::fs::read_to_string(&local)
+                .unwrap()
+                .replace("base_image = ", "allow_hosts = []\nbase_image = "),
+        );
+        let out = tmp.path().join("off");
+        assert_eq!(
+            run(imgforge().arg("render").arg(&offline).arg("-o").arg(&out)).code,
+            0
+        );
+        let text = std::fs::read_to_string(out.join("packer.json")).unwrap();
+        assert!(
+            !text.contains("99imgforge-build-proxy\";") && !text.contains("https_proxy="),
+            "{text}"
+        );
+        assert!(text.contains("offline provisioning"), "{text}");
+    }
+}

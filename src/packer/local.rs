@@ -122,8 +122,20 @@ pub fn clean_work(build_dir: &Path) -> Option<String> {
         "base.unpacked0.partial",
         "base.unpacked1.partial",
         "base.unpacked2.partial",
+        // The build VM's key and CD: that VM is gone.
+        "provision/id_ed25519",
+        "provision/id_ed25519.pub",
+        "provision/provisioning.iso",
     ] {
         let p = work.join(name);
+        // A name under a subdirectory: only through a real directory.
+        if let Some(dir) = Path::new(name)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            && !std::fs::symlink_metadata(work.join(dir)).is_ok_and(|m| m.is_dir())
+        {
+            continue;
+        }
         let gone = match std::fs::symlink_metadata(&p) {
             // Never across a file system boundary (a mount left in the root).
             Ok(m) if m.is_dir() => crate::util::fsutil::remove_tree(&p).is_ok(),
@@ -163,5 +175,46 @@ mod tests {
         assert!(clean_work(&build).is_some());
         assert!(elsewhere.join("root/keep").exists() && elsewhere.join("disk.raw").exists());
         assert!(std::fs::symlink_metadata(build.join("work/root")).is_err());
+    }
+
+    #[test]
+    fn cleaning_a_failed_base_image_build_removes_its_copies_and_key_not_its_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path().join("work");
+        std::fs::create_dir_all(work.join("vm")).unwrap();
+        std::fs::create_dir_all(work.join("provision")).unwrap();
+        for f in [
+            "base.qcow2",
+            "base.unpacked0.partial",
+            "vm/disk.qcow2",
+            "provision/id_ed25519",
+            "provision/provisioning.iso",
+            "provision/requests.jsonl",
+            "provision/guest.json",
+        ] {
+            std::fs::write(work.join(f), "x").unwrap();
+        }
+        let said = clean_work(tmp.path()).unwrap();
+        assert!(said.contains("base.qcow2"), "{said}");
+        for gone in [
+            "base.qcow2",
+            "base.unpacked0.partial",
+            "vm",
+            "provision/id_ed25519",
+            "provision/provisioning.iso",
+        ] {
+            assert!(!work.join(gone).exists(), "{gone}");
+        }
+        for kept in ["provision/requests.jsonl", "provision/guest.json"] {
+            assert!(work.join(kept).exists(), "{kept}");
+        }
+        // `provision` a planted link: what it names is left alone.
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("id_ed25519"), "mine").unwrap();
+        std::fs::remove_dir_all(work.join("provision")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, work.join("provision")).unwrap();
+        clean_work(tmp.path());
+        assert!(elsewhere.join("id_ed25519").exists());
     }
 }

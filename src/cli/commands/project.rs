@@ -46,6 +46,8 @@ pub(super) fn catalog(json: bool) -> Result<i32, AppError> {
         new_pools: &'static str,
         until: Option<&'static str>,
         local_builder: bool,
+        /// A local build from the distro's Azure disk image (`base_image`).
+        local_from_base: bool,
     }
     #[derive(serde::Serialize)]
     struct FeatureRow {
@@ -74,6 +76,7 @@ pub(super) fn catalog(json: bool) -> Result<i32, AppError> {
                 new_pools,
                 until,
                 local_builder: d.local.is_some(),
+                local_from_base: d.azure_base.is_some(),
             }
         })
         .collect();
@@ -98,7 +101,7 @@ pub(super) fn catalog(json: bool) -> Result<i32, AppError> {
         return Ok(exit::OK);
     }
     let mut t = format!(
-        "{:<14} {:<8} {:<26} {:<22} {:<6} {}\n",
+        "{:<14} {:<8} {:<26} {:<22} {:<10} {}\n",
         "DISTRO", "OS", "NODE AGENT SKU ID", "NEW POOLS", "LOCAL", "BASE IMAGE (azure-arm)"
     );
     for d in &distros {
@@ -109,7 +112,7 @@ pub(super) fn catalog(json: bool) -> Result<i32, AppError> {
             _ => "supported".into(),
         };
         t.push_str(&format!(
-            "{:<14} {:<8} {:<26} {:<22} {:<6} {}\n",
+            "{:<14} {:<8} {:<26} {:<22} {:<10} {}\n",
             d.key,
             serde_json::to_value(d.os)
                 .ok()
@@ -117,7 +120,12 @@ pub(super) fn catalog(json: bool) -> Result<i32, AppError> {
                 .unwrap_or_default(),
             d.node_agent,
             state,
-            if d.local_builder { "yes" } else { "-" },
+            match (d.local_builder, d.local_from_base) {
+                (true, true) => "root, base",
+                (true, false) => "root",
+                (false, true) => "base",
+                (false, false) => "-",
+            },
             d.base_image
         ));
     }

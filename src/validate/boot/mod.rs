@@ -185,10 +185,23 @@ pub fn hardware_units(plan: &crate::spec::plan::Plan) -> Vec<String> {
 /// The program QEMU runs per guest connection to Azure's endpoints: this
 /// very imgforge binary (`imgforge boot-stand-in ROLE DIR`).
 pub fn stand_in_program() -> Result<PathBuf, BootError> {
-    std::env::current_exe().map_err(|source| BootError::Io {
+    let exe = std::env::current_exe().map_err(|source| BootError::Io {
         context: "locating the imgforge binary for the boot check's stand-ins".into(),
         source,
-    })
+    })?;
+    Ok(live_path(exe))
+}
+
+/// The binary's path even after it was replaced while running (an upgrade,
+/// a rebuild during a long build): Linux then names the old file
+/// "PATH (deleted)", which no stand-in could be started from; the new
+/// binary at PATH serves the same `boot-stand-in` protocol.
+fn live_path(exe: PathBuf) -> PathBuf {
+    let text = exe.to_string_lossy();
+    match text.strip_suffix(" (deleted)") {
+        Some(p) if !exe.exists() && Path::new(p).is_file() => PathBuf::from(p),
+        _ => exe,
+    }
 }
 
 /// A port no imgforge image opens, unless `inbound` does: then the next free one.
@@ -1215,6 +1228,23 @@ fn join(units: &[&String]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_binary_replaced_while_running_is_found_at_its_path() {
+        use super::*;
+        let tmp = tempfile::tempdir().unwrap();
+        let live = tmp.path().join("imgforge");
+        std::fs::write(&live, "new").unwrap();
+        let deleted = PathBuf::from(format!("{} (deleted)", live.display()));
+        assert_eq!(live_path(deleted.clone()), live);
+        std::fs::remove_file(&live).unwrap();
+        assert_eq!(
+            live_path(deleted.clone()),
+            deleted,
+            "nothing at the path: as it was"
+        );
+        assert_eq!(live_path(live.clone()), live);
+    }
+
     #[test]
     fn a_comma_in_a_path_stays_in_the_qemu_option_value() {
         assert_eq!(qemu_option_value("/data/a,b.vhd"), "/data/a,,b.vhd");
