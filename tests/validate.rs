@@ -1011,3 +1011,90 @@ fn both_sboms_pass_their_formats_validators_and_damage_does_not() {
         assert_eq!(refused.code, 1, "{kind}: {}", refused.all());
     }
 }
+
+/// A build from a base image reads the base as the validator does before
+/// anything boots: packed (tar.gz of a raw disk, xz of a VHD) or fetched
+/// from a blob, an Ubuntu file under an AlmaLinux manifest is refused with
+/// exit 2, and the unpacked and fetched copies are removed.
+#[test]
+fn a_base_image_is_fetched_unpacked_and_refused_for_the_wrong_distro_before_it_boots() {
+    let az = Azurite::start(&["acct1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let vhd = image(tmp.path(), "ubuntu", Layout::Gpt, |_| {});
+    // Canonical's form: a disk in a tar.gz; another: an xz-compressed VHD.
+    let raw = tmp.path().join("livecd.azure.raw");
+    assert!(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "vpc", "-O", "raw"])
+            .arg(&vhd)
+            .arg(&raw)
+            .status()
+            .unwrap()
+            .success()
+    );
+    write(&tmp.path().join("README"), "not a disk");
+    assert!(
+        Command::new("tar")
+            .arg("-czSf")
+            .arg(tmp.path().join("base.tar.gz"))
+            .arg("-C")
+            .arg(tmp.path())
+            .args(["livecd.azure.raw", "README"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "xz -T1 -0 -c {} > {}/base.vhd.xz",
+                vhd.display(),
+                tmp.path().display()
+            ))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let url = az.url("acct1", "images", "ubuntu.vhd");
+    az.oracle(&["create", &url, vhd.to_str().unwrap()]);
+
+    for (base, said) in [
+        ("base.tar.gz".to_string(), "Unpacking"),
+        ("base.vhd.xz".to_string(), "Unpacking"),
+        (url.clone(), "Fetched"),
+    ] {
+        let m = tmp.path().join("alma.toml");
+        write(
+            &m,
+            &format!(
+                "[image]\nname = \"a\"\nos = \"linux\"\ndistro = \"almalinux-9\"\n\n[build]\nbuilder = \"local\"\ntarget = \"vhd\"\n\n[build.local]\nbase_image = {base:?}\n"
+            ),
+        );
+        let out = tmp.path().join("out");
+        let _ = std::fs::remove_dir_all(&out);
+        let mut cmd = imgforge();
+        cmd.env("IMGFORGE_QEMU_ACCEL", "tcg")
+            .arg("build")
+            .arg(&m)
+            .args(["--no-replicate", "--out"])
+            .arg(&out);
+        let r = run(az.env(&mut cmd));
+        assert_eq!(r.code, 2, "{base}: {}", r.all());
+        assert!(r.stderr.contains(said), "{base}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("is ubuntu 16.04, but the manifest's image.distro is almalinux-9 (it must report ID=almalinux VERSION_ID=9)"),
+            "{base}: {}",
+            r.stderr
+        );
+        assert!(r.stderr.contains("repo.almalinux.org"), "{}", r.stderr);
+        let left: Vec<String> = std::fs::read_dir(out.join("work"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{base}: left in work/: {left:?}");
+    }
+}

@@ -89,7 +89,9 @@ pub enum BuildError {
         /// From the builder, the last script and the room left (`packer_failure_hint`).
         hint: String,
     },
-    #[error("build cancelled; what was running (Packer, QEMU, a transfer) was stopped and cleaned up")]
+    #[error(
+        "build cancelled; what was running (Packer, QEMU, a transfer) was stopped and cleaned up"
+    )]
     Cancelled,
     #[error("{0}")]
     Capture(#[from] CaptureError),
