@@ -5,8 +5,9 @@
 //! - `spec` — manifest → catalog → plan (what is to be built; the only I/O
 //!   is reading the manifest and checking its user scripts)
 //! - `render` — plan + templates → `packer.json` and provisioner scripts
-//! - `packer` — run Packer (azure-arm or the local builder), its events,
-//!   the captured VHD
+//! - `packer` — run Packer (azure-arm or the local builder, from an
+//!   mmdebstrap root or from a base image booted under QEMU with the boot
+//!   check's provisioning), its events, the captured VHD
 //! - `validate` — the offline validator: VHD footer, partitions, ext4 / XFS
 //!   root, the catalog's checks; `validate::boot`, the boot check: the image
 //!   booted under QEMU as Azure provisions a VM, and checked from inside
@@ -26,7 +27,8 @@
 //! `args` and `commands`, `util`'s `term` and `text`); the stages and the
 //! other clients are `pub(crate)`, so the compiler finds what nothing uses.
 //!
-//! A new distro or feature: `spec/catalog.rs`. A new check: a row of `validate/checks.rs` (or
+//! A new distro or feature: `spec/catalog.rs` (a distro's Azure disk image for
+//! local builds: its `azure_base`). A new check: a row of `validate/checks.rs` (or
 //! `pool` for pool configs; a check in the booted node: a `row` of
 //! `validate/boot/inside.sh` and its name in `inside::KNOWN`). A new target: `spec` (manifest, plan), `render`
 //! (its template) and `pipeline`. A new stage: `pipeline`. A new pool output

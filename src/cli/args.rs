@@ -348,6 +348,11 @@ pub struct InitArgs {
     /// azure-arm (Packer builds on an Azure VM) or local (this machine; debian-12).
     #[arg(long, default_value = "azure-arm", value_parser = ["azure-arm", "local"])]
     pub builder: String,
+    /// Build on this machine from this Azure disk image of the distro (a
+    /// file, e.g. Canonical's …-azure.vhd.tar.gz, or an https:// blob URL);
+    /// implies --builder local.
+    #[arg(long, value_name = "FILE|URL")]
+    pub base_image: Option<String>,
     /// gallery (the default: what Batch pools use), or the legacy managed_image / vhd.
     #[arg(long, value_parser = ["gallery", "managed_image", "vhd"])]
     pub target: Option<String>,

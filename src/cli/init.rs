@@ -53,12 +53,17 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let local = args.builder == "local";
-    // The local builder reaches Debian's archive only: its natural distro.
+    let local = args.builder == "local" || args.base_image.is_some();
+    // The local builder from nothing reaches Debian's archive only: its
+    // natural distro; from a base image, the distro Batch runs.
     let key = args
         .distro
         .as_deref()
-        .unwrap_or(if local { "debian-12" } else { "ubuntu-24.04" });
+        .unwrap_or(if local && args.base_image.is_none() {
+            "debian-12"
+        } else {
+            "ubuntu-24.04"
+        });
     let distro = catalog::DISTROS
         .iter()
         .find(|d| d.key == key)
@@ -66,7 +71,16 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
             message: format!("`{key}` is not a distro imgforge knows"),
             hint: format!("use one of: {} (`imgforge catalog`)", keys()),
         })?;
-    if local && distro.local.is_none() {
+    if args.base_image.is_some() && distro.azure_base.is_none() {
+        return Err(InitError::Refused {
+            message: format!("imgforge knows no Azure disk image of {}", distro.key),
+            hint: format!(
+                "use --distro {}",
+                catalog::distro_keys_where(|d| d.azure_base.is_some()).join(" or --distro ")
+            ),
+        });
+    }
+    if local && args.base_image.is_none() && distro.local.is_none() {
         let local_ones: Vec<&str> = catalog::DISTROS
             .iter()
             .filter(|d| d.local.is_some())
@@ -138,7 +152,12 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
     if local {
         let _ = writeln!(
             t,
-            "builder = \"local\"             # built on this machine (mmdebstrap, QEMU boot check); no Azure VM"
+            "builder = \"local\"             # built on this machine ({}, QEMU boot check); no Azure VM",
+            if args.base_image.is_some() {
+                "the base image under Packer's qemu builder"
+            } else {
+                "mmdebstrap"
+            }
         );
     }
     match target.as_str() {
@@ -204,6 +223,20 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
         let _ = writeln!(
             t,
             "\n[build.local]\ndisk_gib = 30                  # sparse: about 1 GiB is allocated\nboot_check = \"both\"           # bios | uefi | both | off"
+        );
+    }
+    if let Some(base) = &args.base_image {
+        // A file as an absolute path: the manifest may be written elsewhere.
+        let base = if base.starts_with("https://") || base.starts_with("http://") {
+            base.clone()
+        } else {
+            std::path::absolute(base).map_or(base.clone(), |p| p.display().to_string())
+        };
+        let _ = writeln!(
+            t,
+            "base_image = {}   # booted under QEMU, provisioned as on Azure; {}\n# allow_hosts = []              # what the build VM may reach [default: the distro's archives and the features' vendor repositories]",
+            toml::Value::String(base.clone()),
+            distro.base_download().unwrap_or_default()
         );
     }
     if target == "gallery" {

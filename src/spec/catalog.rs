@@ -955,6 +955,13 @@ pub fn feature(id: FeatureId) -> &'static Feature {
         .expect("every FeatureId has a catalog entry")
 }
 
+/// Where the vendor repositories the scripts use live (`download.docker.com`
+/// in 20-docker, NVIDIA's in 30-gpu): a build VM booted from a base image may
+/// reach them through its proxy when the feature comes from the vendor.
+pub const DOCKER_VENDOR_HOSTS: &[&str] = &["download.docker.com:443"];
+pub const NVIDIA_VENDOR_HOSTS: &[&str] =
+    &["developer.download.nvidia.com:443", "nvidia.github.io:443"];
+
 /// The admin user an Azure-style first boot creates (`ovf-env.xml`), both in
 /// the boot check and in a build from a base image, where Packer logs in as
 /// it; `waagent -deprovision+user` removes it again.

@@ -1008,11 +1008,26 @@ fn base_plan(
         .expect("the manifest check lets only known bases through");
     let allow_hosts = match allow_hosts {
         Some(hosts) => hosts.iter().map(|h| with_port(h)).collect(),
-        None => known
-            .archive_hosts
-            .iter()
-            .flat_map(|h| [format!("{h}:80"), format!("{h}:443")])
-            .collect(),
+        None => {
+            // The archives, and the vendor repositories the features use.
+            let features = &m.raw.features;
+            let mut hosts: Vec<String> = known
+                .archive_hosts
+                .iter()
+                .flat_map(|h| [format!("{h}:80"), format!("{h}:443")])
+                .collect();
+            if features.docker.source == PackageSource::Vendor {
+                hosts.extend(catalog::DOCKER_VENDOR_HOSTS.iter().map(|h| h.to_string()));
+            }
+            if features
+                .gpu
+                .as_ref()
+                .is_some_and(|g| g.source == PackageSource::Vendor)
+            {
+                hosts.extend(catalog::NVIDIA_VENDOR_HOSTS.iter().map(|h| h.to_string()));
+            }
+            hosts
+        }
     };
     BasePlan {
         source,
