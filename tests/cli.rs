@@ -254,6 +254,68 @@ fn init_writes_manifests_that_plan_accepts() {
         r.stdout
     );
     assert!(!r.stdout.contains("plan -"), "{}", r.stdout);
+    // --base-image: a local build of Ubuntu 24.04 (Batch's) from its Azure
+    // image, the file as an absolute path; a missing one says where to get it.
+    let base_dir = tmp.path().join("downloads");
+    std::fs::create_dir_all(&base_dir).unwrap();
+    let base = base_dir.join("noble-server-cloudimg-amd64-azure.vhd.tar.gz");
+    let file = tmp.path().join("from-base.toml");
+    let r = run(imgforge()
+        .current_dir(&base_dir)
+        .arg("init")
+        .arg(&file)
+        .args([
+            "--base-image",
+            "noble-server-cloudimg-amd64-azure.vhd.tar.gz",
+        ]));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("build.local.base_image")
+            && r.stderr.contains("cloud-images.ubuntu.com/noble/current/"),
+        "{}",
+        r.stderr
+    );
+    assert!(!file.exists());
+    write(&base, "downloaded");
+    let r = run(imgforge()
+        .current_dir(&base_dir)
+        .arg("init")
+        .arg(&file)
+        .args([
+            "--base-image",
+            "noble-server-cloudimg-amd64-azure.vhd.tar.gz",
+        ]));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let text = std::fs::read_to_string(&file).unwrap();
+    for want in [
+        "distro = \"ubuntu-24.04\"",
+        "builder = \"local\"",
+        &format!("base_image = \"{}\"", base.display()),
+    ] {
+        assert!(text.contains(want), "{want}:\n{text}");
+    }
+    let plan = run(imgforge().arg("plan").arg(&file));
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains("must report ID=ubuntu VERSION_ID=24.04"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("download.docker.com:443"),
+        "{}",
+        plan.stdout
+    );
+    let r = run(imgforge()
+        .args(["init", "-", "--distro", "windows-2022", "--base-image"])
+        .arg(&base));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("no Azure disk image of windows-2022"),
+        "{}",
+        r.stderr
+    );
     // `--distro` completes the catalog's distros, not file names.
     let r = run(imgforge().args(["completions", "bash"]));
     assert!(

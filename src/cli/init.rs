@@ -251,7 +251,7 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
         );
     }
     let _ = writeln!(t, "\n[features]");
-    if local {
+    if local && args.base_image.is_none() {
         // The local builder's root reaches Debian's archive, not Docker's.
         let _ = writeln!(
             t,

@@ -943,13 +943,18 @@ impl Checker<'_> {
                 )?;
             }
         }
+        self.disk_gib(l)
+    }
+
+    /// `[build.local] disk_gib`: a size Azure takes for an OS disk.
+    fn disk_gib(&self, l: &LocalSection) -> Check<()> {
         if let Some(g) = l.disk_gib
             && !(2..=1023).contains(&g)
         {
             return Err(self.fail(
                 "build.local.disk_gib",
                 format!("{g} GiB is not a usable OS disk size"),
-                "use a whole number of GiB from 2 to 1023 (Azure's OS disk limit is 4095; Batch images are usually 30)",
+                "use a whole number of GiB from 2 to 1023 (Azure's OS disk limit is 4095; Batch images are usually 30; from a base image, at least its size)",
             ));
         }
         Ok(())
@@ -1019,16 +1024,7 @@ impl Checker<'_> {
                 "e.g. \"deb.debian.org\" or \"download.docker.com:443\" (no scheme, no path)",
             )?;
         }
-        if let Some(g) = l.disk_gib
-            && !(2..=1023).contains(&g)
-        {
-            return Err(self.fail(
-                "build.local.disk_gib",
-                format!("{g} GiB is not a usable OS disk size"),
-                "use a whole number of GiB from 2 to 1023 (the base image's own size is the least)",
-            ));
-        }
-        Ok(())
+        self.disk_gib(l)
     }
 
     fn build(&self, b: &BuildSection) -> Check<()> {
