@@ -224,6 +224,94 @@ pub async fn publish(
     Ok(record)
 }
 
+/// What `promote` did to a gallery image version, kept in `build.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Promotion {
+    pub version_id: String,
+    /// When, UTC (RFC 3339).
+    pub at: String,
+    /// The service principal that asked (its client id).
+    pub by: String,
+    /// The gates that passed first, in words.
+    pub checks: Vec<String>,
+    /// False when the version was already in `latest`: nothing was changed.
+    pub changed: bool,
+    pub requests: u32,
+}
+
+/// Staged promotion: the version, published with `exclude_from_latest`, is
+/// put into its definition's `latest` (a pool naming the definition without
+/// a version then gets it). The caller has checked the gates; `checks` says
+/// which. A version already in `latest` is left alone.
+pub async fn promote(
+    version_id: &str,
+    checks: Vec<String>,
+    timeout: Duration,
+    cancel: &AtomicBool,
+) -> Result<Promotion, PublishError> {
+    let missing = missing_variables();
+    if !missing.is_empty() {
+        return Err(PublishError::Credentials(missing));
+    }
+    if !version_id.contains("/providers/Microsoft.Compute/galleries/")
+        || !version_id.contains("/versions/")
+    {
+        return Err(refused(
+            format!("`{version_id}` is not a gallery image version id"),
+            "give the build directory, or /subscriptions/…/galleries/G/images/D/versions/V",
+        ));
+    }
+    let principal = crate::azure::entra::ServicePrincipal::from_env()
+        .ok_or_else(|| PublishError::Credentials(missing_variables()))?;
+    let mut arm = Arm::connect(&crate::azure::arm::endpoint_from_env(), &principal).await?;
+    let Some(version) = arm
+        .get_resource("promote", version_id, GALLERY_API, None)
+        .await?
+    else {
+        return Err(refused(
+            format!("no gallery image version {version_id}"),
+            "check the id (`az sig image-version list`), or publish it first",
+        ));
+    };
+    let excluded = |v: &Value| {
+        v["properties"]["publishingProfile"]["excludeFromLatest"]
+            .as_bool()
+            .unwrap_or(false)
+    };
+    let mut promotion = Promotion {
+        version_id: version_id.to_string(),
+        at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        by: principal.client_id.clone(),
+        checks,
+        changed: false,
+        requests: 0,
+    };
+    if excluded(&version) {
+        let mut progress = |line: &str| crate::util::term::status("Promoting", line);
+        let mut wait = Wait {
+            timeout,
+            cancel,
+            progress: &mut progress,
+            every: Duration::from_secs(30),
+        };
+        let body = json!({"properties": {"publishingProfile": {"excludeFromLatest": false}}});
+        let after = arm
+            .patch_and_wait("promote", version_id, GALLERY_API, &body, &mut wait)
+            .await?;
+        if excluded(&after) {
+            return Err(ArmError::Protocol {
+                op: "promote",
+                message: "the update succeeded, but the version is still excluded from latest"
+                    .into(),
+            }
+            .into());
+        }
+        promotion.changed = true;
+    }
+    promotion.requests = arm.requests;
+    Ok(promotion)
+}
+
 /// The storage account the image is made from (the staging account for a
 /// file, the blob's own otherwise), found in Resource Manager and in the
 /// image's region; with its resource id (the gallery wants it).

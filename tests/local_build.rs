@@ -669,7 +669,7 @@ fn a_local_build_is_published_as_a_managed_image_and_a_gallery_version() {
         t.replace(
             "target = \"vhd\"",
             "# the default target\nlocation = \"westus2\"\nresource_group = \"images-westus2\"\nstorage_account = \"imgcopy0\"\nmanaged_image_name = \"ci-debian12\"\n",
-        ) + "\n[build.gallery]\nname = \"imgforge_gallery\"\nimage_definition = \"ci-debian12\"\nversion = \"1.0.0\"\n\n[replicate]\nregion = \"westus2\"\n"
+        ) + "\n[build.gallery]\nname = \"imgforge_gallery\"\nimage_definition = \"ci-debian12\"\nversion = \"1.0.0\"\nexclude_from_latest = true\n\n[replicate]\nregion = \"westus2\"\n"
     });
     let out = tmp.path().join("build");
     let mut cmd = imgforge();
@@ -724,7 +724,102 @@ fn a_local_build_is_published_as_a_managed_image_and_a_gallery_version() {
         "{snippet}"
     );
     assert!(!snippet.contains("image_uris:\n  -"), "{snippet}");
-    assert!(arm.compute.resource(&id).is_some());
+    let excluded = || {
+        arm.compute.resource(&id).unwrap()["properties"]["publishingProfile"]["excludeFromLatest"]
+            .clone()
+    };
+    assert_eq!(
+        excluded(),
+        serde_json::json!(true),
+        "published out of latest"
+    );
+
+    // Staged promotion: the build's own evidence is the gate.
+    let promote = |extra: &[&str], target: &str| {
+        let mut cmd = imgforge();
+        cmd.env("ARM_SUBSCRIPTION_ID", ARM_SUBSCRIPTION)
+            .env("IMGFORGE_ARM_ENDPOINT", arm.endpoint())
+            .env("AZURE_AUTHORITY_HOST", arm.endpoint())
+            .arg("promote")
+            .arg(target)
+            .args(extra);
+        run(&mut cmd)
+    };
+    let patches = || {
+        arm.request_lines()
+            .into_iter()
+            .filter(|l| l.starts_with("PATCH "))
+            .count()
+    };
+    let dir = out.to_str().unwrap();
+    // A diff rule needs an earlier build to diff against: there is none.
+    let r = promote(&["--fail-on", "kernel"], dir);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("no earlier succeeded build of ci-debian12"),
+        "{}",
+        r.stderr
+    );
+    // A failed check in the record: exit 1, nothing asked of Azure.
+    let record_path = out.join("build.json");
+    let good = std::fs::read_to_string(&record_path).unwrap();
+    let mut bad: serde_json::Value = serde_json::from_str(&good).unwrap();
+    bad["image_validation"]["fail"] = 1.into();
+    bad["image_validation"]["failed_checks"] = serde_json::json!(["hygiene.ssh-host-keys"]);
+    write(&record_path, &bad.to_string());
+    let r = promote(&[], dir);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("FAIL validation: 1 check(s) failed (hygiene.ssh-host-keys)"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(patches(), 0);
+    assert_eq!(excluded(), serde_json::json!(true));
+    write(&record_path, &good);
+    // The gates pass: one PATCH, the version is in latest, the record says
+    // who promoted it after which checks.
+    let r = promote(&["--json"], dir);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(patches(), 1, "{:?}", arm.request_lines());
+    assert_eq!(excluded(), serde_json::json!(false));
+    let p = &record(&out)["promotion"];
+    assert_eq!(p["version_id"], id, "{p}");
+    assert_eq!(p["changed"], true, "{p}");
+    assert_eq!(p["by"], ENV_CLIENT_ID, "{p}");
+    let checks: Vec<&str> = p["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert!(
+        checks[0].starts_with("validation: ") && checks[0].ends_with(" passed"),
+        "{checks:?}"
+    );
+    assert_eq!(
+        checks[1], "boot check: not in the record (not run)",
+        "{checks:?}"
+    );
+    let printed: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(printed["version_id"], id);
+    // Again: already in latest, nothing sent.
+    let r = promote(&[], dir);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("was already in `latest`"), "{}", r.stderr);
+    assert_eq!(patches(), 1);
+    // A version id: no gate but the user's word, said so; no rules.
+    let r = promote(&["--fail-on", "kernel"], &id);
+    assert_eq!(r.code, 2, "{}", r.all());
+    let r = promote(&[], &id);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("promoted without checking"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

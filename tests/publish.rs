@@ -564,6 +564,62 @@ fn the_stand_in_checks_bodies_as_the_service_does() {
     );
     assert!(a.status.starts_with("201"), "{}", a.body);
 
+    // PATCH of a version (promote), as GalleryImageVersion_Update: the same
+    // source again passes, another is refused; so are a non-boolean
+    // excludeFromLatest and a version that is not there.
+    let patch = |target: &str, b: Value| {
+        rp.handle(
+            "PATCH",
+            target,
+            &b.to_string(),
+            "http://127.0.0.1:1",
+            &accounts,
+        )
+        .unwrap()
+    };
+    let source = |uri: &str| {
+        json!({"osDiskImage": {"source": {"uri": uri,
+            "storageAccountId": format!("/subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/{GROUP}/providers/Microsoft.Storage/storageAccounts/imgcopy0")}}})
+    };
+    let a = patch(
+        &version,
+        json!({"properties": {"publishingProfile": {"excludeFromLatest": false},
+            "storageProfile": source("https://imgcopy0.blob.core.windows.net/images/x.vhd")}}),
+    );
+    assert!(
+        a.status.starts_with("200") && a.body.contains("Updating"),
+        "{}",
+        a.body
+    );
+    assert!(a.headers.iter().any(|(k, _)| k == "Azure-AsyncOperation"));
+    let a = patch(
+        &version,
+        json!({"properties": {"storageProfile": source("https://imgcopy0.blob.core.windows.net/images/other.vhd")}}),
+    );
+    assert!(
+        a.status.starts_with("409") && a.body.contains("PropertyChangeNotAllowed"),
+        "{}",
+        a.body
+    );
+    let a = patch(
+        &version,
+        json!({"properties": {"publishingProfile": {"excludeFromLatest": "no"}}}),
+    );
+    assert!(
+        a.status.starts_with("400") && a.body.contains("excludeFromLatest"),
+        "{}",
+        a.body
+    );
+    let a = patch(
+        &version.replace("/versions/1.0.0", "/versions/9.9.9"),
+        json!({"properties": {"publishingProfile": {"excludeFromLatest": false}}}),
+    );
+    assert!(
+        a.status.starts_with("404") && a.body.contains("ResourceNotFound"),
+        "{}",
+        a.body
+    );
+
     // Gallery API 2025-03-03: a Generation 2 definition made without a
     // SecurityType feature is TrustedLaunchSupported; Trusted Launch on a
     // Generation 1 definition is refused.

@@ -9,6 +9,7 @@
 //! - `PUT …/galleries/{g}/images/{def}?api-version=2025-03-03`
 //! - `PUT …/galleries/{g}/images/{def}/versions/{v}?api-version=2025-03-03`
 //! - `GET` of each (404: absent), the version with `$expand=ReplicationStatus`
+//! - `PATCH …/versions/{v}` with `publishingProfile.excludeFromLatest` (promote)
 //!
 //! A PUT answers 200/201 with `provisioningState` and, while Azure works,
 //! an `Azure-AsyncOperation` (or `Location`) URL to poll, with `Retry-After`.
@@ -108,11 +109,37 @@ impl Arm {
         body: &Value,
         wait: &mut Wait<'_>,
     ) -> Result<Value, ArmError> {
+        self.write_and_wait(op, reqwest::Method::PUT, id, api, body, wait)
+            .await
+    }
+
+    /// PATCH `body` (the properties to change) at `id`, as `put_and_wait`.
+    pub async fn patch_and_wait(
+        &mut self,
+        op: &'static str,
+        id: &str,
+        api: &str,
+        body: &Value,
+        wait: &mut Wait<'_>,
+    ) -> Result<Value, ArmError> {
+        self.write_and_wait(op, reqwest::Method::PATCH, id, api, body, wait)
+            .await
+    }
+
+    async fn write_and_wait(
+        &mut self,
+        op: &'static str,
+        method: reqwest::Method,
+        id: &str,
+        api: &str,
+        body: &Value,
+        wait: &mut Wait<'_>,
+    ) -> Result<Value, ArmError> {
         let url = self.resource_url(id, api, None);
         let answer = self
-            .send(op, reqwest::Method::PUT, &url, Some(body), false)
+            .send(op, method, &url, Some(body), false)
             .await?
-            .expect("a PUT's 404 is an error");
+            .expect("a write's 404 is an error");
         let state = provisioning_state(&answer.body);
         let poll = answer.async_operation.clone().or(answer.location.clone());
         let mut retry_after = answer.retry_after;

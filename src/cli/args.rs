@@ -71,6 +71,7 @@ impl Cli {
             Some(Command::Replicate(a)) => a.storage.json,
             Some(Command::Upload(a)) => a.storage.json,
             Some(Command::Publish(a)) => a.json,
+            Some(Command::Promote(a)) => a.json,
             Some(Command::Validate(a)) => a.json,
             Some(Command::BootCheck(a)) => a.json,
             Some(Command::Inspect(a)) => a.json,
@@ -142,6 +143,21 @@ Environment: IMGFORGE_BLOB_ENDPOINT (as --blob-endpoint).")]
     /// Publish a VHD as the manifest's managed image and/or gallery image version.
     #[command(after_help = PUBLISH_EXAMPLES)]
     Publish(PublishArgs),
+    /// Put a gallery version published with exclude_from_latest into `latest`, once its gates pass.
+    ///
+    /// Exit status: 0 promoted (or already in latest), 1 a gate failed (nothing
+    /// changed), 2 nothing to promote or a wrong argument, 4 the record could not be written.
+    #[command(after_help = "\
+Examples:
+  imgforge promote .imgforge/builds/gpu-20261203T101500Z
+        the build's validation and boot check must have passed
+  imgforge promote BUILD_DIR --fail-on kernel --fail-on package-removed
+        and, against the newest earlier build of the image, no new kernel, no package removed
+  imgforge promote /subscriptions/…/galleries/G/images/D/versions/1.2.0
+        a version without a build record: no gate but your word
+
+Credentials: ARM_CLIENT_ID, ARM_CLIENT_SECRET, ARM_TENANT_ID, ARM_SUBSCRIPTION_ID.")]
+    Promote(PromoteArgs),
     /// Check a VHD against Azure Batch's requirements without booting it: a local file or a blob URL.
     ///
     /// Exit status: 0 when every check passed (warnings and skips allowed), 1 when
@@ -719,6 +735,21 @@ pub struct PublishArgs {
     #[arg(long)]
     pub no_validate: bool,
     /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// A build directory whose build published a gallery version, or a version's resource id.
+    pub target: String,
+    /// A diff rule against the newest earlier build of the image that must not trip; repeatable.
+    #[arg(long = "fail-on", value_name = "RULE")]
+    pub fail_on: Vec<crate::inspect::diff::Rule>,
+    /// Seconds the update may take.
+    #[arg(long, default_value_t = 1800, value_name = "SECONDS")]
+    pub timeout: u64,
+    /// Print the promotion as JSON.
     #[arg(long)]
     pub json: bool,
 }

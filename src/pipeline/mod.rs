@@ -627,6 +627,7 @@ fn starting_record(
             error: None,
             warnings: plan.warnings.clone(),
             options: Some(opts.recorded.clone()),
+            promotion: None,
         }
     })
 }
@@ -1116,20 +1117,7 @@ impl Run<'_> {
     /// The newest earlier succeeded build of this image beside this one, with
     /// the inspection it wrote.
     fn previous_inspection(&self) -> Option<(PathBuf, crate::inspect::Inspection)> {
-        let parent = self.dir.parent()?;
-        let here = std::fs::canonicalize(&self.dir).ok()?;
-        crate::pipeline::clean::scan(parent)
-            .ok()?
-            .into_iter()
-            .rev()
-            .filter(|b| b.image == self.plan.image && b.status == "succeeded")
-            .filter(|b| std::fs::canonicalize(&b.path).ok().as_ref() != Some(&here))
-            .find_map(|b| {
-                let text =
-                    crate::util::fsutil::read_input_string(&b.path.join("inspect.json")).ok()?;
-                let i: crate::inspect::Inspection = serde_json::from_str(&text).ok()?;
-                Some((b.path, i))
-            })
+        promote::previous_inspection(&self.dir, &self.plan.image)
     }
 
     fn boot_check(&mut self) -> Result<String, BuildError> {
@@ -1612,6 +1600,7 @@ mod tests {
 }
 
 pub mod clean;
+pub mod promote;
 mod record;
 
 pub use record::{

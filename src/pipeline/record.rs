@@ -191,6 +191,10 @@ pub struct BuildRecord {
     /// What the build ran with (absent in records of imgforge before 0.1.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<RecordedOptions>,
+    /// `imgforge promote`: the version put into `latest`, by whom, when,
+    /// after which checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<crate::publish::Promotion>,
 }
 
 /// Why a build record names no image a pool can use.
@@ -310,7 +314,7 @@ impl BuildRecord {
         })
     }
 
-    pub(super) fn write(&self, dir: &Path) -> Result<(), BuildError> {
+    pub fn write(&self, dir: &Path) -> Result<(), BuildError> {
         let path = dir.join(RECORD_FILE);
         let json = serde_json::to_string_pretty(self).expect("the record serializes");
         let json = crate::util::redact::redact(&json) + "\n";

@@ -262,6 +262,17 @@ impl ComputeRp {
                 };
                 Some(self.put(&id, kind, &parts, &req, endpoint, api, accounts))
             }
+            "PATCH" if kind == "version" => {
+                let Ok(req) = serde_json::from_str::<Value>(body) else {
+                    return Some(err(
+                        "400 Bad Request",
+                        "InvalidRequestContent",
+                        "The request content was invalid and could not be deserialized.",
+                        "",
+                    ));
+                };
+                Some(self.patch_version(&id, &parts, &req, endpoint, api))
+            }
             _ => Some(err(
                 "405 Method Not Allowed",
                 "MethodNotAllowed",
@@ -601,6 +612,85 @@ impl ComputeRp {
                 "{endpoint}/subscriptions/{}/providers/Microsoft.Compute/locations/{}/operations/{op}?api-version={api}",
                 parts[1],
                 norm(location)
+            ),
+        ));
+        a.headers
+            .push(("Retry-After".into(), self.knobs.retry_after.to_string()));
+        a
+    }
+
+    /// `PATCH …/versions/{v}` (Microsoft's REST example
+    /// GalleryImageVersion_Update, GalleryRP 2024-03-03: 200 with the
+    /// version, `Updating`, and an `Azure-AsyncOperation` to poll). What the
+    /// service refuses: a version that is not there (404), a change of its
+    /// source (409 PropertyChangeNotAllowed; the same source again is
+    /// accepted, as the example sends it), a non-boolean excludeFromLatest (400).
+    fn patch_version(
+        &self,
+        id: &str,
+        parts: &[&str],
+        req: &Value,
+        endpoint: &str,
+        api: &str,
+    ) -> Answer {
+        let mut resources = self.resources.lock().unwrap();
+        let Some(resource) = resources.get_mut(&id.to_lowercase()) else {
+            return err(
+                "404 Not Found",
+                "ResourceNotFound",
+                &format!(
+                    "The Resource 'Microsoft.Compute/galleries/{}/images/{}/versions/{}' under resource group '{}' was not found.",
+                    parts[7], parts[9], parts[11], parts[3]
+                ),
+                "",
+            );
+        };
+        let p = &req["properties"];
+        // The example sends the version's source again; what differs from
+        // what the version was made from is refused.
+        let mut after = resource.clone();
+        merge(&mut after, req);
+        if after["properties"]["storageProfile"] != resource["properties"]["storageProfile"] {
+            return err(
+                "409 Conflict",
+                "PropertyChangeNotAllowed",
+                "Changing property 'galleryImageVersion.properties.storageProfile.source.id' is not allowed.",
+                "galleryImageVersion.properties.storageProfile.source.id",
+            );
+        }
+        let x = &p["publishingProfile"]["excludeFromLatest"];
+        if !x.is_null() && !x.is_boolean() {
+            return err(
+                "400 Bad Request",
+                "InvalidParameter",
+                &format!("The value '{x}' of parameter 'excludeFromLatest' is invalid."),
+                "excludeFromLatest",
+            );
+        }
+        merge(resource, req);
+        resource["properties"]["provisioningState"] = "Updating".into();
+        let location = resource["location"]
+            .as_str()
+            .unwrap_or("westus2")
+            .to_string();
+        let answer = resource.clone();
+        drop(resources);
+        let op = format!("{:08x}-op-update", self.ops.lock().unwrap().len() + 1);
+        self.ops.lock().unwrap().insert(
+            op.clone(),
+            Op {
+                resource: id.to_lowercase(),
+                polls_left: self.knobs.polls,
+                failure: None,
+            },
+        );
+        let mut a = ok("200 OK", &answer);
+        a.headers.push((
+            "Azure-AsyncOperation".into(),
+            format!(
+                "{endpoint}/subscriptions/{}/providers/Microsoft.Compute/locations/{}/operations/{op}?api-version={api}",
+                parts[1],
+                norm(&location)
             ),
         ));
         a.headers

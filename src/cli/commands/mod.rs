@@ -73,6 +73,7 @@ pub fn run(cli: Cli) -> Result<i32, AppError> {
         Command::Replicate(args) => replicate(args),
         Command::Upload(args) => upload(args),
         Command::Publish(args) => publish(args),
+        Command::Promote(args) => promote(args),
         Command::Validate(args) => validate(args),
         Command::BootCheck(args) => boot_check(args),
         Command::BootStandIn { role, dir } => boot_stand_in(&role, &dir),

@@ -94,3 +94,96 @@ pub(super) fn publish(args: crate::cli::args::PublishArgs) -> Result<i32, AppErr
     }
     Ok(exit::OK)
 }
+
+/// `promote`: the gates from the build's record, then the version into
+/// `latest`, then the record says so.
+pub(super) fn promote(args: crate::cli::args::PromoteArgs) -> Result<i32, AppError> {
+    use crate::pipeline::promote::{Refusal, gates};
+    let dir = std::path::PathBuf::from(&args.target);
+    let (version, checks, record) = if dir.is_dir() {
+        let record =
+            crate::pipeline::BuildRecord::read(&dir).map_err(|e| AppError::Build(Box::new(e)))?;
+        match gates(&record, &dir, &args.fail_on) {
+            Ok((version, checks)) => (version, checks, Some(record)),
+            Err(Refusal::Input { message, hint }) => return Err(AppError::refused(message, hint)),
+            Err(Refusal::Gate { failed }) => {
+                return Err(AppError::Rejected {
+                    message: format!(
+                        "{}: not promoted, a gate failed:\n{}",
+                        dir.display(),
+                        failed
+                            .iter()
+                            .map(|f| format!("  FAIL {f}"))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    ),
+                    hint: Some(
+                        "fix the image and build it again; the version stays out of `latest`"
+                            .into(),
+                    ),
+                });
+            }
+        }
+    } else if args.target.starts_with("/subscriptions/") {
+        if !args.fail_on.is_empty() {
+            return Err(AppError::refused(
+                "--fail-on needs a build directory: a version id has no inspection to diff",
+                "give the build directory instead of the version id",
+            ));
+        }
+        crate::util::term::warning(
+            "a version id has no build record: promoted without checking its validation or boot check",
+        );
+        (
+            args.target.clone(),
+            vec!["none: a version id without a build record".to_string()],
+            None,
+        )
+    } else {
+        return Err(AppError::refused(
+            format!(
+                "`{}` is neither a build directory nor a gallery version id",
+                args.target
+            ),
+            "give the build directory (`imgforge status` lists them) or /subscriptions/…/versions/V",
+        ));
+    };
+    for c in &checks {
+        crate::util::term::status("Checked", c);
+    }
+    // One promote of a build at a time, as one build per directory.
+    let _lock = match &record {
+        Some(_) => Some(crate::util::lock::try_lock(&dir).map_err(|e| AppError::refused_by(&e))?),
+        None => None,
+    };
+    let rt = runtime()?;
+    let (cancel, _signals) = stop_on_interrupt();
+    let promotion = rt.block_on(crate::publish::promote(
+        &version,
+        checks,
+        std::time::Duration::from_secs(args.timeout),
+        &cancel,
+    ))?;
+    if let Some(mut record) = record {
+        record.promotion = Some(promotion.clone());
+        record
+            .write(&dir)
+            .map_err(|e| AppError::Build(Box::new(e)))?;
+    }
+    if args.json {
+        print_stdout(&to_json(&promotion))?;
+    } else {
+        crate::util::term::status(
+            "Promoted",
+            &if promotion.changed {
+                format!("{} is in `latest` now", promotion.version_id)
+            } else {
+                format!(
+                    "{} was already in `latest`: nothing changed",
+                    promotion.version_id
+                )
+            },
+        );
+    }
+    Ok(exit::OK)
+}
