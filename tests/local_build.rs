@@ -500,6 +500,17 @@ echo "probe: no direct route out"
 "#,
     );
 
+    // `init --base-image` reads what the file is: Debian 12, not the default.
+    let r = run(imgforge().args(["init", "-", "--base-image"]).arg(base));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("distro = \"debian-12\""), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("read from the base image's /etc/os-release"),
+        "{}",
+        r.stdout
+    );
+
     // The wrong distro is refused from the file, before anything boots.
     let wrong = dir.join("wrong.toml");
     write(&wrong, &text("ubuntu-24.04"));

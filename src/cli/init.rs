@@ -56,14 +56,22 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
     let local = args.builder == "local" || args.base_image.is_some();
     // The local builder from nothing reaches Debian's archive only: its
     // natural distro; from a base image, the distro Batch runs.
-    let key = args
-        .distro
-        .as_deref()
-        .unwrap_or(if local && args.base_image.is_none() {
-            "debian-12"
-        } else {
-            "ubuntu-24.04"
-        });
+    // A base image says what it is: a fixed VHD is read offline for it.
+    let from_file = match (&args.distro, &args.base_image) {
+        (None, Some(b)) if !b.starts_with("https://") && !b.starts_with("http://") => {
+            crate::packer::base::distro_of(Path::new(b)).map(|d| d.key)
+        }
+        _ => None,
+    };
+    let key =
+        args.distro
+            .as_deref()
+            .or(from_file)
+            .unwrap_or(if local && args.base_image.is_none() {
+                "debian-12"
+            } else {
+                "ubuntu-24.04"
+            });
     let distro = catalog::DISTROS
         .iter()
         .find(|d| d.key == key)
@@ -140,6 +148,12 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
          # The README's \"The manifest\" section describes every key.\n",
         env!("CARGO_PKG_VERSION"),
     );
+    if from_file.is_some() {
+        let _ = writeln!(
+            t,
+            "# image.distro was read from the base image's /etc/os-release"
+        );
+    }
     let _ = writeln!(t, "[image]");
     let _ = writeln!(t, "name = \"{name}\"");
     let _ = writeln!(t, "os = \"{os}\"");

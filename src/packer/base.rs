@@ -318,6 +318,21 @@ pub fn after_build(dir: &Path) -> u64 {
     freed
 }
 
+/// The catalog distro a fixed VHD's `/etc/os-release` names, read offline
+/// (for `init --base-image` without `--distro`); `None` for a packed or
+/// other-format file, or an OS the catalog does not know.
+pub fn distro_of(path: &Path) -> Option<&'static crate::spec::catalog::Distro> {
+    if !is_fixed_vhd(path) {
+        return None;
+    }
+    let (os, _) = read_os(path, &path.display().to_string()).ok()?;
+    let id = crate::validate::checks::key_value(&os, "ID")?;
+    let version = crate::validate::checks::key_value(&os, "VERSION_ID")?;
+    crate::spec::catalog::DISTROS
+        .iter()
+        .find(|d| d.azure_base.is_some() && crate::validate::checks::os_matches(d, &id, &version))
+}
+
 fn io(path: &Path, what: &str) -> impl Fn(std::io::Error) -> BaseError {
     let context = format!("{what} ({})", path.display());
     move |source| BaseError::Io {
