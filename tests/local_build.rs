@@ -529,7 +529,9 @@ echo "probe: no direct route out"
     write(&m, &text("debian-12"));
     let out = dir.join("build");
     let before = host_state();
-    let r = run(&mut build(&m, &out, &[]));
+    // A relative build directory, as the default `.imgforge/builds/…` is:
+    // Packer and QEMU run inside it, so every path they get must be absolute.
+    let r = run(build(&m, Path::new("build"), &[]).current_dir(&dir));
     assert_eq!(r.code, 0, "{}", r.all());
     let rec = record(&out);
     let packer = stage(&rec, "packer_build")["detail"]

@@ -265,8 +265,9 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
         );
     }
     let _ = writeln!(t, "\n[features]");
-    if local && args.base_image.is_none() {
-        // The local builder's root reaches Debian's archive, not Docker's.
+    if local && (args.base_image.is_none() || distro.os_release_id == "debian") {
+        // The local builder's root reaches Debian's archive, not Docker's;
+        // a Debian base gets Debian's docker.io as the root does.
         let _ = writeln!(
             t,
             "# SSH and Docker are always built in.\ndocker = {{ source = \"distro\" }}   # Debian's docker.io: this machine reaches Debian's archive, not Docker's"

@@ -109,6 +109,10 @@ pub fn prepare(
     dir: &Path,
     stand_in: &Path,
 ) -> Result<Prepared, BaseError> {
+    // Absolute: Packer, QEMU and the stand-ins run in the build directory,
+    // so a path relative to where imgforge was started would not resolve
+    // (`--out` defaults to the relative .imgforge/builds/…).
+    let dir = &std::path::absolute(dir).map_err(io(dir, "resolving the build directory"))?;
     let work = dir.join("work");
     std::fs::create_dir_all(&work).map_err(io(&work, "making the work directory"))?;
     let name = redact_query(&base.source).to_string();
