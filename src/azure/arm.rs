@@ -1,5 +1,9 @@
-//! Azure Resource Manager, read-only: which storage accounts a subscription
-//! holds and where, and how a Batch account allocates its pools.
+//! Azure Resource Manager: the signed-in client every Resource Manager call
+//! goes through (`Arm::connect`, one `send` with its token renewal, retries
+//! and bounded answers) — `compute` writes images, gallery versions and
+//! promotions through it — and the two reads of its own: which storage
+//! accounts a subscription holds and where, and how a Batch account
+//! allocates its pools.
 //!
 //! `GET {endpoint}/subscriptions/{id}/providers/Microsoft.Storage/storageAccounts`
 //! answers `{"value": [{"id", "name", "location", …}], "nextLink"?}`; the

@@ -1,4 +1,6 @@
-//! Small HTTP helpers shared by the Azure clients (storage, entra, arm).
+//! Small HTTP helpers shared by the Azure clients (storage, entra, arm and
+//! the compute calls made through it, batch): the one client builder, the
+//! retry policy, bounded bodies.
 //!
 //! Two rules hold for every request that carries a credential (a key's
 //! signature, a bearer token, a SAS, a client secret, or a copy source with
