@@ -33,29 +33,7 @@ case "$state" in
       systemctl list-jobs --no-pager 2>&1 | evidence 10 ;;
   *) row settled fail "systemd settled in ${took} s as '$state'" ;;
 esac
-
-# Failed units, each with its last journal lines. None is excused by its
-# name; only a unit that needs hardware this VM lacks is a warning.
-real=''
-hardware=''
-for u in $(systemctl list-units --failed --plain --no-legend --no-pager 2>/dev/null | awk '{print $1}'); do
-  excused=''
-  for h in $HARDWARE; do
-    case "$u" in *"$h"*) excused=1 ;; esac
-  done
-  if [ -n "$excused" ]; then hardware="$hardware $u"; else real="$real $u"; fi
-done
-if [ -n "$real" ]; then
-  row units fail "units failed:$real"
-  for u in $real; do
-    echo "$u:"
-    journalctl -b -u "$u" -n 8 --no-pager -o cat 2>&1
-  done | evidence 60
-elif [ -n "$hardware" ]; then
-  row units warn "only units that need hardware this VM lacks (GPU, InfiniBand) failed:$hardware"
-else
-  row units pass "no unit failed"
-fi
+settled_at=$(date +%s)
 
 # cloud-init provisioned the node from Azure's datasource.
 if command -v cloud-init >/dev/null 2>&1; then
@@ -222,4 +200,34 @@ elif command -v firewall-cmd >/dev/null 2>&1; then
   firewall-cmd --list-all 2>&1 | evidence 20
 else
   row firewall-rules fail "no host firewall (ufw or firewalld) in the image"
+fi
+
+# Failed units, each with its last journal lines. None is excused by its
+# name; only a unit that needs hardware this VM lacks is a warning. Read
+# last, and no sooner than UNIT_GRACE_S seconds after systemd said it had
+# settled: a service counts as started when its process starts, so one that
+# dies on its first work (20 s in) fails after "running" — the other checks
+# usually take that long, but not always.
+UNIT_GRACE_S=30
+waited=$(( $(date +%s) - settled_at ))
+if [ "$waited" -lt "$UNIT_GRACE_S" ]; then sleep $(( UNIT_GRACE_S - waited )); fi
+real=''
+hardware=''
+for u in $(systemctl list-units --failed --plain --no-legend --no-pager 2>/dev/null | awk '{print $1}'); do
+  excused=''
+  for h in $HARDWARE; do
+    case "$u" in *"$h"*) excused=1 ;; esac
+  done
+  if [ -n "$excused" ]; then hardware="$hardware $u"; else real="$real $u"; fi
+done
+if [ -n "$real" ]; then
+  row units fail "units failed:$real"
+  for u in $real; do
+    echo "$u:"
+    journalctl -b -u "$u" -n 8 --no-pager -o cat 2>&1
+  done | evidence 60
+elif [ -n "$hardware" ]; then
+  row units warn "only units that need hardware this VM lacks (GPU, InfiniBand) failed:$hardware"
+else
+  row units pass "no unit failed"
 fi
