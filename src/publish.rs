@@ -487,50 +487,7 @@ async fn gallery_version(
     record: &mut PublishRecord,
 ) -> Result<(), PublishError> {
     let blob_url = record.blob_url.clone();
-    let gid = compute::gallery_id(subscription, &g.resource_group, &g.name);
-    if arm
-        .get_resource("Get Gallery", &gid, GALLERY_API, None)
-        .await?
-        .is_none()
-    {
-        return Err(refused(
-            format!(
-                "gallery `{}` does not exist in resource group `{}`",
-                g.name, g.resource_group
-            ),
-            format!(
-                "create it: az sig create -g {} -r {} -l {} (imgforge creates image definitions and versions, not galleries)",
-                g.resource_group, g.name, plan.location
-            ),
-        ));
-    }
-    let did = compute::definition_id(&gid, &g.definition);
-    let definition = json!({
-        "location": plan.location,
-        "properties": {
-            "osType": plan.os_type,
-            "osState": "Generalized",
-            "hyperVGeneration": plan.hyper_v_generation.as_str(),
-            "identifier": {"publisher": g.publisher, "offer": g.offer, "sku": g.sku},
-            // Said even when standard: definitions made with this API
-            // version are TrustedLaunchSupported unless told otherwise.
-            "features": [{
-                "name": "SecurityType",
-                "value": plan.security_type.feature_value().unwrap_or("Standard"),
-            }],
-        }
-    });
-    ensure(
-        arm,
-        "Create Gallery Image Definition",
-        &did,
-        GALLERY_API,
-        &definition,
-        |existing| check_definition(existing, plan, &g.definition),
-        wait,
-        &mut record.reused,
-    )
-    .await?;
+    let did = ensure_definition(arm, plan, g, subscription, wait, &mut record.reused).await?;
     let vid = compute::version_id(&did, &g.version);
     let version = json!({
         "location": plan.location,
@@ -617,6 +574,108 @@ async fn gallery_version(
     Ok(())
 }
 
+/// The gallery must exist (imgforge creates definitions and versions, not
+/// galleries); the image definition is created when absent — with the
+/// image's generation, security type and purchase plan — and checked
+/// against the image when present. Returns the definition's id.
+async fn ensure_definition(
+    arm: &mut Arm,
+    plan: &PublishPlan,
+    g: &crate::spec::publish::GalleryPlan,
+    subscription: &str,
+    wait: &mut Wait<'_>,
+    reused: &mut Vec<String>,
+) -> Result<String, PublishError> {
+    let gid = compute::gallery_id(subscription, &g.resource_group, &g.name);
+    if arm
+        .get_resource("Get Gallery", &gid, GALLERY_API, None)
+        .await?
+        .is_none()
+    {
+        return Err(refused(
+            format!(
+                "gallery `{}` does not exist in resource group `{}`",
+                g.name, g.resource_group
+            ),
+            format!(
+                "create it: az sig create -g {} -r {} -l {} (imgforge creates image definitions and versions, not galleries)",
+                g.resource_group, g.name, plan.location
+            ),
+        ));
+    }
+    let did = compute::definition_id(&gid, &g.definition);
+    let mut definition = json!({
+        "location": plan.location,
+        "properties": {
+            "osType": plan.os_type,
+            "osState": "Generalized",
+            "hyperVGeneration": plan.hyper_v_generation.as_str(),
+            "identifier": {"publisher": g.publisher, "offer": g.offer, "sku": g.sku},
+            // Said even when standard: definitions made with this API
+            // version are TrustedLaunchSupported unless told otherwise.
+            "features": [{
+                "name": "SecurityType",
+                "value": plan.security_type.feature_value().unwrap_or("Standard"),
+            }],
+        }
+    });
+    if let Some(p) = &plan.purchase_plan {
+        definition["properties"]["purchasePlan"] =
+            json!({"name": p.name, "publisher": p.publisher, "product": p.product});
+    }
+    ensure(
+        arm,
+        "Create Gallery Image Definition",
+        &did,
+        GALLERY_API,
+        &definition,
+        |existing| check_definition(existing, plan, &g.definition),
+        wait,
+        reused,
+    )
+    .await?;
+    Ok(did)
+}
+
+/// Before an azure-arm build that publishes to a gallery: Packer writes the
+/// version into an existing definition and learns that it is missing, or
+/// does not fit the image, only when the build's minutes are spent. Signs in
+/// as `publish` does, then makes sure of the gallery and the definition.
+/// Returns what was done, in words.
+pub async fn prepare_gallery(plan: &PublishPlan, opts: &Options) -> Result<String, PublishError> {
+    let Some(g) = &plan.gallery else {
+        return Ok("no gallery to prepare".into());
+    };
+    let missing = missing_variables();
+    if !missing.is_empty() {
+        return Err(PublishError::Credentials(missing));
+    }
+    let subscription = std::env::var("ARM_SUBSCRIPTION_ID").unwrap_or_default();
+    let principal = crate::azure::entra::ServicePrincipal::from_env()
+        .ok_or_else(|| PublishError::Credentials(missing_variables()))?;
+    let mut arm = Arm::connect(&crate::azure::arm::endpoint_from_env(), &principal).await?;
+    let mut progress = |line: &str| crate::util::term::status("Preparing", line);
+    let mut wait = Wait {
+        timeout: opts.timeout,
+        cancel: &opts.cancel,
+        progress: &mut progress,
+        every: Duration::from_secs(30),
+    };
+    let mut reused = Vec::new();
+    let did = ensure_definition(&mut arm, plan, g, &subscription, &mut wait, &mut reused).await?;
+    let plan_words = plan
+        .purchase_plan
+        .map(|p| format!(", purchase plan {}/{}/{}", p.publisher, p.product, p.name))
+        .unwrap_or_default();
+    Ok(format!(
+        "{} {did} (Hyper-V {}, {}{plan_words}); Packer publishes version {} into it",
+        if reused.is_empty() { "created" } else { "kept" },
+        plan.hyper_v_generation.as_str(),
+        plan.security_type.as_str(),
+        g.version
+    ))
+}
+
 /// A gallery image definition that exists must fit the image: generalized,
 /// the same OS and generation, and not Trusted Launch (Batch refuses those).
 fn check_definition(existing: &Value, plan: &PublishPlan, name: &str) -> Result<(), PublishError> {
@@ -652,6 +711,43 @@ fn check_definition(existing: &Value, plan: &PublishPlan, name: &str) -> Result<
                 plan.hyper_v_generation.as_str()
             ),
             fix,
+        ));
+    }
+    let have_plan = &p["purchasePlan"];
+    let have_words = |k: &str| have_plan[k].as_str().unwrap_or("").to_string();
+    let same_plan = match plan.purchase_plan {
+        None => have_plan.is_null(),
+        Some(want) => {
+            have_words("name").eq_ignore_ascii_case(want.name)
+                && have_words("publisher").eq_ignore_ascii_case(want.publisher)
+                && have_words("product").eq_ignore_ascii_case(want.product)
+        }
+    };
+    if !same_plan {
+        let have_desc = if have_plan.is_null() {
+            "no purchase plan".to_string()
+        } else {
+            format!(
+                "purchase plan {}/{}/{}",
+                have_words("publisher"),
+                have_words("product"),
+                have_words("name")
+            )
+        };
+        let want_desc = plan.purchase_plan.map_or(
+            "carries none (a VHD built on this machine, or a base without a plan)".to_string(),
+            |w| {
+                format!(
+                    "carries {}/{}/{} from its marketplace base",
+                    w.publisher, w.product, w.name
+                )
+            },
+        );
+        return Err(refused(
+            format!(
+                "image definition `{name}` has {have_desc}; the image {want_desc}: a gallery definition must repeat its image's purchase plan exactly (Batch: batch-sig-images)"
+            ),
+            "a definition's purchase plan cannot change: use another build.gallery.image_definition (imgforge creates it with the image's plan)",
         ));
     }
     use crate::azure::compute::{RunsOn, runs_on, security_type};

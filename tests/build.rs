@@ -802,3 +802,103 @@ fn gallery_version_names_this_builds_version_and_a_resume_keeps_it() {
         r.stderr
     );
 }
+
+/// An azure-arm build into a gallery from a base with a purchase plan
+/// (Rocky Linux 9): Packer's build VM names the plan, and the image
+/// definition Packer publishes into is created with it before Packer runs —
+/// or, when it exists without it, refused before the build's minutes.
+#[test]
+fn an_azure_arm_gallery_build_makes_its_definition_with_the_bases_purchase_plan_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let calls = tmp.path().join("calls");
+    let wrapper = tmp.path().join("packer");
+    // Packer validates for real; its build would need Azure: it records and fails.
+    write(
+        &wrapper,
+        &format!(
+            "#!/bin/sh\necho \"$1\" >> '{}'\n[ \"$1\" = build ] && exit 1\nexec packer \"$@\"\n",
+            calls.display()
+        ),
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let definition_id = format!(
+        "/subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/images-westus2/providers/Microsoft.Compute/galleries/imgforge_gallery/images/rocky9-nfs"
+    );
+    let build = |arm: &ArmReplay, dir: &str| {
+        let _ = std::fs::remove_file(&calls);
+        run(imgforge()
+            .env("AZURE_AUTHORITY_HOST", arm.endpoint())
+            .env("IMGFORGE_ARM_ENDPOINT", arm.endpoint())
+            .env("ARM_SUBSCRIPTION_ID", ARM_SUBSCRIPTION)
+            .env("IMGFORGE_PACKER", &wrapper)
+            .arg("build")
+            .arg(repo().join("contrib/rocky9-nfs.toml"))
+            .arg("--out")
+            .arg(tmp.path().join(dir)))
+    };
+
+    let arm = ArmReplay::start(ArmExpect::env_principal());
+    let r = build(&arm, "first");
+    // The definition was made, then the (recording) Packer build failed.
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("created ")
+            && r.stderr
+                .contains("purchase plan resf/rockylinux-x86_64/9-base); Packer publishes version 1.0.0 into it"),
+        "{}",
+        r.stderr
+    );
+    let made = arm
+        .compute
+        .resource(&definition_id)
+        .expect("definition created");
+    assert_eq!(
+        made["properties"]["purchasePlan"],
+        serde_json::json!({"name": "9-base", "publisher": "resf", "product": "rockylinux-x86_64"}),
+        "{made:#}"
+    );
+    assert_eq!(made["properties"]["hyperVGeneration"], "V2");
+    let called = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(called.contains("build"), "Packer did not build: {called}");
+    // Packer's build VM names the plan too.
+    let packer: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("first/packer.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        packer["builders"][0]["plan_info"],
+        serde_json::json!({"plan_name": "9-base", "plan_product": "rockylinux-x86_64", "plan_publisher": "resf"})
+    );
+    assert!(!r.all().contains(CANARY));
+
+    // The definition exists without the plan (made for another base):
+    // refused before Packer builds.
+    let arm = ArmReplay::start_with(
+        ArmExpect::env_principal(),
+        compute::Knobs {
+            definitions: vec![(
+                "images-westus2".into(),
+                "imgforge_gallery".into(),
+                "rocky9-nfs".into(),
+                serde_json::json!({"hyperVGeneration": "V2"}),
+            )],
+            ..compute::Knobs::default()
+        },
+    );
+    let r = build(&arm, "second");
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains(
+            "image definition `rocky9-nfs` has no purchase plan; the image carries resf/rockylinux-x86_64/9-base from its marketplace base"
+        ),
+        "{}",
+        r.stderr
+    );
+    let called = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(!called.contains("build"), "Packer built: {called}");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("second/build.json")).unwrap())
+            .unwrap();
+    assert_eq!(rec["failed_stage"], "packer_build");
+}

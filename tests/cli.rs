@@ -316,6 +316,18 @@ fn init_writes_manifests_that_plan_accepts() {
         "{}",
         r.stderr
     );
+    // A distro mmdebstrap cannot make is built locally only from its
+    // Azure disk image, and init says where that image comes from.
+    let r = run(imgforge().args(["init", "-", "--distro", "rocky-9", "--builder", "local"]));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("cannot build rocky-9 from scratch")
+            && r.stderr.contains(
+                "give --base-image FILE (Rocky Linux's Azure image: https://dl.rockylinux.org/"
+            ),
+        "{}",
+        r.stderr
+    );
     // `--distro` completes the catalog's distros, not file names.
     let r = run(imgforge().args(["completions", "bash"]));
     assert!(
@@ -331,6 +343,7 @@ fn catalog_lists_distros_with_their_node_agents_and_features() {
     for want in [
         "ubuntu-16.04   linux    batch.node.ubuntu 16.04    retired 2021-05-21",
         "almalinux-9",
+        "resf:rockylinux-x86_64:9-base (purchase plan resf/rockylinux-x86_64/9-base)",
         "glusterfs_server   60-glusterfs.sh  24007, 24008, 49152",
     ] {
         assert!(r.stdout.contains(want), "{want}:\n{}", r.stdout);

@@ -318,6 +318,23 @@ fn refusals_name_the_cause_and_the_fix() {
     let r = publish_cmd(&az, &arm, &m, &vhd);
     assert_eq!(r.code, 0, "{}", r.all());
 
+    // A definition made for a marketplace image with a purchase plan: a VHD
+    // built here carries none, and a definition's plan cannot change.
+    let arm = with_definition(json!({
+        "hyperVGeneration": "V2",
+        "purchasePlan": {"name": "9-base", "publisher": "resf", "product": "rockylinux-x86_64"}
+    }));
+    let r = publish_cmd(&az, &arm, &m, &vhd);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("has purchase plan resf/rockylinux-x86_64/9-base; the image carries none")
+            && r.stderr
+                .contains("use another build.gallery.image_definition"),
+        "{}",
+        r.stderr
+    );
+
     // A Generation 1 definition for a Generation 2 image.
     let arm = with_definition(json!({"hyperVGeneration": "V1"}));
     let r = publish_cmd(&az, &arm, &m, &vhd);

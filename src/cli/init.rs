@@ -94,10 +94,17 @@ pub fn manifest_text(args: &InitArgs, path: &Path) -> Result<String, InitError> 
             .filter(|d| d.local.is_some())
             .map(|d| d.key)
             .collect();
+        let from_base = distro
+            .base_download()
+            .map(|d| format!("give --base-image FILE ({d}), "))
+            .unwrap_or_default();
         return Err(InitError::Refused {
-            message: format!("the local builder cannot build {}", distro.key),
+            message: format!(
+                "the local builder cannot build {} from scratch (mmdebstrap makes only Debian and Ubuntu roots)",
+                distro.key
+            ),
             hint: format!(
-                "use --distro {} with --builder local (the archives this machine reaches), or --builder azure-arm",
+                "{from_base}use --distro {} with --builder local, or --builder azure-arm",
                 local_ones.join(" or --distro ")
             ),
         });

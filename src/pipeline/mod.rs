@@ -897,6 +897,7 @@ impl Run<'_> {
         }
         if self.plan.local.is_none() && uses_azure_arm(&self.dir) {
             self.sign_in()?;
+            self.prepare_gallery()?;
         }
         let log_path = self.dir.join(LOG_FILE);
         let mut log_file = create_no_follow(&log_path).map_err(|source| BuildError::Write {
@@ -988,6 +989,27 @@ impl Run<'_> {
             "Signed in",
             &format!("as {} (the principal Packer uses)", principal.client_id),
         );
+        Ok(())
+    }
+
+    /// An azure-arm build into a gallery: the image definition Packer
+    /// publishes into is made (or checked against the image: generation,
+    /// security type, the base's purchase plan) before the build's minutes.
+    fn prepare_gallery(&mut self) -> Result<(), BuildError> {
+        let Some(publish) = self.plan.publish.as_ref().filter(|p| p.gallery.is_some()) else {
+            return Ok(());
+        };
+        let opts = crate::publish::Options {
+            blob_endpoint: self.opts.blob_endpoint.clone(),
+            parallel: self.opts.parallel,
+            show_progress: self.opts.show_progress,
+            cancel: self.cancel.clone(),
+            timeout: self.opts.publish_timeout,
+        };
+        let done = self
+            .rt()?
+            .block_on(crate::publish::prepare_gallery(publish, &opts))?;
+        crate::util::term::status("Prepared", &done);
         Ok(())
     }
 

@@ -51,6 +51,30 @@ pub struct MarketplaceImage {
     /// The SKU is a Generation 2 (UEFI) image: what an azure-arm build from
     /// it publishes, and what most of today's Batch VM sizes boot.
     pub gen2: bool,
+    /// The image's Marketplace purchase plan, where it has one.
+    pub plan: Option<PurchasePlan>,
+}
+
+/// A Marketplace image's purchase plan. A VM made from such an image (Packer's
+/// build VM too) must name it, every image built from it keeps it, a gallery
+/// image definition of such an image must repeat it (Learn: batch-sig-images,
+/// "purchase plan identical to the base's"), and each subscription that
+/// creates VMs from it must have accepted its terms once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PurchasePlan {
+    pub publisher: &'static str,
+    pub product: &'static str,
+    pub name: &'static str,
+}
+
+impl PurchasePlan {
+    /// The command that accepts the plan's terms for the current subscription.
+    pub fn accept_terms(&self) -> String {
+        format!(
+            "az vm image terms accept --publisher {} --offer {} --plan {}",
+            self.publisher, self.product, self.name
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -165,16 +189,26 @@ pub fn distro_by_agent(agent: &str) -> Option<&'static Distro> {
 /// the Linux distros whose node agent a primary source names and Batch has
 /// not retired, read from [`DISTROS`] (no hand-written copy of the dates).
 pub fn current_linux(today: &str) -> String {
-    let names: Vec<String> = DISTROS
+    // Distros sharing a node agent are named together: "almalinux-9/rocky-9
+    // (batch.node.el 9)".
+    let mut groups: Vec<(Vec<&str>, String)> = Vec::new();
+    for d in DISTROS
         .iter()
         .filter(|d| d.os == Os::Linux && d.node_agent_verified)
-        .filter_map(|d| match d.agent_status(today) {
-            AgentStatus::Supported => Some(format!("{} ({})", d.key, d.node_agent)),
-            AgentStatus::Ends { date, .. } => {
-                Some(format!("{} ({}, until {date})", d.key, d.node_agent))
-            }
-            AgentStatus::Retired { .. } => None,
-        })
+    {
+        let agent = match d.agent_status(today) {
+            AgentStatus::Supported => d.node_agent.to_string(),
+            AgentStatus::Ends { date, .. } => format!("{}, until {date}", d.node_agent),
+            AgentStatus::Retired { .. } => continue,
+        };
+        match groups.iter_mut().find(|(_, a)| *a == agent) {
+            Some((keys, _)) => keys.push(d.key),
+            None => groups.push((vec![d.key], agent)),
+        }
+    }
+    let names: Vec<String> = groups
+        .iter()
+        .map(|(keys, agent)| format!("{} ({agent})", keys.join("/")))
         .collect();
     match names.split_last() {
         Some((last, [])) => last.clone(),
@@ -242,6 +276,7 @@ pub const DISTROS: &[Distro] = &[
             offer: "UbuntuServer",
             sku: "16.04-LTS",
             gen2: false,
+            plan: None,
         },
         None,
         "batch.node.ubuntu 16.04",
@@ -260,6 +295,7 @@ pub const DISTROS: &[Distro] = &[
             offer: "UbuntuServer",
             sku: "18.04-LTS",
             gen2: false,
+            plan: None,
         },
         None,
         "batch.node.ubuntu 18.04",
@@ -278,12 +314,14 @@ pub const DISTROS: &[Distro] = &[
             offer: "0001-com-ubuntu-server-focal",
             sku: "20_04-lts",
             gen2: false,
+            plan: None,
         },
         Some(MarketplaceImage {
             publisher: "microsoft-dsvm",
             offer: "ubuntu-hpc",
             sku: "2004",
             gen2: true,
+            plan: None,
         }),
         "batch.node.ubuntu 20.04",
         "20.04",
@@ -301,12 +339,14 @@ pub const DISTROS: &[Distro] = &[
             offer: "0001-com-ubuntu-server-jammy",
             sku: "22_04-lts-gen2",
             gen2: true,
+            plan: None,
         },
         Some(MarketplaceImage {
             publisher: "microsoft-dsvm",
             offer: "ubuntu-hpc",
             sku: "2204",
             gen2: true,
+            plan: None,
         }),
         "batch.node.ubuntu 22.04",
         "22.04",
@@ -324,12 +364,14 @@ pub const DISTROS: &[Distro] = &[
             offer: "ubuntu-24_04-lts",
             sku: "server",
             gen2: true,
+            plan: None,
         },
         Some(MarketplaceImage {
             publisher: "microsoft-dsvm",
             offer: "ubuntu-hpc",
             sku: "2404",
             gen2: true,
+            plan: None,
         }),
         "batch.node.ubuntu 24.04",
         "24.04",
@@ -345,6 +387,7 @@ pub const DISTROS: &[Distro] = &[
             offer: "debian-12",
             sku: "12-gen2",
             gen2: true,
+            plan: None,
         },
         hpc_base_image: None,
         // No primary source names a Debian 12 node agent (DOMAIN §6): set
@@ -388,12 +431,14 @@ pub const DISTROS: &[Distro] = &[
             offer: "CentOS",
             sku: "7_9",
             gen2: false,
+            plan: None,
         },
         hpc_base_image: Some(MarketplaceImage {
             publisher: "OpenLogic",
             offer: "CentOS-HPC",
             sku: "7_9",
             gen2: false,
+            plan: None,
         }),
         node_agent: "batch.node.centos 7",
         family: PackageFamily::Yum,
@@ -414,76 +459,114 @@ pub const DISTROS: &[Distro] = &[
         local: None,
         azure_base: None,
     },
-    Distro {
-        key: "almalinux-8",
-        os: Os::Linux,
-        base_image: MarketplaceImage {
+    el(
+        "almalinux-8",
+        "almalinux",
+        "8",
+        MarketplaceImage {
             publisher: "almalinux",
             offer: "almalinux-x86_64",
             sku: "8-gen2",
             gen2: true,
+            plan: None,
         },
-        hpc_base_image: Some(MarketplaceImage {
+        Some(MarketplaceImage {
             publisher: "almalinux",
             offer: "almalinux-hpc",
             sku: "8_10-hpc-gen2",
             gen2: true,
+            plan: None,
         }),
-        node_agent: "batch.node.el 8",
-        family: PackageFamily::Dnf,
-        firewall: HostFirewall::Firewalld,
-        ephemeral_mount: "/mnt/resource",
-        docker_data_root: "/mnt/resource/docker",
-        os_release_id: "almalinux",
-        os_release_version: "8",
-        ssh_service: "sshd",
-        nvidia_repo: "rhel8",
-        kernel_packages: &["kernel", "kernel-core", "kernel-modules", "kernel-devel"],
-        codename: "",
-        node_agent_verified: true,
-        agent_end: None,
-        local: None,
-        azure_base: Some(AzureBase {
+        Some(AzureBase {
             download: "AlmaLinux's Azure image: https://repo.almalinux.org/almalinux/8/cloud/x86_64/images/ (the file named Azure), or a VHD exported from a managed disk made from the Marketplace image",
             archive_hosts: &["repo.almalinux.org", "mirrors.almalinux.org"],
             tested: false,
         }),
-    },
-    Distro {
-        key: "almalinux-9",
-        os: Os::Linux,
-        base_image: MarketplaceImage {
+    ),
+    el(
+        "almalinux-9",
+        "almalinux",
+        "9",
+        MarketplaceImage {
             publisher: "almalinux",
             offer: "almalinux-x86_64",
             sku: "9-gen2",
             gen2: true,
+            plan: None,
         },
-        hpc_base_image: Some(MarketplaceImage {
+        Some(MarketplaceImage {
             publisher: "almalinux",
             offer: "almalinux-hpc",
             sku: "9-hpc-gen2",
             gen2: true,
+            plan: None,
         }),
-        node_agent: "batch.node.el 9",
-        family: PackageFamily::Dnf,
-        firewall: HostFirewall::Firewalld,
-        ephemeral_mount: "/mnt/resource",
-        docker_data_root: "/mnt/resource/docker",
-        os_release_id: "almalinux",
-        os_release_version: "9",
-        ssh_service: "sshd",
-        nvidia_repo: "rhel9",
-        kernel_packages: &["kernel", "kernel-core", "kernel-modules", "kernel-devel"],
-        codename: "",
-        node_agent_verified: true,
-        agent_end: None,
-        local: None,
-        azure_base: Some(AzureBase {
+        Some(AzureBase {
             download: "AlmaLinux's Azure image: https://repo.almalinux.org/almalinux/9/cloud/x86_64/images/ (the file named Azure), or a VHD exported from a managed disk made from the Marketplace image",
             archive_hosts: &["repo.almalinux.org", "mirrors.almalinux.org"],
             tested: false,
         }),
-    },
+    ),
+    // Red Hat's pay-as-you-go images carry no purchase plan (billing is by
+    // the image's own meter); their packages come from Red Hat's update
+    // infrastructure on Azure, which no machine outside Azure reaches, so
+    // there is no local build from a downloaded RHEL disk.
+    el(
+        "rhel-8",
+        "rhel",
+        "8",
+        MarketplaceImage {
+            publisher: "RedHat",
+            offer: "RHEL",
+            sku: "8-lvm-gen2",
+            gen2: true,
+            plan: None,
+        },
+        None,
+        None,
+    ),
+    el(
+        "rhel-9",
+        "rhel",
+        "9",
+        MarketplaceImage {
+            publisher: "RedHat",
+            offer: "RHEL",
+            sku: "9-lvm-gen2",
+            gen2: true,
+            plan: None,
+        },
+        None,
+        None,
+    ),
+    // Rocky Linux from its foundation (RESF) carries a purchase plan whose
+    // name is the SKU and product the offer (`az vm image show --urn
+    // resf:rockylinux-x86_64:9-base:latest --query plan`, as quoted in
+    // Microsoft's Azure/ArtistAnywhere scripts and the muchos docs). 9-base is
+    // Generation 2 (it boots the Gen2-only Dsv6 sizes). Rocky 8's SKU is not
+    // in this table: no source we found says its generation.
+    el(
+        "rocky-9",
+        "rocky",
+        "9",
+        MarketplaceImage {
+            publisher: "resf",
+            offer: "rockylinux-x86_64",
+            sku: "9-base",
+            gen2: true,
+            plan: Some(PurchasePlan {
+                publisher: "resf",
+                product: "rockylinux-x86_64",
+                name: "9-base",
+            }),
+        },
+        None,
+        Some(AzureBase {
+            download: "Rocky Linux's Azure image: https://dl.rockylinux.org/pub/rocky/9/images/x86_64/ (the file named Azure; it carries no purchase plan), or a VHD exported from a managed disk made from the Marketplace image",
+            archive_hosts: &["dl.rockylinux.org", "mirrors.rockylinux.org"],
+            tested: false,
+        }),
+    ),
     windows("windows-2019", "2019-datacenter-core-g2"),
     windows("windows-2022", "2022-datacenter-core-g2"),
     windows("windows-2025", "2025-datacenter-core-g2"),
@@ -499,6 +582,7 @@ const fn windows(key: &'static str, sku: &'static str) -> Distro {
             offer: "WindowsServer",
             sku,
             gen2: true,
+            plan: None,
         },
         hpc_base_image: None,
         node_agent: "batch.node.windows amd64",
@@ -516,6 +600,43 @@ const fn windows(key: &'static str, sku: &'static str) -> Distro {
         agent_end: None,
         local: None,
         azure_base: None,
+    }
+}
+
+/// An Enterprise Linux distro (RHEL and its rebuilds): Batch's
+/// `batch.node.el` agent, dnf, firewalld, XFS roots.
+const fn el(
+    key: &'static str,
+    os_release_id: &'static str,
+    version: &'static str,
+    base_image: MarketplaceImage,
+    hpc_base_image: Option<MarketplaceImage>,
+    azure_base: Option<AzureBase>,
+) -> Distro {
+    let (node_agent, nvidia_repo) = match version.as_bytes() {
+        b"8" => ("batch.node.el 8", "rhel8"),
+        _ => ("batch.node.el 9", "rhel9"),
+    };
+    Distro {
+        key,
+        os: Os::Linux,
+        base_image,
+        hpc_base_image,
+        node_agent,
+        family: PackageFamily::Dnf,
+        firewall: HostFirewall::Firewalld,
+        ephemeral_mount: "/mnt/resource",
+        docker_data_root: "/mnt/resource/docker",
+        os_release_id,
+        os_release_version: version,
+        ssh_service: "sshd",
+        nvidia_repo,
+        kernel_packages: &["kernel", "kernel-core", "kernel-modules", "kernel-devel"],
+        codename: "",
+        node_agent_verified: true,
+        agent_end: None,
+        local: None,
+        azure_base,
     }
 }
 
@@ -1023,7 +1144,7 @@ mod tests {
         let today = current_linux("2026-12-03");
         assert_eq!(
             today,
-            "ubuntu-22.04 (batch.node.ubuntu 22.04, until 2027-06-30), ubuntu-24.04 (batch.node.ubuntu 24.04), almalinux-8 (batch.node.el 8) or almalinux-9 (batch.node.el 9)"
+            "ubuntu-22.04 (batch.node.ubuntu 22.04, until 2027-06-30), ubuntu-24.04 (batch.node.ubuntu 24.04), almalinux-8/rhel-8 (batch.node.el 8) or almalinux-9/rhel-9/rocky-9 (batch.node.el 9)"
         );
         // After 22.04's end it drops out by itself; Debian (no agent) never appears.
         let later = current_linux("2027-07-01");

@@ -637,7 +637,7 @@ impl Plan {
                     Os::Windows => "Windows",
                 },
                 pool.max_nodes,
-                base_image.gen2,
+                &base_image,
             ),
             pool,
             warnings,
@@ -658,6 +658,16 @@ impl Plan {
             self.base_image.sku,
             self.node_agent
         );
+        if let (Builder::AzureArm, Some(p)) = (self.builder, self.base_image.plan) {
+            let _ = writeln!(
+                s,
+                "           purchase plan {}/{}/{}: the build VM and every VM from this image need its terms accepted once per subscription (`{}`)",
+                p.publisher,
+                p.product,
+                p.name,
+                p.accept_terms()
+            );
+        }
         let target = match self.target {
             Target::Vhd if self.builder == Builder::Local => {
                 format!(

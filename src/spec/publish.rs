@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::azure::compute;
+use crate::spec::catalog::{MarketplaceImage, PurchasePlan};
 use crate::spec::manifest::{
     BootCheck, Builder, HyperVGeneration, RawManifest, SecurityType, Target,
 };
@@ -43,6 +44,10 @@ pub struct PublishPlan {
     pub gallery: Option<GalleryPlan>,
     /// `[replicate] region`: the Batch account's region.
     pub batch_region: Option<String>,
+    /// The marketplace base's purchase plan, which an azure-arm build keeps:
+    /// the gallery definition must repeat it and the pool's subscription
+    /// must have accepted its terms. A local build's VHD carries none.
+    pub purchase_plan: Option<PurchasePlan>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -96,14 +101,15 @@ pub fn replicas(peak_nodes: u32, k: u32, min: u32) -> (u32, String) {
 }
 
 impl PublishPlan {
-    /// `None` for target = "vhd". `base_gen2`: the azure-arm builder's
-    /// marketplace base is a Generation 2 image.
+    /// `None` for target = "vhd". `base`: the azure-arm builder's
+    /// marketplace base (its generation and purchase plan carry over).
     pub fn new(
         raw: &RawManifest,
         os_type: &'static str,
         peak_nodes: u32,
-        base_gen2: bool,
+        base: &MarketplaceImage,
     ) -> Option<PublishPlan> {
+        let base_gen2 = base.gen2;
         let b = &raw.build;
         if b.target == Target::Vhd {
             return None;
@@ -225,6 +231,9 @@ impl PublishPlan {
             managed_image: b.managed_image_name.clone(),
             gallery,
             batch_region: raw.replicate.region.clone(),
+            purchase_plan: (b.builder == Builder::AzureArm)
+                .then_some(base.plan)
+                .flatten(),
         })
     }
 
@@ -257,6 +266,12 @@ impl PublishPlan {
                 self.security_type.as_str(),
                 self.security_why
             ));
+            if let Some(p) = &self.purchase_plan {
+                s.push_str(&format!(
+                    "           purchase plan {}/{}/{} (the base's): imgforge creates the definition with it before Packer runs; an existing one must carry it\n",
+                    p.publisher, p.product, p.name
+                ));
+            }
             s.push_str(&format!(
                 "           replicas: at least one per {} pool nodes (Azure Batch's rule), at least {} per region{}{}\n",
                 g.nodes_per_replica,

@@ -467,6 +467,20 @@ impl ComputeRp {
                     );
                 }
                 resource = self.fixture("gallery-image.json");
+                // GalleryImage_Create's purchasePlan {name, publisher,
+                // product} (echoed by the merge below): each a non-empty string.
+                if !p["purchasePlan"].is_null() {
+                    for field in ["name", "publisher", "product"] {
+                        if p["purchasePlan"][field].as_str().is_none_or(str::is_empty) {
+                            return bad(
+                                &format!(
+                                    "Required parameter 'purchasePlan.{field}' is missing (null)."
+                                ),
+                                &format!("purchasePlan.{field}"),
+                            );
+                        }
+                    }
+                }
                 if security.is_none() && generation == "V2" {
                     resource["properties"]["features"] =
                         json!([{"name": "SecurityType", "value": "TrustedLaunchSupported"}]);

@@ -48,6 +48,8 @@ pub(super) fn catalog(json: bool) -> Result<i32, AppError> {
         local_builder: bool,
         /// A local build from the distro's Azure disk image (`base_image`).
         local_from_base: bool,
+        /// The marketplace base's purchase plan (publisher/product/name).
+        purchase_plan: Option<String>,
     }
     #[derive(serde::Serialize)]
     struct FeatureRow {
@@ -77,6 +79,10 @@ pub(super) fn catalog(json: bool) -> Result<i32, AppError> {
                 until,
                 local_builder: d.local.is_some(),
                 local_from_base: d.azure_base.is_some(),
+                purchase_plan: d
+                    .base_image
+                    .plan
+                    .map(|p| format!("{}/{}/{}", p.publisher, p.product, p.name)),
             }
         })
         .collect();
@@ -126,7 +132,10 @@ pub(super) fn catalog(json: bool) -> Result<i32, AppError> {
                 (false, true) => "base",
                 (false, false) => "-",
             },
-            d.base_image
+            match &d.purchase_plan {
+                Some(p) => format!("{} (purchase plan {p})", d.base_image),
+                None => d.base_image.clone(),
+            }
         ));
     }
     t.push_str(&format!(
