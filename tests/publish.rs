@@ -750,6 +750,36 @@ fn pool_check_online_follows_a_published_image_to_the_batch_accounts_region() {
             .contains("is replicated to westus2: 1 replica(s), Completed"),
         "{image}"
     );
+    assert!(
+        !image["message"].as_str().unwrap().contains("purchase plan"),
+        "{image}"
+    );
+    // Had the definition been made for a base with a purchase plan, the
+    // pool's nodes are made under it: the check says whose terms to accept.
+    let definition = version_id().rsplitn(3, '/').nth(2).unwrap().to_string();
+    arm.compute.edit(&definition, |d| {
+        d["properties"]["purchasePlan"] =
+            json!({"name": "9-base", "publisher": "resf", "product": "rockylinux-x86_64"});
+    });
+    let (r, f) = pool_check(&arm, &pool, &creds, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let message = f["pool.online.arm-image"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("its definition carries purchase plan resf/rockylinux-x86_64/9-base")
+            && message.contains(
+                "az vm image terms accept --publisher resf --offer rockylinux-x86_64 --plan 9-base"
+            ),
+        "{message}"
+    );
+    arm.compute.edit(&definition, |d| {
+        d["properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("purchasePlan");
+    });
     assert_eq!(f["pool.online.batch-auth"]["status"], "pass", "{f}");
     assert_eq!(f["pool.online.node-agent"]["status"], "pass", "{f}");
     for vhd_only in [

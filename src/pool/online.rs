@@ -464,8 +464,22 @@ async fn check_arm_image(
             .map_err(Unavailable::from),
         Err(e) => Err(e),
     };
+    // A definition with a purchase plan: the pool's nodes are made under it.
+    let mut plan_note = String::new();
     match definition {
         Ok(Some(d)) => {
+            let p = &d["properties"]["purchasePlan"];
+            if let (Some(publisher), Some(product), Some(name)) = (
+                p["publisher"].as_str(),
+                p["product"].as_str(),
+                p["name"].as_str(),
+            ) {
+                plan_note = format!(
+                    "; its definition carries purchase plan {publisher}/{product}/{name}: the \
+                     Batch account's subscription must have accepted its terms once (az vm \
+                     image terms accept --publisher {publisher} --offer {product} --plan {name})"
+                );
+            }
             use crate::azure::compute::{RunsOn, runs_on, security_type};
             let t = security_type(&d);
             // Batch's own body can ask for Trusted Launch nodes.
@@ -547,7 +561,7 @@ async fn check_arm_image(
             ARM_IMAGE,
             format!(
                 "gallery image version {id} (Succeeded) is replicated to {name}: {replicas} \
-                 replica(s), Completed"
+                 replica(s), Completed{plan_note}"
             ),
         ),
         Some((_, state, progress)) => Finding::fail(

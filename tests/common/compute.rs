@@ -787,6 +787,13 @@ impl ComputeRp {
         *self.token_uses.lock().unwrap() = 0;
     }
 
+    /// Changes a stored resource, as another client of Resource Manager
+    /// would have made it (properties a test needs that imgforge never writes).
+    pub fn edit(&self, id: &str, change: impl FnOnce(&mut Value)) {
+        let mut all = self.resources.lock().unwrap();
+        change(all.get_mut(&id.to_lowercase()).expect("stored"));
+    }
+
     /// The resource as stored, for assertions.
     pub fn resource(&self, id: &str) -> Option<Value> {
         self.resources
