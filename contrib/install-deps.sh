@@ -15,7 +15,8 @@
 # is untouched by a build), GNU time (the peak RSS in tests/budget.rs), and
 # bsdutils for `script` (the pseudo-terminal test of the progress bars;
 # Essential on Debian, named so nothing assumes it). Node.js and npm run
-# Azurite (pinned in package.json / package-lock.json).
+# Azurite (pinned in package.json / package-lock.json). rpm (rpmbuild and an
+# SQLite rpmdb, as EL 9 keeps it) makes the package database `inspect` reads.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -23,7 +24,7 @@ sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
 build=(packer shellcheck mmdebstrap fdisk e2fsprogs dosfstools mtools qemu-utils qemu-system-x86 ovmf xorriso openssh-client)
-tests=(fakeroot xfsprogs openssl nftables iptables bsdutils time nodejs npm python3-venv)
+tests=(fakeroot xfsprogs openssl nftables iptables bsdutils time nodejs npm python3-venv rpm)
 case "${1:-}" in
   --build) packages=("${build[@]}") ;;
   "") packages=("${build[@]}" "${tests[@]}") ;;

@@ -270,6 +270,8 @@ enum Target {
     Json(String, fn(&serde_json::Value)),
     /// A text database read as bytes (dpkg's status).
     Text(String, fn(&[u8])),
+    /// A binary record, mutated byte by byte (an RPM header blob).
+    Blob(Vec<u8>, fn(&[u8])),
 }
 
 const TARGETS: &[&str] = &[
@@ -284,6 +286,7 @@ const TARGETS: &[&str] = &[
     "batch-images",
     "arm-accounts",
     "dpkg-status",
+    "rpm-header",
     "stand-in",
 ];
 
@@ -362,6 +365,14 @@ fn setup(name: &str, dir: &Path) -> Target {
             "Package: libc6\nStatus: install ok installed\nPriority: optional\nArchitecture: amd64\nMulti-Arch: same\nSource: glibc\nVersion: 2.36-9+deb12u9\nDepends: libgcc-s1\nDescription: GNU C Library\n Contains the standard libraries.\n .\n More.\n\nPackage: jq\nStatus: hold ok installed\nArchitecture: amd64\nVersion: 1.6-2.1\nSource: jq (1.6-2.1)\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\n".into(),
             |b| {
                 let _ = imgforge::inspect::dpkg::parse(b);
+            },
+        ),
+        // One package's header blob from RPM's database (name, version,
+        // release, arch as rpm's headerExport lays them out).
+        "rpm-header" => Target::Blob(
+            rpm_header_seed(),
+            |b| {
+                let _ = imgforge::inspect::rpmdb::header(b);
             },
         ),
         // What a hostile guest sends the boot check's wire server and IMDS.
@@ -447,6 +458,16 @@ fn run_case(target: &Target, rng: &mut Rng) {
             }
         }
         Target::Text(text, read) => read(&mutate_text(rng, text)),
+        Target::Blob(seed, read) => {
+            let mut b = seed.clone();
+            let len = b.len() as u64;
+            mutate(rng, &mut b, |r| r.below(len) as usize);
+            // Cut short as often as not: lengths are what a header lies about.
+            if rng.below(2) == 0 {
+                b.truncate(rng.below(len + 1) as usize);
+            }
+            read(&b);
+        }
     }
 }
 
@@ -557,4 +578,30 @@ fn fuzz_targets_survive_mutated_inputs() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A header blob with NAME, VERSION, RELEASE and ARCH strings.
+fn rpm_header_seed() -> Vec<u8> {
+    let strings = [
+        (1000u32, "bash"),
+        (1001, "5.1.8"),
+        (1002, "9.el9"),
+        (1022, "x86_64"),
+    ];
+    let mut index = Vec::new();
+    let mut data = Vec::new();
+    for (tag, text) in strings {
+        index.extend(tag.to_be_bytes());
+        index.extend(6u32.to_be_bytes());
+        index.extend((data.len() as u32).to_be_bytes());
+        index.extend(1u32.to_be_bytes());
+        data.extend(text.as_bytes());
+        data.push(0);
+    }
+    let mut out = Vec::new();
+    out.extend((strings.len() as u32).to_be_bytes());
+    out.extend((data.len() as u32).to_be_bytes());
+    out.extend(index);
+    out.extend(data);
+    out
 }

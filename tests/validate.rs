@@ -1098,3 +1098,212 @@ fn a_base_image_is_fetched_unpacked_and_refused_for_the_wrong_distro_before_it_b
         assert!(left.is_empty(), "{base}: left in work/: {left:?}");
     }
 }
+
+/// Builds RPMs with Debian's rpmbuild and records them in an SQLite rpmdb
+/// with Debian's rpm (4.18, `_db_backend sqlite`, as EL 9 keeps it) under
+/// `tree`; returns what `rpm -qa` itself lists: name, [epoch:]version-release, arch.
+fn rpm_database(work: &Path, tree: &Path) -> Vec<(String, String, String)> {
+    let top = work.join("rpmbuild");
+    let spec = work.join("probe.spec");
+    write(
+        &spec,
+        "Name: imgforge-probe\nVersion: 1.2\nRelease: 3.el9\nEpoch: 2\nSummary: probe\nLicense: MIT\n\
+         %description\nprobe\n\
+         %package libs\nSummary: libs\n%description libs\nlibs\n\
+         %files\n%files libs\n",
+    );
+    let other = work.join("other.spec");
+    write(
+        &other,
+        "Name: zz-other\nVersion: 0.9~rc1\nRelease: 1.el9\nSummary: other\nLicense: MIT\nBuildArch: noarch\n\
+         %description\nother\n%files\n",
+    );
+    let mut rpms = Vec::new();
+    for s in [&spec, &other] {
+        let r = run(Command::new("rpmbuild")
+            .arg("-bb")
+            .arg("--define")
+            .arg(format!("_topdir {}", top.display()))
+            .arg(s));
+        assert_eq!(r.code, 0, "rpmbuild (Debian package rpm): {}", r.all());
+    }
+    for dir in ["x86_64", "noarch"] {
+        for e in std::fs::read_dir(top.join("RPMS").join(dir)).unwrap() {
+            rpms.push(e.unwrap().path());
+        }
+    }
+    assert_eq!(rpms.len(), 3, "{rpms:?}");
+    let db = tree.join("var/lib/rpm");
+    std::fs::create_dir_all(&db).unwrap();
+    let rpm = |args: &[&str]| {
+        let mut c = Command::new("rpm");
+        c.arg("--dbpath")
+            .arg(&db)
+            .args(["--define", "_db_backend sqlite"])
+            .args(args);
+        c
+    };
+    assert_eq!(run(&mut rpm(&["--initdb"])).code, 0);
+    let r = run(rpm(&["-i", "--justdb", "--nodeps", "--noscripts"]).args(&rpms));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(db.join("rpmdb.sqlite").is_file());
+    let q = run(&mut rpm(&[
+        "-qa",
+        "--qf",
+        "%{NAME}\\t%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\\t%{ARCH}\\n",
+    ]));
+    assert_eq!(q.code, 0, "{}", q.all());
+    let mut listed: Vec<(String, String, String)> = q
+        .stdout
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0].into(), f[1].into(), f[2].into())
+        })
+        .collect();
+    listed.sort();
+    listed
+}
+
+/// EL 9's package database is SQLite: `inspect` lists exactly what `rpm
+/// -qa` lists from the same database, on a real XFS disk, with `pkg:rpm`
+/// package URLs (epoch as a qualifier); a damaged header row is an error
+/// naming the row, never a shorter list; EL 8's Berkeley DB is said to be
+/// unread, and there is no SBOM of it.
+#[test]
+fn inspect_lists_what_rpm_recorded_in_el9s_sqlite_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    write(
+        &tree.join("usr/lib/os-release"),
+        "NAME=\"AlmaLinux\"\nID=\"almalinux\"\nVERSION_ID=\"9.4\"\n",
+    );
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::os::unix::fs::symlink("../usr/lib/os-release", tree.join("etc/os-release")).unwrap();
+    let oracle = rpm_database(tmp.path(), &tree);
+    let vhd = disk_image(
+        tmp.path(),
+        "el9",
+        Layout::Gpt,
+        RootFs::Xfs { tree: Some(&tree) },
+        0,
+    );
+    let r = run(imgforge().args(["inspect", "--json"]).arg(&vhd));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["package_db"], "rpm", "{doc:#}");
+    let mut listed: Vec<(String, String, String)> = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().into(),
+                p["version"].as_str().unwrap().into(),
+                p["arch"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed, oracle);
+    assert!(
+        listed.contains(&(
+            "imgforge-probe-libs".into(),
+            "2:1.2-3.el9".into(),
+            "x86_64".into()
+        )),
+        "{listed:?}"
+    );
+    let libs = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "imgforge-probe-libs")
+        .unwrap();
+    assert_eq!(libs["source"], "imgforge-probe");
+    let r = run(imgforge()
+        .args(["inspect", "--sbom", "cyclonedx"])
+        .arg(&vhd));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let bom: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let purls: Vec<&str> = bom["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["purl"].as_str())
+        .collect();
+    assert!(
+        purls.contains(
+            &"pkg:rpm/almalinux/imgforge-probe@1.2-3.el9?arch=x86_64&epoch=2&distro=almalinux-9.4"
+        ) && purls
+            .contains(&"pkg:rpm/almalinux/zz-other@0.9~rc1-1.el9?arch=noarch&distro=almalinux-9.4"),
+        "{purls:?}"
+    );
+
+    // Both SBOM formats of an RPM image pass their own validators.
+    let python = Path::new(
+        &std::env::var("IMGFORGE_SBOM_TOOLS")
+            .unwrap_or_else(|_| "/var/cache/imgforge/sbom-tools".into()),
+    )
+    .join("bin/python");
+    for kind in ["spdx", "cyclonedx"] {
+        let out = tmp.path().join(format!("el9.{kind}.json"));
+        let r = run(imgforge()
+            .args(["inspect", "--sbom", kind, "-o"])
+            .arg(&out)
+            .arg(&vhd));
+        assert_eq!(r.code, 0, "{}", r.all());
+        let v = run(Command::new(&python)
+            .arg(repo().join("tests/sbom_validate.py"))
+            .arg(kind)
+            .arg(&out));
+        assert_eq!(v.code, 0, "{kind}: {}", v.all());
+    }
+
+    // One header row damaged (cut short) in the image's database.
+    let db = tree.join("var/lib/rpm/rpmdb.sqlite");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute(
+        "UPDATE Packages SET blob = substr(blob, 1, 40) WHERE hnum = 2",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    let damaged = disk_image(
+        tmp.path(),
+        "el9-damaged",
+        Layout::Gpt,
+        RootFs::Xfs { tree: Some(&tree) },
+        0,
+    );
+    let r = run(imgforge().args(["inspect", "--sbom", "spdx"]).arg(&damaged));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("/var/lib/rpm/rpmdb.sqlite: package row 2: 40 bytes, but its index says"),
+        "{}",
+        r.stderr
+    );
+
+    // EL 8: Berkeley DB.
+    std::fs::remove_dir_all(tree.join("var/lib/rpm")).unwrap();
+    write(&tree.join("var/lib/rpm/Packages"), "\0\0\0\0\x61\x15\x06\0");
+    let el8 = disk_image(
+        tmp.path(),
+        "el8",
+        Layout::Gpt,
+        RootFs::Xfs { tree: Some(&tree) },
+        0,
+    );
+    let r = run(imgforge().args(["inspect", "--json"]).arg(&el8));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        doc["package_db"].as_str().unwrap().contains("needs libdb"),
+        "{doc:#}"
+    );
+    let r = run(imgforge().args(["inspect", "--sbom", "spdx"]).arg(&el8));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("no SBOM"), "{}", r.stderr);
+}

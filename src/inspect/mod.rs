@@ -7,9 +7,9 @@
 //! the VHD container, the partition table, ext4 or XFS) and reads only the
 //! files it needs, each bounded. A package database that cannot be read
 //! whole, or that is malformed, is an error naming the line: never a partial
-//! package list presented as the image's. RPM's database is not read yet
-//! (EL 9 keeps it in SQLite, EL 8 in Berkeley DB): such an image's
-//! inspection says so and has no SBOM.
+//! package list presented as the image's. RPM's database is read where EL 9
+//! keeps it (SQLite, `rpmdb`); EL 8's Berkeley DB is not (the inspection
+//! says so and what it needs, and there is no SBOM).
 
 use serde::{Deserialize, Serialize};
 
@@ -20,11 +20,16 @@ use crate::validate::{Disk, ReadStats};
 pub mod diff;
 pub mod dpkg;
 pub mod firewall;
+pub mod rpmdb;
 pub mod sbom;
 
 /// The most a package database may take: Debian's with 3,000 packages is
 /// about 3 MiB.
 pub const MAX_PACKAGE_DB: u64 = 64 << 20;
+/// The most RPM's SQLite database (and its write-ahead log) may take: it
+/// holds every package's whole header (file lists, scripts), tens of MiB
+/// for an EL 9 server.
+pub const MAX_RPM_DB: u64 = 256 << 20;
 /// The most a small text file (`/etc/passwd`, `os-release`, sshd's config) may take.
 const MAX_SMALL: u64 = 4 << 20;
 
@@ -109,7 +114,7 @@ pub struct Inspection {
     pub schema: u32,
     pub subject: String,
     pub os: OsRelease,
-    /// `dpkg`, or why no package database was read.
+    /// `dpkg`, `rpm`, or why no package database was read.
     pub package_db: String,
     pub packages: Vec<Package>,
     /// Kernel versions with modules (`/lib/modules/*`).
@@ -310,40 +315,60 @@ fn units_enabled(root: &dyn RootFs) -> Vec<String> {
     out
 }
 
+/// A package database, whole and at most `max` bytes, or why not.
+fn read_db(
+    subject: &str,
+    root: &dyn RootFs,
+    path: &str,
+    max: u64,
+) -> Result<Vec<u8>, InspectError> {
+    let failed = |why: String| InspectError::PackageDb {
+        subject: subject.into(),
+        path: path.into(),
+        why,
+    };
+    let bytes = root
+        .read_prefix(path, max + 1)
+        .ok_or_else(|| failed("present but not readable".into()))?;
+    if bytes.len() as u64 > max {
+        return Err(failed(format!(
+            "longer than the {} MiB imgforge reads: not read in part",
+            max >> 20
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Reads everything `Inspection` holds from a root filesystem.
 pub fn inspect_root(subject: &str, root: &dyn RootFs) -> Result<Inspection, InspectError> {
     let (package_db, packages) = if root.exists(dpkg::STATUS) {
-        let bytes = root
-            .read_prefix(dpkg::STATUS, MAX_PACKAGE_DB + 1)
-            .ok_or_else(|| InspectError::PackageDb {
-                subject: subject.into(),
-                path: dpkg::STATUS.into(),
-                why: "present but not readable".into(),
-            })?;
-        if bytes.len() as u64 > MAX_PACKAGE_DB {
-            return Err(InspectError::PackageDb {
-                subject: subject.into(),
-                path: dpkg::STATUS.into(),
-                why: format!(
-                    "longer than the {} MiB imgforge reads: not read in part",
-                    MAX_PACKAGE_DB >> 20
-                ),
-            });
-        }
+        let bytes = read_db(subject, root, dpkg::STATUS, MAX_PACKAGE_DB)?;
         let packages = dpkg::parse(&bytes).map_err(|why| InspectError::PackageDb {
             subject: subject.into(),
             path: dpkg::STATUS.into(),
             why,
         })?;
         ("dpkg".to_string(), packages)
-    } else if root.exists("/var/lib/rpm/rpmdb.sqlite") {
+    } else if root.exists(rpmdb::SQLITE) {
+        let db = read_db(subject, root, rpmdb::SQLITE, MAX_RPM_DB)?;
+        let wal = if root.exists(rpmdb::SQLITE_WAL) {
+            Some(read_db(subject, root, rpmdb::SQLITE_WAL, MAX_RPM_DB)?)
+        } else {
+            None
+        };
+        let packages =
+            rpmdb::parse(&db, wal.as_deref()).map_err(|why| InspectError::PackageDb {
+                subject: subject.into(),
+                path: rpmdb::SQLITE.into(),
+                why,
+            })?;
+        ("rpm".to_string(), packages)
+    } else if root.exists(rpmdb::BERKELEY) {
         (
-            "not read: RPM's SQLite database (/var/lib/rpm/rpmdb.sqlite) is not read yet".into(),
-            Vec::new(),
-        )
-    } else if root.exists("/var/lib/rpm/Packages") {
-        (
-            "not read: RPM's Berkeley DB (/var/lib/rpm/Packages, EL 8) is not read".into(),
+            format!(
+                "not read: RPM's Berkeley DB ({}, EL 8) needs libdb; convert it in the build (rpm >= 4.16: rpmdb --rebuilddb --define '_db_backend sqlite') or list packages inside the build VM",
+                rpmdb::BERKELEY
+            ),
             Vec::new(),
         )
     } else {
@@ -403,6 +428,11 @@ pub fn inspect_disk(subject: &str, disk: Box<dyn Disk>) -> Result<Inspection, In
 }
 
 impl Inspection {
+    /// Whether the package list is the image's whole list (its database was read).
+    pub fn packages_read(&self) -> bool {
+        matches!(self.package_db.as_str(), "dpkg" | "rpm")
+    }
+
     /// The lines `imgforge inspect` prints.
     pub fn to_text(&self) -> String {
         use std::fmt::Write as _;
@@ -574,9 +604,22 @@ mod tests {
         )]);
         let e = inspect_root("t", &DirRoot(dir.path().to_path_buf())).unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
-        let dir = tree(&[("/var/lib/rpm/rpmdb.sqlite", "SQLite format 3\0")]);
+        // A damaged SQLite file is an error naming it, not an empty list.
+        let dir = tree(&[(rpmdb::SQLITE, "SQLite format 3\0")]);
+        let e = inspect_root("t", &DirRoot(dir.path().to_path_buf())).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("/var/lib/rpm/rpmdb.sqlite: not RPM's SQLite database"),
+            "{e}"
+        );
+        // EL 8's Berkeley DB: said, with what it needs; no package list.
+        let dir = tree(&[(rpmdb::BERKELEY, "\0\0\0\0\x61\x15\x06\0")]);
         let i = inspect_root("t", &DirRoot(dir.path().to_path_buf())).unwrap();
-        assert!(i.package_db.starts_with("not read"), "{}", i.package_db);
-        assert!(i.packages.is_empty());
+        assert!(
+            i.package_db.starts_with("not read") && i.package_db.contains("needs libdb"),
+            "{}",
+            i.package_db
+        );
+        assert!(i.packages.is_empty() && !i.packages_read());
     }
 }

@@ -1,7 +1,8 @@
 //! Software bills of materials from an inspection's package list: SPDX 2.3
 //! JSON and CycloneDX 1.5 JSON, each package with its package URL
-//! (`pkg:deb/debian/jq@1.6-2.1?arch=amd64&distro=debian-12`, the purl
-//! specification's `deb` type). Written with serde_json: the documents are a
+//! (`pkg:deb/debian/jq@1.6-2.1?arch=amd64&distro=debian-12`,
+//! `pkg:rpm/almalinux/bash@5.1.8-9.el9?arch=x86_64&distro=almalinux-9.4`: the
+//! purl specification's `deb` and `rpm` types). Written with serde_json: the documents are a
 //! few fixed fields and a list; the SPDX and CycloneDX crates model far more
 //! than this needs. An inspection whose package database was not read gives
 //! no SBOM (an empty one would claim an image with nothing installed).
@@ -31,16 +32,26 @@ fn purl_escape(s: &str) -> String {
         .collect()
 }
 
-/// The package URL of a dpkg package of `inspection`'s distro.
+/// The package URL of a package of `inspection`'s distro: the purl
+/// specification's `deb` type for dpkg, `rpm` for RPM (whose epoch is a
+/// qualifier, not part of the version).
 pub fn purl(inspection: &Inspection, p: &Package) -> String {
-    let vendor = if inspection.os.id.is_empty() {
-        "debian"
-    } else {
-        &inspection.os.id
+    let rpm = inspection.package_db == "rpm";
+    let vendor = match inspection.os.id.as_str() {
+        "" if rpm => "rpm",
+        "" => "debian",
+        id => id,
+    };
+    let (epoch, version) = match p.version.split_once(':') {
+        Some((e, v)) if rpm => (Some(e), v),
+        _ => (None, p.version.as_str()),
     };
     let mut q = Vec::new();
     if !p.arch.is_empty() {
         q.push(format!("arch={}", purl_escape(&p.arch)));
+    }
+    if let Some(e) = epoch {
+        q.push(format!("epoch={}", purl_escape(e)));
     }
     if !inspection.os.version_id.is_empty() {
         q.push(format!(
@@ -50,10 +61,11 @@ pub fn purl(inspection: &Inspection, p: &Package) -> String {
         ));
     }
     format!(
-        "pkg:deb/{}/{}@{}{}{}",
+        "pkg:{}/{}/{}@{}{}{}",
+        if rpm { "rpm" } else { "deb" },
         purl_escape(&vendor.to_ascii_lowercase()),
         purl_escape(&p.name.to_ascii_lowercase()),
-        purl_escape(&p.version),
+        purl_escape(version),
         if q.is_empty() { "" } else { "?" },
         q.join("&")
     )
@@ -76,7 +88,7 @@ pub fn render(
     name: &str,
     created: &str,
 ) -> Result<Value, String> {
-    if inspection.package_db != "dpkg" {
+    if !inspection.packages_read() {
         return Err(format!(
             "no SBOM: the image's package database was {}",
             inspection.package_db
@@ -221,8 +233,23 @@ mod tests {
             purl(&i, &p),
             "pkg:deb/debian/libstdc%2B%2B6@1%3A12.2.0-14%2Bdeb12u1?arch=amd64&distro=debian-12"
         );
+        // RPM: the epoch is a qualifier, the version is version-release.
+        let mut el = i.clone();
+        el.package_db = "rpm".into();
+        el.os.id = "almalinux".into();
+        el.os.version_id = "9.4".into();
+        let p = Package {
+            name: "bind-libs".into(),
+            version: "32:9.16.23-24.el9_5".into(),
+            arch: "x86_64".into(),
+            source: "bind".into(),
+        };
+        assert_eq!(
+            purl(&el, &p),
+            "pkg:rpm/almalinux/bind-libs@9.16.23-24.el9_5?arch=x86_64&epoch=32&distro=almalinux-9.4"
+        );
         let mut none = i.clone();
-        none.package_db = "not read: RPM".into();
+        none.package_db = "not read: RPM's Berkeley DB".into();
         assert!(render(&none, SbomFormat::Spdx, "x", "2026-12-03T00:00:00Z").is_err());
     }
 }

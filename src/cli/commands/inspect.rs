@@ -126,7 +126,7 @@ pub(super) fn diff(args: DiffArgs) -> Result<i32, AppError> {
     let old = load(&args.old, args.timeout)?;
     let new = load(&args.new, args.timeout)?;
     for i in [&old, &new] {
-        if i.package_db != "dpkg" {
+        if !i.packages_read() {
             crate::util::term::warning(&format!(
                 "{}: packages not compared: the package database was {}",
                 crate::util::redact::redact(&i.subject),
