@@ -1,8 +1,11 @@
-//! Validation benchmark: 30 GiB fixed VHDs (sparse, so cheap to create) with
-//! an ext4 root (Ubuntu checks) and an XFS root (AlmaLinux 8 checks), each
-//! holding 6,000 kernel modules, validated from the local file and from
-//! Azurite through range reads; and the peak RSS of each local validation. Baseline in the same run: `virt-cat` of one
-//! file from the same image (libguestfs boots an appliance VM), when installed.
+//! Validation and inspection benchmark: 30 GiB fixed VHDs (sparse, so cheap
+//! to create) with an ext4 root (Ubuntu checks; a dpkg database of 2,500
+//! packages, 300 files under /etc) and an XFS root (AlmaLinux 8 checks; an
+//! SQLite rpmdb of 500 packages), each holding 6,000 kernel modules,
+//! validated and inspected from the local file and from Azurite through range
+//! reads, the two diffed; and the peak RSS of each local run. Baselines in
+//! the same run: `virt-cat` of one file and `virt-inspector` of the whole
+//! image (libguestfs boots an appliance VM), when installed.
 //!
 //!   cargo bench --bench validate
 
@@ -55,6 +58,23 @@ fn main() {
         }
     }
 
+    // What `inspect` reads: a dpkg database of Debian's size and /etc files.
+    let mut status = String::new();
+    for i in 0..2500 {
+        status.push_str(&format!(
+            "Package: pkg{i}\nStatus: install ok installed\nPriority: optional\nArchitecture: amd64\nSource: src{}\nVersion: 1.{i}-1\nDepends: libc6 (>= 2.36)\nDescription: package {i}\n {}\n\n",
+            i / 3,
+            "a long description line of a Debian package, as they are. ".repeat(12)
+        ));
+    }
+    write(&tree.join("var/lib/dpkg/status"), &status);
+    for i in 0..300 {
+        write(
+            &tree.join(format!("etc/conf{}/file{i}.conf", i % 20)),
+            &format!("setting = {i}\n").repeat(40),
+        );
+    }
+
     let t = Instant::now();
     let raw = tmp.path().join("big.raw");
     partitioned(&raw);
@@ -91,6 +111,29 @@ fn main() {
                 )),
                 "module",
             );
+        }
+    }
+    // EL 9's SQLite rpmdb with 500 packages of 20 KiB headers (~10 MiB).
+    {
+        let db = alma.join("var/lib/rpm/rpmdb.sqlite");
+        std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE Packages (hnum INTEGER PRIMARY KEY AUTOINCREMENT, blob BLOB NOT NULL);",
+        )
+        .unwrap();
+        for i in 0..500 {
+            c.execute(
+                "INSERT INTO Packages (blob) VALUES (?1)",
+                [rpm_header(
+                    &format!("pkg{i}"),
+                    "1.0",
+                    &format!("{i}.el9"),
+                    "x86_64",
+                    20 << 10,
+                )],
+            )
+            .unwrap();
         }
     }
     let xraw = tmp.path().join("xfs.raw");
@@ -201,6 +244,68 @@ fn main() {
     let remote = remote_of(&manifest, &url);
     let xremote = remote_of(&alma_manifest, &xurl);
 
+    // inspect: local and blob, five runs each; one diff of the two images.
+    let inspect = |cmd: &mut Command| {
+        let t = Instant::now();
+        let r = run(cmd);
+        let wall = t.elapsed().as_secs_f64();
+        assert!(r.code == 0, "{}", r.all());
+        let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        (
+            wall,
+            doc["read"]["bytes"].as_u64().unwrap(),
+            doc["read"]["requests"].as_u64().unwrap(),
+            serde_json::json!(format!(
+                "{} packages ({})",
+                doc["packages"].as_array().unwrap().len(),
+                doc["package_db"].as_str().unwrap()
+            )),
+        )
+    };
+    let inspect_local = |vhd: &std::path::Path| -> Vec<_> {
+        (0..5)
+            .map(|_| inspect(imgforge().args(["inspect", "--json"]).arg(vhd)))
+            .collect()
+    };
+    let inspect_remote = |url: &str| -> Vec<_> {
+        (0..5)
+            .map(|_| {
+                let mut cmd = imgforge();
+                cmd.env_remove("ARM_CLIENT_ID")
+                    .args(["inspect", "--json"])
+                    .arg(url);
+                inspect(az.env(&mut cmd))
+            })
+            .collect()
+    };
+    let ilocal = inspect_local(&vhd);
+    let iremote = inspect_remote(&url);
+    let ixlocal = inspect_local(&xvhd);
+    let ixremote = inspect_remote(&xurl);
+    let inspect_rss = |vhd: &std::path::Path| -> u64 {
+        let (r, kib) = run_measured(imgforge().args(["inspect", "--json"]).arg(vhd));
+        assert_eq!(r.code, 0, "{}", r.all());
+        kib
+    };
+    let (irss_ext4, irss_xfs) = (inspect_rss(&vhd), inspect_rss(&xvhd));
+    let t = Instant::now();
+    let (r, diff_kib) = run_measured(imgforge().args(["diff", "--json"]).arg(&vhd).arg(&xvhd));
+    let diff_s = t.elapsed().as_secs_f64();
+    assert_eq!(r.code, 0, "{}", r.all());
+    let virt_inspector = which::which("virt-inspector").ok().map(|bin| {
+        let t = Instant::now();
+        let r = run(Command::new(bin)
+            .args(["--format=vpc", "-a"])
+            .arg(&vhd)
+            .env("LIBGUESTFS_BACKEND", "direct"));
+        (
+            t.elapsed().as_secs_f64(),
+            r.code,
+            r.stdout.matches("<application>").count(),
+            r.stderr.lines().last().unwrap_or("").to_string(),
+        )
+    });
+
     let virt_cat = which::which("virt-cat").ok().map(|bin| {
         let t = Instant::now();
         let r = run(Command::new(bin)
@@ -264,6 +369,46 @@ fn main() {
         kib(rss_ext4),
         kib(rss_xfs)
     );
+    let (ilw, ilb, ilr) = median(&ilocal);
+    let (irw, irb, irr) = median(&iremote);
+    let (ixlw, ixlb, ixlr) = median(&ixlocal);
+    let (ixrw, ixrb, ixrr) = median(&ixremote);
+    println!("inspect: ext4 {}, XFS {}", ilocal[0].3, ixlocal[0].3);
+    println!(
+        "{:<34} {ilw:>10.3} {ilb:>14} {ilr:>10}",
+        "imgforge inspect, local file"
+    );
+    println!(
+        "{:<34} {irw:>10.3} {irb:>14} {irr:>10}",
+        "imgforge inspect, blob (Azurite)"
+    );
+    println!(
+        "{:<34} {ixlw:>10.3} {ixlb:>14} {ixlr:>10}",
+        "inspect XFS + rpmdb, local file"
+    );
+    println!(
+        "{:<34} {ixrw:>10.3} {ixrb:>14} {ixrr:>10}",
+        "inspect XFS + rpmdb, blob (Azurite)"
+    );
+    println!(
+        "imgforge diff of the two images: {diff_s:.3} s, peak RSS {}; peak RSS of one local inspect: ext4 {}, XFS {}",
+        kib(diff_kib),
+        kib(irss_ext4),
+        kib(irss_xfs)
+    );
+    match virt_inspector {
+        Some((s, 0, apps, _)) => println!(
+            "{:<34} {s:>10.3}   (baseline, {apps} applications; local inspect is {:.0}x faster)",
+            "virt-inspector",
+            s / ilw
+        ),
+        Some((s, code, _, err)) => {
+            println!("virt-inspector failed after {s:.1} s (exit {code}): {err}")
+        }
+        None => println!(
+            "virt-inspector: not installed (apt-get install libguestfs-tools linux-image-amd64); no baseline this run"
+        ),
+    }
     match virt_cat {
         Some((s, 0, _)) => println!(
             "{:<34} {s:>10.3}   (baseline; local is {:.0}x faster)",

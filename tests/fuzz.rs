@@ -370,7 +370,7 @@ fn setup(name: &str, dir: &Path) -> Target {
         // One package's header blob from RPM's database (name, version,
         // release, arch as rpm's headerExport lays them out).
         "rpm-header" => Target::Blob(
-            rpm_header_seed(),
+            rpm_header("bash", "5.1.8", "9.el9", "x86_64", 0),
             |b| {
                 let _ = imgforge::inspect::rpmdb::header(b);
             },
@@ -578,30 +578,4 @@ fn fuzz_targets_survive_mutated_inputs() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-/// A header blob with NAME, VERSION, RELEASE and ARCH strings.
-fn rpm_header_seed() -> Vec<u8> {
-    let strings = [
-        (1000u32, "bash"),
-        (1001, "5.1.8"),
-        (1002, "9.el9"),
-        (1022, "x86_64"),
-    ];
-    let mut index = Vec::new();
-    let mut data = Vec::new();
-    for (tag, text) in strings {
-        index.extend(tag.to_be_bytes());
-        index.extend(6u32.to_be_bytes());
-        index.extend((data.len() as u32).to_be_bytes());
-        index.extend(1u32.to_be_bytes());
-        data.extend(text.as_bytes());
-        data.push(0);
-    }
-    let mut out = Vec::new();
-    out.extend((strings.len() as u32).to_be_bytes());
-    out.extend((data.len() as u32).to_be_bytes());
-    out.extend(index);
-    out.extend(data);
-    out
 }

@@ -334,3 +334,37 @@ pub fn poke(path: &Path, offset: u64, bytes: &[u8]) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(bytes, offset).unwrap();
 }
+
+/// An RPM header blob as rpm's headerExport lays one out in the database:
+/// NAME, VERSION, RELEASE, ARCH strings, then `filler` bytes of a file list
+/// (tag 1117, BASENAMES) standing for the rest of a real header.
+pub fn rpm_header(name: &str, version: &str, release: &str, arch: &str, filler: usize) -> Vec<u8> {
+    let strings = [
+        (1000u32, name),
+        (1001, version),
+        (1002, release),
+        (1022, arch),
+    ];
+    let mut index = Vec::new();
+    let mut data = Vec::new();
+    let entry = |tag: u32, bytes: &[u8], index: &mut Vec<u8>, data: &mut Vec<u8>| {
+        index.extend(tag.to_be_bytes());
+        index.extend(if tag == 1117 { 8u32 } else { 6 }.to_be_bytes());
+        index.extend((data.len() as u32).to_be_bytes());
+        index.extend(1u32.to_be_bytes());
+        data.extend(bytes);
+        data.push(0);
+    };
+    for (tag, text) in strings {
+        entry(tag, text.as_bytes(), &mut index, &mut data);
+    }
+    if filler > 0 {
+        entry(1117, &vec![b'f'; filler], &mut index, &mut data);
+    }
+    let mut out = Vec::new();
+    out.extend(((index.len() / 16) as u32).to_be_bytes());
+    out.extend((data.len() as u32).to_be_bytes());
+    out.extend(index);
+    out.extend(data);
+    out
+}
