@@ -901,4 +901,80 @@ fn an_azure_arm_gallery_build_makes_its_definition_with_the_bases_purchase_plan_
         serde_json::from_slice(&std::fs::read(tmp.path().join("second/build.json")).unwrap())
             .unwrap();
     assert_eq!(rec["failed_stage"], "packer_build");
+
+    // Packer succeeds and names the gallery version it published (as Packer
+    // 1.6.6's machine-readable artifact says): the build reads the image
+    // where it lies, through a temporary disk, and writes what a local
+    // build writes — inspect.json and the SBOM.
+    let version = format!("{definition_id}/versions/1.0.0");
+    let packer_ok = tmp.path().join("packer-ok");
+    write(
+        &packer_ok,
+        &format!(
+            "#!/bin/sh
+[ \"$1\" = build ] || exec packer \"$@\"
+\
+             echo '1,azure-arm,artifact,0,builder-id,Azure.ResourceManagement.VMImage'
+\
+             printf '%s\\n' '1,azure-arm,artifact,0,string,Azure.ResourceManagement.VMImage:\\n\\nOSType: Linux\\nManagedImageResourceGroupName: images-westus2\\nManagedImageName: rocky9-nfs-1-0-0\\nManagedImageId: /subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/images-westus2/providers/Microsoft.Compute/images/rocky9-nfs-1-0-0\\nManagedImageLocation: westus2\\nManagedImageSharedImageGalleryId: {version}\\n'
+\
+             echo '1,azure-arm,artifact,0,end'
+"
+        ),
+    );
+    std::fs::set_permissions(&packer_ok, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let az = Azurite::start(&["mdimport"]);
+    let tree = tmp.path().join("tree");
+    good_ubuntu_tree(&tree);
+    let vhd = disk_image(
+        tmp.path(),
+        "published",
+        Layout::Gpt,
+        RootFs::Ext4 {
+            tree: &tree,
+            dirty_journal: false,
+        },
+        0,
+    );
+    let blob = az.url("mdimport", "disks", "abcd");
+    az.oracle(&["create", &blob, vhd.to_str().unwrap()]);
+    let arm = ArmReplay::start_with(
+        ArmExpect::env_principal(),
+        compute::Knobs {
+            disk_sas: az.oracle(&["sas", &blob]),
+            polls: 0,
+            ..compute::Knobs::default()
+        },
+    );
+    // What Packer's publishing left in the gallery.
+    arm.compute.insert(
+        &version,
+        serde_json::json!({"location": "westus2", "properties": {}}),
+    );
+    let r = run(imgforge()
+        .env("AZURE_AUTHORITY_HOST", arm.endpoint())
+        .env("IMGFORGE_ARM_ENDPOINT", arm.endpoint())
+        .env("ARM_SUBSCRIPTION_ID", ARM_SUBSCRIPTION)
+        .env("IMGFORGE_PACKER", &packer_ok)
+        .arg("build")
+        .arg(repo().join("contrib/rocky9-nfs.toml"))
+        .arg("--out")
+        .arg(tmp.path().join("third")));
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("Inspected") && r.stderr.contains("3 packages"),
+        "{}",
+        r.stderr
+    );
+    let inspected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("third/inspect.json")).unwrap())
+            .unwrap();
+    assert_eq!(inspected["subject"], version.as_str());
+    assert!(tmp.path().join("third/sbom.spdx.json").is_file());
+    let deleted = arm
+        .request_lines()
+        .iter()
+        .any(|l| l.starts_with("DELETE ") && l.contains("/disks/imgforge-inspect-"));
+    assert!(deleted, "{:?}", arm.request_lines());
+    assert!(!r.all().contains("sig="), "a SAS was printed");
 }

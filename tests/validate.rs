@@ -1307,3 +1307,126 @@ fn inspect_lists_what_rpm_recorded_in_el9s_sqlite_database() {
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(r.stderr.contains("no SBOM"), "{}", r.stderr);
 }
+
+/// An image in Azure (what an azure-arm build publishes) is inspected
+/// through a temporary managed disk: made from the gallery version in its
+/// resource group, read through the SAS `beginGetAccess` hands out (here a
+/// read-only SAS of an Azurite blob holding the disk's bytes), then access
+/// is revoked and the disk deleted — also when the reading fails.
+#[test]
+fn an_image_in_a_gallery_is_inspected_through_a_temporary_disk_that_is_removed() {
+    let az = Azurite::start(&["mdimport"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let status =
+        "Package: jq\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.6-2.1\n";
+    let vhd = image(tmp.path(), "in-azure", Layout::Gpt, |t| {
+        write(&t.join("var/lib/dpkg/status"), status);
+    });
+    let url = az.url("mdimport", "disks", "abcd");
+    az.oracle(&["create", &url, vhd.to_str().unwrap()]);
+    let sas = az.oracle(&["sas", &url]);
+    let version = format!(
+        "/subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/images-westus2/providers/Microsoft.Compute/galleries/imgforge_gallery/images/jq/versions/1.0.0"
+    );
+    let start = |sas: &str| {
+        let arm = ArmReplay::start_with(
+            ArmExpect::env_principal(),
+            compute::Knobs {
+                disk_sas: sas.to_string(),
+                polls: 1,
+                ..compute::Knobs::default()
+            },
+        );
+        arm.compute.insert(
+            &version,
+            serde_json::json!({"location": "westus2", "properties": {}}),
+        );
+        arm
+    };
+    let inspect = |arm: &ArmReplay, id: &str, extra: &[&str]| {
+        // No storage key: the disk is read through its SAS alone.
+        run(imgforge()
+            .env("AZURE_AUTHORITY_HOST", arm.endpoint())
+            .env("IMGFORGE_ARM_ENDPOINT", arm.endpoint())
+            .env("ARM_SUBSCRIPTION_ID", ARM_SUBSCRIPTION)
+            .arg("inspect")
+            .args(extra)
+            .arg(id))
+    };
+    let disk_calls = |arm: &ArmReplay| -> Vec<String> {
+        arm.request_lines()
+            .into_iter()
+            .filter(|l| l.contains("/disks/"))
+            .map(|l| {
+                let (method, rest) = l.split_once(' ').unwrap();
+                let path = rest.split('?').next().unwrap();
+                format!("{method} {}", path.rsplit("/disks/").next().unwrap())
+            })
+            .filter(|l| !l.starts_with("GET"))
+            .collect()
+    };
+
+    let arm = start(&sas);
+    let r = inspect(&arm, &version, &["--json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["subject"], version.as_str());
+    assert_eq!(doc["packages"][0]["name"], "jq", "{doc:#}");
+    let local = run(imgforge().args(["inspect", "--json"]).arg(&vhd));
+    let local: serde_json::Value = serde_json::from_str(&local.stdout).unwrap();
+    assert_eq!(doc["packages"], local["packages"]);
+    assert_eq!(doc["etc"], local["etc"]);
+    let calls = disk_calls(&arm);
+    let disk = calls[0].trim_start_matches("PUT ").to_string();
+    assert!(disk.starts_with("imgforge-inspect-"), "{calls:?}");
+    assert_eq!(
+        calls,
+        [
+            format!("PUT {disk}"),
+            format!("POST {disk}/beginGetAccess"),
+            format!("POST {disk}/endGetAccess"),
+            format!("DELETE {disk}"),
+        ]
+    );
+    let disk_id = format!(
+        "/subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/images-westus2/providers/Microsoft.Compute/disks/{disk}"
+    );
+    assert!(arm.compute.resource(&disk_id).is_none(), "the disk is left");
+    assert!(!r.all().contains(CANARY));
+    assert!(!r.all().contains("sig="), "the disk's SAS was printed");
+
+    // The disk's SAS leads nowhere (the reading fails): the disk still goes.
+    let arm = start(&format!("{}-gone?{}", url, sas.split_once('?').unwrap().1));
+    let r = inspect(&arm, &version, &["--sbom", "spdx"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stdout.is_empty(), "{}", r.stdout);
+    let calls = disk_calls(&arm);
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    assert!(calls[3].starts_with("DELETE "), "{calls:?}");
+
+    // No such version: nothing is made.
+    let arm = start(&sas);
+    let r = inspect(&arm, &version.replace("1.0.0", "9.9.9"), &[]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("the image does not exist"),
+        "{}",
+        r.stderr
+    );
+    assert!(disk_calls(&arm).is_empty());
+    // Not an image id.
+    let r = inspect(
+        &arm,
+        &format!(
+            "/subscriptions/{ARM_SUBSCRIPTION}/resourceGroups/rg/providers/Microsoft.Compute/disks/x"
+        ),
+        &[],
+    );
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("is not a gallery image version or managed image id"),
+        "{}",
+        r.stderr
+    );
+}

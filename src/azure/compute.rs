@@ -126,6 +126,65 @@ impl Arm {
             .await
     }
 
+    /// A POST action (`…/beginGetAccess`) or a DELETE, waited for: Resource
+    /// Manager answers 200/204 with the result, or 202 with a `Location`
+    /// polled (honouring `Retry-After`, within `wait.timeout`) until it
+    /// answers other than 202 — that answer's body is the result. A DELETE
+    /// of what is already gone (404) is done.
+    pub async fn act_and_wait(
+        &mut self,
+        op: &'static str,
+        method: reqwest::Method,
+        path: &str,
+        api: &str,
+        body: Option<&Value>,
+        wait: &mut Wait<'_>,
+    ) -> Result<Value, ArmError> {
+        let url = self.resource_url(path, api, None);
+        let allow_404 = method == reqwest::Method::DELETE;
+        let Some(mut answer) = self.send(op, method, &url, body, allow_404).await? else {
+            return Ok(Value::Null);
+        };
+        let started = Instant::now();
+        let mut last_line = Instant::now();
+        (wait.progress)(&format!("{op}: {}", answer.status));
+        while answer.status == 202 {
+            let Some(poll) = answer.location.clone() else {
+                return Err(ArmError::Protocol {
+                    op,
+                    message: "202 Accepted without a Location to poll".into(),
+                });
+            };
+            let asked = Duration::from_secs(answer.retry_after.unwrap_or(5).clamp(1, 60));
+            let left = wait.timeout.saturating_sub(started.elapsed());
+            sleep_or_cancel(asked.min(left), wait.cancel)
+                .await
+                .map_err(|_| ArmError::Cancelled { op })?;
+            if started.elapsed() >= wait.timeout {
+                return Err(ArmError::Timeout {
+                    op,
+                    after_s: wait.timeout.as_secs(),
+                    state: "Accepted".into(),
+                });
+            }
+            let retry_after = answer.retry_after;
+            answer = self
+                .send(op, reqwest::Method::GET, &poll, None, false)
+                .await?
+                .expect("404 is an error here");
+            answer.retry_after = answer.retry_after.or(retry_after);
+            answer.location = answer.location.or(Some(poll));
+            if last_line.elapsed() >= wait.every {
+                (wait.progress)(&format!(
+                    "{op}: running ({:.0} s)",
+                    started.elapsed().as_secs_f64()
+                ));
+                last_line = Instant::now();
+            }
+        }
+        Ok(answer.body)
+    }
+
     async fn write_and_wait(
         &mut self,
         op: &'static str,

@@ -217,6 +217,7 @@ Examples:
   imgforge inspect out/disk.vhd --sbom spdx -o sbom.spdx.json
   imgforge inspect out/disk.vhd --sbom cyclonedx -o bom.cdx.json
   imgforge inspect https://acct.blob.core.windows.net/images/disk.vhd --json
+  imgforge inspect /subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/galleries/G/images/D/versions/1.0.0 --sbom spdx
 
 Environment (blob URLs): IMGFORGE_STORAGE_KEY_<ACCOUNT>, a SAS, or the ARM_* principal,
 as for `validate`.")]
@@ -803,9 +804,12 @@ pub struct BootCheckArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// A local fixed VHD, or a blob URL (read through range requests, never downloaded whole).
+    /// A local fixed VHD, a blob URL (read through range requests, never
+    /// downloaded whole), or a gallery image version or managed image id (read
+    /// through a temporary managed disk, removed after; ARM_* credentials).
     pub image: String,
-    /// Seconds a blob URL's whole inspection may take (each request is bounded too).
+    /// Seconds a blob URL's whole inspection may take (each request is bounded
+    /// too); for an image id, each Azure operation and the reading.
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     pub timeout: u64,
     /// Print every fact as JSON (what `imgforge diff` takes).

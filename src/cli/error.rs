@@ -57,6 +57,8 @@ pub enum AppError {
     Storage(#[from] crate::azure::storage::StorageError),
     #[error(transparent)]
     Batch(#[from] crate::azure::batch::BatchError),
+    #[error(transparent)]
+    Inspect(Box<crate::inspect::InspectError>),
     /// Input that cannot work (exit 2).
     #[error("{message}")]
     Refused {
@@ -108,6 +110,7 @@ impl crate::util::Hint for AppError {
             AppError::Publish(e) => e.hint(),
             AppError::Storage(e) => e.hint(),
             AppError::Batch(e) => e.hint(),
+            AppError::Inspect(e) => e.hint(),
             AppError::Refused { hint, .. } | AppError::Rejected { hint, .. } => hint.clone(),
             AppError::Reported(e) => e.hint(),
         }
@@ -195,6 +198,7 @@ impl AppError {
             AppError::Storage(_) => exit::BAD_INPUT,
             AppError::Batch(crate::azure::batch::BatchError::Insecure(_)) => exit::BAD_INPUT,
             AppError::Batch(_) => exit::FAILED,
+            AppError::Inspect(e) => exit_code(e.category()),
             AppError::Io { .. } => exit::IO,
             AppError::Refused { .. } => exit::BAD_INPUT,
             AppError::Rejected { .. } => exit::FAILED,

@@ -17,6 +17,7 @@ use crate::report::{Finding, Status};
 use crate::validate::rootfs::RootFs;
 use crate::validate::{Disk, ReadStats};
 
+pub mod azure;
 pub mod diff;
 pub mod dpkg;
 pub mod firewall;
@@ -52,6 +53,15 @@ pub enum InspectError {
     Validate(#[from] crate::validate::ValidateError),
     #[error("{path}: not an inspection document imgforge reads: {why}")]
     Document { path: String, why: String },
+    #[error("interrupted")]
+    Cancelled,
+    /// An image in Azure (gallery version, managed image) could not be read.
+    #[error("{subject}: {why}")]
+    Azure {
+        subject: String,
+        why: String,
+        hint: Option<String>,
+    },
 }
 
 impl crate::util::Hint for InspectError {
@@ -71,6 +81,8 @@ impl crate::util::Hint for InspectError {
             InspectError::Document { .. } => Some(
                 "pass an image (VHD) or a document `imgforge inspect --json` wrote".into(),
             ),
+            InspectError::Azure { hint, .. } => hint.clone(),
+            InspectError::Cancelled => None,
         }
     }
 }
@@ -80,6 +92,7 @@ impl InspectError {
         use crate::util::Category;
         match self {
             InspectError::Validate(_) => Category::Io,
+            InspectError::Cancelled => Category::Cancelled,
             _ => Category::Input,
         }
     }

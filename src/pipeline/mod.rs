@@ -716,8 +716,9 @@ impl Run<'_> {
             Some(Captured::AzureVhd { .. }) | Some(Captured::LocalVhd { .. })
         );
         let local_vhd = matches!(self.record.artifact, Some(Captured::LocalVhd { .. }));
+        let in_azure = self.azure_image().is_some();
         match stage {
-            Stage::ValidateImage if !local_vhd => Some(
+            Stage::ValidateImage if !local_vhd && !in_azure => Some(
                 "not a local VHD: an Azure VHD is validated as copies, after replication".into(),
             ),
             Stage::ValidateImage if !self.opts.validate => Some("--no-validate".into()),
@@ -1042,7 +1043,61 @@ impl Run<'_> {
         }
     }
 
+    /// The gallery version or managed image an azure-arm build made.
+    fn azure_image(&self) -> Option<crate::inspect::azure::ImageId> {
+        let id = match &self.record.artifact {
+            Some(Captured::GalleryImageVersion { id, .. })
+            | Some(Captured::ManagedImage { id, .. }) => id,
+            _ => return None,
+        };
+        crate::inspect::azure::ImageId::parse(id)
+    }
+
+    /// An azure-arm build's image, read where it lies (through a temporary
+    /// managed disk): `inspect.json`, the SBOM and the diff, as a local
+    /// build's. The offline checks stay with local VHDs and replicated copies.
+    fn inspect_in_azure(
+        &mut self,
+        image: &crate::inspect::azure::ImageId,
+    ) -> Result<String, BuildError> {
+        let cancel = self.cancel.clone();
+        let mut progress = |line: &str| crate::util::term::status("Inspecting", line);
+        let timeout = self.opts.publish_timeout;
+        let i = self
+            .rt()?
+            .block_on(crate::inspect::azure::inspect_azure_image(
+                image,
+                crate::inspect::azure::Options {
+                    timeout,
+                    cancel: &cancel,
+                    progress: &mut progress,
+                },
+            ))
+            .map_err(|e| {
+                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    return BuildError::Cancelled;
+                }
+                use crate::util::Hint as _;
+                BuildError::Validate {
+                    hint: Some(e.hint().map_or_else(
+                        || "`imgforge inspect IMAGE_ID` reads it the same way; --no-validate skips this stage".to_string(),
+                        |h| format!("{h}; --no-validate skips this stage"),
+                    )),
+                    message: e.to_string(),
+                }
+            })?;
+        let said = self.write_inspection(&i)?;
+        crate::util::term::status("Inspected", &said);
+        Ok(format!(
+            "{}: {said} (read through a temporary disk, removed)",
+            image.id
+        ))
+    }
+
     fn validate_image(&mut self) -> Result<String, BuildError> {
+        if let Some(image) = self.azure_image() {
+            return self.inspect_in_azure(&image);
+        }
         let path = self.local_image();
         let v =
             crate::validate::validate_file(&path, self.plan).map_err(|e| BuildError::Validate {
@@ -1089,6 +1144,12 @@ impl Run<'_> {
         let disk = crate::validate::LocalDisk::open(path).map_err(|e| fail(e.to_string()))?;
         let i = crate::inspect::inspect_disk(&path.display().to_string(), Box::new(disk))
             .map_err(|e| fail(e.to_string()))?;
+        self.write_inspection(&i)
+    }
+
+    /// Writes `inspect.json`, `sbom.spdx.json` and (against the previous
+    /// build's) `diff.json`; returns the line `status` shows.
+    fn write_inspection(&mut self, i: &crate::inspect::Inspection) -> Result<String, BuildError> {
         let write = |name: &str, value: &serde_json::Value| -> Result<(), BuildError> {
             let file = self.dir.join(name);
             let mut text = serde_json::to_string_pretty(value).expect("a JSON value serializes");
@@ -1098,7 +1159,7 @@ impl Run<'_> {
         };
         write(
             "inspect.json",
-            &serde_json::to_value(&i).expect("an inspection serializes"),
+            &serde_json::to_value(i).expect("an inspection serializes"),
         )?;
         let mut said = format!(
             "{} packages, kernel {}",
@@ -1106,7 +1167,7 @@ impl Run<'_> {
             i.kernels.join(", ")
         );
         if let Ok(sbom) = crate::inspect::sbom::render(
-            &i,
+            i,
             crate::inspect::sbom::SbomFormat::Spdx,
             &self.plan.image,
             &now_string(),
@@ -1115,7 +1176,7 @@ impl Run<'_> {
             said.push_str(", sbom.spdx.json");
         }
         if let Some((dir, before)) = self.previous_inspection() {
-            let d = crate::inspect::diff::diff(&before, &i, &[]);
+            let d = crate::inspect::diff::diff(&before, i, &[]);
             write(
                 "diff.json",
                 &serde_json::to_value(&d).expect("a diff serializes"),

@@ -44,6 +44,9 @@ pub struct Knobs {
     /// 401 ExpiredAuthenticationToken until the client signs in again (a
     /// token's hour, in requests).
     pub token_expires_after: Option<u32>,
+    /// What a disk's `beginGetAccess` hands out as `accessSAS` (a SAS URL of
+    /// the blob standing for the disk's contents).
+    pub disk_sas: String,
 }
 
 impl Default for Knobs {
@@ -61,8 +64,17 @@ impl Default for Knobs {
             version_state_after: None,
             status_missing: false,
             token_expires_after: None,
+            disk_sas: String::new(),
         }
     }
+}
+
+/// A `Location`-polled operation (disk actions and deletes): 202 while
+/// `polls_left`, then `status` with `body`.
+struct Monitor {
+    polls_left: u32,
+    status: &'static str,
+    body: Value,
 }
 
 struct Op {
@@ -75,6 +87,9 @@ pub struct ComputeRp {
     pub knobs: Knobs,
     resources: Mutex<HashMap<String, Value>>,
     ops: Mutex<HashMap<String, Op>>,
+    monitors: Mutex<HashMap<String, Monitor>>,
+    /// Disks with read access granted (an open SAS).
+    granted: Mutex<std::collections::HashSet<String>>,
     version_failed: Mutex<bool>,
     fixtures: HashMap<&'static str, String>,
     /// Requests made with the current Resource Manager token.
@@ -152,6 +167,8 @@ impl ComputeRp {
             knobs: knobs.clone(),
             resources: Mutex::new(HashMap::new()),
             ops: Mutex::new(HashMap::new()),
+            monitors: Mutex::new(HashMap::new()),
+            granted: Mutex::new(std::collections::HashSet::new()),
             version_failed: Mutex::new(false),
             fixtures,
             token_uses: Mutex::new(0),
@@ -203,6 +220,9 @@ impl ComputeRp {
             .unwrap_or("");
         // subscriptions/{s}/providers/Microsoft.Compute/locations/{l}/operations/{id}
         if parts.len() == 8 && parts[2] == "providers" && parts[6] == "operations" {
+            if let Some(a) = self.poll_monitor(parts[7], endpoint, target) {
+                return Some(a);
+            }
             return Some(self.poll(parts[7], api));
         }
         // subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Compute/{kind}/…
@@ -214,12 +234,14 @@ impl ComputeRp {
             ("galleries", 8) => "gallery",
             ("galleries", 10) if parts[8] == "images" => "definition",
             ("galleries", 12) if parts[8] == "images" && parts[10] == "versions" => "version",
+            ("disks", 8) => "disk",
+            ("disks", 9) => "disk-action",
             _ => return None,
         };
-        let want_api = if kind == "image" {
-            "2024-07-01"
-        } else {
-            "2025-03-03"
+        let want_api = match kind {
+            "image" => "2024-07-01",
+            "disk" | "disk-action" => "2024-03-02",
+            _ => "2025-03-03",
         };
         if api.is_empty() {
             return Some(err(
@@ -240,6 +262,21 @@ impl ComputeRp {
             ));
         }
         let id = path.to_string();
+        match (method, kind) {
+            ("POST", "disk-action") => {
+                return Some(self.disk_action(&parts, body, endpoint, api));
+            }
+            ("DELETE", "disk") => return Some(self.delete_disk(&id, &parts, endpoint, api)),
+            (_, "disk-action") => {
+                return Some(err(
+                    "405 Method Not Allowed",
+                    "MethodNotAllowed",
+                    "The method is not allowed",
+                    "",
+                ));
+            }
+            _ => {}
+        }
         match method {
             "GET" => Some(self.get(&id, kind, expand)),
             "PUT" if self.knobs.forbid_writes => Some(err(
@@ -418,6 +455,50 @@ impl ComputeRp {
             }
             "gallery" => {
                 resource = self.fixture("gallery.json");
+            }
+            "disk" => {
+                // Disk_Create_FromAnAzureComputeGalleryImage (DiskRP
+                // 2024-03-02): FromImage with a gallery version, or with a
+                // managed image's id; the source must exist.
+                let c = &p["creationData"];
+                if c["createOption"] != "FromImage" {
+                    return bad(
+                        "The value of parameter 'creationData.createOption' is invalid: this stand-in makes disks FromImage.",
+                        "creationData.createOption",
+                    );
+                }
+                let source = c["galleryImageReference"]["id"]
+                    .as_str()
+                    .or(c["imageReference"]["id"].as_str())
+                    .unwrap_or("");
+                let Some(image) = self
+                    .resources
+                    .lock()
+                    .unwrap()
+                    .get(&source.to_lowercase())
+                    .cloned()
+                else {
+                    return err(
+                        "404 Not Found",
+                        "NotFound",
+                        &format!("The image '{source}' was not found."),
+                        "creationData",
+                    );
+                };
+                if norm(image["location"].as_str().unwrap_or("")) != norm(location) {
+                    return bad(
+                        "The disk must be in the region of its source image.",
+                        "location",
+                    );
+                }
+                resource = json!({
+                    "properties": {
+                        "osType": "Linux",
+                        "hyperVGeneration": "V2",
+                        "diskSizeGB": 30,
+                        "diskState": "Unattached",
+                    }
+                });
             }
             "definition" => {
                 if self.parent(parts, 8).is_none() {
@@ -785,6 +866,149 @@ impl ComputeRp {
     /// A new Resource Manager token was issued.
     pub fn token_renewed(&self) {
         *self.token_uses.lock().unwrap() = 0;
+    }
+
+    /// `POST …/disks/{d}/beginGetAccess` (Disk_BeginGetAccess: `access`,
+    /// `durationInSeconds`; 202 with a `Location` answering the `accessSAS`)
+    /// and `…/endGetAccess` (Disk_EndGetAccess: 202, then 200).
+    fn disk_action(&self, parts: &[&str], body: &str, endpoint: &str, api: &str) -> Answer {
+        let disk = parts[..8].join("/");
+        let disk = format!("/{disk}").to_lowercase();
+        if !self.resources.lock().unwrap().contains_key(&disk) {
+            return err(
+                "404 Not Found",
+                "ResourceNotFound",
+                &format!(
+                    "The Resource 'Microsoft.Compute/disks/{}' under resource group '{}' was not found.",
+                    parts[7], parts[3]
+                ),
+                "",
+            );
+        }
+        let result = match parts[8] {
+            "beginGetAccess" => {
+                let req: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+                if req["access"] != "Read"
+                    || req["durationInSeconds"].as_u64().is_none_or(|d| d == 0)
+                {
+                    return err(
+                        "400 Bad Request",
+                        "InvalidParameter",
+                        "The value of parameter 'grantAccessData' is invalid: access Read and a positive durationInSeconds are required.",
+                        "grantAccessData",
+                    );
+                }
+                self.granted.lock().unwrap().insert(disk);
+                json!({"accessSAS": self.knobs.disk_sas})
+            }
+            "endGetAccess" => {
+                self.granted.lock().unwrap().remove(&disk);
+                Value::Null
+            }
+            _ => {
+                return err("404 Not Found", "NotFound", "No such action.", "");
+            }
+        };
+        self.monitor(parts[1], endpoint, api, "200 OK", result)
+    }
+
+    /// `DELETE …/disks/{d}` (Disk_Delete: 202 and a `Location`, then 200;
+    /// 204 when there is no such disk). A disk with read access granted is
+    /// refused (409), as Azure refuses to delete a disk being exported.
+    fn delete_disk(&self, id: &str, parts: &[&str], endpoint: &str, api: &str) -> Answer {
+        if self.granted.lock().unwrap().contains(&id.to_lowercase()) {
+            return err(
+                "409 Conflict",
+                "OperationNotAllowed",
+                "The disk cannot be deleted while read access (a SAS) is granted: revoke access first.",
+                "",
+            );
+        }
+        if self
+            .resources
+            .lock()
+            .unwrap()
+            .remove(&id.to_lowercase())
+            .is_none()
+        {
+            return Answer {
+                status: "204 No Content",
+                headers: Vec::new(),
+                body: String::new(),
+            };
+        }
+        self.monitor(parts[1], endpoint, api, "200 OK", Value::Null)
+    }
+
+    /// Starts a `Location`-polled operation that ends with `status` and `body`.
+    fn monitor(
+        &self,
+        subscription: &str,
+        endpoint: &str,
+        api: &str,
+        status: &'static str,
+        body: Value,
+    ) -> Answer {
+        let mut monitors = self.monitors.lock().unwrap();
+        let id = format!("{:08x}-monitor", monitors.len() + 1);
+        monitors.insert(
+            id.clone(),
+            Monitor {
+                polls_left: self.knobs.polls,
+                status,
+                body,
+            },
+        );
+        Answer {
+            status: "202 Accepted",
+            headers: vec![
+                (
+                    "Location".into(),
+                    format!(
+                        "{endpoint}/subscriptions/{subscription}/providers/Microsoft.Compute/locations/westus2/operations/{id}?monitor=true&api-version={api}"
+                    ),
+                ),
+                ("Retry-After".into(), self.knobs.retry_after.to_string()),
+            ],
+            body: String::new(),
+        }
+    }
+
+    fn poll_monitor(&self, id: &str, endpoint: &str, target: &str) -> Option<Answer> {
+        let mut monitors = self.monitors.lock().unwrap();
+        let m = monitors.get_mut(id)?;
+        if m.polls_left > 0 {
+            m.polls_left -= 1;
+            return Some(Answer {
+                status: "202 Accepted",
+                headers: vec![
+                    ("Location".into(), format!("{endpoint}{target}")),
+                    ("Retry-After".into(), self.knobs.retry_after.to_string()),
+                ],
+                body: String::new(),
+            });
+        }
+        Some(Answer {
+            status: m.status,
+            headers: Vec::new(),
+            body: if m.body.is_null() {
+                String::new()
+            } else {
+                m.body.to_string()
+            },
+        })
+    }
+
+    /// Adds a resource as another client would have made it (a gallery
+    /// version an azure-arm build published), `Succeeded`.
+    pub fn insert(&self, id: &str, mut resource: Value) {
+        resource["id"] = id.into();
+        resource["name"] = id.rsplit('/').next().unwrap_or("").into();
+        resource["properties"]["provisioningState"] = "Succeeded".into();
+        self.resources
+            .lock()
+            .unwrap()
+            .insert(id.to_lowercase(), resource);
     }
 
     /// Changes a stored resource, as another client of Resource Manager

@@ -7,13 +7,16 @@ use crate::inspect::{InspectError, Inspection};
 fn app(e: InspectError) -> AppError {
     match e {
         InspectError::Validate(v) => AppError::Validate(v),
-        other => AppError::refused_by(&other),
+        other => AppError::Inspect(Box::new(other)),
     }
 }
 
 /// A local VHD, or a blob read through range requests, bounded by `timeout`
 /// seconds as `validate` is.
 fn inspect_image(image: &str, timeout: u64) -> Result<Inspection, AppError> {
+    if crate::inspect::azure::is_resource_id(image) {
+        return inspect_in_azure(image, timeout);
+    }
     let is_url = image.starts_with("https://") || image.starts_with("http://");
     if !is_url {
         let path = std::path::Path::new(image);
@@ -38,9 +41,44 @@ fn inspect_image(image: &str, timeout: u64) -> Result<Inspection, AppError> {
     .map_err(app)
 }
 
+/// A gallery image version or managed image, read through a temporary
+/// managed disk (`inspect::azure`); Ctrl-C stops the reading, and the disk
+/// is removed either way.
+fn inspect_in_azure(image: &str, timeout: u64) -> Result<Inspection, AppError> {
+    let id = crate::inspect::azure::ImageId::parse(image).ok_or_else(|| {
+        AppError::refused(
+            format!("`{image}` is not a gallery image version or managed image id"),
+            "give /subscriptions/S/resourceGroups/RG/providers/Microsoft.Compute/galleries/G/images/D/versions/V, or …/Microsoft.Compute/images/NAME",
+        )
+    })?;
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _watch = crate::util::signals::SignalWatch::start(
+        cancel.clone(),
+        Default::default(),
+        "interrupted: removing the temporary disk, then stopping",
+    );
+    let mut progress = |line: &str| crate::util::term::status("Inspecting", line);
+    let rt = runtime()?;
+    let done = rt.block_on(crate::inspect::azure::inspect_azure_image(
+        &id,
+        crate::inspect::azure::Options {
+            timeout: std::time::Duration::from_secs(timeout),
+            cancel: &cancel,
+            progress: &mut progress,
+        },
+    ));
+    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(app(InspectError::Cancelled));
+    }
+    done.map_err(app)
+}
+
 /// An image, or a document `inspect --json` wrote (bounded read).
 fn load(image: &str, timeout: u64) -> Result<Inspection, AppError> {
-    if image.starts_with("https://") || image.starts_with("http://") {
+    if image.starts_with("https://")
+        || image.starts_with("http://")
+        || crate::inspect::azure::is_resource_id(image)
+    {
         return inspect_image(image, timeout);
     }
     let path = std::path::Path::new(image);
