@@ -279,6 +279,49 @@ pub async fn check_region(accounts: &[String], region: &str) -> Result<String, R
     ))
 }
 
+impl CopyPlan {
+    /// Where the copies go, decided once for `build` and `replicate`: with a
+    /// plan, the pool's copies by the seed's rule (one per 40 Linux / 20
+    /// Windows nodes) over `to` or else the plan's `[replicate]` accounts;
+    /// without one, a copy to each of `to`. The container is `container`,
+    /// else the plan's, else `images`.
+    pub fn new(
+        plan: Option<&crate::spec::plan::Plan>,
+        to: &[String],
+        container: Option<&str>,
+        name: String,
+    ) -> Result<CopyPlan, ReplicateError> {
+        let candidates: &[String] = match plan {
+            _ if !to.is_empty() => to,
+            Some(p) => &p.pool.copy_accounts,
+            None => &[],
+        };
+        let (needed, max_nodes, per_vhd) = match plan {
+            Some(p) => (p.pool.vhd_copies, p.pool.max_nodes, p.pool.vms_per_vhd),
+            None => ((candidates.len() as u32).max(1), 0, 40),
+        };
+        Ok(CopyPlan {
+            max_nodes,
+            vms_per_vhd: per_vhd,
+            copies_needed: needed,
+            accounts: choose_accounts(needed, max_nodes, per_vhd, candidates)?,
+            container: container
+                .map(str::to_string)
+                .or_else(|| plan.map(|p| p.pool.copy_container.clone()))
+                .unwrap_or_else(|| crate::spec::plan::DEFAULT_COPY_CONTAINER.into()),
+            name,
+        })
+    }
+
+    /// The destination blobs, one per account (`template`: the blob endpoint).
+    pub fn destinations(&self, template: &str) -> Vec<BlobRef> {
+        self.accounts
+            .iter()
+            .map(|a| BlobRef::at(template, a, &self.container, &self.name))
+            .collect()
+    }
+}
+
 /// Which accounts get a copy: the first `needed` distinct candidates.
 pub fn choose_accounts(
     needed: u32,

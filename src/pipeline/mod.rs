@@ -832,26 +832,31 @@ impl Run<'_> {
     }
 
     /// The copies' accounts, as the replicate stage will choose them.
-    fn replica_accounts(&self) -> Result<Vec<String>, BuildError> {
-        let pool = &self.plan.pool;
-        Ok(crate::replicate::choose_accounts(
-            pool.vhd_copies,
-            pool.max_nodes,
-            pool.vms_per_vhd,
-            &self.manifest.raw.replicate.storage_accounts,
+    /// Where this build's copies go (`[replicate]`, through the plan).
+    fn copy_plan(&self) -> Result<crate::replicate::CopyPlan, BuildError> {
+        let dir_name = self
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.plan.image.clone());
+        Ok(crate::replicate::CopyPlan::new(
+            Some(self.plan),
+            &[],
+            None,
+            format!("{dir_name}.vhd"),
         )?)
     }
 
     /// `[replicate] region`: every destination account is there, asked of
     /// Resource Manager once per run.
     fn check_region(&mut self) -> Result<(), BuildError> {
-        let Some(region) = &self.manifest.raw.replicate.region else {
+        let Some(region) = &self.plan.pool.batch_region else {
             return Ok(());
         };
         if self.region_checked || !self.opts.replicate {
             return Ok(());
         }
-        let accounts = self.replica_accounts()?;
+        let accounts = self.copy_plan()?.accounts;
         let checked = self
             .rt()?
             .block_on(crate::replicate::check_region(&accounts, region))?;
@@ -1381,26 +1386,10 @@ impl Run<'_> {
     fn replicate(&mut self) -> Result<String, BuildError> {
         use crate::azure::storage::BlobRef;
         use crate::replicate::{Options, Source};
-        let plan = self.plan;
         self.check_region()?;
-        let accounts = self.replica_accounts()?;
-        let container = self
-            .manifest
-            .raw
-            .replicate
-            .container
-            .clone()
-            .unwrap_or_else(|| "images".into());
-        let dir_name = self
-            .dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| plan.image.clone());
-        let name = format!("{dir_name}.vhd");
-        let destinations: Vec<BlobRef> = accounts
-            .iter()
-            .map(|a| BlobRef::at(&self.opts.blob_endpoint, a, &container, &name))
-            .collect();
+        let copy_plan = self.copy_plan()?;
+        let accounts = copy_plan.accounts.clone();
+        let destinations = copy_plan.destinations(&self.opts.blob_endpoint);
         let rt = self.rt()?;
         let mut involved = accounts.clone();
         let source = match self.record.artifact.as_ref().expect("skip_reason checked") {

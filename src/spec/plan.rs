@@ -231,6 +231,10 @@ pub struct PoolPlan {
     pub vhd_copies: u32,
     /// `[replicate] region`: the Batch account's, where the copies' accounts must be.
     pub batch_region: Option<String>,
+    /// `[replicate] storage_accounts`: where VHD copies may go, in order.
+    pub copy_accounts: Vec<String>,
+    /// `[replicate] container` (default `images`).
+    pub copy_container: String,
 }
 
 /// Copies of a VHD needed so no copy serves more VMs than Azure Storage allows.
@@ -240,6 +244,8 @@ pub fn vhd_copies(max_nodes: u32, os: Os) -> u32 {
 }
 
 const DEFAULT_VM_SIZE: &str = "Standard_D2s_v3";
+/// Where VHD copies go when `[replicate] container` says nothing.
+pub const DEFAULT_COPY_CONTAINER: &str = "images";
 
 /// The features a manifest enables, in catalog order (GlusterFS server
 /// implies the client).
@@ -530,6 +536,12 @@ impl Plan {
             vms_per_vhd: distro.os.vms_per_vhd(),
             vhd_copies: vhd_copies(raw.pool.max_nodes(), distro.os),
             batch_region: raw.replicate.region.clone(),
+            copy_accounts: raw.replicate.storage_accounts.clone(),
+            copy_container: raw
+                .replicate
+                .container
+                .clone()
+                .unwrap_or_else(|| DEFAULT_COPY_CONTAINER.into()),
         };
         if !raw.build.target.makes_pools() {
             let r = catalog::NON_GALLERY_POOLS_RETIRED;

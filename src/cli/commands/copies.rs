@@ -49,28 +49,6 @@ pub(super) fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
     let manifest = args.manifest.as_deref().map(Manifest::load).transpose()?;
     let plan = manifest.as_ref().map(Plan::new);
     let source = BlobRef::parse(&args.source).map_err(crate::replicate::ReplicateError::from)?;
-    let candidates: Vec<String> = if !args.to.is_empty() {
-        args.to.clone()
-    } else {
-        manifest
-            .as_ref()
-            .map(|m| m.raw.replicate.storage_accounts.clone())
-            .unwrap_or_default()
-    };
-    let (needed, max_nodes, per_vhd) = match &plan {
-        Some(p) => (p.pool.vhd_copies, p.pool.max_nodes, p.pool.vms_per_vhd),
-        None => ((candidates.len() as u32).max(1), 0, 40),
-    };
-    let accounts = replicate::choose_accounts(needed, max_nodes, per_vhd, &candidates)?;
-    let container = args
-        .container
-        .clone()
-        .or_else(|| {
-            manifest
-                .as_ref()
-                .and_then(|m| m.raw.replicate.container.clone())
-        })
-        .unwrap_or_else(|| "images".into());
     let name = args.name.clone().unwrap_or_else(|| {
         source
             .blob
@@ -79,30 +57,22 @@ pub(super) fn replicate(args: ReplicateArgs) -> Result<i32, AppError> {
             .unwrap_or(&source.blob)
             .to_string()
     });
+    let copy_plan =
+        replicate::CopyPlan::new(plan.as_ref(), &args.to, args.container.as_deref(), name)?;
+    let accounts = copy_plan.accounts.clone();
     let template = crate::azure::storage::endpoint_template(args.storage.blob_endpoint.as_deref())?;
-    let destinations: Vec<BlobRef> = accounts
-        .iter()
-        .map(|a| BlobRef::at(&template, a, &container, &name))
-        .collect();
-    let copy_plan = replicate::CopyPlan {
-        max_nodes,
-        vms_per_vhd: per_vhd,
-        copies_needed: needed,
-        accounts: accounts.clone(),
-        container: container.clone(),
-        name: name.clone(),
-    };
+    let destinations = copy_plan.destinations(&template);
     // A source with its own SAS needs no credentials for its account.
     let mut involved = accounts.clone();
     if source.sas.is_none() && !involved.contains(&source.account) {
         involved.push(source.account.clone());
     }
     let rt = runtime()?;
-    let region = args.storage.region.clone().or_else(|| {
-        manifest
-            .as_ref()
-            .and_then(|m| m.raw.replicate.region.clone())
-    });
+    let region = args
+        .storage
+        .region
+        .clone()
+        .or_else(|| plan.as_ref().and_then(|p| p.pool.batch_region.clone()));
     check_region(&rt, &accounts, region.as_deref(), args.storage.json)?;
     let (cancel, _signals) = stop_on_interrupt();
     let timed_out = stop_after(&cancel, args.storage.timeout);
